@@ -1,0 +1,380 @@
+"""The one typed, frozen configuration, built once and passed down.
+
+Sources, lowest priority first: defaults, the TOML file, ``ST_IMAGEGEN_*`` environment variables
+(nested keys with ``__``, e.g. ``ST_IMAGEGEN_IMAGE__API_KEY``). Each ``api_key`` can also come from
+``api_key_file`` (Docker secrets). This is the only module that reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from daemon.errors import ConfigError
+
+__all__ = [
+    "APP_NAME",
+    "CommitSettings",
+    "Config",
+    "DetectSettings",
+    "ImageSettings",
+    "LimitsSettings",
+    "LogSettings",
+    "TextSettings",
+    "default_config_path",
+    "default_state_dir",
+    "load_config",
+]
+
+APP_NAME = "st-imagegen"
+ENV_PREFIX = "ST_IMAGEGEN_"
+CONFIG_ENV = "ST_IMAGEGEN_CONFIG"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
+
+
+def _parse_duration(value: object) -> object:
+    """Turn "24h", "30m", "90s", "2d" or a number of seconds into seconds (float)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 90s, 30m, 24h, 2d)")
+        return float(match.group(1)) * _UNITS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You write one prompt for an image generator from a roleplay message. Describe only what "
+    "the scene shows at this moment: the characters' appearance and clothing, the setting, "
+    "their action and pose, the mood and the lighting. Use concrete visual words, present "
+    "tense, one paragraph, at most 80 words. Do not invent events that have not happened. "
+    "Output only the prompt itself: no preamble, no explanations, no quotes, no labels."
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_key_file(key: SecretStr, key_file: Path | None, section: str) -> SecretStr:
+    if key_file is None or key.get_secret_value():
+        return key
+    try:
+        return SecretStr(key_file.read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ValueError(
+            f"{section}.api_key_file {str(key_file)!r} cannot be read: {exc.strerror}"
+        ) from None
+
+
+class DetectSettings(_Section):
+    """Which replies get a job."""
+
+    users: list[str] = Field(default=[], description="ST user handles to watch; empty = all")
+    include_characters: list[str] = Field(
+        default=[], description="card file stems or display names; empty = all"
+    )
+    exclude_characters: list[str] = Field(default=[], description="never illustrate these")
+    greetings: bool = Field(default=False, description="illustrate the first message of a new chat")
+    every_nth: int = Field(default=1, ge=1, description="illustrate every Nth reply of a chat")
+    min_length: int = Field(default=0, ge=0, description="skip replies shorter than this (chars)")
+    settle_seconds: float = Field(
+        default=2.0, ge=0, le=60, description="quiet time after the last save before reading"
+    )
+    rescan_seconds: float = Field(
+        default=60.0, gt=0, description="safety-net rescan interval (stat only)"
+    )
+    backfill: bool = Field(
+        default=False, description="on first sight of a chat, illustrate its last reply too"
+    )
+    catchup_max_age: Seconds = Field(
+        default=86400.0,
+        description='replies older than this are not illustrated after downtime ("24h", "30m")',
+    )
+
+
+class TextSettings(_Section):
+    """The prompt writer (chat completions)."""
+
+    mode: Literal["llm", "template"] = Field(default="llm", description="llm | template")
+    api_url: str = Field(
+        default="", description="full .../v1/chat/completions URL, or a base URL ending in /v1"
+    )
+    api_key: SecretStr = Field(default=SecretStr(""), description="Bearer key; empty = none")
+    api_key_file: Path | None = Field(default=None, description="read the key from this file")
+    model: str = Field(default="gpt-4", description="model name")
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, description="instruction")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="0.0 to 2.0")
+    max_tokens: int = Field(default=300, ge=1, description="answer budget")
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        default="max_tokens", description="name of the budget field the API expects"
+    )
+    include_character_card: bool = Field(
+        default=True, description="send the card's name, description, personality, scenario"
+    )
+    context_messages: int = Field(default=0, ge=0, le=50, description="earlier messages as context")
+    template: str = Field(
+        default="{{char}}: {{message}}", description='used when mode = "template"'
+    )
+    prefix: str = Field(default="", description="added before every prompt")
+    suffix: str = Field(default="", description="added after every prompt")
+    negative_prompt: str = Field(default="", description="sent where the image API supports it")
+    max_prompt_chars: int = Field(default=1000, ge=16, description="prompt length cap")
+    timeout_seconds: float = Field(default=60.0, gt=0, description="overall deadline per call")
+    extra_body: dict[str, Any] = Field(default={}, description="merged into the request JSON")
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> TextSettings:
+        object.__setattr__(self, "api_key", _read_key_file(self.api_key, self.api_key_file, "text"))
+        return self
+
+
+class ImageSettings(_Section):
+    """The image generator (images/generations)."""
+
+    api_url: str = Field(
+        default="", description="full .../v1/images/generations URL, or a base URL ending in /v1"
+    )
+    api_key: SecretStr = Field(default=SecretStr(""), description="Bearer key; empty = none")
+    api_key_file: Path | None = Field(default=None, description="read the key from this file")
+    profile: Literal["auto", "generic", "openai", "airforce"] = Field(
+        default="auto", description="auto | generic | openai | airforce"
+    )
+    model: str = Field(default="dall-e-3", description="model name")
+    size: str = Field(default="1024x1024", description="WxH; empty = not sent")
+    aspect_ratio: str = Field(default="", description="sent only when set")
+    resolution: str = Field(default="", description="sent only when set")
+    n: int = Field(default=1, ge=1, le=10, description="images per job")
+    response_format: Literal["url", "b64_json"] = Field(default="url", description="url | b64_json")
+    sse: bool = Field(default=False, description="ask for a server-sent-events answer")
+    quality: str = Field(default="", description="sent only when set")
+    output_format: str = Field(default="", description="png | jpeg | webp (gpt-image); when set")
+    background: str = Field(default="", description="transparent | opaque | auto (gpt-image)")
+    extra_body: dict[str, Any] = Field(default={}, description="merged into the request JSON")
+    timeout_seconds: float = Field(default=180.0, gt=0, description="overall deadline per call")
+    allow_private_urls: list[str] = Field(
+        default=[], description="hosts whose private addresses downloads may use"
+    )
+    max_download_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1024, description="largest image download"
+    )
+    max_pixels: int = Field(
+        default=64_000_000, ge=1, description="largest accepted image (width x height)"
+    )
+
+    @model_validator(mode="after")
+    def _key_from_file(self) -> ImageSettings:
+        object.__setattr__(
+            self, "api_key", _read_key_file(self.api_key, self.api_key_file, "image")
+        )
+        return self
+
+
+class CommitSettings(_Section):
+    """The hidden image message written into the chat."""
+
+    caption: str = Field(
+        default="[{{char}} sends a picture: {{prompt}}]", description="template for mes"
+    )
+    hidden: bool = Field(default=True, description="is_system: true (hidden from the AI)")
+
+
+class LimitsSettings(_Section):
+    """Concurrency, retries and rate limits."""
+
+    concurrency: int = Field(default=2, ge=1, le=64, description="jobs running at once")
+    text_concurrency: int = Field(default=2, ge=1, le=64, description="prompt API calls at once")
+    image_concurrency: int = Field(default=1, ge=1, le=64, description="image API calls at once")
+    max_attempts: int = Field(default=5, ge=1, le=100, description="tries per job step")
+    retry_base_seconds: float = Field(default=5.0, gt=0, description="first retry delay")
+    retry_max_seconds: float = Field(default=600.0, gt=0, description="longest retry delay")
+    max_retry_after_seconds: float = Field(
+        default=300.0, gt=0, description="cap on a server's Retry-After"
+    )
+    min_interval_seconds: float = Field(
+        default=0.0, ge=0, description="minimum time between image API calls"
+    )
+
+
+class LogSettings(_Section):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="")
+    format: Literal["auto", "console", "json"] = Field(
+        default="auto", description="auto: console on a terminal, JSON otherwise"
+    )
+
+
+def default_state_dir() -> Path:
+    """The platform state dir (``~/.local/state/st-imagegen`` on Linux)."""
+    return Path(platformdirs.user_state_dir(APP_NAME))
+
+
+def default_config_path() -> Path:
+    """The platform config file (``~/.config/st-imagegen/config.toml`` on Linux)."""
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+class Config(BaseSettings):
+    """Everything the daemon and the commands need, validated once."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    data_root: Path | None = Field(
+        default=None, description="the ST install folder, its data/ folder, or the data root"
+    )
+    state_dir: Path = Field(default_factory=default_state_dir, description="jobs, pending/, ...")
+    mode: Literal["auto", "manual"] = Field(
+        default="auto", description="auto: every new reply; manual: only `generate`"
+    )
+    approval: Literal["manual", "auto"] = Field(
+        default="manual", description="manual: wait in pending/; auto: commit at once"
+    )
+    detect: DetectSettings = Field(default_factory=DetectSettings)
+    text: TextSettings = Field(default_factory=TextSettings)
+    image: ImageSettings = Field(default_factory=ImageSettings)
+    commit: CommitSettings = Field(default_factory=CommitSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the file (passed as init kwargs); no dotenv, no secrets dir.
+        return (env_settings, init_settings)
+
+    @property
+    def pending_dir(self) -> Path:
+        return self.state_dir / "pending"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def heartbeat_path(self) -> Path:
+        return self.state_dir / "heartbeat"
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}")
+        else:
+            lines.append(f"{key}: {err['msg']}")
+    return f"invalid configuration ({source}): " + "; ".join(lines)
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config from ``path`` (or ``$ST_IMAGEGEN_CONFIG``, or the platform file).
+
+    A missing default file is fine (defaults and environment apply); a missing explicit file is
+    an error. ``overrides`` (from command-line flags) win over everything.
+    """
+    env = os.environ if environ is None else environ
+    explicit = path is not None or bool(env.get(CONFIG_ENV))
+    file_path = path or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else default_config_path())
+    data: dict[str, Any] = {}
+    if file_path.exists() or explicit:
+        try:
+            with file_path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(file_path)!r} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {str(file_path)!r} is a directory") from None
+        except PermissionError:
+            raise ConfigError(f"config file {str(file_path)!r} is not readable") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(file_path)!r} is not valid TOML: {exc}") from None
+    source = str(file_path) if data else "defaults and environment"
+    scoped_env = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
+    scoped_env.pop(CONFIG_ENV, None)
+    _check_env_keys(scoped_env)
+    for key, value in (overrides or {}).items():
+        data[key] = value
+    try:
+        return _build(data, scoped_env)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration ({source}): {exc}") from None
+
+
+_TOP_KEYS = {"data_root", "state_dir", "mode", "approval"}
+
+
+def _check_env_keys(env: Mapping[str, str]) -> None:
+    """Refuse misspelled top-level environment variables (nested ones are checked by pydantic)."""
+    sections = {"detect", "text", "image", "commit", "limits", "log"}
+    for key in env:
+        name = key[len(ENV_PREFIX) :].lower()
+        head = name.split("__", 1)[0]
+        if head in sections and "__" in name:
+            continue
+        if name not in _TOP_KEYS:
+            raise ConfigError(
+                f"unknown environment variable {key} (top-level keys: "
+                f"{', '.join(sorted(ENV_PREFIX + k.upper() for k in _TOP_KEYS))}; sections use "
+                f"{ENV_PREFIX}<SECTION>__<KEY>)"
+            )
+
+
+def _build(data: dict[str, Any], env: Mapping[str, str]) -> Config:
+    # pydantic-settings reads os.environ itself; hand it exactly the scoped mapping instead.
+    class _Scoped(Config):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            from pydantic_settings import EnvSettingsSource
+
+            source = EnvSettingsSource(settings_cls)
+            source.env_vars = {k.lower(): v for k, v in env.items()}
+            return (source, init_settings)
+
+    built = _Scoped(**data)
+    return Config.model_validate(built.model_dump())

@@ -1,0 +1,1 @@
+"""The daemon itself: watcher, detection, store, jobs, approval, commit, service."""

@@ -1,0 +1,1 @@
+"""The outside APIs: prompt writer and image generator. Async, no file system."""

@@ -1,0 +1,525 @@
+"""The chat codec: SillyTavern's JSONL exactly as it writes it.
+
+ST joins one compact ``JSON.stringify`` per line with ``\\n`` and no trailing newline, writes
+non-ASCII raw (U+2028 included) and lone surrogates as ``\\udXXX`` escapes. We split on ``b"\\n"``
+only, keep every line's bytes as read, and never re-serialize a line we did not create. Lines that
+fail to parse are kept as raw bytes and reported, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import ChatReadError
+
+__all__ = [
+    "MARKER_KEY",
+    "MAX_CHAT_BYTES",
+    "Chat",
+    "ChatLine",
+    "Cursor",
+    "Message",
+    "MessageIdentity",
+    "Revision",
+    "ScanResult",
+    "encode_message",
+    "format_send_date",
+    "is_header",
+    "parse_chat",
+    "parse_send_date",
+    "read_chat",
+    "split_lines",
+    "tail_scan",
+]
+
+MARKER_KEY = "st_imagegen_job"
+"""Top-level ``extra`` key that marks a message written by us; its value is the job id."""
+
+MAX_CHAT_BYTES = 512 * 1024 * 1024
+"""Chats larger than this are refused with a clear error instead of exhausting memory."""
+
+_HEADER_KEYS = ("chat_metadata", "user_name", "character_name")
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Split a chat file into lines exactly as ST does: on ``\\n`` only.
+
+    An empty file has no lines. A trailing newline (written by other tools) yields a last empty
+    line, which callers keep as-is so the bytes round-trip.
+    """
+    if not data:
+        return []
+    return data.split(b"\n")
+
+
+def _loads(raw: bytes) -> dict[str, Any] | None:
+    """Parse one line; ``None`` when it is not a JSON object (kept raw by callers)."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def is_header(obj: Mapping[str, Any]) -> bool:
+    """ST's own rule: a header has chat_metadata, user_name or character_name, and no mes."""
+    return "mes" not in obj and any(k in obj for k in _HEADER_KEYS)
+
+
+def _truthy(value: object) -> bool:
+    # JS truthiness for the JSON values ST writes: "", 0, false, null are falsy.
+    return bool(value)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageIdentity:
+    """Which reply a message is, stable across swipes, continues and edits.
+
+    ``index`` is ST's message number (header excluded) and only a hint: inserts and deletions
+    above shift it. ``key`` (name and the first swipe's start time) is what matches.
+    """
+
+    index: int
+    name: str
+    first_date: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}\x1f{self.first_date}"
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """Which text of a reply: the swipe shown and a hash of ``mes``."""
+
+    swipe_id: int
+    mes_hash: str
+
+    def __str__(self) -> str:
+        return f"{self.swipe_id}:{self.mes_hash}"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One chat message: the parsed object (unknown keys kept) plus typed views of it."""
+
+    index: int
+    data: dict[str, Any]
+    raw: bytes
+
+    @property
+    def name(self) -> str:
+        value = self.data.get("name")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def is_user(self) -> bool:
+        return _truthy(self.data.get("is_user"))
+
+    @property
+    def is_system(self) -> bool:
+        """Hidden from the prompt (``true``); ``false``, ``""`` and absent are visible."""
+        return _truthy(self.data.get("is_system"))
+
+    @property
+    def mes(self) -> str:
+        value = self.data.get("mes")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        value = self.data.get("extra")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def marker(self) -> str | None:
+        """Our job id if we wrote this message (top-level ``extra`` only, never swipe_info)."""
+        value = self.extra.get(MARKER_KEY)
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def is_narrator(self) -> bool:
+        return self.extra.get("type") == "narrator"
+
+    @property
+    def is_st_system(self) -> bool:
+        """ST's own UI messages ("SillyTavern System", isSmallSys, typed system messages)."""
+        extra = self.extra
+        if _truthy(extra.get("isSmallSys")):
+            return True
+        kind = extra.get("type")
+        if isinstance(kind, str) and kind and kind != "narrator":
+            return True
+        return self.name == "SillyTavern System"
+
+    @property
+    def swipe_id(self) -> int:
+        value = self.data.get("swipe_id")
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    @property
+    def swipes(self) -> list[str]:
+        value = self.data.get("swipes")
+        return [s for s in value if isinstance(s, str)] if isinstance(value, list) else []
+
+    @property
+    def send_date(self) -> str:
+        value = self.data.get("send_date")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(int(value))
+        return value if isinstance(value, str) else ""
+
+    @property
+    def is_generated(self) -> bool:
+        return "gen_finished" in self.data or "gen_started" in self.data
+
+    @property
+    def first_date(self) -> str:
+        """The first swipe's start: stable across swipes (top-level dates follow the swipe)."""
+        info = self.data.get("swipe_info")
+        if not isinstance(info, list):
+            info = self.data.get("swipes_info")  # 1.12 misspells it on /sendas
+        if isinstance(info, list) and info and isinstance(info[0], dict):
+            first = info[0]
+            for key in ("gen_started", "send_date"):
+                value = first.get(key)
+                if isinstance(value, str) and value:
+                    return value
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return str(int(value))
+        value = self.data.get("gen_started")
+        if isinstance(value, str) and value and not self.swipes[1:]:
+            return value
+        return self.send_date
+
+    @property
+    def identity(self) -> MessageIdentity:
+        return MessageIdentity(self.index, self.name, self.first_date)
+
+    @property
+    def revision(self) -> Revision:
+        digest = hashlib.sha256(self.mes.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        return Revision(self.swipe_id, digest)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatLine:
+    """One line of the file: its bytes, and its parsed object when it parsed."""
+
+    lineno: int
+    raw: bytes
+    obj: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """A whole chat file, every line kept byte for byte.
+
+    ``messages`` are numbered as ST numbers them (the header is not a message). Lines that did
+    not parse are in ``bad_lines`` (line numbers) and are not messages; ST drops them on load.
+    """
+
+    lines: list[ChatLine]
+    header: dict[str, Any] | None
+    messages: list[Message]
+    bad_lines: list[int] = field(default_factory=list)
+    trailing_newline: bool = False
+
+    @property
+    def integrity(self) -> str | None:
+        meta = (self.header or {}).get("chat_metadata")
+        value = meta.get("integrity") if isinstance(meta, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def date_style(self) -> str:
+        """The ``send_date`` style of the newest dated message: "iso", "human", "ms" or "at"."""
+        for message in reversed(self.messages):
+            if message.data.get("send_date") is not None:
+                return send_date_style(message.data["send_date"])
+        return "iso" if self.header is None or "create_date" not in self.header else "human"
+
+    def line_of(self, message_index: int) -> int:
+        """The line number (0-based, header included) of message ``message_index``."""
+        return self._line_numbers[message_index]
+
+    @property
+    def _line_numbers(self) -> list[int]:
+        return [ln.lineno for ln in self.lines if ln.obj is not None and not _is_header_line(ln)]
+
+    def find_marker(self, job_id: str) -> Message | None:
+        """Our message for ``job_id``, found by the marker in its top-level ``extra``."""
+        for message in self.messages:
+            if message.marker == job_id:
+                return message
+        return None
+
+    def markers(self) -> dict[str, Message]:
+        return {m.marker: m for m in self.messages if m.marker is not None}
+
+    def find(self, identity: MessageIdentity) -> Message | None:
+        """The message with this identity key; the one nearest the index hint on ties."""
+        best: Message | None = None
+        for message in self.messages:
+            if message.identity.key == identity.key and (
+                best is None
+                or abs(message.index - identity.index) < abs(best.index - identity.index)
+            ):
+                best = message
+        return best
+
+
+def _is_header_line(line: ChatLine) -> bool:
+    return line.lineno == 0 and line.obj is not None and is_header(line.obj)
+
+
+def parse_chat(data: bytes) -> Chat:
+    """Parse a whole chat file. Never raises for bad content: bad lines are kept and reported."""
+    raw_lines = split_lines(data)
+    trailing = bool(raw_lines) and raw_lines[-1] == b""
+    lines: list[ChatLine] = []
+    messages: list[Message] = []
+    bad: list[int] = []
+    header: dict[str, Any] | None = None
+    for lineno, raw in enumerate(raw_lines):
+        if trailing and lineno == len(raw_lines) - 1:
+            lines.append(ChatLine(lineno, raw, None))
+            break
+        obj = _loads(raw)
+        lines.append(ChatLine(lineno, raw, obj))
+        if obj is None:
+            bad.append(lineno)
+        elif lineno == 0 and is_header(obj):
+            header = obj
+        else:
+            messages.append(Message(len(messages), obj, raw))
+    return Chat(lines, header, messages, bad, trailing)
+
+
+def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, bytes]:
+    """Read and parse a chat; returns the parsed chat and the exact bytes it came from."""
+    try:
+        with path.open("rb") as fh:
+            size = _fstat_size(fh.fileno())
+            if size > max_bytes:
+                raise ChatReadError(
+                    f"chat {path.name!r} is {size / 1e6:.0f} MB, "
+                    f"over the {max_bytes / 1e6:.0f} MB limit"
+                )
+            data = fh.read(max_bytes + 1)
+    except IsADirectoryError:
+        raise ChatReadError(f"{str(path)!r} is a directory, not a chat file") from None
+    except FileNotFoundError:
+        raise ChatReadError(f"chat {str(path)!r} does not exist") from None
+    except PermissionError:
+        raise ChatReadError(f"chat {str(path)!r} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise ChatReadError(f"chat {path.name!r} grew past the {max_bytes / 1e6:.0f} MB limit")
+    return parse_chat(data), data
+
+
+def _fstat_size(fd: int) -> int:
+    import os
+    import stat
+
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError
+    return st.st_size
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scrub(value: Any) -> Any:
+    """Replace lone surrogates (they cannot be encoded as UTF-8) in copied text."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def encode_message(obj: Mapping[str, Any]) -> bytes:
+    """Serialize a new line the way ST does: compact, raw non-ASCII, one line."""
+    text = json.dumps(_scrub(dict(obj)), ensure_ascii=False, separators=(",", ":"))
+    return text.encode("utf-8")
+
+
+# --- send_date -------------------------------------------------------------------------------
+
+_HUMAN = re.compile(
+    r"^(?P<mon>[A-Za-z]+)\s+(?P<d>\d{1,2}),\s*(?P<y>\d{4})\s+(?P<h>\d{1,2}):(?P<mi>\d{2})\s*(?P<ap>am|pm)$",
+    re.IGNORECASE,
+)
+_AT = re.compile(
+    r"^(?P<y>\d{4})-(?P<mo>\d{1,2})-(?P<d>\d{1,2})\s*@\s*(?P<h>\d{1,2})h\s*(?P<mi>\d{1,2})m"
+    r"(?:\s*(?P<s>\d{1,2})s)?(?:\s*(?P<ms>\d{1,3})ms)?$"
+)
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+    )
+}
+
+
+def send_date_style(value: object) -> str:
+    """ "iso", "human" ("November 23, 2025 10:06pm"), "ms" (unix ms) or "at" (``@HHhMMm``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return "ms"
+    if isinstance(value, str):
+        if _HUMAN.match(value.strip()):
+            return "human"
+        if "@" in value:
+            return "at"
+        if value.strip().isdigit():
+            return "ms"
+    return "iso"
+
+
+def parse_send_date(value: object) -> datetime | None:
+    """Parse every ``send_date`` form ST has written; naive local forms are taken as UTC.
+
+    ISO-8601 (1.15+), "November 23, 2025 10:06pm" (to 1.14), unix ms numbers or digit strings,
+    "2024-7-12@01h31m37s" and "2024-6-5 @14h 56m 50s 682ms". ``None`` when unparsable.
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            return datetime.fromtimestamp(value / 1000, UTC)
+        text = str(value).strip()
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, UTC)
+        if m := _HUMAN.match(text):
+            month = _MONTHS.get(m["mon"][:3].lower())
+            if month is None:
+                return None
+            hour = int(m["h"]) % 12 + (12 if m["ap"].lower() == "pm" else 0)
+            return datetime(int(m["y"]), month, int(m["d"]), hour, int(m["mi"]), tzinfo=UTC)
+        if m := _AT.match(text):
+            return datetime(
+                int(m["y"]),
+                int(m["mo"]),
+                int(m["d"]),
+                int(m["h"]),
+                int(m["mi"]),
+                int(m["s"] or 0),
+                int(m["ms"] or 0) * 1000,
+                tzinfo=UTC,
+            )
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def format_send_date(when: datetime, style: str) -> str | int:
+    """Format ``when`` in the chat's own style (see :func:`send_date_style`)."""
+    when = when.astimezone(UTC)
+    if style == "ms":
+        return int(when.timestamp() * 1000)
+    if style == "human":
+        hour12 = when.hour % 12 or 12
+        ampm = "am" if when.hour < 12 else "pm"
+        return f"{when:%B} {when.day}, {when.year} {hour12}:{when.minute:02d}{ampm}"
+    if style == "at":
+        clock = f"{when.hour:02d}h{when.minute:02d}m{when.second:02d}s"
+        return f"{when.year}-{when.month}-{when.day}@{clock}"
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+# --- backwards tail scan ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """What we last saw of a chat: the newest messages' identities and revisions, and the file.
+
+    ``recent`` holds up to :data:`CURSOR_DEPTH` (identity, revision) pairs, oldest first; the
+    last one is the newest message seen. ``message_count`` and ``size`` describe the file then.
+    """
+
+    recent: tuple[tuple[MessageIdentity, Revision], ...]
+    message_count: int
+    size: int
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "recent": [
+                    [i.index, i.name, i.first_date, r.swipe_id, r.mes_hash] for i, r in self.recent
+                ],
+                "message_count": self.message_count,
+                "size": self.size,
+            },
+            ensure_ascii=False,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Cursor:
+        obj = json.loads(text)
+        recent = tuple(
+            (MessageIdentity(int(a), str(b), str(c)), Revision(int(d), str(e)))
+            for a, b, c, d, e in obj["recent"]
+        )
+        return cls(recent, int(obj["message_count"]), int(obj["size"]))
+
+    @classmethod
+    def of(cls, messages: Sequence[Message], size: int, total: int | None = None) -> Cursor:
+        """A cursor after seeing ``messages`` (the newest of them, in file order)."""
+        tail = list(messages)[-CURSOR_DEPTH:]
+        count = total if total is not None else (tail[-1].index + 1 if tail else 0)
+        return cls(tuple((m.identity, m.revision) for m in tail), count, size)
+
+
+CURSOR_DEPTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What changed in a chat since a cursor.
+
+    ``new``: messages not in the cursor, in file order. ``changed``: messages in the cursor whose
+    revision differs. ``removed``: cursor identities no longer found at the tail. ``tail``: every
+    message read (new and known), in file order; ``bad_lines`` counts unparsable lines read.
+    ``cursor_gone``: no cursor message was found within the scan budget, so the caller fell back
+    to (or must fall back to) a full read; then ``new`` holds no guesses and ``full`` is the chat.
+    ``cursor`` is the cursor to store now. Indices are hints computed from the cursor.
+    """
+
+    new: list[Message]
+    changed: list[Message]
+    removed: list[MessageIdentity]
+    tail: list[Message]
+    cursor: Cursor
+    cursor_gone: bool
+    bytes_read: int
+    bad_lines: int = 0
+    full: Chat | None = None
+
+
+def tail_scan(path: Path, cursor: Cursor | None) -> ScanResult:
+    """Read from the end of ``path`` only as far as needed to place ``cursor``.
+
+    Implemented in :mod:`daemon.tavern.scan`; re-exported here as part of the codec's API.
+    """
+    from daemon.tavern.scan import tail_scan as _impl
+
+    return _impl(path, cursor)
+
+
+def iter_messages(chat: Chat) -> Iterator[Message]:
+    yield from chat.messages
