@@ -169,6 +169,16 @@ class ImageSettings(_Section):
     quality: str = Field(default="", description="sent only when set")
     output_format: str = Field(default="", description="png | jpeg | webp (gpt-image); when set")
     background: str = Field(default="", description="transparent | opaque | auto (gpt-image)")
+    moderation: str = Field(default="", description="low | auto (gpt-image); sent only when set")
+    style: str = Field(default="", description="vivid | natural (dall-e-3); sent only when set")
+    output_compression: int | None = Field(
+        default=None, ge=0, le=100, description="0-100 for jpeg/webp (gpt-image); when set"
+    )
+    max_response_bytes: int = Field(
+        default=200 * 1024 * 1024,
+        ge=1024,
+        description="largest images API answer (JSON or SSE, base64 included)",
+    )
     extra_body: dict[str, Any] = Field(default={}, description="merged into the request JSON")
     timeout_seconds: float = Field(default=180.0, gt=0, description="overall deadline per call")
     allow_private_urls: list[str] = Field(
@@ -205,6 +215,9 @@ class LimitsSettings(_Section):
     text_concurrency: int = Field(default=2, ge=1, le=64, description="prompt API calls at once")
     image_concurrency: int = Field(default=1, ge=1, le=64, description="image API calls at once")
     max_attempts: int = Field(default=5, ge=1, le=100, description="tries per job step")
+    provider_attempts: int = Field(
+        default=3, ge=1, le=20, description="tries per API call within one step (transient errors)"
+    )
     retry_base_seconds: float = Field(default=5.0, gt=0, description="first retry delay")
     retry_max_seconds: float = Field(default=600.0, gt=0, description="longest retry delay")
     max_retry_after_seconds: float = Field(
