@@ -11,6 +11,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,10 +37,12 @@ __all__ = [
     "ImageSettings",
     "LimitsSettings",
     "LogSettings",
+    "SystemdEnv",
     "TextSettings",
     "default_config_path",
     "default_state_dir",
     "load_config",
+    "systemd_env",
 ]
 
 APP_NAME = "st-imagegen"
@@ -391,3 +394,22 @@ def _build(data: dict[str, Any], env: Mapping[str, str]) -> Config:
 
     built = _Scoped(**data)
     return Config.model_validate(built.model_dump())
+
+
+@dataclass(frozen=True)
+class SystemdEnv:
+    """What systemd tells a ``Type=notify`` service through its environment."""
+
+    notify_socket: str = ""
+    watchdog_usec: int = 0
+
+
+def systemd_env(environ: Mapping[str, str] | None = None) -> SystemdEnv:
+    """Read ``$NOTIFY_SOCKET`` and ``$WATCHDOG_USEC`` (honouring ``$WATCHDOG_PID``)."""
+    env = os.environ if environ is None else environ
+    usec_text = env.get("WATCHDOG_USEC", "").strip()
+    usec = int(usec_text) if usec_text.isdigit() else 0
+    pid_text = env.get("WATCHDOG_PID", "").strip()
+    if pid_text.isdigit() and int(pid_text) != os.getpid():
+        usec = 0  # the watchdog is meant for another process
+    return SystemdEnv(env.get("NOTIFY_SOCKET", ""), usec)

@@ -1,0 +1,124 @@
+"""systemd's notify protocol, by hand, and the heartbeat file.
+
+The protocol is one datagram per message on the AF_UNIX socket named by ``$NOTIFY_SOCKET``
+(a leading ``@`` means the Linux abstract namespace). No libsystemd is needed. The environment is
+read by :mod:`daemon.config` (:func:`daemon.config.systemd_env`); this module gets the values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+__all__ = ["Heartbeat", "Notifier", "read_heartbeat"]
+
+log = structlog.get_logger("st_imagegen.notify")
+
+
+@dataclass(frozen=True, slots=True)
+class Notifier:
+    """Sends READY/STOPPING/WATCHDOG/STATUS to systemd; a no-op without a socket.
+
+    ``watchdog_usec`` is ``$WATCHDOG_USEC`` (0 when systemd does not watch us); the main loop
+    pings at half of it.
+    """
+
+    socket_path: str = ""
+    watchdog_usec: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.socket_path)
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings, or ``None`` when no watchdog is configured."""
+        if not self.enabled or self.watchdog_usec <= 0:
+            return None
+        return self.watchdog_usec / 2_000_000
+
+    def send(self, *fields: str) -> bool:
+        """Send ``fields`` (``KEY=value``) in one datagram; never raises (logs instead)."""
+        if not self.socket_path:
+            return False
+        address = self.socket_path
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        payload = "\n".join(fields).encode("utf-8", "replace")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(address)
+                sock.sendall(payload)
+        except OSError as exc:
+            log.warning("systemd notify failed", socket=self.socket_path, error=str(exc))
+            return False
+        return True
+
+    def ready(self, status: str = "") -> bool:
+        fields = ["READY=1", f"MAINPID={os.getpid()}"]
+        if status:
+            fields.append(f"STATUS={_one_line(status)}")
+        return self.send(*fields)
+
+    def stopping(self, status: str = "draining") -> bool:
+        return self.send("STOPPING=1", f"STATUS={_one_line(status)}")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def status(self, text: str) -> bool:
+        return self.send(f"STATUS={_one_line(text)}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class Heartbeat:
+    """The file ``state_dir/heartbeat``: JSON ``{pid, time, watching, version, state}``.
+
+    Written atomically (temp + rename) so a reader never sees half of it. ``status`` and the
+    Docker health check judge liveness by ``time``.
+    """
+
+    def __init__(self, path: Path, version: str) -> None:
+        self.path = path
+        self.version = version
+
+    def write(self, *, watching: int, state: str = "running", **extra: object) -> None:
+        record = {
+            "pid": os.getpid(),
+            "time": time.time(),
+            "watching": watching,
+            "version": self.version,
+            "state": state,
+            **extra,
+        }
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(record), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as exc:
+            log.warning("heartbeat not written", path=str(self.path), error=str(exc))
+            tmp.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("heartbeat not removed", path=str(self.path), error=str(exc))
+
+
+def read_heartbeat(path: Path) -> dict[str, object] | None:
+    """The last heartbeat record, or ``None`` when absent or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
