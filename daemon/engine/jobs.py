@@ -1,0 +1,637 @@
+"""The job runner: prompt, then image, then pending (then commit when accepted).
+
+Every step is guarded by the job's state in the store, so a job that runs twice (crash, two
+processes) does no harm, and a job superseded while it runs stops at its next transition (and
+is cancelled at once when the superseding happens in this process). Transient failures go back
+to the store with a backoff (``next_attempt_at``), never into an in-memory sleep; permanent ones
+are marked failed with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from daemon.config import Config
+from daemon.engine.approval import Approval
+from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
+from daemon.errors import (
+    CardError,
+    ChatConflictError,
+    ChatReadError,
+    ChatWriteError,
+    JobError,
+    MessageNotFoundError,
+    PermanentProviderError,
+    RateLimitedError,
+    StoreError,
+    TransientProviderError,
+)
+from daemon.providers.images import GeneratedImage, ImageGenerator
+from daemon.providers.text import CardInfo, PromptInput, PromptWriter
+from daemon.tavern import cards, layout
+from daemon.tavern.chat import Chat, Message, MessageIdentity, read_chat
+
+if TYPE_CHECKING:
+    from daemon.engine.commit import Committer
+
+__all__ = [
+    "DRAIN_TIMEOUT",
+    "POLL_INTERVAL",
+    "JobDeps",
+    "Runner",
+    "accept_job",
+    "backoff_delay",
+    "open_job_deps",
+    "regen_job",
+    "reject_job",
+    "run_job_once",
+]
+
+log = structlog.get_logger("st_imagegen.jobs")
+
+DRAIN_TIMEOUT = 20.0
+"""Seconds running steps may take to finish on shutdown before they are cancelled (and requeued).
+Docker's default stop timeout is 10 s plus our own margin is set in the Dockerfile."""
+
+POLL_INTERVAL = 1.0
+"""Seconds between store polls for due jobs (jobs queued by the CLI from another process)."""
+
+STORE_RETRY_DELAY = 5.0
+"""Seconds before a job whose bookkeeping hit a store error is looked at again."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class JobDeps:
+    """What running a job needs; built by :func:`open_job_deps` (or by tests)."""
+
+    config: Config
+    root: Path
+    store: Store
+    approval: Approval
+    prompts: PromptWriter
+    images: ImageGenerator
+    committer: Committer | None = None
+    clock: Callable[[], datetime] = _now
+    rng: random.Random = field(default_factory=random.Random)
+
+
+@contextlib.asynccontextmanager
+async def open_job_deps(
+    config: Config, *, store: Store | None = None, root: Path | None = None
+) -> AsyncIterator[JobDeps]:
+    """Open the store (unless given), one shared HTTP client, both providers and the committer."""
+    from daemon.engine.commit import Committer
+    from daemon.errors import ConfigError
+    from daemon.providers.http import make_client
+
+    if root is None:
+        if config.data_root is None:
+            raise ConfigError("data_root is not set (config file, ST_IMAGEGEN_DATA_ROOT)")
+        root = layout.resolve_data_root(config.data_root)
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+            store = await Store.open(config.db_path)
+            stack.push_async_callback(store.close)
+        client = make_client()
+        stack.push_async_callback(client.aclose)
+        approval = Approval(config.state_dir)
+        deps = JobDeps(
+            config=config,
+            root=root,
+            store=store,
+            approval=approval,
+            prompts=PromptWriter(config.text, client, limits=config.limits),
+            images=ImageGenerator(config.image, client, limits=config.limits),
+        )
+        deps.committer = Committer(config, store, approval, root)
+        yield deps
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped, plus up to 25%."""
+    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    return min(cap, delay + rng.uniform(0, delay / 4))
+
+
+def _retry_delay(job: Job, exc: Exception, deps: JobDeps) -> float:
+    limits = deps.config.limits
+    delay = backoff_delay(
+        job.attempts + 1, limits.retry_base_seconds, limits.retry_max_seconds, deps.rng
+    )
+    if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
+        delay = max(delay, min(exc.retry_after, limits.max_retry_after_seconds))
+    return delay
+
+
+class _Gone(Exception):
+    """The reply (or the chat) the job illustrates is gone or changed: supersede the job."""
+
+
+# --- reading what the prompt needs -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    message: Message
+    chat: Chat
+    card: CardInfo | None
+
+
+def _read_source(job: Job, deps: JobDeps) -> _Source:
+    """Read the chat and find the job's reply (blocking; run in a worker thread)."""
+    path = deps.root / job.chat
+    try:
+        chat, _ = read_chat(path)
+    except ChatReadError as exc:
+        if not path.exists():
+            raise _Gone(f"the chat is gone (deleted or renamed): {job.chat}") from exc
+        raise
+    message = chat.find(MessageIdentity(job.message_index, job.identity_name, job.identity_date))
+    if message is None:
+        raise _Gone("the reply is gone (deleted, or replaced by a regenerate)")
+    if str(message.revision) != job.revision and job.prompt is None:
+        raise _Gone("the reply changed (swipe, continue or edit) before its image was made")
+    card = _read_card(job, deps) if deps.config.text.include_character_card else None
+    return _Source(message, chat, card)
+
+
+def _read_card(job: Job, deps: JobDeps) -> CardInfo | None:
+    candidates: list[Path] = []
+    if job.is_group:
+        chat_id = Path(job.chat).stem
+        group = layout.group_for_chat(deps.root, job.user, chat_id)
+        if group is not None:
+            candidates = [
+                layout.card_path(deps.root, job.user, Path(member).stem) for member in group.members
+            ]
+    elif job.character:
+        candidates = [layout.card_path(deps.root, job.user, job.character)]
+    for path in candidates:
+        try:
+            card = cards.read_card(path)
+        except CardError as exc:
+            log.warning("character card not readable", job=job.id, card=path.name, error=str(exc))
+            continue
+        if not job.is_group or card.name == job.speaker or len(candidates) == 1:
+            return CardInfo(
+                name=card.name or job.speaker,
+                description=card.description,
+                personality=card.personality,
+                scenario=card.scenario,
+            )
+    return None
+
+
+def _context(chat: Chat, message: Message, count: int) -> list[tuple[str, str]]:
+    """Up to ``count`` visible messages before ``message`` (oldest first)."""
+    if count <= 0:
+        return []
+    earlier: list[tuple[str, str]] = []
+    for previous in reversed(chat.messages[: message.index]):
+        if previous.is_system or previous.marker is not None or not previous.mes.strip():
+            continue
+        earlier.append((previous.name, previous.mes))
+        if len(earlier) >= count:
+            break
+    earlier.reverse()
+    return earlier
+
+
+# --- one job ---------------------------------------------------------------------------------
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return {
+        "job": job.id,
+        "user": job.user,
+        "chat": job.chat,
+        "mesid": job.message_index,
+    }
+
+
+async def run_job_once(job: Job, deps: JobDeps) -> Job:
+    """Take ``job`` from its current state to the next wait: pending (or committed with
+    ``approval = "auto"``), or a rescheduled, failed or superseded job. An ACCEPTED job is
+    committed. Usable outside the daemon (``generate --wait`` with no daemon running).
+
+    Cancellation (drain, supersede) puts a running job back to QUEUED unless it was superseded.
+    """
+    if job.state is JobState.ACCEPTED:
+        return await _commit(job, deps)
+    if job.state is not JobState.QUEUED:
+        return job
+    try:
+        current = await _pipeline(job, deps)
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            back = await deps.store.transition(
+                job.id, {JobState.PROMPTING, JobState.IMAGING}, JobState.QUEUED
+            )
+            if back is not None:
+                log.info("job requeued after cancel", **_fields(job))
+        raise
+    if current.state is JobState.ACCEPTED:
+        return await _commit(current, deps)
+    return current
+
+
+async def _pipeline(job: Job, deps: JobDeps) -> Job:
+    store = deps.store
+    current: Job = job
+    step = "prompt"
+    started = time.monotonic()
+    try:
+        if job.prompt is None:
+            moved = await store.transition(job.id, JobState.QUEUED, JobState.PROMPTING)
+            if moved is None:
+                return await store.get_job(job.id)
+            current = moved
+            source = await anyio.to_thread.run_sync(_read_source, current, deps)
+            item = PromptInput(
+                reply=source.message.mes,
+                speaker=source.message.name or current.speaker,
+                card=source.card,
+                context=_context(source.chat, source.message, deps.config.text.context_messages),
+            )
+            written = await deps.prompts.write(item)
+            moved = await store.transition(
+                job.id,
+                JobState.PROMPTING,
+                JobState.IMAGING,
+                prompt=written.prompt,
+                message_index=source.message.index,
+                meta_update={"negative": written.negative},
+            )
+            if moved is None:
+                return await store.get_job(job.id)
+            current = moved
+            log.info(
+                "prompt written",
+                **_fields(current),
+                state=current.state.value,
+                duration=round(time.monotonic() - started, 3),
+            )
+        else:
+            moved = await store.transition(job.id, JobState.QUEUED, JobState.IMAGING)
+            if moved is None:
+                return await store.get_job(job.id)
+            current = moved
+        step = "image"
+        started = time.monotonic()
+        assert current.prompt is not None
+        negative = str(current.meta.get("negative", deps.config.text.negative_prompt))
+        generated = await deps.images.generate(current.prompt, negative)
+        if not generated:
+            raise PermanentProviderError("the image API returned no images")
+        step = "pending"
+        folder = await _write_pending(current, generated, deps)
+        names = tuple(p.name for p in deps.approval.kept_images(current.id))
+        target = JobState.ACCEPTED if deps.config.approval == "auto" else JobState.PENDING
+        moved = await store.transition(
+            job.id,
+            JobState.IMAGING,
+            target,
+            images=names,
+            last_error=None,
+            next_attempt_at=None,
+            meta_update={
+                "image_model": deps.config.image.model,
+                "text_model": deps.config.text.model,
+            },
+        )
+        if moved is None:
+            # Superseded while the image was being made: its pending folder must not linger.
+            await anyio.to_thread.run_sync(deps.approval.finish, job.id)
+            return await store.get_job(job.id)
+        log.info(
+            "images ready",
+            **_fields(moved),
+            state=moved.state.value,
+            images=len(names),
+            folder=str(folder),
+            duration=round(time.monotonic() - started, 3),
+        )
+        return moved
+    except _Gone as exc:
+        log.info("job superseded", **_fields(current), reason=str(exc))
+        gone = await store.transition(
+            job.id, ACTIVE_STATES, JobState.SUPERSEDED, last_error=str(exc), next_attempt_at=None
+        )
+        return gone or await store.get_job(job.id)
+    except (TransientProviderError, ChatReadError, ChatWriteError, OSError) as exc:
+        delay = _retry_delay(current, exc, deps)
+        reason = f"{step}: {exc}"
+        log.warning(
+            "job step failed, will retry",
+            **_fields(current),
+            step=step,
+            error=reason,
+            retry_in=round(delay, 1),
+        )
+        again = await store.reschedule(
+            job.id, reason, delay, max_attempts=deps.config.limits.max_attempts
+        )
+        return again or await store.get_job(job.id)
+    except PermanentProviderError as exc:
+        reason = f"{step}: {exc}"
+        log.warning("job failed", **_fields(current), step=step, error=reason)
+        failed = await store.fail(job.id, reason, expected=ACTIVE_STATES)
+        return failed or await store.get_job(job.id)
+    except StoreError:
+        raise
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        # A bug, not the user's setup: fail the job visibly instead of retrying forever.
+        log.exception("job crashed", **_fields(current), step=step)
+        reason = f"{step}: internal error: {exc!r}"
+        failed = await store.fail(job.id, reason, expected=ACTIVE_STATES)
+        return failed or await store.get_job(job.id)
+
+
+async def _write_pending(job: Job, generated: Sequence[GeneratedImage], deps: JobDeps) -> Path:
+    info = {
+        "provider": deps.config.image.profile,
+        "model": deps.config.image.model,
+        "text_model": deps.config.text.model if deps.config.text.mode == "llm" else "template",
+    }
+    return await anyio.to_thread.run_sync(deps.approval.write_pending, job, list(generated), info)
+
+
+async def _commit(job: Job, deps: JobDeps) -> Job:
+    """Commit an ACCEPTED job; on a write problem keep it ACCEPTED and retry later."""
+    if deps.committer is None:
+        return job  # nothing to commit with (a runner built without one): it waits in the store
+    started = time.monotonic()
+    try:
+        with anyio.CancelScope(shield=True):  # never abandon a commit half way through
+            done = await deps.committer.commit_job(job)
+    except (ChatConflictError, ChatWriteError, ChatReadError, MessageNotFoundError, OSError) as exc:
+        attempts = job.attempts + 1
+        limits = deps.config.limits
+        delay = backoff_delay(
+            attempts, limits.retry_base_seconds, limits.retry_max_seconds, deps.rng
+        )
+        log.warning(
+            "commit failed, will retry", **_fields(job), error=str(exc), retry_in=round(delay, 1)
+        )
+        kept = await deps.store.transition(
+            job.id,
+            JobState.ACCEPTED,
+            JobState.ACCEPTED,
+            attempts=attempts,
+            last_error=f"commit: {exc}",
+            next_attempt_at=deps.clock() + timedelta(seconds=delay),
+        )
+        return kept or await deps.store.get_job(job.id)
+    log.info(
+        "commit",
+        **_fields(done),
+        state=done.state.value,
+        duration=round(time.monotonic() - started, 3),
+    )
+    return done
+
+
+# --- user actions (CLI and drop folders) ------------------------------------------------------
+
+
+async def accept_job(
+    store: Store, approval: Approval, job_ref: str, keep: Sequence[int] | None = None
+) -> Job:
+    """PENDING -> ACCEPTED, keeping only images ``keep`` (1-based) when given.
+
+    Images the user deleted from the job's folder are not kept either.
+    """
+    job = await store.get_job(job_ref)
+    _check_actionable(job, "accept")
+    kept = await anyio.to_thread.run_sync(approval.kept_images, job.id)
+    if keep:
+        wanted = sorted(set(keep))
+        bad = [n for n in wanted if n < 1 or n > len(job.images)]
+        if bad:
+            raise JobError(
+                f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]} to keep"
+            )
+        names = {job.images[n - 1] for n in wanted}
+        kept = [p for p in kept if p.name in names]
+    if not kept:
+        raise JobError(f"job {job.id} has no images left to accept (reject it instead)")
+    moved = await store.transition(
+        job.id,
+        JobState.PENDING,
+        JobState.ACCEPTED,
+        images=tuple(p.name for p in kept),
+        next_attempt_at=None,
+        last_error=None,
+    )
+    if moved is None:
+        return _raise_state(await store.get_job(job.id), "accept")
+    return moved
+
+
+async def reject_job(store: Store, approval: Approval, job_ref: str) -> Job:
+    """PENDING (or ACCEPTED, not yet committed) -> REJECTED; the pending folder goes."""
+    job = await store.get_job(job_ref)
+    if job.state not in (JobState.PENDING, JobState.ACCEPTED, JobState.FAILED):
+        _check_actionable(job, "reject")
+    moved = await store.transition(
+        job.id,
+        {JobState.PENDING, JobState.ACCEPTED, JobState.FAILED},
+        JobState.REJECTED,
+        next_attempt_at=None,
+    )
+    if moved is None:
+        return _raise_state(await store.get_job(job.id), "reject")
+    await anyio.to_thread.run_sync(approval.finish, job.id)
+    return moved
+
+
+async def regen_job(
+    store: Store, approval: Approval, job_ref: str, prompt: str | None = None
+) -> Job:
+    """A new job for the same reply (new id, next regen counter), same prompt unless edited.
+
+    The old job is marked superseded ("regenerated as <id>") and its pending folder removed.
+    """
+    job = await store.get_job(job_ref)
+    if prompt is not None and not prompt.strip():
+        raise JobError("the new prompt is empty")
+    if job.state is JobState.SUPERSEDED:
+        raise JobError(_state_message(job, "regenerate"))
+    new = await store.regenerate(job.id, prompt=prompt.strip() if prompt else None)
+    await anyio.to_thread.run_sync(approval.finish, job.id)
+    return new
+
+
+def _state_message(job: Job, action: str) -> str:
+    why = f" ({job.last_error})" if job.last_error else ""
+    return f"cannot {action} job {job.id}: it is {job.state.value}{why}"
+
+
+def _check_actionable(job: Job, action: str) -> None:
+    if job.state is not JobState.PENDING:
+        raise JobError(_state_message(job, action))
+
+
+def _raise_state(job: Job, action: str) -> Job:
+    raise JobError(_state_message(job, action))
+
+
+# --- the runner ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    job: Job
+    scope: anyio.CancelScope
+
+
+class Runner:
+    """Runs due jobs: at most ``limits.concurrency`` at once, one per chat, oldest first.
+
+    Jobs come from the store (polled every :data:`POLL_INTERVAL` and on :meth:`wake`), so jobs
+    queued by another process are picked up. :meth:`cancel` stops a running job (supersede);
+    :meth:`drain` stops taking jobs and waits for running steps, then cancels them.
+    """
+
+    def __init__(
+        self,
+        deps: JobDeps,
+        *,
+        poll_interval: float = POLL_INTERVAL,
+        on_done: Callable[[Job], None] | None = None,
+    ) -> None:
+        self.deps = deps
+        self.poll_interval = poll_interval
+        self.on_done = on_done
+        self._running: dict[str, _Running] = {}
+        self._busy_chats: set[str] = set()
+        self._wake = anyio.Event()
+        self._idle = anyio.Event()
+        self._draining = False
+        self._tg: TaskGroup | None = None
+        self.started = 0
+        self.max_in_flight = 0
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: str, reason: str = "superseded") -> bool:
+        """Cancel a running job's scope (after the store already marked it superseded)."""
+        running = self._running.get(job_id)
+        if running is None:
+            return False
+        log.info("cancelling running job", job=job_id, reason=reason)
+        running.scope.cancel()
+        return True
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while not self._draining:
+                try:
+                    await self.fill()
+                except StoreError as exc:
+                    log.error("store error while polling jobs", error=str(exc))
+                with anyio.move_on_after(self.poll_interval):
+                    await self._wake.wait()
+                self._wake = anyio.Event()
+            # Draining: the task group waits for the running jobs (cancelled by drain()).
+
+    async def fill(self) -> int:
+        """Start as many due jobs as the limits allow; returns how many started."""
+        if self._draining or self._tg is None:
+            return 0
+        free = self.deps.config.limits.concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        now = self.deps.clock()
+        candidates: list[Job] = []
+        if self.deps.committer is not None:
+            accepted = await self.deps.store.jobs_in([JobState.ACCEPTED], limit=200)
+            candidates.extend(
+                j for j in accepted if j.next_attempt_at is None or j.next_attempt_at <= now
+            )
+        candidates.extend(await self.deps.store.due_jobs(now, limit=200))
+        candidates.sort(key=lambda j: j.id)
+        started = 0
+        for job in candidates:
+            if started >= free or self._draining:
+                break
+            if job.id in self._running or job.chat in self._busy_chats:
+                continue
+            self._start(job)
+            started += 1
+        return started
+
+    def _start(self, job: Job) -> None:
+        assert self._tg is not None
+        scope = anyio.CancelScope()
+        self._running[job.id] = _Running(job, scope)
+        self._busy_chats.add(job.chat)
+        self.started += 1
+        self.max_in_flight = max(self.max_in_flight, len(self._running))
+        self._idle = anyio.Event()
+        self._tg.start_soon(self._run_one, job, scope, name=f"job {job.id}")
+
+    async def _run_one(self, job: Job, scope: anyio.CancelScope) -> None:
+        result: Job | None = None
+        try:
+            with scope:
+                result = await run_job_once(job, self.deps)
+        except StoreError as exc:
+            log.error("store error while running a job", job=job.id, error=str(exc))
+        except Exception:
+            log.exception("job runner error", job=job.id)
+        finally:
+            self._running.pop(job.id, None)
+            self._busy_chats.discard(job.chat)
+            if not self._running:
+                self._idle.set()
+            self._wake.set()  # the chat is free: its next job may start
+        if result is not None and self.on_done is not None:
+            try:
+                self.on_done(result)
+            except Exception:
+                log.exception("job callback error", job=job.id)
+
+    async def drain(self, grace: float = DRAIN_TIMEOUT) -> int:
+        """Stop taking jobs; wait up to ``grace`` seconds for running ones, then cancel them.
+
+        Returns how many were cancelled (they go back to QUEUED and resume at the next start).
+        """
+        self._draining = True
+        self._wake.set()
+        if not self._running:
+            return 0
+        with anyio.move_on_after(grace):
+            await self._idle.wait()
+        cancelled = 0
+        for running in list(self._running.values()):
+            running.scope.cancel()
+            cancelled += 1
+        if cancelled:
+            log.info("drain timeout: cancelled running jobs", count=cancelled, grace=grace)
+        return cancelled

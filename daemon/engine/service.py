@@ -1,0 +1,397 @@
+"""The daemon: one top-level task group that starts, serves and drains.
+
+start: open the store, resume jobs a crash left running, remove our stale temp files, start the
+observer, then a stat scan of every chat (chats changed while we were down are caught up from
+their stored cursor). serve: watcher hints -> settle -> tail scan -> detect -> store -> runner;
+drop-folder moves -> approval actions; a store poll picks up jobs other processes queued; after
+each settled change of a chat with open ledger entries, reconcile it. drain: on SIGTERM/SIGINT
+stop taking jobs, let running steps finish within the grace period, then stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import structlog
+
+from daemon.config import Config, SystemdEnv
+from daemon.engine import detect
+from daemon.engine.jobs import DRAIN_TIMEOUT, JobDeps, Runner, accept_job, regen_job, reject_job
+from daemon.engine.notify import Heartbeat, Notifier
+from daemon.engine.store import Job, JobState, Store
+from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
+from daemon.errors import ConfigError, JobError, StImagegenError, StoreError
+from daemon.tavern import layout, write
+from daemon.tavern.chat import ChatReadError, tail_scan
+from daemon.tavern.layout import ChatRef
+
+__all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
+
+log = structlog.get_logger("st_imagegen.service")
+
+HEARTBEAT_INTERVAL = 5.0
+"""Seconds between heartbeat file writes (``status`` calls a daemon dead after 3 missed)."""
+
+ALIVE_CHECK_INTERVAL = 1.0
+"""Seconds between checks that the observer thread still runs, and drop-folder polls."""
+
+
+@dataclass(frozen=True)
+class ServiceTimings:
+    """Intervals the tests shorten; production uses the defaults."""
+
+    heartbeat: float = HEARTBEAT_INTERVAL
+    alive_check: float = ALIVE_CHECK_INTERVAL
+    poll: float = 1.0
+    drain_grace: float = DRAIN_TIMEOUT
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Service:
+    """The running daemon's state; :func:`serve` builds and runs it."""
+
+    def __init__(
+        self,
+        config: Config,
+        root: Path,
+        deps: JobDeps,
+        *,
+        notifier: Notifier | None = None,
+        timings: ServiceTimings | None = None,
+    ) -> None:
+        from daemon import __version__
+
+        self.config = config
+        self.root = root
+        self.deps = deps
+        self.store: Store = deps.store
+        self.notifier = notifier or Notifier()
+        self.timings = timings or ServiceTimings()
+        self.heartbeat = Heartbeat(config.heartbeat_path, __version__)
+        self.watcher = Watcher(
+            root,
+            [config.state_dir / name for name in ("accepted", "rejected", "regenerate")],
+        )
+        self.index = StatIndex(root, config.detect.users)
+        self.settler = Settler(config.detect.settle_seconds)
+        self.runner = Runner(deps, poll_interval=self.timings.poll)
+        self.exit_code = 0
+        self.processed = 0
+        self._startup: set[str] = set()
+        self._hint = anyio.Event()
+        self._rescan = anyio.Event()
+        self._drop = anyio.Event()
+        self._stopping = False
+
+    # --- start ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        resumed = await self.store.resume_after_crash()
+        if resumed:
+            log.info("resumed jobs left running by a crash", count=resumed)
+        removed = await anyio.to_thread.run_sync(self._cleanup_temps)
+        if removed:
+            log.info("removed stale temp files", count=removed)
+        self.watcher.start()
+        changed = await anyio.to_thread.run_sync(self.index.scan)
+        known = await self.store.known_chats()
+        now = time.monotonic()
+        for chat in changed:
+            self._startup.add(chat.rel)
+            if chat.rel in known and await self._unchanged_since_cursor(chat):
+                continue
+            self.settler.due_now(chat, now)
+        log.info(
+            "startup scan",
+            chats=len(self.index),
+            to_read=len(self.settler),
+            known=len(known),
+            root=str(self.root),
+        )
+
+    async def _unchanged_since_cursor(self, chat: ChatRef) -> bool:
+        # Cheap catch-up test: a chat whose size is what the cursor saw is not re-read at start.
+        # (A same-size edit while we were down is missed until the chat is next saved.)
+        cursor = await self.store.get_cursor(chat.rel)
+        if cursor is None:
+            return False
+        try:
+            return chat.path.stat().st_size == cursor.size
+        except OSError:
+            return True
+
+    def _cleanup_temps(self) -> int:
+        folders = {
+            chat.path.parent for chat in layout.iter_chats(self.root, self.config.detect.users)
+        }
+        removed = 0
+        for folder in folders:
+            try:
+                removed += write.cleanup_stale_temps(folder)
+            except OSError as exc:
+                log.warning("temp cleanup failed", folder=str(folder), error=str(exc))
+        return removed
+
+    # --- serve ---------------------------------------------------------------------------
+
+    async def run(self, *, ready: Callable[[], None] | None = None) -> int:
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.runner.run)
+                await self.start()
+                tg.start_soon(self._pump)
+                tg.start_soon(self._settle_loop)
+                tg.start_soon(self._rescan_loop)
+                tg.start_soon(self._poll_loop, tg.cancel_scope)
+                tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self._signal_loop, tg.cancel_scope)
+                self.heartbeat.write(watching=len(self.index))
+                self.notifier.ready(f"watching {len(self.index)} chats")
+                log.info("ready", chats=len(self.index), pid=os.getpid())
+                if ready is not None:
+                    ready()
+        finally:
+            self.watcher.stop()
+        self.heartbeat.remove()
+        return self.exit_code
+
+    async def stop(self, reason: str, cancel: anyio.CancelScope, code: int = 0) -> None:
+        """Drain and end the task group (idempotent)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.exit_code = code
+        log.info("stopping", reason=reason, running=self.runner.running)
+        self.notifier.stopping(f"draining: {reason}")
+        with anyio.CancelScope(shield=True):
+            self.heartbeat.write(watching=len(self.index), state="draining")
+            self.watcher.stop()
+            await self.runner.drain(self.timings.drain_grace)
+        cancel.cancel()
+
+    async def _signal_loop(self, cancel: anyio.CancelScope) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                await self.stop(signal.Signals(signum).name, cancel)
+                return
+
+    async def _pump(self) -> None:
+        """Watcher hints into the settler (or rescans / drop checks)."""
+        async for hint in self.watcher.receive:
+            self._take(hint)
+
+    def _take(self, hint: Hint) -> None:
+        if hint.kind is HintKind.CHAT and hint.chat is not None:
+            if self._wanted(hint.chat):
+                self.settler.touch(hint.chat, time.monotonic())
+                self._hint.set()
+        elif hint.kind is HintKind.DROP:
+            self._drop.set()
+        else:
+            self._rescan.set()
+
+    def _wanted(self, chat: ChatRef) -> bool:
+        users = self.config.detect.users
+        return not users or chat.user in users
+
+    async def _settle_loop(self) -> None:
+        while True:
+            deadline = self.settler.next_deadline()
+            wait = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._hint.wait()
+                self._hint = anyio.Event()
+            for chat in self.settler.pop_due(time.monotonic()):
+                await self.process_chat(chat)
+
+    async def _rescan_loop(self) -> None:
+        interval = self.config.detect.rescan_seconds
+        while True:
+            with anyio.move_on_after(interval):
+                await self._rescan.wait()
+            self._rescan = anyio.Event()
+            self.watcher.clear_rescan()
+            changed = await anyio.to_thread.run_sync(self.index.scan)
+            now = time.monotonic()
+            for chat in changed:
+                self.settler.touch(chat, now)
+            if changed:
+                log.debug("rescan found changes", count=len(changed))
+                self._hint.set()
+
+    async def _poll_loop(self, cancel: anyio.CancelScope) -> None:
+        """Observer liveness, overflow flag, drop folders; the runner polls the store itself."""
+        while True:
+            with anyio.move_on_after(self.timings.alive_check):
+                await self._drop.wait()
+            self._drop = anyio.Event()
+            if not self._stopping and not self.watcher.is_alive():
+                log.error(
+                    "the file watcher thread died; exiting so the service manager restarts us"
+                )
+                await self.stop("file watcher died", cancel, code=1)
+                return
+            if self.watcher.rescan_needed:
+                self._rescan.set()
+            await self.handle_drops()
+
+    async def _heartbeat_loop(self) -> None:
+        ping = self.notifier.watchdog_interval
+        interval = min(self.timings.heartbeat, ping) if ping else self.timings.heartbeat
+        last_beat = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_beat >= self.timings.heartbeat:
+                counts = await self._safe_counts()
+                self.heartbeat.write(watching=len(self.index), jobs=counts)
+                last_beat = now
+            if ping:
+                self.notifier.watchdog()
+            await anyio.sleep(interval)
+
+    async def _safe_counts(self) -> dict[str, int]:
+        try:
+            counts = await self.store.counts()
+        except StoreError:
+            return {}
+        return {state.value: n for state, n in counts.items() if n}
+
+    # --- one chat ------------------------------------------------------------------------
+
+    async def process_chat(self, chat: ChatRef) -> None:
+        """Read what is new in ``chat`` and turn it into jobs and supersedes (never raises)."""
+        try:
+            await self._process(chat)
+        except StoreError as exc:
+            log.error("store error while reading a chat", chat=chat.rel, error=str(exc))
+        except StImagegenError as exc:
+            log.warning("chat skipped", chat=chat.rel, error=str(exc))
+        except Exception:
+            log.exception("chat processing failed", chat=chat.rel)
+        finally:
+            self.processed += 1
+
+    async def _process(self, chat: ChatRef) -> None:
+        store = self.store
+        record = await store.get_chat(chat.rel)
+        cursor = record.cursor if record else None
+        try:
+            result = await anyio.to_thread.run_sync(tail_scan, chat.path, cursor)
+        except ChatReadError:
+            if not chat.path.exists():
+                self.index.note(chat)
+                log.debug("chat gone before it was read", chat=chat.rel)
+                return
+            raise
+        first_sight = record is None
+        created_while_running = first_sight and chat.rel not in self._startup
+        decision = detect.decide(
+            result,
+            detect.ChatContext.for_chat(self.root, chat, record.data if record else None),
+            self.config.detect,
+            self.config.mode,
+            _now(),
+            first_sight=first_sight,
+            created_while_running=created_while_running,
+        )
+        for identity, keep, reason in decision.supersede:
+            gone = await store.supersede(
+                chat.user, chat.rel, identity.name, identity.first_date, keep, reason
+            )
+            for job in gone:
+                self.runner.cancel(job.id, reason)
+                if job.state is JobState.SUPERSEDED:
+                    await anyio.to_thread.run_sync(self.deps.approval.finish, job.id)
+                log.info("job superseded", job=job.id, chat=chat.rel, reason=reason)
+        created = 0
+        for spec in decision.new_jobs:
+            job = await store.create_job(**spec.fields())
+            if job is not None:
+                created += 1
+                log.info(
+                    "job queued",
+                    job=job.id,
+                    user=job.user,
+                    chat=job.chat,
+                    mesid=job.message_index,
+                    speaker=job.speaker,
+                )
+        await store.set_cursor(chat.rel, result.cursor, data=decision.state)
+        self.index.note(chat)
+        if created:
+            self.runner.wake()
+        await self._reconcile(chat)
+
+    async def _reconcile(self, chat: ChatRef) -> None:
+        committer = self.deps.committer
+        if committer is None:
+            return
+        if not await self.store.ledger_for_chat(chat.rel, open_only=True):
+            return
+        added = await committer.reconcile_chat(chat)
+        if added:
+            log.info(
+                "re-inserted image messages dropped by a stale tab", chat=chat.rel, count=added
+            )
+
+    # --- drop folders --------------------------------------------------------------------
+
+    async def handle_drops(self) -> int:
+        """Act on job folders moved into accepted/ rejected/ regenerate/."""
+        approval = self.deps.approval
+        actions = await anyio.to_thread.run_sync(approval.drop_actions)
+        done = 0
+        for job_id, action in actions:
+            try:
+                job = await self._drop_action(job_id, str(action))
+            except JobError as exc:
+                log.warning("folder action refused", job=job_id, action=str(action), error=str(exc))
+                await anyio.to_thread.run_sync(approval.refuse_drop, job_id, str(exc))
+                continue
+            done += 1
+            log.info("folder action", job=job_id, action=str(action), state=job.state.value)
+        if done:
+            self.runner.wake()
+        return done
+
+    async def _drop_action(self, job_id: str, action: str) -> Job:
+        approval = self.deps.approval
+        if action == "accept":
+            return await accept_job(self.store, approval, job_id)
+        if action == "reject":
+            return await reject_job(self.store, approval, job_id)
+        return await regen_job(self.store, approval, job_id)
+
+
+async def serve(
+    config: Config,
+    *,
+    ready: Callable[[], None] | None = None,
+    systemd: SystemdEnv | None = None,
+    timings: ServiceTimings | None = None,
+) -> int:
+    """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1)."""
+    from daemon.engine.jobs import open_job_deps
+
+    if config.data_root is None:
+        raise ConfigError(
+            "data_root is not set: put data_root in the config file, set "
+            "ST_IMAGEGEN_DATA_ROOT, or pass --data-root"
+        )
+    root = layout.resolve_data_root(config.data_root)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    notifier = Notifier(systemd.notify_socket, systemd.watchdog_usec) if systemd else Notifier()
+    async with open_job_deps(config, root=root) as deps:
+        service = Service(config, root, deps, notifier=notifier, timings=timings)
+        return await service.run(ready=ready)

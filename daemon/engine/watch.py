@@ -1,0 +1,313 @@
+"""The watcher: watchdog's observer thread bridged into anyio, settling, and stat rescans.
+
+Events are hints. The observer thread classifies each path and hands a :class:`Hint` to the
+event loop through a bounded anyio memory stream; it never blocks on a full stream (it sets
+``rescan_needed`` instead) and never raises (an exception would silently end watchdog's thread).
+A periodic stat-only rescan (:class:`StatIndex`) catches whatever the events missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+
+from daemon.tavern import layout
+from daemon.tavern.layout import ChatRef, PathKind
+
+__all__ = [
+    "DEFAULT_BUFFER",
+    "EventBridge",
+    "Hint",
+    "HintKind",
+    "Settler",
+    "StatIndex",
+    "Watcher",
+]
+
+log = structlog.get_logger("st_imagegen.watch")
+
+DEFAULT_BUFFER = 4096
+"""Hints the stream holds before the observer thread gives up and asks for a rescan."""
+
+OBSERVER_STOP_TIMEOUT = 5.0
+"""Seconds to wait for watchdog's threads to end on shutdown."""
+
+
+class HintKind(StrEnum):
+    CHAT = "chat"  # a chat file may have changed
+    DROP = "drop"  # something moved into accepted/ rejected/ regenerate/
+    RESCAN = "rescan"  # a folder appeared: new user, new character, new group chats folder
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    kind: HintKind
+    chat: ChatRef | None = None
+    at: float = 0.0  # time.monotonic() when the observer saw it
+
+
+class EventBridge(FileSystemEventHandler):
+    """watchdog handler: classify in the observer thread, deliver on the event loop.
+
+    Every method catches everything: an exception escaping a handler ends watchdog's dispatch
+    thread, and the daemon would go deaf without noticing until the alive check.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        drop_dirs: Sequence[Path],
+        send: MemoryObjectSendStream[Hint],
+        token: anyio.lowlevel.EventLoopToken,
+    ) -> None:
+        self.root = root
+        self.drop_dirs = tuple(str(d) for d in drop_dirs)
+        self._send = send
+        self._token = token
+        self.rescan_needed = threading.Event()
+        self.errors = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.closed = False
+
+    # --- observer thread -----------------------------------------------------------------
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        try:
+            hints = list(self._hints(event))
+            for hint in hints:
+                self._hand_over(hint)
+        except Exception as exc:  # never let watchdog's thread die
+            self.errors += 1
+            self.rescan_needed.set()
+            with contextlib.suppress(Exception):  # logging itself failed: nothing else to do
+                log.error("watch handler error", error=repr(exc), event=event.event_type)
+
+    def _hints(self, event: FileSystemEvent) -> Iterable[Hint]:
+        now = time.monotonic()
+        src = _as_str(event.src_path)
+        if self.drop_dirs and _under_any(src, self.drop_dirs):
+            yield Hint(HintKind.DROP, at=now)
+            return
+        if isinstance(event, DirMovedEvent):
+            dest = _as_str(event.dest_path)
+            if self.drop_dirs and _under_any(dest, self.drop_dirs):
+                yield Hint(HintKind.DROP, at=now)
+            else:
+                yield Hint(HintKind.RESCAN, at=now)
+            return
+        if isinstance(event, DirCreatedEvent):
+            yield Hint(HintKind.RESCAN, at=now)
+            return
+        if isinstance(event, FileMovedEvent):
+            dest = _as_str(event.dest_path)
+            if self.drop_dirs and _under_any(dest, self.drop_dirs):
+                yield Hint(HintKind.DROP, at=now)
+                return
+            hint = self._chat_hint(dest, now)
+            if hint is not None:
+                yield hint
+            return
+        if isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
+            if isinstance(event, FileClosedEvent) and event.event_type != "closed":
+                return
+            hint = self._chat_hint(src, now)
+            if hint is not None:
+                yield hint
+
+    def _chat_hint(self, path: str, now: float) -> Hint | None:
+        if not path.endswith(".jsonl"):
+            return None  # ST temp names, our temp names, images, cards: cheap early exit
+        classified = layout.classify(self.root, Path(path))
+        if classified.kind is not PathKind.CHAT or classified.chat is None:
+            return None
+        return Hint(HintKind.CHAT, classified.chat, now)
+
+    def _hand_over(self, hint: Hint) -> None:
+        if self.closed:
+            return
+        try:
+            anyio.from_thread.run_sync(self._deliver, hint, token=self._token)
+        except RuntimeError:
+            # The event loop is gone (shutting down): nothing to deliver to.
+            self.closed = True
+
+    # --- event loop ------------------------------------------------------------------------
+
+    def _deliver(self, hint: Hint) -> None:
+        try:
+            self._send.send_nowait(hint)
+            self.delivered += 1
+        except anyio.WouldBlock:
+            self.dropped += 1
+            self.rescan_needed.set()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.closed = True
+
+
+def _as_str(path: str | bytes) -> str:
+    return os.fsdecode(path)
+
+
+def _under_any(path: str, folders: Sequence[str]) -> bool:
+    return any(path == f or path.startswith(f + os.sep) for f in folders)
+
+
+class Watcher:
+    """The observer on the data root (recursive) and on the drop folders.
+
+    Use inside the event loop: :meth:`start` captures the loop's token; hints arrive on
+    :attr:`receive`. :meth:`is_alive` is false once watchdog's threads have died.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        drop_dirs: Sequence[Path] = (),
+        *,
+        buffer: int = DEFAULT_BUFFER,
+        observer: BaseObserver | None = None,
+    ) -> None:
+        self.root = root
+        self.drop_dirs = tuple(drop_dirs)
+        send, receive = anyio.create_memory_object_stream[Hint](buffer)
+        self._send = send
+        self.receive: MemoryObjectReceiveStream[Hint] = receive
+        self._observer: BaseObserver = observer if observer is not None else Observer()
+        self.bridge: EventBridge | None = None
+        self._started = False
+
+    def start(self) -> None:
+        """Schedule and start the observer (call from the event loop thread)."""
+        token = anyio.lowlevel.current_token()
+        self.bridge = EventBridge(self.root, self.drop_dirs, self._send, token)
+        self._observer.schedule(self.bridge, str(self.root), recursive=True)
+        for folder in self.drop_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._observer.schedule(self.bridge, str(folder), recursive=False)
+        self._observer.daemon = True
+        self._observer.start()
+        self._started = True
+        log.info("watching", root=str(self.root), drop_dirs=[str(d) for d in self.drop_dirs])
+
+    def is_alive(self) -> bool:
+        """The observer thread and its emitters are running."""
+        if not self._started or not self._observer.is_alive():
+            return False
+        return all(emitter.is_alive() for emitter in self._observer.emitters)
+
+    @property
+    def rescan_needed(self) -> bool:
+        return self.bridge is not None and self.bridge.rescan_needed.is_set()
+
+    def clear_rescan(self) -> None:
+        if self.bridge is not None:
+            self.bridge.rescan_needed.clear()
+
+    def stop(self) -> None:
+        """Stop watchdog's threads (bounded wait) and close the stream."""
+        if self.bridge is not None:
+            self.bridge.closed = True
+        if self._started:
+            self._observer.stop()
+            self._observer.join(OBSERVER_STOP_TIMEOUT)
+            self._started = False
+        self._send.close()
+
+
+class Settler:
+    """Per-chat quiet timers: a chat is due once no hint arrived for ``settle`` seconds."""
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self._due: dict[str, tuple[float, ChatRef]] = {}
+
+    def touch(self, chat: ChatRef, now: float) -> None:
+        self._due[chat.rel] = (now + self.settle, chat)
+
+    def due_now(self, chat: ChatRef, now: float) -> None:
+        """Due at once (a startup or rescan finding: the chat is not being written right now)."""
+        self._due[chat.rel] = (now, chat)
+
+    def next_deadline(self) -> float | None:
+        return min((d for d, _ in self._due.values()), default=None)
+
+    def pop_due(self, now: float) -> list[ChatRef]:
+        ready = [(d, c) for d, c in self._due.values() if d <= now]
+        ready.sort(key=lambda item: item[0])
+        for _, chat in ready:
+            del self._due[chat.rel]
+        return [chat for _, chat in ready]
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+
+Signature = tuple[int, int, int]  # size, mtime_ns, inode
+
+
+class StatIndex:
+    """The last seen (size, mtime_ns, inode) of every chat; a rescan reports what differs."""
+
+    def __init__(self, root: Path, users: Sequence[str] = ()) -> None:
+        self.root = root
+        self.users = tuple(users)
+        self._seen: dict[str, Signature] = {}
+        self.chats: dict[str, ChatRef] = {}
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def scan(self) -> list[ChatRef]:
+        """Walk the tree (scandir + one stat per chat); return chats new or changed since."""
+        changed: list[ChatRef] = []
+        present: dict[str, ChatRef] = {}
+        for chat in layout.iter_chats(self.root, self.users):
+            try:
+                st = chat.path.stat()
+            except OSError:
+                continue  # vanished between listing and stat
+            signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+            present[chat.rel] = chat
+            if self._seen.get(chat.rel) != signature:
+                self._seen[chat.rel] = signature
+                changed.append(chat)
+        for rel in self._seen.keys() - present.keys():
+            del self._seen[rel]
+        self.chats = present
+        return changed
+
+    def note(self, chat: ChatRef) -> None:
+        """Record the current signature of ``chat`` (after processing it from an event)."""
+        try:
+            st = chat.path.stat()
+        except OSError:
+            self._seen.pop(chat.rel, None)
+            self.chats.pop(chat.rel, None)
+            return
+        self._seen[chat.rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        self.chats[chat.rel] = chat
