@@ -1,0 +1,181 @@
+"""Guarded downloads of image URLs that an images API returned.
+
+Provider URLs expire (OpenAI and NanoGPT: about an hour), so results are fetched at once. A URL
+comes from a remote answer, so every hop is checked before we connect: http(s) only, and the
+host's addresses must be public unless the host is trusted (the image API's own host, which local
+servers such as LocalAI use for their results, or one listed in ``[image] allow_private_urls``).
+Redirects are followed by hand, each hop re-checked, at most ``max_redirects``. Bodies are
+streamed with a byte cap, and the content type and magic bytes are checked.
+
+We resolve the host ourselves, then httpx resolves it again to connect: a DNS answer that
+changes in between (rebinding) is not caught. Pinning the address would break TLS name checks
+through httpx's public API; the window is small and the body is still only accepted if it is
+a valid image, so this is accepted and documented.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+import anyio
+import httpx
+
+from daemon.errors import BadResponseError, TransientProviderError
+from daemon.providers.decode import sniff_format
+
+__all__ = ["DownloadPolicy", "Resolver", "download_image", "is_public_address", "system_resolve"]
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+_BINARY_TYPES = {"application/octet-stream", "binary/octet-stream"}
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to (the system resolver, off the event loop)."""
+    infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+def is_public_address(address: str) -> bool:
+    """Is ``address`` a globally routable unicast address (not private, loopback, ...)?"""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """Limits for one download. Hosts in ``trusted_hosts`` may use private addresses."""
+
+    max_bytes: int
+    trusted_hosts: frozenset[str] = frozenset()
+    max_redirects: int = 5
+    timeout: float = 120.0
+
+
+class _Refused(Exception):
+    """Internal: a hop is refused (becomes a BadResponseError with context)."""
+
+
+async def _guard(url: str, policy: DownloadPolicy, resolve: Resolver) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise _Refused(f"the URL scheme {parts.scheme or '(none)'!r} is not http(s)")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise _Refused("the URL has no host")
+    if parts.username or parts.password:
+        raise _Refused("the URL carries credentials")
+    if host in policy.trusted_hosts:
+        return
+    try:
+        addresses = [str(ipaddress.ip_address(host))]
+    except ValueError:
+        try:
+            addresses = await resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+        except OSError as exc:
+            raise TransientProviderError(
+                f"cannot resolve the image download host {host} ({type(exc).__name__})",
+                provider=f"the image download from {host}",
+            ) from None
+    if not addresses:
+        raise _Refused(f"{host} resolves to no address")
+    for address in addresses:
+        if not is_public_address(address):
+            raise _Refused(
+                f"{host} is a private, loopback, link-local or reserved address ({address}); "
+                "list the host in [image] allow_private_urls if it is yours"
+            )
+
+
+async def download_image(
+    client: httpx.AsyncClient,
+    url: str,
+    policy: DownloadPolicy,
+    *,
+    resolve: Resolver = system_resolve,
+) -> bytes:
+    """The bytes of the image at ``url``, fetched under ``policy``; raises ProviderError."""
+    start_host = urlsplit(url).hostname or "?"
+    label = f"the image download from {start_host}"
+    for _hop in range(policy.max_redirects + 1):
+        try:
+            await _guard(url, policy, resolve)
+        except _Refused as exc:
+            raise BadResponseError(f"{label} was refused: {exc}", provider=label) from None
+        try:
+            with anyio.fail_after(policy.timeout):
+                async with client.stream(
+                    "GET",
+                    url,
+                    follow_redirects=False,
+                    timeout=httpx.Timeout(policy.timeout, connect=min(10.0, policy.timeout)),
+                ) as response:
+                    if response.status_code in _REDIRECTS and "location" in response.headers:
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    return await _body(response, policy, label)
+        except (TimeoutError, httpx.TransportError) as exc:
+            raise TransientProviderError(
+                f"{label} failed ({type(exc).__name__})", provider=label
+            ) from exc
+    raise BadResponseError(
+        f"{label} was refused: more than {policy.max_redirects} redirects", provider=label
+    )
+
+
+async def _body(response: httpx.Response, policy: DownloadPolicy, label: str) -> bytes:
+    status = response.status_code
+    if status != 200:
+        text = f"{label} answered {status}"
+        if status in (408, 429) or status >= 500:
+            raise TransientProviderError(text, provider=label, status=status)
+        raise BadResponseError(
+            f"{text} (the image URL expired or is wrong)", provider=label, status=status
+        )
+    ctype = response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype and not ctype.startswith("image/") and ctype not in _BINARY_TYPES:
+        raise BadResponseError(
+            f"{label} is not an image (content type {ctype!r})", provider=label, status=status
+        )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > policy.max_bytes:
+        raise BadResponseError(
+            f"{label} is {declared} bytes, over the limit of {policy.max_bytes} "
+            "([image] max_download_bytes)",
+            provider=label,
+            status=status,
+        )
+    chunks: list[bytes] = []
+    size = 0
+    checked = False
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > policy.max_bytes:
+            raise BadResponseError(
+                f"{label} went over the limit of {policy.max_bytes} bytes "
+                "([image] max_download_bytes)",
+                provider=label,
+                status=status,
+            )
+        if not checked and size >= 16:
+            checked = True
+            if sniff_format(b"".join(chunks)[:16]) is None:
+                raise BadResponseError(
+                    f"{label} is not a PNG, JPEG, WebP or GIF image (wrong magic bytes)",
+                    provider=label,
+                    status=status,
+                )
+    data = b"".join(chunks)
+    if sniff_format(data[:16]) is None:
+        raise BadResponseError(
+            f"{label} is not a PNG, JPEG, WebP or GIF image", provider=label, status=status
+        )
+    return data

@@ -1,0 +1,470 @@
+"""The image generator: a prompt in, checked image files out.
+
+One ``images/generations`` call per batch (a profile may cap ``n`` per call), answered as JSON or
+as server-sent events parsed as they arrive. Every ``url`` is downloaded at once (under the
+download guard), every ``b64_json`` decoded, and every image checked with Pillow; all ``n`` are
+kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+import httpx
+import structlog
+
+from daemon.config import ImageSettings, LimitsSettings
+from daemon.errors import (
+    BadResponseError,
+    ContentRefusedError,
+    PermanentProviderError,
+    ProviderError,
+    TransientProviderError,
+)
+from daemon.providers.decode import GeneratedImage, ImageRejected, check_image
+from daemon.providers.download import DownloadPolicy, Resolver, download_image, system_resolve
+from daemon.providers.http import (
+    ERROR_BODY_LIMIT,
+    BearerAuth,
+    Clock,
+    Endpoint,
+    IntervalGate,
+    RetryPolicy,
+    SystemClock,
+    endpoint_url,
+    error_fields,
+    error_from_response,
+    error_from_transport,
+    looks_like_policy,
+    read_capped,
+    redact,
+    with_retries,
+)
+from daemon.providers.profiles import (
+    ImageProfile,
+    NegativeStyle,
+    StreamStyle,
+    normalize_aspect_ratio,
+    resolve_profile,
+    unsent_settings,
+)
+from daemon.providers.sse import SSEEvent, StreamTooLarge, iter_sse
+
+__all__ = [
+    "GeneratedImage",
+    "ImageGenerator",
+    "ResultItem",
+    "build_body",
+    "classify_event",
+    "items_from_payload",
+]
+
+log = structlog.get_logger(__name__)
+
+_PROVISIONAL = {
+    "queued",
+    "pending",
+    "processing",
+    "in_progress",
+    "running",
+    "started",
+    "preview",
+    "partial_image",
+    "progress",
+}
+_FINAL = {"done", "completed", "complete", "succeeded", "success", "finished"}
+_FAILURE = {
+    "failed",
+    "failure",
+    "error",
+    "expired",
+    "timeout",
+    "timed_out",
+    "cancelled",
+    "canceled",
+}
+_TRANSIENT_HINTS = (
+    "timeout",
+    "timed out",
+    "overloaded",
+    "rate limit",
+    "try again",
+    "busy",
+    "capacity",
+    "server_error",
+    "unavailable",
+    "expired",
+)
+_WORD = re.compile(r"[a-z_]+")
+_DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ResultItem:
+    """One image in an answer: ``kind`` is "url" or "b64"."""
+
+    kind: str
+    value: str
+
+    def __repr__(self) -> str:
+        shown = self.value if self.kind == "url" else f"<{len(self.value)} base64 chars>"
+        return f"ResultItem({self.kind}, {shown[:200]})"
+
+
+def build_body(
+    settings: ImageSettings, profile: ImageProfile, prompt: str, negative: str, n: int
+) -> dict[str, Any]:
+    """The exact JSON body for one call under ``profile``."""
+    if negative and profile.negative is NegativeStyle.PIPE:
+        prompt = f"{prompt}|{negative}"
+    body: dict[str, Any] = {"model": settings.model, "prompt": prompt, "n": n}
+    for setting, wire in profile.fields.items():
+        value = getattr(settings, setting)
+        if value in ("", None):
+            continue
+        if setting == "aspect_ratio" and profile.ratio_aspect:
+            value = normalize_aspect_ratio(str(value))
+        body[wire] = value
+    if profile.response_format:
+        body["response_format"] = settings.response_format
+    if negative and profile.negative is NegativeStyle.FIELD:
+        body[profile.negative_field] = negative
+    if settings.sse:
+        if profile.stream is StreamStyle.SSE_FLAG:
+            body["sse"] = True
+        elif profile.stream is StreamStyle.OPENAI:
+            body["stream"] = True
+    body.update(settings.extra_body)
+    return body
+
+
+def _item(entry: Any) -> ResultItem | None:
+    if not isinstance(entry, dict):
+        return None
+    b64 = entry.get("b64_json")
+    if isinstance(b64, str) and b64.strip():
+        return ResultItem("b64", b64)
+    url = entry.get("url")
+    if isinstance(url, str) and url.strip():
+        return ResultItem("url", url.strip())
+    return None
+
+
+def items_from_payload(payload: Any) -> list[ResultItem]:
+    """Images in an answer: ``data[]`` items (``b64_json`` or ``url``), or a single top-level
+    image as OpenAI's streamed ``completed`` events carry it."""
+    if not isinstance(payload, dict):
+        return []
+    data = payload.get("data")
+    if isinstance(data, dict) and "data" in data:  # a proxy wrapped the whole answer once
+        data = data["data"]
+    if isinstance(data, list):
+        return [item for item in map(_item, data) if item is not None]
+    single = _item(payload)
+    return [single] if single is not None else []
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    """What one SSE event means: kind is provisional, final, failure, done or ignore."""
+
+    kind: str
+    items: tuple[ResultItem, ...] = ()
+    message: str = ""
+
+
+def _words(*values: Any) -> set[str]:
+    words: set[str] = set()
+    for value in values:
+        if isinstance(value, str):
+            words.update(_WORD.findall(value.lower()))
+    return words
+
+
+def classify_event(event: SSEEvent) -> EventOutcome:
+    """The meaning of one event (providers.md §2.5)."""
+    data = event.data.strip()
+    if data == "[DONE]":
+        return EventOutcome("done")
+    if not data or data.startswith(":"):  # "data: : keepalive" and empty pings
+        return EventOutcome("ignore")
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return EventOutcome("ignore", message=data[:100])
+    if not isinstance(payload, dict):
+        return EventOutcome("ignore")
+    words = _words(event.event, payload.get("type"), payload.get("status"), payload.get("state"))
+    error = payload.get("error")
+    if error or words & _FAILURE:
+        if isinstance(error, dict):
+            message = str(error.get("message") or error.get("code") or "error")
+        elif isinstance(error, str):
+            message = error
+        else:
+            message = str(payload.get("message") or payload.get("detail") or "failed")
+        return EventOutcome("failure", message=message)
+    items = tuple(items_from_payload(payload))
+    if words & _PROVISIONAL:
+        return EventOutcome("provisional", items)
+    if items or words & _FINAL:
+        return EventOutcome("final", items)
+    return EventOutcome("ignore")
+
+
+def _decode_b64(value: str, limit: int) -> bytes:
+    value = _DATA_URL.sub("", value.strip(), count=1)
+    value = "".join(value.split())
+    if len(value) * 3 // 4 > limit:
+        raise ImageRejected(f"the base64 image is over the limit of {limit} bytes")
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageRejected("the b64_json field is not valid base64") from None
+
+
+class ImageGenerator:
+    """Generates images; one instance per run (it holds the concurrency limit and pacing)."""
+
+    def __init__(
+        self,
+        settings: ImageSettings,
+        client: httpx.AsyncClient,
+        *,
+        limits: LimitsSettings | None = None,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        resolve: Resolver | None = None,
+    ) -> None:
+        limits = limits or LimitsSettings()
+        self._settings = settings
+        self._client = client
+        self._clock = clock or SystemClock()
+        self._retry = retry or RetryPolicy.from_limits(limits)
+        self._resolve = resolve or system_resolve
+        self._limiter = anyio.CapacityLimiter(limits.image_concurrency)
+        self._gate = IntervalGate(limits.min_interval_seconds, self._clock)
+        self._auth = BearerAuth(settings.api_key)
+        self._url = endpoint_url(settings.api_url, "images/generations", "image")
+        self.profile = resolve_profile(settings)
+        self._endpoint = Endpoint(
+            "image API", self._url, "image", settings.api_key.get_secret_value()
+        )
+        trusted = {self._endpoint.host.lower()}
+        for entry in settings.allow_private_urls:
+            host = urlsplit(entry).hostname if "://" in entry else entry
+            if host:
+                trusted.add(host.strip().strip("[]").lower())
+        self._download = DownloadPolicy(
+            max_bytes=settings.max_download_bytes,
+            trusted_hosts=frozenset(trusted),
+            timeout=settings.timeout_seconds,
+        )
+        ignored = unsent_settings(settings, self.profile)
+        if ignored:
+            log.warning(
+                "image_settings_not_sent",
+                profile=self.profile.name,
+                settings=ignored,
+                why="the provider profile does not take them",
+            )
+
+    def __repr__(self) -> str:
+        return f"ImageGenerator(profile={self.profile.name!r}, url={self._url!r})"
+
+    async def generate(self, prompt: str, negative: str = "") -> list[GeneratedImage]:
+        """All ``n`` images for ``prompt``, checked; raises ProviderError subclasses."""
+        if negative and self.profile.negative is NegativeStyle.NONE:
+            log.info("negative_prompt_not_sent", profile=self.profile.name)
+        images: list[GeneratedImage] = []
+        remaining = self._settings.n
+        while remaining > 0:
+            batch = min(remaining, self.profile.max_n)
+            body = build_body(self._settings, self.profile, prompt, negative, batch)
+            items = await self._call(body)
+            images.extend(await self._materialize(items))
+            remaining -= batch
+        return images
+
+    async def check(self) -> None:
+        """One tiny request for ``doctor``: ``GET …/models`` (free on every API we know).
+
+        It proves the URL, the network and the key; 404/405 (no models route) passes. Only a
+        real generation proves the model works, and that may cost money, so doctor does not.
+        """
+        url = self._url.rsplit("/images/generations", 1)[0] + "/models"
+        try:
+            with anyio.fail_after(min(self._settings.timeout_seconds, 30.0)):
+                async with self._client.stream("GET", url, auth=self._auth) as response:
+                    raw = await read_capped(response, ERROR_BODY_LIMIT * 16)
+        except (TimeoutError, httpx.TransportError) as exc:
+            raise error_from_transport(self._endpoint, exc) from exc
+        status = response.status_code
+        if status in (404, 405):
+            return
+        if not 200 <= status < 300:
+            raise error_from_response(self._endpoint, status, raw, response.headers, self._clock)
+        try:
+            listed = {
+                str(m.get("id")) for m in json.loads(raw).get("data", []) if isinstance(m, dict)
+            }
+        except (ValueError, AttributeError, TypeError):
+            return
+        if listed and self._settings.model not in listed:
+            raise PermanentProviderError(
+                f"{self._endpoint.label} does not list the model {self._settings.model!r}: "
+                "check [image] model",
+                provider=self._endpoint.label,
+                status=status,
+            )
+
+    async def _call(self, body: dict[str, Any]) -> list[ResultItem]:
+        async def attempt(n: int) -> list[ResultItem]:
+            await self._gate.wait()
+            return await self._post(body)
+
+        async with self._limiter:
+            return await with_retries(attempt, self._retry, self._clock, what="image API")
+
+    async def _post(self, body: dict[str, Any]) -> list[ResultItem]:
+        timeout = self._settings.timeout_seconds
+        log.info(
+            "image_request",
+            api=self._endpoint.host,
+            profile=self.profile.name,
+            model=self._settings.model,
+            n=body.get("n"),
+        )
+        try:
+            with anyio.fail_after(timeout):
+                async with self._client.stream(
+                    "POST",
+                    self._url,
+                    json=body,
+                    auth=self._auth,
+                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                ) as response:
+                    if not 200 <= response.status_code < 300:
+                        raw = await read_capped(response, ERROR_BODY_LIMIT)
+                        raise error_from_response(
+                            self._endpoint, response.status_code, raw, response.headers, self._clock
+                        )
+                    ctype = response.headers.get("content-type", "").lower()
+                    if "event-stream" in ctype or (
+                        (body.get("sse") or body.get("stream")) and ("json" not in ctype)
+                    ):
+                        return await self._read_stream(response.aiter_bytes())
+                    return await self._read_json(response)
+        except (TimeoutError, httpx.TransportError) as exc:
+            raise error_from_transport(self._endpoint, exc) from exc
+
+    def _bad(self, text: str, body: str | bytes | None = None) -> BadResponseError:
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        body = redact(body or "", self._endpoint.secret)
+        return BadResponseError(
+            f"{self._endpoint.label}: {text}", provider=self._endpoint.label, status=200, body=body
+        )
+
+    async def _read_json(self, response: httpx.Response) -> list[ResultItem]:
+        cap = self._settings.max_response_bytes
+        raw = await read_capped(response, cap + 1)
+        if len(raw) > cap:
+            raise self._bad(f"the answer is over {cap} bytes ([image] max_response_bytes)")
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise self._bad(
+                "the answer is not JSON: check [image] api_url points at an images API", raw[:300]
+            ) from None
+        if isinstance(payload, dict) and payload.get("error") and not payload.get("data"):
+            message, code, _param = error_fields(raw)
+            raise self._failure(f"{code} {message}".strip() or "error", raw[:300])
+        items = items_from_payload(payload)
+        if not items:
+            raise self._bad(
+                "the answer holds no image (no data[].url or data[].b64_json)", raw[:300]
+            )
+        return items
+
+    def _failure(self, message: str, body: str | bytes | None = None) -> ProviderError:
+        """The error for a failure the provider reported inside a 200 answer."""
+        message = redact(message, self._endpoint.secret)
+        text = f"{self._endpoint.label} reported a failure: {message}"
+        kwargs: dict[str, Any] = {"provider": self._endpoint.label, "status": 200, "body": body}
+        if looks_like_policy(message):
+            return ContentRefusedError(text, **kwargs)
+        if any(hint in message.lower() for hint in _TRANSIENT_HINTS):
+            return TransientProviderError(text, **kwargs)
+        return PermanentProviderError(text, **kwargs)
+
+    async def _read_stream(self, chunks: AsyncIterator[bytes]) -> list[ResultItem]:
+        finals: list[ResultItem] = []
+        saw_final = False
+        provisional = 0
+        try:
+            async for event in iter_sse(chunks, self._settings.max_response_bytes):
+                outcome = classify_event(event)
+                if outcome.kind == "done":
+                    break
+                if outcome.kind == "failure":
+                    raise self._failure(outcome.message, event.data[:300])
+                if outcome.kind == "provisional":
+                    provisional += 1
+                elif outcome.kind == "final":
+                    saw_final = True
+                    finals.extend(outcome.items)
+        except StreamTooLarge:
+            raise self._bad(
+                f"the event stream went over {self._settings.max_response_bytes} bytes "
+                "([image] max_response_bytes)"
+            ) from None
+        if finals:
+            return finals
+        if saw_final:
+            raise self._bad("the stream said the image was done but carried no image")
+        if provisional:
+            raise TransientProviderError(
+                f"{self._endpoint.label}: the event stream ended before the image was ready "
+                f"({provisional} progress events, no final image)",
+                provider=self._endpoint.label,
+                status=200,
+            )
+        raise self._bad("the event stream ended without an image")
+
+    async def _materialize(self, items: list[ResultItem]) -> list[GeneratedImage]:
+        if len(items) < 1:
+            raise self._bad("the answer holds no image")
+        images: list[GeneratedImage] = []
+        for index, item in enumerate(items, start=1):
+            data = await self._fetch(item)
+            try:
+                image = await anyio.to_thread.run_sync(check_image, data, self._settings.max_pixels)
+            except ImageRejected as exc:
+                raise self._bad(f"image {index} of {len(items)} was rejected: {exc}") from None
+            images.append(image)
+        return images
+
+    async def _fetch(self, item: ResultItem) -> bytes:
+        limit = self._settings.max_download_bytes
+        if item.kind == "b64" or _DATA_URL.match(item.value):
+            try:
+                return _decode_b64(item.value, limit)
+            except ImageRejected as exc:
+                raise self._bad(str(exc)) from None
+
+        async def attempt(n: int) -> bytes:
+            return await download_image(
+                self._client, item.value, self._download, resolve=self._resolve
+            )
+
+        return await with_retries(attempt, self._retry, self._clock, what="image download")
