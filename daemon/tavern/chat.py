@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +35,7 @@ __all__ = [
     "format_send_date",
     "is_header",
     "parse_chat",
+    "parse_line",
     "parse_send_date",
     "read_chat",
     "split_lines",
@@ -59,13 +62,25 @@ def split_lines(data: bytes) -> list[bytes]:
     return data.split(b"\n")
 
 
-def _loads(raw: bytes) -> dict[str, Any] | None:
-    """Parse one line; ``None`` when it is not a JSON object (kept raw by callers)."""
+def _reject_constant(name: str) -> Any:
+    # JSON.parse rejects NaN and Infinity; so must we, or ST and we disagree on the line.
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_line(raw: bytes) -> dict[str, Any] | None:
+    """Parse one line as ST does; ``None`` when ST would drop it (callers keep it raw).
+
+    Invalid UTF-8 becomes U+FFFD first, as Node's ``readFile(..., "utf8")`` does, so a line with
+    stray bytes in a string is still the message ST shows. A BOM, ``NaN`` or a non-object fails.
+    """
     try:
-        value = json.loads(raw)
+        value = json.loads(raw.decode("utf-8", "replace"), parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+_loads = parse_line
 
 
 def is_header(obj: Mapping[str, Any]) -> bool:
@@ -231,6 +246,9 @@ class Chat:
     messages: list[Message]
     bad_lines: list[int] = field(default_factory=list)
     trailing_newline: bool = False
+    _cache: dict[str, list[int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def integrity(self) -> str | None:
@@ -252,7 +270,14 @@ class Chat:
 
     @property
     def _line_numbers(self) -> list[int]:
-        return [ln.lineno for ln in self.lines if ln.obj is not None and not _is_header_line(ln)]
+        # Computed once: callers look up many messages in a big chat.
+        numbers = self._cache.get("lines")
+        if numbers is None:
+            numbers = [
+                ln.lineno for ln in self.lines if ln.obj is not None and not _is_header_line(ln)
+            ]
+            self._cache["lines"] = numbers
+        return numbers
 
     def find_marker(self, job_id: str) -> Message | None:
         """Our message for ``job_id``, found by the marker in its top-level ``extra``."""
@@ -328,9 +353,6 @@ def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, byt
 
 
 def _fstat_size(fd: int) -> int:
-    import os
-    import stat
-
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError
