@@ -1,21 +1,474 @@
-"""The command line (skeleton; the engine-runtime work fills in every command)."""
+"""The command line: ``st-imagegen <command>`` (see ``st-imagegen --help``).
+
+Exit codes: 0 success, 1 a failure the user must act on (one line on stderr), 2 a usage error.
+Each command imports what it needs when it runs, so ``--help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from daemon.config import Config
+    from daemon.engine.approval import Approval
+    from daemon.engine.store import Job, Store
+
+__all__ = ["build_parser", "config_example", "main"]
+
+PROG = "st-imagegen"
+STATES = (
+    "queued",
+    "prompting",
+    "imaging",
+    "pending",
+    "accepted",
+    "committed",
+    "rejected",
+    "superseded",
+    "failed",
+)
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """A failure to report on one line of stderr with exit code 1."""
+
+
+# --- parser ------------------------------------------------------------------------------------
+
+
+def _keep_list(text: str) -> list[int]:
+    try:
+        numbers = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--keep wants image numbers like 1,3 (got {text!r})"
+        ) from None
+    if not numbers or any(n < 1 for n in numbers):
+        raise argparse.ArgumentTypeError(f"--keep wants image numbers from 1 (got {text!r})")
+    return numbers
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a message number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"message numbers start at 0 (got {value})")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="config file (default: $ST_IMAGEGEN_CONFIG, then ~/.config/st-imagegen/config.toml)",
+    )
+    common.add_argument(
+        "--data-root",
+        type=Path,
+        metavar="PATH",
+        help="SillyTavern folder, its data/ folder or the data root (overrides the config)",
+    )
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Illustrates SillyTavern chats: new character replies become images.",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser("run", parents=[common], help="run the daemon (foreground)")
+
+    for name in ("generate", "genimage"):
+        gen = sub.add_parser(
+            name,
+            parents=[common],
+            help="queue an image for a reply (manual mode)"
+            if name == "generate"
+            else "alias of generate",
+        )
+        gen.add_argument("--chat", help="chat path, or character name [and chat name], or group")
+        gen.add_argument("--mesid", type=_non_negative, help="message number (first is 0)")
+        gen.add_argument("--wait", action="store_true", help="wait for the images")
+
+    lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
+    lst.add_argument("--state", choices=STATES, help="only jobs in this state")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    lst.add_argument("--limit", type=int, default=50, help="at most this many jobs (50)")
+
+    show = sub.add_parser("show", parents=[common], help="one job in detail")
+    show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
+    show.add_argument("--json", action="store_true", help="JSON output")
+
+    acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
+    acc.add_argument("job", metavar="JOB")
+    acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
+
+    rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
+    rej.add_argument("job", metavar="JOB")
+
+    regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
+    regen.add_argument("job", metavar="JOB")
+    regen.add_argument("--prompt", help="use this prompt instead of the job's")
+
+    status = sub.add_parser("status", parents=[common], help="daemon, chats and jobs")
+    status.add_argument("--json", action="store_true", help="JSON output")
+
+    doctor = sub.add_parser("doctor", parents=[common], help="check the setup")
+    doctor.add_argument(
+        "--skip-image", action="store_true", help="skip the image API check (it may cost money)"
+    )
+
+    sub.add_parser("healthcheck", parents=[common], help="exit 0 when the daemon is alive")
+
+    cfg = sub.add_parser("config", help="configuration helpers")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
+    cfg_sub.add_parser("example", help="print a complete commented config.toml")
+    return parser
+
+
+# --- entry -------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="st-imagegen")
-    parser.add_argument("--version", action="store_true")
-    args = parser.parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else 2
     if args.version:
         from daemon import __version__
 
         print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    if args.command == "config":
+        if args.config_command != "example":
+            print(f"{PROG} config: choose an action: example", file=sys.stderr)
+            return 2
+        sys.stdout.write(config_example())
+        return 0
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except CommandError as exc:
+        return _fail(str(exc))
+    except Exception as exc:
+        from daemon.errors import StImagegenError
+
+        if isinstance(exc, StImagegenError):
+            return _fail(str(exc))
+        raise
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _load(args: argparse.Namespace) -> Config:
+    from daemon.config import load_config
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_root", None) is not None:
+        overrides["data_root"] = args.data_root
+    return load_config(args.config, overrides=overrides)
+
+
+def _setup_logging(config: Config) -> None:
+    from daemon.logs import configure_logging
+
+    configure_logging(config.log)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command: str = args.command
+    config = _load(args)
+    if command == "run":
+        return _cmd_run(config)
+    if command in ("generate", "genimage"):
+        from daemon.engine.manual import cmd_generate
+
+        _setup_logging(config)
+        return cmd_generate(config, args.chat, args.mesid, args.wait)
+    if command == "status":
+        from daemon.engine.status import cmd_status
+
+        return cmd_status(config, args.json)
+    if command == "doctor":
+        from daemon.doctor import cmd_doctor
+
+        return cmd_doctor(config, args.skip_image)
+    if command == "healthcheck":
+        from daemon.doctor import cmd_healthcheck
+
+        return cmd_healthcheck(config)
+    if command == "list":
+        return _with_store(config, lambda store, _: _cmd_list(store, args))
+    if command == "show":
+        return _with_store(config, lambda store, approval: _cmd_show(store, approval, args))
+    if command == "accept":
+        return _with_store(config, lambda store, approval: _cmd_accept(store, approval, args))
+    if command == "reject":
+        return _with_store(config, lambda store, approval: _cmd_reject(store, approval, args))
+    if command == "regen":
+        return _with_store(config, lambda store, approval: _cmd_regen(store, approval, args))
+    raise CommandError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
+
+
+def _cmd_run(config: Config) -> int:
+    import anyio
+
+    from daemon.config import systemd_env
+    from daemon.engine.service import serve
+
+    _setup_logging(config)
+    systemd = systemd_env()
+
+    async def _main() -> int:
+        return await serve(config, systemd=systemd)
+
+    return anyio.run(_main)
+
+
+def _with_store(config: Config, action: Callable[[Store, Approval], Awaitable[int]]) -> int:
+    import anyio
+
+    from daemon.engine.approval import Approval
+    from daemon.engine.store import Store
+
+    async def _main() -> int:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        store = await Store.open(config.db_path)
+        try:
+            return await action(store, Approval(config.state_dir))
+        finally:
+            await store.close()
+
+    return anyio.run(_main)
+
+
+# --- job commands ------------------------------------------------------------------------------
+
+
+def _job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "state": job.state.value,
+        "user": job.user,
+        "chat": job.chat,
+        "character": job.character,
+        "is_group": job.is_group,
+        "speaker": job.speaker,
+        "mesid": job.message_index,
+        "revision": job.revision,
+        "source": job.source,
+        "attempts": job.attempts,
+        "last_error": job.last_error,
+        "prompt": job.prompt,
+        "images": list(job.images),
+        "excerpt": job.excerpt,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+        "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
+        "meta": job.meta,
+    }
+
+
+def _one_line(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+async def _cmd_list(store: Store, args: argparse.Namespace) -> int:
+    from daemon.engine.store import JobState
+
+    state = JobState(args.state) if args.state else None
+    jobs = await store.list_jobs(state=state, limit=max(1, args.limit))
+    if args.json:
+        print(json.dumps([_job_dict(j) for j in jobs], ensure_ascii=False, indent=2))
+        return 0
+    if not jobs:
+        print("no jobs" + (f" in state {args.state}" if args.state else ""))
+        return 0
+    print(f"{'JOB':<12} {'STATE':<10} {'CREATED':<16} {'MES':>5}  {'CHAT':<28} INFO")
+    for job in jobs:
+        created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+        chat = _one_line(f"{job.character or job.speaker}/{Path(job.chat).stem}", 28)
+        info = job.last_error if job.last_error else (job.prompt or job.excerpt)
+        print(
+            f"{job.id[:12]:<12} {job.state.value:<10} {created:<16} {job.message_index:>5}  "
+            f"{chat:<28} {_one_line(info or '', 60)}"
+        )
     return 0
+
+
+async def _cmd_show(store: Store, approval: Approval, args: argparse.Namespace) -> int:
+    job = await store.get_job(args.job)
+    folder = approval.pending_path(job.id)
+    if args.json:
+        record = _job_dict(job)
+        record["folder"] = str(folder) if folder.exists() else None
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+        return 0
+    rows = [
+        ("job", job.id),
+        ("state", job.state.value),
+        ("chat", f"{job.user}/{job.chat}" if not job.chat.startswith(job.user) else job.chat),
+        ("character", job.character + (" (group)" if job.is_group else "")),
+        ("speaker", job.speaker),
+        ("message", f"#{job.message_index}: {_one_line(job.excerpt, 100)}"),
+        ("source", job.source),
+        ("created", job.created_at.astimezone().isoformat(timespec="seconds")),
+        ("updated", job.updated_at.astimezone().isoformat(timespec="seconds")),
+        ("attempts", str(job.attempts)),
+    ]
+    if job.next_attempt_at and job.state.value == "queued":
+        rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
+    if job.last_error:
+        rows.append(("last error", job.last_error))
+    rows.append(("prompt", job.prompt or "(not written yet)"))
+    for key, value in rows:
+        print(f"{key + ':':<12} {value}")
+    if job.images:
+        print("images:")
+        for n, name in enumerate(job.images, 1):
+            path = folder / name
+            print(f"  {n}. {path if path.exists() else name}")
+    return 0
+
+
+async def _cmd_accept(store: Store, approval: Approval, args: argparse.Namespace) -> int:
+    from daemon.engine.jobs import accept_job
+
+    job = await accept_job(store, approval, args.job, args.keep)
+    print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
+    return 0
+
+
+async def _cmd_reject(store: Store, approval: Approval, args: argparse.Namespace) -> int:
+    from daemon.engine.jobs import reject_job
+
+    job = await reject_job(store, approval, args.job)
+    print(f"rejected {job.id}")
+    return 0
+
+
+async def _cmd_regen(store: Store, approval: Approval, args: argparse.Namespace) -> int:
+    from daemon.engine.jobs import regen_job
+
+    job = await regen_job(store, approval, args.job, args.prompt)
+    print(f"queued {job.id} (regenerating {job.meta.get('regen_of', args.job)})")
+    return 0
+
+
+# --- config example ----------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, Path):
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        return "{" + (" " + inner + " " if inner else "") + "}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def _default_of(field: Any) -> Any:
+    from pydantic import SecretStr
+    from pydantic_core import PydanticUndefined
+
+    if field.default is not PydanticUndefined:
+        value = field.default
+    elif field.default_factory is not None:
+        value = field.default_factory()
+    else:  # pragma: no cover - every key has a default
+        value = None
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value
+
+
+def _env_name(section: str | None, key: str) -> str:
+    from daemon.config import ENV_PREFIX
+
+    name = f"{section}__{key}" if section else key
+    return ENV_PREFIX + name.upper()
+
+
+def _key_lines(section: str | None, key: str, field: Any) -> list[str]:
+    from pydantic import BaseModel
+
+    lines: list[str] = []
+    description = field.description or ""
+    default = _default_of(field)
+    if isinstance(default, BaseModel):  # pragma: no cover - sections handled by the caller
+        return lines
+    env = _env_name(section, key)
+    if description:
+        lines.append(f"# {description}")
+    lines.append(f"# env: {env}")
+    if default is None:
+        lines.append(f'# {key} = ""  (not set)')
+    elif key == "state_dir" and section is None:
+        lines.append(f"# default: the platform state dir, here {_toml_value(default)}")
+        lines.append(f"# {key} = {_toml_value(default)}")
+    else:
+        text = _toml_value(default)
+        if "\n" in text:  # pragma: no cover - json.dumps escapes newlines
+            text = text.replace("\n", "\\n")
+        lines.append(f"{key} = {text}")
+    return lines
+
+
+def config_example() -> str:
+    """A complete commented ``config.toml``: every key with its default and description."""
+    from pydantic import BaseModel
+
+    from daemon.config import Config
+
+    out = [
+        "# st-imagegen configuration. Every key shows its default; delete what you do not change.",
+        "# Each key can also be set by an environment variable (shown as `env:`); for API keys",
+        "# prefer api_key_file (a file holding only the key, e.g. a Docker secret).",
+        "",
+    ]
+    sections: list[tuple[str, Any]] = []
+    for key, field in Config.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            sections.append((key, field))
+            continue
+        out.extend(_key_lines(None, key, field))
+        out.append("")
+    for name, field in sections:
+        model = field.annotation
+        doc = (model.__doc__ or "").strip().splitlines()
+        out.append(f"[{name}]" + (f"  # {doc[0]}" if doc else ""))
+        for key, sub in model.model_fields.items():
+            out.extend(_key_lines(name, key, sub))
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":
