@@ -1,0 +1,257 @@
+"""Fakes for the engine tests: a local chat-completions + images API, tiny PNGs, configs.
+
+The fake API is a real HTTP server on 127.0.0.1 (a thread in the test process), so a daemon
+started as a subprocess reaches it too. It records every request and the most requests it ever
+had in flight, and can be slowed down or told to fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from PIL import Image
+
+from daemon.config import Config, load_config
+
+
+def tiny_png(color: tuple[int, int, int] = (200, 120, 40), size: int = 8) -> bytes:
+    """A small valid PNG."""
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class FakeRequest:
+    path: str
+    body: dict[str, Any]
+    at: float
+
+
+@dataclass
+class FakeAPI:
+    """State shared with the server threads; change it from the test at any time."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    text_delay: float = 0.0
+    image_delay: float = 0.0
+    images_per_call: int = 1
+    # Status codes to answer with before succeeding, per route ("text" / "image"), consumed.
+    fail_text: list[int] = field(default_factory=list)
+    fail_image: list[int] = field(default_factory=list)
+    requests: list[FakeRequest] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    image_in_flight: int = 0
+    max_image_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def count(self, route: str) -> int:
+        with self.lock:
+            return sum(1 for r in self.requests if r.path.endswith(route))
+
+    def prompts(self) -> list[str]:
+        with self.lock:
+            return [
+                str(r.body.get("prompt"))
+                for r in self.requests
+                if r.path.endswith("images/generations")
+            ]
+
+    def text_inputs(self) -> list[str]:
+        """The last user message of every chat-completions request."""
+        with self.lock:
+            out = []
+            for r in self.requests:
+                if r.path.endswith("chat/completions"):
+                    messages = r.body.get("messages") or [{}]
+                    out.append(str(messages[-1].get("content", "")))
+            return out
+
+
+def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet
+            return
+
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                body = {}
+            is_image = self.path.endswith("/images/generations")
+            is_text = self.path.endswith("/chat/completions")
+            with api.lock:
+                api.requests.append(FakeRequest(self.path, body, time.monotonic()))
+                api.in_flight += 1
+                api.max_in_flight = max(api.max_in_flight, api.in_flight)
+                if is_image:
+                    api.image_in_flight += 1
+                    api.max_image_in_flight = max(api.max_image_in_flight, api.image_in_flight)
+                fails = api.fail_image if is_image else api.fail_text
+                status = fails.pop(0) if fails else 200
+            try:
+                time.sleep(api.image_delay if is_image else api.text_delay)
+                if status != 200:
+                    self._send(status, {"error": {"message": f"fake failure {status}"}})
+                elif is_text:
+                    self._send(200, _completion(body))
+                elif is_image:
+                    self._send(200, _images(body, api.images_per_call))
+                else:
+                    self._send(404, {"error": {"message": "no such route"}})
+            finally:
+                with api.lock:
+                    api.in_flight -= 1
+                    if is_image:
+                        api.image_in_flight -= 1
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def _completion(body: dict[str, Any]) -> dict[str, Any]:
+    messages = body.get("messages") or [{}]
+    text = str(messages[-1].get("content", ""))
+    # The prompt names the reply's last line, so tests can tell which reply it came from.
+    tail = " ".join(text.split())[-60:]
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": body.get("model", "fake"),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": f"a picture of {tail}"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+
+
+def _images(body: dict[str, Any], count: int) -> dict[str, Any]:
+    n = max(1, int(body.get("n") or count))
+    shades = [(40 * i % 255, 120, 200) for i in range(n)]
+    return {
+        "created": int(time.time()),
+        "data": [{"b64_json": base64.b64encode(tiny_png(c)).decode()} for c in shades],
+    }
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAPI]:
+    api = FakeAPI()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
+    server.daemon_threads = True
+    api.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, name="fake-api", daemon=True)
+    thread.start()
+    try:
+        yield api
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def config_toml(
+    root: Path, state_dir: Path, api: FakeAPI, extra: dict[str, Any] | None = None
+) -> str:
+    """A config file's text pointing at ``root``, ``state_dir`` and the fake API."""
+    sections: dict[str, dict[str, Any]] = {
+        "detect": {"settle_seconds": 0.2, "rescan_seconds": 30.0},
+        "text": {"api_url": api.base_url, "model": "fake-llm", "include_character_card": True},
+        "image": {
+            "api_url": api.base_url,
+            "model": "fake-image",
+            "response_format": "b64_json",
+            "profile": "generic",
+        },
+        "limits": {
+            "concurrency": 2,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 1.0,
+            "provider_attempts": 1,
+        },
+        "log": {"level": "info", "format": "json"},
+    }
+    top: dict[str, Any] = {}
+    for key, values in (extra or {}).items():
+        if isinstance(values, dict):
+            sections.setdefault(key, {}).update(values)
+        else:
+            top[key] = values
+    lines = [f"data_root = {json.dumps(str(root))}", f"state_dir = {json.dumps(str(state_dir))}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in top.items()]
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+MakeConfig = Callable[..., Config]
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, fake_api: FakeAPI) -> MakeConfig:
+    """``make_config(root, **sections)``: write ``tmp_path/config.toml`` and load it."""
+
+    def _make(root: Path, **extra: Any) -> Config:
+        path = tmp_path / "config.toml"
+        path.write_text(config_toml(root, tmp_path / "state", fake_api, extra), encoding="utf-8")
+        return load_config(path, environ={})
+
+    return _make
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+async def async_wait_for(
+    predicate: Callable[[], Awaitable[Any]], within: float = 10.0, interval: float = 0.02
+) -> Any:
+    """Like :func:`wait_for` for async predicates, without blocking the event loop."""
+    deadline = time.monotonic() + within
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within} s")
+        await anyio.sleep(interval)
