@@ -79,7 +79,7 @@ def _split(text: str) -> tuple[str, str, str]:
     return head + START + "\n", body, END + tail
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, readme: Path = README) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--check", action="store_true", help="compare with README.md")
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.check or args.write):
         sys.stdout.write(generated)
         return 0
-    head, body, tail = _split(README.read_text(encoding="utf-8"))
+    head, body, tail = _split(readme.read_text(encoding="utf-8"))
     if args.check:
         if body != generated:
             print(
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return 0
-    README.write_text(head + generated + tail, encoding="utf-8")
+    readme.write_text(head + generated + tail, encoding="utf-8")
     return 0
 
 
