@@ -169,7 +169,7 @@ def clean_answer(text: str) -> str:
 
 def is_refusal(text: str) -> bool:
     """Does the answer open like a refusal ("I can't help with that")?"""
-    return bool(_REFUSAL.match(text))
+    return bool(_REFUSAL.match(text.replace("’", "'")))
 
 
 def cap_at_word(text: str, limit: int) -> str:
