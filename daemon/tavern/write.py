@@ -1,0 +1,637 @@
+"""Edits to SillyTavern's files that lose nothing: chat line inserts and image files.
+
+A chat edit reads the file once (:func:`read_for_edit`), then :func:`insert_after` writes the old
+bytes with the new lines spliced in to a temp file in the same folder (a name that does not end
+in ``.jsonl``, so ST's chat list and Data Maid ignore it), fsyncs it, compares the chat on disk
+with the snapshot the edit was based on, and only then renames over it. ST only ever replaces a
+chat by renaming a new file over it, so a changed inode, size or mtime means someone saved in
+between: the temp file is deleted and :class:`ChatConflictError` tells the caller to start over
+from a fresh read. A tiny window between the final comparison and the rename remains; no lock
+can close it (ST takes none).
+
+Symlinked chats are followed to their real file, as ST's ``write-file-atomic`` does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import stat
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import (
+    ChatConflictError,
+    ChatReadError,
+    ChatWriteError,
+    MessageNotFoundError,
+    UnsafePathError,
+)
+from daemon.tavern.chat import MARKER_KEY, MAX_CHAT_BYTES, Chat, encode_message, parse_chat
+from daemon.tavern.layout import (
+    OUR_TEMP_SUFFIX,
+    OUR_TEMP_TAG,
+    our_temp_name,
+    sanitize_filename,
+)
+
+__all__ = [
+    "TEMP_PATTERN",
+    "Snapshot",
+    "build_image_message",
+    "cleanup_stale_temps",
+    "insert_after",
+    "is_our_temp",
+    "read_for_edit",
+    "snapshot",
+    "write_image",
+]
+
+# --- our temp files -------------------------------------------------------------------------------
+
+TEMP_PATTERN = re.compile(
+    rf"^\..+{re.escape(OUR_TEMP_TAG)}[0-9a-f]+{re.escape(OUR_TEMP_SUFFIX)}$", re.DOTALL
+)
+"""Names of our temp files (:func:`daemon.tavern.layout.our_temp_name`); never end in ``.jsonl``."""
+
+
+def is_our_temp(name: str) -> bool:
+    return TEMP_PATTERN.match(name) is not None
+
+
+# --- snapshots ------------------------------------------------------------------------------------
+
+_FRESH_NS = 3_000_000_000
+"""A file modified less than this before we read it may be rewritten within the same timestamp
+tick (coarse or 2 s file system clocks) without changing size or mtime: such bases get re-hashed
+before the replace. Older ones cannot: any later write gets a later mtime."""
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What a chat file was when an edit read it (or after we wrote it).
+
+    ``dev``, ``ctime_ns`` and ``taken_ns`` (wall clock when the stat was taken) are 0 when unknown.
+    """
+
+    inode: int
+    size: int
+    mtime_ns: int
+    sha256: str
+    dev: int = 0
+    ctime_ns: int = 0
+    taken_ns: int = 0
+
+    def same_file(self, st: os.stat_result) -> bool:
+        """Whether ``st`` describes the same, unchanged file (hash aside)."""
+        return (
+            st.st_ino == self.inode
+            and st.st_size == self.size
+            and st.st_mtime_ns == self.mtime_ns
+            and (not self.dev or st.st_dev == self.dev)
+            and (not self.ctime_ns or st.st_ctime_ns == self.ctime_ns)
+        )
+
+    @property
+    def needs_rehash(self) -> bool:
+        """The file was fresh when read, so stat alone cannot prove it unchanged."""
+        return self.taken_ns - self.mtime_ns < _FRESH_NS
+
+
+def _snap(st: os.stat_result, digest: str, taken_ns: int) -> Snapshot:
+    return Snapshot(
+        st.st_ino, st.st_size, st.st_mtime_ns, digest, st.st_dev, st.st_ctime_ns, taken_ns
+    )
+
+
+# Hashing a 60 MB chat costs about as much as copying it. An insert usually lands near the end,
+# so we keep copies of the hash state every _CHECKPOINT bytes of recently read chats and hash the
+# new bytes from the last checkpoint before the insert point only.
+_CHECKPOINT = 4 * 1024 * 1024
+_CHECKPOINT_MIN_SIZE = 2 * _CHECKPOINT
+_CHECKPOINT_CHATS = 8
+_checkpoints: OrderedDict[str, list[tuple[int, Any]]] = OrderedDict()
+_checkpoints_lock = threading.Lock()
+
+
+def _hash_with_checkpoints(data: bytes) -> str:
+    view = memoryview(data)
+    if len(data) < _CHECKPOINT_MIN_SIZE:
+        return hashlib.sha256(view).hexdigest()
+    h = hashlib.sha256()
+    points: list[tuple[int, Any]] = [(0, h.copy())]
+    for start in range(0, len(data), _CHECKPOINT):
+        h.update(view[start : start + _CHECKPOINT])
+        points.append((min(start + _CHECKPOINT, len(data)), h.copy()))
+    digest = h.hexdigest()
+    with _checkpoints_lock:
+        _checkpoints[digest] = points
+        _checkpoints.move_to_end(digest)
+        while len(_checkpoints) > _CHECKPOINT_CHATS:
+            _checkpoints.popitem(last=False)
+    return digest
+
+
+def _hash_pieces(basis_digest: str, pieces: Sequence[bytes | memoryview], offset: int) -> str:
+    """sha256 of ``b"".join(pieces)`` where the first ``offset`` bytes equal the basis' start."""
+    with _checkpoints_lock:
+        points = _checkpoints.get(basis_digest)
+    start, h = 0, hashlib.sha256()
+    if points:
+        for pos, state in points:
+            if pos <= offset:
+                start, h = pos, state
+        h = h.copy()
+    skip = start
+    for piece in pieces:
+        if skip >= len(piece):
+            skip -= len(piece)
+            continue
+        h.update(memoryview(piece)[skip:])
+        skip = 0
+    return h.hexdigest()
+
+
+def snapshot(path: Path, data: bytes) -> Snapshot:
+    """Stat ``path`` (following symlinks) and hash ``data``, the bytes an edit is based on."""
+    taken = time.time_ns()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
+    return _snap(st, _hash_with_checkpoints(data), taken)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+_READ_ATTEMPTS = 3
+
+
+def _check_chat_path(path: Path, root: Path | None) -> Path:
+    """The real file behind ``path``; refuses hostile names and (with ``root``) escapes."""
+    if ".." in path.parts or "\x00" in str(path):
+        raise UnsafePathError(f"refusing chat path with '..' or NUL: {str(path)!r}")
+    if not path.name.endswith(".jsonl"):
+        raise UnsafePathError(f"not a chat file (no .jsonl): {str(path)!r}")
+    try:
+        real = Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:
+        raise ChatReadError(f"chat {str(path)!r} does not exist") from None
+    except OSError as exc:
+        raise ChatReadError(f"chat {str(path)!r} cannot be resolved: {exc.strerror}") from None
+    if root is not None:
+        real_root = Path(os.path.realpath(root))
+        if not real.is_relative_to(real_root):
+            raise UnsafePathError(
+                f"chat {str(path)!r} resolves to {str(real)!r}, outside the data root"
+            )
+    return real
+
+
+def read_for_edit(path: Path, *, root: Path | None = None) -> tuple[Chat, bytes, Snapshot]:
+    """Read a chat for an edit: the parsed chat, its exact bytes, and the snapshot of them.
+
+    Symlinks are followed; with ``root`` the real file must lie inside it. The stat comes from
+    the open file itself, so the snapshot describes exactly the bytes returned.
+    """
+    real = _check_chat_path(path, root)
+    for _ in range(_READ_ATTEMPTS):
+        taken = time.time_ns()
+        data, before, after = _read_stable(path, real)
+        if before.st_size == after.st_size and before.st_mtime_ns == after.st_mtime_ns:
+            snap = _snap(after, _hash_with_checkpoints(data), taken)
+            return parse_chat(data), data, snap
+    raise ChatConflictError(f"chat {path.name!r} kept changing while being read")
+
+
+def _read_stable(path: Path, real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:
+    try:
+        # O_NONBLOCK: a FIFO named *.jsonl must not hang us; it is refused below.
+        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except IsADirectoryError:
+        raise ChatReadError(f"{str(path)!r} is a directory, not a chat file") from None
+    except FileNotFoundError:
+        raise ChatReadError(f"chat {str(path)!r} does not exist") from None
+    except PermissionError:
+        raise ChatReadError(f"chat {str(path)!r} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        before = os.fstat(fd)
+        if stat.S_ISDIR(before.st_mode):
+            raise ChatReadError(f"{str(path)!r} is a directory, not a chat file")
+        if not stat.S_ISREG(before.st_mode):
+            raise ChatReadError(f"{str(path)!r} is not a regular file")
+        if before.st_size > MAX_CHAT_BYTES:
+            raise ChatReadError(
+                f"chat {path.name!r} is {before.st_size / 1e6:.0f} MB, "
+                f"over the {MAX_CHAT_BYTES / 1e6:.0f} MB limit"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, max(before.st_size - total, 0) + 65536):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_CHAT_BYTES:
+                raise ChatReadError(
+                    f"chat {path.name!r} grew past the {MAX_CHAT_BYTES / 1e6:.0f} MB limit"
+                )
+        after = os.fstat(fd)
+    except OSError as exc:
+        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return data, before, after
+
+
+# --- writing helpers ------------------------------------------------------------------------------
+
+
+def _write_error(exc: OSError, what: str, where: Path) -> ChatWriteError:
+    """A clear message for the usual ways a write fails; nothing was changed when raised."""
+    code = exc.errno
+    if code == errno.ENOSPC:
+        reason = "no space left on the device"
+    elif code == errno.EDQUOT:
+        reason = "disk quota exceeded"
+    elif code == errno.EROFS:
+        reason = "the file system is read-only"
+    elif code in (errno.EACCES, errno.EPERM):
+        reason = "permission denied (check the owner and mode of the folder)"
+    else:
+        reason = exc.strerror or str(exc)
+    return ChatWriteError(f"cannot write {what} in {str(where)!r}: {reason}; nothing was changed")
+
+
+def _write_all(fd: int, pieces: Sequence[bytes | memoryview]) -> None:
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename or create durable. Best effort: some file systems refuse directory fsync."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass  # a temp file we cannot remove is found again by cleanup_stale_temps
+
+
+# --- inserting lines ------------------------------------------------------------------------------
+
+
+def _splice(data: bytes, chat: Chat, after_index: int, new: bytes) -> tuple[list[Any], int]:
+    """The new file as pieces, and the offset where the old bytes first differ."""
+    if not 0 <= after_index < len(chat.messages):
+        raise MessageNotFoundError(
+            f"cannot insert after message #{after_index}: the chat has "
+            f"{len(chat.messages)} message(s)"
+        )
+    lineno = chat.line_of(after_index)
+    line = chat.lines[lineno]
+    end = sum(len(ln.raw) for ln in chat.lines[: lineno + 1]) + lineno  # end of that line
+    if data[end - len(line.raw) : end] != line.raw:
+        raise ValueError("the parsed chat does not match the bytes given")
+    view = memoryview(data)
+    if end == len(data):  # the last line, no trailing newline: keep having none
+        return [view, b"\n", new], end
+    return [view[: end + 1], new, b"\n", view[end + 1 :]], end + 1
+
+
+def insert_after(
+    path: Path,
+    basis: Snapshot,
+    data: bytes,
+    chat: Chat,
+    after_index: int,
+    new_messages: Sequence[Mapping[str, Any]],
+    *,
+    root: Path | None = None,
+    rehash: bool | None = None,
+    on_checked: Callable[[], None] | None = None,
+) -> Snapshot:
+    """Insert ``new_messages`` as lines right after message ``after_index`` (ST numbering).
+
+    ``data``/``chat``/``basis`` come from :func:`read_for_edit`. Every other byte stays as it
+    was, trailing newline (or none) included. Raises :class:`ChatConflictError` (nothing
+    written) when the chat on disk is no longer ``basis``: re-read and try again.
+    :class:`ChatWriteError` when the write fails (nothing changed, no temp file left),
+    :class:`MessageNotFoundError` for a bad ``after_index``.
+
+    ``rehash``: also compare the content hash before replacing; ``None`` decides by how fresh
+    the basis was (see :attr:`Snapshot.needs_rehash`). ``on_checked`` is called right after
+    the final comparison, just before the rename (tests measure the remaining window with it).
+    Returns the snapshot of the file we wrote (``sha256`` of the new bytes).
+    """
+    if not new_messages:
+        raise ValueError("nothing to insert")
+    if len(data) != basis.size:
+        raise ValueError("data is not the bytes the snapshot describes")
+    encoded = [encode_message(m) for m in new_messages]
+    for line in encoded:
+        if not line.startswith(b"{") or b"\n" in line:
+            raise ValueError("a new message must encode to one JSON object line")
+    new = b"\n".join(encoded)
+    pieces, offset = _splice(data, chat, after_index, new)
+    real = _check_chat_path(path, root)
+    folder = real.parent
+
+    try:
+        current = real.stat()
+    except OSError:
+        raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
+    if not basis.same_file(current):
+        raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+
+    digest = _hash_pieces(basis.sha256, pieces, offset)
+    temp = our_temp_name(real)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _write_error(exc, "a temp file for the chat", folder) from None
+    replaced = False
+    try:
+        try:
+            os.fchmod(fd, stat.S_IMODE(current.st_mode))
+            _copy_owner(fd, current)
+            _write_all(fd, pieces)
+            os.fsync(fd)
+        except OSError as exc:
+            raise _write_error(exc, "the chat", folder) from None
+
+        must_hash = basis.needs_rehash if rehash is None else rehash
+        if must_hash and _hash_file(real) != basis.sha256:
+            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+        try:
+            final = real.stat()
+        except OSError:
+            raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
+        if not basis.same_file(final):
+            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+        if on_checked is not None:
+            on_checked()
+        try:
+            temp.replace(real)
+        except OSError as exc:
+            raise _write_error(exc, "the chat", folder) from None
+        replaced = True
+        written = os.fstat(fd)  # the file we renamed, even if someone replaced it since
+    finally:
+        os.close(fd)
+        if not replaced:
+            _unlink_quietly(temp)
+    _fsync_dir(folder)
+    return _snap(written, digest, time.time_ns())
+
+
+def _copy_owner(fd: int, st: os.stat_result) -> None:
+    """Give the temp file the chat's owner; without root only the group may be kept."""
+    if (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()):
+        return
+    try:
+        os.fchown(fd, st.st_uid, st.st_gid)
+    except PermissionError:
+        with contextlib.suppress(PermissionError):  # else the file becomes ours, same mode
+            os.fchown(fd, -1, st.st_gid)
+
+
+def _hash_file(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with path.open("rb", buffering=0) as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+# --- image files ----------------------------------------------------------------------------------
+
+_EXT = re.compile(r"^[a-z0-9]{1,10}$")
+_NAME_MAX_BYTES = 255
+_MAX_COLLISIONS = 1000
+
+
+def _sanitize_prefix(prefix: str) -> str:
+    """ST's file name rule: dots become ``_`` (``saveBase64AsFile``), then sanitize-filename."""
+    return sanitize_filename(prefix.replace(".", "_")) or "image"
+
+
+def _fit(stem: str, tail: str) -> str:
+    """``stem + tail``, with ``stem`` cut so the name fits in 255 bytes of UTF-8."""
+    budget = _NAME_MAX_BYTES - len(tail.encode())
+    raw = stem.encode("utf-8", "surrogatepass")[:budget]
+    return raw.decode("utf-8", "ignore") + tail
+
+
+def _humanized(when: datetime) -> str:
+    return f"{when:%Y-%m-%d@%Hh%Mm%Ss}{when.microsecond // 1000:03d}ms"
+
+
+def write_image(
+    folder: Path, data: bytes, ext: str, prefix: str, when: datetime | None = None
+) -> Path:
+    """Write an image atomically as ``<folder>/<prefix>_<YYYY-MM-DD@HHhMMmSSsMMMms>.<ext>``.
+
+    Like ST's own image names (local time). The folder is created if needed. An existing file
+    is never overwritten: on a name collision ``_2``, ``_3``... is added. Returns the path.
+    Raises :class:`ChatWriteError` (disk full, read-only, permission; nothing left behind) or
+    :class:`UnsafePathError` for a hostile folder or extension.
+    """
+    ext = ext.lower().lstrip(".")
+    if not _EXT.match(ext):
+        raise UnsafePathError(f"refusing image extension {ext!r}")
+    if ".." in folder.parts or "\x00" in str(folder):
+        raise UnsafePathError(f"refusing image folder with '..' or NUL: {str(folder)!r}")
+    if not data:
+        raise ValueError("empty image")
+    when = when or datetime.now()
+    if when.tzinfo is not None:
+        when = when.astimezone()  # ST names images in the server's local time
+    stem = f"{_sanitize_prefix(prefix)}_{_humanized(when)}"
+
+    _make_folder(folder)
+    temp = our_temp_name(folder / f"{stem}.{ext}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise _write_error(exc, "an image", folder) from None
+    try:
+        try:
+            _write_all(fd, [data])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = _publish(temp, folder, stem, ext)
+    except OSError as exc:
+        raise _write_error(exc, "an image", folder) from None
+    finally:
+        _unlink_quietly(temp)
+    _fsync_dir(folder)
+    return final
+
+
+def _make_folder(folder: Path) -> None:
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ChatWriteError(f"{str(folder)!r} exists and is not a folder") from None
+    except OSError as exc:
+        raise _write_error(exc, "the image folder", folder) from None
+    if not folder.is_dir():
+        raise ChatWriteError(f"{str(folder)!r} exists and is not a folder")
+    for created in reversed(missing):
+        _fsync_dir(created.parent)
+
+
+def _publish(temp: Path, folder: Path, stem: str, ext: str) -> Path:
+    """Give ``temp`` its final name without ever replacing an existing file."""
+    for n in range(1, _MAX_COLLISIONS + 1):
+        final = folder / _fit(stem, f"{'' if n == 1 else f'_{n}'}.{ext}")
+        try:
+            os.link(temp, final)  # fails with EEXIST instead of overwriting
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            # No hard links here (some FUSE/SMB mounts): reserve the name, then rename over it.
+            try:
+                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            except FileExistsError:
+                continue
+            os.close(fd)
+            try:
+                temp.replace(final)
+            except OSError:
+                _unlink_quietly(final)
+                raise
+        return final
+    raise ChatWriteError(f"no free image name for {stem!r} in {str(folder)!r}")
+
+
+# --- stale temps ----------------------------------------------------------------------------------
+
+
+def cleanup_stale_temps(folder: Path, *, recursive: bool = False) -> int:
+    """Remove our own leftover temp files (by name pattern only) in ``folder``; at start-up.
+
+    Returns how many were removed. ST's temps (``<chat>.jsonl.<digits>``) and every other file
+    are left alone. A missing folder counts as clean.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    except OSError as exc:
+        raise ChatWriteError(f"cannot list {str(folder)!r}: {exc.strerror}") from None
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) and is_our_temp(entry.name):
+            try:
+                Path(entry.path).unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ChatWriteError(
+                    f"cannot remove stale temp file {entry.name!r} in {str(folder)!r}: "
+                    f"{exc.strerror}"
+                ) from None
+            removed += 1
+        elif recursive and entry.is_dir(follow_symlinks=False):
+            removed += cleanup_stale_temps(Path(entry.path), recursive=True)
+    return removed
+
+
+# --- the image message ----------------------------------------------------------------------------
+
+
+def build_image_message(
+    *,
+    name: str,
+    urls: Sequence[str],
+    prompt: str,
+    caption: str,
+    send_date: str | int,
+    job_id: str,
+    hidden: bool = True,
+    negative: str = "",
+    force_avatar: str | None = None,
+    original_avatar: str | None = None,
+) -> dict[str, Any]:
+    """The image message in the shape every ST version renders (1.12 to 1.18).
+
+    ``extra.image`` (first URL) for ST up to 1.13, ``extra.media`` (all URLs) for 1.14+,
+    ``inline_image: false`` (hides the caption in both), ``extra.title`` = the prompt, and the
+    marker ``extra.st_imagegen_job`` = ``job_id``. ``send_date`` must already be in the chat's
+    style (:func:`daemon.tavern.chat.format_send_date`). In group chats pass the speaking
+    member's ``force_avatar``/``original_avatar``. Lone surrogates are replaced, so the dict is
+    exactly what gets written.
+    """
+    if not urls:
+        raise ValueError("an image message needs at least one URL")
+    if not job_id:
+        raise ValueError("an image message needs a job id (the marker)")
+    media: list[dict[str, Any]] = []
+    for url in urls:
+        item: dict[str, Any] = {"url": url, "type": "image", "title": prompt, "source": "generated"}
+        if negative:
+            item["negative"] = negative
+        media.append(item)
+    extra: dict[str, Any] = {"image": urls[0], "title": prompt}
+    if len(urls) > 1:
+        extra["image_swipes"] = list(urls)  # ST 1.12-1.13 image swipe arrows
+    extra.update(
+        media=media,
+        media_display="gallery",
+        media_index=0,
+        inline_image=False,
+    )
+    extra[MARKER_KEY] = job_id
+    message: dict[str, Any] = {
+        "name": name,
+        "is_user": False,
+        "is_system": hidden,
+        "send_date": send_date,
+        "mes": caption,
+        "extra": extra,
+    }
+    if force_avatar:
+        message["force_avatar"] = force_avatar
+    if original_avatar:
+        message["original_avatar"] = original_avatar
+    scrubbed: dict[str, Any] = json.loads(encode_message(message))
+    return scrubbed
