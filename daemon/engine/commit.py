@@ -1,0 +1,589 @@
+"""Commit accepted images into their chat, and keep them there against stale browser tabs.
+
+**Commit** (one accepted job): the image files first (atomic, named after the job so a retry
+finds and reuses them), then a ledger entry holding the exact message, then the hidden image
+message right after the reply through the compare-before-replace writer. Each step is
+idempotent, so a job may run twice and a crash anywhere is finished by the next run:
+
+- image files written, no ledger entry: the next run finds the files by the job id in their
+  names and reuses them (no orphans);
+- ledger entry, no chat line: the next run inserts the ledger's message;
+- chat line written, job not marked committed: the next run finds our marker and marks it.
+
+The hash of the bytes we are about to write is recorded *before* the rename, so a crash right
+after it cannot make our own version look like one written by someone else.
+
+**Reconcile** (after a chat changed): an open browser tab saves its whole in-memory chat and so
+silently drops a line we added (``sillytavern.md`` §8.1). While no version written by someone
+else has contained our message, its absence means a stale tab dropped it: insert it again. Once
+such a version contained it, the tab holds it, and a later absence is the user's choice (deleted,
+or removed by ST's Regenerate): it is never re-added. ``chat_metadata.integrity`` is never
+touched: changing it would turn the silent drop into a popup that loses the user's own edit.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from daemon.config import Config
+from daemon.engine.approval import Approval
+from daemon.engine.store import Job, JobState, LedgerEntry, Store
+from daemon.errors import (
+    ChatConflictError,
+    ChatReadError,
+    ChatWriteError,
+    JobError,
+    TavernError,
+    UnsafePathError,
+)
+from daemon.tavern import layout
+from daemon.tavern import write as _tavern_write
+from daemon.tavern.chat import (
+    Chat,
+    Message,
+    MessageIdentity,
+    encode_message,
+    format_send_date,
+)
+from daemon.tavern.layout import ChatRef, PathKind
+from daemon.tavern.write import (
+    Snapshot,
+    build_image_message,
+    insert_after,
+    read_for_edit,
+    write_image,
+)
+
+__all__ = [
+    "COMMIT_CONFLICT_RETRIES",
+    "REASON_CHAT_GONE",
+    "REASON_DELETED_AFTER_SHOWN",
+    "REASON_REPLY_CHANGED",
+    "REASON_REPLY_GONE",
+    "Committer",
+    "image_url",
+    "served_path",
+]
+
+log = structlog.get_logger("st_imagegen.commit")
+
+COMMIT_CONFLICT_RETRIES = 8
+"""Fresh reads after a conflict (ST saved between our read and our rename) before giving up."""
+
+CONFLICT_BACKOFF_FIRST_SECONDS = 0.05
+CONFLICT_BACKOFF_MAX_SECONDS = 1.0
+"""Backoff between conflict retries: doubling from the first value, capped, with jitter."""
+
+REASON_REPLY_CHANGED = "the reply was swiped or edited since the image was made"
+REASON_REPLY_GONE = "the reply was deleted or regenerated since the image was made"
+REASON_CHAT_GONE = "the chat file is gone (deleted or renamed in SillyTavern)"
+REASON_DELETED_AFTER_SHOWN = (
+    "removed in SillyTavern after it was shown (deleted by the user, or by Regenerate)"
+)
+REASON_NO_IMAGES = "nothing to commit: every image was deleted from the pending folder"
+REASON_IMAGES_MISSING = "the image files written for it were deleted before the commit finished"
+
+
+def image_url(folder: Path, file: Path) -> str:
+    """The same-origin URL ST serves ``user/images/<folder>/<file>`` at (not percent-encoded)."""
+    return f"/user/images/{folder.name}/{file.name}"
+
+
+def served_path(root: Path, user: str, url: str) -> Path | None:
+    """The file behind an ``/user/images/...`` URL in ``user``'s tree; ``None`` for other URLs."""
+    prefix = "/user/images/"
+    if not url.startswith(prefix):
+        return None
+    parts = url[len(prefix) :].split("/")
+    if len(parts) != 2 or any(p in ("", ".", "..") for p in parts):
+        return None
+    return root / user / "user" / "images" / parts[0] / parts[1]
+
+
+def message_urls(message: Mapping[str, Any]) -> list[str]:
+    """The image URLs of one of our messages (``extra.media``, else ``extra.image``)."""
+    extra = message.get("extra")
+    if not isinstance(extra, dict):
+        return []
+    media = extra.get("media")
+    if isinstance(media, list):
+        urls = [m["url"] for m in media if isinstance(m, dict) and isinstance(m.get("url"), str)]
+        if urls:
+            return urls
+    image = extra.get("image")
+    return [image] if isinstance(image, str) and image else []
+
+
+def render_caption(template: str, *, char: str, prompt: str) -> str:
+    """``{{char}}`` and ``{{prompt}}`` (case-insensitive, like ST's macros) in the caption."""
+    values = {"char": char, "prompt": prompt}
+    return re.sub(
+        r"\{\{\s*(char|prompt)\s*\}\}",
+        lambda m: values[m.group(1).lower()],
+        template,
+        flags=re.IGNORECASE,
+    )
+
+
+class _NotCommittable(Exception):
+    """The job can never be committed; ``reason`` says why (shown to the user)."""
+
+    def __init__(self, reason: str, state: JobState = JobState.FAILED) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.state = state
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A fresh read of a chat and what it says about one of our messages."""
+
+    chat: Chat
+    data: bytes
+    snapshot: Snapshot
+    present: Message | None  # our message, found by its marker
+    reply: Message | None  # the reply it illustrates, found by identity
+    problem: str | None  # why the reply no longer matches; None when it does
+
+    def insert_position(self) -> int:
+        """After the reply and after our image messages already following it (keeps order)."""
+        assert self.reply is not None
+        index = self.reply.index
+        messages = self.chat.messages
+        while index + 1 < len(messages) and messages[index + 1].marker is not None:
+            index += 1
+        return index
+
+    def predicted_sha256(self, after: int, message: Mapping[str, Any]) -> str:
+        """The hash of the bytes ``insert_after`` will write (our line after message
+        ``after``, every other byte unchanged), known before the rename.
+
+        Uses the writer's own splice and its hash checkpoints of the chat just read, so a
+        60 MB chat is not hashed a second time."""
+        pieces, offset = _tavern_write._splice(self.data, self.chat, after, encode_message(message))
+        return _tavern_write._hash_pieces(self.snapshot.sha256, pieces, offset)
+
+
+def _read_plan(path: Path, job_id: str, identity: MessageIdentity, revision: str) -> _Plan:
+    chat, data, snap = read_for_edit(path)
+    reply = chat.find(identity)
+    problem: str | None = None
+    if reply is None:
+        problem = REASON_REPLY_GONE
+    elif str(reply.revision) != revision:
+        problem = REASON_REPLY_CHANGED
+    return _Plan(chat, data, snap, chat.find_marker(job_id), reply, problem)
+
+
+def _backoff(attempt: int) -> float:
+    base = min(CONFLICT_BACKOFF_FIRST_SECONDS * 2.0**attempt, CONFLICT_BACKOFF_MAX_SECONDS)
+    return base * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
+
+
+class Committer:
+    """Writes accepted jobs into their chats and re-inserts what stale tabs drop.
+
+    Commits and reconciles of one chat are serialized by a per-chat lock; the file itself is
+    protected against other writers by the compare-before-replace in
+    :func:`daemon.tavern.write.insert_after`.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        approval: Approval,
+        root: Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.approval = approval
+        self.root = root
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._locks: dict[str, anyio.Lock] = {}
+
+    def _lock(self, chat: str) -> anyio.Lock:
+        lock = self._locks.get(chat)
+        if lock is None:
+            lock = self._locks[chat] = anyio.Lock()
+        return lock
+
+    # --- commit ---------------------------------------------------------------------------
+
+    async def commit_job(self, job: Job) -> Job:
+        """ACCEPTED -> COMMITTED, or SUPERSEDED/FAILED with a reason; or still ACCEPTED with
+        ``last_error`` and ``next_attempt_at`` set when the chat could not be written now (a
+        full disk, a read-only folder, a chat that kept changing): the job is kept and retried.
+
+        A COMMITTED job only gets its leftover pending folder removed. Other states are
+        returned unchanged."""
+        async with self._lock(job.chat):
+            try:
+                current = await self.store.get_job(job.id)
+            except JobError:
+                log.warning("commit of an unknown job skipped", job=job.id)
+                return job
+            if current.state is JobState.COMMITTED:
+                await self._finish_pending(current.id)
+                return current
+            if current.state is not JobState.ACCEPTED:
+                log.info("commit skipped: job is not accepted", job=job.id, state=current.state)
+                return current
+            try:
+                return await self._commit(current)
+            except _NotCommittable as exc:
+                return await self._give_up(current, exc.state, exc.reason)
+            except (ChatWriteError, ChatReadError) as exc:
+                return await self._retry_later(current, str(exc))
+            except OSError as exc:
+                # Reading a pending image or creating the image folder: the environment, not
+                # the job, is wrong; keep the job.
+                return await self._retry_later(current, f"cannot commit: {_os_reason(exc)}")
+
+    async def _commit(self, job: Job) -> Job:
+        path = self._chat_path(job.chat)
+        identity = MessageIdentity(job.message_index, job.identity_name, job.identity_date)
+        entry = await self.store.ledger_get(job.id)
+        if entry is not None and entry.retired is not None:
+            raise _NotCommittable(entry.retired, JobState.SUPERSEDED)
+        message = entry.message if entry is not None else None
+        for attempt in range(COMMIT_CONFLICT_RETRIES):
+            plan = await self._plan(path, job.id, identity, job.revision)
+            if plan.present is not None:
+                # An earlier run wrote it (and crashed before marking the job): done.
+                if message is None:
+                    message = plan.present.data
+                    await self._ledger_add(job, message)
+                return await self._committed(job, message)
+            if plan.problem is not None:
+                if entry is not None or message is not None:
+                    await self.store.ledger_retire(job.id, plan.problem)
+                raise _NotCommittable(plan.problem, JobState.SUPERSEDED)
+            if message is None:
+                message = await self._prepare(job, plan)
+            else:
+                await self._check_images(job, message)
+            after = plan.insert_position()
+            if await self._write(job.chat, path, plan, after, message):
+                log.info(
+                    "image committed",
+                    job=job.id,
+                    chat=job.chat,
+                    after=after,
+                    images=len(message_urls(message)),
+                )
+                return await self._committed(job, message)
+            await anyio.sleep(_backoff(attempt))
+        return await self._retry_later(
+            job, "the chat kept changing while the image message was being inserted"
+        )
+
+    def _chat_path(self, rel: str) -> Path:
+        path = self.root / rel
+        kind = layout.classify(self.root, path).kind
+        if kind is not PathKind.CHAT:
+            raise _NotCommittable(f"{rel!r} is not a chat file under the data root")
+        if not path.is_file():
+            raise _NotCommittable(REASON_CHAT_GONE, JobState.SUPERSEDED)
+        return path
+
+    async def _plan(
+        self, path: Path, job_id: str, identity: MessageIdentity, revision: str
+    ) -> _Plan:
+        try:
+            return await anyio.to_thread.run_sync(_read_plan, path, job_id, identity, revision)
+        except ChatReadError:
+            if not await _exists(path):
+                raise _NotCommittable(REASON_CHAT_GONE, JobState.SUPERSEDED) from None
+            raise
+
+    async def _write(
+        self, chat: str, path: Path, plan: _Plan, after: int, message: Mapping[str, Any]
+    ) -> bool:
+        """Insert ``message`` after message ``after``; False on a conflict (re-read and retry)."""
+        predicted = plan.predicted_sha256(after, message)
+        # Recorded first: a crash right after the rename must not leave our version looking
+        # like someone else's (that would acknowledge our message wrongly).
+        await self.store.record_write(chat, predicted)
+        try:
+            snap = await anyio.to_thread.run_sync(
+                insert_after, path, plan.snapshot, plan.data, plan.chat, after, [dict(message)]
+            )
+        except ChatConflictError:
+            log.debug("chat changed under our edit; retrying from a fresh read", chat=chat)
+            return False
+        if snap.sha256 != predicted:
+            await self.store.record_write(chat, snap.sha256)
+        return True
+
+    async def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:
+        """Write the image files (or find them from an earlier run), build the message and put
+        it in the ledger; returns the ledger's message (the first one recorded wins)."""
+        reply = plan.reply
+        assert reply is not None
+        kept = await anyio.to_thread.run_sync(self.approval.kept_images, job.id)
+        if not kept:
+            raise _NotCommittable(REASON_NO_IMAGES)
+        folder = self._image_folder(job, reply)
+        now = self._clock()
+        files = await anyio.to_thread.run_sync(_write_images, folder, job.id, list(kept), now)
+        prompt = job.prompt or ""
+        negative = job.meta.get("negative")
+        data = reply.data
+        force_avatar = data.get("force_avatar") if job.is_group else None
+        original_avatar = data.get("original_avatar") if job.is_group else None
+        message = build_image_message(
+            name=reply.name,
+            urls=[image_url(folder, f) for f in files],
+            prompt=prompt,
+            caption=render_caption(self.config.commit.caption, char=reply.name, prompt=prompt),
+            send_date=format_send_date(now, plan.chat.date_style),
+            job_id=job.id,
+            hidden=self.config.commit.hidden,
+            negative=negative if isinstance(negative, str) else "",
+            force_avatar=force_avatar if isinstance(force_avatar, str) else None,
+            original_avatar=original_avatar if isinstance(original_avatar, str) else None,
+        )
+        return await self._ledger_add(job, message)
+
+    async def _ledger_add(self, job: Job, message: Mapping[str, Any]) -> dict[str, Any]:
+        await self.store.ledger_add(
+            job_id=job.id,
+            user=job.user,
+            chat=job.chat,
+            identity_name=job.identity_name,
+            identity_date=job.identity_date,
+            revision=job.revision,
+            message=message,
+        )
+        entry = await self.store.ledger_get(job.id)
+        return entry.message if entry is not None else dict(message)
+
+    def _image_folder(self, job: Job, reply: Message) -> Path:
+        name = self._folder_name(job, reply)
+        try:
+            return layout.image_folder(self.root, job.user, name)
+        except UnsafePathError:
+            # A display name that sanitizes to nothing ("???"): fall back to the card stem.
+            return layout.image_folder(self.root, job.user, job.character or "st-imagegen")
+
+    def _folder_name(self, job: Job, reply: Message) -> str:
+        """ST's image folder: the display name in solo chats, the group id in group chats."""
+        if not job.is_group:
+            return reply.name or job.speaker or job.character
+        chat_id = Path(job.chat).stem
+        group = layout.group_for_chat(self.root, job.user, chat_id)
+        if group is None:
+            log.warning("group of a group chat not found; using the chat id", chat=job.chat)
+            return job.character or chat_id
+        return group.id
+
+    async def _check_images(self, job: Job, message: Mapping[str, Any]) -> None:
+        """A message from the ledger must not point at a missing file."""
+        for url in message_urls(message):
+            path = served_path(self.root, job.user, url)
+            if path is None or not await anyio.to_thread.run_sync(path.is_file):
+                await self.store.ledger_retire(job.id, REASON_IMAGES_MISSING)
+                raise _NotCommittable(REASON_IMAGES_MISSING)
+
+    async def _committed(self, job: Job, message: Mapping[str, Any]) -> Job:
+        urls = message_urls(message)
+        paths = [served_path(self.root, job.user, u) for u in urls]
+        moved = await self.store.transition(
+            job.id,
+            JobState.ACCEPTED,
+            JobState.COMMITTED,
+            last_error=None,
+            next_attempt_at=None,
+            meta_update={
+                "committed_urls": urls,
+                "committed_files": [str(p) for p in paths if p is not None],
+                "committed_at": self._clock().isoformat(),
+            },
+        )
+        await self._finish_pending(job.id)
+        return moved if moved is not None else await self.store.get_job(job.id)
+
+    async def _finish_pending(self, job_id: str) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.approval.finish, job_id)
+        except OSError as exc:
+            log.warning("pending folder not removed", job=job_id, error=_os_reason(exc))
+
+    async def _give_up(self, job: Job, state: JobState, reason: str) -> Job:
+        text = f"not committed: {reason}"
+        log.info("job not committed", job=job.id, state=state, reason=reason)
+        moved = await self.store.transition(
+            job.id, JobState.ACCEPTED, state, last_error=text, next_attempt_at=None
+        )
+        if moved is not None and state is JobState.SUPERSEDED:
+            # Like a superseded pending job: its images illustrate a text that is gone.
+            await self._finish_pending(job.id)
+        return moved if moved is not None else await self.store.get_job(job.id)
+
+    async def _retry_later(self, job: Job, error: str) -> Job:
+        limits = self.config.limits
+        delay = min(
+            limits.retry_base_seconds * 2.0 ** min(job.attempts, 30), limits.retry_max_seconds
+        )
+        text = f"{error}; the chat was not changed, will retry in {delay:.0f} s"
+        log.warning("commit postponed", job=job.id, chat=job.chat, error=error, delay=delay)
+        moved = await self.store.transition(
+            job.id,
+            JobState.ACCEPTED,
+            JobState.ACCEPTED,
+            attempts=job.attempts + 1,
+            last_error=text,
+            next_attempt_at=self._clock() + timedelta(seconds=delay),
+        )
+        return moved if moved is not None else await self.store.get_job(job.id)
+
+    # --- reconcile ------------------------------------------------------------------------
+
+    async def reconcile_chat(self, chat: ChatRef) -> int:
+        """Re-insert our messages a stale tab dropped; acknowledge those ST has saved; retire
+        those the user removed or whose reply changed. Returns how many were re-inserted."""
+        if not await self.store.ledger_for_chat(chat.rel, open_only=True):
+            return 0  # the common case: nothing of ours is waiting; no file read
+        async with self._lock(chat.rel):
+            return await self._reconcile(chat.rel, chat.path)
+
+    async def reconcile_open(self) -> int:
+        """Reconcile every chat with open ledger entries (at startup); returns re-inserts."""
+        total = 0
+        for rel in sorted(await self.store.chats_with_open_ledger()):
+            classified = layout.classify(self.root, self.root / rel)
+            if classified.chat is None:
+                continue
+            total += await self.reconcile_chat(classified.chat)
+        return total
+
+    async def _reconcile(self, rel: str, path: Path) -> int:
+        inserted = 0
+        conflicts = 0
+        while conflicts < COMMIT_CONFLICT_RETRIES:
+            entries = [
+                e
+                for e in await self.store.ledger_for_chat(rel, open_only=False)
+                if e.retired is None
+            ]
+            if not any(not e.acknowledged for e in entries):
+                return inserted
+            try:
+                chat, data, snap = await anyio.to_thread.run_sync(read_for_edit, path)
+            except ChatReadError as exc:
+                if not await _exists(path):
+                    for entry in entries:
+                        await self.store.ledger_retire(entry.job_id, REASON_CHAT_GONE)
+                    return inserted
+                log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
+                return inserted
+            theirs = not await self.store.is_our_write(rel, snap.sha256)
+            todo = await self._judge(chat, entries, theirs)
+            if todo is None:
+                return inserted
+            entry, reply = todo
+            plan = _Plan(chat, data, snap, None, reply, None)
+            try:
+                await self._check_images_of(entry)
+            except _NotCommittable:
+                continue  # retired; look at the rest
+            try:
+                written = await self._write(rel, path, plan, plan.insert_position(), entry.message)
+            except TavernError as exc:
+                log.warning(
+                    "reconcile: re-insert failed", chat=rel, job=entry.job_id, error=str(exc)
+                )
+                return inserted
+            if written:
+                inserted += 1
+                log.info("image message re-inserted after a stale save", chat=rel, job=entry.job_id)
+            else:
+                conflicts += 1
+                await anyio.sleep(_backoff(conflicts))
+        log.warning("reconcile gave up for now: the chat kept changing", chat=rel)
+        return inserted
+
+    async def _judge(
+        self, chat: Chat, entries: Sequence[LedgerEntry], theirs: bool
+    ) -> tuple[LedgerEntry, Message] | None:
+        """Acknowledge and retire entries by what ``chat`` holds; the first entry to re-insert."""
+        todo: tuple[LedgerEntry, Message] | None = None
+        for entry in entries:
+            present = chat.find_marker(entry.job_id) is not None
+            if entry.acknowledged:
+                if not present:
+                    await self.store.ledger_retire(entry.job_id, REASON_DELETED_AFTER_SHOWN)
+                    log.info("image message removed in SillyTavern; left out", job=entry.job_id)
+                continue
+            if present:
+                if theirs:
+                    await self.store.ledger_acknowledge(entry.job_id)
+                continue
+            reply = chat.find(await self._identity(entry))
+            if reply is None:
+                await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
+            elif str(reply.revision) != entry.revision:
+                await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
+            elif todo is None:
+                todo = (entry, reply)
+        return todo
+
+    async def _identity(self, entry: LedgerEntry) -> MessageIdentity:
+        try:
+            hint = (await self.store.get_job(entry.job_id)).message_index
+        except JobError:
+            hint = 0
+        return MessageIdentity(hint, entry.identity_name, entry.identity_date)
+
+    async def _check_images_of(self, entry: LedgerEntry) -> None:
+        for url in message_urls(entry.message):
+            path = served_path(self.root, entry.user, url)
+            if path is None or not await anyio.to_thread.run_sync(path.is_file):
+                await self.store.ledger_retire(entry.job_id, REASON_IMAGES_MISSING)
+                raise _NotCommittable(REASON_IMAGES_MISSING)
+
+
+def _write_images(folder: Path, job_id: str, kept: Sequence[Path], now: datetime) -> list[Path]:
+    """Copy the kept images into ``folder``; a file an earlier run wrote for this job (found by
+    the job id in its name and equal bytes) is reused, so retries leave no orphans."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out: list[Path] = []
+    for number, source in enumerate(kept, 1):
+        data = source.read_bytes()
+        ext = source.suffix.lstrip(".").lower() or "png"
+        tag = f"{job_id}-{number}"
+        existing = _find_written(folder, tag, ext, data)
+        out.append(existing or write_image(folder, data, ext, f"{folder.name}_{tag}", now))
+    return out
+
+
+def _find_written(folder: Path, tag: str, ext: str, data: bytes) -> Path | None:
+    # Job ids are [0-9A-Z] only: no glob metacharacters, and unique enough to match on alone.
+    for candidate in sorted(folder.glob(f"*_{tag}_*.{ext}")):
+        try:
+            if candidate.stat().st_size == len(data) and candidate.read_bytes() == data:
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
+async def _exists(path: Path) -> bool:
+    return await anyio.to_thread.run_sync(path.exists)
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")

@@ -1,0 +1,271 @@
+"""``st-imagegen status``: is the daemon running, what it watches, how its jobs stand.
+
+Whether the daemon runs comes from its heartbeat file in the state dir (rewritten every
+:data:`~daemon.engine.service.HEARTBEAT_INTERVAL` seconds, removed on a clean stop): a heartbeat
+older than :data:`HEARTBEAT_STALE_SECONDS` means it is gone. Nothing here writes anything: a
+missing state dir or store is reported, not created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from daemon.config import Config
+from daemon.engine.notify import read_heartbeat
+from daemon.engine.store import Job, JobState, Store
+from daemon.errors import StImagegenError
+from daemon.tavern import layout
+
+__all__ = [
+    "HEARTBEAT_STALE_SECONDS",
+    "DaemonStatus",
+    "StatusReport",
+    "cmd_status",
+    "daemon_status",
+    "gather_status",
+    "plain_age",
+]
+
+HEARTBEAT_STALE_SECONDS = 15.0
+"""A heartbeat older than this (three missed 5 s beats) means the daemon is not running."""
+
+RECENT_ERRORS = 5
+"""How many recent job errors ``status`` shows."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    """What the heartbeat file says about the daemon."""
+
+    running: bool
+    detail: str  # one plain sentence
+    pid: int | None = None
+    age_seconds: float | None = None
+    state: str | None = None  # "running" | "draining" | ...
+    watching: int | None = None
+    version: str | None = None
+    pid_alive: bool | None = None  # None: unknown (no pid, or another pid namespace)
+
+
+def _pid_alive(pid: int) -> bool | None:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    except OSError:
+        return None
+    return True
+
+
+def plain_age(seconds: float) -> str:
+    """``"3 s"``, ``"4 min"``, ``"2 h"``, ``"5 days"``."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def daemon_status(
+    heartbeat: Path,
+    *,
+    now: float | None = None,
+    stale_after: float = HEARTBEAT_STALE_SECONDS,
+) -> DaemonStatus:
+    """Judge the daemon by its heartbeat file: fresh means running.
+
+    A fresh heartbeat whose pid does not exist on this machine is still "running" when the
+    daemon may live in another pid namespace (a second container sharing the state volume);
+    the detail says so."""
+    record = read_heartbeat(heartbeat)
+    if record is None:
+        exists = heartbeat.exists()
+        return DaemonStatus(
+            False,
+            "not running (heartbeat file unreadable)" if exists else "not running (no heartbeat)",
+        )
+    when = record.get("time")
+    pid_value = record.get("pid")
+    pid = pid_value if isinstance(pid_value, int) and pid_value > 0 else None
+    state_value = record.get("state")
+    state = state_value if isinstance(state_value, str) else None
+    watching_value = record.get("watching")
+    watching = watching_value if isinstance(watching_value, int) else None
+    version_value = record.get("version")
+    version = version_value if isinstance(version_value, str) else None
+    if not isinstance(when, (int, float)) or isinstance(when, bool):
+        return DaemonStatus(False, "not running (heartbeat without a time)", pid=pid)
+    age = (time.time() if now is None else now) - float(when)
+    alive = _pid_alive(pid) if pid is not None else None
+    common: dict[str, Any] = {
+        "pid": pid,
+        "age_seconds": round(age, 3),
+        "state": state,
+        "watching": watching,
+        "version": version,
+        "pid_alive": alive,
+    }
+    if age > stale_after:
+        return DaemonStatus(False, f"not running (last heartbeat {plain_age(age)} ago)", **common)
+    if alive is False and pid is not None:
+        detail = (
+            f"running elsewhere? heartbeat {plain_age(age)} ago from pid {pid}, "
+            "which does not exist here (another container?)"
+        )
+        return DaemonStatus(True, detail, **common)
+    parts = [f"pid {pid}" if pid is not None else "pid unknown"]
+    parts.append(f"heartbeat {plain_age(age)} ago")
+    if watching is not None:
+        parts.append(f"watching {watching} chat{'s' if watching != 1 else ''}")
+    label = "draining (stopping)" if state == "draining" else "running"
+    return DaemonStatus(True, f"{label} ({', '.join(parts)})", **common)
+
+
+@dataclass
+class StatusReport:
+    """Everything ``status`` shows; :meth:`to_json` is the ``--json`` form."""
+
+    daemon: DaemonStatus
+    mode: str
+    approval: str
+    data_root: str | None = None
+    data_root_error: str | None = None
+    users: list[str] = field(default_factory=list)
+    chats: int = 0
+    group_chats: int = 0
+    state_dir: str = ""
+    store_error: str | None = None
+    jobs: dict[str, int] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    waiting_messages: int = 0  # committed, not yet in any version ST saved (ledger open)
+    waiting_chats: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["daemon"] = asdict(self.daemon)
+        return data
+
+
+def _error_row(job: Job, now: datetime) -> dict[str, Any]:
+    return {
+        "job": job.id,
+        "state": job.state.value,
+        "chat": job.chat,
+        "speaker": job.speaker,
+        "error": job.last_error or "",
+        "updated_at": job.updated_at.isoformat(),
+        "age_seconds": round((now - job.updated_at).total_seconds(), 3),
+    }
+
+
+async def gather_status(config: Config, *, now: datetime | None = None) -> StatusReport:
+    """Collect the report; problems (no data root, no store yet) are reported, not raised."""
+    at = now or datetime.now(UTC)
+    report = StatusReport(
+        daemon=await anyio.to_thread.run_sync(daemon_status, config.heartbeat_path),
+        mode=config.mode,
+        approval=config.approval,
+        state_dir=str(config.state_dir),
+    )
+    await anyio.to_thread.run_sync(_gather_chats, config, report)
+    if not await anyio.to_thread.run_sync(config.db_path.exists):
+        report.store_error = "no jobs yet (the store has not been created)"
+        report.jobs = {s.value: 0 for s in JobState}
+        return report
+    try:
+        store = await Store.open(config.db_path)
+    except StImagegenError as exc:
+        report.store_error = str(exc)
+        return report
+    try:
+        report.jobs = {s.value: n for s, n in (await store.counts()).items()}
+        report.errors = [_error_row(j, at) for j in await store.recent_errors(RECENT_ERRORS)]
+        for chat in sorted(await store.chats_with_open_ledger()):
+            count = len(await store.ledger_for_chat(chat, open_only=True))
+            if count:
+                report.waiting_messages += count
+                report.waiting_chats.append(chat)
+    except StImagegenError as exc:
+        report.store_error = str(exc)
+    finally:
+        await store.close()
+    return report
+
+
+def _gather_chats(config: Config, report: StatusReport) -> None:
+    if config.data_root is None:
+        report.data_root_error = "data_root is not set (config file or ST_IMAGEGEN_DATA_ROOT)"
+        return
+    try:
+        root = layout.resolve_data_root(config.data_root)
+    except StImagegenError as exc:
+        report.data_root_error = str(exc)
+        return
+    report.data_root = str(root)
+    report.users = layout.list_users(root, config.detect.users)
+    for ref in layout.iter_chats(root, report.users):
+        report.chats += 1
+        report.group_chats += ref.is_group
+
+
+def render_status(report: StatusReport) -> str:
+    """The plain-text form of the report."""
+    lines = [f"daemon: {report.daemon.detail}"]
+    if report.data_root_error:
+        lines.append(f"data root: problem: {report.data_root_error}")
+    else:
+        lines.append(f"data root: {report.data_root}")
+        users = ", ".join(report.users) if report.users else "none found"
+        lines.append(
+            f"watching: {len(report.users)} user{'s' if len(report.users) != 1 else ''} "
+            f"({users}), {report.chats} chat{'s' if report.chats != 1 else ''} "
+            f"({report.group_chats} group chat{'s' if report.group_chats != 1 else ''})"
+        )
+    lines.append(f"mode: {report.mode}, approval: {report.approval}")
+    lines.append(f"state dir: {report.state_dir}")
+    if report.store_error:
+        lines.append(f"jobs: {report.store_error}")
+    else:
+        shown = [f"{n} {state}" for state, n in report.jobs.items() if n]
+        lines.append(f"jobs: {', '.join(shown) if shown else 'none yet'}")
+    if report.waiting_messages:
+        n, c = report.waiting_messages, len(report.waiting_chats)
+        lines.append(
+            f"waiting for SillyTavern: {n} image message{'s' if n != 1 else ''} in {c} "
+            f"chat{'s' if c != 1 else ''} not yet seen by an open tab; they show when the chat "
+            "is reopened or the page reloaded (nothing is lost either way)"
+        )
+    if report.errors:
+        lines.append("last errors:")
+        for row in report.errors:
+            age = plain_age(float(row["age_seconds"]))
+            lines.append(
+                f"  {row['job'][:10]}  {row['state']:<10}  {row['chat']}: {row['error']} "
+                f"({age} ago)"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(config: Config, as_json: bool, *, out: TextIO | None = None) -> int:
+    """Print the status (``--json``: one JSON object). Exit 0 whenever it could be gathered."""
+    stream = out or sys.stdout
+    report = anyio.run(gather_status, config)
+    if as_json:
+        stream.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        stream.write(render_status(report))
+    return 0
