@@ -360,7 +360,10 @@ def insert_after(
             raise ValueError("a new message must encode to one JSON object line")
     new = b"\n".join(encoded)
     pieces, offset = _splice(data, chat, after_index, new)
-    real = _check_chat_path(path, root)
+    try:
+        real = _check_chat_path(path, root)
+    except ChatReadError:
+        raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
     folder = real.parent
 
     try:
