@@ -487,7 +487,7 @@ class Cursor:
                 "message_count": self.message_count,
                 "size": self.size,
             },
-            ensure_ascii=False,
+            ensure_ascii=True,  # names may hold lone surrogates, which UTF-8 cannot encode
         )
 
     @classmethod

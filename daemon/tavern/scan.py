@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import ChatReadError
+from daemon.tavern import chat as _chat
 from daemon.tavern.chat import (
     Cursor,
     Message,
@@ -234,7 +235,7 @@ def _diff(collected: _Collected, cursor: Cursor, size: int, bytes_read: int) -> 
 
 
 def _full(path: Path, already_read: int, gone: bool) -> ScanResult:
-    chat, data = read_chat(path)
+    chat, data = read_chat(path, max_bytes=_chat.MAX_CHAT_BYTES)
     return ScanResult(
         new=[],
         changed=[],
