@@ -5,6 +5,7 @@ and the same decisions made on a full parse."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -138,12 +139,13 @@ def test_st_turns_swipes_edits_regenerate_delete(tmp_path: Path, version: str, g
     reply = r.new[0]
     cursor = r.cursor
 
-    for action in (
+    actions: list[Callable[[], STSim]] = [
         lambda: tab.swipe("Another glade."),
         lambda: tab.continue_(" And more."),
         lambda: tab.swipe_to(0),
         lambda: tab.edit(len(tab.messages) - 1, "Edited by hand."),
-    ):
+    ]
+    for action in actions:
         action().save()
         r = tail_scan(path, cursor)
         assert r.new == [] and r.removed == [] and not r.cursor_gone
