@@ -1,0 +1,475 @@
+"""``st-imagegen doctor`` and ``st-imagegen healthcheck``: is this setup going to work?
+
+Each check prints one line, PASS, FAIL or SKIP, in plain words, and on FAIL a second line that
+says how to fix it. Permissions are tested by doing, not by ``os.access``: a temp file is created
+and removed in every folder the daemon writes to, as the user doctor runs as (root passes
+``os.access`` for everything). Chats themselves are only read, never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+import anyio
+import httpx
+
+from daemon.config import Config
+from daemon.engine.notify import read_heartbeat
+from daemon.engine.status import HEARTBEAT_STALE_SECONDS
+from daemon.errors import (
+    AuthError,
+    NotADataRootError,
+    PermanentProviderError,
+    ProviderError,
+    RateLimitedError,
+    TransientProviderError,
+)
+from daemon.providers.http import RetryPolicy, make_client
+from daemon.providers.images import ImageGenerator
+from daemon.providers.text import PromptWriter
+from daemon.tavern.layout import (
+    ChatRef,
+    describe_data_root,
+    iter_chats,
+    list_users,
+    resolve_data_root,
+)
+
+__all__ = [
+    "HEARTBEAT_MAX_AGE_SECONDS",
+    "INOTIFY_WATCHES_FILE",
+    "CheckResult",
+    "cmd_doctor",
+    "cmd_healthcheck",
+    "run_checks",
+]
+
+INOTIFY_WATCHES_FILE = Path("/proc/sys/fs/inotify/max_user_watches")
+"""Linux's per-user limit on inotify watches; watchdog needs one per watched folder."""
+
+HEARTBEAT_MAX_AGE_SECONDS = HEARTBEAT_STALE_SECONDS
+"""A heartbeat older than this (three missed beats) means the main loop is stuck or gone."""
+
+ONE_ATTEMPT = RetryPolicy(attempts=1)
+"""doctor sends exactly one request per API and reports the first failure as it is."""
+
+API_CHECK_GRACE_SECONDS = 5.0
+"""Added to a section's timeout_seconds for doctor's one request (connect and teardown)."""
+
+DROP_FOLDERS = 3
+"""accepted/, rejected/ and regenerate/ are watched too (non-recursively)."""
+
+_SAMPLE = 3  # failing paths named in a message
+
+Status = Literal["PASS", "FAIL", "SKIP"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check: what was looked at, what was found and, on failure, how to fix it."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != "FAIL"
+
+    def render(self) -> str:
+        line = f"{self.status}  {self.name}: {self.detail}"
+        return f"{line}\n      fix: {self.fix}" if self.fix and not self.ok else line
+
+
+def _pass(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, "PASS", detail)
+
+
+def _fail(name: str, detail: str, fix: str) -> CheckResult:
+    return CheckResult(name, "FAIL", detail, fix)
+
+
+def _skip(name: str, detail: str) -> CheckResult:
+    return CheckResult(name, "SKIP", detail)
+
+
+# --- file system -------------------------------------------------------------------------------
+
+
+def _try_write(folder: Path) -> str | None:
+    """Create and remove a temp file in ``folder``; ``None`` on success, else the reason."""
+    probe = folder / f".st-imagegen-doctor.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    try:
+        os.write(fd, b"x")
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _who() -> str:
+    uid = os.geteuid()
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _sample(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_SAMPLE])
+    return shown + (f" and {len(items) - _SAMPLE} more" if len(items) > _SAMPLE else "")
+
+
+def check_config(config: Config) -> CheckResult:
+    if config.data_root is None:
+        return _fail(
+            "config",
+            "parsed, but data_root is not set",
+            'set data_root = "/path/to/SillyTavern" in config.toml or ST_IMAGEGEN_DATA_ROOT',
+        )
+    return _pass(
+        "config",
+        f"parsed (mode {config.mode}, approval {config.approval}, text.{config.text.mode})",
+    )
+
+
+def check_data_root(config: Config) -> tuple[CheckResult, Path | None]:
+    if config.data_root is None:
+        return _skip("data root", "not set (see config)"), None
+    try:
+        root = resolve_data_root(config.data_root)
+    except NotADataRootError as exc:
+        return _fail(
+            "data root",
+            f"{config.data_root} is not a SillyTavern data root: {exc}",
+            "point data_root at the SillyTavern folder, its data/ folder, or the folder that "
+            "holds the user folders (default-user/ ...)",
+        ), None
+    except OSError as exc:
+        return _fail(
+            "data root",
+            f"{config.data_root} cannot be read: {exc.strerror}",
+            f"run st-imagegen as a user that can read {config.data_root}",
+        ), None
+    users = config.detect.users
+    missing = [u for u in users if u not in list_users(root)]
+    if missing:
+        return _fail(
+            "data root",
+            f"{root}: detect.users names users that do not exist: {', '.join(missing)}",
+            f"use the folder names of SillyTavern's users ({', '.join(list_users(root))}) "
+            "or leave detect.users empty for all",
+        ), None
+    return _pass("data root", f"{root}: {describe_data_root(root, users)}"), root
+
+
+def _chats(root: Path, config: Config) -> list[ChatRef]:
+    return list(iter_chats(root, config.detect.users))
+
+
+def _unlistable_folders(root: Path, users: Sequence[str]) -> list[str]:
+    """Chat folders the daemon cannot list: their chats would be silently invisible."""
+    bad: list[str] = []
+    for user in list_users(root, users):
+        folders = [root / user / "group chats"]
+        chats_dir = root / user / "chats"
+        try:
+            with os.scandir(chats_dir) as it:
+                folders += [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            bad.append(f"{chats_dir} ({exc.strerror})")
+        for folder in folders:
+            try:
+                with os.scandir(folder):
+                    pass
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                bad.append(f"{folder} ({exc.strerror})")
+    return bad
+
+
+def check_chats_readable(root: Path, users: Sequence[str], chats: Sequence[ChatRef]) -> CheckResult:
+    bad: list[str] = _unlistable_folders(root, users)
+    for chat in chats:
+        try:
+            with chat.path.open("rb") as fh:
+                fh.read(4096)
+        except OSError as exc:
+            bad.append(f"{chat.rel} ({exc.strerror or type(exc).__name__})")
+    if bad:
+        return _fail(
+            "read chats",
+            f"{len(bad)} chat(s) or chat folder(s) cannot be read as {_who()}: {_sample(bad)}",
+            "run st-imagegen as the user that owns SillyTavern's files (systemd User=, "
+            "Docker --user), or fix the files' permissions; a chat must be a regular file",
+        )
+    if not chats:
+        return _pass("read chats", "no chats yet (new chats are picked up when they appear)")
+    return _pass("read chats", f"all {len(chats)} chats can be read")
+
+
+def check_chats_writable(chats: Sequence[ChatRef]) -> CheckResult:
+    folders = sorted({chat.path.parent for chat in chats})
+    bad = [f"{folder} ({why})" for folder in folders if (why := _try_write(folder)) is not None]
+    if bad:
+        return _fail(
+            "write chats",
+            f"cannot create files in {len(bad)} of {len(folders)} chat folders as {_who()}: "
+            f"{_sample(bad)}",
+            "the daemon replaces a chat by writing a temp file beside it: run it as the owner "
+            "of SillyTavern's files; under systemd add the data root to ReadWritePaths=; in "
+            "Docker mount the data volume read-write",
+        )
+    if not folders:
+        return _pass("write chats", "no chat folders yet")
+    return _pass("write chats", f"can write in all {len(folders)} chat folders")
+
+
+def check_image_folders(root: Path, chats: Sequence[ChatRef]) -> CheckResult:
+    users = sorted({chat.user for chat in chats})
+    bad: list[str] = []
+    for user in users:
+        target = root / user / "user" / "images"
+        existing = _nearest_existing(target)
+        why = _try_write(existing)
+        if why is not None:
+            bad.append(f"{existing} ({why})")
+    if bad:
+        return _fail(
+            "write images",
+            f"cannot create image files as {_who()}: {_sample(bad)}",
+            "images go to <data root>/<user>/user/images/<character>/: make that folder "
+            "writable for the daemon's user (same fixes as for chats)",
+        )
+    if not users:
+        return _skip("write images", "no users with chats yet")
+    return _pass("write images", f"can write the image folders of {len(users)} user(s)")
+
+
+def check_state_dir(config: Config) -> CheckResult:
+    state = config.state_dir
+    try:
+        state.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(
+            "state dir",
+            f"{state} cannot be created: {exc.strerror}",
+            "set state_dir (ST_IMAGEGEN_STATE_DIR) to a folder the daemon's user can write",
+        )
+    why = _try_write(state)
+    if why is not None:
+        return _fail(
+            "state dir",
+            f"cannot write in {state} as {_who()}: {why}",
+            f"make {state} writable for the daemon's user, or set state_dir elsewhere",
+        )
+    return _pass("state dir", f"{state} is writable")
+
+
+def _walk_dirs(root: Path) -> Iterator[str]:
+    for dirpath, _dirnames, _files in os.walk(root, followlinks=False):
+        yield dirpath
+
+
+def check_inotify(root: Path, watches_file: Path = INOTIFY_WATCHES_FILE) -> CheckResult:
+    try:
+        limit = int(watches_file.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return _skip("watch limit", f"{watches_file} not available (not Linux: no such limit)")
+    needed = sum(1 for _ in _walk_dirs(root)) + DROP_FOLDERS
+    # The limit is per user and shared with every other program that user runs.
+    if needed > limit // 2:
+        return _fail(
+            "watch limit",
+            f"{needed} folders to watch, but fs.inotify.max_user_watches is {limit}",
+            f"raise it: echo fs.inotify.max_user_watches={max(needed * 4, 65536)} | sudo tee "
+            "/etc/sysctl.d/60-st-imagegen.conf && sudo sysctl --system",
+        )
+    return _pass("watch limit", f"{needed} folders to watch, limit {limit}")
+
+
+# --- the two APIs ------------------------------------------------------------------------------
+
+
+def _api_failure(name: str, section: str, url: str, exc: BaseException) -> CheckResult:
+    env = f"ST_IMAGEGEN_{section.upper()}__API_KEY"
+    if isinstance(exc, AuthError):
+        return _fail(
+            name,
+            f"{url} refused the key (HTTP {exc.status}): {exc}",
+            f"check {section}.api_key (or {env}, or {section}.api_key_file): it must be a valid "
+            f"key for {url}",
+        )
+    if isinstance(exc, RateLimitedError):
+        return _fail(
+            name,
+            f"{url} answered 429 Too Many Requests: {exc}",
+            "the key works but is over its rate limit or out of credit: wait, check your plan, "
+            "or lower limits.concurrency",
+        )
+    if isinstance(exc, TransientProviderError) and exc.status is None:
+        return _fail(
+            name,
+            f"{url} cannot be reached: {exc}",
+            f"check {section}.api_url (host, port, http/https; a base URL must end in /v1) and "
+            "that the server is running and reachable from this machine",
+        )
+    if isinstance(exc, TransientProviderError):
+        return _fail(
+            name,
+            f"{url} failed (HTTP {exc.status}): {exc}",
+            "the service has trouble right now: try again later",
+        )
+    if isinstance(exc, PermanentProviderError) and exc.status == 404:
+        return _fail(
+            name,
+            f"{url} answered 404 Not Found: {exc}",
+            f"check {section}.api_url (the full endpoint URL or a base URL ending in /v1) and "
+            f"{section}.model",
+        )
+    if isinstance(exc, TimeoutError):
+        return _fail(
+            name,
+            f"{url} did not answer in time",
+            f"check {section}.api_url; a slow service needs a larger {section}.timeout_seconds",
+        )
+    return _fail(name, f"{url}: {exc}", f"check the [{section}] settings (api_url, model, api_key)")
+
+
+async def _one_request(check: Callable[[], Awaitable[None]], deadline: float) -> None:
+    with anyio.fail_after(deadline):
+        await check()
+
+
+def check_prompt_api(config: Config) -> CheckResult:
+    name = "prompt API"
+    text = config.text
+    if text.mode == "template":
+        return _skip(name, "not used (text.mode = template)")
+    if not text.api_url:
+        return _fail(
+            name, "text.api_url is not set", "set text.api_url (ST_IMAGEGEN_TEXT__API_URL)"
+        )
+
+    async def run() -> None:
+        async with make_client() as client:
+            writer = PromptWriter(text, client, limits=config.limits, retry=ONE_ATTEMPT)
+            await _one_request(writer.check, text.timeout_seconds + API_CHECK_GRACE_SECONDS)
+
+    try:
+        anyio.run(run)
+    except (ProviderError, httpx.HTTPError, OSError, TimeoutError) as exc:
+        return _api_failure(name, "text", text.api_url, exc)
+    return _pass(name, f"{text.api_url} answered (model {text.model})")
+
+
+def check_image_api(config: Config, *, skip: bool) -> CheckResult:
+    name = "image API"
+    image = config.image
+    if skip:
+        return _skip(name, "skipped (--skip-image)")
+    if not image.api_url:
+        return _fail(
+            name, "image.api_url is not set", "set image.api_url (ST_IMAGEGEN_IMAGE__API_URL)"
+        )
+
+    async def run() -> None:
+        async with make_client() as client:
+            generator = ImageGenerator(image, client, limits=config.limits, retry=ONE_ATTEMPT)
+            await _one_request(generator.check, image.timeout_seconds + API_CHECK_GRACE_SECONDS)
+
+    try:
+        anyio.run(run)
+    except (ProviderError, httpx.HTTPError, OSError, TimeoutError) as exc:
+        return _api_failure(name, "image", image.api_url, exc)
+    return _pass(name, f"{image.api_url} answered (model {image.model})")
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def run_checks(
+    config: Config, *, skip_image: bool = False, watches_file: Path = INOTIFY_WATCHES_FILE
+) -> list[CheckResult]:
+    """Every check, in the order a user would fix things."""
+    results = [check_config(config)]
+    root_result, root = check_data_root(config)
+    results.append(root_result)
+    if root is None:
+        for name in ("read chats", "write chats", "write images", "watch limit"):
+            results.append(_skip(name, "needs a data root"))
+    else:
+        chats = _chats(root, config)
+        results += [
+            check_chats_readable(root, config.detect.users, chats),
+            check_chats_writable(chats),
+            check_image_folders(root, chats),
+        ]
+    results.append(check_state_dir(config))
+    if root is not None:
+        results.append(check_inotify(root, watches_file))
+    results.append(check_prompt_api(config))
+    results.append(check_image_api(config, skip=skip_image))
+    return results
+
+
+def cmd_doctor(config: Config, skip_image: bool, *, out: TextIO | None = None) -> int:
+    """Print every check; exit code 0 only when none failed."""
+    stream = sys.stdout if out is None else out
+    results = run_checks(config, skip_image=skip_image)
+    for result in results:
+        print(result.render(), file=stream)
+    failed = [r for r in results if not r.ok]
+    if failed:
+        print(f"\n{len(failed)} check(s) failed.", file=stream)
+        return 1
+    print("\nAll checks passed.", file=stream)
+    return 0
+
+
+def cmd_healthcheck(config: Config, *, now: float | None = None, out: TextIO | None = None) -> int:
+    """0 when the running daemon's heartbeat is fresh (Docker HEALTHCHECK), else 1."""
+    stream = sys.stdout if out is None else out
+    path = config.heartbeat_path
+    record = read_heartbeat(path)
+    if record is None:
+        print(f"unhealthy: no heartbeat at {path} (daemon not running?)", file=stream)
+        return 1
+    stamp = record.get("time")
+    if not isinstance(stamp, int | float):
+        print(f"unhealthy: heartbeat at {path} has no time", file=stream)
+        return 1
+    age = (time.time() if now is None else now) - float(stamp)
+    if age > HEARTBEAT_MAX_AGE_SECONDS:
+        print(f"unhealthy: last heartbeat {age:.0f} s ago (stuck or stopped)", file=stream)
+        return 1
+    state = record.get("state", "running")
+    print(f"healthy: {state}, heartbeat {max(age, 0.0):.0f} s ago", file=stream)
+    return 0
