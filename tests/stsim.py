@@ -154,6 +154,9 @@ class STSim:
         self.messages: list[dict[str, Any]] = []
         self.saves = 0
         self.last_temp: Path | None = None
+        # Test probes: called with the saved bytes right before / after the rename.
+        self.before_rename: Callable[[bytes], None] | None = None
+        self.after_rename: Callable[[bytes], None] | None = None
 
     # --- construction ---------------------------------------------------------------------
 
@@ -317,11 +320,15 @@ class STSim:
                 os.close(fd)
             if mode is not None:
                 temp.chmod(mode)
+            if self.before_rename is not None:
+                self.before_rename(data)
             temp.rename(target)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
         self.saves += 1
+        if self.after_rename is not None:
+            self.after_rename(data)
         return self
 
     def _integrity_check(self, target: Path) -> None:

@@ -335,7 +335,7 @@ def insert_after(
     *,
     root: Path | None = None,
     rehash: bool | None = None,
-    on_checked: Callable[[], None] | None = None,
+    on_final_check: Callable[[], None] | None = None,
 ) -> Snapshot:
     """Insert ``new_messages`` as lines right after message ``after_index`` (ST numbering).
 
@@ -346,9 +346,9 @@ def insert_after(
     :class:`MessageNotFoundError` for a bad ``after_index``.
 
     ``rehash``: also compare the content hash before replacing; ``None`` decides by how fresh
-    the basis was (see :attr:`Snapshot.needs_rehash`). ``on_checked`` is called right after
-    the final comparison, just before the rename (tests measure the remaining window with it).
-    Returns the snapshot of the file we wrote (``sha256`` of the new bytes).
+    the basis was (see :attr:`Snapshot.needs_rehash`). ``on_final_check`` is called right
+    before the final comparison, which is followed by the rename: tests measure the remaining
+    window with it. Returns the snapshot of the file we wrote (``sha256`` of the new bytes).
     """
     if not new_messages:
         raise ValueError("nothing to insert")
@@ -358,22 +358,43 @@ def insert_after(
     for line in encoded:
         if not line.startswith(b"{") or b"\n" in line:
             raise ValueError("a new message must encode to one JSON object line")
-    new = b"\n".join(encoded)
-    pieces, offset = _splice(data, chat, after_index, new)
+    pieces, offset = _splice(data, chat, after_index, b"\n".join(encoded))
     try:
         real = _check_chat_path(path, root)
     except ChatReadError:
         raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
-    folder = real.parent
 
+    # Holding the basis file open keeps its inode from being reused by a later save, so an
+    # equal inode at the final check proves the name still points at the file we read.
     try:
-        current = real.stat()
+        held = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
-    if not basis.same_file(current):
-        raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+    try:
+        current = os.fstat(held)
+        if not basis.same_file(current):
+            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+        digest = _hash_pieces(basis.sha256, pieces, offset)
+        written = _write_and_replace(
+            path, real, held, current, basis, pieces, rehash, on_final_check
+        )
+    finally:
+        os.close(held)
+    _fsync_dir(real.parent)
+    return _snap(written, digest, time.time_ns())
 
-    digest = _hash_pieces(basis.sha256, pieces, offset)
+
+def _write_and_replace(
+    path: Path,
+    real: Path,
+    held: int,
+    current: os.stat_result,
+    basis: Snapshot,
+    pieces: Sequence[bytes | memoryview],
+    rehash: bool | None,
+    on_final_check: Callable[[], None] | None,
+) -> os.stat_result:
+    folder = real.parent
     temp = our_temp_name(real)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -390,28 +411,27 @@ def insert_after(
             raise _write_error(exc, "the chat", folder) from None
 
         must_hash = basis.needs_rehash if rehash is None else rehash
-        if must_hash and _hash_file(real) != basis.sha256:
+        if must_hash and _hash_fd(held) != basis.sha256:
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+        if on_final_check is not None:
+            on_final_check()
         try:
             final = real.stat()
         except OSError:
             raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
-        if not basis.same_file(final):
+        if not basis.same_file(final) or final.st_dev != current.st_dev:
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        if on_checked is not None:
-            on_checked()
+        # -- the window: an ST save landing between the stat above and this rename is lost --
         try:
             temp.replace(real)
         except OSError as exc:
             raise _write_error(exc, "the chat", folder) from None
         replaced = True
-        written = os.fstat(fd)  # the file we renamed, even if someone replaced it since
+        return os.fstat(fd)  # the file we renamed, even if someone replaced it since
     finally:
         os.close(fd)
         if not replaced:
             _unlink_quietly(temp)
-    _fsync_dir(folder)
-    return _snap(written, digest, time.time_ns())
 
 
 def _copy_owner(fd: int, st: os.stat_result) -> None:
@@ -425,12 +445,14 @@ def _copy_owner(fd: int, st: os.stat_result) -> None:
             os.fchown(fd, -1, st.st_gid)
 
 
-def _hash_file(path: Path) -> str | None:
+def _hash_fd(fd: int) -> str | None:
+    """sha256 of the whole file open at ``fd`` (read with pread: the offset is not moved)."""
     h = hashlib.sha256()
+    pos = 0
     try:
-        with path.open("rb", buffering=0) as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
+        while chunk := os.pread(fd, 1 << 20, pos):
+            h.update(chunk)
+            pos += len(chunk)
     except OSError:
         return None
     return h.hexdigest()

@@ -306,7 +306,7 @@ def test_on_checked_runs_just_before_the_rename(tmp_path: Path) -> None:
         chat,
         0,
         [image_message()],
-        on_checked=lambda: seen.append(path.read_bytes()),
+        on_final_check=lambda: seen.append(path.read_bytes()),
     )
     assert seen == [data]
     assert path.read_bytes() != data
