@@ -1,0 +1,499 @@
+"""The approval folders: ``pending/<job-id>/`` previews and the ``accepted/ rejected/ regenerate/``
+drop folders.
+
+A pending folder holds ``image-1.png``, ``image-2.webp``, … (the real format as extension) and
+``job.json`` (prompt, chat, reply excerpt, provider, …; never a secret). It is built in
+``pending/.tmp-<id>-<rand>/`` (every file fsynced), then renamed into place and the folder
+fsynced, so a half-written folder is never visible; running a job twice swaps the new folder in.
+
+The user acts by moving a job folder into a drop folder (same as ``accept``/``reject``/``regen``):
+
+- ``accepted/<id>/``: accept; images deleted from the folder before the move are not kept.
+- ``rejected/<id>/``: reject.
+- ``regenerate/<id>/``: new images. If the folder holds a ``prompt.txt``, its text is the new
+  prompt; otherwise the ``prompt`` in ``job.json`` (edited or not) is used.
+
+Names in drop folders that are not job ids, symlinks and plain files are ignored and left alone
+(logged once). Synchronous: callers run these methods in a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import enum
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from daemon.engine.store import Job
+from daemon.errors import UnsafePathError
+
+__all__ = [
+    "DROP_FOLDERS",
+    "JOB_FILE",
+    "PROMPT_FILE",
+    "REFUSED_FILE",
+    "Action",
+    "Approval",
+    "ImageLike",
+]
+
+log = structlog.get_logger("st_imagegen.approval")
+
+JOB_FILE = "job.json"
+PROMPT_FILE = "prompt.txt"
+REFUSED_FILE = "REFUSED.txt"
+MAX_PROMPT_FILE = 64 * 1024
+"""A ``prompt.txt`` larger than this is ignored (it is not a prompt)."""
+STALE_TEMP_SECONDS = 3600.0
+
+_JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_IMAGE = re.compile(r"^image-(\d{1,4})\.([a-z0-9]{1,5})$")
+_SECRET_KEY = re.compile(r"(api[_-]?key|authorization|token|secret|password|passwd|cookie)", re.I)
+
+
+class Action(enum.StrEnum):
+    ACCEPT = "accept"
+    REJECT = "reject"
+    REGENERATE = "regenerate"
+
+
+DROP_FOLDERS: Mapping[str, Action] = {
+    "accepted": Action.ACCEPT,
+    "rejected": Action.REJECT,
+    "regenerate": Action.REGENERATE,
+}
+
+
+class ImageLike(Protocol):
+    """What a generated image gives us (``daemon.providers`` ``GeneratedImage``)."""
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def format(self) -> str: ...
+
+
+def _ext(image: ImageLike) -> str:
+    fmt = str(image.format).lower()
+    ext = {"jpeg": "jpg"}.get(fmt, fmt)
+    if not re.fullmatch(r"[a-z0-9]{1,5}", ext):
+        raise ValueError(f"not an image format: {image.format!r}")
+    return ext
+
+
+def _check_id(job_id: str) -> str:
+    """A job id safe to use as a folder name (no separators, no dot names, no controls)."""
+    if (
+        not job_id
+        or len(job_id) > 64
+        or job_id.startswith(".")
+        or any(c in job_id for c in "/\\\x00")
+        or not job_id.isprintable()
+    ):
+        raise UnsafePathError(f"not a job id: {job_id!r}")
+    return job_id
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _scrub(value: Any) -> Any:
+    """Drop secret-looking keys and SecretStr-like values from what goes into job.json."""
+    if isinstance(value, Mapping):
+        return {
+            str(k): _scrub(v)
+            for k, v in value.items()
+            if not _SECRET_KEY.search(str(k)) and type(v).__name__ not in ("SecretStr", "Secret")
+        }
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+_RENAME_EXCHANGE = 2
+_libc: Any = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if unsupported."""
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _libc = ctypes.CDLL(name, use_errno=True) if name else False
+        except OSError:
+            _libc = False
+    func = getattr(_libc, "renameat2", None) if _libc else None
+    if func is None:
+        return False
+    at_fdcwd = -100
+    result = func(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return bool(result == 0)
+
+
+class Approval:
+    """The pending and drop folders under ``state_dir`` (created if missing)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self.pending_dir = self.state_dir / "pending"
+        self.drop_dirs = {action: self.state_dir / name for name, action in DROP_FOLDERS.items()}
+        for folder in (self.pending_dir, *self.drop_dirs.values()):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._reported: set[tuple[str, str]] = set()
+        self._arrivals: set[tuple[str, str, int, int]] = set()
+
+    def __repr__(self) -> str:
+        return f"Approval({str(self.state_dir)!r})"
+
+    # --- where things are ------------------------------------------------------------------
+
+    def pending_path(self, job_id: str) -> Path:
+        return self.pending_dir / _check_id(job_id)
+
+    def drop_path(self, action: Action, job_id: str) -> Path:
+        return self.drop_dirs[action] / _check_id(job_id)
+
+    def find(self, job_id: str) -> Path | None:
+        """The job's folder wherever it is now (pending first, then the drop folders)."""
+        for folder in (self.pending_dir, *self.drop_dirs.values()):
+            path = folder / _check_id(job_id)
+            if _is_real_dir(path):
+                return path
+        return None
+
+    def read_info(self, job_id: str) -> dict[str, Any] | None:
+        """The job folder's ``job.json`` (``None`` if missing or not valid JSON)."""
+        folder = self.find(job_id)
+        if folder is None:
+            return None
+        return _read_json(folder / JOB_FILE)
+
+    # --- writing a pending folder ------------------------------------------------------------
+
+    def write_pending(
+        self, job: Job, images: Sequence[ImageLike], info: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Write ``pending/<id>/`` atomically: images and ``job.json``. Returns the folder.
+
+        A folder already there for this job (the job ran twice) is replaced atomically.
+        """
+        if not images:
+            raise ValueError("write_pending needs at least one image")
+        target = self.pending_path(job.id)
+        temp = self.pending_dir / f".tmp-{job.id}-{secrets.token_hex(4)}"
+        temp.mkdir(mode=0o755)
+        try:
+            names = []
+            described = []
+            for n, image in enumerate(images, start=1):
+                name = f"image-{n}.{_ext(image)}"
+                _write_file(temp / name, bytes(image.data))
+                names.append(name)
+                described.append(
+                    {
+                        "file": name,
+                        "format": str(image.format),
+                        "width": getattr(image, "width", None),
+                        "height": getattr(image, "height", None),
+                        "bytes": len(image.data),
+                    }
+                )
+            document = self._job_document(job, described, info or {})
+            text = json.dumps(document, ensure_ascii=False, indent=2) + "\n"
+            _write_file(temp / JOB_FILE, text.encode("utf-8"))
+            _fsync_dir(temp)
+            self._swap_in(temp, target)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        _fsync_dir(self.pending_dir)
+        log.debug("pending folder written", job=job.id, folder=str(target), images=len(names))
+        return target
+
+    def _swap_in(self, temp: Path, target: Path) -> None:
+        if not os.path.lexists(target):
+            try:
+                temp.rename(target)
+                return
+            except OSError as exc:
+                if not os.path.lexists(target):
+                    raise
+                log.debug("pending folder appeared meanwhile", error=str(exc))
+        if _exchange(temp, target):
+            _remove_tree(temp)  # now the old folder
+            return
+        # No atomic exchange (not Linux): move the old one aside, then ours in.
+        aside = self.pending_dir / f".old-{target.name}-{secrets.token_hex(4)}"
+        target.rename(aside)
+        temp.rename(target)
+        _remove_tree(aside)
+
+    def _job_document(
+        self, job: Job, images: list[dict[str, Any]], info: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        extra = _scrub(dict(info))
+        negative = extra.pop("negative", None) or job.meta.get("negative", "")
+        provider = extra.pop("provider", "")
+        model = extra.pop("model", "")
+        state = self.state_dir
+        return {
+            "job": job.id,
+            "prompt": job.prompt or "",
+            "negative": negative if isinstance(negative, str) else "",
+            "user": job.user,
+            "chat": job.chat,
+            "character": job.character,
+            "speaker": job.speaker,
+            "is_group": job.is_group,
+            "message_index": job.message_index,
+            "excerpt": job.excerpt,
+            "revision": job.revision,
+            "provider": provider,
+            "model": model,
+            "created": job.created_at.isoformat(),
+            "source": job.source,
+            "images": images,
+            "info": extra,
+            "how_to": {
+                "accept": (
+                    f"st-imagegen accept {job.id}   (or move this folder into {state / 'accepted'})"
+                ),
+                "keep_some": (
+                    "delete the images you do not want from this folder, then accept; or "
+                    f"st-imagegen accept {job.id} --keep 1,3"
+                ),
+                "reject": (
+                    f"st-imagegen reject {job.id}   (or move this folder into {state / 'rejected'})"
+                ),
+                "regenerate": (
+                    f'st-imagegen regen {job.id} [--prompt "new prompt"]   (or move this folder '
+                    f"into {state / 'regenerate'}; to change the prompt, write it into "
+                    f"{PROMPT_FILE} in this folder, or edit the prompt above, before moving)"
+                ),
+            },
+        }
+
+    # --- reading a job folder ---------------------------------------------------------------
+
+    def kept_images(self, job_id: str) -> list[Path]:
+        """The images still in the job's folder (wherever it is), in number order.
+
+        Images the user deleted are not kept; symlinks and other files are never images."""
+        folder = self.find(job_id)
+        if folder is None:
+            return []
+        found: list[tuple[int, Path]] = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    match = _IMAGE.match(entry.name)
+                    if match and entry.is_file(follow_symlinks=False):
+                        found.append((int(match.group(1)), Path(entry.path)))
+        except FileNotFoundError:
+            return []
+        return [path for _, path in sorted(found)]
+
+    def drop_prompt(self, job_id: str) -> str | None:
+        """The prompt for a folder dropped into ``regenerate/``: ``prompt.txt`` if present and
+        not empty, else ``job.json``'s ``prompt``; ``None`` when neither gives one."""
+        folder = self.drop_path(Action.REGENERATE, job_id)
+        if not _is_real_dir(folder):
+            return None
+        prompt_file = folder / PROMPT_FILE
+        try:
+            st = prompt_file.lstat()
+        except FileNotFoundError:
+            st = None
+        if st is not None:
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("ignored prompt file: not a regular file", job=job_id)
+            elif st.st_size > MAX_PROMPT_FILE:
+                log.warning("ignored prompt file: too large", job=job_id, bytes=st.st_size)
+            else:
+                text = prompt_file.read_bytes().decode("utf-8", "replace").strip()
+                if text:
+                    return text
+        document = _read_json(folder / JOB_FILE)
+        if document is None:
+            return None
+        prompt = document.get("prompt")
+        return prompt.strip() if isinstance(prompt, str) and prompt.strip() else None
+
+    # --- drop folders ----------------------------------------------------------------------
+
+    def drop_actions(
+        self, *, settle: float = 0.0, now: float | None = None
+    ) -> list[tuple[str, Action]]:
+        """Job folders newly moved into the drop folders, oldest job first.
+
+        Each arrival is reported once per :class:`Approval` (a folder moved out and back in is
+        a new arrival). Unknown names, symlinks and plain files are ignored (logged once, left
+        alone). With ``settle``, a folder changed within that many seconds (still being copied
+        in) waits; a moved folder keeps its old times."""
+        clock = time.time() if now is None else now
+        actions: list[tuple[str, Action]] = []
+        for action, folder in self.drop_dirs.items():
+            try:
+                with os.scandir(folder) as entries:
+                    listed = sorted(entries, key=lambda e: e.name)
+            except FileNotFoundError:
+                folder.mkdir(parents=True, exist_ok=True)
+                continue
+            for entry in listed:
+                name = entry.name
+                if name.startswith("."):
+                    continue  # hidden files, file-manager temp names
+                if entry.is_symlink():
+                    self._ignore(folder, name, "a symlink")
+                elif not entry.is_dir(follow_symlinks=False):
+                    self._ignore(folder, name, "not a folder")
+                elif not _JOB_ID.match(name):
+                    self._ignore(folder, name, "not a job folder name")
+                elif settle and _newest_mtime(Path(entry.path)) > clock - settle:
+                    continue
+                else:
+                    st = entry.stat(follow_symlinks=False)
+                    arrival = (action.value, name, st.st_ino, st.st_ctime_ns)
+                    if arrival in self._arrivals:
+                        continue
+                    self._arrivals.add(arrival)
+                    actions.append((name, action))
+        actions.sort(key=lambda item: item[0])
+        return actions
+
+    def _ignore(self, folder: Path, name: str, why: str) -> None:
+        key = (str(folder), name)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        log.warning(
+            "ignored an entry in a drop folder (left alone)",
+            folder=str(folder),
+            name=name,
+            reason=why,
+        )
+
+    def refuse_drop(self, job_id: str, reason: str) -> Path | None:
+        """Undo a refused drop: move the folder back to ``pending/`` with a ``REFUSED.txt``
+        saying why, so it is not acted on again. Returns the new place (None if gone)."""
+        for folder in self.drop_dirs.values():
+            source = folder / _check_id(job_id)
+            if not _is_real_dir(source):
+                continue
+            target = self.pending_path(job_id)
+            if os.path.lexists(target):
+                target = self.pending_dir / f"{job_id}.refused-{secrets.token_hex(3)}"
+            source.rename(target)
+            note = target / REFUSED_FILE
+            with contextlib.suppress(OSError):
+                note.write_text(
+                    f"This folder was moved to {folder.name}/ but that could not be done:\n"
+                    f"{reason}\n",
+                    encoding="utf-8",
+                )
+            log.info("drop refused, folder moved back", job=job_id, folder=str(target))
+            return target
+        return None
+
+    # --- finishing ----------------------------------------------------------------------------
+
+    def finish(self, job_id: str) -> int:
+        """Remove the job's folder wherever it is (after commit or reject); returns how many
+        folders went. Leftover temp folders of the job go too."""
+        _check_id(job_id)
+        removed = 0
+        for folder in (self.pending_dir, *self.drop_dirs.values()):
+            path = folder / job_id
+            if _is_real_dir(path):
+                trash = self.pending_dir / f".trash-{job_id}-{secrets.token_hex(4)}"
+                try:
+                    path.rename(trash)
+                except FileNotFoundError:
+                    continue
+                _remove_tree(trash)
+                removed += 1
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.pending_dir):
+                if entry.name.startswith(f".tmp-{job_id}-") and entry.is_dir(follow_symlinks=False):
+                    _remove_tree(Path(entry.path))
+        return removed
+
+    def cleanup_temps(self, *, older_than: float = STALE_TEMP_SECONDS) -> int:
+        """Remove temp/trash folders left by a crash (only ones older than ``older_than`` s)."""
+        limit = time.time() - older_than
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.pending_dir):
+                if (
+                    entry.name.startswith((".tmp-", ".old-", ".trash-"))
+                    and entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_mtime < limit
+                ):
+                    _remove_tree(Path(entry.path))
+                    removed += 1
+        return removed
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _newest_mtime(folder: Path) -> float:
+    newest = folder.lstat().st_mtime
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a folder we own (never follows symlinks inside it)."""
+    if path.is_symlink():
+        path.unlink()
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode) or path.lstat().st_size > 1024 * 1024:
+            return None
+        value = json.loads(path.read_bytes().decode("utf-8", "replace"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
