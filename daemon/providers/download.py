@@ -102,8 +102,8 @@ async def download_image(
     resolve: Resolver = system_resolve,
 ) -> bytes:
     """The bytes of the image at ``url``, fetched under ``policy``; raises ProviderError."""
-    start_host = urlsplit(url).hostname or "?"
-    label = f"the image download from {start_host}"
+    start_host = urlsplit(url).hostname
+    label = f"the image download from {start_host}" if start_host else "the image download"
     for _hop in range(policy.max_redirects + 1):
         try:
             await _guard(url, policy, resolve)
