@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -78,6 +78,7 @@ class LocalServer:
     port: int
     routes: dict[str, Handler] = field(default_factory=dict)
     requests: list[tuple[str, str, str, bytes]] = field(default_factory=list)  # method, path, host
+    stop: threading.Event = field(default_factory=threading.Event)  # set at teardown
 
     @property
     def url(self) -> str:
@@ -132,6 +133,7 @@ def local_server() -> Iterator[LocalServer]:
     try:
         yield state
     finally:
+        state.stop.set()
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
@@ -150,3 +152,24 @@ def send(
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
     handler.wfile.write(body)
+
+
+def stream(
+    handler: BaseHTTPRequestHandler,
+    chunks: Iterable[bytes],
+    *,
+    content_type: str = "text/event-stream",
+    pause: float = 0.0,
+    stop: threading.Event | None = None,
+) -> None:
+    """Send a 200 whose body is written chunk by chunk (no length: it ends when we close)."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", content_type)
+    handler.end_headers()
+    for chunk in chunks:
+        if stop is not None and stop.is_set():
+            return
+        handler.wfile.write(chunk)
+        handler.wfile.flush()
+        if pause and stop is not None:
+            stop.wait(pause)  # a slow server, as the test means it to be
