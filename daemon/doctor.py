@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import secrets
 import sys
 import time
@@ -132,10 +133,8 @@ def _nearest_existing(path: Path) -> Path:
 def _who() -> str:
     uid = os.geteuid()
     try:
-        import pwd
-
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (ImportError, KeyError):
+    except KeyError:
         return f"uid {uid}"
 
 

@@ -195,11 +195,16 @@ def _world_dir() -> Iterator[Path]:
 
 
 @contextmanager
-def _as_nobody() -> Iterator[None]:
-    """Run the block with effective uid/gid nobody when root (root bypasses permissions)."""
+def _as_nobody(config: Config) -> Iterator[None]:
+    """Run the block with effective uid/gid nobody when root (root bypasses permissions).
+
+    The interpreter may live under a folder only root can read (``/root/.pyenv`` here), so a
+    first doctor run as root loads every module and codec before privileges are dropped.
+    """
     if os.geteuid() != 0:
         yield
         return
+    _doctor(config, skip_image=True)
     os.setegid(NOBODY)
     os.seteuid(NOBODY)
     try:
@@ -221,6 +226,7 @@ def test_unreadable_chat_and_unlistable_folder_fail_as_the_daemon_user(api: Fake
     with _world_dir() as world:
         root = world / "data"
         shutil.copytree(FIXTURE, root)
+        (world / "state").mkdir()
         _give_to_runner(world)
         chat = next((root / "default-user" / "chats").rglob("*.jsonl"))
         # Owned by someone else and private: the daemon's user cannot read it.
@@ -230,7 +236,7 @@ def test_unreadable_chat_and_unlistable_folder_fail_as_the_daemon_user(api: Fake
         group_chats = root / "default-user" / "group chats"
         group_chats.chmod(0o000)
         config = _config(world, root, api.base_url)
-        with _as_nobody():
+        with _as_nobody(config):
             code, output = _doctor(config, skip_image=True)
         group_chats.chmod(0o755)
         assert code == 1, output
@@ -253,7 +259,7 @@ def test_read_only_chat_folders_fail_the_write_check(api: FakeAPI) -> None:
         for folder in (root / "default-user" / "chats").iterdir():
             folder.chmod(0o555)  # root-owned under root; read-only for us otherwise
         config = _config(world, root, api.base_url)
-        with _as_nobody():
+        with _as_nobody(config):
             code, output = _doctor(config, skip_image=True)
         assert code == 1, output
         assert _line(output, "read chats").startswith("PASS")
