@@ -4,7 +4,8 @@ drop folders.
 A pending folder holds ``image-1.png``, ``image-2.webp``, … (the real format as extension) and
 ``job.json`` (prompt, chat, reply excerpt, provider, …; never a secret). It is built in
 ``pending/.tmp-<id>-<rand>/`` (every file fsynced), then renamed into place and the folder
-fsynced, so a half-written folder is never visible; running a job twice swaps the new folder in.
+fsynced, so a half-written folder is never visible; running a job twice swaps the new folder in
+atomically (the old version waits under a dot name until :meth:`Approval.finish`).
 
 The user acts by moving a job folder into a drop folder (same as ``accept``/``reject``/``regen``):
 
@@ -251,14 +252,14 @@ class Approval:
                 if not os.path.lexists(target):
                     raise
                 log.debug("pending folder appeared meanwhile", error=str(exc))
+        # The old version is not emptied here: a reader that opened it just before the swap
+        # would see it half gone. It stays under a dot name until finish() or cleanup_temps().
         if _exchange(temp, target):
-            _remove_tree(temp)  # now the old folder
-            return
+            return  # the old folder is now at the temp name
         # No atomic exchange (not Linux): move the old one aside, then ours in.
         aside = self.pending_dir / f".old-{target.name}-{secrets.token_hex(4)}"
         target.rename(aside)
         temp.rename(target)
-        _remove_tree(aside)
 
     def _job_document(
         self, job: Job, images: list[dict[str, Any]], info: Mapping[str, Any]
@@ -431,7 +432,7 @@ class Approval:
 
     def finish(self, job_id: str) -> int:
         """Remove the job's folder wherever it is (after commit or reject); returns how many
-        folders went. Leftover temp folders of the job go too."""
+        folders went. Leftover temp folders and old versions of the job go too."""
         _check_id(job_id)
         removed = 0
         for folder in (self.pending_dir, *self.drop_dirs.values()):
@@ -446,7 +447,9 @@ class Approval:
                 removed += 1
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.pending_dir):
-                if entry.name.startswith(f".tmp-{job_id}-") and entry.is_dir(follow_symlinks=False):
+                if entry.name.startswith((f".tmp-{job_id}-", f".old-{job_id}-")) and entry.is_dir(
+                    follow_symlinks=False
+                ):
                     _remove_tree(Path(entry.path))
         return removed
 
