@@ -438,7 +438,7 @@ class Committer:
         delay = min(
             limits.retry_base_seconds * 2.0 ** min(job.attempts, 30), limits.retry_max_seconds
         )
-        text = f"{error}; the chat was not changed, will retry in {delay:.0f} s"
+        text = f"{error}; will retry in {delay:.0f} s"
         log.warning("commit postponed", job=job.id, chat=job.chat, error=error, delay=delay)
         moved = await self.store.transition(
             job.id,

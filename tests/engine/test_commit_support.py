@@ -1,0 +1,254 @@
+"""Shared setup for the commit and reconcile tests (a real store, approval folder and data root),
+plus checks of the setup itself."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from PIL import Image
+
+from daemon.config import Config, load_config
+from daemon.engine.approval import Approval
+from daemon.engine.commit import Committer, message_urls, served_path
+from daemon.engine.store import Job, JobState, Store
+from daemon.providers.decode import GeneratedImage
+from daemon.tavern import layout
+from daemon.tavern.chat import MARKER_KEY, Message, parse_chat, read_chat
+from daemon.tavern.layout import ChatRef
+from daemon.tavern.write import build_image_message, insert_after, read_for_edit
+
+pytestmark = pytest.mark.anyio
+
+USER = "default-user"
+
+
+def png(color: tuple[int, int, int] = (200, 120, 40), size: int = 8) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def generated(count: int = 1, seed: int = 0) -> list[GeneratedImage]:
+    return [
+        GeneratedImage(png(((seed * 37 + i * 60) % 256, 90, 160)), "png", 8, 8, "image/png")
+        for i in range(count)
+    ]
+
+
+class StepClock:
+    """A deterministic UTC clock for the committer (every reading 1 s later)."""
+
+    def __init__(self, start: datetime = datetime(2026, 11, 24, 9, 0, 0, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+def make_config(root: Path, state: Path, **top: Any) -> Config:
+    lines = [f"data_root = {json.dumps(str(root))}", f"state_dir = {json.dumps(str(state))}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in top.items() if not isinstance(v, dict)]
+    lines += ["[limits]", "retry_base_seconds = 0.5", "retry_max_seconds = 4.0"]
+    for name, values in top.items():
+        if isinstance(values, dict):
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path = state.parent / "config.toml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return load_config(path, environ={})
+
+
+def chat_path(root: Path, owner: str = "Alice", name: str = "Alice - chat") -> Path:
+    return root / USER / "chats" / owner / f"{name}.jsonl"
+
+
+def group_path(root: Path, chat_id: str) -> Path:
+    return root / USER / "group chats" / f"{chat_id}.jsonl"
+
+
+def ref_of(root: Path, path: Path) -> ChatRef:
+    found = layout.classify(root, path).chat
+    assert found is not None, path
+    return found
+
+
+def last_reply(messages: Sequence[Message]) -> Message:
+    """The last character reply (as ``generate`` picks it)."""
+    for message in reversed(messages):
+        if (
+            not message.is_user
+            and not message.is_system
+            and message.marker is None
+            and not message.is_narrator
+            and not message.is_st_system
+        ):
+            return message
+    raise AssertionError("no reply")
+
+
+@dataclass
+class Harness:
+    """A committer over a real data root, store and approval folder."""
+
+    root: Path
+    config: Config
+    store: Store
+    approval: Approval
+    committer: Committer
+
+    async def accepted(
+        self,
+        path: Path,
+        index: int | None = None,
+        *,
+        images: int = 1,
+        prompt: str = "a red apple on a table",
+        seed: int = 0,
+        regen: int = 0,
+    ) -> Job:
+        """An ACCEPTED job for message ``index`` (default: the last reply) with pending images."""
+        ref = ref_of(self.root, path)
+        chat, _ = read_chat(path)
+        message = chat.messages[index] if index is not None else last_reply(chat.messages)
+        character = ref.owner
+        if ref.is_group:
+            group = layout.group_for_chat(self.root, ref.user, ref.chat_id)
+            character = group.id if group else ref.chat_id
+        job = await self.store.create_job(
+            user=ref.user,
+            chat=ref.rel,
+            character=character,
+            is_group=ref.is_group,
+            speaker=message.name,
+            message_index=message.index,
+            identity_name=message.identity.name,
+            identity_date=message.identity.first_date,
+            revision=str(message.revision),
+            excerpt=message.mes[:200],
+            prompt=prompt,
+            meta={"negative": "blurry"},
+            regen=regen,
+        )
+        assert job is not None
+        await anyio.to_thread.run_sync(
+            self.approval.write_pending, job, generated(images, seed), {"provider": "test"}
+        )
+        names = tuple(p.name for p in self.approval.kept_images(job.id))
+        moved = await self.store.transition(
+            job.id, JobState.QUEUED, JobState.ACCEPTED, images=names
+        )
+        assert moved is not None
+        return moved
+
+    async def job(self, job_id: str) -> Job:
+        return await self.store.get_job(job_id)
+
+
+def new_data_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    (root / USER / "chats").mkdir(parents=True)
+    (root / USER / "characters").mkdir()
+    return root
+
+
+async def open_harness(root: Path, state: Path, **top: Any) -> Harness:
+    await anyio.to_thread.run_sync(lambda: state.mkdir(parents=True, exist_ok=True))
+    config = make_config(root, state, **top)
+    store = await Store.open(config.db_path)
+    approval = Approval(config.state_dir)
+    committer = Committer(config, store, approval, root, clock=StepClock())
+    return Harness(root, config, store, approval, committer)
+
+
+@contextlib.asynccontextmanager
+async def harness_for(root: Path, state: Path, **top: Any) -> AsyncIterator[Harness]:
+    """A harness over ``root`` (store and pending folders in ``state``), closed on exit.
+
+    Test modules wrap it in their own ``harness`` fixture."""
+    h = await open_harness(root, state, **top)
+    try:
+        yield h
+    finally:
+        await h.store.close()
+
+
+def markers(path: Path) -> list[str]:
+    """Our markers in file order (top-level ``extra`` only)."""
+    chat = parse_chat(path.read_bytes())
+    return [m.marker for m in chat.messages if m.marker is not None]
+
+
+def assert_images_served(root: Path, user: str, message: dict[str, Any]) -> list[Path]:
+    """Every URL of ``message`` names an existing file at ST's served path."""
+    files = []
+    for url in message_urls(message):
+        assert url.startswith("/user/images/"), url
+        path = served_path(root, user, url)
+        assert path is not None and path.is_file(), url
+        assert path == root / user / "user" / "images" / url.removeprefix("/user/images/")
+        files.append(path)
+    assert files
+    return files
+
+
+# --- checks of the setup -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def test_predicted_hash_matches_the_written_bytes(tmp_path: Path) -> None:
+    """The committer records the hash of its write before the rename; it must be exact."""
+    from daemon.engine.commit import _Plan
+
+    for trailing in (b"", b"\n"):
+        path = tmp_path / f"c{len(trailing)}.jsonl"
+        lines = [
+            b'{"chat_metadata":{"integrity":"x"},"user_name":"unused","character_name":"unused"}',
+            b'{"name":"User","is_user":true,"mes":"hi","send_date":"2026-11-23T22:00:00.000Z"}',
+            '{"name":"Alice","is_user":false,"mes":"caf\u00e9 \u2028","send_date":"x"}'.encode(),
+            b"not json",
+            b'{"name":"User","is_user":true,"mes":"more","send_date":"y"}',
+        ]
+        path.write_bytes(b"\n".join(lines) + trailing)
+        for after in (0, 1, 2):
+            chat, data, snap = read_for_edit(path)
+            message = build_image_message(
+                name="Alice",
+                urls=["/user/images/Alice/a.png"],
+                prompt="p \ud800",
+                caption="c",
+                send_date="d",
+                job_id=f"J{after}",
+            )
+            plan = _Plan(chat, data, snap, None, chat.messages[after], None)
+            predicted = plan.predicted_sha256(after, message)
+            written = insert_after(path, snap, data, chat, after, [message])
+            assert written.sha256 == predicted
+            import hashlib
+
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == predicted
+
+
+def test_served_path_refuses_other_urls(tmp_path: Path) -> None:
+    assert served_path(tmp_path, USER, "/user/images/A/b.png") == (
+        tmp_path / USER / "user" / "images" / "A" / "b.png"
+    )
+    for bad in ("/user/images/../x.png", "https://x/y.png", "/user/images/a/b/c.png", "/x"):
+        assert served_path(tmp_path, USER, bad) is None
+
+
+def test_marker_key_is_the_contract() -> None:
+    assert MARKER_KEY == "st_imagegen_job"

@@ -1,0 +1,248 @@
+"""Reconcile: an open tab that saves its stale copy drops our message; we put it back until a
+version written by ST has contained it; after that a disappearance is the user's choice."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.engine.commit import (
+    REASON_CHAT_GONE,
+    REASON_DELETED_AFTER_SHOWN,
+    REASON_REPLY_CHANGED,
+    REASON_REPLY_GONE,
+)
+from daemon.engine.store import JobState
+from daemon.tavern.chat import parse_chat
+from tests.engine.test_commit_support import (
+    USER,
+    Harness,
+    chat_path,
+    harness_for,
+    markers,
+    new_data_root,
+    ref_of,
+)
+from tests.stsim import STSim
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    return new_data_root(tmp_path)
+
+
+@pytest.fixture
+async def harness(data_root: Path, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness_for(data_root, tmp_path / "state") as h:
+        yield h
+
+
+def _path(h: Harness, group: bool, version: str) -> Path:
+    if group:
+        return h.root / USER / "group chats" / f"17000000{version.replace('.', '')}.jsonl"
+    return chat_path(h.root, name=f"Alice - {version}")
+
+
+async def _committed_with_stale_tab(
+    h: Harness, *, version: str = "1.18", group: bool = False
+) -> tuple[STSim, Path, Any]:
+    """A tab that saved a reply, then our commit behind its back (the tab does not know)."""
+    path = _path(h, group, version)
+    tab = STSim.create(path, version=version, group=group)
+    tab.send_user("Describe the scene.").save()
+    tab.reply("Bob" if group else "Alice", "The glade glows.").save()
+    job = await h.accepted(path)
+    done = await h.committer.commit_job(job)
+    assert done.state is JobState.COMMITTED
+    assert markers(path) == [job.id]
+    assert tab.find_marker(job.id) is None
+    return tab, path, job
+
+
+async def _entry(h: Harness, job_id: str) -> Any:
+    entry = await h.store.ledger_get(job_id)
+    assert entry is not None
+    return entry
+
+
+@pytest.mark.parametrize("version", ["1.12", "1.14", "1.18"])
+@pytest.mark.parametrize("group", [False, True], ids=["single", "group"])
+async def test_stale_tab_reinsert_then_acknowledge_then_user_delete(
+    harness: Harness, version: str, group: bool
+) -> None:
+    h = harness
+    tab, path, job = await _committed_with_stale_tab(h, version=version, group=group)
+    ref = ref_of(h.root, path)
+    integrity = parse_chat(path.read_bytes()).integrity
+
+    # 1. The stale tab saves (same integrity slug): our line is silently dropped ...
+    tab.narrator("It starts to rain.").save()
+    assert markers(path) == []
+    # ... and put back, right after the reply, with the tab's new line kept.
+    assert await h.committer.reconcile_chat(ref) == 1
+    chat = parse_chat(path.read_bytes())
+    ours = chat.find_marker(job.id)
+    assert ours is not None
+    assert chat.messages[ours.index - 1].mes == "The glade glows."
+    assert chat.messages[-1].mes == "It starts to rain."
+    assert chat.integrity == integrity  # never touched
+    assert not (await _entry(h, job.id)).acknowledged
+
+    # Reconciling again (our own write is the current file) changes nothing.
+    data = path.read_bytes()
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert path.read_bytes() == data
+
+    # 2. Still stale: dropped again, re-inserted again, never twice.
+    tab.send_user("Go on.").save()
+    assert await h.committer.reconcile_chat(ref) == 1
+    assert markers(path) == [job.id]
+
+    # 3. The tab reloads (F5) and saves: ST's version contains it -> acknowledged.
+    tab.load()
+    assert tab.find_marker(job.id) is not None
+    tab.send_user("Thanks.").save()
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert (await _entry(h, job.id)).acknowledged
+    assert markers(path) == [job.id]
+
+    # 4. The user deletes the image message and the tab saves: it stays deleted.
+    index = next(i for i, m in enumerate(tab.messages) if m is tab.find_marker(job.id))
+    tab.delete(index).save()
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert markers(path) == []
+    assert await h.store.chats_with_open_ledger() == set()  # nothing left to watch
+    tab.send_user("One more.").save()
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert markers(path) == []
+    assert [m["mes"] for m in tab.messages] == [
+        m.mes for m in parse_chat(path.read_bytes()).messages
+    ]
+
+
+async def test_regenerate_after_acknowledge_removes_the_image_for_good(harness: Harness) -> None:
+    """ST's Regenerate removes the last non-user message: our image message. Left out."""
+    h = harness
+    tab, path, job = await _committed_with_stale_tab(h)
+    ref = ref_of(h.root, path)
+    tab.load()
+    tab.send_user("Hm.").save()
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert (await _entry(h, job.id)).acknowledged
+    # A second image, for the new reply, keeps the chat under watch (so it is read again).
+    tab.messages.pop()  # the user's "Hm." is deleted again
+    tab.regenerate("A brand new reply.").save()  # removes the last non-user message: ours
+    assert markers(path) == []
+    second = await h.accepted(path)
+    assert (await h.committer.commit_job(second)).state is JobState.COMMITTED
+    tab.narrator("Stale save.").save()  # drops the second, and the first stays gone
+
+    assert await h.committer.reconcile_chat(ref) == 1
+
+    assert markers(path) == [second.id]
+    assert (await _entry(h, job.id)).retired == REASON_DELETED_AFTER_SHOWN
+
+
+@pytest.mark.parametrize(
+    ("action", "reason"),
+    [
+        (lambda tab: tab.swipe("Another text."), REASON_REPLY_CHANGED),
+        (lambda tab: tab.regenerate("A new reply."), REASON_REPLY_GONE),
+        (lambda tab: tab.delete(len(tab.messages) - 1), REASON_REPLY_GONE),
+    ],
+    ids=["swipe", "regenerate", "delete"],
+)
+async def test_stale_tab_changed_the_reply_no_reinsert(
+    harness: Harness, action: Any, reason: str
+) -> None:
+    """The stale tab never had our message; it swiped/regenerated/deleted the reply: the image
+    no longer matches, so it is not put back."""
+    h = harness
+    tab, path, job = await _committed_with_stale_tab(h)
+    action(tab)
+    tab.save()
+    data = path.read_bytes()
+    assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
+    assert path.read_bytes() == data
+    assert (await _entry(h, job.id)).retired == reason
+
+
+async def test_no_open_entries_no_read(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The common case costs one store query: the chat file is not even read."""
+    h = harness
+    path = chat_path(h.root)
+    STSim.create(path).send_user("Hi.").save()
+    from daemon.engine import commit as commit_mod
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("read the chat")
+
+    monkeypatch.setattr(commit_mod, "read_for_edit", boom)
+    assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
+
+
+async def test_theirs_is_told_from_ours_by_hash(harness: Harness) -> None:
+    """A version with the marker acknowledges only if ST wrote it (not our own write)."""
+    h = harness
+    _, path, job = await _committed_with_stale_tab(h)
+    ref = ref_of(h.root, path)
+    assert await h.store.is_our_write(ref.rel, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert not (await _entry(h, job.id)).acknowledged
+    STSim.open(path).save()  # a second tab opened it and saved: ST has it now
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert (await _entry(h, job.id)).acknowledged
+
+
+async def test_several_dropped_messages_all_come_back_in_place(harness: Harness) -> None:
+    h = harness
+    path = chat_path(h.root)
+    tab = STSim.create(path)
+    jobs = []
+    for i in range(4):
+        tab.send_user(f"Q{i}").save()
+        tab.reply("Alice", f"A{i}").save()
+    for i in range(4):
+        jobs.append(await h.accepted(path, 2 * i + 2, seed=i))
+    for job in jobs:
+        assert (await h.committer.commit_job(job)).state is JobState.COMMITTED
+    tab.narrator("Rain.").save()  # drops all four
+    assert markers(path) == []
+
+    assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 4
+
+    chat = parse_chat(path.read_bytes())
+    assert markers(path) == [j.id for j in jobs]
+    for i, job in enumerate(jobs):
+        ours = chat.find_marker(job.id)
+        assert ours is not None and chat.messages[ours.index - 1].mes == f"A{i}"
+    assert chat.messages[-1].mes == "Rain."
+
+
+async def test_chat_deleted_retires_entries(harness: Harness) -> None:
+    h = harness
+    _, path, job = await _committed_with_stale_tab(h)
+    ref = ref_of(h.root, path)
+    path.unlink()
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert (await _entry(h, job.id)).retired == REASON_CHAT_GONE
+    assert await h.store.chats_with_open_ledger() == set()
+
+
+async def test_reconcile_open_at_startup(harness: Harness) -> None:
+    h = harness
+    tab, path, job = await _committed_with_stale_tab(h)
+    tab.narrator("Dropped while we were down.").save()
+    assert await h.committer.reconcile_open() == 1
+    assert markers(path) == [job.id]
