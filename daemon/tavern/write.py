@@ -335,7 +335,7 @@ def insert_after(
     *,
     root: Path | None = None,
     rehash: bool | None = None,
-    on_final_check: Callable[[], None] | None = None,
+    probe: Callable[[str], None] | None = None,
 ) -> Snapshot:
     """Insert ``new_messages`` as lines right after message ``after_index`` (ST numbering).
 
@@ -346,9 +346,10 @@ def insert_after(
     :class:`MessageNotFoundError` for a bad ``after_index``.
 
     ``rehash``: also compare the content hash before replacing; ``None`` decides by how fresh
-    the basis was (see :attr:`Snapshot.needs_rehash`). ``on_final_check`` is called right
-    before the final comparison, which is followed by the rename: tests measure the remaining
-    window with it. Returns the snapshot of the file we wrote (``sha256`` of the new bytes).
+    the basis was (see :attr:`Snapshot.needs_rehash`). ``probe`` is called with
+    ``"final-check"`` right before the final comparison and ``"replaced"`` right after the
+    rename: tests measure the remaining window with it. Returns the snapshot of the file we
+    wrote (``sha256`` of the new bytes).
     """
     if not new_messages:
         raise ValueError("nothing to insert")
@@ -375,9 +376,7 @@ def insert_after(
         if not basis.same_file(current):
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
         digest = _hash_pieces(basis.sha256, pieces, offset)
-        written = _write_and_replace(
-            path, real, held, current, basis, pieces, rehash, on_final_check
-        )
+        written = _write_and_replace(path, real, held, current, basis, pieces, rehash, probe)
     finally:
         os.close(held)
     _fsync_dir(real.parent)
@@ -392,7 +391,7 @@ def _write_and_replace(
     basis: Snapshot,
     pieces: Sequence[bytes | memoryview],
     rehash: bool | None,
-    on_final_check: Callable[[], None] | None,
+    probe: Callable[[str], None] | None,
 ) -> os.stat_result:
     folder = real.parent
     temp = our_temp_name(real)
@@ -413,8 +412,8 @@ def _write_and_replace(
         must_hash = basis.needs_rehash if rehash is None else rehash
         if must_hash and _hash_fd(held) != basis.sha256:
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        if on_final_check is not None:
-            on_final_check()
+        if probe is not None:
+            probe("final-check")
         try:
             final = real.stat()
         except OSError:
@@ -427,6 +426,8 @@ def _write_and_replace(
         except OSError as exc:
             raise _write_error(exc, "the chat", folder) from None
         replaced = True
+        if probe is not None:
+            probe("replaced")
         return os.fstat(fd)  # the file we renamed, even if someone replaced it since
     finally:
         os.close(fd)

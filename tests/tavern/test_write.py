@@ -294,21 +294,17 @@ def test_deleted_chat_is_a_conflict_and_fresh_read_says_why(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
-def test_on_checked_runs_just_before_the_rename(tmp_path: Path) -> None:
+def test_probe_brackets_the_rename(tmp_path: Path) -> None:
     path = tmp_path / "c.jsonl"
     STSim.create(path)
     chat, data, basis = read_for_edit(path)
-    seen: list[bytes] = []
-    insert_after(
-        path,
-        basis,
-        data,
-        chat,
-        0,
-        [image_message()],
-        on_final_check=lambda: seen.append(path.read_bytes()),
-    )
-    assert seen == [data]
+    seen: list[tuple[str, bytes]] = []
+
+    def probe(stage: str) -> None:
+        seen.append((stage, path.read_bytes()))
+
+    insert_after(path, basis, data, chat, 0, [image_message()], probe=probe)
+    assert seen == [("final-check", data), ("replaced", path.read_bytes())]
     assert path.read_bytes() != data
 
 
