@@ -12,7 +12,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -50,6 +51,7 @@ __all__ = [
     "parse_retry_after",
     "read_capped",
     "redact",
+    "scrubbed",
     "with_retries",
 ]
 
@@ -379,3 +381,20 @@ def endpoint_url(api_url: str, route: str, section: str) -> str:
     if not path.endswith("/" + route):
         path = (path or "/v1") + "/" + route
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+@contextmanager
+def scrubbed(secret: str) -> Iterator[None]:
+    """Re-raise any ProviderError with ``secret`` removed from its message, body and provider.
+
+    The errors built here already redact; this guards the public entry points against a key a
+    server echoed back in some other place.
+    """
+    try:
+        yield
+    except ProviderError as exc:
+        if secret and len(secret) >= 4:
+            exc.args = tuple(redact(a, secret) if isinstance(a, str) else a for a in exc.args)
+            exc.body = redact(exc.body, secret)
+            exc.provider = redact(exc.provider, secret)
+        raise

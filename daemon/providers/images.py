@@ -47,6 +47,7 @@ from daemon.providers.http import (
     looks_like_policy,
     read_capped,
     redact,
+    scrubbed,
     with_retries,
 )
 from daemon.providers.profiles import (
@@ -287,12 +288,13 @@ class ImageGenerator:
             log.info("negative_prompt_not_sent", profile=self.profile.name)
         images: list[GeneratedImage] = []
         remaining = self._settings.n
-        while remaining > 0:
-            batch = min(remaining, self.profile.max_n)
-            body = build_body(self._settings, self.profile, prompt, negative, batch)
-            items = await self._call(body)
-            images.extend(await self._materialize(items))
-            remaining -= batch
+        with scrubbed(self._endpoint.secret):
+            while remaining > 0:
+                batch = min(remaining, self.profile.max_n)
+                body = build_body(self._settings, self.profile, prompt, negative, batch)
+                items = await self._call(body)
+                images.extend(await self._materialize(items))
+                remaining -= batch
         return images
 
     async def check(self) -> None:
@@ -301,6 +303,10 @@ class ImageGenerator:
         It proves the URL, the network and the key; 404/405 (no models route) passes. Only a
         real generation proves the model works, and that may cost money, so doctor does not.
         """
+        with scrubbed(self._endpoint.secret):
+            await self._check_models()
+
+    async def _check_models(self) -> None:
         url = self._url.rsplit("/images/generations", 1)[0] + "/models"
         try:
             with anyio.fail_after(min(self._settings.timeout_seconds, 30.0)):

@@ -37,6 +37,7 @@ from daemon.providers.http import (
     error_from_response,
     error_from_transport,
     read_capped,
+    scrubbed,
     with_retries,
 )
 
@@ -345,8 +346,9 @@ class PromptWriter:
         async def attempt(n: int) -> str:
             return await self._attempt(messages, max_tokens, parse)
 
-        async with self._limiter:
-            return await with_retries(attempt, self._retry, self._clock, what="prompt API")
+        with scrubbed(self._endpoint.secret):
+            async with self._limiter:
+                return await with_retries(attempt, self._retry, self._clock, what="prompt API")
 
     async def _attempt(
         self, messages: list[dict[str, str]], max_tokens: int | None, parse: bool
