@@ -42,7 +42,7 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     && chmod 1777 /state
 USER ${UID}:${GID}
 VOLUME ["/state"]
-# SIGTERM starts the drain; it ends within Docker's default 10 s stop timeout.
+# SIGTERM starts the drain; limits.drain_seconds (default 7 s) fits Docker's 10 s stop timeout.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["st-imagegen", "healthcheck"]

@@ -229,6 +229,13 @@ class LimitsSettings(_Section):
     min_interval_seconds: float = Field(
         default=0.0, ge=0, description="minimum time between image API calls"
     )
+    drain_seconds: float = Field(
+        default=7.0,
+        ge=0,
+        le=3600,
+        description="on SIGTERM, how long running steps may finish before they are cancelled "
+        "and requeued (fits Docker's 10 s stop timeout)",
+    )
 
 
 class LogSettings(_Section):

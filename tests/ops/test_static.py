@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.config import load_config
+from daemon.config import LimitsSettings, load_config
 from tests.ops.dockerfile import parse_dockerfile
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,6 +20,9 @@ COMPOSE = REPO / "examples" / "compose.yaml"
 DOCKERFILE = REPO / "Dockerfile"
 ST_IMAGE = "ghcr.io/sillytavern/sillytavern"
 ST_DATA = "/home/node/app/data"  # where ST's official image keeps its data root
+DEFAULT_DRAIN = LimitsSettings().drain_seconds
+DOCKER_STOP_TIMEOUT = 10.0  # `docker stop` without -t
+EXIT_MARGIN = 2.0  # after the drain: cancel, record, exit
 
 
 # --- README -------------------------------------------------------------------------------------
@@ -176,6 +179,8 @@ def test_compose_stops_gracefully_and_checks_health() -> None:
     ours = _ours(_compose())
     grace = str(ours["stop_grace_period"])
     assert grace.endswith("s") and int(grace[:-1]) >= 10
+    drain = float(ours["environment"].get("ST_IMAGEGEN_LIMITS__DRAIN_SECONDS", DEFAULT_DRAIN))
+    assert drain + EXIT_MARGIN <= int(grace[:-1]), "the drain must end before Docker kills us"
     assert ours.get("stop_signal", "SIGTERM") == "SIGTERM"
     assert ours["healthcheck"]["test"][:3] == ["CMD", "st-imagegen", "healthcheck"]
 
@@ -202,3 +207,27 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- timeouts fit together ------------------------------------------------------------------------
+
+
+def test_default_drain_fits_dockers_stop_timeout() -> None:
+    assert DEFAULT_DRAIN + EXIT_MARGIN <= DOCKER_STOP_TIMEOUT
+
+
+@pytest.mark.parametrize("unit", ["st-imagegen.service", "st-imagegen-user.service"])
+def test_unit_drain_fits_its_stop_timeout(unit: str) -> None:
+    settings: dict[str, str] = {}
+    for line in (REPO / "systemd" / unit).read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            if key == "Environment":
+                env_key, _, env_value = value.partition("=")
+                settings[env_key] = env_value
+            else:
+                settings[key] = value
+    drain = float(settings.get("ST_IMAGEGEN_LIMITS__DRAIN_SECONDS", DEFAULT_DRAIN))
+    assert drain + EXIT_MARGIN <= float(settings["TimeoutStopSec"])
+    assert settings["Type"] == "notify" and settings["NotifyAccess"] == "main"
+    assert float(settings["WatchdogSec"]) >= 10  # pings come every 5 s at worst
