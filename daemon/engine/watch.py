@@ -9,19 +9,21 @@ A periodic stat-only rescan (:class:`StatIndex`) catches whatever the events mis
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
+import anyio.to_thread
 import structlog
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
@@ -51,7 +53,13 @@ __all__ = [
 log = structlog.get_logger("st_imagegen.watch")
 
 DEFAULT_BUFFER = 4096
-"""Hints the stream holds before the observer thread gives up and asks for a rescan."""
+"""Hints the observer's queue holds before the observer thread gives up and asks for a rescan."""
+
+STREAM_BUFFER = 256
+"""Hints the anyio stream holds (the pump waits when it is full; the queue absorbs bursts)."""
+
+QUEUE_POLL = 0.5
+"""Seconds the pump's worker thread waits on the queue before checking for shutdown."""
 
 OBSERVER_STOP_TIMEOUT = 5.0
 """Seconds to wait for watchdog's threads to end on shutdown."""
@@ -71,23 +79,18 @@ class Hint:
 
 
 class EventBridge(FileSystemEventHandler):
-    """watchdog handler: classify in the observer thread, deliver on the event loop.
+    """watchdog handler: classify in the observer thread, hand over through a bounded queue.
 
     Every method catches everything: an exception escaping a handler ends watchdog's dispatch
-    thread, and the daemon would go deaf without noticing until the alive check.
+    thread, and the daemon would go deaf without noticing until the alive check. The handover
+    never blocks (watchfiles style: the async side waits on the queue in a worker thread), so
+    neither a busy nor a stopped event loop can stall or deadlock the observer.
     """
 
-    def __init__(
-        self,
-        root: Path,
-        drop_dirs: Sequence[Path],
-        send: MemoryObjectSendStream[Hint],
-        token: anyio.lowlevel.EventLoopToken,
-    ) -> None:
+    def __init__(self, root: Path, drop_dirs: Sequence[Path], buffer: int) -> None:
         self.root = root
         self.drop_dirs = tuple(str(d) for d in drop_dirs)
-        self._send = send
-        self._token = token
+        self.queue: queue.Queue[Hint] = queue.Queue(maxsize=buffer)
         self.rescan_needed = threading.Event()
         self.errors = 0
         self.delivered = 0
@@ -98,8 +101,7 @@ class EventBridge(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         try:
-            hints = list(self._hints(event))
-            for hint in hints:
+            for hint in self._hints(event):
                 self._hand_over(hint)
         except Exception as exc:  # never let watchdog's thread die
             self.errors += 1
@@ -133,8 +135,6 @@ class EventBridge(FileSystemEventHandler):
                 yield hint
             return
         if isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
-            if isinstance(event, FileClosedEvent) and event.event_type != "closed":
-                return
             hint = self._chat_hint(src, now)
             if hint is not None:
                 yield hint
@@ -148,25 +148,15 @@ class EventBridge(FileSystemEventHandler):
         return Hint(HintKind.CHAT, classified.chat, now)
 
     def _hand_over(self, hint: Hint) -> None:
+        # Never block the observer thread: a full queue means "rescan", not "wait".
         if self.closed:
             return
         try:
-            anyio.from_thread.run_sync(self._deliver, hint, token=self._token)
-        except RuntimeError:
-            # The event loop is gone (shutting down): nothing to deliver to.
-            self.closed = True
-
-    # --- event loop ------------------------------------------------------------------------
-
-    def _deliver(self, hint: Hint) -> None:
-        try:
-            self._send.send_nowait(hint)
+            self.queue.put_nowait(hint)
             self.delivered += 1
-        except anyio.WouldBlock:
+        except queue.Full:
             self.dropped += 1
             self.rescan_needed.set()
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.closed = True
 
 
 def _as_str(path: str | bytes) -> str:
@@ -180,8 +170,9 @@ def _under_any(path: str, folders: Sequence[str]) -> bool:
 class Watcher:
     """The observer on the data root (recursive) and on the drop folders.
 
-    Use inside the event loop: :meth:`start` captures the loop's token; hints arrive on
-    :attr:`receive`. :meth:`is_alive` is false once watchdog's threads have died.
+    :meth:`start` starts watchdog's threads; :meth:`run` (in a task group) moves hints from the
+    observer's queue into the anyio stream :attr:`receive`. :meth:`is_alive` is false once
+    watchdog's threads have died. :meth:`running` does all three for a block.
     """
 
     def __init__(
@@ -194,17 +185,15 @@ class Watcher:
     ) -> None:
         self.root = root
         self.drop_dirs = tuple(drop_dirs)
-        send, receive = anyio.create_memory_object_stream[Hint](buffer)
+        send, receive = anyio.create_memory_object_stream[Hint](STREAM_BUFFER)
         self._send = send
         self.receive: MemoryObjectReceiveStream[Hint] = receive
         self._observer: BaseObserver = observer if observer is not None else Observer()
-        self.bridge: EventBridge | None = None
+        self.bridge = EventBridge(root, self.drop_dirs, buffer)
         self._started = False
 
     def start(self) -> None:
-        """Schedule and start the observer (call from the event loop thread)."""
-        token = anyio.lowlevel.current_token()
-        self.bridge = EventBridge(self.root, self.drop_dirs, self._send, token)
+        """Schedule and start watchdog's threads."""
         self._observer.schedule(self.bridge, str(self.root), recursive=True)
         for folder in self.drop_dirs:
             folder.mkdir(parents=True, exist_ok=True)
@@ -214,6 +203,41 @@ class Watcher:
         self._started = True
         log.info("watching", root=str(self.root), drop_dirs=[str(d) for d in self.drop_dirs])
 
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Pump hints from the observer's queue into :attr:`receive` until cancelled."""
+        task_status.started()
+        get = self.bridge.queue.get
+        while not self.bridge.closed:
+            try:
+                hint = await anyio.to_thread.run_sync(
+                    functools.partial(get, timeout=QUEUE_POLL), abandon_on_cancel=True
+                )
+            except queue.Empty:
+                continue
+            batch = [hint]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < STREAM_BUFFER:
+                    batch.append(self.bridge.queue.get_nowait())
+            try:
+                for item in batch:
+                    await self._send.send(item)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Watcher]:
+        """Start the observer and the pump for the block; stop both after it."""
+        self.start()
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.run)
+                try:
+                    yield self
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            await self.aclose()
+
     def is_alive(self) -> bool:
         """The observer thread and its emitters are running."""
         if not self._started or not self._observer.is_alive():
@@ -222,21 +246,24 @@ class Watcher:
 
     @property
     def rescan_needed(self) -> bool:
-        return self.bridge is not None and self.bridge.rescan_needed.is_set()
+        return self.bridge.rescan_needed.is_set()
 
     def clear_rescan(self) -> None:
-        if self.bridge is not None:
-            self.bridge.rescan_needed.clear()
+        self.bridge.rescan_needed.clear()
 
     def stop(self) -> None:
-        """Stop watchdog's threads (bounded wait) and close the stream."""
-        if self.bridge is not None:
-            self.bridge.closed = True
+        """Stop watchdog's threads (bounded wait) and close the stream. Blocking."""
+        self.bridge.closed = True
         if self._started:
             self._observer.stop()
             self._observer.join(OBSERVER_STOP_TIMEOUT)
             self._started = False
         self._send.close()
+        self.receive.close()
+
+    async def aclose(self) -> None:
+        """:meth:`stop` without blocking the event loop."""
+        await anyio.to_thread.run_sync(self.stop)
 
 
 class Settler:
