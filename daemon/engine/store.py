@@ -73,6 +73,9 @@ FINAL_STATES = frozenset(
 OPEN_STATES = frozenset(set(JobState) - FINAL_STATES)
 """Not final: queued, prompting, imaging, pending, accepted."""
 
+States = JobState | Iterable[JobState]
+"""One state, or any collection of them (set, frozenset, list)."""
+
 SUPERSEDABLE_STATES = frozenset(ACTIVE_STATES | {JobState.PENDING})
 """What a changed reply supersedes. Accepted jobs are left to the committer, which checks the
 revision itself and marks them with a reason the user can see."""
@@ -369,7 +372,7 @@ def _ledger_from_row(row: sqlite3.Row) -> LedgerEntry:
     )
 
 
-def _states(states: frozenset[JobState] | JobState | Iterable[JobState]) -> list[str]:
+def _states(states: States) -> list[str]:
     if isinstance(states, JobState):
         return [states.value]
     return sorted(JobState(s).value for s in states)
@@ -633,7 +636,7 @@ class Store:
     async def transition(
         self,
         job_id: str,
-        expected: frozenset[JobState] | JobState,
+        expected: States,
         new: JobState,
         **fields: Any,
     ) -> Job | None:
@@ -686,7 +689,7 @@ class Store:
         error: str,
         delay: float | timedelta,
         *,
-        expected: frozenset[JobState] | JobState = ACTIVE_STATES,
+        expected: States = ACTIVE_STATES,
         max_attempts: int | None = None,
         now: datetime | None = None,
     ) -> Job | None:
@@ -730,7 +733,7 @@ class Store:
         job_id: str,
         error: str,
         *,
-        expected: frozenset[JobState] | JobState = OPEN_STATES,
+        expected: States = OPEN_STATES,
         now: datetime | None = None,
     ) -> Job | None:
         """A permanent failure: FAILED with ``error`` as the reason (from any open state)."""
@@ -743,7 +746,7 @@ class Store:
         job_id: str,
         *,
         prompt: str | None = None,
-        expected: frozenset[JobState] | JobState = REGEN_FROM_STATES,
+        expected: States = REGEN_FROM_STATES,
         now: datetime | None = None,
     ) -> Job:
         """Replace a job by a new one for the same reply and revision (``regen`` counter + 1).

@@ -268,6 +268,10 @@ async def test_transition_is_guarded(store: Store) -> None:
     assert moved and moved.images == ("image-1.png",) and moved.meta == {"c": 3}
     with pytest.raises(TypeError, match="unknown"):
         await store.transition(job.id, JobState.PENDING, JobState.ACCEPTED, state="x")
+    # any collection of states works as `expected`
+    moved = await store.transition(job.id, {JobState.PENDING}, JobState.ACCEPTED)
+    assert moved and moved.state is JobState.ACCEPTED
+    assert await store.transition(job.id, [JobState.PENDING], JobState.REJECTED) is None
 
 
 async def test_concurrent_transitions_only_one_wins(store: Store) -> None:
