@@ -11,6 +11,7 @@ import email.utils
 import json
 import math
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextlib import contextmanager
@@ -74,6 +75,7 @@ def make_client(
     pool_timeout: float = DEFAULT_POOL_TIMEOUT,
     max_connections: int = 16,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncClient:
     """The one shared client: explicit timeouts, no automatic redirects, no env proxies for keys.
 
@@ -88,6 +90,7 @@ def make_client(
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=8),
         follow_redirects=False,
         transport=transport,
+        verify=verify,
         headers={"User-Agent": "st-imagegen/0.1"},
     )
 

@@ -249,12 +249,31 @@ def extract_answer(payload: Any, endpoint: Endpoint, budget: str) -> str:
     return prompt
 
 
-def _names(body: bytes, name: str) -> bool:
-    """Does a 400 answer name the request field ``name`` as the problem?"""
-    message, _code, param = error_fields(body)
-    if param:
-        return param == name
-    return re.search(rf"(?<![a-z_]){re.escape(name)}(?![a-z_])", message) is not None
+_REJECTION = re.compile(
+    r"unsupported|not supported|does not support|unknown|unrecognized|not allowed|"
+    r"not permitted|extra (?:inputs|fields)|only the default|invalid (?:param|argument|field)|"
+    r"use '?max_completion_tokens|use '?max_tokens",
+    re.IGNORECASE,
+)
+
+
+def _rejects(body: bytes, name: str, *, strict: bool) -> bool:
+    """Does a 400 answer reject the request field ``name``?
+
+    With ``strict``, only the field itself ("unsupported parameter"), not its value: "max_tokens
+    is too large" gets no fallback, the user sees the API's message instead.
+    """
+    message, code, param = error_fields(body)
+    named = (
+        param == name
+        if param
+        else bool(re.search(rf"(?<![a-z_]){re.escape(name)}(?![a-z_])", message))
+    )
+    if not named:
+        return False
+    if not strict or not message:
+        return True
+    return bool(_REJECTION.search(message) or _REJECTION.search(code))
 
 
 class PromptWriter:
@@ -380,14 +399,18 @@ class PromptWriter:
     def _fallback(self, raw: bytes, adjusted: set[str]) -> bool:
         """Adapt to a 400 that names a field we sent; True if the request should be re-sent."""
         field = self.budget_field
-        if field not in adjusted and _names(raw, field):
+        if field not in adjusted and _rejects(raw, field, strict=True):
             other = "max_completion_tokens" if field == "max_tokens" else "max_tokens"
             adjusted.add(field)
             adjusted.add(other)
             self.budget_field = other
             log.info("prompt_api_fallback", api=self._endpoint.host, rejected=field, using=other)
             return True
-        if self.send_temperature and "temperature" not in adjusted and _names(raw, "temperature"):
+        if (
+            self.send_temperature
+            and "temperature" not in adjusted
+            and _rejects(raw, "temperature", strict=False)
+        ):
             adjusted.add("temperature")
             self.send_temperature = False
             log.info("prompt_api_fallback", api=self._endpoint.host, rejected="temperature")

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import anyio.lowlevel
+import httpx
 import pytest
+import respx
 from PIL import Image
 
-from daemon.providers.http import RetryPolicy
+from daemon.providers.http import RetryPolicy, make_client
 
 
 @pytest.fixture
@@ -46,6 +50,25 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Building a TLS context loads the CA bundle (~0.1 s); once per session is plenty.
+    return ssl.create_default_context()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """The shared client as the daemon makes it (respx patches its transport)."""
+    async with make_client(verify=_tls()) as c:
+        yield c
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as r:
+        yield r
 
 
 def no_jitter_policy(attempts: int = 3, **kwargs: Any) -> RetryPolicy:

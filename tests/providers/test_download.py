@@ -12,25 +12,12 @@ import respx
 
 from daemon.errors import BadResponseError, TransientProviderError
 from daemon.providers.download import DownloadPolicy, download_image, is_public_address
-from daemon.providers.http import make_client
 from tests.providers.conftest import make_image, public_resolver
 
 pytestmark = pytest.mark.anyio
 
 PNG = make_image("PNG", (8, 6))
 POLICY = DownloadPolicy(max_bytes=100_000, trusted_hosts=frozenset({"api.example.com"}))
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client() as c:
-        yield c
-
-
-@pytest.fixture
-def router() -> Any:
-    with respx.mock(assert_all_called=False) as r:
-        yield r
 
 
 def resolver_to(*addresses: str) -> Any:

@@ -21,7 +21,6 @@ from daemon.errors import (
     RateLimitedError,
     TransientProviderError,
 )
-from daemon.providers.http import make_client
 from daemon.providers.images import ImageGenerator, build_body
 from daemon.providers.profiles import (
     AIRFORCE,
@@ -54,18 +53,6 @@ def settings(**kwargs: Any) -> ImageSettings:
     base: dict[str, Any] = {"api_url": "https://img.example.com/v1", "api_key": "sk-img-9876"}
     base.update(kwargs)
     return ImageSettings(**base)
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client() as c:
-        yield c
-
-
-@pytest.fixture
-def router() -> Any:
-    with respx.mock(assert_all_called=False) as r:
-        yield r
 
 
 def generator(

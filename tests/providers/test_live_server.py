@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -19,7 +19,6 @@ import pytest
 
 from daemon.config import ImageSettings, TextSettings
 from daemon.errors import BadResponseError, PermanentProviderError, TransientProviderError
-from daemon.providers.http import make_client
 from daemon.providers.images import ImageGenerator
 from daemon.providers.text import PromptInput, PromptWriter
 from tests.providers.conftest import (
@@ -36,12 +35,6 @@ pytestmark = pytest.mark.anyio
 PNG = make_image("PNG", (8, 6))
 JPEG = make_image("JPEG", (9, 9))
 ROUTE = "POST /v1/images/generations"
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client() as c:
-        yield c
 
 
 def generator(

@@ -6,7 +6,6 @@ import base64
 import json
 import logging
 import traceback
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -15,7 +14,6 @@ from structlog.testing import capture_logs
 
 from daemon.config import ImageSettings, TextSettings
 from daemon.errors import ProviderError
-from daemon.providers.http import make_client
 from daemon.providers.images import ImageGenerator
 from daemon.providers.text import PromptInput, PromptWriter
 from tests.providers.conftest import FakeClock, make_image, no_jitter_policy, public_resolver
@@ -35,12 +33,6 @@ def echo(status: int, key: str) -> httpx.Response:
         json={"error": {"message": f"Incorrect API key provided: {key}", "param": key}},
         headers={"x-echo": key},
     )
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client() as c:
-        yield c
 
 
 async def test_keys_never_leak(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -22,7 +21,6 @@ from daemon.errors import (
     RateLimitedError,
     TransientProviderError,
 )
-from daemon.providers.http import make_client
 from daemon.providers.text import (
     FINAL_INSTRUCTION,
     CardInfo,
@@ -67,18 +65,6 @@ def ok(content: Any, **message: Any) -> httpx.Response:
 
 
 ITEM = PromptInput(reply="Alice smiles in the glade.", speaker="Alice")
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with make_client() as c:
-        yield c
-
-
-@pytest.fixture
-def router() -> Any:
-    with respx.mock(assert_all_called=False) as r:
-        yield r
 
 
 def writer(
