@@ -67,6 +67,9 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def parse_line(raw: bytes) -> dict[str, Any] | None:
     """Parse one line as ST does; ``None`` when ST would drop it (callers keep it raw).
 
@@ -74,13 +77,10 @@ def parse_line(raw: bytes) -> dict[str, Any] | None:
     stray bytes in a string is still the message ST shows. A BOM, ``NaN`` or a non-object fails.
     """
     try:
-        value = json.loads(raw.decode("utf-8", "replace"), parse_constant=_reject_constant)
+        value = _DECODER.decode(raw.decode("utf-8", "replace"))
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
-
-
-_loads = parse_line
 
 
 def is_header(obj: Mapping[str, Any]) -> bool:
@@ -317,7 +317,7 @@ def parse_chat(data: bytes) -> Chat:
         if trailing and lineno == len(raw_lines) - 1:
             lines.append(ChatLine(lineno, raw, None))
             break
-        obj = _loads(raw)
+        obj = parse_line(raw)
         lines.append(ChatLine(lineno, raw, obj))
         if obj is None:
             bad.append(lineno)
@@ -507,7 +507,9 @@ class Cursor:
         return cls(tuple((m.identity, m.revision) for m in tail), count, size)
 
 
-CURSOR_DEPTH = 16
+CURSOR_DEPTH = 8
+"""How many of the newest messages a cursor remembers: edits and deletions among them are
+reported; one scan reads about this many messages past the new ones."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from typing import Any
 from daemon.errors import ChatReadError
 from daemon.tavern import chat as _chat
 from daemon.tavern.chat import (
+    CURSOR_DEPTH,
     Cursor,
     Message,
     MessageIdentity,
@@ -61,6 +62,16 @@ class _Line:
     raw: bytes
     obj: dict[str, Any] | None
     first: bool  # line 0 of the file (only known once the start is reached)
+    name: str = ""
+    first_date: str = ""
+
+    @property
+    def is_message(self) -> bool:
+        return self.obj is not None and not (self.first and is_header(self.obj))
+
+    @property
+    def key(self) -> str:
+        return MessageIdentity(0, self.name, self.first_date).key
 
 
 class _Gone(Exception):
@@ -122,9 +133,11 @@ def _collect(stream: Iterable[_Line], cursor: Cursor) -> _Collected:
     first_hit: int | None = None
     for line in stream:
         lines.append(line)
-        if line.obj is None or (line.first and is_header(line.obj)):
+        if line.obj is None or not line.is_message:
             continue
-        key = Message(0, line.obj, line.raw).identity.key
+        probe = Message(0, line.obj, line.raw)
+        line.name, line.first_date = probe.name, probe.first_date
+        key = line.key
         seen.append(key)
         if first_hit is None:
             if key in wanted:
@@ -185,23 +198,12 @@ def _align(tail_keys: Sequence[str], tail_revs: Sequence[Revision], cursor: Curs
     return winner[1] if winner is not None else []
 
 
-def _messages(lines: Sequence[_Line]) -> tuple[list[tuple[bytes, dict[str, Any]]], int]:
-    """Messages (raw, obj) in file order from newest-first lines, and the unparsable count."""
-    out: list[tuple[bytes, dict[str, Any]]] = []
-    bad = 0
-    for line in reversed(lines):
-        if line.obj is None:
-            bad += 1
-        elif not (line.first and is_header(line.obj)):
-            out.append((line.raw, line.obj))
-    return out, bad
-
-
 def _diff(collected: _Collected, cursor: Cursor, size: int, bytes_read: int) -> ScanResult:
-    found, bad = _messages(collected.lines)
-    probe = [Message(0, obj, raw) for raw, obj in found]
-    keys = [m.identity.key for m in probe]
-    revs = [m.revision for m in probe]
+    found = [line for line in reversed(collected.lines) if line.is_message]
+    bad = sum(1 for line in collected.lines if line.obj is None)
+    keys = [line.key for line in found]
+    # Each message's revision is hashed once; identities and the cursor reuse the parts.
+    revs = [Message(0, line.obj or {}, line.raw).revision for line in found]
     matches = _align(keys, revs, cursor)
     if not matches and cursor.recent:
         raise _Gone
@@ -213,21 +215,26 @@ def _diff(collected: _Collected, cursor: Cursor, size: int, bytes_read: int) -> 
         # Cursor entries older than the oldest match are gone (deleted): one index each.
         first = matches[0]
         base = cursor.recent[first.entry][0].index - first.entry - first.tail
-    tail = [Message(base + i, obj, raw) for i, (raw, obj) in enumerate(found)]
+    tail = [Message(base + i, line.obj or {}, line.raw) for i, line in enumerate(found)]
     start = matches[0].tail if matches else 0
     new = [m for i, m in enumerate(tail) if i > start and i not in matched]
     if not matches:
         new = tail  # an empty cursor: every message is new
-    changed = [tail[i] for i, j in matched.items() if cursor.recent[j][1] != tail[i].revision]
+    changed = [tail[i] for i, j in matched.items() if cursor.recent[j][1] != revs[i]]
     entries = set(matched.values())
     removed = [identity for j, (identity, _) in enumerate(cursor.recent) if j not in entries]
     total = tail[-1].index + 1 if tail else max(base, 0)
+    keep = max(len(found) - CURSOR_DEPTH, 0)
+    recent = tuple(
+        (MessageIdentity(base + i, found[i].name, found[i].first_date), revs[i])
+        for i in range(keep, len(found))
+    )
     return ScanResult(
         new=new,
         changed=changed,
         removed=removed,
         tail=tail,
-        cursor=Cursor.of(tail, size, total=total),
+        cursor=Cursor(recent, total, size),
         cursor_gone=False,
         bytes_read=bytes_read,
         bad_lines=bad,

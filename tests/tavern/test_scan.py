@@ -179,10 +179,14 @@ def test_edit_of_an_older_message_in_the_window_is_changed(tmp_path: Path) -> No
         tab.send_user(f"u{i}").reply("Alice", f"a{i}")
     tab.save()
     cursor = first_sight(path)
-    tab.edit(4, "rewritten").save()
+    oldest = len(tab.messages) - CURSOR_DEPTH  # the oldest message the cursor remembers
+    tab.edit(oldest, "rewritten").save()
     r = tail_scan(path, cursor)
-    assert [m.mes for m in r.changed] == ["rewritten"] and r.changed[0].index == 4
+    assert [m.mes for m in r.changed] == ["rewritten"] and r.changed[0].index == oldest
     assert r.new == [] and r.removed == []
+    tab.delete(oldest + 1).save()
+    r = tail_scan(path, r.cursor)
+    assert len(r.removed) == 1 and r.removed[0].index == oldest + 1 and r.new == []
 
 
 def test_insert_in_the_middle_of_the_window_is_new(tmp_path: Path) -> None:

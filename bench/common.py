@@ -1,0 +1,127 @@
+"""Shared helpers for the benchmarks: realistic chat files, timing, reporting."""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = Path(__file__).parent / ".data"
+
+_PHRASES = (
+    "the glade glows softly at dawn and she smiles while fog rolls over the harbour town "
+    "lantern light flickers on wet glass as the old keeper climbs the spiral stairs again "
+    "ferns curl around brass pipes in the greenhouse where rain drums a patient rhythm"
+)
+_WORDS = _PHRASES.split()
+
+
+@contextmanager
+def workdir() -> Iterator[Path]:
+    """A scratch folder under ``bench/.data/`` (git-ignored), removed afterwards."""
+    DATA_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA_DIR, prefix="run-") as name:
+        yield Path(name)
+
+
+def _iso(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def _text(rnd: random.Random, words: int) -> str:
+    return " ".join(rnd.choice(_WORDS) for _ in range(words)).capitalize() + "."
+
+
+def make_message(i: int, rnd: random.Random, start: datetime) -> dict[str, Any]:
+    """Message ``i`` shaped like ST 1.18 writes it: user turns and streamed replies."""
+    when = start + timedelta(seconds=40 * i)
+    if i % 2:
+        return {
+            "name": "User",
+            "is_user": True,
+            "is_system": False,
+            "send_date": _iso(when),
+            "mes": _text(rnd, rnd.randrange(5, 30)),
+            "extra": {"isSmallSys": False, "reasoning": ""},
+            "force_avatar": "/thumbnail?type=persona&file=user-default.png",
+        }
+    mes = _text(rnd, rnd.randrange(15, 60))
+    started, finished = when - timedelta(seconds=4), when + timedelta(milliseconds=341)
+    extra = {
+        "api": "custom",
+        "model": "mock-model",
+        "reasoning": "",
+        "reasoning_duration": None,
+        "reasoning_signature": None,
+        "time_to_first_token": 77,
+    }
+    return {
+        "extra": extra,
+        "name": "Alice",
+        "is_user": False,
+        "send_date": _iso(when),
+        "mes": mes,
+        "title": "",
+        "gen_started": _iso(started),
+        "gen_finished": _iso(finished),
+        "swipes": [mes],
+        "swipe_id": 0,
+        "swipe_info": [
+            {
+                "send_date": _iso(when),
+                "gen_started": _iso(started),
+                "gen_finished": _iso(finished),
+                "extra": extra,
+            }
+        ],
+    }
+
+
+def chat_lines(messages: int, seed: int = 0) -> list[bytes]:
+    """A header and ``messages`` realistic message lines (100,000 messages are about 60 MB)."""
+    rnd = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    header = {
+        "chat_metadata": {"integrity": "08004772-6082-4421-a982-db52db216ce4", "tainted": True},
+        "user_name": "unused",
+        "character_name": "unused",
+    }
+    lines = [header] + [make_message(i, rnd, start) for i in range(messages)]
+    return [json.dumps(o, ensure_ascii=False, separators=(",", ":")).encode() for o in lines]
+
+
+def write_chat(path: Path, lines: list[bytes]) -> int:
+    data = b"\n".join(lines)
+    path.write_bytes(data)
+    return len(data)
+
+
+def best_of(fn: Callable[[], object], *, repeat: int = 5, number: int = 1) -> float:
+    """The best time of ``repeat`` runs of ``number`` calls, per call, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - started) / number)
+    return best
+
+
+def fmt_time(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def check(label: str, value: float, target: str, ok: bool) -> bool:
+    """Print one ratio against its target; returns ``ok``."""
+    print(f"  {label:<52} {value:>10.1f}x   target {target:<8} {'ok' if ok else 'MISSED'}")
+    return ok
