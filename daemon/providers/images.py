@@ -293,6 +293,10 @@ class ImageGenerator:
                 batch = min(remaining, self.profile.max_n)
                 body = build_body(self._settings, self.profile, prompt, negative, batch)
                 items = await self._call(body)
+                if len(items) != batch:
+                    log.warning(
+                        "image_count_differs", api=self._endpoint.host, asked=batch, got=len(items)
+                    )
                 images.extend(await self._materialize(items))
                 remaining -= batch
         return images

@@ -772,3 +772,15 @@ async def test_check_reports_a_dead_host(
     router.get("https://img.example.com/v1/models").mock(side_effect=httpx.ConnectError("no"))
     with pytest.raises(TransientProviderError, match="cannot connect"):
         await generator(client, clock).check()
+
+
+async def test_fewer_images_than_asked_are_kept_and_logged(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    from structlog.testing import capture_logs
+
+    router.post(GENERIC_URL).mock(return_value=data({"b64_json": b64(PNG)}))
+    with capture_logs() as logs:
+        images = await generator(client, clock, n=3).generate("fox")
+    assert len(images) == 1
+    assert next(e for e in logs if e["event"] == "image_count_differs")["got"] == 1

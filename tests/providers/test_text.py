@@ -621,3 +621,19 @@ async def test_check_reports_a_bad_key(
 async def test_llm_mode_needs_an_url(client: httpx.AsyncClient, clock: FakeClock) -> None:
     with pytest.raises(ConfigError, match=r"\[text\] api_url is empty"):
         PromptWriter(settings(api_url=""), client, clock=clock)
+
+
+async def test_a_value_error_about_max_tokens_is_not_a_fallback(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    error = {
+        "message": "max_tokens is too large: 300000. This model supports at most 4096.",
+        "param": "max_tokens",
+        "code": "invalid_value",
+    }
+    route = router.post(URL).mock(return_value=httpx.Response(400, json={"error": error}))
+    w = writer(client, clock)
+    with pytest.raises(PermanentProviderError, match="max_tokens is too large"):
+        await w.write(ITEM)
+    assert route.call_count == 1
+    assert w.budget_field == "max_tokens"
