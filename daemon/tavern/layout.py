@@ -162,12 +162,18 @@ class ChatRef:
 
 def chat_ref(root: Path, user: str, owner: str | None, filename: str) -> ChatRef:
     """The reference for ``filename`` in a character folder (``owner``) or group chats (None)."""
+    if owner is None:
+        return _ref(user, None, filename, root / user / GROUP_CHATS_DIR)
+    return _ref(user, owner, filename, root / user / CHATS_DIR / owner)
+
+
+def _ref(user: str, owner: str | None, filename: str, folder: Path) -> ChatRef:
     stem = filename[: -len(CHAT_SUFFIX)] if filename.endswith(CHAT_SUFFIX) else filename
     if owner is None:
         rel = f"{user}/{GROUP_CHATS_DIR}/{filename}"
-        return ChatRef(user, True, "", root / user / GROUP_CHATS_DIR / filename, rel, stem)
+        return ChatRef(user, True, "", folder / filename, rel, stem)
     rel = f"{user}/{CHATS_DIR}/{owner}/{filename}"
-    return ChatRef(user, False, owner, root / user / CHATS_DIR / owner / filename, rel, stem)
+    return ChatRef(user, False, owner, folder / filename, rel, stem)
 
 
 def _jsonl_files(folder: Path) -> list[str]:
@@ -193,10 +199,12 @@ def iter_chats(root: Path, users: Sequence[str] = ()) -> Iterator[ChatRef]:
         except OSError:
             owners = []
         for owner in owners:
-            for name in sorted(_jsonl_files(chats / owner)):
-                yield chat_ref(root, user, owner, name)
-        for name in sorted(_jsonl_files(base / GROUP_CHATS_DIR)):
-            yield chat_ref(root, user, None, name)
+            folder = chats / owner
+            for name in sorted(_jsonl_files(folder)):
+                yield _ref(user, owner, name, folder)
+        folder = base / GROUP_CHATS_DIR
+        for name in sorted(_jsonl_files(folder)):
+            yield _ref(user, None, name, folder)
 
 
 # --- classification -----------------------------------------------------------------------------
@@ -219,10 +227,6 @@ class Classified:
 _IGNORE = Classified(PathKind.IGNORE)
 
 
-def _within(child: str, parent: str) -> bool:
-    return child == parent or child.startswith(parent.rstrip(os.sep) + os.sep)
-
-
 def _relative_parts(root: Path, path: Path) -> tuple[str, ...] | None:
     """``path``'s parts below ``root`` if it is lexically and really inside it, else None."""
     full = path if path.is_absolute() else root / path
@@ -234,9 +238,9 @@ def _relative_parts(root: Path, path: Path) -> tuple[str, ...] | None:
         return None
     if len(parts) < 2:
         return None
-    # A symlinked folder on the way must not lead out of the root.
-    real_parent = os.path.realpath(full.parent)
-    if not _within(real_parent, os.path.realpath(root)):
+    # No symlinked folder on the way (iter_chats does not follow them either), so nothing
+    # leads out of the root.
+    if full.parent.resolve() != root.resolve().joinpath(*parts[:-1]):
         return None
     return parts
 

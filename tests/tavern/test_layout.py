@@ -126,6 +126,8 @@ def test_iter_chats_skips_oddities(st_root: Path, tmp_path: Path) -> None:
     weird.write_text("{}")
     names = {r.path.name for r in iter_chats(st_root)}
     assert weird.name in names
+    found = classify(st_root, weird).chat
+    assert found is not None and found.chat_id == weird.name[:-6]
     assert not names & {"folder.jsonl", "link.jsonl", "x.jsonl.12345", "stray.jsonl", "notes.txt"}
 
 
@@ -169,6 +171,7 @@ def test_classify_rejects_hostile_paths(st_root_latest: Path, tmp_path: Path) ->
     elsewhere.mkdir()
     (elsewhere / "x.jsonl").write_text("{}")
     (root / "default-user" / "chats" / "Escape").symlink_to(elsewhere)
+    (root / "default-user" / "chats" / "AliasAlice").symlink_to(alice)
     (alice / "link.jsonl").symlink_to(elsewhere / "x.jsonl")
     (alice / "dir.jsonl").mkdir()
     for hostile in (
@@ -176,6 +179,7 @@ def test_classify_rejects_hostile_paths(st_root_latest: Path, tmp_path: Path) ->
         alice / ".." / "Bob" / "x.jsonl",
         tmp_path / "elsewhere" / "x.jsonl",
         root / "default-user" / "chats" / "Escape" / "x.jsonl",
+        root / "default-user" / "chats" / "AliasAlice" / "Alice - 2026-11-23@21h30m23s969ms.jsonl",
         alice / "link.jsonl",
         alice / "dir.jsonl",
         Path("/etc/passwd"),
