@@ -292,13 +292,22 @@ class ImageGenerator:
             while remaining > 0:
                 batch = min(remaining, self.profile.max_n)
                 body = build_body(self._settings, self.profile, prompt, negative, batch)
-                items = await self._call(body)
+                try:
+                    items = await self._call(body)
+                except ProviderError as exc:
+                    if not images:
+                        raise
+                    # Images already made were paid for: keep them rather than fail the job.
+                    log.warning("image_batch_failed", kept=len(images), error=str(exc))
+                    break
                 if len(items) != batch:
                     log.warning(
                         "image_count_differs", api=self._endpoint.host, asked=batch, got=len(items)
                     )
-                images.extend(await self._materialize(items))
+                images.extend(await self._materialize(items, keep_partial=bool(images)))
                 remaining -= batch
+        if not images:
+            raise self._bad("the answer holds no usable image")
         return images
 
     async def check(self) -> None:
@@ -451,18 +460,30 @@ class ImageGenerator:
             )
         raise self._bad("the event stream ended without an image")
 
-    async def _materialize(self, items: list[ResultItem]) -> list[GeneratedImage]:
-        if len(items) < 1:
-            raise self._bad("the answer holds no image")
+    async def _materialize(
+        self, items: list[ResultItem], *, keep_partial: bool = False
+    ) -> list[GeneratedImage]:
+        """Fetch and check every item. One bad item out of several is dropped (logged), so the
+        good, paid-for images are not lost with it; if none is good, the first error is raised.
+        """
         images: list[GeneratedImage] = []
+        first: ProviderError | None = None
         for index, item in enumerate(items, start=1):
-            data = await self._fetch(item)
             try:
-                image = await anyio.to_thread.run_sync(check_image, data, self._settings.max_pixels)
-            except ImageRejected as exc:
-                raise self._bad(f"image {index} of {len(items)} was rejected: {exc}") from None
-            images.append(image)
+                images.append(await self._one(item, index, len(items)))
+            except ProviderError as exc:
+                log.warning("image_dropped", index=index, of=len(items), error=str(exc))
+                first = first or exc
+        if first is not None and not images and not keep_partial:
+            raise first
         return images
+
+    async def _one(self, item: ResultItem, index: int, count: int) -> GeneratedImage:
+        data = await self._fetch(item)
+        try:
+            return await anyio.to_thread.run_sync(check_image, data, self._settings.max_pixels)
+        except ImageRejected as exc:
+            raise self._bad(f"image {index} of {count} was rejected: {exc}") from None
 
     async def _fetch(self, item: ResultItem) -> bytes:
         limit = self._settings.max_download_bytes

@@ -784,3 +784,41 @@ async def test_fewer_images_than_asked_are_kept_and_logged(
         images = await generator(client, clock, n=3).generate("fox")
     assert len(images) == 1
     assert next(e for e in logs if e["event"] == "image_count_differs")["got"] == 1
+
+
+async def test_paid_images_survive_a_later_failed_batch(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    route = router.post(OPENAI_URL).mock(
+        side_effect=[
+            data({"b64_json": b64(PNG)}),
+            httpx.Response(
+                400,
+                json={"error": {"message": "safety system", "code": "content_policy_violation"}},
+            ),
+        ]
+    )
+    gen = generator(client, clock, api_url="https://api.openai.com/v1", model="dall-e-3", n=3)
+    images = await gen.generate("fox")
+    assert [i.format for i in images] == ["png"]
+    assert route.call_count == 2  # the third call is not made after a refusal
+
+
+async def test_one_bad_image_of_several_is_dropped(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    router.post(GENERIC_URL).mock(
+        return_value=data({"b64_json": b64(b"not an image at all")}, {"b64_json": b64(JPEG)})
+    )
+    images = await generator(client, clock, n=2).generate("fox")
+    assert [i.format for i in images] == ["jpeg"]
+
+
+async def test_all_bad_images_raise_the_first_error(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    router.post(GENERIC_URL).mock(
+        return_value=data({"b64_json": b64(b"junk one")}, {"url": "http://10.0.0.1/a.png"})
+    )
+    with pytest.raises(BadResponseError, match="image 1 of 2 was rejected"):
+        await generator(client, clock, n=2).generate("fox")
