@@ -30,7 +30,7 @@ _DROP_ELEMENTS = re.compile(r"<(script|style)\b[^>]*>.*?</\1\s*>", re.IGNORECASE
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\r?\n?(.*?)(?:```|\Z)", re.DOTALL)
 _PREAMBLE = re.compile(
     r"^\s*(?:sure|okay|ok|certainly|of course|absolutely|alright|here(?:'s|’s| is| are)|"
-    r"below is|this is)\b[^\n:]{0,100}:\s*",
+    r"below is)\b[^\n:]{0,100}:\s*",
     re.IGNORECASE,
 )
 _LABEL = re.compile(
@@ -39,7 +39,10 @@ _LABEL = re.compile(
     re.IGNORECASE,
 )
 _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+")
-_NOTE = re.compile(r"^\s*\(?\s*(?:note|notes|explanation)\s*:", re.IGNORECASE)
+_NOTE = re.compile(
+    r"^\s*\(?\s*(?:\*\*)?(?:note|notes|explanation|negative prompt|negative)\s*(?:\*\*)?\s*:",
+    re.IGNORECASE,
+)
 _QUOTES = (
     ("**", "**"),
     ("__", "__"),
@@ -162,9 +165,19 @@ def clean_answer(text: str) -> str:
         if kept and _NOTE.match(line):
             break
         kept.append(line)
-    text = collapse(" ".join(kept))
+    text = collapse(_join_lines(kept))
     text = _unquote(_strip_lead(_unquote(text)))
     return text.strip()
+
+
+def _join_lines(lines: list[str]) -> str:
+    """Lines as one: a line break becomes ", " unless the line already ends a phrase."""
+    out = ""
+    for line in lines:
+        if out:
+            out += " " if out.rstrip()[-1:] in ",.;:!?" else ", "
+        out += line
+    return out
 
 
 def is_refusal(text: str) -> bool:
