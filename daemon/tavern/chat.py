@@ -24,6 +24,7 @@ from daemon.errors import ChatReadError
 __all__ = [
     "MARKER_KEY",
     "MAX_CHAT_BYTES",
+    "MAX_CHAT_LINES",
     "Chat",
     "ChatLine",
     "Cursor",
@@ -47,6 +48,9 @@ MARKER_KEY = "st_imagegen_job"
 
 MAX_CHAT_BYTES = 512 * 1024 * 1024
 """Chats larger than this are refused with a clear error instead of exhausting memory."""
+
+MAX_CHAT_LINES = 5_000_000
+"""Chats with more lines are refused (a file of newlines would otherwise exhaust memory)."""
 
 _HEADER_KEYS = ("chat_metadata", "user_name", "character_name")
 
@@ -349,6 +353,11 @@ def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, byt
         raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
     if len(data) > max_bytes:
         raise ChatReadError(f"chat {path.name!r} grew past the {max_bytes / 1e6:.0f} MB limit")
+    lines = data.count(b"\n") + 1
+    if lines > MAX_CHAT_LINES:
+        raise ChatReadError(
+            f"chat {path.name!r} has {lines:,} lines, over the {MAX_CHAT_LINES:,} line limit"
+        )
     return parse_chat(data), data
 
 
@@ -516,9 +525,11 @@ reported; one scan reads about this many messages past the new ones."""
 class ScanResult:
     """What changed in a chat since a cursor.
 
-    ``new``: messages not in the cursor, in file order. ``changed``: messages in the cursor whose
-    revision differs. ``removed``: cursor identities no longer found at the tail. ``tail``: every
-    message read (new and known), in file order; ``bad_lines`` counts unparsable lines read.
+    ``new``: messages not in the cursor that are newer than the oldest cursor message found, in
+    file order (appended ones, and ones inserted between cursor messages). ``changed``: messages
+    in the cursor whose revision differs. ``removed``: cursor identities no longer found.
+    ``tail``: every message read (new and known), in file order; ``bad_lines`` counts
+    unparsable lines read.
     ``cursor_gone``: no cursor message was found within the scan budget, so the caller fell back
     to (or must fall back to) a full read; then ``new`` holds no guesses and ``full`` is the chat.
     ``cursor`` is the cursor to store now. Indices are hints computed from the cursor.

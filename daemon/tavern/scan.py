@@ -40,6 +40,7 @@ __all__ = [
     "FIRST_BLOCK",
     "MAX_BLOCK",
     "MAX_SCAN_BYTES",
+    "MAX_SCAN_LINES",
     "MAX_UNANCHORED_MESSAGES",
     "SLACK",
     "scan_lines",
@@ -53,6 +54,8 @@ SLACK = 8
 """Messages read past the first cursor match beyond the cursor's depth, to place the rest."""
 MAX_UNANCHORED_MESSAGES = 2000
 """New messages read without finding the cursor before giving up and reading it all."""
+MAX_SCAN_LINES = 4 * MAX_UNANCHORED_MESSAGES
+"""Lines (unparsable ones included) a tail scan may read before it falls back to a full read."""
 MAX_SCAN_BYTES = 32 * 1024 * 1024
 """Bytes a tail scan may read before it falls back to a full read (bounded by MAX_CHAT_BYTES)."""
 
@@ -133,6 +136,8 @@ def _collect(stream: Iterable[_Line], cursor: Cursor) -> _Collected:
     first_hit: int | None = None
     for line in stream:
         lines.append(line)
+        if len(lines) > MAX_SCAN_LINES:
+            raise _Gone  # e.g. a tail of garbage lines: let the full read judge the file
         if line.obj is None or not line.is_message:
             continue
         probe = Message(0, line.obj, line.raw)

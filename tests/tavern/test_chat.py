@@ -317,3 +317,15 @@ def test_arbitrary_bytes_never_crash_and_round_trip(data: bytes, cut: float) -> 
             assert message.identity.key is not None and str(message.revision)
             assert chat.lines[chat.line_of(message.index)].raw == message.raw
             encode_message(message.data)  # never raises, whatever the text holds
+
+
+def test_read_chat_refuses_absurd_line_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import daemon.tavern.chat as chat_mod
+
+    monkeypatch.setattr(chat_mod, "MAX_CHAT_LINES", 100)
+    path = tmp_path / "newlines.jsonl"
+    path.write_bytes(b"\n" * 200)
+    with pytest.raises(ChatReadError, match="line limit"):
+        read_chat(path)

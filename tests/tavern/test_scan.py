@@ -520,3 +520,19 @@ def test_arbitrary_and_truncated_bytes_never_crash(
             assert result.cursor_gone
         else:
             check_same(result, reference)
+
+
+def test_a_tail_of_garbage_lines_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scan_mod, "MAX_SCAN_LINES", 50)
+    path = tmp_path / "c.jsonl"
+    lines = [dump(HEADER), *[dump(msg(i)) for i in range(3)]]
+    write(path, lines)
+    cursor = first_sight(path)
+    write(path, [*lines, *([b"garbage"] * 60), dump(msg(3))])
+    r = tail_scan(path, cursor)
+    assert r.cursor_gone and r.bad_lines == 60 and len(r.tail) == 4
+    write(path, [*lines, *([b"garbage"] * 30), dump(msg(3))])
+    r = tail_scan(path, cursor)
+    assert not r.cursor_gone and r.bad_lines == 30 and [m.index for m in r.new] == [3]
