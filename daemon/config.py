@@ -159,8 +159,8 @@ class ImageSettings(_Section):
     )
     api_key: SecretStr = Field(default=SecretStr(""), description="Bearer key; empty = none")
     api_key_file: Path | None = Field(default=None, description="read the key from this file")
-    profile: Literal["auto", "generic", "openai", "airforce"] = Field(
-        default="auto", description="auto | generic | openai | airforce"
+    profile: Literal["auto", "generic", "openai", "airforce", "localai"] = Field(
+        default="auto", description="auto | generic | openai | airforce | localai"
     )
     model: str = Field(default="dall-e-3", description="model name")
     size: str = Field(default="1024x1024", description="WxH; empty = not sent")

@@ -356,7 +356,10 @@ class PromptWriter:
         if self.send_temperature:
             body["temperature"] = s.temperature
         body[self.budget_field] = max_tokens or s.max_tokens
-        body.update(s.extra_body)
+        for key, value in s.extra_body.items():
+            if key == "temperature" and not self.send_temperature:
+                continue  # the API refused it once: extra_body does not bring it back
+            body[key] = value
         return body
 
     async def _ask(

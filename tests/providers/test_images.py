@@ -283,7 +283,8 @@ async def test_dall_e_2_body(
 
 
 def test_localai_profile_puts_the_negative_after_a_pipe() -> None:
-    body = build_body(settings(size="256x256"), LOCALAI, "a fox", "blurry", 1)
+    assert resolve_profile(settings(profile="localai")) is LOCALAI
+    body = build_body(settings(size="256x256", quality="hd"), LOCALAI, "a fox", "blurry", 1)
     assert body == {
         "model": "dall-e-3",
         "prompt": "a fox|blurry",
