@@ -125,7 +125,7 @@ async def open_job_deps(
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Exponential backoff with jitter: ``base * 2**(attempt-1)``, capped, plus up to 25%."""
-    delay = min(cap, base * (2 ** max(0, attempt - 1)))
+    delay = min(cap, base * 2.0 ** max(0, attempt - 1))
     return min(cap, delay + rng.uniform(0, delay / 4))
 
 

@@ -10,6 +10,7 @@ stop taking jobs, let running steps finish within the grace period, then stop.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import time
@@ -23,13 +24,13 @@ import structlog
 
 from daemon.config import Config, SystemdEnv
 from daemon.engine import detect
-from daemon.engine.jobs import DRAIN_TIMEOUT, JobDeps, Runner, accept_job, regen_job, reject_job
+from daemon.engine.jobs import JobDeps, Runner, accept_job, regen_job, reject_job
 from daemon.engine.notify import Heartbeat, Notifier
 from daemon.engine.store import Job, JobState, Store
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
-from daemon.errors import ConfigError, JobError, StImagegenError, StoreError
+from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
 from daemon.tavern import layout, write
-from daemon.tavern.chat import ChatReadError, tail_scan
+from daemon.tavern.chat import tail_scan
 from daemon.tavern.layout import ChatRef
 
 __all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
@@ -38,6 +39,9 @@ log = structlog.get_logger("st_imagegen.service")
 
 HEARTBEAT_INTERVAL = 5.0
 """Seconds between heartbeat file writes (``status`` calls a daemon dead after 3 missed)."""
+
+DROP_SETTLE = 2.0
+"""Seconds a folder copied (not moved) into a drop folder must be unchanged before it counts."""
 
 ALIVE_CHECK_INTERVAL = 1.0
 """Seconds between checks that the observer thread still runs, and drop-folder polls."""
@@ -50,7 +54,7 @@ class ServiceTimings:
     heartbeat: float = HEARTBEAT_INTERVAL
     alive_check: float = ALIVE_CHECK_INTERVAL
     poll: float = 1.0
-    drain_grace: float = DRAIN_TIMEOUT
+    drain_grace: float | None = None  # None: limits.drain_seconds
 
 
 def _now() -> datetime:
@@ -76,7 +80,7 @@ class Service:
         self.deps = deps
         self.store: Store = deps.store
         self.notifier = notifier or Notifier()
-        self.timings = timings or ServiceTimings()
+        self.timings = timings or ServiceTimings(drain_grace=config.limits.drain_seconds)
         self.heartbeat = Heartbeat(config.heartbeat_path, __version__)
         self.watcher = Watcher(
             root,
@@ -92,6 +96,7 @@ class Service:
         self._rescan = anyio.Event()
         self._drop = anyio.Event()
         self._stopping = False
+        self._cancel: anyio.CancelScope | None = None
 
     # --- start ---------------------------------------------------------------------------
 
@@ -100,6 +105,7 @@ class Service:
         if resumed:
             log.info("resumed jobs left running by a crash", count=resumed)
         removed = await anyio.to_thread.run_sync(self._cleanup_temps)
+        removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:
             log.info("removed stale temp files", count=removed)
         self.watcher.start()
@@ -147,8 +153,10 @@ class Service:
     async def run(self, *, ready: Callable[[], None] | None = None) -> int:
         try:
             async with anyio.create_task_group() as tg:
+                self._cancel = tg.cancel_scope
                 await tg.start(self.runner.run)
                 await self.start()
+                await tg.start(self.watcher.run)
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
                 tg.start_soon(self._rescan_loop)
@@ -161,7 +169,8 @@ class Service:
                 if ready is not None:
                     ready()
         finally:
-            self.watcher.stop()
+            with anyio.CancelScope(shield=True):
+                await self.watcher.aclose()
         self.heartbeat.remove()
         return self.exit_code
 
@@ -175,9 +184,15 @@ class Service:
         self.notifier.stopping(f"draining: {reason}")
         with anyio.CancelScope(shield=True):
             self.heartbeat.write(watching=len(self.index), state="draining")
-            self.watcher.stop()
-            await self.runner.drain(self.timings.drain_grace)
+            await self.watcher.aclose()
+            grace = self.timings.drain_grace
+            await self.runner.drain(self.config.limits.drain_seconds if grace is None else grace)
         cancel.cancel()
+
+    async def shutdown(self, reason: str = "requested", code: int = 0) -> None:
+        """Drain and stop a running service (from another task in the same loop)."""
+        if self._cancel is not None:
+            await self.stop(reason, self._cancel, code)
 
     async def _signal_loop(self, cancel: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -187,8 +202,11 @@ class Service:
 
     async def _pump(self) -> None:
         """Watcher hints into the settler (or rescans / drop checks)."""
-        async for hint in self.watcher.receive:
-            self._take(hint)
+        try:
+            async for hint in self.watcher.receive:
+                self._take(hint)
+        except anyio.ClosedResourceError:
+            return  # the watcher was stopped (drain)
 
     def _take(self, hint: Hint) -> None:
         if hint.kind is HintKind.CHAT and hint.chat is not None:
@@ -298,7 +316,9 @@ class Service:
         created_while_running = first_sight and chat.rel not in self._startup
         decision = detect.decide(
             result,
-            detect.ChatContext.for_chat(self.root, chat, record.data if record else None),
+            detect.ChatContext.for_chat(
+                self.root, chat, record.data if record else None, previous=cursor
+            ),
             self.config.detect,
             self.config.mode,
             _now(),
@@ -309,11 +329,11 @@ class Service:
             gone = await store.supersede(
                 chat.user, chat.rel, identity.name, identity.first_date, keep, reason
             )
-            for job in gone:
-                self.runner.cancel(job.id, reason)
-                if job.state is JobState.SUPERSEDED:
-                    await anyio.to_thread.run_sync(self.deps.approval.finish, job.id)
-                log.info("job superseded", job=job.id, chat=chat.rel, reason=reason)
+            for old in gone:
+                self.runner.cancel(old.id, reason)
+                if old.state is JobState.SUPERSEDED:
+                    await anyio.to_thread.run_sync(self.deps.approval.finish, old.id)
+                log.info("job superseded", job=old.id, chat=chat.rel, reason=reason)
         created = 0
         for spec in decision.new_jobs:
             job = await store.create_job(**spec.fields())
@@ -350,7 +370,9 @@ class Service:
     async def handle_drops(self) -> int:
         """Act on job folders moved into accepted/ rejected/ regenerate/."""
         approval = self.deps.approval
-        actions = await anyio.to_thread.run_sync(approval.drop_actions)
+        actions = await anyio.to_thread.run_sync(
+            functools.partial(approval.drop_actions, settle=DROP_SETTLE)
+        )
         done = 0
         for job_id, action in actions:
             try:
@@ -371,7 +393,8 @@ class Service:
             return await accept_job(self.store, approval, job_id)
         if action == "reject":
             return await reject_job(self.store, approval, job_id)
-        return await regen_job(self.store, approval, job_id)
+        prompt = await anyio.to_thread.run_sync(approval.drop_prompt, job_id)
+        return await regen_job(self.store, approval, job_id, prompt)
 
 
 async def serve(

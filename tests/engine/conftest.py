@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -140,8 +141,9 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
 def _completion(body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages") or [{}]
     text = str(messages[-1].get("content", ""))
-    # The prompt names the reply's last line, so tests can tell which reply it came from.
-    tail = " ".join(text.split())[-60:]
+    # The prompt is the illustrated message itself, so tests can tell which reply it came from.
+    match = re.search(r"--- MESSAGE TO ILLUSTRATE[^\n]*\n(.*?)\n--- End of Message", text, re.S)
+    reply = match.group(1) if match else text
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -149,7 +151,7 @@ def _completion(body: dict[str, Any]) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": f"a picture of {tail}"},
+                "message": {"role": "assistant", "content": f"a picture of {reply}"},
                 "finish_reason": "stop",
             }
         ],

@@ -1,0 +1,316 @@
+"""The daemon in-process, end to end: simulated ST saves -> pending folder -> accept -> chat."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from daemon.config import Config
+from daemon.engine.jobs import open_job_deps
+from daemon.engine.service import Service, ServiceTimings
+from daemon.engine.store import Job, JobState
+from daemon.tavern import layout
+from daemon.tavern.chat import read_chat
+from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
+from tests.stsim import SimClock, STSim
+
+pytestmark = pytest.mark.anyio
+
+FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0)
+START_TIMEOUT = 15.0
+JOB_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Service]:
+    """The service running in this event loop; drained and stopped after the block."""
+    assert config.data_root is not None
+    root = layout.resolve_data_root(config.data_root)
+    async with open_job_deps(config, root=root) as deps:
+        service = Service(config, root, deps, timings=FAST)
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(partial(service.run, ready=ready.set))
+            with anyio.fail_after(START_TIMEOUT):
+                await ready.wait()
+            try:
+                yield service
+            finally:
+                await service.shutdown("test over")
+
+
+def live_clock() -> SimClock:
+    """Dates from now on (the default clock starts in the past: too old to illustrate)."""
+    return SimClock(start=datetime.now(UTC))
+
+
+def create_tab(path: Path, **kwargs: Any) -> STSim:
+    return STSim.create(path, clock=live_clock(), **kwargs)
+
+
+def open_tab(path: Path, **kwargs: Any) -> STSim:
+    return STSim.open(path, clock=live_clock(), **kwargs)
+
+
+async def seen(service: Service, path: Path) -> None:
+    """Wait until the service has read ``path`` at least once (its cursor is stored)."""
+    rel = path.relative_to(service.root).as_posix()
+
+    async def check() -> bool:
+        return await service.store.get_chat(rel) is not None
+
+    await async_wait_for(check, within=JOB_TIMEOUT)
+
+
+async def started_chat(service: Service, path: Path, **kwargs: Any) -> STSim:
+    """A new chat saved with its greeting, once the service has seen it (as ST: the greeting
+    is saved when the chat opens, the user's message comes later)."""
+    tab = create_tab(path, **kwargs)
+    await seen(service, path)
+    return tab
+
+
+def new_chat(root: Path, owner: str = "Alice", name: str = "e2e", **kwargs: Any) -> Path:
+    return root / "default-user" / "chats" / owner / f"{owner} - {name}.jsonl"
+
+
+async def jobs_of(service: Service, chat: Path) -> list[Job]:
+    rel = chat.relative_to(service.root).as_posix()
+    return sorted(
+        [j for j in await service.store.list_jobs(limit=1000) if j.chat == rel],
+        key=lambda j: j.id,
+    )
+
+
+async def wait_state(
+    service: Service, job_id: str, *states: JobState, within: float = JOB_TIMEOUT
+) -> Job:
+    async def check() -> Job | None:
+        job = await service.store.get_job(job_id)
+        return job if job.state in states else None
+
+    result: Job = await async_wait_for(check, within=within)
+    return result
+
+
+async def wait_jobs(service: Service, chat: Path, count: int) -> list[Job]:
+    async def check() -> list[Job] | None:
+        jobs = await jobs_of(service, chat)
+        return jobs if len(jobs) >= count else None
+
+    result: list[Job] = await async_wait_for(check, within=JOB_TIMEOUT)
+    return result
+
+
+async def settle_and_process(service: Service, before: int) -> None:
+    """Wait until the service has processed at least one more chat change."""
+
+    async def check() -> bool:
+        return service.processed > before and len(service.settler) == 0
+
+    await async_wait_for(check, within=JOB_TIMEOUT)
+
+
+async def test_reply_becomes_pending_then_accepted_by_folder_move(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        root = service.root
+        path = new_chat(root)
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("Describe the glade.").save()
+        tab.reply("Alice", "The forest glade glows at dawn; Alice smiles.").save()
+        jobs = await wait_jobs(service, path, 1)
+        assert len(jobs) == 1
+        job = await wait_state(service, jobs[0].id, JobState.PENDING)
+        folder = config.state_dir / "pending" / job.id
+        assert (folder / "job.json").is_file()
+        assert job.images and (folder / job.images[0]).is_file()
+        info = json.loads((folder / "job.json").read_text())
+        assert info["prompt"] == job.prompt and "glows at dawn" in (job.prompt or "")
+        assert job.speaker == "Alice" and job.message_index == 2
+        # The prompt writer saw the reply (and the card, on by default).
+        assert any("glows at dawn" in text for text in fake_api.text_inputs())
+
+        shutil.move(str(folder), str(config.state_dir / "accepted" / job.id))
+        done = await wait_state(service, job.id, JobState.ACCEPTED, JobState.COMMITTED)
+        assert done.state in (JobState.ACCEPTED, JobState.COMMITTED)
+        committed = await wait_state(service, job.id, JobState.COMMITTED)
+        chat, _ = read_chat(path)
+        ours = chat.find_marker(committed.id)
+        assert ours is not None and ours.index == 3 and ours.is_system
+        assert not (config.state_dir / "accepted" / job.id).exists()
+    assert not config.heartbeat_path.exists()  # a clean stop removes the heartbeat
+
+
+async def test_no_job_for_user_message_greeting_hidden_or_narrator(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="quiet")
+        before = service.processed
+        tab = create_tab(path, character="Alice")  # greeting: off by default
+        await settle_and_process(service, before)
+        before = service.processed
+        tab.send_user("Hello?").save()
+        await settle_and_process(service, before)
+        before = service.processed
+        tab.narrator("It starts to rain.").save()
+        await settle_and_process(service, before)
+        before = service.processed
+        tab.reply("Alice", "A hidden thought.").hide(len(tab.messages) - 1).save()
+        await settle_and_process(service, before)
+        assert await jobs_of(service, path) == []
+        assert fake_api.count("chat/completions") == 0
+
+
+async def test_greeting_gets_a_job_when_enabled(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    config = make_config(st_root_latest, detect={"greetings": True})
+    async with running(config) as service:
+        path = new_chat(service.root, name="greet")
+        create_tab(path, character="Alice", greeting="Welcome to the lighthouse.")
+        jobs = await wait_jobs(service, path, 1)
+        assert jobs[0].message_index == 0 and "lighthouse" in jobs[0].excerpt
+        await wait_state(service, jobs[0].id, JobState.PENDING)
+
+
+async def test_swipe_supersedes_and_new_revision_gets_a_job(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    fake_api.image_delay = 1.0  # the first job is still running when the swipe arrives
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="swipe")
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("Go on.").save()
+        tab.reply("Alice", "First version of the reply.").save()
+        first = (await wait_jobs(service, path, 1))[0]
+        await wait_state(service, first.id, JobState.IMAGING, JobState.PENDING)
+        tab.swipe("Second version, swiped.").save()
+        jobs = await wait_jobs(service, path, 2)
+        old = await wait_state(service, first.id, JobState.SUPERSEDED)
+        assert old.last_error and "changed" in old.last_error
+        second = jobs[1]
+        assert second.identity_date == first.identity_date and second.revision != first.revision
+        done = await wait_state(service, second.id, JobState.PENDING)
+        assert "Second version" in (done.prompt or "")
+        assert not (config.state_dir / "pending" / first.id).exists()
+
+
+async def test_continue_and_edit_make_new_revisions(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="cont")
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("Tell me.").save()
+        tab.reply("Alice", "She begins.").save()
+        first = (await wait_jobs(service, path, 1))[0]
+        await wait_state(service, first.id, JobState.PENDING)
+        tab.continue_(" And she goes on.").save()
+        second = (await wait_jobs(service, path, 2))[1]
+        await wait_state(service, first.id, JobState.SUPERSEDED)
+        await wait_state(service, second.id, JobState.PENDING)
+        tab.edit(len(tab.messages) - 1, "She begins, edited.").save()
+        third = (await wait_jobs(service, path, 3))[2]
+        await wait_state(service, second.id, JobState.SUPERSEDED)
+        done = await wait_state(service, third.id, JobState.PENDING)
+        assert "edited" in (done.prompt or "")
+
+
+async def test_regenerate_replaces_the_reply(st_root_latest: Path, make_config: MakeConfig) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="regen")
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("Again.").save()
+        tab.reply("Alice", "Take one.").save()
+        first = (await wait_jobs(service, path, 1))[0]
+        await wait_state(service, first.id, JobState.PENDING)
+        tab.regenerate("Take two, regenerated.").save()
+        jobs = await wait_jobs(service, path, 2)
+        gone = await wait_state(service, first.id, JobState.SUPERSEDED)
+        assert gone.last_error and "gone" in gone.last_error
+        await wait_state(service, jobs[1].id, JobState.PENDING)
+
+
+async def test_group_chat_two_members(st_root_latest: Path, make_config: MakeConfig) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        group = service.root / "default-user" / "group chats" / "1795473024643.jsonl"
+        assert group.exists()
+        await seen(service, group)  # read (as history) by the startup scan
+        tab = open_tab(group, group=True)
+        tab.send_user("Both of you, look.").save()
+        tab.reply("Alice", "Alice looks at the sea.", avatar="Alice.png").save()
+        tab.reply("Bob", "Bob looks at the sky.", avatar="Bob.png").save()
+        jobs = await wait_jobs(service, group, 2)
+        assert sorted(j.speaker for j in jobs) == ["Alice", "Bob"]
+        assert all(j.is_group for j in jobs)
+        for job in jobs:
+            await wait_state(service, job.id, JobState.PENDING)
+
+
+@pytest.mark.parametrize("version", ["1.12", "1.14"])
+async def test_pre_1_15_chats(st_root: Path, make_config: MakeConfig, version: str) -> None:
+    config = make_config(st_root)
+    async with running(config) as service:
+        path = new_chat(service.root, name=f"old-{version}")
+        tab = await started_chat(service, path, character="Alice", version=version)
+        tab.send_user("Old times.").save()
+        tab.reply("Alice", f"A reply from {version}.").save()
+        job = (await wait_jobs(service, path, 1))[0]
+        await wait_state(service, job.id, JobState.PENDING)
+
+
+async def test_renamed_chat_makes_no_new_jobs(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="before-rename")
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("Hi.").save()
+        tab.reply("Alice", "Hello.").save()
+        job = (await wait_jobs(service, path, 1))[0]
+        await wait_state(service, job.id, JobState.PENDING)
+        renamed = path.with_name("Alice - after-rename.jsonl")
+        before = service.processed
+        shutil.copyfile(path, renamed)  # ST renames by copy + unlink
+        path.unlink()
+        await settle_and_process(service, before)
+        await anyio.sleep(config.detect.settle_seconds)
+        await settle_and_process(service, service.processed - 1)
+        assert await jobs_of(service, renamed) == []
+        assert len(await service.store.list_jobs(limit=100)) == 1
+
+
+async def test_new_user_folder_while_running(st_root_latest: Path, make_config: MakeConfig) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = service.root / "second-user" / "chats" / "Bob" / "Bob - new.jsonl"
+        tab = await started_chat(service, path, character="Bob")
+        tab.send_user("Hi Bob.").save()
+        tab.reply("Bob", "Bob waves from a new user folder.").save()
+        job = (await wait_jobs(service, path, 1))[0]
+        assert job.user == "second-user"
+        await wait_state(service, job.id, JobState.PENDING)
