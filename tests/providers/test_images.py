@@ -823,3 +823,27 @@ async def test_all_bad_images_raise_the_first_error(
     )
     with pytest.raises(BadResponseError, match="image 1 of 2 was rejected"):
         await generator(client, clock, n=2).generate("fox")
+
+
+async def test_cancelling_a_generation_releases_the_slot(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    started = anyio.Event()
+    calls = 0
+
+    async def first_hangs(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            await anyio.sleep(30)
+        return data({"b64_json": b64(PNG)})
+
+    router.post(GENERIC_URL).mock(side_effect=first_hangs)
+    gen = generator(client, clock, limits=LimitsSettings(image_concurrency=1))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gen.generate, "fox")
+        await started.wait()
+        tg.cancel_scope.cancel()
+    with anyio.fail_after(5):
+        assert len(await gen.generate("fox")) == 1

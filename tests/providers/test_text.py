@@ -225,6 +225,7 @@ async def test_answer_shapes(
             "on reasoning",
         ),
         (answer(None, reasoning_content="I think..."), BadResponseError, "only with reasoning"),
+        (answer("", reasoning="a fox, thought about"), BadResponseError, "only with reasoning"),
         (
             answer("<think>never finished", finish_reason="length"),
             BadResponseError,
