@@ -365,6 +365,7 @@ class Approval:
         in) waits; a moved folder keeps its old times."""
         clock = time.time() if now is None else now
         actions: list[tuple[str, Action]] = []
+        present: set[tuple[str, str, int, int]] = set()
         for action, folder in self.drop_dirs.items():
             try:
                 with os.scandir(folder) as entries:
@@ -387,10 +388,10 @@ class Approval:
                 else:
                     st = entry.stat(follow_symlinks=False)
                     arrival = (action.value, name, st.st_ino, st.st_ctime_ns)
-                    if arrival in self._arrivals:
-                        continue
-                    self._arrivals.add(arrival)
-                    actions.append((name, action))
+                    present.add(arrival)
+                    if arrival not in self._arrivals:
+                        actions.append((name, action))
+        self._arrivals = present  # forget folders that went away
         actions.sort(key=lambda item: item[0])
         return actions
 

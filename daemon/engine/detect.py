@@ -501,11 +501,17 @@ class _Builder:
             self.decided.pop(identity.key, None)
 
     def history(self, messages: Sequence[Message]) -> None:
-        for message in messages:
+        """Seen, no jobs. Only the newest replies are remembered (a chat may be huge)."""
+        recent: list[Message] = []
+        for message in reversed(messages):
+            if len(recent) >= DECIDED_KEPT:
+                break
             if eligible(message) is None:
-                self.remember(message.identity.key, False)
-                self.saw(message)
-            self.skip(message, Skip.HISTORY)
+                recent.append(message)
+        for message in reversed(recent):
+            self.remember(message.identity.key, False)
+            self.saw(message)
+        self.skipped.extend((m.index, Skip.HISTORY) for m in messages)
 
 
 def _greetings(messages: Sequence[Message]) -> list[Message]:

@@ -155,6 +155,7 @@ class LedgerEntry:
 # --- ids, keys, times ---------------------------------------------------------------------------
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_CROCKFORD_ALIASES = str.maketrans({"O": "0", "I": "1", "L": "1"})
 _id_lock = threading.Lock()
 _id_last: tuple[int, int] = (0, 0)
 
@@ -527,23 +528,26 @@ class Store:
         return await self._run(_find, write=False)
 
     async def get_job(self, job_id_or_prefix: str) -> Job:
-        """By id or unique prefix (case-insensitive); JobError when unknown or ambiguous."""
-        prefix = job_id_or_prefix.strip().upper()
-        if not prefix:
+        """By id or unique prefix; JobError when unknown or ambiguous.
+
+        Prefixes are case-insensitive and read the way Crockford base32 is (O as 0, I and L
+        as 1), so an id copied by hand still matches."""
+        raw = job_id_or_prefix.strip()
+        if not raw:
             raise JobError("no job id given")
-        if any(c not in _CROCKFORD for c in prefix):
-            raise JobError(f"no job {job_id_or_prefix!r}: job ids use only 0-9 and A-Z")
+        prefix = raw.upper().translate(_CROCKFORD_ALIASES)
 
         def _get(conn: sqlite3.Connection) -> list[Job]:
-            exact = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (prefix,)
-            ).fetchone()
-            if exact:
-                return [_job_from_row(exact)]
-            # Ids are [0-9A-Z] only (checked above), so the prefix has no LIKE/GLOB wildcards.
+            for exact_id in dict.fromkeys((raw, prefix)):
+                exact = conn.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (exact_id,)
+                ).fetchone()
+                if exact:
+                    return [_job_from_row(exact)]
+            # A range, not LIKE: no wildcard characters to escape in what the user typed.
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
-                (prefix, prefix + "~"),
+                (prefix, prefix + "\U0010ffff"),
             ).fetchall()
             return [_job_from_row(r) for r in rows]
 

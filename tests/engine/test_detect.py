@@ -280,6 +280,14 @@ def test_first_sight_is_history() -> None:
     assert d2.new_jobs == [] and len(d2.supersede) == 1
 
 
+def test_first_sight_of_a_long_chat_remembers_only_the_newest() -> None:
+    tail = [msg(i, mes=f"r{i}", send_date=iso(NOW)) for i in range(5000)]
+    decision = run(scan(tail=tail), first_sight=True)
+    assert len(decision.chat_state.decided) == DECIDED_KEPT
+    assert decision.chat_state.decided[-1] == (tail[-1].identity.key, False)
+    assert len(decision.skipped) == 5000
+
+
 def test_first_sight_backfill_last_eligible_only() -> None:
     tail = [
         msg(0),

@@ -228,8 +228,11 @@ async def test_get_job_by_prefix(store: Store) -> None:
         await store.get_job("01C")
     with pytest.raises(JobError, match="no job id given"):
         await store.get_job("  ")
-    with pytest.raises(JobError, match="only 0-9"):
+    with pytest.raises(JobError, match="no job"):
         await store.get_job("01%")
+    assert (await store.get_job("olb")).id == j3.id  # Crockford: O is 0, l is 1
+    custom = await store.create_job(**fields(3), id="job-one")
+    assert custom and (await store.get_job("job-one")).id == "job-one"
 
 
 async def test_list_jobs_newest_first_and_filters(store: Store) -> None:
