@@ -104,3 +104,37 @@ async def test_iter_sse_yields_events_as_they_complete() -> None:
     async for event in iter_sse(_chunks([b"data: a\n", b"\ndata: b\n\n", b"data: c"]), 1000):
         seen.append(event.data)
     assert seen == ["a", "b", "c"]
+
+
+_line_text = st.text(alphabet=st.characters(exclude_characters="\r\n", codec="utf-8"), max_size=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(
+            st.lists(_line_text, min_size=1, max_size=3),
+            st.sampled_from(["", "message", "image_generation.completed"]),
+        ),
+        max_size=5,
+    ),
+    eol=st.sampled_from(["\n", "\r\n", "\r"]),
+    comments=st.booleans(),
+    data=st.data(),
+)
+def test_round_trip_of_generated_streams(
+    events: list[tuple[list[str], str]], eol: str, comments: bool, data: st.DataObject
+) -> None:
+    text = ""
+    expected: list[SSEEvent] = []
+    for lines, name in events:
+        if comments:
+            text += ": keepalive" + eol + eol
+        if name:
+            text += f"event: {name}{eol}"
+        text += "".join(f"data: {line}{eol}" for line in lines) + eol
+        expected.append(SSEEvent(data="\n".join(lines), event=name))
+    body = text.encode()
+    cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=10))
+    bounds = [0, *sorted(set(cuts)), len(body)]
+    assert decode([body[a:b] for a, b in itertools.pairwise(bounds)]) == expected
