@@ -281,7 +281,7 @@ def test_first_sight_is_history() -> None:
 
 
 def test_first_sight_of_a_long_chat_remembers_only_the_newest() -> None:
-    tail = [msg(i, mes=f"r{i}", send_date=iso(NOW)) for i in range(5000)]
+    tail = [msg(i, mes=f"r{i}", send_date=iso(NOW - timedelta(seconds=i))) for i in range(5000)]
     decision = run(scan(tail=tail), first_sight=True)
     assert len(decision.chat_state.decided) == DECIDED_KEPT
     assert decision.chat_state.decided[-1] == (tail[-1].identity.key, False)
