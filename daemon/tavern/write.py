@@ -281,6 +281,33 @@ def _write_all(fd: int, pieces: Sequence[bytes | memoryview]) -> None:
             view = view[os.write(fd, view) :]
 
 
+_NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def _copy_prefix(src: int, dst: int, count: int) -> int:
+    """Copy the first ``count`` bytes of ``src`` into ``dst`` in the kernel, as ``cp`` does.
+
+    Returns how many bytes were copied; the caller writes the rest from memory (also when the
+    file system or platform cannot copy ranges). ``src`` is the held basis file: if it was
+    changed in place meanwhile, the final comparison reports the conflict.
+    """
+    copy_range = getattr(os, "copy_file_range", None)
+    done = 0
+    if copy_range is None:
+        return 0
+    while done < count:
+        try:
+            n = copy_range(src, dst, count - done, done)
+        except OSError as exc:
+            if exc.errno in _NO_COPY_RANGE and done == 0:
+                return 0
+            raise
+        if n == 0:
+            break
+        done += n
+    return done
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename or create durable. Best effort: some file systems refuse directory fsync."""
     try:
@@ -307,6 +334,27 @@ def _unlink_quietly(path: Path) -> None:
 # --- inserting lines ------------------------------------------------------------------------------
 
 
+def _line_of(chat: Chat, index: int) -> int:
+    """The line number of message ``index``, walking from the nearer end of the file."""
+    lines = chat.lines
+    header = 1 if chat.header is not None else 0
+    if index < len(chat.messages) // 2:
+        seen = -1
+        for ln in lines[header:]:
+            if ln.obj is not None:
+                seen += 1
+                if seen == index:
+                    return ln.lineno
+    else:
+        seen = len(chat.messages)
+        for ln in reversed(lines[header:]):
+            if ln.obj is not None:
+                seen -= 1
+                if seen == index:
+                    return ln.lineno
+    raise MessageNotFoundError(f"message #{index} not found in the chat's lines")
+
+
 def _splice(data: bytes, chat: Chat, after_index: int, new: bytes) -> tuple[list[Any], int]:
     """The new file as pieces, and the offset where the old bytes first differ."""
     if not 0 <= after_index < len(chat.messages):
@@ -314,9 +362,14 @@ def _splice(data: bytes, chat: Chat, after_index: int, new: bytes) -> tuple[list
             f"cannot insert after message #{after_index}: the chat has "
             f"{len(chat.messages)} message(s)"
         )
-    lineno = chat.line_of(after_index)
+    lineno = _line_of(chat, after_index)
     line = chat.lines[lineno]
-    end = sum(len(ln.raw) for ln in chat.lines[: lineno + 1]) + lineno  # end of that line
+    # End of that line; counted from the nearer end of the file (inserts are usually last).
+    if lineno < len(chat.lines) // 2:
+        end = sum(len(ln.raw) for ln in chat.lines[: lineno + 1]) + lineno
+    else:
+        later = chat.lines[lineno + 1 :]
+        end = len(data) - sum(len(ln.raw) for ln in later) - len(later)
     if data[end - len(line.raw) : end] != line.raw:
         raise ValueError("the parsed chat does not match the bytes given")
     view = memoryview(data)
@@ -404,7 +457,8 @@ def _write_and_replace(
         try:
             os.fchmod(fd, stat.S_IMODE(current.st_mode))
             _copy_owner(fd, current)
-            _write_all(fd, pieces)
+            copied = _copy_prefix(held, fd, len(pieces[0]))
+            _write_all(fd, [memoryview(pieces[0])[copied:], *pieces[1:]])
             os.fsync(fd)
         except OSError as exc:
             raise _write_error(exc, "the chat", folder) from None
