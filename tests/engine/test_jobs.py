@@ -1,0 +1,315 @@
+"""The job runner on a real store, real chat files and a fake API server."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from daemon.config import Config
+from daemon.engine.jobs import (
+    JobDeps,
+    Runner,
+    accept_job,
+    backoff_delay,
+    open_job_deps,
+    regen_job,
+    reject_job,
+    run_job_once,
+)
+from daemon.engine.store import Job, JobState
+from daemon.errors import JobError
+from daemon.tavern import layout
+from daemon.tavern.chat import read_chat
+from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
+from tests.stsim import SimClock, STSim
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def config(st_root_latest: Path, make_config: MakeConfig) -> Config:
+    return make_config(st_root_latest, limits={"max_attempts": 3})
+
+
+@pytest.fixture
+async def deps(config: Config) -> AsyncIterator[JobDeps]:
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as d:
+        d.rng = random.Random(7)
+        yield d
+
+
+def write_chat(root: Path, name: str, replies: list[str], owner: str = "Alice") -> Path:
+    path = root / "default-user" / "chats" / owner / f"{owner} - {name}.jsonl"
+    tab = STSim.create(path, character=owner, clock=SimClock(start=datetime.now(UTC)))
+    for text in replies:
+        tab.send_user("Go on.").reply(owner, text)
+    tab.save()
+    return path
+
+
+async def job_for(deps: JobDeps, path: Path, index: int = -1, **over: Any) -> Job:
+    """A queued job for reply ``index`` of ``path``, as detection would create it."""
+    chat, _ = read_chat(path)
+    message = [m for m in chat.messages if not m.is_user][1:][index]  # [0] is the greeting
+    ref = layout.classify(deps.root, path).chat
+    assert ref is not None
+    fields: dict[str, Any] = {
+        "user": ref.user,
+        "chat": ref.rel,
+        "character": ref.owner,
+        "is_group": False,
+        "speaker": message.name,
+        "message_index": message.index,
+        "identity_name": message.identity.name,
+        "identity_date": message.identity.first_date,
+        "revision": str(message.revision),
+        "excerpt": message.mes[:200],
+    }
+    fields.update(over)
+    job = await deps.store.create_job(**fields)
+    assert job is not None
+    return job
+
+
+async def test_run_job_once_reaches_pending(deps: JobDeps, fake_api: FakeAPI) -> None:
+    path = write_chat(deps.root, "one", ["The lighthouse beam sweeps the bay."])
+    job = await job_for(deps, path)
+    done = await run_job_once(job, deps)
+    assert done.state is JobState.PENDING
+    assert done.prompt is not None and "lighthouse beam" in done.prompt
+    assert done.images == ("image-1.png",)
+    assert (deps.approval.pending_path(job.id) / "image-1.png").is_file()
+    assert fake_api.count("chat/completions") == 1 and fake_api.count("images/generations") == 1
+    # Running it again does nothing: it is no longer queued.
+    again = await run_job_once(done, deps)
+    assert again.state is JobState.PENDING and fake_api.count("images/generations") == 1
+
+
+async def test_context_and_card_reach_the_prompt_writer(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(st_root_latest, text={"context_messages": 2})
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as deps:
+        path = write_chat(deps.root, "ctx", ["Earlier reply about ravens.", "Now the storm."])
+        job = await job_for(deps, path)
+        await run_job_once(job, deps)
+    sent = fake_api.text_inputs()[-1]
+    assert "Earlier reply about ravens." in sent
+    assert "Character Information" in sent and "Name: Alice" in sent
+
+
+async def test_transient_failure_is_rescheduled_in_the_store(
+    deps: JobDeps, fake_api: FakeAPI
+) -> None:
+    path = write_chat(deps.root, "flaky", ["Rain on the window."])
+    job = await job_for(deps, path)
+    fake_api.fail_image = [503]
+    before = datetime.now(UTC)
+    retried = await run_job_once(job, deps)
+    assert retried.state is JobState.QUEUED
+    assert retried.attempts == 1 and retried.last_error and "503" in retried.last_error
+    assert retried.next_attempt_at is not None and retried.next_attempt_at > before
+    assert retried.prompt is not None  # saved: the retry skips the prompt step
+    assert await deps.store.due_jobs(before, 10) == []
+    due = await deps.store.due_jobs(retried.next_attempt_at + timedelta(seconds=1), 10)
+    assert [j.id for j in due] == [job.id]
+    done = await run_job_once(due[0], deps)
+    assert done.state is JobState.PENDING
+    assert fake_api.count("chat/completions") == 1  # not asked twice
+
+
+async def test_attempts_are_capped(deps: JobDeps, fake_api: FakeAPI) -> None:
+    path = write_chat(deps.root, "down", ["The sea is calm."])
+    job = await job_for(deps, path)
+    fake_api.fail_image = [500] * 10
+    current = job
+    for _ in range(deps.config.limits.max_attempts):
+        current = await run_job_once(current, deps)
+        if current.state is JobState.FAILED:
+            break
+    assert current.state is JobState.FAILED
+    assert current.last_error is not None and "gave up after 3 attempts" in current.last_error
+
+
+async def test_permanent_failure_fails_with_the_reason(deps: JobDeps, fake_api: FakeAPI) -> None:
+    path = write_chat(deps.root, "denied", ["A quiet harbour."])
+    job = await job_for(deps, path)
+    fake_api.fail_text = [401]
+    failed = await run_job_once(job, deps)
+    assert failed.state is JobState.FAILED
+    assert failed.last_error is not None and failed.last_error.startswith("prompt:")
+    assert fake_api.count("images/generations") == 0
+
+
+async def test_reply_gone_supersedes(deps: JobDeps, fake_api: FakeAPI) -> None:
+    path = write_chat(deps.root, "gone", ["Soon deleted."])
+    job = await job_for(deps, path)
+    tab = STSim.open(path, clock=SimClock(start=datetime.now(UTC)))
+    tab.delete(len(tab.messages) - 1).save()
+    done = await run_job_once(job, deps)
+    assert done.state is JobState.SUPERSEDED and done.last_error and "gone" in done.last_error
+    assert fake_api.count("chat/completions") == 0
+
+
+async def test_cancel_mid_step_requeues(deps: JobDeps, fake_api: FakeAPI) -> None:
+    path = write_chat(deps.root, "slow", ["A slow painting."])
+    job = await job_for(deps, path)
+    fake_api.image_delay = 5.0
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_job_once, job, deps)
+
+        async def imaging() -> bool:
+            return (await deps.store.get_job(job.id)).state is JobState.IMAGING
+
+        await async_wait_for(imaging, within=5)
+        tg.cancel_scope.cancel()
+    back = await deps.store.get_job(job.id)
+    assert back.state is JobState.QUEUED and back.attempts == 0
+    assert back.prompt is not None
+
+
+async def test_auto_approval_commits(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(st_root_latest, approval="auto")
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as deps:
+        path = write_chat(deps.root, "auto", ["A committed sunrise."])
+        job = await job_for(deps, path)
+        done = await run_job_once(job, deps)
+        assert done.state is JobState.COMMITTED
+        chat, _ = read_chat(path)
+        assert chat.find_marker(job.id) is not None
+
+
+async def test_accept_keep_reject_and_regen(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(st_root_latest, image={"n": 3})
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as deps:
+        await _accept_keep_reject_and_regen(deps, fake_api)
+
+
+async def _accept_keep_reject_and_regen(deps: JobDeps, fake_api: FakeAPI) -> None:
+    path = write_chat(deps.root, "acts", ["First.", "Second.", "Third."])
+    jobs = [await job_for(deps, path, i) for i in range(3)]
+    for job in jobs:
+        assert (await run_job_once(job, deps)).state is JobState.PENDING
+    store, approval = deps.store, deps.approval
+
+    with pytest.raises(JobError, match="no image 4"):
+        await accept_job(store, approval, jobs[0].id, keep=[4])
+    accepted = await accept_job(store, approval, jobs[0].id[:12], keep=[1, 3])
+    assert accepted.state is JobState.ACCEPTED
+    assert accepted.images == ("image-1.png", "image-3.png")
+    with pytest.raises(JobError, match="accepted"):
+        await accept_job(store, approval, jobs[0].id)
+
+    (approval.pending_path(jobs[1].id) / "image-2.png").unlink()  # deleted by the user
+    kept = await accept_job(store, approval, jobs[1].id)
+    assert kept.images == ("image-1.png", "image-3.png")
+
+    rejected = await reject_job(store, approval, jobs[2].id)
+    assert rejected.state is JobState.REJECTED
+    assert not approval.pending_path(jobs[2].id).exists()
+    new = await regen_job(store, approval, jobs[2].id, prompt="a new prompt")
+    assert new.id != jobs[2].id and new.state is JobState.QUEUED and new.prompt == "a new prompt"
+    assert new.regen == 1 and new.meta["regen_of"] == jobs[2].id
+    done = await run_job_once(new, deps)
+    assert done.state is JobState.PENDING
+    assert fake_api.prompts()[-1] == "a new prompt"
+    old = await store.get_job(jobs[2].id)
+    assert old.state is JobState.SUPERSEDED and old.last_error and new.id in old.last_error
+    again = await regen_job(store, approval, new.id)
+    assert again.prompt == "a new prompt" and again.regen == 2
+
+    with pytest.raises(JobError, match="no job"):
+        await accept_job(store, approval, "ZZZZZZZZ")
+    with pytest.raises(JobError, match="empty"):
+        await regen_job(store, approval, again.id, prompt="  ")
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    rng = random.Random(1)
+    delays = [backoff_delay(n, 5.0, 600.0, rng) for n in range(1, 12)]
+    assert 5.0 <= delays[0] <= 6.25
+    assert 10.0 <= delays[1] <= 12.5
+    assert all(d <= 600.0 for d in delays) and delays[-1] == 600.0
+
+
+async def test_runner_bounds_concurrency_and_keeps_chat_order(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(
+        st_root_latest, limits={"concurrency": 3, "image_concurrency": 8, "text_concurrency": 8}
+    )
+    fake_api.image_delay = 0.15
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as deps:
+        order: list[tuple[str, str]] = []
+        jobs: list[Job] = []
+        for c in range(5):
+            path = write_chat(deps.root, f"run{c}", [f"chat {c} reply {i}" for i in range(3)])
+            for i in range(3):
+                jobs.append(await job_for(deps, path, i))
+        runner = Runner(deps, poll_interval=0.05, on_done=lambda j: order.append((j.chat, j.id)))
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.run)
+
+            async def all_pending() -> bool:
+                states = [(await deps.store.get_job(j.id)).state for j in jobs]
+                return all(s is JobState.PENDING for s in states)
+
+            await async_wait_for(all_pending, within=30)
+            await runner.drain(1.0)
+        assert runner.max_in_flight <= 3 and fake_api.max_image_in_flight <= 3
+        assert fake_api.max_image_in_flight >= 2  # it did run in parallel
+        for chat in {j.chat for j in jobs}:
+            done = [job_id for c, job_id in order if c == chat]
+            assert done == sorted(j.id for j in jobs if j.chat == chat)
+
+
+async def test_runner_cancel_and_drain_requeue(deps: JobDeps, fake_api: FakeAPI) -> None:
+    fake_api.image_delay = 10.0
+    path_a = write_chat(deps.root, "ca", ["A long render."])
+    path_b = write_chat(deps.root, "cb", ["Another long render."])
+    a = await job_for(deps, path_a)
+    b = await job_for(deps, path_b)
+    runner = Runner(deps, poll_interval=0.05)
+    async with anyio.create_task_group() as tg:
+        await tg.start(runner.run)
+
+        async def both_imaging() -> bool:
+            states = {(await deps.store.get_job(j.id)).state for j in (a, b)}
+            return states == {JobState.IMAGING}
+
+        await async_wait_for(both_imaging, within=10)
+        gone = await deps.store.supersede(
+            a.user, a.chat, a.identity_name, a.identity_date, None, "test supersede"
+        )
+        assert [j.id for j in gone] == [a.id]
+        assert runner.cancel(a.id)
+
+        async def one_running() -> bool:
+            return runner.running == 1
+
+        await async_wait_for(one_running, within=5)
+        cancelled = await runner.drain(0.2)
+        assert cancelled == 1
+    assert (await deps.store.get_job(a.id)).state is JobState.SUPERSEDED
+    assert (await deps.store.get_job(b.id)).state is JobState.QUEUED  # resumed at next start
+    assert not deps.approval.pending_path(a.id).exists()
