@@ -190,7 +190,7 @@ def _load(args: argparse.Namespace) -> Config:
 def _setup_logging(config: Config) -> None:
     from daemon.logs import configure_logging
 
-    configure_logging(config.log)
+    configure_logging(config.log, secrets=(config.text.api_key, config.image.api_key))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
