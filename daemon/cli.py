@@ -428,8 +428,10 @@ def _key_lines(section: str | None, key: str, field: Any) -> list[str]:
     if description:
         lines.append(f"# {description}")
     lines.append(f"# env: {env}")
-    if default is None:
-        lines.append(f'# {key} = ""  (not set)')
+    if default is None and key == "data_root":
+        lines.append('# data_root = "/path/to/SillyTavern"   (required; or --data-root)')
+    elif default is None:
+        lines.append(f'# {key} = ""   (not set)')
     elif key == "state_dir" and section is None:
         lines.append(f"# default: the platform state dir, here {_toml_value(default)}")
         lines.append(f"# {key} = {_toml_value(default)}")

@@ -1,0 +1,222 @@
+"""The command line, called in-process (and once as a real subprocess for --help speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+from daemon.cli import config_example, main
+from daemon.config import Config, load_config
+from daemon.engine.approval import Approval
+from daemon.engine.store import Job, JobState, Store
+from tests.engine.conftest import FakeAPI, config_toml, tiny_png
+
+
+@dataclass(frozen=True)
+class Img:
+    data: bytes
+    format: str = "png"
+    width: int = 8
+    height: int = 8
+
+
+@pytest.fixture
+def cfg_path(tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(config_toml(st_root_latest, tmp_path / "state", fake_api), encoding="utf-8")
+    return path
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def make_jobs(cfg_path: Path, count: int, images: int = 2) -> list[Job]:
+    """``count`` pending jobs with ``images`` images each, through the real store and folders."""
+    config = load_config(cfg_path, environ={})
+
+    async def _make() -> list[Job]:
+        store = await Store.open(config.db_path)
+        approval = Approval(config.state_dir)
+        made = []
+        try:
+            for n in range(count):
+                job = await store.create_job(
+                    user="default-user",
+                    chat="default-user/chats/Alice/Alice - cli.jsonl",
+                    character="Alice",
+                    is_group=False,
+                    speaker="Alice",
+                    message_index=2 * n + 1,
+                    identity_name="Alice",
+                    identity_date=f"2026-11-23T12:00:{n:02d}.000Z",
+                    revision="0:abc",
+                    excerpt=f"reply number {n}",
+                    prompt=f"prompt {n}",
+                )
+                assert job is not None
+                moved = await store.transition(job.id, JobState.QUEUED, JobState.IMAGING)
+                assert moved is not None
+                approval.write_pending(moved, [Img(tiny_png()) for _ in range(images)], {})
+                names = tuple(p.name for p in approval.kept_images(job.id))
+                pending = await store.transition(
+                    job.id, JobState.IMAGING, JobState.PENDING, images=names
+                )
+                assert pending is not None
+                made.append(pending)
+        finally:
+            await store.close()
+        return made
+
+    return anyio.run(_make)
+
+
+def get_job(cfg_path: Path, job_id: str) -> Job:
+    config = load_config(cfg_path, environ={})
+
+    async def _get() -> Job:
+        store = await Store.open(config.db_path)
+        try:
+            return await store.get_job(job_id)
+        finally:
+            await store.close()
+
+    return anyio.run(_get)
+
+
+def test_config_example_parses_back_to_the_defaults(tmp_path: Path) -> None:
+    text = config_example()
+    path = tmp_path / "example.toml"
+    path.write_text(text, encoding="utf-8")
+    loaded = load_config(path, environ={})
+    assert loaded.model_dump() == Config().model_dump()
+    # Every key of every section is documented in it.
+    for name, field in Config.model_fields.items():
+        assert name in text
+        annotation = field.annotation
+        if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+            assert f"[{name}]" in text
+            for key in annotation.model_fields:
+                assert f"{key} = " in text, key
+                assert f"ST_IMAGEGEN_{name.upper()}__{key.upper()}" in text
+
+
+def test_config_example_command(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "config", "example")
+    assert code == 0 and out == config_example() and err == ""
+    code, out, err = cli(capsys, "config")
+    assert code == 2
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(capsys, "frobnicate")[0] == 2
+    assert cli(capsys, "accept")[0] == 2
+    code, _, err = cli(capsys, "accept", "X", "--keep", "one")
+    assert code == 2 and "--keep" in err
+    assert cli(capsys, "generate", "--mesid", "-1")[0] == 2
+    assert cli(capsys)[0] == 2
+    assert cli(capsys, "--help")[0] == 0
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0 and out.strip()
+
+
+def test_bad_config_is_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[detect]\nsettle_secs = 3\n", encoding="utf-8")
+    code, out, err = cli(capsys, "list", "--config", str(path))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "settle_secs" in err and err.startswith("st-imagegen: error:")
+    code, _, err = cli(capsys, "list", "--config", str(tmp_path / "missing.toml"))
+    assert code == 1 and "does not exist" in err
+
+
+def test_run_with_a_wrong_data_root(
+    cfg_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli(
+        capsys, "run", "--config", str(cfg_path), "--data-root", str(tmp_path / "nowhere")
+    )
+    assert code == 1 and "does not exist" in err and err.count("\n") == 1
+
+
+def test_list_show_accept_reject_regen(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    c = ["--config", str(cfg_path)]
+    code, out, _ = cli(capsys, "list", *c)
+    assert code == 0 and "no jobs" in out
+    jobs = make_jobs(cfg_path, 3)
+
+    code, out, _ = cli(capsys, "list", *c, "--json")
+    listed = json.loads(out)
+    assert code == 0 and [j["id"] for j in listed] == [j.id for j in reversed(jobs)]  # newest 1st
+    code, out, _ = cli(capsys, "list", *c)
+    lines = out.splitlines()
+    assert lines[0].startswith("JOB") and len(lines) == 4 and jobs[2].id[:12] in lines[1]
+
+    code, out, _ = cli(capsys, "show", *c, jobs[0].id[:10])
+    assert code == 0 and "prompt 0" in out and "image-2.png" in out and "pending" in out
+    code, out, _ = cli(capsys, "show", *c, jobs[0].id, "--json")
+    assert json.loads(out)["folder"]
+
+    code, out, _ = cli(capsys, "accept", *c, jobs[0].id, "--keep", "2")
+    assert code == 0 and "accepted" in out
+    assert get_job(cfg_path, jobs[0].id).images == ("image-2.png",)
+    code, _, err = cli(capsys, "accept", *c, jobs[0].id)
+    assert code == 1 and "accepted" in err and err.count("\n") == 1
+
+    code, out, _ = cli(capsys, "reject", *c, jobs[1].id)
+    assert code == 0 and get_job(cfg_path, jobs[1].id).state is JobState.REJECTED
+
+    code, out, _ = cli(capsys, "regen", *c, jobs[2].id, "--prompt", "a brighter sky")
+    assert code == 0 and "queued" in out
+    new_id = out.split()[1]
+    new = get_job(cfg_path, new_id)
+    assert new.state is JobState.QUEUED and new.prompt == "a brighter sky"
+    old = get_job(cfg_path, jobs[2].id)
+    assert old.state is JobState.SUPERSEDED
+    code, out, _ = cli(capsys, "list", *c, "--state", "superseded")
+    assert jobs[2].id[:12] in out and "regenerated as" in out  # the reason is shown
+
+    code, _, err = cli(capsys, "show", *c, "ZZZZZZZZZZ")
+    assert code == 1 and "no job" in err
+    code, _, err = cli(capsys, "accept", *c, "")
+    assert code == 1
+
+
+def test_help_is_fast_and_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, daemon.cli as c; c.build_parser();"
+        "heavy = [m for m in ('daemon.engine.service', 'httpx', 'watchdog', 'daemon.engine.store')"
+        " if m in sys.modules]; print(heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_every_command_has_config(capsys: pytest.CaptureFixture[str]) -> None:
+    commands: dict[str, list[str]] = {
+        "run": [],
+        "generate": [],
+        "genimage": [],
+        "list": [],
+        "show": ["J"],
+        "accept": ["J"],
+        "reject": ["J"],
+        "regen": ["J"],
+        "status": [],
+        "doctor": [],
+        "healthcheck": [],
+    }
+    for command, rest in commands.items():
+        assert main([command, *rest, "--help"]) == 0
+        out, _ = capsys.readouterr()
+        assert "--config" in out, command
