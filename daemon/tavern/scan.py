@@ -67,6 +67,7 @@ class _Line:
     first: bool  # line 0 of the file (only known once the start is reached)
     name: str = ""
     first_date: str = ""
+    revision: Revision | None = None
 
     @property
     def is_message(self) -> bool:
@@ -130,9 +131,9 @@ def _collect(stream: Iterable[_Line], cursor: Cursor) -> _Collected:
     keys = [identity.key for identity, _ in cursor.recent]
     wanted = set(keys)
     depth = len(keys)
-    backwards = keys[::-1]
+    backwards = [(identity.key, revision) for identity, revision in reversed(cursor.recent)]
     lines: list[_Line] = []
-    seen: list[str] = []  # message keys, newest first
+    seen: list[tuple[str, Revision]] = []  # message keys and revisions, newest first
     first_hit: int | None = None
     for line in stream:
         lines.append(line)
@@ -141,9 +142,9 @@ def _collect(stream: Iterable[_Line], cursor: Cursor) -> _Collected:
         if line.obj is None or not line.is_message:
             continue
         probe = Message(0, line.obj, line.raw)
-        line.name, line.first_date = probe.name, probe.first_date
+        line.name, line.first_date, line.revision = probe.name, probe.first_date, probe.revision
         key = line.key
-        seen.append(key)
+        seen.append((key, line.revision))
         if first_hit is None:
             if key in wanted:
                 first_hit = len(seen)
@@ -151,7 +152,8 @@ def _collect(stream: Iterable[_Line], cursor: Cursor) -> _Collected:
                 raise _Gone
             else:
                 continue
-        # The whole cursor seen in order: nothing older can place it better.
+        # The whole cursor seen in order, every revision the same: nothing older can place it
+        # better. (Keys alone are not enough: up to 1.14 a new message may share its key.)
         if depth and seen[-depth:] == backwards:
             return _Collected(lines, False)
         if len(seen) - first_hit + 1 >= depth + SLACK:
@@ -208,7 +210,7 @@ def _diff(collected: _Collected, cursor: Cursor, size: int, bytes_read: int) -> 
     bad = sum(1 for line in collected.lines if line.obj is None)
     keys = [line.key for line in found]
     # Each message's revision is hashed once; identities and the cursor reuse the parts.
-    revs = [Message(0, line.obj or {}, line.raw).revision for line in found]
+    revs = [line.revision or Message(0, line.obj or {}, line.raw).revision for line in found]
     matches = _align(keys, revs, cursor)
     if not matches and cursor.recent:
         raise _Gone

@@ -536,3 +536,85 @@ def test_a_tail_of_garbage_lines_is_bounded(
     write(path, [*lines, *([b"garbage"] * 30), dump(msg(3))])
     r = tail_scan(path, cursor)
     assert not r.cursor_gone and r.bad_lines == 30 and [m.index for m in r.new] == [3]
+
+
+ST_ACTIONS = st.lists(
+    st.sampled_from(
+        ["user", "reply", "plain", "narrator", "swipe", "continue", "edit", "regen", "delete"]
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    actions=ST_ACTIONS,
+    version=st.sampled_from(["1.12", "1.14", "1.18"]),
+    group=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_scan_after_every_st_save_reports_exactly_that_save(
+    tmp_path: Path, actions: list[str], version: str, group: bool, seed: int
+) -> None:
+    """The engine's view: ST saves after each action, the daemon scans after each save. Up to
+    1.14 dates have minute granularity, so many messages share identity keys; every scan must
+    still report exactly what the action did."""
+    path = tmp_path / f"st{seed}-{version}-{group}.jsonl"
+    tab = STSim.create(path, version=version, group=group, rng=random.Random(seed))
+    cursor = first_sight(path)
+    for n, action in enumerate(actions):
+        text = f"{action} {n}"
+        last = tab.messages[-1] if tab.messages else None
+        new: list[str] = []
+        changed: list[str] = []
+        removed = 0
+        if action == "user":
+            tab.send_user(text)
+            new = [text]
+        elif action in ("reply", "plain"):
+            tab.reply("Bob" if group and n % 2 else "Alice", text, generated=action == "reply")
+            new = [text]
+        elif action == "narrator":
+            tab.narrator(text)
+            new = [text]
+        elif last is None:
+            continue
+        elif action == "swipe" and not last.get("is_user"):
+            tab.swipe(text)
+            changed = [text]
+        elif action == "continue" and not last.get("is_user"):
+            tab.continue_(" " + text)
+            changed = [f"{last['mes']}"]
+        elif action == "edit":
+            tab.edit(len(tab.messages) - 1, text)
+            changed = [text]
+        elif action == "regen":
+            removed = 0 if last.get("is_user") else 1
+            tab.regenerate(text)
+            new = [text]
+        elif action == "delete":
+            tab.delete(len(tab.messages) - 1)
+            removed = 1
+        else:
+            continue
+        tab.save()
+        result = tail_scan(path, cursor)
+        # Every message the cursor knew is gone: the scan must say so (then a full diff).
+        assert result.cursor_gone == (removed == len(cursor.recent) > 0), (action, n)
+        if result.cursor_gone:
+            assert result.full is not None and [m.mes for m in result.tail] == tab.texts()
+            cursor = result.cursor
+            continue
+        assert [m.mes for m in result.new] == new, (action, n)
+        assert [m.mes for m in result.changed] == changed, (action, n)
+        assert len(result.removed) == removed, (action, n)
+        full = read_chat(path)[0]
+        assert result.cursor.message_count == len(full.messages)
+        assert [m.raw for m in full.messages[-len(result.tail) :]] == raws(result.tail)
+        assert [m.index for m in result.tail] == [
+            m.index for m in full.messages[-len(result.tail) :]
+        ]
+        cursor = result.cursor
