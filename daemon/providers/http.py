@@ -129,11 +129,11 @@ class Endpoint:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or self.url
+        return urlsplit(self.url).hostname or ""
 
     @property
     def label(self) -> str:
-        return f"the {self.what} at {self.host}"
+        return f"the {self.what} at {self.host}" if self.host else f"the {self.what}"
 
 
 def redact(text: str, secret: str) -> str:
