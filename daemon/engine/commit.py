@@ -59,6 +59,7 @@ from daemon.tavern.layout import ChatRef, PathKind
 from daemon.tavern.write import (
     Snapshot,
     build_image_message,
+    cleanup_stale_temps,
     insert_after,
     read_for_edit,
     write_image,
@@ -213,6 +214,8 @@ class Committer:
         self.root = root
         self._clock = clock or (lambda: datetime.now(UTC))
         self._locks: dict[str, anyio.Lock] = {}
+        self._cleaned = False
+        self._clean_lock = anyio.Lock()
 
     def _lock(self, chat: str) -> anyio.Lock:
         lock = self._locks.get(chat)
@@ -229,6 +232,7 @@ class Committer:
 
         A COMMITTED job only gets its leftover pending folder removed. Other states are
         returned unchanged."""
+        await self._clean_image_temps_once()
         async with self._lock(job.chat):
             try:
                 current = await self.store.get_job(job.id)
@@ -289,6 +293,18 @@ class Committer:
         return await self._retry_later(
             job, "the chat kept changing while the image message was being inserted"
         )
+
+    async def _clean_image_temps_once(self) -> None:
+        """Remove temp files a killed run left in the image folders, before this process
+        writes any image (so none of ours is in flight)."""
+        if self._cleaned:
+            return
+        async with self._clean_lock:
+            if not self._cleaned:
+                removed = await anyio.to_thread.run_sync(_clean_image_temps, self.root)
+                if removed:
+                    log.info("removed temp files left by an interrupted commit", count=removed)
+                self._cleaned = True
 
     def _chat_path(self, rel: str) -> Path:
         path = self.root / rel
@@ -454,7 +470,11 @@ class Committer:
 
     async def reconcile_chat(self, chat: ChatRef) -> int:
         """Re-insert our messages a stale tab dropped; acknowledge those ST has saved; retire
-        those the user removed or whose reply changed. Returns how many were re-inserted."""
+        those whose reply changed. Returns how many were re-inserted.
+
+        Only chats with unacknowledged entries are read. An acknowledged message is never
+        re-added, so watching it would only cost a full read per save forever; when it has
+        disappeared and the chat is read anyway, its entry is retired as removed by the user."""
         if not await self.store.ledger_for_chat(chat.rel, open_only=True):
             return 0  # the common case: nothing of ours is waiting; no file read
         async with self._lock(chat.rel):
@@ -492,9 +512,9 @@ class Committer:
                 return inserted
             theirs = not await self.store.is_our_write(rel, snap.sha256)
             todo = await self._judge(chat, entries, theirs)
-            if todo is None:
+            if not todo:
                 return inserted
-            entry, reply = todo
+            entry, reply = todo[0]
             plan = _Plan(chat, data, snap, None, reply, None)
             try:
                 await self._check_images_of(entry)
@@ -510,6 +530,8 @@ class Committer:
             if written:
                 inserted += 1
                 log.info("image message re-inserted after a stale save", chat=rel, job=entry.job_id)
+                if len(todo) == 1:
+                    return inserted  # nothing else was missing: no need to read it again
             else:
                 conflicts += 1
                 await anyio.sleep(_backoff(conflicts))
@@ -518,9 +540,10 @@ class Committer:
 
     async def _judge(
         self, chat: Chat, entries: Sequence[LedgerEntry], theirs: bool
-    ) -> tuple[LedgerEntry, Message] | None:
-        """Acknowledge and retire entries by what ``chat`` holds; the first entry to re-insert."""
-        todo: tuple[LedgerEntry, Message] | None = None
+    ) -> list[tuple[LedgerEntry, Message]]:
+        """Acknowledge and retire entries by what ``chat`` holds; the entries to re-insert,
+        with their replies, oldest first."""
+        todo: list[tuple[LedgerEntry, Message]] = []
         for entry in entries:
             present = chat.find_marker(entry.job_id) is not None
             if entry.acknowledged:
@@ -537,8 +560,8 @@ class Committer:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
             elif str(reply.revision) != entry.revision:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
-            elif todo is None:
-                todo = (entry, reply)
+            else:
+                todo.append((entry, reply))
         return todo
 
     async def _identity(self, entry: LedgerEntry) -> MessageIdentity:
@@ -579,6 +602,22 @@ def _find_written(folder: Path, tag: str, ext: str, data: bytes) -> Path | None:
         except OSError:
             continue
     return None
+
+
+def _clean_image_temps(root: Path) -> int:
+    removed = 0
+    for user in layout.list_users(root):
+        images = root / user / "user" / "images"
+        try:
+            folders = [p for p in images.iterdir() if p.is_dir() and not p.is_symlink()]
+        except OSError:
+            continue
+        for folder in folders:
+            try:
+                removed += cleanup_stale_temps(folder)
+            except ChatWriteError as exc:
+                log.warning("temp cleanup failed", folder=str(folder), error=str(exc))
+    return removed
 
 
 async def _exists(path: Path) -> bool:

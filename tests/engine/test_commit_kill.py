@@ -1,0 +1,172 @@
+"""SIGKILL at random moments during 200 commits, then restart until done.
+
+A worker process (this module run as ``python -m tests.engine.test_commit_kill``) commits every
+accepted job with a real store, approval folder and data root; the test kills it with SIGKILL
+at random moments, starts it again, and finally checks every chat: it parses, keeps all its
+original bytes, and holds each accepted image exactly once, with its files present.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from daemon.engine.commit import message_urls, served_path
+from daemon.engine.store import JobState
+from daemon.tavern.chat import parse_chat
+from tests.engine.test_commit_support import (
+    USER,
+    Harness,
+    chat_path,
+    harness_for,
+    markers,
+    new_data_root,
+)
+from tests.stsim import SimClock, STSim
+
+CHATS = 10
+REPLIES_PER_CHAT = 20  # 200 commits
+MAX_KILLS = 10
+WORKER_DEADLINE = 90.0
+"""Seconds the last (unkilled) worker may take to finish everything."""
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with harness_for(new_data_root(tmp_path), tmp_path / "state") as h:
+        yield h
+
+
+def _spawn(config_path: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.engine.test_commit_kill", str(config_path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_sigkill_during_commits_then_restart(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    rng = random.Random(5)
+    originals: dict[Path, bytes] = {}
+    job_ids: dict[Path, list[str]] = {}
+    for c in range(CHATS):
+        path = chat_path(h.root, name=f"Alice - {c:02d}")
+        tab = STSim.create(path, rng=random.Random(c), clock=SimClock())
+        for r in range(REPLIES_PER_CHAT):
+            tab.send_user(f"question {c}/{r}")
+            tab.reply("Alice", f"answer {c}/{r}")
+        tab.save()
+        originals[path] = path.read_bytes()
+        # Jobs for every reply, all accepted before any commit (indices stay true).
+        job_ids[path] = [
+            (await h.accepted(path, 2 + 2 * r, seed=c * 100 + r)).id
+            for r in range(REPLIES_PER_CHAT)
+        ]
+    config_path = tmp_path / "config.toml"
+
+    kills = 0
+    finished = False
+    while not finished:
+        worker = await anyio.to_thread.run_sync(_spawn, config_path)
+        if kills < MAX_KILLS:
+            await anyio.sleep(rng.uniform(0.3, 1.2))  # imports take ~0.3 s; then commits run
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGKILL)
+                await anyio.to_thread.run_sync(worker.communicate, None, 10)
+                kills += 1
+                continue
+        out, _ = await anyio.to_thread.run_sync(worker.communicate, None, WORKER_DEADLINE)
+        assert worker.returncode == 0, out.decode(errors="replace")[-3000:]
+        finished = True
+    assert kills >= 3  # really interrupted, several times
+
+    for path, original in originals.items():
+        data = path.read_bytes()
+        chat = parse_chat(data)
+        assert not chat.bad_lines
+        # All original lines, byte for byte, in order: remove ours and compare.
+        lines = data.split(b"\n")
+        ours = {chat.line_of(m.index) for m in chat.messages if m.marker is not None}
+        assert b"\n".join(ln for i, ln in enumerate(lines) if i not in ours) == original
+        # Each accepted image exactly once, right after its reply.
+        assert sorted(markers(path)) == sorted(job_ids[path])
+        for job_id in job_ids[path]:
+            job = await h.job(job_id)
+            assert job.state is JobState.COMMITTED, job.last_error
+            message = chat.find_marker(job_id)
+            assert message is not None
+            reply = chat.messages[message.index - 1]
+            assert reply.identity.key == f"{job.identity_name}\x1f{job.identity_date}"
+            for url in message_urls(message.data):
+                image = served_path(h.root, USER, url)
+                assert image is not None and image.is_file()
+        # No temp file of ours left next to the chat.
+        assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+    folder = h.root / USER / "user" / "images" / "Alice"
+    referenced = sorted(
+        url.rsplit("/", 1)[1]
+        for path in originals
+        for m in parse_chat(path.read_bytes()).messages
+        if m.marker is not None
+        for url in message_urls(m.data)
+    )
+    assert sorted(p.name for p in folder.iterdir()) == referenced  # no orphans, no temps
+    assert list(h.config.pending_dir.iterdir()) == []  # every pending folder finished
+
+
+# --- the worker --------------------------------------------------------------------------------
+
+
+async def _work(config_path: Path) -> int:
+    from daemon.config import load_config
+    from daemon.engine.approval import Approval
+    from daemon.engine.commit import Committer
+    from daemon.engine.store import Store
+    from daemon.tavern import layout
+    from daemon.tavern.write import cleanup_stale_temps
+
+    config = load_config(config_path, environ={})
+    assert config.data_root is not None
+    root = config.data_root
+    # What the service does at start: our stale chat temp files go first.
+    for folder in {ref.path.parent for ref in layout.iter_chats(root)}:
+        cleanup_stale_temps(folder)
+    store = await Store.open(config.db_path)
+    try:
+        committer = Committer(config, store, Approval(config.state_dir), root)
+        jobs = await store.jobs_in([JobState.ACCEPTED, JobState.COMMITTED], limit=10_000)
+        random.Random(os.getpid()).shuffle(jobs)  # chats in any order, like the runner
+        started = time.monotonic()
+        for job in jobs:
+            done = await committer.commit_job(job)
+            if done.state is not JobState.COMMITTED:
+                print(f"job {job.id} ended {done.state}: {done.last_error}", flush=True)
+                return 1
+        print(f"worker done: {len(jobs)} jobs in {time.monotonic() - started:.2f} s", flush=True)
+        return 0
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(anyio.run(_work, Path(sys.argv[1])))
