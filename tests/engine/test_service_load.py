@@ -1,0 +1,70 @@
+"""20 chats receiving replies at the same time, with a slow fake API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import pytest
+
+from daemon.engine.store import JobState
+from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
+from tests.engine.test_service import running, seen
+from tests.stsim import SimClock, STSim
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+CHATS = 20
+CONCURRENCY = 4
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def test_twenty_chats_bounds_order_and_nothing_lost(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(
+        st_root_latest,
+        limits={
+            "concurrency": CONCURRENCY,
+            "text_concurrency": CONCURRENCY,
+            "image_concurrency": CONCURRENCY,
+        },
+    )
+    fake_api.text_delay = 0.05
+    fake_api.image_delay = 0.25
+    async with running(config) as service:
+        clock = SimClock(start=datetime.now(UTC))
+        tabs = []
+        for n in range(CHATS):
+            owner = "Alice" if n % 2 else "Bob"
+            path = service.root / "default-user" / "chats" / owner / f"{owner} - load{n}.jsonl"
+            tabs.append(STSim.create(path, character=owner, clock=clock))
+        for tab in tabs:
+            await seen(service, tab.path)
+        for round_ in ("first", "second"):
+            for n, tab in enumerate(tabs):
+                tab.send_user(f"{round_} question").reply(
+                    tab.character, f"chat {n} {round_} reply"
+                ).save()
+            await anyio.sleep(config.detect.settle_seconds * 2)
+
+        async def all_pending() -> bool:
+            found = await service.store.list_jobs(limit=1000)
+            return len(found) == 2 * CHATS and all(j.state is JobState.PENDING for j in found)
+
+        await async_wait_for(all_pending, within=60)
+
+    assert fake_api.max_in_flight <= CONCURRENCY
+    assert fake_api.max_in_flight >= 2  # it did run jobs side by side
+    assert service.runner.max_in_flight <= CONCURRENCY
+    prompts = fake_api.prompts()
+    assert len(prompts) == 2 * CHATS  # nothing lost, nothing twice
+    for n in range(CHATS):
+        first = prompts.index(f"a picture of chat {n} first reply")
+        second = prompts.index(f"a picture of chat {n} second reply")
+        assert first < second, n  # per-chat order
