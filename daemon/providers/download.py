@@ -64,7 +64,11 @@ class _Refused(Exception):
 
 
 async def _guard(url: str, policy: DownloadPolicy, resolve: Resolver) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise _Refused("it is not a valid URL") from None
     if parts.scheme not in ("http", "https"):
         raise _Refused(f"the URL scheme {parts.scheme or '(none)'!r} is not http(s)")
     host = (parts.hostname or "").lower()
@@ -78,7 +82,7 @@ async def _guard(url: str, policy: DownloadPolicy, resolve: Resolver) -> None:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
         try:
-            addresses = await resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+            addresses = await resolve(host, port or (443 if parts.scheme == "https" else 80))
         except OSError as exc:
             raise TransientProviderError(
                 f"cannot resolve the image download host {host} ({type(exc).__name__})",
@@ -102,15 +106,19 @@ async def download_image(
     resolve: Resolver = system_resolve,
 ) -> bytes:
     """The bytes of the image at ``url``, fetched under ``policy``; raises ProviderError."""
-    start_host = urlsplit(url).hostname
+    try:
+        start_host = urlsplit(url).hostname
+    except ValueError:
+        start_host = None
     label = f"the image download from {start_host}" if start_host else "the image download"
-    for _hop in range(policy.max_redirects + 1):
-        try:
-            await _guard(url, policy, resolve)
-        except _Refused as exc:
-            raise BadResponseError(f"{label} was refused: {exc}", provider=label) from None
-        try:
-            with anyio.fail_after(policy.timeout):
+    try:
+        # One deadline for the whole download, redirects included.
+        with anyio.fail_after(policy.timeout):
+            for _hop in range(policy.max_redirects + 1):
+                try:
+                    await _guard(url, policy, resolve)
+                except _Refused as exc:
+                    raise BadResponseError(f"{label} was refused: {exc}", provider=label) from None
                 async with client.stream(
                     "GET",
                     url,
@@ -118,13 +126,18 @@ async def download_image(
                     timeout=httpx.Timeout(policy.timeout, connect=min(10.0, policy.timeout)),
                 ) as response:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
-                        url = urljoin(url, response.headers["location"])
+                        try:
+                            url = urljoin(url, response.headers["location"])
+                        except ValueError:
+                            url = response.headers["location"]  # refused by the guard next
                         continue
                     return await _body(response, policy, label)
-        except (TimeoutError, httpx.TransportError) as exc:
-            raise TransientProviderError(
-                f"{label} failed ({type(exc).__name__})", provider=label
-            ) from exc
+    except (TimeoutError, httpx.TransportError) as exc:
+        raise TransientProviderError(
+            f"{label} failed ({type(exc).__name__})", provider=label
+        ) from exc
+    except httpx.InvalidURL:
+        raise BadResponseError(f"{label} was refused: not a valid URL", provider=label) from None
     raise BadResponseError(
         f"{label} was refused: more than {policy.max_redirects} redirects", provider=label
     )

@@ -124,6 +124,8 @@ async def test_trusted_hosts_may_be_private(
         ("file:///etc/passwd", "scheme 'file' is not http"),
         ("ftp://cdn.example.net/a.png", "scheme 'ftp'"),
         ("https://user:pw@cdn.example.net/a.png", "credentials"),
+        ("http://[not-an-ip/a.png", "not a valid URL"),
+        ("http://cdn.example.net:99999/a.png", "not a valid URL"),
     ],
 )
 async def test_bad_urls_are_refused(url: str, words: str, client: httpx.AsyncClient) -> None:
@@ -257,3 +259,13 @@ async def test_connection_failure_is_transient(
         await download_image(
             client, "https://cdn.example.net/a.png", POLICY, resolve=public_resolver
         )
+
+
+async def test_redirect_to_a_broken_url_is_refused(
+    client: httpx.AsyncClient, router: respx.Router
+) -> None:
+    router.get("https://cdn.example.net/a").mock(
+        return_value=httpx.Response(302, headers={"location": "http://[broken/x"})
+    )
+    with pytest.raises(BadResponseError, match="not a valid URL"):
+        await download_image(client, "https://cdn.example.net/a", POLICY, resolve=public_resolver)
