@@ -422,6 +422,7 @@ class PromptWriter:
 
     async def _post(self, body: dict[str, Any]) -> tuple[int, httpx.Headers, bytes]:
         timeout = self._settings.timeout_seconds
+        log.debug("prompt_request", api=self._endpoint.host, model=self._settings.model)
         try:
             with anyio.fail_after(timeout):
                 async with self._client.stream(
@@ -431,7 +432,14 @@ class PromptWriter:
                     auth=self._auth,
                     timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
                 ) as response:
-                    raw = await read_capped(response, MAX_ANSWER_BYTES)
-                    return response.status_code, response.headers, raw
+                    raw = await read_capped(response, MAX_ANSWER_BYTES + 1)
+                    if len(raw) > MAX_ANSWER_BYTES and response.is_success:
+                        raise BadResponseError(
+                            f"{self._endpoint.label} answered with more than {MAX_ANSWER_BYTES} "
+                            "bytes: check [text] api_url points at a chat completions API",
+                            provider=self._endpoint.label,
+                            status=response.status_code,
+                        )
+                    return response.status_code, response.headers, raw[:MAX_ANSWER_BYTES]
         except (TimeoutError, httpx.TransportError) as exc:
             raise error_from_transport(self._endpoint, exc) from exc

@@ -847,3 +847,20 @@ async def test_cancelling_a_generation_releases_the_slot(
         tg.cancel_scope.cancel()
     with anyio.fail_after(5):
         assert len(await gen.generate("fox")) == 1
+
+
+async def test_a_failed_download_is_retried_without_a_new_generation(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    api = router.post(GENERIC_URL).mock(return_value=data({"url": "https://cdn.example.net/a"}))
+    cdn = router.get("https://cdn.example.net/a").mock(
+        side_effect=[
+            httpx.Response(503),
+            httpx.ReadError("reset"),
+            httpx.Response(200, content=PNG, headers={"content-type": "image/png"}),
+        ]
+    )
+    images = await generator(client, clock).generate("fox")
+    assert images[0].data == PNG
+    assert (api.call_count, cdn.call_count) == (1, 3)
+    assert clock.sleeps == [0.5, 1.0]

@@ -638,3 +638,15 @@ async def test_a_value_error_about_max_tokens_is_not_a_fallback(
         await w.write(ITEM)
     assert route.call_count == 1
     assert w.budget_field == "max_tokens"
+
+
+async def test_an_endless_answer_is_cut_and_refused(
+    client: httpx.AsyncClient,
+    clock: FakeClock,
+    router: respx.Router,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("daemon.providers.text.MAX_ANSWER_BYTES", 1000)
+    router.post(URL).mock(return_value=httpx.Response(200, text="x" * 5000))
+    with pytest.raises(BadResponseError, match="more than 1000 bytes"):
+        await writer(client, clock).write(ITEM)
