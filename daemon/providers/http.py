@@ -77,7 +77,7 @@ def make_client(
     transport: httpx.AsyncBaseTransport | None = None,
     verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncClient:
-    """The one shared client: explicit timeouts, no automatic redirects, no env proxies for keys.
+    """The one shared client: explicit timeouts and no automatic redirects.
 
     Redirects are off because downloads follow them by hand (each hop is re-checked) and an API
     call that redirects is a configuration error we want to report, not silently follow.
@@ -226,6 +226,12 @@ def error_from_response(
     if looks_like_policy(f"{code} {message}"):
         return ContentRefusedError(
             f"{base}: the request was refused by a content policy{why}", **kwargs
+        )
+    if 300 <= status < 400:
+        target = redact(headers.get("location", "?"), endpoint.secret)
+        return PermanentProviderError(
+            f"{base}: it redirects to {target}; set [{endpoint.section}] api_url to the final URL",
+            **kwargs,
         )
     if status == 404:
         return PermanentProviderError(

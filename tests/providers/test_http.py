@@ -218,3 +218,10 @@ def test_bearer_auth_hides_the_key() -> None:
     empty = BearerAuth(SecretStr(""))
     assert "authorization" not in next(empty.auth_flow(httpx.Request("GET", "https://h/"))).headers
     assert "sk-k1" not in repr(ENDPOINT)
+
+
+def test_a_redirecting_api_names_the_fix() -> None:
+    err = response_error(308, b"", location="https://img.example.com/api/v1/images/generations")
+    assert isinstance(err, PermanentProviderError)
+    assert "redirects to https://img.example.com/api/v1/images/generations" in str(err)
+    assert "set [image] api_url to the final URL" in str(err)
