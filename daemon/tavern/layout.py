@@ -93,12 +93,15 @@ def resolve_data_root(path: Path) -> Path:
     if not given.is_dir():
         raise NotADataRootError(f"{str(given)!r} is a file, not a SillyTavern folder")
     root = given.resolve()
-    try:
-        if _user_dirs(root):
-            return root
-    except PermissionError:
-        raise NotADataRootError(f"{str(root)!r} is not readable (permission denied)") from None
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise NotADataRootError(f"{str(root)!r} is not readable (permission denied)")
     data = root / "data"
+    install = (root / "server.js").exists() or (root / "package.json").exists()
+    # An install folder first: old installs keep stray folders (public/characters) at the top.
+    if install and data.is_dir() and _user_dirs(data):
+        return data
+    if _user_dirs(root):
+        return root
     if data.is_dir() and _user_dirs(data):
         return data
     if is_user_dir(root):
@@ -106,7 +109,7 @@ def resolve_data_root(path: Path) -> Path:
             f"{str(root)!r} is one user's folder ({root.name!r}); "
             f"give its parent {str(root.parent)!r}, the data root that holds all user folders"
         )
-    if (root / "server.js").exists() or (root / "package.json").exists():
+    if install:
         raise NotADataRootError(
             f"{str(root)!r} looks like a SillyTavern install but has no data/ folder with users; "
             "start SillyTavern once, or give the dataRoot from its config.yaml"

@@ -50,6 +50,9 @@ def test_resolve_install_data_and_root(
     data = (install / "data").resolve()
     assert resolve_data_root(install) == data
     assert resolve_data_root(install / "data") == data
+    # A pre-1.12 install may still hold public/characters: data/ wins in an install folder.
+    (install / "public" / "characters").mkdir(parents=True)
+    assert resolve_data_root(install) == data
     monkeypatch.setenv("HOME", str(tmp_path))
     assert resolve_data_root(Path("~/SillyTavern")) == data
 
