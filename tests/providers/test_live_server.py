@@ -119,7 +119,7 @@ async def test_slow_stream_hits_the_deadline(
     local_server.routes[ROUTE] = lambda h: stream(h, keepalives, pause=0.02, stop=local_server.stop)
     with anyio.fail_after(10):
         with pytest.raises(TransientProviderError, match="did not answer in time"):
-            await generator(local_server, client, clock, timeout_seconds=0.3).generate("fox")
+            await generator(local_server, client, clock, timeout_seconds=0.6).generate("fox")
 
 
 def answer_with_url(server: LocalServer, path_or_url: str) -> None:
@@ -218,7 +218,7 @@ async def test_slow_download_hits_the_deadline(
         with pytest.raises(
             TransientProviderError, match=r"image download from 127\.0\.0\.1 failed"
         ):
-            await generator(local_server, client, clock, sse=False, timeout_seconds=0.3).generate(
+            await generator(local_server, client, clock, sse=False, timeout_seconds=0.6).generate(
                 "fox"
             )
 
