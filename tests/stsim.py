@@ -171,7 +171,8 @@ class STSim:
     ) -> Self:
         """A new chat (like "Start new chat"): header, optional greeting, saved at once."""
         tab = cls(path, **kwargs)
-        tab.metadata = {"integrity": str(uuid.UUID(int=tab.rng.getrandbits(128), version=4))}
+        if tab.has_integrity:
+            tab.metadata = {"integrity": str(uuid.UUID(int=tab.rng.getrandbits(128), version=4))}
         if tab.legacy:
             tab.legacy_header = {
                 "user_name": tab.user,
@@ -240,22 +241,34 @@ class STSim:
             meta = header.get("chat_metadata")
             self.metadata = dict(meta) if isinstance(meta, dict) else {}
             self.legacy_header = {k: v for k, v in header.items() if k != "chat_metadata"}
-        if "integrity" not in self.metadata and not self.headerless:
+        if self.has_integrity and "integrity" not in self.metadata:
             self.metadata["integrity"] = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         self.messages = items
         for message in self.messages:
             self._render(message)
+        self._render_last()
         return self
+
+    @property
+    def has_integrity(self) -> bool:
+        """1.12.6 has no integrity slug; group chats get one from 1.15."""
+        return self.version != "1.12" and not self.headerless
 
     def _render(self, message: dict[str, Any]) -> None:
         if self.version != "1.12":
             migrate_media(message)
-        if self.ensure_swipes_on_render:
+        if self.ensure_swipes_on_render and not self.legacy:
             ensure_swipes(message)
+
+    def _render_last(self) -> None:
+        # Up to 1.14 only the last message gets swipe fields (showSwipeButtons).
+        if self.ensure_swipes_on_render and self.legacy and self.messages:
+            legacy_swipes(self.messages[-1], with_info=self.version != "1.12")
 
     def _append(self, message: dict[str, Any]) -> dict[str, Any]:
         self.messages.append(message)
         self._render(message)
+        self._render_last()
         return message
 
     def _date(self, when: datetime | None = None) -> str:
@@ -300,7 +313,7 @@ class STSim:
         Raises :class:`IntegrityRefusedError` (nothing written) when the slug on disk differs.
         """
         target = Path(os.path.realpath(self.path))  # write-file-atomic follows symlinks
-        if self.check_integrity and not force and not self.headerless:
+        if self.check_integrity and not force and self.has_integrity:
             self._integrity_check(target)
         data = self.serialize()
         temp = st_temp_name(target, self.rng)
@@ -417,6 +430,15 @@ class STSim:
                 "gen_started": _iso(started),
                 "gen_finished": _iso(finished),
             }
+            if self.legacy:  # up to 1.14 saveReply writes swipe_info at once
+                msg["swipe_info"] = [
+                    {
+                        "send_date": msg["send_date"],
+                        "gen_started": msg["gen_started"],
+                        "gen_finished": msg["gen_finished"],
+                        "extra": copy.deepcopy(extra),
+                    }
+                ]
         if self.group:
             card = avatar or f"{name}.png"
             msg["force_avatar"] = f"/thumbnail?type=avatar&file={card}"
@@ -589,6 +611,27 @@ def ensure_swipes(message: dict[str, Any]) -> None:
         ]
 
 
+def legacy_swipes(message: dict[str, Any], *, with_info: bool) -> None:
+    """``showSwipeButtons`` up to 1.14: swipe fields on the last message if it is swipeable."""
+    extra = message.get("extra")
+    if (
+        message.get("is_user")
+        or message.get("is_system")
+        or (isinstance(extra, dict) and extra.get("isSmallSys"))
+        or isinstance(message.get("swipes"), list)
+    ):
+        return
+    message["swipe_id"] = 0
+    message["swipes"] = [message.get("mes", "")]
+    if with_info and not isinstance(message.get("swipe_info"), list):
+        info: dict[str, Any] = {"send_date": message.get("send_date")}
+        for key in ("gen_started", "gen_finished"):
+            if message.get(key) is not None:
+                info[key] = message[key]
+        info["extra"] = copy.deepcopy(extra) if isinstance(extra, dict) else {}
+        message["swipe_info"] = [info]
+
+
 def migrate_media(message: dict[str, Any]) -> None:
     """``ensureMessageMediaIsArray`` (1.14+): legacy ``image``/``image_swipes``/``video`` into
     ``extra.media`` (deduplicated by URL). The legacy keys are dropped on save."""
@@ -605,21 +648,27 @@ def migrate_media(message: dict[str, Any]) -> None:
             media.append({"type": kind, "url": url})
             urls.add(url)
 
+    gallery = False
     swipes = extra.get("image_swipes")
     if isinstance(swipes, list) and swipes:
         for url in swipes:
             add(url, "image")
-        extra["media_display"] = "gallery"
+        gallery = True
     add(extra.get("image"), "image")
     add(extra.get("video"), "video")
     if media:
         extra["media"] = media
+        if gallery:
+            extra["media_display"] = "gallery"
         image = extra.get("image")
         if extra.get("media_display") == "gallery" and isinstance(image, str):
             extra["media_index"] = next(
                 (i for i, m in enumerate(media) if isinstance(m, dict) and m.get("url") == image),
                 0,
             )
+        # The legacy keys become non-enumerable getters: gone from copies and from saves.
+        for key in _DROPPED_ON_SAVE:
+            extra.pop(key, None)
     file = extra.get("file")
     if isinstance(file, dict):
         files = extra.get("files")
