@@ -729,3 +729,56 @@ def test_checkpointed_hash_of_big_chat_is_exact(big_chat: Path, where: int) -> N
     write._checkpoints.clear()
     result = insert_after(big_chat, basis, data, chat, where, [image_message("j2")])
     assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()
+
+
+# --- the kernel copy of the unchanged prefix -----------------------------------------------------
+
+
+def _fresh_chat(tmp_path: Path) -> tuple[Path, bytes]:
+    path = tmp_path / "c.jsonl"
+    STSim.create(path).send_user("hi").reply("Alice", "x" * 5000).save()
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize("how", ["missing", "EXDEV", "ENOSYS", "short"])
+def test_without_kernel_copy_the_bytes_come_from_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    import errno
+
+    path, before = _fresh_chat(tmp_path)
+    chat, data, basis = read_for_edit(path)
+    if how == "missing":
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    else:
+        real_copy = os.copy_file_range
+
+        def copy_range(src: int, dst: int, count: int, offset_src: int | None = None) -> int:
+            if how == "short":  # copies a little, then reports end of file
+                return real_copy(src, dst, min(count, 100), offset_src) if offset_src == 0 else 0
+            code = getattr(errno, how)
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "copy_file_range", copy_range)
+    result = insert_after(path, basis, data, chat, 1, [image_message()])
+    after = path.read_bytes()
+    line = json.dumps(image_message(), ensure_ascii=False, separators=(",", ":")).encode()
+    lines = before.split(b"\n")  # header, greeting, user message 1, reply
+    assert after.split(b"\n") == [*lines[:3], line, *lines[3:]]
+    assert result.sha256 == hashlib.sha256(after).hexdigest()
+
+
+def test_disk_full_during_kernel_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    path, before = _fresh_chat(tmp_path)
+    chat, data, basis = read_for_edit(path)
+
+    def full(*args: Any, **kwargs: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    with pytest.raises(ChatWriteError, match="no space left"):
+        insert_after(path, basis, data, chat, 1, [image_message()])
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]
