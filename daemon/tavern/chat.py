@@ -335,8 +335,10 @@ def parse_chat(data: bytes) -> Chat:
 def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, bytes]:
     """Read and parse a chat; returns the parsed chat and the exact bytes it came from."""
     try:
-        with path.open("rb") as fh:
-            size = _fstat_size(fh.fileno())
+        # O_NONBLOCK: a FIFO named like a chat must not hang the daemon.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            size = _regular_size(fd, path)
             if size > max_bytes:
                 raise ChatReadError(
                     f"chat {path.name!r} is {size / 1e6:.0f} MB, "
@@ -361,10 +363,12 @@ def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, byt
     return parse_chat(data), data
 
 
-def _fstat_size(fd: int) -> int:
+def _regular_size(fd: int, path: Path) -> int:
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError
+    if not stat.S_ISREG(st.st_mode):
+        raise ChatReadError(f"{str(path)!r} is not a regular file")
     return st.st_size
 
 

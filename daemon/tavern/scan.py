@@ -93,7 +93,7 @@ def _lines_backwards(fd: int, size: int, block: int, counter: list[int]) -> Iter
         pos -= take
         chunk = os.pread(fd, take, pos)
         if len(chunk) != take:
-            raise ChatReadError("the chat changed size while being read")
+            raise _Gone  # truncated in place while we read: let a full read see what is left
         counter[0] += take
         if counter[0] > MAX_SCAN_BYTES:
             raise _Gone
@@ -284,7 +284,8 @@ def tail_scan(path: Path, cursor: Cursor | None, *, block_size: int = FIRST_BLOC
     if cursor is None:
         return _full(path, 0, gone=False)
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO named like a chat must not hang the daemon.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ChatReadError(f"chat {str(path)!r} does not exist") from None
     except IsADirectoryError:
@@ -298,6 +299,8 @@ def tail_scan(path: Path, cursor: Cursor | None, *, block_size: int = FIRST_BLOC
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise ChatReadError(f"{str(path)!r} is a directory, not a chat file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ChatReadError(f"{str(path)!r} is not a regular file")
         size = st.st_size
         try:
             stream = _lines_backwards(fd, size, max(block_size, 1), counter)
@@ -310,8 +313,3 @@ def tail_scan(path: Path, cursor: Cursor | None, *, block_size: int = FIRST_BLOC
     finally:
         os.close(fd)
     return _full(path, counter[0], gone=True)
-
-
-def identities(messages: Iterable[Message]) -> list[MessageIdentity]:
-    """The identities of ``messages`` (a convenience for callers comparing scans)."""
-    return [m.identity for m in messages]

@@ -4,6 +4,7 @@ and the same decisions made on a full parse."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -618,3 +619,11 @@ def test_scan_after_every_st_save_reports_exactly_that_save(
             m.index for m in full.messages[-len(result.tail) :]
         ]
         cursor = result.cursor
+
+
+def test_a_fifo_named_like_a_chat_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    for cursor in (Cursor((), 0, 0), None):
+        with pytest.raises(ChatReadError, match="not a regular file"):
+            tail_scan(fifo, cursor)
