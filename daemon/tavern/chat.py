@@ -201,7 +201,14 @@ class Message:
 
     @property
     def first_date(self) -> str:
-        """The first swipe's start: stable across swipes (top-level dates follow the swipe)."""
+        """The first swipe's start: stable across swipes (top-level dates follow the swipe).
+
+        ``swipe_info[0]`` (``gen_started``, else ``send_date``); without swipe info, the
+        top-level ``gen_started`` of an unswiped reply, else ``send_date``. Limitation: a
+        message that got ``swipes`` but no ``swipe_info`` (up to 1.14, only the last message
+        is given swipe fields) and is then swiped keeps no record of its first date, so it
+        becomes a new identity (reported as removed plus new).
+        """
         info = self.data.get("swipe_info")
         if not isinstance(info, list):
             info = self.data.get("swipes_info")  # 1.12 misspells it on /sendas
