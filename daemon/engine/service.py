@@ -112,11 +112,11 @@ class Service:
         changed = await anyio.to_thread.run_sync(self.index.scan)
         known = await self.store.known_chats()
         now = time.monotonic()
-        for chat in changed:
-            self._startup.add(chat.rel)
-            if chat.rel in known and await self._unchanged_since_cursor(chat):
+        for rel in changed:
+            self._startup.add(rel)
+            if rel in known and await self._unchanged_since_cursor(rel):
                 continue
-            self.settler.due_now(chat, now)
+            self.settler.due_now(self.index.ref(rel), now)
         log.info(
             "startup scan",
             chats=len(self.index),
@@ -125,16 +125,11 @@ class Service:
             root=str(self.root),
         )
 
-    async def _unchanged_since_cursor(self, chat: ChatRef) -> bool:
+    async def _unchanged_since_cursor(self, rel: str) -> bool:
         # Cheap catch-up test: a chat whose size is what the cursor saw is not re-read at start.
         # (A same-size edit while we were down is missed until the chat is next saved.)
-        cursor = await self.store.get_cursor(chat.rel)
-        if cursor is None:
-            return False
-        try:
-            return chat.path.stat().st_size == cursor.size
-        except OSError:
-            return True
+        cursor = await self.store.get_cursor(rel)
+        return cursor is not None and cursor.size == self.index.size(rel)
 
     def _cleanup_temps(self) -> int:
         folders = {
@@ -242,8 +237,8 @@ class Service:
             self.watcher.clear_rescan()
             changed = await anyio.to_thread.run_sync(self.index.scan)
             now = time.monotonic()
-            for chat in changed:
-                self.settler.touch(chat, now)
+            for rel in changed:
+                self.settler.touch(self.index.ref(rel), now)
             if changed:
                 log.debug("rescan found changes", count=len(changed))
                 self._hint.set()

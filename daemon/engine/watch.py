@@ -295,38 +295,92 @@ class Settler:
 
 
 Signature = tuple[int, int, int]  # size, mtime_ns, inode
+_Where = tuple[str, str | None, str]  # user, owner (None: group chats), file name
 
 
 class StatIndex:
-    """The last seen (size, mtime_ns, inode) of every chat; a rescan reports what differs."""
+    """The last seen (size, mtime_ns, inode) of every chat; a rescan reports what differs.
+
+    Chats are keyed by ``rel`` (the store key); :class:`ChatRef` objects are built only for the
+    chats a caller asks about (:meth:`ref`), so a scan of 10,000 unchanged chats costs one
+    ``scandir`` per folder and one ``stat`` per chat, nothing more.
+    """
 
     def __init__(self, root: Path, users: Sequence[str] = ()) -> None:
         self.root = root
         self.users = tuple(users)
         self._seen: dict[str, Signature] = {}
-        self.chats: dict[str, ChatRef] = {}
+        self._where: dict[str, _Where] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def scan(self) -> list[ChatRef]:
-        """Walk the tree (scandir + one stat per chat); return chats new or changed since."""
-        changed: list[ChatRef] = []
-        present: dict[str, ChatRef] = {}
-        for chat in layout.iter_chats(self.root, self.users):
+    def __contains__(self, rel: object) -> bool:
+        return rel in self._seen
+
+    def scan(self) -> list[str]:
+        """Walk the tree; return the ``rel`` of every chat new or changed since the last scan.
+
+        Same rules as :func:`daemon.tavern.layout.iter_chats`: users from
+        :func:`~daemon.tavern.layout.list_users`, regular ``*.jsonl`` files in
+        ``chats/<character>/`` and ``group chats/``.
+        """
+        changed: list[str] = []
+        seen = self._seen
+        where = self._where
+        present: set[str] = set()
+        sep = os.sep  # plain strings on this hot path: no Path object per chat
+        root = str(self.root)
+        for user in layout.list_users(self.root, self.users):
+            base = f"{root}{sep}{user}"
+            chats_dir = f"{base}{sep}{layout.CHATS_DIR}"
+            folders: list[tuple[str, str | None, str]] = []
             try:
-                st = chat.path.stat()
+                with os.scandir(chats_dir) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            rel = f"{user}/{layout.CHATS_DIR}/{entry.name}/"
+                            folders.append((entry.path, entry.name, rel))
             except OSError:
-                continue  # vanished between listing and stat
-            signature = (st.st_size, st.st_mtime_ns, st.st_ino)
-            present[chat.rel] = chat
-            if self._seen.get(chat.rel) != signature:
-                self._seen[chat.rel] = signature
-                changed.append(chat)
-        for rel in self._seen.keys() - present.keys():
-            del self._seen[rel]
-        self.chats = present
+                pass
+            group_dir = f"{base}{sep}{layout.GROUP_CHATS_DIR}"
+            folders.append((group_dir, None, f"{user}/{layout.GROUP_CHATS_DIR}/"))
+            for folder, owner, prefix in folders:
+                try:
+                    with os.scandir(folder) as it:
+                        for entry in it:
+                            name = entry.name
+                            if not name.endswith(".jsonl") or not entry.is_file(
+                                follow_symlinks=False
+                            ):
+                                continue
+                            try:
+                                st = entry.stat(follow_symlinks=False)
+                            except OSError:
+                                continue  # vanished between listing and stat
+                            rel = prefix + name
+                            present.add(rel)
+                            signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+                            if seen.get(rel) != signature:
+                                seen[rel] = signature
+                                where[rel] = (user, owner, name)
+                                changed.append(rel)
+                except OSError:
+                    continue
+        if len(present) != len(seen):
+            for rel in seen.keys() - present:
+                del seen[rel]
+                where.pop(rel, None)
         return changed
+
+    def ref(self, rel: str) -> ChatRef:
+        """The :class:`ChatRef` of a chat found by :meth:`scan`."""
+        user, owner, name = self._where[rel]
+        return layout.chat_ref(self.root, user, owner, name)
+
+    def size(self, rel: str) -> int | None:
+        signature = self._seen.get(rel)
+        return signature[0] if signature is not None else None
 
     def note(self, chat: ChatRef) -> None:
         """Record the current signature of ``chat`` (after processing it from an event)."""
@@ -334,7 +388,7 @@ class StatIndex:
             st = chat.path.stat()
         except OSError:
             self._seen.pop(chat.rel, None)
-            self.chats.pop(chat.rel, None)
+            self._where.pop(chat.rel, None)
             return
         self._seen[chat.rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-        self.chats[chat.rel] = chat
+        self._where[chat.rel] = (chat.user, None if chat.is_group else chat.owner, chat.path.name)

@@ -99,7 +99,8 @@ async def test_new_user_folder_and_group_chat_are_seen(st_root_latest: Path) -> 
         # creation asks for a rescan, which finds the chat; later saves are seen directly.
         hint = await _next_hint(watcher)
         assert hint.kind is HintKind.RESCAN or (hint.chat is not None and hint.chat.path == path)
-        assert any(c.path == path for c in StatIndex(root).scan())
+        index = StatIndex(root)
+        assert any(index.ref(rel).path == path for rel in index.scan())
         await _drain(watcher)
         tab.send_user("hello").save()
         hint = await _next_hint(watcher, HintKind.CHAT)
@@ -203,32 +204,39 @@ def test_stat_index_reports_new_changed_and_forgets_removed(st_root_latest: Path
     root = layout.resolve_data_root(st_root_latest)
     index = StatIndex(root)
     first = index.scan()
-    assert {c.rel for c in first} == {c.rel for c in layout.iter_chats(root)}
+    assert set(first) == {c.rel for c in layout.iter_chats(root)}
+    assert [index.ref(rel) for rel in first] == [
+        next(c for c in layout.iter_chats(root) if c.rel == rel) for rel in first
+    ]
     assert index.scan() == []
-    changed = first[0]
+    changed = index.ref(first[0])
     with changed.path.open("ab") as fh:
         fh.write(b"\n")
-    assert index.scan() == [changed]
+    assert index.scan() == [changed.rel]
+    assert index.size(changed.rel) == changed.path.stat().st_size
     new_user = _chat_path(root, user="second", owner="Carol")
     STSim.create(new_user, character="Carol")
     group = root / "default-user" / "group chats" / "1700000000001.jsonl"
     STSim.create(group, group=True, greeting=None)
-    found = {c.rel for c in index.scan()}
+    (group.parent / "not-a-chat.jsonl.123").write_bytes(b"{}")  # ST temp name
+    (group.parent / "folder.jsonl").mkdir()  # not a regular file
+    found = set(index.scan())
     assert found == {
         f"second/chats/Carol/{new_user.name}",
         f"default-user/group chats/{group.name}",
     }
+    assert index.ref(f"default-user/group chats/{group.name}").is_group
     changed.path.unlink()
     assert index.scan() == []
-    assert changed.rel not in index.chats
+    assert changed.rel not in index
     os.utime(new_user, ns=(1, 1))
-    assert [c.rel for c in index.scan()] == [f"second/chats/Carol/{new_user.name}"]
+    assert index.scan() == [f"second/chats/Carol/{new_user.name}"]
 
 
 def test_stat_index_note_absorbs_processed_changes(st_root_latest: Path) -> None:
     root = layout.resolve_data_root(st_root_latest)
     index = StatIndex(root)
-    chat = index.scan()[0]
+    chat = index.ref(index.scan()[0])
     with chat.path.open("ab") as fh:
         fh.write(b"\n")
     index.note(chat)  # processed from an event: the rescan has nothing left to do
@@ -239,4 +247,4 @@ def test_stat_index_users_filter(st_root_latest: Path) -> None:
     root = layout.resolve_data_root(st_root_latest)
     STSim.create(_chat_path(root, user="other", owner="Bob"), character="Bob")
     index = StatIndex(root, users=["other"])
-    assert {c.user for c in index.scan()} == {"other"}
+    assert {index.ref(rel).user for rel in index.scan()} == {"other"}
