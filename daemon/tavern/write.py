@@ -52,6 +52,7 @@ __all__ = [
     "cleanup_stale_temps",
     "insert_after",
     "is_our_temp",
+    "planned_sha256",
     "read_for_edit",
     "snapshot",
     "write_image",
@@ -378,6 +379,32 @@ def _splice(data: bytes, chat: Chat, after_index: int, new: bytes) -> tuple[list
     return [view[: end + 1], new, b"\n", view[end + 1 :]], end + 1
 
 
+def planned_sha256(
+    basis: Snapshot,
+    data: bytes,
+    chat: Chat,
+    after_index: int,
+    new_messages: Sequence[Mapping[str, Any]],
+) -> str:
+    """The sha256 :func:`insert_after` will report for the same arguments, known before it runs.
+
+    For recording "this is our write" before the rename. Cheap for big chats read by
+    :func:`read_for_edit` (hash checkpoints).
+    """
+    pieces, offset = _splice(data, chat, after_index, _encode_new(new_messages))
+    return _hash_pieces(basis.sha256, pieces, offset)
+
+
+def _encode_new(new_messages: Sequence[Mapping[str, Any]]) -> bytes:
+    if not new_messages:
+        raise ValueError("nothing to insert")
+    encoded = [encode_message(m) for m in new_messages]
+    for line in encoded:
+        if not line.startswith(b"{") or b"\n" in line:
+            raise ValueError("a new message must encode to one JSON object line")
+    return b"\n".join(encoded)
+
+
 def insert_after(
     path: Path,
     basis: Snapshot,
@@ -404,15 +431,9 @@ def insert_after(
     rename: tests measure the remaining window with it. Returns the snapshot of the file we
     wrote (``sha256`` of the new bytes).
     """
-    if not new_messages:
-        raise ValueError("nothing to insert")
     if len(data) != basis.size:
         raise ValueError("data is not the bytes the snapshot describes")
-    encoded = [encode_message(m) for m in new_messages]
-    for line in encoded:
-        if not line.startswith(b"{") or b"\n" in line:
-            raise ValueError("a new message must encode to one JSON object line")
-    pieces, offset = _splice(data, chat, after_index, b"\n".join(encoded))
+    pieces, offset = _splice(data, chat, after_index, _encode_new(new_messages))
     try:
         real = _check_chat_path(path, root)
     except ChatReadError:

@@ -28,6 +28,7 @@ from daemon.tavern.write import (
     cleanup_stale_temps,
     insert_after,
     is_our_temp,
+    planned_sha256,
     read_for_edit,
     snapshot,
     write_image,
@@ -146,7 +147,9 @@ def test_insert_after_every_message_of_every_fixture_chat(st_root: Path) -> None
             path.write_bytes(original)
             chat, data, basis = read_for_edit(path)
             new = image_message(job=f"j{index}")
+            planned = planned_sha256(basis, data, chat, index, [new])
             result = insert_after(path, basis, data, chat, index, [new])
+            assert result.sha256 == planned
             after = path.read_bytes()
             line = json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode()
             # Exactly one line added, right after the message's line; every other byte kept.
@@ -721,8 +724,9 @@ def big_chat(tmp_path: Path) -> Iterator[Path]:
 @pytest.mark.parametrize("where", [0, 5_000, 19_999])
 def test_checkpointed_hash_of_big_chat_is_exact(big_chat: Path, where: int) -> None:
     chat, data, basis = read_for_edit(big_chat)
+    planned = planned_sha256(basis, data, chat, where, [image_message()])
     result = insert_after(big_chat, basis, data, chat, where, [image_message()])
-    assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()
+    assert result.sha256 == planned == hashlib.sha256(big_chat.read_bytes()).hexdigest()
     # And without checkpoints (a basis from another process's read).
     write._checkpoints.clear()
     chat, data, basis = read_for_edit(big_chat)
