@@ -175,15 +175,42 @@ class _Plan:
         return _tavern_write._hash_pieces(self.snapshot.sha256, pieces, offset)
 
 
+def find_marker(chat: Chat, data: bytes, job_id: str) -> Message | None:
+    """Our message for ``job_id``. The raw bytes are searched first: a job id that appears
+    nowhere in the file cannot be a marker, and that search is far cheaper than looking at
+    every parsed message of a big chat."""
+    if job_id.encode() not in data:
+        return None
+    return chat.find_marker(job_id)
+
+
+def find_reply(chat: Chat, identity: MessageIdentity) -> Message | None:
+    """Like :meth:`Chat.find` (the match nearest the index hint, lower index on ties), but
+    searching outward from the hint, so the usual case looks at a few messages, not all."""
+    messages = chat.messages
+    if not messages:
+        return None
+    key = identity.key
+    hint = min(max(identity.index, 0), len(messages) - 1)
+    for distance in range(len(messages)):
+        low, high = hint - distance, hint + distance
+        if low < 0 and high >= len(messages):
+            break
+        for i in (low, high) if distance else (hint,):
+            if 0 <= i < len(messages) and messages[i].identity.key == key:
+                return messages[i]
+    return None
+
+
 def _read_plan(path: Path, job_id: str, identity: MessageIdentity, revision: str) -> _Plan:
     chat, data, snap = read_for_edit(path)
-    reply = chat.find(identity)
+    reply = find_reply(chat, identity)
     problem: str | None = None
     if reply is None:
         problem = REASON_REPLY_GONE
     elif str(reply.revision) != revision:
         problem = REASON_REPLY_CHANGED
-    return _Plan(chat, data, snap, chat.find_marker(job_id), reply, problem)
+    return _Plan(chat, data, snap, find_marker(chat, data, job_id), reply, problem)
 
 
 def _backoff(attempt: int) -> float:
@@ -329,7 +356,7 @@ class Committer:
         self, chat: str, path: Path, plan: _Plan, after: int, message: Mapping[str, Any]
     ) -> bool:
         """Insert ``message`` after message ``after``; False on a conflict (re-read and retry)."""
-        predicted = plan.predicted_sha256(after, message)
+        predicted = await anyio.to_thread.run_sync(plan.predicted_sha256, after, message)
         # Recorded first: a crash right after the rename must not leave our version looking
         # like someone else's (that would acknowledge our message wrongly).
         await self.store.record_write(chat, predicted)
@@ -511,7 +538,7 @@ class Committer:
                 log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
                 return inserted
             theirs = not await self.store.is_our_write(rel, snap.sha256)
-            todo = await self._judge(chat, entries, theirs)
+            todo = await self._judge(chat, data, entries, theirs)
             if not todo:
                 return inserted
             entry, reply = todo[0]
@@ -539,13 +566,13 @@ class Committer:
         return inserted
 
     async def _judge(
-        self, chat: Chat, entries: Sequence[LedgerEntry], theirs: bool
+        self, chat: Chat, data: bytes, entries: Sequence[LedgerEntry], theirs: bool
     ) -> list[tuple[LedgerEntry, Message]]:
         """Acknowledge and retire entries by what ``chat`` holds; the entries to re-insert,
         with their replies, oldest first."""
         todo: list[tuple[LedgerEntry, Message]] = []
         for entry in entries:
-            present = chat.find_marker(entry.job_id) is not None
+            present = find_marker(chat, data, entry.job_id) is not None
             if entry.acknowledged:
                 if not present:
                     await self.store.ledger_retire(entry.job_id, REASON_DELETED_AFTER_SHOWN)
@@ -555,7 +582,7 @@ class Committer:
                 if theirs:
                     await self.store.ledger_acknowledge(entry.job_id)
                 continue
-            reply = chat.find(await self._identity(entry))
+            reply = find_reply(chat, await self._identity(entry))
             if reply is None:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
             elif str(reply.revision) != entry.revision:

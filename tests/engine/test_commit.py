@@ -616,3 +616,37 @@ async def test_commits_of_one_chat_are_serialized(harness: Harness) -> None:
     for job in jobs:
         assert (await h.job(job.id)).state is JobState.COMMITTED
     assert ref_of(h.root, path).rel == jobs[0].chat
+
+
+def test_fast_lookups_agree_with_the_codec() -> None:
+    """``find_reply`` (outward from the hint) and ``find_marker`` (bytes first) give what the
+    codec's full scans give, duplicates and far-off hints included."""
+    import json
+    import random
+
+    from daemon.engine.commit import find_marker, find_reply
+    from daemon.tavern.chat import MessageIdentity
+
+    rng = random.Random(7)
+    for _ in range(200):
+        names = ["Alice", "Bob"]
+        lines = []
+        for i in range(rng.randrange(1, 30)):
+            extra: dict[str, Any] = {}
+            if rng.random() < 0.2:
+                extra["st_imagegen_job"] = f"JOB{rng.randrange(5)}"
+            date = f"2026-01-01T00:00:{rng.randrange(4):02d}.000Z"  # many duplicates
+            lines.append(
+                {"name": rng.choice(names), "mes": f"m{i}", "send_date": date, "extra": extra}
+            )
+        data = "\n".join(json.dumps(o) for o in lines).encode()
+        chat = parse_chat(data)
+        for _ in range(5):
+            identity = MessageIdentity(
+                rng.randrange(-3, len(lines) + 3),
+                rng.choice(names),
+                f"2026-01-01T00:00:{rng.randrange(5):02d}.000Z",
+            )
+            assert find_reply(chat, identity) == chat.find(identity)
+            job_id = f"JOB{rng.randrange(6)}"
+            assert find_marker(chat, data, job_id) == chat.find_marker(job_id)

@@ -1,0 +1,178 @@
+"""Cost of committing one image into a 100,000-message (about 60 MB) chat, and of reconciling
+that chat after a stale tab's save dropped our message.
+
+Baselines measured in the same run: a plain copy of the chat (``shutil.copyfile``) and a durable
+one (copy + fsync; the commit must fsync). A commit reads and parses the whole chat once (the
+reply is found by identity, never by index), writes the image file, inserts one line with the
+compare-before-replace writer and updates the store; ``read_for_edit`` alone is printed to show
+what the full parse costs. Reconcile after a stale save does the same read plus the re-insert;
+reconcile of a chat with nothing of ours waiting must not read the chat at all.
+
+There is no hard target here (the write itself is held to 2x a copy in ``bench_write``); the
+ratios are printed for the README.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import anyio
+from PIL import Image
+
+from bench.common import best_of, chat_lines, check, fmt_time, workdir, write_chat
+from daemon.config import Config
+from daemon.engine.approval import Approval
+from daemon.engine.commit import Committer
+from daemon.engine.store import Job, JobState, Store
+from daemon.providers.decode import GeneratedImage
+from daemon.tavern import layout
+from daemon.tavern.chat import parse_chat
+from daemon.tavern.write import read_for_edit
+
+MESSAGES = 100_000
+REPEAT = 3
+USER = "default-user"
+
+
+def _png() -> GeneratedImage:
+    buf = io.BytesIO()
+    Image.new("RGB", (512, 512), (30, 120, 200)).save(buf, format="PNG")
+    return GeneratedImage(buf.getvalue(), "png", 512, 512, "image/png")
+
+
+def _st_save(path: Path, data: bytes) -> None:
+    """Replace the chat as ST does (temp ``<name>.<digits>``, fsync, rename), an hour old."""
+    temp = path.with_name(f"{path.name}.{time.monotonic_ns() % 2**32}")
+    with temp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    temp.replace(path)
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+
+
+async def _accepted(store: Store, approval: Approval, path: Path, root: Path, n: int) -> Job:
+    chat = parse_chat(await anyio.to_thread.run_sync(path.read_bytes))
+    reply = next(m for m in reversed(chat.messages) if not m.is_user and m.marker is None)
+    ref = layout.classify(root, path).chat
+    assert ref is not None
+    job = await store.create_job(
+        user=ref.user,
+        chat=ref.rel,
+        character=ref.owner,
+        is_group=False,
+        speaker=reply.name,
+        message_index=reply.index,
+        identity_name=reply.identity.name,
+        identity_date=reply.identity.first_date,
+        revision=str(reply.revision),
+        prompt="a forest glade at dawn",
+        regen=n,
+    )
+    assert job is not None
+    await anyio.to_thread.run_sync(approval.write_pending, job, [_png()], {})
+    moved = await store.transition(job.id, JobState.QUEUED, JobState.ACCEPTED)
+    assert moved is not None
+    return moved
+
+
+async def _measure(root: Path, path: Path, state: Path) -> dict[str, float]:
+    pristine = await anyio.to_thread.run_sync(path.read_bytes)
+    config = Config(data_root=root, state_dir=state)
+    await anyio.to_thread.run_sync(lambda: state.mkdir(parents=True, exist_ok=True))
+    store = await Store.open(config.db_path)
+    approval = Approval(config.state_dir)
+    committer = Committer(config, store, approval, root)
+    ref = layout.classify(root, path).chat
+    assert ref is not None
+    commit_best = reconcile_best = idle_best = float("inf")
+    try:
+        for n in range(REPEAT):
+            _st_save(path, pristine)  # each run starts from the same chat, saved by "ST"
+            job = await _accepted(store, approval, path, root, n)
+            started = time.perf_counter()
+            done = await committer.commit_job(job)
+            commit_best = min(commit_best, time.perf_counter() - started)
+            assert done.state is JobState.COMMITTED, done.last_error
+
+            _st_save(path, pristine)  # a stale tab's save: our line is gone
+            started = time.perf_counter()
+            again = await committer.reconcile_chat(ref)
+            reconcile_best = min(reconcile_best, time.perf_counter() - started)
+            assert again == 1
+
+            # A tab reloads and saves (ST rewrites the header): a version of theirs holds it.
+            theirs = (await anyio.to_thread.run_sync(path.read_bytes)).replace(
+                b'"tainted":true', b'"tainted":true,"note_prompt":"rain"', 1
+            )
+            _st_save(path, theirs)
+            await committer.reconcile_chat(ref)
+            started = time.perf_counter()
+            assert await committer.reconcile_chat(ref) == 0  # nothing open: no read at all
+            idle_best = min(idle_best, time.perf_counter() - started)
+    finally:
+        await store.close()
+    return {"commit": commit_best, "reconcile": reconcile_best, "idle": idle_best}
+
+
+def main() -> int:
+    with workdir() as tmp:
+        root = tmp / "data"
+        path = root / USER / "chats" / "Alice" / "Alice - 2026-01-01@00h00m00s000ms.jsonl"
+        path.parent.mkdir(parents=True)
+        (root / USER / "characters").mkdir()
+        size = write_chat(path, chat_lines(MESSAGES))
+        print(f"  chat: {MESSAGES:,} messages, {size / 1e6:.1f} MB")
+
+        dst = tmp / "copy.jsonl"
+
+        def copyfile() -> None:
+            shutil.copyfile(path, dst)
+            dst.unlink()
+
+        def copyfile_durable() -> None:
+            shutil.copyfile(path, dst)
+            fd = os.open(dst, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            dst.unlink()
+
+        copyfile()  # warm the page cache
+        t_copy = best_of(copyfile, repeat=5)
+        t_copy_sync = best_of(copyfile_durable, repeat=5)
+        t_read = best_of(lambda: read_for_edit(path), repeat=2)
+        timings = anyio.run(_measure, root, path, tmp / "state")
+
+        rows = [
+            ("shutil.copyfile", t_copy),
+            ("shutil.copyfile + fsync", t_copy_sync),
+            ("read_for_edit (full read + parse)", t_read),
+            ("commit_job (image + one message)", timings["commit"]),
+            ("reconcile after a stale save (re-insert)", timings["reconcile"]),
+            ("reconcile with nothing waiting", timings["idle"]),
+        ]
+        for label, seconds in rows:
+            print(f"  {label:<44} {fmt_time(seconds):>10}")
+        check("commit / copyfile", timings["commit"] / t_copy, "-", True)
+        check("commit / (copyfile + fsync)", timings["commit"] / t_copy_sync, "-", True)
+        check("commit / read_for_edit (parse share)", timings["commit"] / t_read, "-", True)
+        check("reconcile after stale save / copyfile", timings["reconcile"] / t_copy, "-", True)
+        check(
+            "reconcile after stale save / (copyfile + fsync)",
+            timings["reconcile"] / t_copy_sync,
+            "-",
+            True,
+        )
+        check("reconcile, nothing waiting / copyfile", timings["idle"] / t_copy, "-", True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
