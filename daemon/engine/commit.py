@@ -47,12 +47,10 @@ from daemon.errors import (
     UnsafePathError,
 )
 from daemon.tavern import layout
-from daemon.tavern import write as _tavern_write
 from daemon.tavern.chat import (
     Chat,
     Message,
     MessageIdentity,
-    encode_message,
     format_send_date,
 )
 from daemon.tavern.layout import ChatRef, PathKind
@@ -61,6 +59,7 @@ from daemon.tavern.write import (
     build_image_message,
     cleanup_stale_temps,
     insert_after,
+    planned_sha256,
     read_for_edit,
     write_image,
 )
@@ -167,12 +166,8 @@ class _Plan:
 
     def predicted_sha256(self, after: int, message: Mapping[str, Any]) -> str:
         """The hash of the bytes ``insert_after`` will write (our line after message
-        ``after``, every other byte unchanged), known before the rename.
-
-        Uses the writer's own splice and its hash checkpoints of the chat just read, so a
-        60 MB chat is not hashed a second time."""
-        pieces, offset = _tavern_write._splice(self.data, self.chat, after, encode_message(message))
-        return _tavern_write._hash_pieces(self.snapshot.sha256, pieces, offset)
+        ``after``, every other byte unchanged), known before the rename."""
+        return planned_sha256(self.snapshot, self.data, self.chat, after, [message])
 
 
 def find_marker(chat: Chat, data: bytes, job_id: str) -> Message | None:
