@@ -99,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
         gen.add_argument("--chat", help="chat path, or character name [and chat name], or group")
         gen.add_argument("--mesid", type=_non_negative, help="message number (first is 0)")
         gen.add_argument("--wait", action="store_true", help="wait for the images")
+        gen.add_argument(
+            "--timeout",
+            type=float,
+            default=600.0,
+            metavar="SECONDS",
+            help="how long --wait waits (600); the job keeps going after it",
+        )
+        gen.add_argument(
+            "--force",
+            action="store_true",
+            help="a new job even if this reply already has one (like regen)",
+        )
 
     lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
     lst.add_argument("--state", choices=STATES, help="only jobs in this state")
@@ -202,7 +214,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.engine.manual import cmd_generate
 
         _setup_logging(config)
-        return cmd_generate(config, args.chat, args.mesid, args.wait)
+        return cmd_generate(
+            config, args.chat, args.mesid, args.wait, force=args.force, timeout=args.timeout
+        )
     if command == "status":
         from daemon.engine.status import cmd_status
 

@@ -265,6 +265,16 @@ def test_cli_generate_and_alias(
     assert len(lines) == 1 and "message 1 in" in lines[0] and "user's message" in lines[0]
     assert main(["genimage", "--config", cfg, "--chat", "Bob", "--mesid", "2"]) == 0
     assert "queued job" in capsys.readouterr().out
+    assert main(["genimage", "--config", cfg, "--chat", "Bob", "--mesid", "2"]) == 0
+    assert "already exists" in capsys.readouterr().out
+    assert main(["generate", "--config", cfg, "--chat", "Bob", "--mesid", "2", "--force"]) == 0
+    assert "queued job" in capsys.readouterr().out
+    config = make_config(root)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    Heartbeat(config.heartbeat_path, "0.1.0").write(watching=1)  # a daemon that does nothing
+    args = ["generate", "--config", cfg, "--chat", "Alice", "--wait", "--timeout", "0.3"]
+    assert main(args) == 1
+    assert "is still queued after 0 s" in capsys.readouterr().err
     assert main(["generate", "--config", cfg, "--chat", "Nobody"]) == 1
     assert "no character, group or chat file matches 'Nobody'" in capsys.readouterr().err
     assert main(["generate", "--config", cfg, "--mesid", "-1"]) == 2  # usage error
