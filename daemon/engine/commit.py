@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,6 +84,10 @@ COMMIT_CONFLICT_RETRIES = 8
 CONFLICT_BACKOFF_FIRST_SECONDS = 0.05
 CONFLICT_BACKOFF_MAX_SECONDS = 1.0
 """Backoff between conflict retries: doubling from the first value, capped, with jitter."""
+
+CONFLICT_RETRY_SECONDS = 20.0
+"""No new attempt starts after this long (a huge chat ST keeps saving): the job is put back
+in the store for later instead."""
 
 REASON_REPLY_CHANGED = "the reply was swiped or edited since the image was made"
 REASON_REPLY_GONE = "the reply was deleted or regenerated since the image was made"
@@ -285,7 +290,10 @@ class Committer:
         if entry is not None and entry.retired is not None:
             raise _NotCommittable(entry.retired, JobState.SUPERSEDED)
         message = entry.message if entry is not None else None
+        deadline = time.monotonic() + CONFLICT_RETRY_SECONDS
         for attempt in range(COMMIT_CONFLICT_RETRIES):
+            if attempt and time.monotonic() > deadline:
+                break
             plan = await self._plan(path, job.id, identity, job.revision)
             if plan.present is not None:
                 # An earlier run wrote it (and crashed before marking the job): done.
@@ -515,7 +523,10 @@ class Committer:
     async def _reconcile(self, rel: str, path: Path) -> int:
         inserted = 0
         conflicts = 0
-        while conflicts < COMMIT_CONFLICT_RETRIES:
+        deadline = time.monotonic() + CONFLICT_RETRY_SECONDS
+        while conflicts < COMMIT_CONFLICT_RETRIES and not (
+            conflicts and time.monotonic() > deadline
+        ):
             entries = [
                 e
                 for e in await self.store.ledger_for_chat(rel, open_only=False)
