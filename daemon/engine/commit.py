@@ -278,6 +278,9 @@ class Committer:
                 return await self._give_up(current, exc.state, exc.reason)
             except (ChatWriteError, ChatReadError) as exc:
                 return await self._retry_later(current, str(exc))
+            except UnsafePathError as exc:
+                # A chat or image folder that leads out of the data root: never written.
+                return await self._give_up(current, JobState.FAILED, str(exc))
             except OSError as exc:
                 # Reading a pending image or creating the image folder: the environment, not
                 # the job, is wrong; keep the job.
@@ -294,7 +297,11 @@ class Committer:
         for attempt in range(COMMIT_CONFLICT_RETRIES):
             if attempt and time.monotonic() > deadline:
                 break
-            plan = await self._plan(path, job.id, identity, job.revision)
+            try:
+                plan = await self._plan(path, job.id, identity, job.revision)
+            except ChatConflictError:  # ST kept saving while we read: read again
+                await anyio.sleep(_backoff(attempt))
+                continue
             if plan.present is not None:
                 # An earlier run wrote it (and crashed before marking the job): done.
                 if message is None:
@@ -536,6 +543,13 @@ class Committer:
                 return inserted
             try:
                 chat, data, snap = await anyio.to_thread.run_sync(read_for_edit, path)
+            except ChatConflictError:
+                conflicts += 1
+                await anyio.sleep(_backoff(conflicts))
+                continue
+            except UnsafePathError as exc:
+                log.warning("reconcile: chat path refused", chat=rel, error=str(exc))
+                return inserted
             except ChatReadError as exc:
                 if not await _exists(path):
                     for entry in entries:
