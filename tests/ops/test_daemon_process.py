@@ -260,3 +260,33 @@ def test_docker_entry_command_starts_reports_healthy_and_drains_in_time(tmp_path
         )
         jobs = json.loads(listed.stdout)
         assert [(job["state"], job["speaker"]) for job in jobs] == [("queued", "Alice")], jobs
+
+
+# --- the README's quick start ------------------------------------------------------------------
+
+
+def test_quick_start_run_script_starts_and_stops(st_root_latest: Path, tmp_path: Path) -> None:
+    if not (REPO / ".venv" / "bin" / "st-imagegen").exists():
+        pytest.skip("scripts/run would first create .venv; CI and scripts/test have made it")
+    unused = "http://127.0.0.1:9/v1"  # no reply arrives, so no API is asked
+    env = _clean_env() | {
+        "ST_IMAGEGEN_STATE_DIR": str(tmp_path / "state"),
+        "ST_IMAGEGEN_CONFIG": str(tmp_path / "none.toml"),
+        "ST_IMAGEGEN_TEXT__API_URL": unused,
+        "ST_IMAGEGEN_IMAGE__API_URL": unused,
+    }
+    (tmp_path / "none.toml").write_text("", encoding="utf-8")
+    install = tmp_path / "SillyTavern"  # the ST install folder: data/ inside
+    install.mkdir()
+    st_root_latest.rename(install / "data")
+    heartbeat = tmp_path / "state" / "heartbeat"
+    logs = tmp_path / "run.log"
+    argv = [str(REPO / "scripts" / "run"), "--data-root", str(install)]
+    with _daemon(argv, env, logs) as proc:
+        try:
+            _wait_for("the heartbeat", heartbeat.exists, START_TIMEOUT, proc)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=DOCKER_STOP_TIMEOUT) == 0
+        except (AssertionError, subprocess.TimeoutExpired) as exc:
+            raise AssertionError(f"{exc}\n--- output ---\n{_output(logs)}") from None
+    assert not heartbeat.exists(), "a clean stop removes the heartbeat"
