@@ -263,12 +263,18 @@ class Service:
         ping = self.notifier.watchdog_interval
         interval = min(self.timings.heartbeat, ping) if ping else self.timings.heartbeat
         last_beat = 0.0
+        last_status = ""
         while True:
             now = time.monotonic()
             if now - last_beat >= self.timings.heartbeat:
                 counts = await self._safe_counts()
                 self.heartbeat.write(watching=len(self.index), jobs=counts)
                 last_beat = now
+                jobs = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
+                status = f"watching {len(self.index)} chats; jobs: {jobs}"
+                if status != last_status and not self._stopping:
+                    self.notifier.status(status)
+                    last_status = status
             if ping:
                 self.notifier.watchdog()
             await anyio.sleep(interval)

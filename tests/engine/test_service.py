@@ -270,16 +270,22 @@ async def test_group_chat_two_members(st_root_latest: Path, make_config: MakeCon
             await wait_state(service, job.id, JobState.PENDING)
 
 
-@pytest.mark.parametrize("version", ["1.12", "1.14"])
-async def test_pre_1_15_chats(st_root: Path, make_config: MakeConfig, version: str) -> None:
+async def test_each_st_version(
+    st_root: Path, make_config: MakeConfig, request: pytest.FixtureRequest
+) -> None:
+    """Old chats on disk are read at startup; a new chat in that version's format gets a job."""
+    version = str(request.node.callspec.params["st_root"]).removeprefix("st-")
     config = make_config(st_root)
     async with running(config) as service:
-        path = new_chat(service.root, name=f"old-{version}")
+        for chat in layout.iter_chats(service.root):
+            await seen(service, chat.path)
+        path = new_chat(service.root, name=f"v{version}")
         tab = await started_chat(service, path, character="Alice", version=version)
         tab.send_user("Old times.").save()
         tab.reply("Alice", f"A reply from {version}.").save()
         job = (await wait_jobs(service, path, 1))[0]
         await wait_state(service, job.id, JobState.PENDING)
+        assert len(await service.store.list_jobs(limit=100)) == 1  # history made no jobs
 
 
 async def test_renamed_chat_makes_no_new_jobs(
