@@ -245,6 +245,9 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
             )
             if back is not None:
                 log.info("job requeued after cancel", **_fields(job))
+            elif (await deps.store.get_job(job.id)).state is JobState.SUPERSEDED:
+                # Cancelled by a supersede, maybe just after its pending folder was written.
+                await anyio.to_thread.run_sync(deps.approval.finish, job.id)
         raise
     if current.state is JobState.ACCEPTED:
         return await _commit(current, deps)
