@@ -320,3 +320,66 @@ async def test_new_user_folder_while_running(st_root_latest: Path, make_config: 
         job = (await wait_jobs(service, path, 1))[0]
         assert job.user == "second-user"
         await wait_state(service, job.id, JobState.PENDING)
+
+
+async def test_reject_and_regenerate_by_folder_move(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="folders")
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("One.").reply("Alice", "Reply one.").save()
+        first = (await wait_jobs(service, path, 1))[0]
+        await wait_state(service, first.id, JobState.PENDING)
+        tab.send_user("Two.").reply("Alice", "Reply two.").save()
+        second = (await wait_jobs(service, path, 2))[1]
+        await wait_state(service, second.id, JobState.PENDING)
+
+        pending = config.state_dir / "pending"
+        shutil.move(str(pending / first.id), str(config.state_dir / "rejected" / first.id))
+        await wait_state(service, first.id, JobState.REJECTED)
+
+        (pending / second.id / "prompt.txt").write_text("a lighthouse in fog\n")
+        shutil.move(str(pending / second.id), str(config.state_dir / "regenerate" / second.id))
+        old = await wait_state(service, second.id, JobState.SUPERSEDED)
+        assert old.last_error and "regenerated as" in old.last_error
+        jobs = await wait_jobs(service, path, 3)
+        new = await wait_state(service, jobs[2].id, JobState.PENDING)
+        assert new.prompt == "a lighthouse in fog" and fake_api.prompts()[-1] == new.prompt
+
+        async def folders_gone() -> bool:
+            return not any(
+                (config.state_dir / d / j).exists()
+                for d in ("rejected", "regenerate")
+                for j in (first.id, second.id)
+            )
+
+        await async_wait_for(folders_gone, within=JOB_TIMEOUT)
+
+
+async def test_folder_action_on_a_superseded_job_is_refused(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="refused")
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("Hi.").reply("Alice", "Original.").save()
+        job = (await wait_jobs(service, path, 1))[0]
+        await wait_state(service, job.id, JobState.PENDING)
+        # Keep a copy of the folder, let a swipe supersede the job, then drop the copy.
+        saved = config.state_dir / "copy"
+        shutil.copytree(config.state_dir / "pending" / job.id, saved)
+        tab.swipe("Swiped away.").save()
+        await wait_state(service, job.id, JobState.SUPERSEDED)
+        assert not (config.state_dir / "pending" / job.id).exists()
+        saved.rename(config.state_dir / "accepted" / job.id)
+
+        async def refused() -> bool:
+            return (config.state_dir / "pending" / job.id / "REFUSED.txt").exists()
+
+        await async_wait_for(refused, within=JOB_TIMEOUT)
+        note = (config.state_dir / "pending" / job.id / "REFUSED.txt").read_text()
+        assert "superseded" in note
+        assert (await service.store.get_job(job.id)).state is JobState.SUPERSEDED
