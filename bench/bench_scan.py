@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import best_of, chat_lines, check, fmt_time, workdir, write_chat
+from bench.common import best_of, best_of_pair, chat_lines, check, fmt_time, workdir, write_chat
 from daemon.tavern.chat import Cursor, read_chat
 from daemon.tavern.scan import tail_scan
 
@@ -54,8 +54,9 @@ def main() -> int:
             ("append", big_append, small_append),
             ("swipe", big_swipe, small_swipe),
         ):
-            t_big = best_of(_scanner(big, big_cursor), repeat=9, number=200)
-            t_small = best_of(_scanner(small, small_cursor), repeat=9, number=200)
+            t_big, t_small = best_of_pair(
+                _scanner(big, big_cursor), _scanner(small, small_cursor), repeat=15, number=100
+            )
             print(f"  scan after {label}: big {fmt_time(t_big)}, small {fmt_time(t_small)}")
             ok &= check(
                 f"scan big / scan small ({label})", t_big / t_small, "<= 2x", t_big <= 2 * t_small

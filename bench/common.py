@@ -113,6 +113,18 @@ def best_of(fn: Callable[[], object], *, repeat: int = 5, number: int = 1) -> fl
     return best
 
 
+def best_of_pair(
+    a: Callable[[], object], b: Callable[[], object], *, repeat: int = 9, number: int = 200
+) -> tuple[float, float]:
+    """Best per-call times of ``a`` and ``b``, measured alternately so that load from other
+    processes hits both alike."""
+    best_a = best_b = float("inf")
+    for _ in range(repeat):
+        best_a = min(best_a, best_of(a, repeat=1, number=number))
+        best_b = min(best_b, best_of(b, repeat=1, number=number))
+    return best_a, best_b
+
+
 def fmt_time(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} µs"
