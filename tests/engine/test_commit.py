@@ -650,3 +650,38 @@ def test_fast_lookups_agree_with_the_codec() -> None:
             assert find_reply(chat, identity) == chat.find(identity)
             job_id = f"JOB{rng.randrange(6)}"
             assert find_marker(chat, data, job_id) == chat.find_marker(job_id)
+
+
+async def test_chat_changing_while_read_is_read_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_for_edit`` itself may report that ST kept saving while it read: read again."""
+    h = harness
+    _, path, job = await _tab_with_job(h)
+    real = tavern_write.read_for_edit
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ChatConflictError("chat kept changing while being read")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(commit_mod, "read_for_edit", flaky)
+    done = await h.committer.commit_job(job)
+    assert done.state is JobState.COMMITTED and calls["n"] == 2
+    assert markers(path) == [job.id]
+
+
+async def test_unsafe_chat_path_fails_the_job(harness: Harness) -> None:
+    """A chat whose real file lies outside the data root is never written."""
+    h = harness
+    _, path, job = await _tab_with_job(h)
+    outside = h.root.parent / "elsewhere.jsonl"
+    path.rename(outside)
+    path.symlink_to(outside)
+    before = outside.read_bytes()
+    done = await h.committer.commit_job(job)
+    assert done.state is JobState.FAILED
+    assert done.last_error is not None and done.last_error.startswith("not committed: ")
+    assert outside.read_bytes() == before
