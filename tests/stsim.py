@@ -374,7 +374,11 @@ class STSim:
             "send_date": self._date(),
             "mes": text,
             "extra": {"isSmallSys": False},
-            "force_avatar": "/thumbnail?type=persona&file=user-default.png",
+            "force_avatar": (
+                "User Avatars/user-default.png"
+                if self.version == "1.12"
+                else "/thumbnail?type=persona&file=user-default.png"
+            ),
         }
         self._append(msg)
         return self
@@ -404,14 +408,16 @@ class STSim:
                 "extra": {},
             }
         else:
-            if self.messages and self.messages[-1].get("is_user") and not self.legacy:
+            if self.messages and self.messages[-1].get("is_user") and self.version != "1.12":
                 extra_user = self.messages[-1].setdefault("extra", {})
                 if isinstance(extra_user, dict):
                     extra_user.setdefault("reasoning", "")  # saveReply
             started = self.clock()
             finished = self.clock()
             extra: dict[str, Any] = {"api": "custom", "model": "mock-model"}
-            if not self.legacy:
+            if self.version == "1.14":
+                extra.update(reasoning="", reasoning_duration=None, time_to_first_token=77)
+            elif not self.legacy:
                 extra.update(
                     reasoning="",
                     reasoning_duration=None,
@@ -430,6 +436,8 @@ class STSim:
                 "gen_started": _iso(started),
                 "gen_finished": _iso(finished),
             }
+            if self.version == "1.12":
+                del msg["title"]  # 1.12 writes no title on generated replies
             if self.legacy:  # up to 1.14 saveReply writes swipe_info at once
                 msg["swipe_info"] = [
                     {
