@@ -28,6 +28,13 @@ human dates, no media migration), ``"1.14"`` (legacy header, human dates, media 
 ``"1.18"`` (default; 1.15+ header, ISO dates, group chats with a header). Group chats:
 ``group=True`` (before 1.15 they have no header line and ``is_group`` on the first message).
 Time comes from ``clock`` (default: a deterministic clock that advances 1.5 s per reading).
+``check_integrity=False`` turns the server's slug check off; ``save(force=True)`` is the user
+typing OVERWRITE. ``tab.before_rename`` / ``tab.after_rename`` (callables taking the saved bytes)
+let tests time a save precisely. Helpers: :func:`texts_of` (``mes`` of every line on disk),
+:func:`write_lines` (write objects ST-style without a tab), :func:`js_stringify`.
+
+Fidelity: re-saving any chat the real 1.12.6, 1.14.0 or 1.17/1.18 client saved reproduces it byte
+for byte (``tests/tavern/test_write_stsim.py``).
 """
 
 from __future__ import annotations
