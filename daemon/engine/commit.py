@@ -23,6 +23,7 @@ touched: changing it would turn the silent drop into a popup that loses the user
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import time
@@ -539,7 +540,14 @@ class Committer:
                 for e in await self.store.ledger_for_chat(rel, open_only=False)
                 if e.retired is None
             ]
-            if not any(not e.acknowledged for e in entries):
+            waiting = [e.job_id for e in entries if not e.acknowledged]
+            if not waiting:
+                return inserted
+            if (
+                inserted == 0
+                and conflicts == 0
+                and await self._ours_and_complete(rel, path, waiting)
+            ):
                 return inserted
             try:
                 chat, data, snap = await anyio.to_thread.run_sync(read_for_edit, path)
@@ -584,6 +592,16 @@ class Committer:
                 await anyio.sleep(_backoff(conflicts))
         log.warning("reconcile gave up for now: the chat kept changing", chat=rel)
         return inserted
+
+    async def _ours_and_complete(self, rel: str, path: Path, job_ids: Sequence[str]) -> bool:
+        """Whether the chat is a version we wrote that holds every waiting message: then there
+        is nothing to do, and the full parse of a big chat is saved (this is the event our
+        own write causes). Checked on the raw bytes: a hash and a substring search."""
+        try:
+            digest, complete = await anyio.to_thread.run_sync(_digest_and_presence, path, job_ids)
+        except OSError:
+            return False
+        return complete and await self.store.is_our_write(rel, digest)
 
     async def _judge(
         self, chat: Chat, data: bytes, entries: Sequence[LedgerEntry], theirs: bool
@@ -665,6 +683,11 @@ def _clean_image_temps(root: Path) -> int:
             except ChatWriteError as exc:
                 log.warning("temp cleanup failed", folder=str(folder), error=str(exc))
     return removed
+
+
+def _digest_and_presence(path: Path, job_ids: Sequence[str]) -> tuple[str, bool]:
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), all(j.encode() in data for j in job_ids)
 
 
 async def _exists(path: Path) -> bool:

@@ -246,3 +246,21 @@ async def test_reconcile_open_at_startup(harness: Harness) -> None:
     tab.narrator("Dropped while we were down.").save()
     assert await h.committer.reconcile_open() == 1
     assert markers(path) == [job.id]
+
+
+async def test_our_own_write_is_not_parsed_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change event our own commit causes finds our version complete by hash and bytes:
+    the chat is not parsed (a big chat's parse is the expensive part)."""
+    h = harness
+    _, path, job = await _committed_with_stale_tab(h)
+    from daemon.engine import commit as commit_mod
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("parsed the chat")
+
+    monkeypatch.setattr(commit_mod, "read_for_edit", boom)
+    assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
+    monkeypatch.undo()
+    assert not (await _entry(h, job.id)).acknowledged
