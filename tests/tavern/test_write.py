@@ -400,7 +400,7 @@ def test_bad_paths(tmp_path: Path) -> None:
 
 def test_quotes_and_non_ascii_names_work(tmp_path: Path) -> None:
     folder = tmp_path / "chats" / 'Zoë "the" O\'Neil'
-    path = folder / 'Zoë "the" O\'Neil - 2026-11-23@22h00m00s000ms ü 日本.jsonl'
+    path = folder / 'Zoë "the" O\'Neil - 2026-11-23@22h00m00s000ms ü 日本 a..b.jsonl'
     STSim.create(path, character="Zoë")
     chat, data, basis = read_for_edit(path)
     insert_after(path, basis, data, chat, 0, [image_message(name="Zoë")])
@@ -571,6 +571,26 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_write_image_in_parallel_never_overwrites(tmp_path: Path) -> None:
+    import threading
+
+    when = datetime(2026, 11, 23, 22, 7, 14, 308000)
+    results: dict[int, Path] = {}
+
+    def one(n: int) -> None:
+        results[n] = write_image(tmp_path, f"image {n}".encode(), "png", "Alice", when)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len({p.name for p in results.values()}) == 8
+    for n, path in results.items():
+        assert path.read_bytes() == f"image {n}".encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in results.values())
 
 
 def test_write_image_prefix_and_time(tmp_path: Path) -> None:
