@@ -22,8 +22,12 @@ and system lines, and our own image messages are refused with a clear error.
 
 The job is queued in the store (source ``manual``) whatever the mode, and runs through the same
 pipeline as any other, approval setting included. Asking twice for the same reply and revision
-names the existing job; ``force`` makes a new one. ``wait`` follows the job until it is pending,
-committed or final; with no daemon running it runs the job in this process.
+names the existing job; ``--force`` makes a new one (the next regeneration of that reply).
+``--wait`` follows the job until it is pending, committed or final (at most ``--timeout``
+seconds; the job itself keeps going); with no daemon running (no fresh heartbeat) it runs the
+job in this process with the daemon's own pipeline. State changes go to stderr, with a spinner
+when both streams are terminals; the result (the pending folder or the committed image files)
+goes to stdout.
 """
 
 from __future__ import annotations
