@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 import os
-import stat
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from daemon.errors import CardError
+from daemon.tavern.files import open_regular
 
 __all__ = ["MAX_TEXT_BYTES", "Card", "parse_card_json", "read_card"]
 
@@ -115,20 +115,12 @@ def parse_card_json(obj: dict[str, Any]) -> Card:
 
 def read_card(path: Path) -> Card:
     """Read the character card at ``path``. Raises :class:`CardError` saying what is wrong."""
-    try:
-        with path.open("rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise CardError(f"card {str(path)!r} is not a file")
+    fd, st = open_regular(path, CardError, "card", "a PNG")
+    with os.fdopen(fd, "rb") as fh:
+        try:
             chunks = _text_chunks(fh, st.st_size, path)
-    except IsADirectoryError:
-        raise CardError(f"card {str(path)!r} is a directory, not a PNG") from None
-    except FileNotFoundError:
-        raise CardError(f"card {str(path)!r} does not exist") from None
-    except PermissionError:
-        raise CardError(f"card {str(path)!r} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise CardError(f"card {str(path)!r} cannot be read: {exc.strerror}") from None
+        except OSError as exc:
+            raise CardError(f"card {str(path)!r} cannot be read: {exc.strerror}") from None
     for wanted in _KEYWORDS:
         for keyword, text in chunks:
             if keyword.lower() == wanted:

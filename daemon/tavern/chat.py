@@ -12,14 +12,14 @@ import hashlib
 import json
 import os
 import re
-import stat
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from daemon.errors import ChatReadError
+from daemon.tavern.files import open_regular
 
 __all__ = [
     "MARKER_KEY",
@@ -301,12 +301,14 @@ class Chat:
         return {m.marker: m for m in self.messages if m.marker is not None}
 
     def find(self, identity: MessageIdentity) -> Message | None:
-        """The message with this identity key; the one nearest the index hint on ties."""
+        """The message with this identity key; when several share it, the one nearest the
+        index hint, and of two equally near the later one (the usual shift is our own image
+        messages inserted above, which move a reply down)."""
         best: Message | None = None
         for message in self.messages:
             if message.identity.key == identity.key and (
                 best is None
-                or abs(message.index - identity.index) < abs(best.index - identity.index)
+                or abs(message.index - identity.index) <= abs(best.index - identity.index)
             ):
                 best = message
         return best
@@ -341,25 +343,17 @@ def parse_chat(data: bytes) -> Chat:
 
 def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, bytes]:
     """Read and parse a chat; returns the parsed chat and the exact bytes it came from."""
-    try:
-        # O_NONBLOCK: a FIFO named like a chat must not hang the daemon.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as fh:
-            size = _regular_size(fd, path)
-            if size > max_bytes:
-                raise ChatReadError(
-                    f"chat {path.name!r} is {size / 1e6:.0f} MB, "
-                    f"over the {max_bytes / 1e6:.0f} MB limit"
-                )
+    fd, st = open_regular(path, ChatReadError, "chat", "a chat file")
+    with os.fdopen(fd, "rb") as fh:
+        if st.st_size > max_bytes:
+            raise ChatReadError(
+                f"chat {path.name!r} is {st.st_size / 1e6:.0f} MB, "
+                f"over the {max_bytes / 1e6:.0f} MB limit"
+            )
+        try:
             data = fh.read(max_bytes + 1)
-    except IsADirectoryError:
-        raise ChatReadError(f"{str(path)!r} is a directory, not a chat file") from None
-    except FileNotFoundError:
-        raise ChatReadError(f"chat {str(path)!r} does not exist") from None
-    except PermissionError:
-        raise ChatReadError(f"chat {str(path)!r} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
+        except OSError as exc:
+            raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
     if len(data) > max_bytes:
         raise ChatReadError(f"chat {path.name!r} grew past the {max_bytes / 1e6:.0f} MB limit")
     lines = data.count(b"\n") + 1
@@ -368,15 +362,6 @@ def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, byt
             f"chat {path.name!r} has {lines:,} lines, over the {MAX_CHAT_LINES:,} line limit"
         )
     return parse_chat(data), data
-
-
-def _regular_size(fd: int, path: Path) -> int:
-    st = os.fstat(fd)
-    if stat.S_ISDIR(st.st_mode):
-        raise IsADirectoryError
-    if not stat.S_ISREG(st.st_mode):
-        raise ChatReadError(f"{str(path)!r} is not a regular file")
-    return st.st_size
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -565,7 +550,3 @@ def tail_scan(path: Path, cursor: Cursor | None) -> ScanResult:
     from daemon.tavern.scan import tail_scan as _impl
 
     return _impl(path, cursor)
-
-
-def iter_messages(chat: Chat) -> Iterator[Message]:
-    yield from chat.messages

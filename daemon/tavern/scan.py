@@ -16,7 +16,6 @@ an old one.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from daemon.tavern.chat import (
     parse_line,
     read_chat,
 )
+from daemon.tavern.files import open_regular
 
 __all__ = [
     "FIRST_BLOCK",
@@ -283,24 +283,9 @@ def tail_scan(path: Path, cursor: Cursor | None, *, block_size: int = FIRST_BLOC
     """
     if cursor is None:
         return _full(path, 0, gone=False)
-    try:
-        # O_NONBLOCK: a FIFO named like a chat must not hang the daemon.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise ChatReadError(f"chat {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise ChatReadError(f"{str(path)!r} is a directory, not a chat file") from None
-    except PermissionError:
-        raise ChatReadError(f"chat {str(path)!r} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
+    fd, st = open_regular(path, ChatReadError, "chat", "a chat file")
     counter = [0]
     try:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            raise ChatReadError(f"{str(path)!r} is a directory, not a chat file")
-        if not stat.S_ISREG(st.st_mode):
-            raise ChatReadError(f"{str(path)!r} is not a regular file")
         size = st.st_size
         try:
             stream = _lines_backwards(fd, size, max(block_size, 1), counter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -148,3 +149,23 @@ def test_missing_directory_and_unreadable(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(CardError, match="is a directory"):
         read_card(folder)
+
+
+def test_a_fifo_named_like_a_card_does_not_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(CardError, match="not a regular file"):
+        read_card(fifo)
+
+
+def test_an_unreadable_card_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "locked.png"
+    path.write_bytes(PNG_SIGNATURE + IHDR + IEND)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: permissions are not enforced")
+        with pytest.raises(CardError, match="permission denied"):
+            read_card(path)
+    finally:
+        path.chmod(0o600)

@@ -17,6 +17,7 @@ from daemon.errors import ChatReadError
 from daemon.tavern.chat import (
     MARKER_KEY,
     Message,
+    MessageIdentity,
     encode_message,
     format_send_date,
     is_header,
@@ -105,6 +106,18 @@ def test_minute_granular_dates_share_keys_but_not_lines() -> None:
     assert a.identity.key == b.identity.key  # both "User", "November 23, 2026 8:59pm"
     assert a.identity != b.identity and a.revision != b.revision
     assert chat.find(b.identity) is b and chat.find(a.identity) is a
+
+
+def test_find_breaks_ties_by_the_index_hint() -> None:
+    same = {"name": "Bob", "is_user": False, "send_date": "November 23, 2026 8:59pm"}
+    other = {"name": "User", "is_user": True, "send_date": "November 23, 2026 8:58pm"}
+    objs = [same, other, same, other, same]
+    chat = parse_chat(b"\n".join(line({**o, "mes": f"m{i}"}) for i, o in enumerate(objs)))
+    key = chat.messages[0].identity
+    found = [chat.find(MessageIdentity(i, key.name, key.first_date)) for i in range(6)]
+    # Exact hits, nearest hits, and ties (hints 1 and 3) going to the later message.
+    assert [m.index if m is not None else None for m in found] == [0, 2, 2, 4, 4, 4]
+    assert chat.find(MessageIdentity(0, "Nobody", key.first_date)) is None
 
 
 def test_markers_are_read_from_the_top_level_extra_only() -> None:

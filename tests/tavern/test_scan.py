@@ -627,3 +627,5 @@ def test_a_fifo_named_like_a_chat_does_not_hang(tmp_path: Path) -> None:
     for cursor in (Cursor((), 0, 0), None):
         with pytest.raises(ChatReadError, match="not a regular file"):
             tail_scan(fifo, cursor)
+    with pytest.raises(ChatReadError, match="not a regular file"):
+        read_chat(fifo)

@@ -1,0 +1,42 @@
+"""Opening a file of SillyTavern's tree for reading, with errors a user can act on."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from daemon.errors import TavernError
+
+__all__ = ["open_regular"]
+
+
+def open_regular(
+    path: Path, error: type[TavernError], what: str, kind: str
+) -> tuple[int, os.stat_result]:
+    """An open read-only descriptor of the regular file ``path`` and its ``fstat``.
+
+    ``what`` names the file in messages ("chat", "card"); ``kind`` is what a folder is not
+    ("a chat file"). Anything but a regular file raises ``error`` and leaves nothing open.
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO named like a chat or card must not hang the daemon.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except IsADirectoryError:
+        raise error(f"{str(path)!r} is a directory, not {kind}") from None
+    except FileNotFoundError:
+        raise error(f"{what} {str(path)!r} does not exist") from None
+    except PermissionError:
+        raise error(f"{what} {str(path)!r} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise error(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise error(f"{str(path)!r} is a directory, not {kind}")
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{str(path)!r} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
