@@ -55,6 +55,7 @@ class ServiceTimings:
     alive_check: float = ALIVE_CHECK_INTERVAL
     poll: float = 1.0
     drain_grace: float | None = None  # None: limits.drain_seconds
+    drop_settle: float = DROP_SETTLE
 
 
 def _now() -> datetime:
@@ -372,7 +373,7 @@ class Service:
         """Act on job folders moved into accepted/ rejected/ regenerate/."""
         approval = self.deps.approval
         actions = await anyio.to_thread.run_sync(
-            functools.partial(approval.drop_actions, settle=DROP_SETTLE)
+            functools.partial(approval.drop_actions, settle=self.timings.drop_settle)
         )
         done = 0
         for job_id, action in actions:

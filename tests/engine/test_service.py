@@ -20,12 +20,12 @@ from daemon.engine.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
-from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
+from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, MakeConfig, async_wait_for
 from tests.stsim import SimClock, STSim
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 
-FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0)
+FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0, drop_settle=0.3)
 START_TIMEOUT = 15.0
 JOB_TIMEOUT = 10.0
 
@@ -373,7 +373,11 @@ async def test_folder_action_on_a_superseded_job_is_refused(
         shutil.copytree(config.state_dir / "pending" / job.id, saved)
         tab.swipe("Swiped away.").save()
         await wait_state(service, job.id, JobState.SUPERSEDED)
-        assert not (config.state_dir / "pending" / job.id).exists()
+
+        async def folder_gone() -> bool:  # removed right after the store says superseded
+            return not (config.state_dir / "pending" / job.id).exists()
+
+        await async_wait_for(folder_gone, within=JOB_TIMEOUT)
         saved.rename(config.state_dir / "accepted" / job.id)
 
         async def refused() -> bool:

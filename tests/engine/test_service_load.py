@@ -9,11 +9,11 @@ import anyio
 import pytest
 
 from daemon.engine.store import JobState
-from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
+from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, MakeConfig, async_wait_for
 from tests.engine.test_service import running, seen
 from tests.stsim import SimClock, STSim
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, WATCHDOG_RACE]
 
 CHATS = 20
 CONCURRENCY = 4

@@ -15,9 +15,9 @@ from daemon.config import SystemdEnv, systemd_env
 from daemon.engine.notify import Heartbeat, Notifier, read_heartbeat
 from daemon.engine.service import ServiceTimings, serve
 from daemon.engine.watch import Watcher
-from tests.engine.conftest import MakeConfig, async_wait_for
+from tests.engine.conftest import WATCHDOG_RACE, MakeConfig, async_wait_for
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 
 
 @pytest.fixture

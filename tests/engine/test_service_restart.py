@@ -97,7 +97,7 @@ def setup(
             st_root_latest,
             tmp_path / "state",
             fake_api,
-            {"limits": {"concurrency": 2, "image_concurrency": 2}},
+            {"limits": {"concurrency": 2, "image_concurrency": 2, "drain_seconds": 1.0}},
         ),
         encoding="utf-8",
     )

@@ -12,10 +12,10 @@ import pytest
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.tavern import layout
 from daemon.tavern.layout import ChatRef
-from tests.engine.conftest import async_wait_for
+from tests.engine.conftest import WATCHDOG_RACE, async_wait_for
 from tests.stsim import STSim
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 
 HINT_TIMEOUT = 5.0
 
