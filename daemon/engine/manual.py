@@ -32,6 +32,7 @@ goes to stdout.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -40,7 +41,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 import anyio.to_thread
@@ -54,11 +55,15 @@ from daemon.errors import (
     ConfigError,
     JobError,
     MessageNotFoundError,
+    StImagegenError,
     UnsafePathError,
 )
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, read_chat
 from daemon.tavern.layout import ChatRef
+
+if TYPE_CHECKING:
+    from daemon.engine.jobs import JobDeps
 
 __all__ = [
     "DEFAULT_WAIT_SECONDS",
@@ -428,33 +433,49 @@ async def _follow(
     limit: float,
     progress: _Progress,
 ) -> Job:
-    """Until ``job`` is pending, committed or final (or ``timeout``): run it here when no daemon
-    runs, else watch the daemon work. Returns the job as last seen."""
+    """Until ``job`` is pending, committed or final (or ``limit`` seconds): run it here when no
+    daemon runs, else watch the daemon work. Returns the job as last seen."""
+    from daemon.engine.jobs import open_job_deps
+
     running = await anyio.to_thread.run_sync(daemon_status, config.heartbeat_path)
-    current = job
-    with anyio.move_on_after(limit):
-        async with anyio.create_task_group() as tg:
-            if not running.running:
-                progress.say("the daemon is not running: running the job in this process")
-                tg.start_soon(_run_here, config, store, root, job.id)
-            last = current.state
-            while current.state not in STOP_STATES:
-                await anyio.sleep(SPINNER_SECONDS if progress.spin else WAIT_POLL_SECONDS)
-                current = await store.get_job(job.id)
-                if current.state is not last:
-                    progress.say(f"job {current.short_id}: {last.value} -> {current.state.value}")
-                    last = current.state
-                progress.tick(current.state)
-            tg.cancel_scope.cancel()
+    failure: list[StImagegenError] = []
+    async with contextlib.AsyncExitStack() as stack:
+        deps: JobDeps | None = None
+        if not running.running:
+            # Opened here, not in the task: a configuration error reaches the user as itself.
+            deps = await stack.enter_async_context(open_job_deps(config, store=store, root=root))
+            progress.say("the daemon is not running: running the job in this process")
+        current = job
+        with anyio.move_on_after(limit):
+            async with anyio.create_task_group() as tg:
+                if deps is not None:
+                    tg.start_soon(_run_here, deps, job.id, failure, tg.cancel_scope)
+                last = current.state
+                while current.state not in STOP_STATES:
+                    await anyio.sleep(SPINNER_SECONDS if progress.spin else WAIT_POLL_SECONDS)
+                    current = await store.get_job(job.id)
+                    if current.state is not last:
+                        progress.say(
+                            f"job {current.short_id}: {last.value} -> {current.state.value}"
+                        )
+                        last = current.state
+                    progress.tick(current.state)
+                tg.cancel_scope.cancel()
     progress.clear()
+    if failure:
+        raise failure[0]
     return await store.get_job(job.id)
 
 
-async def _run_here(config: Config, store: Store, root: Path, job_id: str) -> None:
-    """Run the job with the daemon's own pipeline, retrying when its backoff comes due."""
-    from daemon.engine.jobs import open_job_deps, run_job_once
+async def _run_here(
+    deps: JobDeps, job_id: str, failure: list[StImagegenError], scope: anyio.CancelScope
+) -> None:
+    """Run the job with the daemon's own pipeline, retrying when its backoff comes due. An
+    error of ours stops the wait (kept in ``failure``) instead of a task group traceback."""
+    from daemon.engine.jobs import run_job_once
 
-    async with open_job_deps(config, store=store, root=root) as deps:
+    store = deps.store
+    try:
         while True:
             job = await store.get_job(job_id)
             if job.state in STOP_STATES:
@@ -466,6 +487,9 @@ async def _run_here(config: Config, store: Store, root: Path, job_id: str) -> No
                 continue
             wait = (due - now).total_seconds() if due is not None and due > now else 0.0
             await anyio.sleep(min(max(wait, WAIT_POLL_SECONDS), 5.0))
+    except StImagegenError as exc:
+        failure.append(exc)
+        scope.cancel()
 
 
 def _report(job: Job, config: Config, out: TextIO, err: TextIO) -> int:

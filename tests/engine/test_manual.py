@@ -278,3 +278,15 @@ def test_cli_generate_and_alias(
     assert main(["generate", "--config", cfg, "--chat", "Nobody"]) == 1
     assert "no character, group or chat file matches 'Nobody'" in capsys.readouterr().err
     assert main(["generate", "--config", cfg, "--mesid", "-1"]) == 2  # usage error
+
+
+def test_wait_without_daemon_and_without_api_says_so(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Running the job here needs the APIs: a missing URL is one clear line, exit 1."""
+    cfg = tmp_path / "bare.toml"
+    cfg.write_text(f'data_root = "{root}"\nstate_dir = "{tmp_path / "bare-state"}"\n')
+    assert main(["generate", "--config", str(cfg), "--chat", "Alice", "--wait"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "st-imagegen: error: [text] api_url is empty: set the API's URL"
+    assert "Traceback" not in "\n".join(err)
