@@ -24,6 +24,7 @@ from daemon.engine.notify import Heartbeat
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import JobError, MessageNotFoundError, UnsafePathError
 from daemon.tavern.chat import parse_chat, read_chat
+from tests.engine.conftest import FakeAPI
 from tests.stsim import STSim
 
 USER = "default-user"
@@ -290,3 +291,21 @@ def test_wait_without_daemon_and_without_api_says_so(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "st-imagegen: error: [text] api_url is empty: set the API's URL"
     assert "Traceback" not in "\n".join(err)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_on_a_terminal(root: Path, make_config: MakeConfig, fake_api: FakeAPI) -> None:
+    """On a terminal: state changes and a spinner on stderr; the result alone on stdout."""
+    fake_api.image_delay = 0.5  # long enough to be seen imaging
+    config = make_config(root)
+    out, err = _Terminal(), _Terminal()
+    assert cmd_generate(config, "Alice", None, True, timeout=60, out=out, err=err) == 0
+    progress = err.getvalue()
+    assert "-> imaging" in progress and "-> pending" in progress
+    assert "\r" in progress and "imaging (" in progress  # the spinner line
+    assert progress.endswith("\r\x1b[K") or "\x1b[K" in progress  # cleared at the end
+    assert "\r" not in out.getvalue() and "is waiting for approval" in out.getvalue()
