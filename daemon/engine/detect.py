@@ -3,9 +3,11 @@
 :func:`decide` turns one :class:`~daemon.tavern.chat.ScanResult` into new jobs and supersedes:
 
 - A job is due for a **character reply** that is new since the cursor: not the user's, not hidden
-  (``is_system`` truthy), not a narrator line (``/sys``), not an ST system message, not one of our
-  own image messages (marker), not empty, and finished (a generated reply has ``gen_finished``;
-  API-written or imported ones have no generation fields and are accepted as they are).
+  (``is_system`` truthy; ``""`` is visible), not a narrator line (``/sys``), not a line the user
+  typed as a character (``/sendas``: nothing was generated, so nothing is illustrated; ``generate``
+  can still do it on request), not an ST system message, not one of our own image messages
+  (marker), not empty, and finished (a generated reply has ``gen_finished``; API-written or
+  imported ones have no generation fields and are accepted as they are).
 - Filters: ``mode = "manual"`` makes no jobs; include/exclude characters (card file stem or
   display name, case-insensitive); ``min_length``; ``every_nth`` (counted per chat in
   :class:`ChatState`, which the caller stores with the cursor).
@@ -65,7 +67,8 @@ EXCERPT_CHARS = 200
 """Length of the reply excerpt stored with a job."""
 
 DECIDED_KEPT = 64
-"""How many recent replies' every-Nth selections a chat remembers (cursor depth is 16)."""
+"""How many recent replies' every-Nth selections a chat remembers; more than the cursor's
+``CURSOR_DEPTH``, so a diff after a lost cursor still knows which older replies were counted."""
 
 LOCAL_TIME_SLACK = timedelta(hours=14)
 """Grace for ``send_date`` forms without a time zone (they are local time, parsed as UTC)."""
@@ -88,6 +91,7 @@ class Skip(StrEnum):
     USER = "user message"
     HIDDEN = "hidden"
     NARRATOR = "narrator line"
+    SLASH = "typed with a slash command (/sendas)"
     SYSTEM = "ST system message"
     OURS = "our image message"
     EMPTY = "empty reply"
@@ -304,6 +308,8 @@ def eligible(message: Message) -> Skip | None:
         return Skip.NARRATOR
     if message.is_st_system:
         return Skip.SYSTEM
+    if message.is_slash_command:
+        return Skip.SLASH
     if message.is_system:
         return Skip.HIDDEN
     if not message.name:

@@ -165,7 +165,17 @@ class Message:
 
     @property
     def is_narrator(self) -> bool:
+        """A ``/sys`` narrator line (its ``is_system`` is ``""``: visible, yet no character's)."""
         return self.extra.get("type") == "narrator"
+
+    @property
+    def is_slash_command(self) -> bool:
+        """Typed by the user through a slash command (``/sendas``, ``/sys``), not generated.
+
+        ST marks such lines ``extra.model = "slash command"`` (``api = "manual"``); a swipe
+        generated on one later replaces ``extra`` with the real API's.
+        """
+        return self.extra.get("model") == "slash command"
 
     @property
     def is_st_system(self) -> bool:

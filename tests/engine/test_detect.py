@@ -119,6 +119,12 @@ def indices(decision: Decision) -> list[int]:
 # --- eligibility, table-driven ----------------------------------------------------------------
 
 NARRATOR: dict[str, Any] = {"is_system": "", "extra": {"type": "narrator"}}
+SLASH: dict[str, Any] = {
+    "bias": None,
+    "isSmallSys": False,
+    "api": "manual",
+    "model": "slash command",
+}
 
 ELIGIBILITY: list[tuple[str, Message, Skip | None]] = [
     ("plain reply", msg(1), None),
@@ -137,7 +143,18 @@ ELIGIBILITY: list[tuple[str, Message, Skip | None]] = [
     ("unfinished null", msg(1, gen_started="a", gen_finished=None), Skip.UNFINISHED),
     ("empty", msg(1, mes="  \n"), Skip.EMPTY),
     ("no name", msg(1, ""), Skip.NO_NAME),
-    ("sendas (is_system empty string)", msg(1, "Bob", is_system=""), None),
+    ("is_system empty string is visible", msg(1, "Bob", is_system=""), None),
+    ("/sendas", msg(1, "Bob", is_system="", extra=SLASH), Skip.SLASH),
+    (
+        "/sendas swiped by a generation",
+        msg(1, "Bob", is_system="", extra={"api": "openai", "model": "gpt-4o"}),
+        None,
+    ),
+    (
+        "/sys without is_system",
+        msg(1, "System", extra={**SLASH, "type": "narrator"}),
+        Skip.NARRATOR,
+    ),
 ]
 
 
@@ -769,6 +786,28 @@ def test_fixture_first_sight_without_backfill_is_quiet(st_root: Path) -> None:
         d = decide(result, c, DetectSettings(), "auto", NOW, first_sight=True)
         assert d.new_jobs == [], ref.rel
         assert len(d.skipped) == len(result.tail)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+# Group chats with a `/sendas name=Bob` line and a `/sys` line (tests/fixtures/README.md).
+SLASH_LINES = {
+    "st-1.12/default-user/group chats/2026-11-23@22h55m48s.jsonl": (10, 11),
+    "st-1.14/default-user/group chats/2026-11-23@22h53m10s.jsonl": (9, 10),
+}
+
+
+@pytest.mark.parametrize("rel", sorted(SLASH_LINES))
+def test_fixture_sendas_and_sys_lines_get_no_job(rel: str) -> None:
+    chat = parse_chat((FIXTURES / rel).read_bytes())
+    sendas, sys_line = (chat.messages[i] for i in SLASH_LINES[rel])
+    assert (sendas.name, sendas.data["is_system"], sendas.is_slash_command) == ("Bob", "", True)
+    assert eligible(sendas) is Skip.SLASH
+    assert eligible(sys_line) is Skip.NARRATOR
+    generated = chat.messages[SLASH_LINES[rel][0] - 2]  # Bob's generated group reply
+    assert (generated.name, generated.is_generated, eligible(generated)) == ("Bob", True, None)
+    d = run(scan(new=[generated, sendas, sys_line]))
+    assert indices(d) == [generated.index]
+    assert d.skipped == [(sendas.index, Skip.SLASH), (sys_line.index, Skip.NARRATOR)]
 
 
 # The last eligible reply of each fixture chat, by (file name prefix) -> (speaker, mes start).
