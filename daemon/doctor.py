@@ -27,10 +27,11 @@ from daemon.engine.notify import read_heartbeat
 from daemon.engine.status import HEARTBEAT_STALE_SECONDS
 from daemon.errors import (
     AuthError,
+    ConfigError,
     NotADataRootError,
     PermanentProviderError,
-    ProviderError,
     RateLimitedError,
+    StImagegenError,
     TransientProviderError,
 )
 from daemon.providers.http import RetryPolicy, make_client
@@ -50,6 +51,7 @@ __all__ = [
     "CheckResult",
     "cmd_doctor",
     "cmd_healthcheck",
+    "iter_checks",
     "run_checks",
 ]
 
@@ -353,6 +355,8 @@ def _api_failure(name: str, section: str, url: str, exc: BaseException) -> Check
             f"check {section}.api_url (the full endpoint URL or a base URL ending in /v1) and "
             f"{section}.model",
         )
+    if isinstance(exc, ConfigError):
+        return _fail(name, str(exc), f"fix {section}.api_url in the config file or environment")
     if isinstance(exc, TimeoutError):
         return _fail(
             name,
@@ -384,7 +388,7 @@ def check_prompt_api(config: Config) -> CheckResult:
 
     try:
         anyio.run(run)
-    except (ProviderError, httpx.HTTPError, OSError, TimeoutError) as exc:
+    except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
         return _api_failure(name, "text", text.api_url, exc)
     return _pass(name, f"{text.api_url} answered (model {text.model})")
 
@@ -406,7 +410,7 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
 
     try:
         anyio.run(run)
-    except (ProviderError, httpx.HTTPError, OSError, TimeoutError) as exc:
+    except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
         return _api_failure(name, "image", image.api_url, exc)
     return _pass(name, f"{image.api_url} answered (model {image.model})")
 
@@ -414,38 +418,46 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
 # --- the commands ------------------------------------------------------------------------------
 
 
+def iter_checks(
+    config: Config, *, skip_image: bool = False, watches_file: Path = INOTIFY_WATCHES_FILE
+) -> Iterator[CheckResult]:
+    """Every check, in the order a user would fix things, each as soon as it is done."""
+    yield check_config(config)
+    root_result, root = check_data_root(config)
+    yield root_result
+    if root is None:
+        for name in ("read chats", "write chats", "write images"):
+            yield _skip(name, "needs a data root")
+    else:
+        chats = _chats(root, config)
+        yield check_chats_readable(root, config.detect.users, chats)
+        yield check_chats_writable(chats)
+        yield check_image_folders(root, chats)
+    yield check_state_dir(config)
+    yield (
+        _skip("watch limit", "needs a data root")
+        if root is None
+        else check_inotify(root, watches_file)
+    )
+    yield check_prompt_api(config)
+    yield check_image_api(config, skip=skip_image)
+
+
 def run_checks(
     config: Config, *, skip_image: bool = False, watches_file: Path = INOTIFY_WATCHES_FILE
 ) -> list[CheckResult]:
-    """Every check, in the order a user would fix things."""
-    results = [check_config(config)]
-    root_result, root = check_data_root(config)
-    results.append(root_result)
-    if root is None:
-        for name in ("read chats", "write chats", "write images", "watch limit"):
-            results.append(_skip(name, "needs a data root"))
-    else:
-        chats = _chats(root, config)
-        results += [
-            check_chats_readable(root, config.detect.users, chats),
-            check_chats_writable(chats),
-            check_image_folders(root, chats),
-        ]
-    results.append(check_state_dir(config))
-    if root is not None:
-        results.append(check_inotify(root, watches_file))
-    results.append(check_prompt_api(config))
-    results.append(check_image_api(config, skip=skip_image))
-    return results
+    """Every check's result, in order."""
+    return list(iter_checks(config, skip_image=skip_image, watches_file=watches_file))
 
 
 def cmd_doctor(config: Config, skip_image: bool, *, out: TextIO | None = None) -> int:
-    """Print every check; exit code 0 only when none failed."""
+    """Print every check as it finishes; exit code 0 only when none failed."""
     stream = sys.stdout if out is None else out
-    results = run_checks(config, skip_image=skip_image)
-    for result in results:
-        print(result.render(), file=stream)
-    failed = [r for r in results if not r.ok]
+    failed: list[CheckResult] = []
+    for result in iter_checks(config, skip_image=skip_image):
+        print(result.render(), file=stream, flush=True)
+        if not result.ok:
+            failed.append(result)
     if failed:
         print(f"\n{len(failed)} check(s) failed.", file=stream)
         return 1

@@ -306,3 +306,13 @@ def test_healthcheck_judges_the_heartbeat(st_root_latest: Path, tmp_path: Path) 
     assert "last heartbeat 600 s ago" in out.getvalue()
     config.heartbeat_path.write_text("{half a reco", encoding="utf-8")
     assert cmd_healthcheck(config, out=io.StringIO()) == 1
+
+
+def test_malformed_api_url_is_a_failed_check_not_a_crash(
+    st_root_latest: Path, tmp_path: Path
+) -> None:
+    code, output = _doctor(_config(tmp_path, st_root_latest, "api.example.com/v1"))
+    assert code == 1
+    assert "is not an http(s) URL" in _line(output, "prompt API")
+    assert "fix text.api_url" in _fix_after(output, "prompt API")
+    assert _line(output, "read chats").startswith("PASS")  # the other checks still ran
