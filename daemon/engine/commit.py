@@ -646,8 +646,8 @@ class Committer:
 
 def _write_images(folder: Path, job_id: str, kept: Sequence[Path], now: datetime) -> list[Path]:
     """Copy the kept images into ``folder``; a file an earlier run wrote for this job (found by
-    the job id in its name and equal bytes) is reused, so retries leave no orphans."""
-    folder.mkdir(parents=True, exist_ok=True)
+    the job id in its name and equal bytes) is reused, so retries leave no orphans. The folder
+    is created (durably) by ``write_image``."""
     out: list[Path] = []
     for number, source in enumerate(kept, 1):
         data = source.read_bytes()
