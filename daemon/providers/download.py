@@ -26,6 +26,7 @@ import httpx
 
 from daemon.errors import BadResponseError, TransientProviderError
 from daemon.providers.decode import sniff_format
+from daemon.providers.http import call_timeout
 
 __all__ = ["DownloadPolicy", "Resolver", "download_image", "is_public_address", "system_resolve"]
 
@@ -123,7 +124,7 @@ async def download_image(
                     "GET",
                     url,
                     follow_redirects=False,
-                    timeout=httpx.Timeout(policy.timeout, connect=min(10.0, policy.timeout)),
+                    timeout=call_timeout(policy.timeout),
                 ) as response:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         try:

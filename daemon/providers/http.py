@@ -43,6 +43,7 @@ __all__ = [
     "IntervalGate",
     "RetryPolicy",
     "SystemClock",
+    "call_timeout",
     "endpoint_url",
     "error_fields",
     "error_from_response",
@@ -267,9 +268,19 @@ async def read_capped(response: httpx.Response, limit: int) -> bytes:
     return b"".join(chunks)[:limit]
 
 
+def call_timeout(seconds: float) -> httpx.Timeout:
+    """Per-request timeouts for a call with an overall deadline of ``seconds``."""
+    return httpx.Timeout(seconds, connect=min(seconds, DEFAULT_CONNECT_TIMEOUT))
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff with full jitter; only transient errors are retried."""
+    """Bounded exponential backoff with equal jitter; only transient errors are retried.
+
+    These are the tries inside one call (``limits.provider_attempts``); a step that still fails
+    transiently is rescheduled by the job layer (``limits.max_attempts``), which reads a
+    :class:`RateLimitedError`'s ``retry_after``.
+    """
 
     attempts: int = 3
     base: float = 5.0

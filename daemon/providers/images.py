@@ -40,6 +40,7 @@ from daemon.providers.http import (
     IntervalGate,
     RetryPolicy,
     SystemClock,
+    call_timeout,
     endpoint_url,
     error_fields,
     error_from_response,
@@ -70,6 +71,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+CHECK_TIMEOUT = 30.0
+"""Longest wait for ``check()``'s model list: doctor should answer quickly."""
 
 _PROVISIONAL = {
     "queued",
@@ -322,7 +326,7 @@ class ImageGenerator:
     async def _check_models(self) -> None:
         url = self._url.rsplit("/images/generations", 1)[0] + "/models"
         try:
-            with anyio.fail_after(min(self._settings.timeout_seconds, 30.0)):
+            with anyio.fail_after(min(self._settings.timeout_seconds, CHECK_TIMEOUT)):
                 async with self._client.stream("GET", url, auth=self._auth) as response:
                     raw = await read_capped(response, ERROR_BODY_LIMIT * 16)
         except (TimeoutError, httpx.TransportError) as exc:
@@ -370,7 +374,7 @@ class ImageGenerator:
                     self._url,
                     json=body,
                     auth=self._auth,
-                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                    timeout=call_timeout(timeout),
                 ) as response:
                     if not 200 <= response.status_code < 300:
                         raw = await read_capped(response, ERROR_BODY_LIMIT)

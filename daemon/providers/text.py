@@ -32,6 +32,7 @@ from daemon.providers.http import (
     Endpoint,
     RetryPolicy,
     SystemClock,
+    call_timeout,
     endpoint_url,
     error_fields,
     error_from_response,
@@ -430,7 +431,7 @@ class PromptWriter:
                     self._url,
                     json=body,
                     auth=self._auth,
-                    timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+                    timeout=call_timeout(timeout),
                 ) as response:
                     raw = await read_capped(response, MAX_ANSWER_BYTES + 1)
                     if len(raw) > MAX_ANSWER_BYTES and response.is_success:

@@ -22,6 +22,7 @@ from daemon.providers.http import (
     Endpoint,
     IntervalGate,
     RetryPolicy,
+    call_timeout,
     endpoint_url,
     error_from_response,
     error_from_transport,
@@ -225,3 +226,9 @@ def test_a_redirecting_api_names_the_fix() -> None:
     assert isinstance(err, PermanentProviderError)
     assert "redirects to https://img.example.com/api/v1/images/generations" in str(err)
     assert "set [image] api_url to the final URL" in str(err)
+
+
+def test_call_timeout_caps_connect_by_the_deadline() -> None:
+    long, short = call_timeout(180.0), call_timeout(3.0)
+    assert (long.connect, long.read, long.write, long.pool) == (10.0, 180.0, 180.0, 180.0)
+    assert (short.connect, short.read) == (3.0, 3.0)

@@ -755,8 +755,9 @@ async def test_check_lists_models(
 async def test_check_passes_without_a_models_route(
     client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
 ) -> None:
-    router.get("https://img.example.com/v1/models").mock(return_value=httpx.Response(404))
+    route = router.get("https://img.example.com/v1/models").mock(return_value=httpx.Response(404))
     await generator(client, clock).check()
+    assert route.call_count == 1
 
 
 async def test_check_reports_a_bad_key(
