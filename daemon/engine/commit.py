@@ -186,7 +186,7 @@ def find_marker(chat: Chat, data: bytes, job_id: str) -> Message | None:
 
 
 def find_reply(chat: Chat, identity: MessageIdentity) -> Message | None:
-    """Like :meth:`Chat.find` (the match nearest the index hint, lower index on ties), but
+    """Like :meth:`Chat.find` (the match nearest the index hint, the later one on ties), but
     searching outward from the hint, so the usual case looks at a few messages, not all."""
     messages = chat.messages
     if not messages:
@@ -197,7 +197,7 @@ def find_reply(chat: Chat, identity: MessageIdentity) -> Message | None:
         low, high = hint - distance, hint + distance
         if low < 0 and high >= len(messages):
             break
-        for i in (low, high) if distance else (hint,):
+        for i in (high, low) if distance else (hint,):
             if 0 <= i < len(messages) and messages[i].identity.key == key:
                 return messages[i]
     return None
