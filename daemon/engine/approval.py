@@ -36,9 +36,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from pydantic import SecretStr
 
 from daemon.engine.store import Job
 from daemon.errors import UnsafePathError
+from daemon.logs import is_secret_key
 
 __all__ = [
     "DROP_FOLDERS",
@@ -61,7 +63,6 @@ STALE_TEMP_SECONDS = 3600.0
 
 _JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _IMAGE = re.compile(r"^image-(\d{1,4})\.([a-z0-9]{1,5})$")
-_SECRET_KEY = re.compile(r"(api[_-]?key|authorization|token|secret|password|passwd|cookie)", re.I)
 
 
 class Action(enum.StrEnum):
@@ -128,12 +129,12 @@ def _write_file(path: Path, data: bytes) -> None:
 
 
 def _scrub(value: Any) -> Any:
-    """Drop secret-looking keys and SecretStr-like values from what goes into job.json."""
+    """Drop secret keys (the logs' rule) and ``SecretStr`` values from what goes into job.json."""
     if isinstance(value, Mapping):
         return {
             str(k): _scrub(v)
             for k, v in value.items()
-            if not _SECRET_KEY.search(str(k)) and type(v).__name__ not in ("SecretStr", "Secret")
+            if not is_secret_key(str(k)) and not isinstance(v, SecretStr)
         }
     if isinstance(value, (list, tuple)):
         return [_scrub(v) for v in value]

@@ -138,7 +138,8 @@ class Endpoint:
 
 
 def redact(text: str, secret: str) -> str:
-    """``text`` with ``secret`` (and a Bearer header form of it) replaced by ``***``."""
+    """``text`` with ``secret`` replaced by ``***`` (a value under 4 characters is left alone:
+    replacing it everywhere would garble the text, and no real key is that short)."""
     if secret and len(secret) >= 4:
         text = text.replace(secret, "***")
     return text

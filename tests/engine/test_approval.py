@@ -101,6 +101,8 @@ async def test_write_pending(approval: Approval, job: Job) -> None:
             "headers": {"Authorization": "Bearer sk-secret-value", "X-Ok": "1"},
             "key": SecretStr("sk-secret-value"),
             "text_model": "gpt-4",
+            "access_token": "tok-secret-value",
+            "max_tokens": 300,
         },
     )
     assert folder == approval.pending_path(job.id) == approval.state_dir / "pending" / job.id
@@ -122,7 +124,9 @@ async def test_write_pending(approval: Approval, job: Job) -> None:
     assert doc["revision"] == "0:abcd"
     assert (doc["provider"], doc["model"]) == ("openai", "dall-e-3")
     assert doc["created"] == job.created_at.isoformat()
-    assert doc["info"] == {"headers": {"X-Ok": "1"}, "text_model": "gpt-4"}
+    # Secret keys follow the logs' rule: token counts are not secrets.
+    assert doc["info"] == {"headers": {"X-Ok": "1"}, "text_model": "gpt-4", "max_tokens": 300}
+    assert "tok-secret-value" not in text
     assert [i["file"] for i in doc["images"]] == ["image-1.png", "image-2.webp", "image-3.jpg"]
     assert f"st-imagegen accept {job.id}" in doc["how_to"]["accept"]
     assert PROMPT_FILE in doc["how_to"]["regenerate"]
