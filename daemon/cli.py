@@ -177,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except CommandError as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        # The state dir or a file we need is not usable (permissions, disk full, ...).
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}")
     except Exception as exc:
         from daemon.errors import StImagegenError
 

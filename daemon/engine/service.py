@@ -150,6 +150,7 @@ class Service:
         try:
             async with anyio.create_task_group() as tg:
                 self._cancel = tg.cancel_scope
+                tg.start_soon(self._signal_loop, tg.cancel_scope)  # SIGTERM during start drains
                 await tg.start(self.runner.run)
                 await self.start()
                 await tg.start(self.watcher.run)
@@ -158,7 +159,6 @@ class Service:
                 tg.start_soon(self._rescan_loop)
                 tg.start_soon(self._poll_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
-                tg.start_soon(self._signal_loop, tg.cancel_scope)
                 self.heartbeat.write(watching=len(self.index))
                 self.notifier.ready(f"watching {len(self.index)} chats")
                 log.info("ready", chats=len(self.index), pid=os.getpid())

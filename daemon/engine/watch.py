@@ -9,6 +9,7 @@ A periodic stat-only rescan (:class:`StatIndex`) catches whatever the events mis
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import queue
@@ -37,6 +38,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
+from daemon.errors import TavernError
 from daemon.tavern import layout
 from daemon.tavern.layout import ChatRef, PathKind
 
@@ -159,6 +161,21 @@ class EventBridge(FileSystemEventHandler):
             self.rescan_needed.set()
 
 
+def _watch_error(root: Path, exc: OSError) -> str:
+    if exc.errno == errno.ENOSPC:
+        return (
+            f"cannot watch {str(root)!r}: the inotify watch limit is reached; raise it, e.g. "
+            "`echo fs.inotify.max_user_watches=524288 | sudo tee /etc/sysctl.d/90-inotify.conf "
+            "&& sudo sysctl --system` (see `st-imagegen doctor`)"
+        )
+    if exc.errno == errno.EMFILE:
+        return (
+            f"cannot watch {str(root)!r}: too many inotify instances or open files "
+            "(fs.inotify.max_user_instances, ulimit -n)"
+        )
+    return f"cannot watch {str(root)!r}: {exc.strerror or exc}"
+
+
 def _as_str(path: str | bytes) -> str:
     return os.fsdecode(path)
 
@@ -193,13 +210,16 @@ class Watcher:
         self._started = False
 
     def start(self) -> None:
-        """Schedule and start watchdog's threads."""
-        self._observer.schedule(self.bridge, str(self.root), recursive=True)
-        for folder in self.drop_dirs:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._observer.schedule(self.bridge, str(folder), recursive=False)
-        self._observer.daemon = True
-        self._observer.start()
+        """Schedule and start watchdog's threads; :class:`TavernError` when that fails."""
+        try:
+            self._observer.schedule(self.bridge, str(self.root), recursive=True)
+            for folder in self.drop_dirs:
+                folder.mkdir(parents=True, exist_ok=True)
+                self._observer.schedule(self.bridge, str(folder), recursive=False)
+            self._observer.daemon = True
+            self._observer.start()
+        except OSError as exc:
+            raise TavernError(_watch_error(self.root, exc)) from None
         self._started = True
         log.info("watching", root=str(self.root), drop_dirs=[str(d) for d in self.drop_dirs])
 

@@ -220,3 +220,14 @@ def test_every_command_has_config(capsys: pytest.CaptureFixture[str]) -> None:
         assert main([command, *rest, "--help"]) == 0
         out, _ = capsys.readouterr()
         assert "--config" in out, command
+
+
+def test_unusable_state_dir_is_one_line_exit_1(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    path = tmp_path / "config.toml"
+    path.write_text(config_toml(st_root_latest, blocker / "state", fake_api), encoding="utf-8")
+    code, out, err = cli(capsys, "list", "--config", str(path))
+    assert code == 1 and out == "" and err.count("\n") == 1 and "a-file" in err

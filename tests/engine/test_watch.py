@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -248,3 +249,24 @@ def test_stat_index_users_filter(st_root_latest: Path) -> None:
     STSim.create(_chat_path(root, user="other", owner="Bob"), character="Bob")
     index = StatIndex(root, users=["other"])
     assert {index.ref(rel).user for rel in index.scan()} == {"other"}
+
+
+def test_watch_limit_gives_a_clear_error(st_root_latest: Path) -> None:
+    import errno
+
+    from watchdog.observers.api import BaseObserver
+
+    from daemon.errors import TavernError
+
+    class Full(BaseObserver):
+        def __init__(self) -> None:
+            super().__init__(emitter_class=object)  # type: ignore[arg-type]
+
+        def schedule(self, *args: object, **kwargs: object) -> Any:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    watcher = Watcher(st_root_latest, observer=Full())
+    with pytest.raises(TavernError, match="max_user_watches"):
+        watcher.start()
+    assert not watcher.is_alive()
+    watcher.stop()
