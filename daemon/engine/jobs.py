@@ -558,6 +558,8 @@ class Runner:
                     await self.fill()
                 except StoreError as exc:
                     log.error("store error while polling jobs", error=str(exc))
+                except Exception:  # a bug must not stop the runner; the next poll retries
+                    log.exception("job poll failed")
                 with anyio.move_on_after(self.poll_interval):
                     await self._wake.wait()
                 self._wake = anyio.Event()

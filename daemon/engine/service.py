@@ -236,7 +236,11 @@ class Service:
                 await self._rescan.wait()
             self._rescan = anyio.Event()
             self.watcher.clear_rescan()
-            changed = await anyio.to_thread.run_sync(self.index.scan)
+            try:
+                changed = await anyio.to_thread.run_sync(self.index.scan)
+            except Exception:  # the next rescan tries again; the daemon keeps serving
+                log.exception("rescan failed")
+                continue
             now = time.monotonic()
             for rel in changed:
                 self.settler.touch(self.index.ref(rel), now)
@@ -258,7 +262,10 @@ class Service:
                 return
             if self.watcher.rescan_needed:
                 self._rescan.set()
-            await self.handle_drops()
+            try:
+                await self.handle_drops()
+            except Exception:  # e.g. a drop folder removed by hand; retried next round
+                log.exception("drop folder check failed")
 
     async def _heartbeat_loop(self) -> None:
         ping = self.notifier.watchdog_interval
