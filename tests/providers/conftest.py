@@ -71,6 +71,24 @@ def router() -> Iterator[respx.MockRouter]:
         yield r
 
 
+@dataclass
+class InFlight:
+    """A respx side effect that answers ``answer()`` after a few scheduler turns, recording the
+    most requests ever in flight at once (``peak``), to check a concurrency limit."""
+
+    answer: Callable[[], httpx.Response]
+    inflight: int = 0
+    peak: int = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.inflight += 1
+        self.peak = max(self.peak, self.inflight)
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()  # let the other tasks try to start theirs
+        self.inflight -= 1
+        return self.answer()
+
+
 def no_jitter_policy(attempts: int = 3, **kwargs: Any) -> RetryPolicy:
     """A retry policy whose jitter is fixed (rng 0: half the backoff ceiling)."""
     return RetryPolicy(attempts=attempts, base=1.0, cap=60.0, rng=lambda: 0.0, **kwargs)

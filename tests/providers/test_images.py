@@ -33,7 +33,13 @@ from daemon.providers.profiles import (
     normalize_aspect_ratio,
     resolve_profile,
 )
-from tests.providers.conftest import FakeClock, make_image, no_jitter_policy, public_resolver
+from tests.providers.conftest import (
+    FakeClock,
+    InFlight,
+    make_image,
+    no_jitter_policy,
+    public_resolver,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -541,24 +547,13 @@ async def test_min_interval_between_calls(
 async def test_image_concurrency_limit(
     client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
 ) -> None:
-    inflight = 0
-    peak = 0
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        nonlocal inflight, peak
-        inflight += 1
-        peak = max(peak, inflight)
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()
-        inflight -= 1
-        return data({"b64_json": b64(PNG)})
-
+    slow = InFlight(lambda: data({"b64_json": b64(PNG)}))
     router.post(GENERIC_URL).mock(side_effect=slow)
     gen = generator(client, clock, limits=LimitsSettings(image_concurrency=1))
     async with anyio.create_task_group() as tg:
         for _ in range(4):
             tg.start_soon(gen.generate, "fox")
-    assert peak == 1
+    assert slow.peak == 1 and router.calls.call_count == 4
 
 
 # ------------------------------------------------------------------------------ SSE via respx

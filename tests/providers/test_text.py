@@ -28,7 +28,7 @@ from daemon.providers.text import (
     PromptWriter,
     WrittenPrompt,
 )
-from tests.providers.conftest import FakeClock, no_jitter_policy
+from tests.providers.conftest import FakeClock, InFlight, no_jitter_policy
 
 pytestmark = pytest.mark.anyio
 
@@ -502,18 +502,7 @@ async def test_deadline_per_call_cancels_cleanly(
 async def test_concurrency_limit(
     client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
 ) -> None:
-    inflight = 0
-    peak = 0
-
-    async def slow(request: httpx.Request) -> httpx.Response:
-        nonlocal inflight, peak
-        inflight += 1
-        peak = max(peak, inflight)
-        for _ in range(5):
-            await anyio.lowlevel.checkpoint()
-        inflight -= 1
-        return ok("a fox")
-
+    slow = InFlight(lambda: ok("a fox"))
     router.post(URL).mock(side_effect=slow)
     w = writer(client, clock, limits=LimitsSettings(text_concurrency=2))
     results: list[str] = []
@@ -525,7 +514,7 @@ async def test_concurrency_limit(
         for _ in range(6):
             tg.start_soon(one)
     assert results == ["a fox"] * 6
-    assert peak == 2
+    assert slow.peak == 2
 
 
 async def test_cancelling_a_write_leaves_the_writer_usable(
