@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -30,7 +31,7 @@ from daemon.engine.store import Job, JobState, Store
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
 from daemon.tavern import layout, write
-from daemon.tavern.chat import tail_scan
+from daemon.tavern.chat import Cursor, ScanResult, tail_scan
 from daemon.tavern.layout import ChatRef
 
 __all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
@@ -313,8 +314,9 @@ class Service:
         store = self.store
         record = await store.get_chat(chat.rel)
         cursor = record.cursor if record else None
+        data = record.data if record else None
         try:
-            result = await anyio.to_thread.run_sync(tail_scan, chat.path, cursor)
+            result, ctx = await anyio.to_thread.run_sync(self._read, chat, cursor, data)
         except ChatReadError:
             if not chat.path.exists():
                 self.index.note(chat)
@@ -325,9 +327,7 @@ class Service:
         created_while_running = first_sight and chat.rel not in self._startup
         decision = detect.decide(
             result,
-            detect.ChatContext.for_chat(
-                self.root, chat, record.data if record else None, previous=cursor
-            ),
+            ctx,
             self.config.detect,
             self.config.mode,
             _now(),
@@ -361,6 +361,13 @@ class Service:
         if created:
             self.runner.wake()
         await self._reconcile(chat)
+
+    def _read(
+        self, chat: ChatRef, cursor: Cursor | None, data: dict[str, Any] | None
+    ) -> tuple[ScanResult, detect.ChatContext]:
+        """The blocking part of reading a chat (run in a worker thread)."""
+        result = tail_scan(chat.path, cursor)
+        return result, detect.ChatContext.for_chat(self.root, chat, data, previous=cursor)
 
     async def _reconcile(self, chat: ChatRef) -> None:
         committer = self.deps.committer
