@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from functools import partial
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0, drop_settle=0.3)
 START_TIMEOUT = 15.0
 JOB_TIMEOUT = 10.0
+PENDING_MARGIN = 3.0  # seconds past the settle time for a reply to reach pending/
 
 
 @pytest.fixture
@@ -134,11 +136,14 @@ async def test_reply_becomes_pending_then_accepted_by_folder_move(
         path = new_chat(root)
         tab = await started_chat(service, path, character="Alice")
         tab.send_user("Describe the glade.").save()
+        saved_at = time.monotonic()
         tab.reply("Alice", "The forest glade glows at dawn; Alice smiles.").save()
         jobs = await wait_jobs(service, path, 1)
         assert len(jobs) == 1
         job = await wait_state(service, jobs[0].id, JobState.PENDING)
         folder = config.state_dir / "pending" / job.id
+        # Within the settle time plus a little (two fast fake API calls and some polling).
+        assert time.monotonic() - saved_at < config.detect.settle_seconds + PENDING_MARGIN
         assert (folder / "job.json").is_file()
         assert job.images and (folder / job.images[0]).is_file()
         info = json.loads((folder / "job.json").read_text())
