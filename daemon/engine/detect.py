@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from daemon.config import DetectSettings
 from daemon.engine.store import job_key
+from daemon.errors import UnsafePathError
 from daemon.tavern.chat import (
     Cursor,
     Message,
@@ -205,7 +206,7 @@ class ChatContext:
         if chat.is_group:
             try:
                 info = layout.group_for_chat(root, chat.user, chat.chat_id)
-            except Exception:  # a hostile user name or unreadable group: not fatal here
+            except UnsafePathError:  # a hostile user name: no group, not fatal here
                 info = None
             group_id = info.id if info is not None else chat.chat_id
         try:

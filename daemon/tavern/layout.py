@@ -358,6 +358,8 @@ class GroupInfo:
     members: list[str]
 
 
+# Parsed group files by path, revalidated by mtime and size: every event on a group chat looks
+# its group up, and the files rarely change. One entry per group file, so it stays small.
 _group_cache: dict[Path, tuple[int, int, GroupInfo | None, frozenset[str]]] = {}
 
 

@@ -865,3 +865,21 @@ def test_fixture_history_then_new_reply(st_root: Path, request: pytest.FixtureRe
         assert [(j.speaker, j.excerpt) for j in d2.new_jobs] == [(speaker, "One more, then.")], (
             ref.rel
         )
+
+
+def test_context_of_a_group_chat_without_a_readable_group(tmp_path: Path) -> None:
+    """No group file, a broken one, or a user name the layout refuses: the chat id stands in."""
+    folder = tmp_path / "default-user" / "group chats"
+    folder.mkdir(parents=True)
+    (folder / "g1.jsonl").write_bytes(b"")
+    groups = tmp_path / "default-user" / "groups"
+    groups.mkdir()
+    ref = layout.chat_ref(tmp_path, "default-user", None, "g1.jsonl")
+    assert ChatContext.for_chat(tmp_path, ref).character == "g1"
+    (groups / "g1.json").write_text("{broken", encoding="utf-8")
+    assert ChatContext.for_chat(tmp_path, ref).character == "g1"
+    (groups / "g1.json").write_text('{"id": "grp", "chat_id": "g1"}', encoding="utf-8")
+    found = ChatContext.for_chat(tmp_path, ref)
+    assert (found.character, found.is_group, found.file_mtime is not None) == ("grp", True, True)
+    hostile = layout.ChatRef("_storage", True, "", folder / "g1.jsonl", "x", "g1")
+    assert ChatContext.for_chat(tmp_path, hostile).character == "g1"
