@@ -71,8 +71,10 @@ DECIDED_KEPT = 64
 """How many recent replies' every-Nth selections a chat remembers; more than the cursor's
 ``CURSOR_DEPTH``, so a diff after a lost cursor still knows which older replies were counted."""
 
-LOCAL_TIME_SLACK = timedelta(hours=14)
-"""Grace for ``send_date`` forms without a time zone (they are local time, parsed as UTC)."""
+LOCAL_TIME_SLACK = timedelta(hours=12)
+"""Grace for ``send_date`` forms without a time zone: they are local time, read as UTC, so in a
+zone behind UTC a reply looks older than it is, by up to 12 h (UTC-12). Zones ahead make it look
+younger: up to 14 h past ``catchup_max_age`` may pass, which only errs towards illustrating."""
 
 Mode = Literal["auto", "manual"]
 

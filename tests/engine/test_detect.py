@@ -433,6 +433,9 @@ def test_removed_reply_is_superseded_and_regenerate_inherits_selection() -> None
         # local-time forms get slack for the unknown time zone
         ({"send_date": "November 23, 2026 10:00am"}, "1h", True),
         ({"send_date": "November 22, 2026 10:00am"}, "1h", False),
+        # 30 min old in UTC-12 (local 9:30am reads as 12.5 h old): within the grace
+        ({"send_date": "November 23, 2026 9:30am"}, "1h", True),
+        ({"send_date": "November 23, 2026 8:59am"}, "1h", False),
         ({"send_date": 1795000000000}, "24h", False),
         # unparsable: the file's mtime decides (see test below); without one, accepted
         ({"send_date": "yesterday-ish"}, "1h", True),
