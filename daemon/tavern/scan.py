@@ -4,7 +4,9 @@ The file is read from the end in growing blocks and split on ``b"\\n"``; lines a
 first. Reading stops once the cursor's messages are placed (or a small, fixed number of messages
 past the first one found), so one scan costs the same on a 10-message and a 100,000-message
 chat. When none of the cursor's messages turns up within a budget, the cursor is gone: the whole
-chat is read and returned as ``full``, with no guesses about what is new.
+chat is read and returned as ``full``, with no guesses about what is new. (So while a message
+longer than :data:`MAX_SCAN_BYTES` is among the cursor's, each scan is a full read; it leaves
+the cursor after :data:`~daemon.tavern.chat.CURSOR_DEPTH` newer messages.)
 
 Placing the cursor is an alignment, not a lookup: up to ST 1.14 ``send_date`` has minute
 granularity, so two user messages in one minute share an identity key. The cursor's keys are

@@ -307,6 +307,50 @@ def test_huge_line_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         tail_scan(path, None)
 
 
+@pytest.mark.slow
+def test_a_real_50_mb_line_falls_back_to_one_full_read(tmp_path: Path) -> None:
+    """No monkeypatched limits: a 50 MB reply is past MAX_SCAN_BYTES, read whole once."""
+    path = tmp_path / "c.jsonl"
+    lines = [dump(HEADER), *[dump(msg(i)) for i in range(3)]]
+    write(path, lines)
+    cursor = first_sight(path)
+    huge = "é" * (25 * 1024 * 1024)  # 50 MB of UTF-8
+    data = write(path, [*lines, dump(msg(3, text=huge))])
+    r = tail_scan(path, cursor)
+    assert r.cursor_gone and r.full is not None
+    assert [m.index for m in r.tail] == [0, 1, 2, 3] and r.tail[-1].mes == huge
+    assert (
+        scan_mod.MAX_SCAN_BYTES
+        < r.bytes_read
+        <= scan_mod.MAX_SCAN_BYTES + len(data) + (scan_mod.MAX_BLOCK)
+    )
+
+
+def test_a_huge_message_in_the_window_costs_full_reads_until_it_leaves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a message over MAX_SCAN_BYTES is among the cursor's, placing the cursor means
+    reading past it, so scans fall back to full reads (still exact); CURSOR_DEPTH newer
+    messages later, scans read the tail only again."""
+    monkeypatch.setattr(scan_mod, "MAX_SCAN_BYTES", 100_000)
+    path = tmp_path / "c.jsonl"
+    lines = [dump(HEADER), *[dump(msg(i)) for i in range(3)], dump(msg(3, text="x" * 300_000))]
+    write(path, lines)
+    cursor = first_sight(path)
+    gone = []
+    for k in range(4, 4 + CURSOR_DEPTH + 2):
+        lines.append(dump(msg(k)))
+        write(path, lines)
+        r = tail_scan(path, cursor)
+        gone.append(r.cursor_gone)
+        if r.cursor_gone:
+            assert r.full is not None and len(r.full.messages) == k + 1
+        else:
+            assert [m.index for m in r.new] == [k] and r.bytes_read < 100_000
+        cursor = r.cursor
+    assert gone == [True] * CURSOR_DEPTH + [False, False]
+
+
 def test_missing_directory_and_unreadable(tmp_path: Path) -> None:
     cursor = Cursor((), 0, 0)
     with pytest.raises(ChatReadError, match="does not exist"):
