@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0, drop_settle=0.3)
 START_TIMEOUT = 15.0
 JOB_TIMEOUT = 10.0
-PENDING_MARGIN = 3.0  # seconds past the settle time for a reply to reach pending/
+PENDING_MARGIN = 5.0  # seconds past the settle time for a reply to reach pending/
 
 
 @pytest.fixture
