@@ -148,18 +148,22 @@ def test_sigkill_with_jobs_in_every_state_then_restart(
     daemon.kill()
     assert config.heartbeat_path.exists()  # a killed daemon leaves a stale heartbeat
 
+    # A reply saved while the daemon is down is caught up from the stored cursor.
+    other = next(t for t in tabs if not str(t.path).endswith(pending[0].chat))
+    other.send_user("While you were away?").reply("Alice", "Caught up after restart.").save()
     fake_api.image_delay = 0.0
     started(config, daemon)
 
     def all_done() -> bool:
         current = jobs(config)
-        return len(current) == 6 and all(
+        return len(current) == 7 and all(
             j.state in (JobState.PENDING, JobState.COMMITTED) for j in current
         )
 
     wait_for(all_done, 30)
     final = jobs(config)
-    assert len({(j.chat, j.identity_name, j.identity_date) for j in final}) == 6
+    assert len({(j.chat, j.identity_name, j.identity_date) for j in final}) == 7
+    assert any("Caught up" in j.excerpt for j in final)
     committed = [j for j in final if j.state is JobState.COMMITTED]
     assert [j.id for j in committed] == [pending[0].id]
     chat, _ = read_chat(root / committed[0].chat)
