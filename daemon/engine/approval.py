@@ -449,21 +449,24 @@ class Approval:
                 removed += 1
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.pending_dir):
-                if entry.name.startswith((f".tmp-{job_id}-", f".old-{job_id}-")) and entry.is_dir(
-                    follow_symlinks=False
-                ):
+                if entry.name.startswith(
+                    (f".tmp-{job_id}-", f".old-{job_id}-", f".trash-{job_id}-")
+                ) and entry.is_dir(follow_symlinks=False):
                     _remove_tree(Path(entry.path))
         return removed
 
     def cleanup_temps(self, *, older_than: float = STALE_TEMP_SECONDS) -> int:
-        """Remove temp/trash folders left by a crash (only ones older than ``older_than`` s)."""
+        """Remove folders left by a crash: every ``.trash-`` folder (it was being deleted), and
+        temp folders and old versions older than ``older_than`` s (a writer or a reader may
+        still use a recent one)."""
         limit = time.time() - older_than
         removed = 0
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.pending_dir):
-                if (
-                    entry.name.startswith((".tmp-", ".old-", ".trash-"))
-                    and entry.is_dir(follow_symlinks=False)
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if entry.name.startswith(".trash-") or (
+                    entry.name.startswith((".tmp-", ".old-"))
                     and entry.stat(follow_symlinks=False).st_mtime < limit
                 ):
                     _remove_tree(Path(entry.path))

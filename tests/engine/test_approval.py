@@ -279,6 +279,7 @@ async def test_finish_removes_the_folder_wherever_it_is(approval: Approval, job:
     folder = approval.write_pending(job, [img()], {})
     folder.rename(approval.state_dir / "rejected" / job.id)
     (approval.pending_dir / f".tmp-{job.id}-dead").mkdir()
+    (approval.pending_dir / f".trash-{job.id}-killed").mkdir()  # a finish() cut short
     assert approval.finish(job.id) == 1
     assert list(approval.pending_dir.iterdir()) == []
     assert list((approval.state_dir / "rejected").iterdir()) == []
@@ -292,5 +293,9 @@ async def test_cleanup_temps(approval: Approval) -> None:
     os.utime(old, (1, 1))
     fresh = approval.pending_dir / ".tmp-01ARZ3NDEKTSV4RRFFQ69G5FAW-5678"
     fresh.mkdir()
-    assert approval.cleanup_temps() == 1
-    assert not old.exists() and fresh.exists()
+    # A folder killed halfway through its deletion goes at once, whatever its age.
+    trash = approval.pending_dir / ".trash-01ARZ3NDEKTSV4RRFFQ69G5FAX-9abc"
+    trash.mkdir()
+    (trash / "image-1.png").write_bytes(b"x")
+    assert approval.cleanup_temps() == 2
+    assert not old.exists() and not trash.exists() and fresh.exists()
