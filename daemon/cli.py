@@ -203,10 +203,15 @@ def _load(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides=overrides)
 
 
-def _setup_logging(config: Config) -> None:
+def _setup_logging(config: Config, *, quiet: bool = False) -> None:
+    """Logs to stderr; ``quiet`` (one-shot commands): warnings and errors only, so the output
+    stays clean for ``--json`` and progress lines."""
     from daemon.logs import configure_logging
 
-    configure_logging(config.log, secrets=(config.text.api_key, config.image.api_key))
+    settings = config.log
+    if quiet and settings.level in ("debug", "info"):
+        settings = settings.model_copy(update={"level": "warning"})
+    configure_logging(settings, secrets=(config.text.api_key, config.image.api_key))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -214,10 +219,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = _load(args)
     if command == "run":
         return _cmd_run(config)
+    _setup_logging(config, quiet=True)
     if command in ("generate", "genimage"):
         from daemon.engine.manual import cmd_generate
 
-        _setup_logging(config)
         return cmd_generate(
             config, args.chat, args.mesid, args.wait, force=args.force, timeout=args.timeout
         )
