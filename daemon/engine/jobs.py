@@ -60,9 +60,10 @@ __all__ = [
 
 log = structlog.get_logger("st_imagegen.jobs")
 
-DRAIN_TIMEOUT = 20.0
-"""Seconds running steps may take to finish on shutdown before they are cancelled (and requeued).
-Docker's default stop timeout is 10 s plus our own margin is set in the Dockerfile."""
+DRAIN_TIMEOUT = 7.0
+"""Default seconds running steps may take to finish on shutdown before they are cancelled (and
+requeued); the daemon uses ``limits.drain_seconds``, sized to fit the service manager's stop
+timeout."""
 
 POLL_INTERVAL = 1.0
 """Seconds between store polls for due jobs (jobs queued by the CLI from another process)."""
