@@ -387,6 +387,44 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
 
+def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The ``jobs`` row of a new QUEUED job from :meth:`Store.create_job`'s fields."""
+    regen = int(fields.get("regen", 0))
+    key = fields.get("key") or job_key(
+        fields["user"],
+        fields["chat"],
+        fields["identity_name"],
+        fields["identity_date"],
+        fields["revision"],
+        regen,
+    )
+    return {
+        "id": fields.get("id") or new_job_id(int(now.timestamp() * 1000)),
+        "key": key,
+        "user": str(fields["user"]),
+        "chat": str(fields["chat"]),
+        "character": str(fields["character"]),
+        "is_group": int(bool(fields["is_group"])),
+        "speaker": str(fields["speaker"]),
+        "message_index": int(fields["message_index"]),
+        "identity_name": str(fields["identity_name"]),
+        "identity_date": str(fields["identity_date"]),
+        "revision": str(fields["revision"]),
+        "regen": regen,
+        "excerpt": str(fields.get("excerpt", "")),
+        "source": str(fields.get("source", "auto")),
+        "state": JobState(fields.get("state", JobState.QUEUED)).value,
+        "attempts": 0,
+        "last_error": None,
+        "prompt": fields.get("prompt"),
+        "images": _json(list(fields.get("images", ()))),
+        "meta": _json(dict(fields.get("meta") or {})),
+        "created_at": _ts(now),
+        "updated_at": _ts(now),
+        "next_attempt_at": _ts(fields.get("next_attempt_at") or now),
+    }
+
+
 # --- the store -----------------------------------------------------------------------------------
 
 
@@ -459,51 +497,12 @@ class Store:
         """
         missing = _CREATE_REQUIRED - fields.keys()
         unknown = fields.keys() - _CREATE_REQUIRED - _CREATE_OPTIONAL
-        if missing or unknown:
-            raise TypeError(
-                f"create_job: missing {sorted(missing)}, unknown {sorted(unknown)}"
-                if missing and unknown
-                else f"create_job: missing {sorted(missing)}"
-                if missing
-                else f"create_job: unknown fields {sorted(unknown)}"
-            )
-        now = _utc(fields.get("now") or _now())
-        regen = int(fields.get("regen", 0))
-        key = fields.get("key") or job_key(
-            fields["user"],
-            fields["chat"],
-            fields["identity_name"],
-            fields["identity_date"],
-            fields["revision"],
-            regen,
-        )
-        job_id = fields.get("id") or new_job_id(int(now.timestamp() * 1000))
-        next_at = fields.get("next_attempt_at") or now
-        row = {
-            "id": job_id,
-            "key": key,
-            "user": str(fields["user"]),
-            "chat": str(fields["chat"]),
-            "character": str(fields["character"]),
-            "is_group": int(bool(fields["is_group"])),
-            "speaker": str(fields["speaker"]),
-            "message_index": int(fields["message_index"]),
-            "identity_name": str(fields["identity_name"]),
-            "identity_date": str(fields["identity_date"]),
-            "revision": str(fields["revision"]),
-            "regen": regen,
-            "excerpt": str(fields.get("excerpt", "")),
-            "source": str(fields.get("source", "auto")),
-            "state": JobState(fields.get("state", JobState.QUEUED)).value,
-            "attempts": 0,
-            "last_error": None,
-            "prompt": fields.get("prompt"),
-            "images": _json(list(fields.get("images", ()))),
-            "meta": _json(dict(fields.get("meta") or {})),
-            "created_at": _ts(now),
-            "updated_at": _ts(now),
-            "next_attempt_at": _ts(next_at),
-        }
+        problems = [f"missing {sorted(missing)}"] if missing else []
+        if unknown:
+            problems.append(f"unknown fields {sorted(unknown)}")
+        if problems:
+            raise TypeError(f"create_job: {', '.join(problems)}")
+        row = _new_job_row(fields, _utc(fields.get("now") or _now()))
 
         def _insert(conn: sqlite3.Connection) -> Job | None:
             cur = conn.execute(
@@ -785,41 +784,20 @@ class Store:
                 ),
             ).fetchone()[0]
             regen = int(top or 0) + 1
-            new_id = new_job_id(int(at.timestamp() * 1000))
             meta = dict(current.meta)
             meta["regen_of"] = current.id
-            values = {
-                "id": new_id,
-                "key": job_key(
-                    current.user,
-                    current.chat,
-                    current.identity_name,
-                    current.identity_date,
-                    current.revision,
-                    regen,
-                ),
-                "user": current.user,
-                "chat": current.chat,
-                "character": current.character,
-                "is_group": int(current.is_group),
-                "speaker": current.speaker,
-                "message_index": current.message_index,
-                "identity_name": current.identity_name,
-                "identity_date": current.identity_date,
-                "revision": current.revision,
-                "regen": regen,
-                "excerpt": current.excerpt,
-                "source": "regen",
-                "state": JobState.QUEUED.value,
-                "attempts": 0,
-                "last_error": None,
-                "prompt": prompt if prompt is not None else current.prompt,
-                "images": "[]",
-                "meta": _json(meta),
-                "created_at": _ts(at),
-                "updated_at": _ts(at),
-                "next_attempt_at": _ts(at),
-            }
+            values = _new_job_row(
+                {
+                    **{name: getattr(current, name) for name in _CREATE_REQUIRED},
+                    "excerpt": current.excerpt,
+                    "source": "regen",
+                    "regen": regen,
+                    "prompt": prompt if prompt is not None else current.prompt,
+                    "meta": meta,
+                },
+                at,
+            )
+            new_id = values["id"]
             created = conn.execute(
                 f"INSERT INTO jobs ({', '.join(values)}) VALUES ({_marks(len(values))}) "
                 f"RETURNING {_JOB_COLUMNS}",

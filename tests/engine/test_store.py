@@ -202,8 +202,12 @@ async def test_create_roundtrip_and_duplicate(store: Store) -> None:
 async def test_create_rejects_bad_fields(store: Store) -> None:
     with pytest.raises(TypeError, match="missing"):
         await store.create_job(user="u")
-    with pytest.raises(TypeError, match="unknown"):
+    with pytest.raises(TypeError, match=r"unknown fields \['colour'\]"):
         await store.create_job(**fields(), colour="red")
+    with pytest.raises(
+        TypeError, match=r"missing \['character', .*\], unknown fields \['colour'\]"
+    ):
+        await store.create_job(user="u", colour="red")
     with pytest.raises(ValueError, match="naive"):
         await store.create_job(**fields(), now=datetime(2026, 1, 1))
 
@@ -399,6 +403,10 @@ async def test_regenerate(store: Store) -> None:
     assert new.state is JobState.QUEUED and new.source == "regen" and new.regen == 1
     assert new.prompt == "a cat" and new.meta["regen_of"] == job.id
     assert new.key == job.key + "|regen:1"
+    copied = ("user", "chat", "character", "is_group", "speaker", "message_index")
+    copied += ("identity_name", "identity_date", "revision", "excerpt")
+    assert [getattr(new, f) for f in copied] == [getattr(job, f) for f in copied]
+    assert (new.images, new.attempts, new.last_error) == ((), 0, None)
     old = await store.get_job(job.id)
     assert old.state is JobState.SUPERSEDED and old.last_error == f"regenerated as job {new.id}"
     await store.transition(new.id, JobState.QUEUED, JobState.PENDING)
