@@ -403,9 +403,9 @@ async def test_regenerate(store: Store) -> None:
     assert new.state is JobState.QUEUED and new.source == "regen" and new.regen == 1
     assert new.prompt == "a cat" and new.meta["regen_of"] == job.id
     assert new.key == job.key + "|regen:1"
-    copied = ("user", "chat", "character", "is_group", "speaker", "message_index")
-    copied += ("identity_name", "identity_date", "revision", "excerpt")
-    assert [getattr(new, f) for f in copied] == [getattr(job, f) for f in copied]
+    copied = "user chat character is_group speaker message_index identity_name identity_date"
+    copied += " revision excerpt"
+    assert [getattr(new, f) for f in copied.split()] == [getattr(job, f) for f in copied.split()]
     assert (new.images, new.attempts, new.last_error) == ((), 0, None)
     old = await store.get_job(job.id)
     assert old.state is JobState.SUPERSEDED and old.last_error == f"regenerated as job {new.id}"
