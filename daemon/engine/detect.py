@@ -21,7 +21,9 @@
 - A changed revision (swipe, continue, edit) supersedes the jobs of the other revisions, and the
   new revision gets a job when the reply was selected before. A removed reply (deleted, or
   replaced by Regenerate) supersedes its jobs; a regenerated reply inherits the removed reply's
-  every-Nth selection instead of counting as one more reply.
+  every-Nth selection instead of counting as one more reply. Only the cursor's newest
+  ``CURSOR_DEPTH`` messages are compared, so an edit further up is not seen here; the committer
+  checks the reply's revision before it writes.
 """
 
 from __future__ import annotations
