@@ -387,3 +387,21 @@ async def test_folder_action_on_a_superseded_job_is_refused(
         note = (config.state_dir / "pending" / job.id / "REFUSED.txt").read_text()
         assert "superseded" in note
         assert (await service.store.get_job(job.id)).state is JobState.SUPERSEDED
+
+
+async def test_missed_events_are_caught_by_the_rescan(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="overflow")
+        tab = await started_chat(service, path, character="Alice")
+        service.watcher.bridge.closed = True  # from now on every event is lost, as in an overflow
+        tab.send_user("Anyone?").reply("Alice", "Seen only by the rescan.").save()
+        await anyio.sleep(config.detect.settle_seconds * 2)
+        assert await jobs_of(service, path) == []
+        service.watcher.bridge.rescan_needed.set()  # what a full queue sets
+        job = (await wait_jobs(service, path, 1))[0]
+        assert "rescan" in job.excerpt
+        await wait_state(service, job.id, JobState.PENDING)
+        assert not service.watcher.rescan_needed
