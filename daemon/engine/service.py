@@ -373,9 +373,7 @@ class Service:
         committer = self.deps.committer
         if committer is None:
             return
-        if not await self.store.ledger_for_chat(chat.rel, open_only=True):
-            return
-        added = await committer.reconcile_chat(chat)
+        added = await committer.reconcile_chat(chat)  # reads the chat only with open entries
         if added:
             log.info(
                 "re-inserted image messages dropped by a stale tab", chat=chat.rel, count=added
