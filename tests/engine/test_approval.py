@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -151,13 +152,13 @@ async def test_write_pending_never_shows_a_half_folder(approval: Approval, job: 
     seen: list[list[str]] = []
 
     def watch() -> None:
-        while not stop.is_set():
+        while True:
+            last = stop.is_set()  # one more look after the writer stopped: never zero looks
             folder = approval.pending_path(job.id)
-            try:
-                names = sorted(p.name for p in folder.iterdir())
-            except FileNotFoundError:
-                continue
-            seen.append(names)
+            with contextlib.suppress(FileNotFoundError):
+                seen.append(sorted(p.name for p in folder.iterdir()))
+            if last:
+                return
 
     reader = threading.Thread(target=watch)
     reader.start()
