@@ -403,12 +403,42 @@ class Service:
 
     async def _drop_action(self, job_id: str, action: str) -> Job:
         approval = self.deps.approval
+        done = await self._already_done(job_id, action)
+        if done is not None:
+            return done
         if action == "accept":
             return await accept_job(self.store, approval, job_id)
         if action == "reject":
             return await reject_job(self.store, approval, job_id)
         prompt = await anyio.to_thread.run_sync(approval.drop_prompt, job_id)
         return await regen_job(self.store, approval, job_id, prompt)
+
+    async def _already_done(self, job_id: str, action: str) -> Job | None:
+        """The job when its state says ``action`` was already taken, else ``None``.
+
+        A restarted daemon sees every folder in the drop folders as new, including those it
+        acted on just before it stopped (the folder goes only after the commit, or after the
+        state change): refusing them would move them back to pending/ with a wrong note.
+        """
+        job = await self.store.get_job(job_id)
+        if action == "accept" and job.state is JobState.ACCEPTED:
+            return job  # the commit still reads the kept images from the folder
+        done = (
+            (action == "accept" and job.state is JobState.COMMITTED)
+            or (action == "reject" and job.state is JobState.REJECTED)
+            or (action == "regenerate" and await self._regenerated(job))
+        )
+        if not done:
+            return None
+        await anyio.to_thread.run_sync(self.deps.approval.finish, job.id)
+        log.info("folder action already done", job=job.id, action=action, state=job.state.value)
+        return job
+
+    async def _regenerated(self, job: Job) -> bool:
+        if job.state is not JobState.SUPERSEDED:
+            return False
+        same = await self.store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
+        return any(other.meta.get("regen_of") == job.id for other in same)
 
 
 async def serve(

@@ -15,15 +15,23 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 from PIL import Image
 
 from daemon.config import Config, load_config
+from daemon.engine.store import Job
+from daemon.tavern import layout
+from daemon.tavern.chat import read_chat
+from tests.stsim import SimClock, STSim
+
+if TYPE_CHECKING:
+    from daemon.engine.jobs import JobDeps
 
 WATCHDOG_RACE = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
 """watchdog's inotify thread warns when a new folder's watch is added twice (a harmless race
@@ -272,3 +280,37 @@ async def async_wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within} s")
         await anyio.sleep(interval)
+
+
+def write_chat(root: Path, name: str, replies: list[str], owner: str = "Alice") -> Path:
+    """A new chat of ``owner`` saved by the simulated ST: greeting, then user/reply pairs."""
+    path = root / "default-user" / "chats" / owner / f"{owner} - {name}.jsonl"
+    tab = STSim.create(path, character=owner, clock=SimClock(start=datetime.now(UTC)))
+    for text in replies:
+        tab.send_user("Go on.").reply(owner, text)
+    tab.save()
+    return path
+
+
+async def job_for(deps: JobDeps, path: Path, index: int = -1, **over: Any) -> Job:
+    """A queued job for reply ``index`` of ``path``, as detection would create it."""
+    chat, _ = read_chat(path)
+    message = [m for m in chat.messages if not m.is_user][1:][index]  # [0] is the greeting
+    ref = layout.classify(deps.root, path).chat
+    assert ref is not None
+    fields: dict[str, Any] = {
+        "user": ref.user,
+        "chat": ref.rel,
+        "character": ref.owner,
+        "is_group": False,
+        "speaker": message.name,
+        "message_index": message.index,
+        "identity_name": message.identity.name,
+        "identity_date": message.identity.first_date,
+        "revision": str(message.revision),
+        "excerpt": message.mes[:200],
+    }
+    fields.update(over)
+    job = await deps.store.create_job(**fields)
+    assert job is not None
+    return job

@@ -6,7 +6,6 @@ import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -26,7 +25,7 @@ from daemon.engine.store import Job, JobState
 from daemon.errors import JobError
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
-from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
+from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for, job_for, write_chat
 from tests.stsim import SimClock, STSim
 
 pytestmark = pytest.mark.anyio
@@ -48,39 +47,6 @@ async def deps(config: Config) -> AsyncIterator[JobDeps]:
     async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as d:
         d.rng = random.Random(7)
         yield d
-
-
-def write_chat(root: Path, name: str, replies: list[str], owner: str = "Alice") -> Path:
-    path = root / "default-user" / "chats" / owner / f"{owner} - {name}.jsonl"
-    tab = STSim.create(path, character=owner, clock=SimClock(start=datetime.now(UTC)))
-    for text in replies:
-        tab.send_user("Go on.").reply(owner, text)
-    tab.save()
-    return path
-
-
-async def job_for(deps: JobDeps, path: Path, index: int = -1, **over: Any) -> Job:
-    """A queued job for reply ``index`` of ``path``, as detection would create it."""
-    chat, _ = read_chat(path)
-    message = [m for m in chat.messages if not m.is_user][1:][index]  # [0] is the greeting
-    ref = layout.classify(deps.root, path).chat
-    assert ref is not None
-    fields: dict[str, Any] = {
-        "user": ref.user,
-        "chat": ref.rel,
-        "character": ref.owner,
-        "is_group": False,
-        "speaker": message.name,
-        "message_index": message.index,
-        "identity_name": message.identity.name,
-        "identity_date": message.identity.first_date,
-        "revision": str(message.revision),
-        "excerpt": message.mes[:200],
-    }
-    fields.update(over)
-    job = await deps.store.create_job(**fields)
-    assert job is not None
-    return job
 
 
 async def test_run_job_once_reaches_pending(deps: JobDeps, fake_api: FakeAPI) -> None:

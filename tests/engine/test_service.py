@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -16,12 +17,20 @@ import anyio
 import pytest
 
 from daemon.config import Config
-from daemon.engine.jobs import open_job_deps
+from daemon.engine.approval import Approval
+from daemon.engine.jobs import open_job_deps, run_job_once
 from daemon.engine.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
-from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, MakeConfig, async_wait_for
+from tests.engine.conftest import (
+    WATCHDOG_RACE,
+    FakeAPI,
+    MakeConfig,
+    async_wait_for,
+    job_for,
+    write_chat,
+)
 from tests.stsim import SimClock, STSim
 
 pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
@@ -405,3 +414,49 @@ async def test_missed_events_are_caught_by_the_rescan(
         assert "rescan" in job.excerpt
         await wait_state(service, job.id, JobState.PENDING)
         assert not service.watcher.rescan_needed
+
+
+async def test_a_restart_takes_folders_it_already_acted_on_as_done(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    # The daemon is not started: handle_drops() is called directly, and a new Approval is what
+    # a restarted daemon has (it has seen no folder arrive yet).
+    config = make_config(st_root_latest)
+    root = layout.resolve_data_root(st_root_latest)
+    async with open_job_deps(config, root=root) as deps:
+        deps.committer = None  # accepted jobs stay accepted (the commit is not under test)
+        service = Service(config, root, deps, timings=replace(FAST, drop_settle=0.0))
+        await service.watcher.aclose()  # never started; only its streams need closing
+        path = write_chat(root, "restart", ["One.", "Two.", "Three.", "Four."])
+        jobs = [await run_job_once(await job_for(deps, path, n), deps) for n in range(4)]
+        assert all(j.state is JobState.PENDING for j in jobs)
+        accepted, committed, rejected, regenerated = jobs
+        state = config.state_dir
+
+        def drop(job: Job, action: str) -> None:
+            shutil.move(str(state / "pending" / job.id), str(state / action / job.id))
+
+        drop(accepted, "accepted")
+        assert await service.handle_drops() == 1
+        # Done before the stop, but the folder was still there: commit, reject, regenerate
+        # happened, the process died before the folder was removed.
+        await deps.store.transition(committed.id, JobState.PENDING, JobState.COMMITTED)
+        drop(committed, "accepted")
+        await deps.store.transition(rejected.id, JobState.PENDING, JobState.REJECTED)
+        drop(rejected, "rejected")
+        new = await deps.store.regenerate(regenerated.id)
+        drop(regenerated, "regenerate")
+
+        deps.approval = Approval(state)  # the restart
+        assert await service.handle_drops() == 4
+        assert list((state / "pending").iterdir()) == []  # nothing refused back to pending/
+        assert (state / "accepted" / accepted.id / "image-1.png").is_file()  # the commit's
+        for job in (committed, rejected, regenerated):
+            assert deps.approval.find(job.id) is None
+        expect = [JobState.ACCEPTED, JobState.COMMITTED, JobState.REJECTED, JobState.SUPERSEDED]
+        assert [(await deps.store.get_job(j.id)).state for j in jobs] == expect
+        same = await deps.store.jobs_for_reply(
+            path.relative_to(root).as_posix(), new.identity_name, new.identity_date
+        )
+        assert [j.id for j in same] == [regenerated.id, new.id]  # no second regeneration
+        assert (await deps.store.get_job(new.id)).state is JobState.QUEUED
