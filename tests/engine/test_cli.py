@@ -10,7 +10,9 @@ from pathlib import Path
 
 import anyio
 import pytest
+import structlog
 
+from daemon import cli as cli_module
 from daemon.cli import config_example, main
 from daemon.config import Config, load_config
 from daemon.engine.approval import Approval
@@ -231,3 +233,24 @@ def test_unusable_state_dir_is_one_line_exit_1(
     path.write_text(config_toml(st_root_latest, blocker / "state", fake_api), encoding="utf-8")
     code, out, err = cli(capsys, "list", "--config", str(path))
     assert code == 1 and out == "" and err.count("\n") == 1 and "a-file" in err
+
+
+def test_log_lines_never_carry_the_api_keys(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Plain words, so only the keys the CLI hands to the logger (not a pattern) can hide them.
+    text_key, image_key = "plain-text-words-h10", "plain-image-words-h10"
+    path = tmp_path / "config.toml"
+    extra = {"text": {"api_key": text_key}, "image": {"api_key": image_key}}
+    path.write_text(
+        config_toml(st_root_latest, tmp_path / "state", fake_api, extra), encoding="utf-8"
+    )
+    config = load_config(path, environ={})
+    for quiet in (False, True):  # the daemon's setup and the one-shot commands'
+        cli_module._setup_logging(config, quiet=quiet)
+        structlog.get_logger("st_imagegen.test").warning(
+            "provider said", body=f"bad key {text_key}", echo=[image_key]
+        )
+        _, err = capsys.readouterr()
+        assert "provider said" in err and "bad key" in err
+        assert text_key not in err and image_key not in err

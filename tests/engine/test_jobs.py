@@ -195,9 +195,11 @@ async def _accept_keep_reject_and_regen(deps: JobDeps, fake_api: FakeAPI) -> Non
     new = await regen_job(store, approval, jobs[2].id, prompt="a new prompt")
     assert new.id != jobs[2].id and new.state is JobState.QUEUED and new.prompt == "a new prompt"
     assert new.regen == 1 and new.meta["regen_of"] == jobs[2].id
+    written = fake_api.count("chat/completions")
     done = await run_job_once(new, deps)
     assert done.state is JobState.PENDING
     assert fake_api.prompts()[-1] == "a new prompt"
+    assert fake_api.count("chat/completions") == written  # a job with a prompt skips that step
     old = await store.get_job(jobs[2].id)
     assert old.state is JobState.SUPERSEDED and old.last_error and new.id in old.last_error
     again = await regen_job(store, approval, new.id)
