@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -37,6 +37,7 @@ from daemon.errors import (
     StoreError,
     TransientProviderError,
 )
+from daemon.logs import job_log
 from daemon.providers.images import GeneratedImage, ImageGenerator
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
@@ -217,15 +218,6 @@ def _context(chat: Chat, message: Message, count: int) -> list[tuple[str, str]]:
 # --- one job ---------------------------------------------------------------------------------
 
 
-def _fields(job: Job) -> dict[str, Any]:
-    return {
-        "job": job.id,
-        "user": job.user,
-        "chat": job.chat,
-        "mesid": job.message_index,
-    }
-
-
 async def run_job_once(job: Job, deps: JobDeps) -> Job:
     """Take ``job`` from its current state to the next wait: pending (or committed with
     ``approval = "auto"``), or a rescheduled, failed or superseded job. An ACCEPTED job is
@@ -245,7 +237,7 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
                 job.id, {JobState.PROMPTING, JobState.IMAGING}, JobState.QUEUED
             )
             if back is not None:
-                log.info("job requeued after cancel", **_fields(job))
+                job_log(back, "requeued after cancel", logger=log)
             elif (await deps.store.get_job(job.id)).state is JobState.SUPERSEDED:
                 # Cancelled by a supersede, maybe just after its pending folder was written.
                 await anyio.to_thread.run_sync(deps.approval.finish, job.id)
@@ -285,12 +277,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             if moved is None:
                 return await store.get_job(job.id)
             current = moved
-            log.info(
-                "prompt written",
-                **_fields(current),
-                state=current.state.value,
-                duration=round(time.monotonic() - started, 3),
-            )
+            job_log(current, "prompt", started=started, logger=log)
         else:
             moved = await store.transition(job.id, JobState.QUEUED, JobState.IMAGING)
             if moved is None:
@@ -305,7 +292,8 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             raise PermanentProviderError("the image API returned no images")
         step = "pending"
         folder = await _write_pending(current, generated, deps)
-        names = tuple(p.name for p in deps.approval.kept_images(current.id))
+        kept = await anyio.to_thread.run_sync(deps.approval.kept_images, current.id)
+        names = tuple(p.name for p in kept)
         target = JobState.ACCEPTED if deps.config.approval == "auto" else JobState.PENDING
         moved = await store.transition(
             job.id,
@@ -323,50 +311,56 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             # Superseded while the image was being made: its pending folder must not linger.
             await anyio.to_thread.run_sync(deps.approval.finish, job.id)
             return await store.get_job(job.id)
-        log.info(
-            "images ready",
-            **_fields(moved),
-            state=moved.state.value,
-            images=len(names),
-            folder=str(folder),
-            duration=round(time.monotonic() - started, 3),
-        )
+        job_log(moved, "images", started=started, logger=log, images=len(names), folder=str(folder))
         return moved
     except _Gone as exc:
-        log.info("job superseded", **_fields(current), reason=str(exc))
         gone = await store.transition(
             job.id, ACTIVE_STATES, JobState.SUPERSEDED, last_error=str(exc), next_attempt_at=None
         )
-        return gone or await store.get_job(job.id)
+        after = gone or await store.get_job(job.id)
+        job_log(after, "superseded", started=started, logger=log, during=step, reason=str(exc))
+        return after
     except (TransientProviderError, ChatReadError, ChatWriteError, OSError) as exc:
         delay = _retry_delay(current, exc, deps)
         reason = f"{step}: {exc}"
-        log.warning(
-            "job step failed, will retry",
-            **_fields(current),
-            step=step,
-            error=reason,
-            retry_in=round(delay, 1),
-        )
         again = await store.reschedule(
             job.id, reason, delay, max_attempts=deps.config.limits.max_attempts
         )
-        return again or await store.get_job(job.id)
+        after = again or await store.get_job(job.id)
+        retry_in = round(delay, 1) if after.state is JobState.QUEUED else None
+        job_log(
+            after,
+            "step failed",
+            started=started,
+            level="warning",
+            logger=log,
+            during=step,
+            error=reason,
+            retry_in=retry_in,
+        )
+        return after
     except PermanentProviderError as exc:
         reason = f"{step}: {exc}"
-        log.warning("job failed", **_fields(current), step=step, error=reason)
         failed = await store.fail(job.id, reason, expected=ACTIVE_STATES)
-        return failed or await store.get_job(job.id)
+        after = failed or await store.get_job(job.id)
+        job_log(
+            after, "failed", started=started, level="warning", logger=log, during=step, error=reason
+        )
+        return after
     except StoreError:
         raise
     except anyio.get_cancelled_exc_class():
         raise
     except Exception as exc:
         # A bug, not the user's setup: fail the job visibly instead of retrying forever.
-        log.exception("job crashed", **_fields(current), step=step)
+        log.exception("job crashed", job=job.id, during=step)
         reason = f"{step}: internal error: {exc!r}"
         failed = await store.fail(job.id, reason, expected=ACTIVE_STATES)
-        return failed or await store.get_job(job.id)
+        after = failed or await store.get_job(job.id)
+        job_log(
+            after, "failed", started=started, level="error", logger=log, during=step, error=reason
+        )
+        return after
 
 
 async def _write_pending(job: Job, generated: Sequence[GeneratedImage], deps: JobDeps) -> Path:
@@ -392,9 +386,6 @@ async def _commit(job: Job, deps: JobDeps) -> Job:
         delay = backoff_delay(
             attempts, limits.retry_base_seconds, limits.retry_max_seconds, deps.rng
         )
-        log.warning(
-            "commit failed, will retry", **_fields(job), error=str(exc), retry_in=round(delay, 1)
-        )
         kept = await deps.store.transition(
             job.id,
             JobState.ACCEPTED,
@@ -403,13 +394,18 @@ async def _commit(job: Job, deps: JobDeps) -> Job:
             last_error=f"commit: {exc}",
             next_attempt_at=deps.clock() + timedelta(seconds=delay),
         )
-        return kept or await deps.store.get_job(job.id)
-    log.info(
-        "commit",
-        **_fields(done),
-        state=done.state.value,
-        duration=round(time.monotonic() - started, 3),
-    )
+        after = kept or await deps.store.get_job(job.id)
+        job_log(
+            after,
+            "commit failed",
+            started=started,
+            level="warning",
+            logger=log,
+            error=str(exc),
+            retry_in=round(delay, 1),
+        )
+        return after
+    job_log(done, "commit", started=started, logger=log)
     return done
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -10,7 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon.config import Config
+from daemon.config import Config, LogSettings
 from daemon.engine.jobs import (
     JobDeps,
     Runner,
@@ -23,6 +25,7 @@ from daemon.engine.jobs import (
 )
 from daemon.engine.store import Job, JobState
 from daemon.errors import JobError
+from daemon.logs import configure_logging
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
 from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for, job_for, write_chat
@@ -61,6 +64,29 @@ async def test_run_job_once_reaches_pending(deps: JobDeps, fake_api: FakeAPI) ->
     # Running it again does nothing: it is no longer queued.
     again = await run_job_once(done, deps)
     assert again.state is JobState.PENDING and fake_api.count("images/generations") == 1
+
+
+async def test_one_log_line_per_step_with_the_job_fields(deps: JobDeps, fake_api: FakeAPI) -> None:
+    out = io.StringIO()
+    configure_logging(LogSettings(level="info", format="json"), stream=out)
+    path = write_chat(deps.root, "logged", ["A lantern swings."])
+    job = await job_for(deps, path)
+    fake_api.fail_image = [503]
+    await run_job_once(job, deps)  # prompt, then the image fails: rescheduled
+    await deps.store.transition(job.id, JobState.QUEUED, JobState.QUEUED, next_attempt_at=None)
+    await run_job_once(await deps.store.get_job(job.id), deps)  # the image, then pending
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    steps = [line for line in lines if line.get("job") == job.id]
+    assert [(s["event"], s["state"]) for s in steps] == [
+        ("job prompt", "imaging"),
+        ("job step failed", "queued"),
+        ("job images", "pending"),
+    ]
+    for step in steps:
+        assert step["user"] == "default-user" and step["chat"] == job.chat
+        assert step["mesid"] == job.message_index and step["duration"] >= 0
+    assert steps[1]["during"] == "image" and steps[1]["retry_in"] > 0
+    assert "503" in steps[1]["error"]
 
 
 async def test_context_and_card_reach_the_prompt_writer(
