@@ -81,6 +81,9 @@ DEFAULT_WAIT_SECONDS = 600.0
 WAIT_POLL_SECONDS = 0.25
 """How often ``--wait`` looks at the job's state in the store."""
 
+RETRY_CHECK_SECONDS = 5.0
+"""Longest ``--wait`` sleeps (running the job itself) before it looks at a rescheduled job."""
+
 SPINNER_SECONDS = 0.1
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 _LIST_MAX = 12
@@ -486,7 +489,7 @@ async def _run_here(
                 await run_job_once(job, deps)
                 continue
             wait = (due - now).total_seconds() if due is not None and due > now else 0.0
-            await anyio.sleep(min(max(wait, WAIT_POLL_SECONDS), 5.0))
+            await anyio.sleep(min(max(wait, WAIT_POLL_SECONDS), RETRY_CHECK_SECONDS))
     except StImagegenError as exc:
         failure.append(exc)
         scope.cancel()

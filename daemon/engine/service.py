@@ -25,7 +25,7 @@ import structlog
 
 from daemon.config import Config, SystemdEnv
 from daemon.engine import detect
-from daemon.engine.jobs import JobDeps, Runner, accept_job, regen_job, reject_job
+from daemon.engine.jobs import POLL_INTERVAL, JobDeps, Runner, accept_job, regen_job, reject_job
 from daemon.engine.notify import Heartbeat, Notifier
 from daemon.engine.store import Job, JobState, Store
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
@@ -47,6 +47,9 @@ DROP_SETTLE = 2.0
 ALIVE_CHECK_INTERVAL = 1.0
 """Seconds between checks that the observer thread still runs, and drop-folder polls."""
 
+IDLE_WAKE_SECONDS = 3600.0
+"""Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
+
 
 @dataclass(frozen=True)
 class ServiceTimings:
@@ -54,7 +57,7 @@ class ServiceTimings:
 
     heartbeat: float = HEARTBEAT_INTERVAL
     alive_check: float = ALIVE_CHECK_INTERVAL
-    poll: float = 1.0
+    poll: float = POLL_INTERVAL
     drain_grace: float | None = None  # None: limits.drain_seconds
     drop_settle: float = DROP_SETTLE
 
@@ -222,7 +225,7 @@ class Service:
     async def _settle_loop(self) -> None:
         while True:
             deadline = self.settler.next_deadline()
-            wait = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = IDLE_WAKE_SECONDS if deadline is None else max(0.0, deadline - time.monotonic())
             if wait > 0:
                 with anyio.move_on_after(wait):
                     await self._hint.wait()
