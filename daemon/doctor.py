@@ -13,7 +13,6 @@ import os
 import pwd
 import secrets
 import sys
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,7 @@ import anyio
 import httpx
 
 from daemon.config import Config
-from daemon.engine.notify import read_heartbeat
-from daemon.engine.status import HEARTBEAT_STALE_SECONDS
+from daemon.engine.status import HEARTBEAT_STALE_SECONDS, daemon_status
 from daemon.errors import (
     AuthError,
     ConfigError,
@@ -366,53 +364,53 @@ def _api_failure(name: str, section: str, url: str, exc: BaseException) -> Check
     return _fail(name, f"{url}: {exc}", f"check the [{section}] settings (api_url, model, api_key)")
 
 
-async def _one_request(check: Callable[[], Awaitable[None]], deadline: float) -> None:
-    with anyio.fail_after(deadline):
-        await check()
+def _check_api(
+    name: str,
+    section: str,
+    api_url: str,
+    model: str,
+    timeout: float,
+    check: Callable[[httpx.AsyncClient], Awaitable[None]],
+) -> CheckResult:
+    """One request through ``check`` (a provider's own check, one attempt), judged."""
+    if not api_url:
+        env = f"ST_IMAGEGEN_{section.upper()}__API_URL"
+        return _fail(name, f"{section}.api_url is not set", f"set {section}.api_url ({env})")
+
+    async def run() -> None:
+        async with make_client() as client:
+            with anyio.fail_after(timeout + API_CHECK_GRACE_SECONDS):
+                await check(client)
+
+    try:
+        anyio.run(run)
+    except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
+        return _api_failure(name, section, api_url, exc)
+    return _pass(name, f"{api_url} answered (model {model})")
 
 
 def check_prompt_api(config: Config) -> CheckResult:
-    name = "prompt API"
     text = config.text
     if text.mode == "template":
-        return _skip(name, "not used (text.mode = template)")
-    if not text.api_url:
-        return _fail(
-            name, "text.api_url is not set", "set text.api_url (ST_IMAGEGEN_TEXT__API_URL)"
-        )
+        return _skip("prompt API", "not used (text.mode = template)")
 
-    async def run() -> None:
-        async with make_client() as client:
-            writer = PromptWriter(text, client, limits=config.limits, retry=ONE_ATTEMPT)
-            await _one_request(writer.check, text.timeout_seconds + API_CHECK_GRACE_SECONDS)
+    async def check(client: httpx.AsyncClient) -> None:
+        await PromptWriter(text, client, limits=config.limits, retry=ONE_ATTEMPT).check()
 
-    try:
-        anyio.run(run)
-    except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
-        return _api_failure(name, "text", text.api_url, exc)
-    return _pass(name, f"{text.api_url} answered (model {text.model})")
+    return _check_api("prompt API", "text", text.api_url, text.model, text.timeout_seconds, check)
 
 
 def check_image_api(config: Config, *, skip: bool) -> CheckResult:
-    name = "image API"
     image = config.image
     if skip:
-        return _skip(name, "skipped (--skip-image)")
-    if not image.api_url:
-        return _fail(
-            name, "image.api_url is not set", "set image.api_url (ST_IMAGEGEN_IMAGE__API_URL)"
-        )
+        return _skip("image API", "skipped (--skip-image)")
 
-    async def run() -> None:
-        async with make_client() as client:
-            generator = ImageGenerator(image, client, limits=config.limits, retry=ONE_ATTEMPT)
-            await _one_request(generator.check, image.timeout_seconds + API_CHECK_GRACE_SECONDS)
+    async def check(client: httpx.AsyncClient) -> None:
+        await ImageGenerator(image, client, limits=config.limits, retry=ONE_ATTEMPT).check()
 
-    try:
-        anyio.run(run)
-    except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
-        return _api_failure(name, "image", image.api_url, exc)
-    return _pass(name, f"{image.api_url} answered (model {image.model})")
+    return _check_api(
+        "image API", "image", image.api_url, image.model, image.timeout_seconds, check
+    )
 
 
 # --- the commands ------------------------------------------------------------------------------
@@ -466,21 +464,9 @@ def cmd_doctor(config: Config, skip_image: bool, *, out: TextIO | None = None) -
 
 
 def cmd_healthcheck(config: Config, *, now: float | None = None, out: TextIO | None = None) -> int:
-    """0 when the running daemon's heartbeat is fresh (Docker HEALTHCHECK), else 1."""
+    """0 when the running daemon's heartbeat is fresh (Docker HEALTHCHECK), else 1; the same
+    judgement as ``status``."""
     stream = sys.stdout if out is None else out
-    path = config.heartbeat_path
-    record = read_heartbeat(path)
-    if record is None:
-        print(f"unhealthy: no heartbeat at {path} (daemon not running?)", file=stream)
-        return 1
-    stamp = record.get("time")
-    if not isinstance(stamp, int | float):
-        print(f"unhealthy: heartbeat at {path} has no time", file=stream)
-        return 1
-    age = (time.time() if now is None else now) - float(stamp)
-    if age > HEARTBEAT_MAX_AGE_SECONDS:
-        print(f"unhealthy: last heartbeat {age:.0f} s ago (stuck or stopped)", file=stream)
-        return 1
-    state = record.get("state", "running")
-    print(f"healthy: {state}, heartbeat {max(age, 0.0):.0f} s ago", file=stream)
-    return 0
+    status = daemon_status(config.heartbeat_path, now=now, stale_after=HEARTBEAT_MAX_AGE_SECONDS)
+    print(f"{'healthy' if status.running else 'unhealthy'}: {status.detail}", file=stream)
+    return 0 if status.running else 1
