@@ -53,6 +53,40 @@ def test_config_table_check_notices_a_stale_table(tmp_path: Path) -> None:
     assert "`ST_IMAGEGEN_MODE`" in readme.read_text(encoding="utf-8")
 
 
+def _commands_and_flags() -> dict[str, set[str]]:
+    """Every sub-command of the real parser and its own long options."""
+    import argparse
+
+    from daemon.cli import build_parser
+
+    found: dict[str, set[str]] = {}
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found[name] = {
+                    opt
+                    for a in sub._actions
+                    for opt in a.option_strings
+                    if opt.startswith("--") and opt not in ("--help", "--config", "--data-root")
+                }
+    return found
+
+
+def test_readme_documents_every_command_and_flag() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = text[text.index("## Commands") : text.index("## Configuration")]
+    for command, flags in _commands_and_flags().items():
+        assert f"st-imagegen {command}" in commands or f"alias: {command}" in commands
+        for flag in flags:
+            assert flag in commands, f"{command} {flag}"
+    assert "--config PATH" in commands and "--data-root PATH" in commands
+    # The --chat forms manual.py accepts, and the folder workflow's prompt file.
+    for form in ("`PATH`", "`NAME`", "`NAME/CHAT`", "`NAME:CHAT`"):
+        assert form in text, form
+    assert "regenerate/" in text and "prompt.txt" in text and "REFUSED.txt" in text
+    assert "/sendas" in text
+
+
 # --- Dockerfile ---------------------------------------------------------------------------------
 
 
