@@ -166,6 +166,26 @@ def test_our_own_image_message_is_refused(tmp_path: Path) -> None:
     assert pick_message(chat, None, "c").index == 2
 
 
+def test_a_sendas_line_can_be_asked_for(tmp_path: Path) -> None:
+    # Detection skips lines typed with /sendas (nothing was generated); generate is the way.
+    path = tmp_path / "c.jsonl"
+    tab = STSim.create(path)
+    tab.send_user("Hi.").reply("Alice", "Hello.")
+    tab.append_raw(
+        {
+            "name": "Alice",
+            "is_user": False,
+            "is_system": False,
+            "mes": "Alice waves a lantern (typed by the user).",
+            "extra": {"api": "manual", "model": "slash command"},
+        }
+    ).save()
+    chat, _ = read_chat(path)
+    assert chat.messages[3].is_slash_command
+    assert pick_message(chat, 3, "c").mes.startswith("Alice waves")
+    assert pick_message(chat, None, "c").index == 3
+
+
 # --- the command ---------------------------------------------------------------------------------
 
 
