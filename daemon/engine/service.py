@@ -172,6 +172,7 @@ class Service:
             with anyio.CancelScope(shield=True):
                 await self.watcher.aclose()
         self.heartbeat.remove()
+        log.info("stopped", code=self.exit_code)
         return self.exit_code
 
     async def stop(self, reason: str, cancel: anyio.CancelScope, code: int = 0) -> None:

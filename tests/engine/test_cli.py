@@ -254,3 +254,17 @@ def test_log_lines_never_carry_the_api_keys(
         _, err = capsys.readouterr()
         assert "provider said" in err and "bad key" in err
         assert text_key not in err and image_key not in err
+
+
+def test_run_without_api_urls_refuses_to_start(
+    tmp_path: Path, st_root_latest: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"data_root = {json.dumps(str(st_root_latest))}\n"
+        f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n",
+        encoding="utf-8",
+    )
+    code, out, err = cli(capsys, "run", "--config", str(path))
+    assert code == 1 and out == ""
+    assert err.startswith("st-imagegen: error:") and "api_url" in err

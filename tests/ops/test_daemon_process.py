@@ -290,3 +290,8 @@ def test_quick_start_run_script_starts_and_stops(st_root_latest: Path, tmp_path:
         except (AssertionError, subprocess.TimeoutExpired) as exc:
             raise AssertionError(f"{exc}\n--- output ---\n{_output(logs)}") from None
     assert not heartbeat.exists(), "a clean stop removes the heartbeat"
+    events = [
+        json.loads(line).get("event") for line in _output(logs).splitlines() if line[:1] == "{"
+    ]
+    for event in ("watching", "ready", "stopping", "stopped"):  # what the README promises
+        assert event in events, f"no {event!r} log line in {events}"
