@@ -136,6 +136,17 @@ async def settle_and_process(service: Service, before: int) -> None:
     await async_wait_for(check, within=JOB_TIMEOUT)
 
 
+async def replied(
+    service: Service, path: Path, said: str, reply: str, **kwargs: Any
+) -> tuple[STSim, Job]:
+    """A new chat of Alice's: greeting, a user message, her reply; the reply's job once pending."""
+    tab = await started_chat(service, path, character="Alice", **kwargs)
+    tab.send_user(said).save()
+    tab.reply("Alice", reply).save()
+    job = (await wait_jobs(service, path, 1))[0]
+    return tab, await wait_state(service, job.id, JobState.PENDING)
+
+
 async def test_reply_becomes_pending_then_accepted_by_folder_move(
     st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
 ) -> None:
@@ -235,11 +246,7 @@ async def test_continue_and_edit_make_new_revisions(
     config = make_config(st_root_latest)
     async with running(config) as service:
         path = new_chat(service.root, name="cont")
-        tab = await started_chat(service, path, character="Alice")
-        tab.send_user("Tell me.").save()
-        tab.reply("Alice", "She begins.").save()
-        first = (await wait_jobs(service, path, 1))[0]
-        await wait_state(service, first.id, JobState.PENDING)
+        tab, first = await replied(service, path, "Tell me.", "She begins.")
         tab.continue_(" And she goes on.").save()
         second = (await wait_jobs(service, path, 2))[1]
         await wait_state(service, first.id, JobState.SUPERSEDED)
@@ -255,11 +262,7 @@ async def test_regenerate_replaces_the_reply(st_root_latest: Path, make_config: 
     config = make_config(st_root_latest)
     async with running(config) as service:
         path = new_chat(service.root, name="regen")
-        tab = await started_chat(service, path, character="Alice")
-        tab.send_user("Again.").save()
-        tab.reply("Alice", "Take one.").save()
-        first = (await wait_jobs(service, path, 1))[0]
-        await wait_state(service, first.id, JobState.PENDING)
+        tab, first = await replied(service, path, "Again.", "Take one.")
         tab.regenerate("Take two, regenerated.").save()
         jobs = await wait_jobs(service, path, 2)
         gone = await wait_state(service, first.id, JobState.SUPERSEDED)
@@ -294,11 +297,7 @@ async def test_each_st_version(
         for chat in layout.iter_chats(service.root):
             await seen(service, chat.path)
         path = new_chat(service.root, name=f"v{version}")
-        tab = await started_chat(service, path, character="Alice", version=version)
-        tab.send_user("Old times.").save()
-        tab.reply("Alice", f"A reply from {version}.").save()
-        job = (await wait_jobs(service, path, 1))[0]
-        await wait_state(service, job.id, JobState.PENDING)
+        await replied(service, path, "Old times.", f"A reply from {version}.", version=version)
         assert len(await service.store.list_jobs(limit=100)) == 1  # history made no jobs
 
 
@@ -308,11 +307,7 @@ async def test_renamed_chat_makes_no_new_jobs(
     config = make_config(st_root_latest)
     async with running(config) as service:
         path = new_chat(service.root, name="before-rename")
-        tab = await started_chat(service, path, character="Alice")
-        tab.send_user("Hi.").save()
-        tab.reply("Alice", "Hello.").save()
-        job = (await wait_jobs(service, path, 1))[0]
-        await wait_state(service, job.id, JobState.PENDING)
+        await replied(service, path, "Hi.", "Hello.")
         renamed = path.with_name("Alice - after-rename.jsonl")
         before = service.processed
         shutil.copyfile(path, renamed)  # ST renames by copy + unlink
@@ -342,10 +337,7 @@ async def test_reject_and_regenerate_by_folder_move(
     config = make_config(st_root_latest)
     async with running(config) as service:
         path = new_chat(service.root, name="folders")
-        tab = await started_chat(service, path, character="Alice")
-        tab.send_user("One.").reply("Alice", "Reply one.").save()
-        first = (await wait_jobs(service, path, 1))[0]
-        await wait_state(service, first.id, JobState.PENDING)
+        tab, first = await replied(service, path, "One.", "Reply one.")
         tab.send_user("Two.").reply("Alice", "Reply two.").save()
         second = (await wait_jobs(service, path, 2))[1]
         await wait_state(service, second.id, JobState.PENDING)
@@ -378,10 +370,7 @@ async def test_folder_action_on_a_superseded_job_is_refused(
     config = make_config(st_root_latest)
     async with running(config) as service:
         path = new_chat(service.root, name="refused")
-        tab = await started_chat(service, path, character="Alice")
-        tab.send_user("Hi.").reply("Alice", "Original.").save()
-        job = (await wait_jobs(service, path, 1))[0]
-        await wait_state(service, job.id, JobState.PENDING)
+        _, job = await replied(service, path, "Hi.", "Original.")
         # Superseded elsewhere (as by a swipe), while its folder is still in pending/.
         gone = await service.store.supersede(
             job.user, job.chat, job.identity_name, job.identity_date, None, "the reply changed"
