@@ -12,8 +12,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "Chat",
     "ChatLine",
     "Cursor",
+    "LineMessage",
     "Message",
     "MessageIdentity",
     "Revision",
@@ -255,50 +256,106 @@ class ChatLine:
 
 
 @dataclass(frozen=True, slots=True)
-class Chat:
-    """A whole chat file, every line kept byte for byte.
+class LineMessage:
+    """A message found by one of :class:`Chat`'s line searches, and where its line is.
 
-    ``messages`` are numbered as ST numbers them (the header is not a message). Lines that did
-    not parse are in ``bad_lines`` (line numbers) and are not messages; ST drops them on load.
+    The line's bytes are ``chat.data[start:end]``; ``end`` is the offset of the ``\\n`` that
+    ends it (or the file's length): the position :func:`daemon.tavern.write.insert_after_line`
+    takes. ``message.index`` is always ``-1``: ST numbers messages skipping the lines that do
+    not parse, so numbering one needs every earlier line parsed, which line searches avoid.
     """
 
+    start: int
+    end: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class _FullView:
     lines: list[ChatLine]
     header: dict[str, Any] | None
     messages: list[Message]
-    bad_lines: list[int] = field(default_factory=list)
-    trailing_newline: bool = False
-    _cache: dict[str, list[int]] = field(
-        default_factory=dict, init=False, repr=False, compare=False
+    bad_lines: list[int]
+    starts: list[int]  # byte offset of each line
+    message_lines: list[int]  # line number of each message
+
+
+_MAX_SEARCH_HITS = 256
+"""Lines a byte search parses before handing the question to the full view (a needle found
+on most lines of a chat would otherwise cost more than one full parse)."""
+
+
+def _literal(value: str) -> bool:
+    """Whether every JSON encoder in use writes ``value`` byte for byte as it is (so a byte
+    search finds every line holding it): printable ASCII without quote, backslash or slash
+    (some encoders write ``\\/``). Anything else is looked up in the full view."""
+    return (
+        value.isascii()
+        and value.isprintable()
+        and not any(c in value for c in '"\\/')
+        and bool(value)
     )
 
-    @property
-    def integrity(self) -> str | None:
-        meta = (self.header or {}).get("chat_metadata")
-        value = meta.get("integrity") if isinstance(meta, dict) else None
-        return value if isinstance(value, str) else None
+
+class Chat:
+    """A whole chat file, every line kept byte for byte, parsed only as far as it is used.
+
+    The full view (``lines``, ``messages``, ``bad_lines``, :meth:`line_of`, :meth:`find`,
+    :meth:`find_marker`, :meth:`markers`) parses every line the first time one of them is
+    used, once. ``messages`` are numbered as ST numbers them (the header is not a message);
+    lines that did not parse are in ``bad_lines`` (line numbers) and are not messages: ST drops
+    them on load.
+
+    The line view (:meth:`find_line`, :meth:`find_marker_line`, :meth:`line_message`,
+    :meth:`lines_backwards`, :meth:`lines_after`) parses only the lines it looks at, so an edit
+    of a 100,000-message chat costs a byte search and a few parsed lines, not a full parse.
+    ``header``, ``integrity``, ``trailing_newline`` and ``date_style`` use it too. Both views
+    give the same answers (tested); a lookup the line view cannot answer exactly asks the full
+    view.
+    """
+
+    __slots__ = ("_full", "_parsed", "data")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._full: _FullView | None = None
+        self._parsed: dict[int, dict[str, Any] | None] = {}  # line start -> parsed line
+
+    def __repr__(self) -> str:
+        return f"Chat({len(self.data)} bytes)"
+
+    def __eq__(self, other: object) -> bool:
+        return self.data == other.data if isinstance(other, Chat) else NotImplemented
+
+    # --- the full view ---------------------------------------------------------------------
+
+    def _view(self) -> _FullView:
+        full = self._full
+        if full is None:
+            full = self._full = _parse_full(self.data)
+        return full
 
     @property
-    def date_style(self) -> str:
-        """The ``send_date`` style of the newest dated message: "iso", "human", "ms" or "at"."""
-        for message in reversed(self.messages):
-            if message.data.get("send_date") is not None:
-                return send_date_style(message.data["send_date"])
-        return "iso" if self.header is None or "create_date" not in self.header else "human"
+    def lines(self) -> list[ChatLine]:
+        return self._view().lines
+
+    @property
+    def messages(self) -> list[Message]:
+        return self._view().messages
+
+    @property
+    def bad_lines(self) -> list[int]:
+        return self._view().bad_lines
 
     def line_of(self, message_index: int) -> int:
         """The line number (0-based, header included) of message ``message_index``."""
-        return self._line_numbers[message_index]
+        return self._view().message_lines[message_index]
 
-    @property
-    def _line_numbers(self) -> list[int]:
-        # Computed once: callers look up many messages in a big chat.
-        numbers = self._cache.get("lines")
-        if numbers is None:
-            numbers = [
-                ln.lineno for ln in self.lines if ln.obj is not None and not _is_header_line(ln)
-            ]
-            self._cache["lines"] = numbers
-        return numbers
+    def message_span(self, message_index: int) -> tuple[int, int]:
+        """The ``(start, end)`` byte offsets of message ``message_index``'s line."""
+        view = self._view()
+        start = view.starts[view.message_lines[message_index]]
+        return start, start + len(view.messages[message_index].raw)
 
     def find_marker(self, job_id: str) -> Message | None:
         """Our message for ``job_id``, found by the marker in its top-level ``extra``."""
@@ -323,20 +380,147 @@ class Chat:
                 best = message
         return best
 
+    # --- cheap in both views -----------------------------------------------------------------
 
-def _is_header_line(line: ChatLine) -> bool:
-    return line.lineno == 0 and line.obj is not None and is_header(line.obj)
+    @property
+    def header(self) -> dict[str, Any] | None:
+        if self._full is not None:
+            return self._full.header
+        if not self.data:
+            return None
+        obj = self._obj(0, self._line_end(0))
+        return obj if obj is not None and is_header(obj) else None
+
+    @property
+    def trailing_newline(self) -> bool:
+        return self.data.endswith(b"\n")
+
+    @property
+    def integrity(self) -> str | None:
+        meta = (self.header or {}).get("chat_metadata")
+        value = meta.get("integrity") if isinstance(meta, dict) else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def date_style(self) -> str:
+        """The ``send_date`` style of the newest dated message: "iso", "human", "ms" or "at"."""
+        for start, end in self.lines_backwards():
+            line = self.line_message(start, end)
+            if line is not None and line.message.data.get("send_date") is not None:
+                return send_date_style(line.message.data["send_date"])
+        header = self.header
+        return "iso" if header is None or "create_date" not in header else "human"
+
+    # --- the line view -----------------------------------------------------------------------
+
+    def _line_end(self, pos: int) -> int:
+        end = self.data.find(b"\n", pos)
+        return len(self.data) if end < 0 else end
+
+    def _obj(self, start: int, end: int) -> dict[str, Any] | None:
+        try:
+            return self._parsed[start]
+        except KeyError:
+            obj = self._parsed[start] = parse_line(self.data[start:end])
+            return obj
+
+    def line_around(self, pos: int) -> tuple[int, int]:
+        """The ``(start, end)`` of the line holding byte ``pos``."""
+        return self.data.rfind(b"\n", 0, pos) + 1, self._line_end(pos)
+
+    def lines_backwards(self) -> Iterator[tuple[int, int]]:
+        """Every line's ``(start, end)``, newest first; not the empty one after a trailing
+        newline (it is no line to ST)."""
+        data = self.data
+        if not data:
+            return
+        end = len(data) - 1 if data.endswith(b"\n") else len(data)
+        while True:
+            start = data.rfind(b"\n", 0, end) + 1
+            yield start, end
+            if start == 0:
+                return
+            end = start - 1
+
+    def lines_after(self, end: int) -> Iterator[tuple[int, int]]:
+        """The ``(start, end)`` of the lines after the one ending at ``end``, in file order."""
+        data = self.data
+        while end + 1 < len(data):  # a trailing newline's empty last line is not a line
+            start = end + 1
+            end = self._line_end(start)
+            yield start, end
+
+    def line_message(self, start: int, end: int) -> LineMessage | None:
+        """The message on the line ``data[start:end]``; ``None`` for the header and for a
+        line that does not parse. Each line is parsed once."""
+        obj = self._obj(start, end)
+        if obj is None or (start == 0 and is_header(obj)):
+            return None
+        return LineMessage(start, end, Message(-1, obj, self.data[start:end]))
+
+    def _search(self, needle: bytes) -> list[LineMessage] | None:
+        """The messages on lines holding ``needle``, newest first; ``None`` (ask the full
+        view) once more than :data:`_MAX_SEARCH_HITS` lines held it."""
+        found: list[LineMessage] = []
+        data = self.data
+        pos = len(data)
+        hits = 0
+        while (hit := data.rfind(needle, 0, pos)) >= 0:
+            start, end = self.line_around(hit)
+            pos = start
+            hits += 1
+            if hits > _MAX_SEARCH_HITS:
+                return None
+            line = self.line_message(start, end)
+            if line is not None:
+                found.append(line)
+        return found
+
+    def _located(self, message: Message | None) -> LineMessage | None:
+        """A full-view message as a :class:`LineMessage`."""
+        if message is None:
+            return None
+        start, end = self.message_span(message.index)
+        return LineMessage(start, end, Message(-1, message.data, message.raw))
+
+    def find_marker_line(self, job_id: str) -> LineMessage | None:
+        """Our message for ``job_id`` (top-level ``extra`` only), the newest if there are
+        several: a byte search for the id, then a parse of the lines holding it."""
+        lines = self._search(job_id.encode()) if _literal(job_id) else None
+        if lines is None:
+            found = [m for m in self.messages if m.marker == job_id]
+            return self._located(found[-1] if found else None)
+        return next((line for line in lines if line.message.marker == job_id), None)
+
+    def find_line(self, identity: MessageIdentity) -> LineMessage | None:
+        """:meth:`find` through the line view: only the lines holding the identity's date are
+        parsed. The index hint only matters when several messages share the identity; then
+        the full view decides, as :meth:`find` does."""
+        date = identity.first_date
+        lines = (
+            self._search(date.encode()) if _literal(date) and "\x1f" not in identity.name else None
+        )
+        if lines is not None:
+            key = identity.key
+            matches = [line for line in lines if line.message.identity.key == key]
+            if len(matches) <= 1:
+                return matches[0] if matches else None
+        return self._located(self.find(identity))
 
 
-def parse_chat(data: bytes) -> Chat:
-    """Parse a whole chat file. Never raises for bad content: bad lines are kept and reported."""
+def _parse_full(data: bytes) -> _FullView:
     raw_lines = split_lines(data)
     trailing = bool(raw_lines) and raw_lines[-1] == b""
     lines: list[ChatLine] = []
     messages: list[Message] = []
     bad: list[int] = []
+    starts: list[int] = []
+    message_lines: list[int] = []
     header: dict[str, Any] | None = None
+    offset = 0
     for lineno, raw in enumerate(raw_lines):
+        starts.append(offset)
+        offset += len(raw) + 1
         if trailing and lineno == len(raw_lines) - 1:
             lines.append(ChatLine(lineno, raw, None))
             break
@@ -348,7 +532,15 @@ def parse_chat(data: bytes) -> Chat:
             header = obj
         else:
             messages.append(Message(len(messages), obj, raw))
-    return Chat(lines, header, messages, bad, trailing)
+            message_lines.append(lineno)
+    return _FullView(lines, header, messages, bad, starts, message_lines)
+
+
+def parse_chat(data: bytes) -> Chat:
+    """The chat in ``data``. Never raises for bad content: bad lines are kept and reported.
+
+    Lines are parsed when first used (see :class:`Chat`)."""
+    return Chat(data)
 
 
 def read_chat(path: Path, *, max_bytes: int = MAX_CHAT_BYTES) -> tuple[Chat, bytes]:

@@ -38,6 +38,7 @@ from daemon.errors import (
     UnsafePathError,
 )
 from daemon.tavern.chat import MARKER_KEY, MAX_CHAT_BYTES, Chat, encode_message, parse_chat
+from daemon.tavern.files import open_regular
 from daemon.tavern.layout import (
     OUR_TEMP_SUFFIX,
     OUR_TEMP_TAG,
@@ -51,8 +52,10 @@ __all__ = [
     "build_image_message",
     "cleanup_stale_temps",
     "insert_after",
+    "insert_after_line",
     "is_our_temp",
     "planned_sha256",
+    "planned_sha256_after_line",
     "read_for_edit",
     "snapshot",
     "write_image",
@@ -200,42 +203,28 @@ def _check_chat_path(path: Path, root: Path | None) -> Path:
 
 
 def read_for_edit(path: Path, *, root: Path | None = None) -> tuple[Chat, bytes, Snapshot]:
-    """Read a chat for an edit: the parsed chat, its exact bytes, and the snapshot of them.
+    """Read a chat for an edit: the chat (parsed lazily), its exact bytes, and their snapshot.
 
     Symlinks are followed; with ``root`` the real file must lie inside it. The stat comes from
-    the open file itself, so the snapshot describes exactly the bytes returned.
+    the open file itself, so the snapshot describes exactly the bytes returned. The cost is a
+    read and a hash: lines are parsed only when looked at (see :class:`Chat`).
     """
     real = _check_chat_path(path, root)
     for _ in range(_READ_ATTEMPTS):
         taken = time.time_ns()
-        data, before, after = _read_stable(path, real)
+        data, before, after = _read_stable(real)
         if before.st_size == after.st_size and before.st_mtime_ns == after.st_mtime_ns:
             snap = _snap(after, _hash_with_checkpoints(data), taken)
             return parse_chat(data), data, snap
     raise ChatConflictError(f"chat {path.name!r} kept changing while being read")
 
 
-def _read_stable(path: Path, real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:
+def _read_stable(real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:
+    fd, before = open_regular(real, ChatReadError, "chat", "a chat file")
     try:
-        # O_NONBLOCK: a FIFO named *.jsonl must not hang us; it is refused below.
-        fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except IsADirectoryError:
-        raise ChatReadError(f"{str(path)!r} is a directory, not a chat file") from None
-    except FileNotFoundError:
-        raise ChatReadError(f"chat {str(path)!r} does not exist") from None
-    except PermissionError:
-        raise ChatReadError(f"chat {str(path)!r} is not readable (permission denied)") from None
-    except OSError as exc:
-        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
-    try:
-        before = os.fstat(fd)
-        if stat.S_ISDIR(before.st_mode):
-            raise ChatReadError(f"{str(path)!r} is a directory, not a chat file")
-        if not stat.S_ISREG(before.st_mode):
-            raise ChatReadError(f"{str(path)!r} is not a regular file")
         if before.st_size > MAX_CHAT_BYTES:
             raise ChatReadError(
-                f"chat {path.name!r} is {before.st_size / 1e6:.0f} MB, "
+                f"chat {real.name!r} is {before.st_size / 1e6:.0f} MB, "
                 f"over the {MAX_CHAT_BYTES / 1e6:.0f} MB limit"
             )
         chunks: list[bytes] = []
@@ -245,11 +234,11 @@ def _read_stable(path: Path, real: Path) -> tuple[bytes, os.stat_result, os.stat
             total += len(chunk)
             if total > MAX_CHAT_BYTES:
                 raise ChatReadError(
-                    f"chat {path.name!r} grew past the {MAX_CHAT_BYTES / 1e6:.0f} MB limit"
+                    f"chat {real.name!r} grew past the {MAX_CHAT_BYTES / 1e6:.0f} MB limit"
                 )
         after = os.fstat(fd)
     except OSError as exc:
-        raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
+        raise ChatReadError(f"chat {str(real)!r} cannot be read: {exc.strerror}") from None
     finally:
         os.close(fd)
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -335,44 +324,37 @@ def _unlink_quietly(path: Path) -> None:
 # --- inserting lines ------------------------------------------------------------------------------
 
 
-def _line_of(chat: Chat, index: int) -> int:
-    """The line number of message ``index``, walking from the nearer end of the file."""
-    lines = chat.lines
-    header = 1 if chat.header is not None else 0
-    if index < len(chat.messages) // 2:
-        seen = -1
-        for ln in lines[header:]:
-            if ln.obj is not None:
-                seen += 1
-                if seen == index:
-                    return ln.lineno
-    else:
-        seen = len(chat.messages)
-        for ln in reversed(lines[header:]):
-            if ln.obj is not None:
-                seen -= 1
-                if seen == index:
-                    return ln.lineno
-    raise MessageNotFoundError(f"message #{index} not found in the chat's lines")
-
-
-def _splice(data: bytes, chat: Chat, after_index: int, new: bytes) -> tuple[list[Any], int]:
-    """The new file as pieces, and the offset where the old bytes first differ."""
-    if not 0 <= after_index < len(chat.messages):
+def _message_end(data: bytes, chat: Chat, index: int) -> int:
+    """Where the line of message ``index`` (ST numbering) ends in ``data``."""
+    messages = chat.messages
+    if not 0 <= index < len(messages):
         raise MessageNotFoundError(
-            f"cannot insert after message #{after_index}: the chat has "
-            f"{len(chat.messages)} message(s)"
+            f"cannot insert after message #{index}: the chat has {len(messages)} message(s)"
         )
-    lineno = _line_of(chat, after_index)
-    line = chat.lines[lineno]
-    # End of that line; counted from the nearer end of the file (inserts are usually last).
-    if lineno < len(chat.lines) // 2:
-        end = sum(len(ln.raw) for ln in chat.lines[: lineno + 1]) + lineno
-    else:
-        later = chat.lines[lineno + 1 :]
-        end = len(data) - sum(len(ln.raw) for ln in later) - len(later)
-    if data[end - len(line.raw) : end] != line.raw:
+    start, end = chat.message_span(index)
+    if data[start:end] != messages[index].raw:
         raise ValueError("the parsed chat does not match the bytes given")
+    return end
+
+
+def _check_line_end(data: bytes, end: int) -> int:
+    """``end`` if a non-empty line of ``data`` ends there (at a ``\\n`` or the file's end)."""
+    if (
+        not 0 < end <= len(data)
+        or data[end - 1 : end] == b"\n"
+        or data[end : end + 1]
+        not in (
+            b"\n",
+            b"",
+        )
+    ):
+        raise ValueError(f"offset {end} is not the end of a line of the chat")
+    return end
+
+
+def _splice(data: bytes, end: int, new: bytes) -> tuple[list[Any], int]:
+    """The new file as pieces (``new`` after the line ending at ``end``), and the offset where
+    the old bytes first differ."""
     view = memoryview(data)
     if end == len(data):  # the last line, no trailing newline: keep having none
         return [view, b"\n", new], end
@@ -391,7 +373,15 @@ def planned_sha256(
     For recording "this is our write" before the rename. Cheap for big chats read by
     :func:`read_for_edit` (hash checkpoints).
     """
-    pieces, offset = _splice(data, chat, after_index, _encode_new(new_messages))
+    end = _message_end(data, chat, after_index)
+    return planned_sha256_after_line(basis, data, end, new_messages)
+
+
+def planned_sha256_after_line(
+    basis: Snapshot, data: bytes, line_end: int, new_messages: Sequence[Mapping[str, Any]]
+) -> str:
+    """The sha256 :func:`insert_after_line` will report for the same arguments."""
+    pieces, offset = _splice(data, _check_line_end(data, line_end), _encode_new(new_messages))
     return _hash_pieces(basis.sha256, pieces, offset)
 
 
@@ -425,6 +415,9 @@ def insert_after(
     :class:`ChatWriteError` when the write fails (nothing changed, no temp file left),
     :class:`MessageNotFoundError` for a bad ``after_index``.
 
+    Numbering messages parses the whole chat; :func:`insert_after_line` takes the place as a
+    byte offset instead (a :class:`~daemon.tavern.chat.LineMessage`'s ``end``) and does not.
+
     ``rehash``: also compare the content hash before replacing; ``None`` decides by how fresh
     the basis was (see :attr:`Snapshot.needs_rehash`). ``probe`` is called with
     ``"final-check"`` right before the final comparison and ``"replaced"`` right after the
@@ -433,7 +426,44 @@ def insert_after(
     """
     if len(data) != basis.size:
         raise ValueError("data is not the bytes the snapshot describes")
-    pieces, offset = _splice(data, chat, after_index, _encode_new(new_messages))
+    end = _message_end(data, chat, after_index)
+    return _insert(path, basis, data, end, new_messages, root, rehash, probe)
+
+
+def insert_after_line(
+    path: Path,
+    basis: Snapshot,
+    data: bytes,
+    line_end: int,
+    new_messages: Sequence[Mapping[str, Any]],
+    *,
+    root: Path | None = None,
+    rehash: bool | None = None,
+    probe: Callable[[str], None] | None = None,
+) -> Snapshot:
+    """:func:`insert_after`, the place given as the offset in ``data`` where a line ends.
+
+    ``line_end`` is the offset of the ``\\n`` ending the line, or ``len(data)`` for a last
+    line without one (:attr:`daemon.tavern.chat.LineMessage.end`); anything else raises
+    :class:`ValueError`. Same guarantees and errors as :func:`insert_after`.
+    """
+    if len(data) != basis.size:
+        raise ValueError("data is not the bytes the snapshot describes")
+    end = _check_line_end(data, line_end)
+    return _insert(path, basis, data, end, new_messages, root, rehash, probe)
+
+
+def _insert(
+    path: Path,
+    basis: Snapshot,
+    data: bytes,
+    end: int,
+    new_messages: Sequence[Mapping[str, Any]],
+    root: Path | None,
+    rehash: bool | None,
+    probe: Callable[[str], None] | None,
+) -> Snapshot:
+    pieces, offset = _splice(data, end, _encode_new(new_messages))
     try:
         real = _check_chat_path(path, root)
     except ChatReadError:

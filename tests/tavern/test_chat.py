@@ -285,7 +285,7 @@ def test_line_of_is_computed_once() -> None:
     data = b"\n".join([b'{"chat_metadata":{}}', b"junk", *[b'{"name":"A","mes":"x"}'] * 5])
     chat = parse_chat(data)
     assert [chat.line_of(i) for i in range(5)] == [2, 3, 4, 5, 6]
-    assert chat._line_numbers is chat._line_numbers
+    assert chat._view() is chat._view()  # the full view is parsed once
 
 
 def test_read_chat_errors(tmp_path: Path) -> None:
