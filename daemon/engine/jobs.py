@@ -340,13 +340,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         )
         return after
     except PermanentProviderError as exc:
-        reason = f"{step}: {exc}"
-        failed = await store.fail(job.id, reason, expected=ACTIVE_STATES)
-        after = failed or await store.get_job(job.id)
-        job_log(
-            after, "failed", started=started, level="warning", logger=log, during=step, error=reason
-        )
-        return after
+        return await _failed(job.id, step, f"{step}: {exc}", started, store, "warning")
     except StoreError:
         raise
     except anyio.get_cancelled_exc_class():
@@ -355,12 +349,16 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         # A bug, not the user's setup: fail the job visibly instead of retrying forever.
         log.exception("job crashed", job=job.id, during=step)
         reason = f"{step}: internal error: {exc!r}"
-        failed = await store.fail(job.id, reason, expected=ACTIVE_STATES)
-        after = failed or await store.get_job(job.id)
-        job_log(
-            after, "failed", started=started, level="error", logger=log, during=step, error=reason
-        )
-        return after
+        return await _failed(job.id, step, reason, started, store, "error")
+
+
+async def _failed(
+    job_id: str, step: str, reason: str, started: float, store: Store, level: str
+) -> Job:
+    failed = await store.fail(job_id, reason, expected=ACTIVE_STATES)
+    after = failed or await store.get_job(job_id)
+    job_log(after, "failed", started=started, level=level, logger=log, during=step, error=reason)
+    return after
 
 
 async def _write_pending(job: Job, generated: Sequence[GeneratedImage], deps: JobDeps) -> Path:

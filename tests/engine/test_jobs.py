@@ -146,6 +146,20 @@ async def test_permanent_failure_fails_with_the_reason(deps: JobDeps, fake_api: 
     assert fake_api.count("images/generations") == 0
 
 
+async def test_a_bug_fails_the_job_visibly_instead_of_retrying(
+    deps: JobDeps, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(prompt: str, negative: str = "") -> list[object]:
+        raise KeyError("a bug of ours")  # not a provider error: no retry would help
+
+    monkeypatch.setattr(deps.images, "generate", broken)
+    job = await job_for(deps, write_chat(deps.root, "bug", ["A cracked bell."]))
+    failed = await run_job_once(job, deps)
+    assert failed.state is JobState.FAILED and failed.next_attempt_at is None
+    assert failed.last_error is not None
+    assert failed.last_error.startswith("image: internal error: KeyError")
+
+
 async def test_reply_gone_supersedes(deps: JobDeps, fake_api: FakeAPI) -> None:
     path = write_chat(deps.root, "gone", ["Soon deleted."])
     job = await job_for(deps, path)

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -23,7 +24,7 @@ from daemon.engine.manual import cmd_generate, pick_message, resolve_chat_spec
 from daemon.engine.notify import Heartbeat
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import JobError, MessageNotFoundError, UnsafePathError
-from daemon.tavern.chat import parse_chat, read_chat
+from daemon.tavern.chat import Chat, parse_chat, read_chat
 from tests.engine.conftest import FakeAPI
 from tests.stsim import STSim
 
@@ -147,20 +148,19 @@ def test_pick_message(root: Path) -> None:
     assert pick_message(bob, None, "c").name == "Bob"  # skips the narrator line
 
 
-def test_our_own_image_message_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "c.jsonl"
+def _chat_ending_with(path: Path, mes: str, extra: dict[str, Any]) -> Chat:
+    """Greeting, user message, reply (index 2), then a line of Alice's with ``extra`` (3)."""
     tab = STSim.create(path)
     tab.send_user("Hi.").reply("Alice", "Hello.")
-    tab.append_raw(
-        {
-            "name": "Alice",
-            "is_user": False,
-            "is_system": False,
-            "mes": "[pic]",
-            "extra": {"st_imagegen_job": "01ABC", "image": "/user/images/Alice/a.png"},
-        }
-    ).save()
+    line = {"name": "Alice", "is_user": False, "is_system": False, "mes": mes, "extra": extra}
+    tab.append_raw(line).save()
     chat, _ = read_chat(path)
+    return chat
+
+
+def test_our_own_image_message_is_refused(tmp_path: Path) -> None:
+    marker = {"st_imagegen_job": "01ABC", "image": "/user/images/Alice/a.png"}
+    chat = _chat_ending_with(tmp_path / "c.jsonl", "[pic]", marker)
     with pytest.raises(MessageNotFoundError, match="image message written by st-imagegen"):
         pick_message(chat, 3, "c")
     assert pick_message(chat, None, "c").index == 2
@@ -168,19 +168,8 @@ def test_our_own_image_message_is_refused(tmp_path: Path) -> None:
 
 def test_a_sendas_line_can_be_asked_for(tmp_path: Path) -> None:
     # Detection skips lines typed with /sendas (nothing was generated); generate is the way.
-    path = tmp_path / "c.jsonl"
-    tab = STSim.create(path)
-    tab.send_user("Hi.").reply("Alice", "Hello.")
-    tab.append_raw(
-        {
-            "name": "Alice",
-            "is_user": False,
-            "is_system": False,
-            "mes": "Alice waves a lantern (typed by the user).",
-            "extra": {"api": "manual", "model": "slash command"},
-        }
-    ).save()
-    chat, _ = read_chat(path)
+    typed = {"api": "manual", "model": "slash command"}
+    chat = _chat_ending_with(tmp_path / "c.jsonl", "Alice waves a lantern (typed).", typed)
     assert chat.messages[3].is_slash_command
     assert pick_message(chat, 3, "c").mes.startswith("Alice waves")
     assert pick_message(chat, None, "c").index == 3
