@@ -8,6 +8,7 @@ had in flight, and can be slowed down or told to fail.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
@@ -51,6 +52,7 @@ class FakeRequest:
     path: str
     body: dict[str, Any]
     at: float
+    method: str = "POST"
 
 
 @dataclass
@@ -59,6 +61,8 @@ class FakeAPI:
 
     host: str = "127.0.0.1"
     port: int = 0
+    key: str | None = None  # when set, a request without "Bearer <key>" gets a 401
+    models: tuple[str, ...] = ("gpt-4", "dall-e-3")  # GET /v1/models
     text_delay: float = 0.0
     image_delay: float = 0.0
     images_per_call: int = 1
@@ -75,6 +79,11 @@ class FakeAPI:
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}/v1"
+
+    def seen(self) -> list[tuple[str, str]]:
+        """``(method, path)`` of every request so far."""
+        with self.lock:
+            return [(r.method, r.path) for r in self.requests]
 
     def count(self, route: str) -> int:
         with self.lock:
@@ -106,6 +115,23 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return
 
+        def _authorized(self) -> bool:
+            if api.key is None or self.headers.get("Authorization") == f"Bearer {api.key}":
+                return True
+            error = {"message": "Incorrect API key provided", "type": "invalid_request_error"}
+            self._send(401, {"error": error})
+            return False
+
+        def do_GET(self) -> None:
+            with api.lock:
+                api.requests.append(FakeRequest(self.path, {}, time.monotonic(), "GET"))
+            if not self._authorized():
+                return
+            if self.path.endswith("/models"):
+                self._send(200, {"object": "list", "data": [{"id": m} for m in api.models]})
+            else:
+                self._send(404, {"error": {"message": "no such route"}})
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
@@ -117,6 +143,9 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
             is_text = self.path.endswith("/chat/completions")
             with api.lock:
                 api.requests.append(FakeRequest(self.path, body, time.monotonic()))
+            if not self._authorized():
+                return
+            with api.lock:
                 api.in_flight += 1
                 api.max_in_flight = max(api.max_in_flight, api.in_flight)
                 if is_image:
@@ -188,11 +217,10 @@ class _QuietServer(ThreadingHTTPServer):
         return
 
 
-@pytest.fixture
-def fake_api() -> Iterator[FakeAPI]:
-    api = FakeAPI()
+@contextlib.contextmanager
+def serve_fake_api(api: FakeAPI) -> Iterator[FakeAPI]:
+    """Serve ``api`` on 127.0.0.1 (a thread in the test process) until the block ends."""
     server = _QuietServer(("127.0.0.1", 0), _handler(api))
-    server.daemon_threads = True
     api.port = server.server_address[1]
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-api", daemon=True
@@ -204,6 +232,12 @@ def fake_api() -> Iterator[FakeAPI]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAPI]:
+    with serve_fake_api(FakeAPI()) as api:
+        yield api
 
 
 def config_toml(
