@@ -23,7 +23,6 @@ touched: changing it would turn the silent drop into a popup that loses the user
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 import time
@@ -51,6 +50,7 @@ from daemon.errors import (
 from daemon.tavern import layout
 from daemon.tavern.chat import (
     Chat,
+    LineMessage,
     Message,
     MessageIdentity,
     format_send_date,
@@ -60,8 +60,8 @@ from daemon.tavern.write import (
     Snapshot,
     build_image_message,
     cleanup_stale_temps,
-    insert_after,
-    planned_sha256,
+    insert_after_line,
+    planned_sha256_after_line,
     read_for_edit,
     write_image,
 )
@@ -152,66 +152,49 @@ class _NotCommittable(Exception):
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    """A fresh read of a chat and what it says about one of our messages."""
+    """A fresh read of a chat and what it says about one of our messages.
+
+    Only the lines looked at are parsed (the reply and our marker are found by byte searches,
+    see :class:`~daemon.tavern.chat.Chat`): a commit into a big chat costs about a copy of it.
+    """
 
     chat: Chat
     data: bytes
     snapshot: Snapshot
-    present: Message | None  # our message, found by its marker
-    reply: Message | None  # the reply it illustrates, found by identity
+    present: LineMessage | None  # our message, found by its marker
+    reply: LineMessage | None  # the reply it illustrates, found by identity
     problem: str | None  # why the reply no longer matches; None when it does
 
     def insert_position(self) -> int:
-        """After the reply and after our image messages already following it (keeps order)."""
+        """After the reply and after our image messages already following it (keeps order),
+        as the offset where the last of those lines ends. Lines that do not parse are passed
+        over: they are no messages to ST."""
         assert self.reply is not None
-        index = self.reply.index
-        messages = self.chat.messages
-        while index + 1 < len(messages) and messages[index + 1].marker is not None:
-            index += 1
-        return index
+        end = self.reply.end
+        for start, line_end in self.chat.lines_after(end):
+            line = self.chat.line_message(start, line_end)
+            if line is None:
+                continue
+            if line.message.marker is None:
+                break
+            end = line_end
+        return end
 
     def predicted_sha256(self, after: int, message: Mapping[str, Any]) -> str:
-        """The hash of the bytes ``insert_after`` will write (our line after message
-        ``after``, every other byte unchanged), known before the rename."""
-        return planned_sha256(self.snapshot, self.data, self.chat, after, [message])
-
-
-def find_marker(chat: Chat, data: bytes, job_id: str) -> Message | None:
-    """Our message for ``job_id``. The raw bytes are searched first: a job id that appears
-    nowhere in the file cannot be a marker, and that search is far cheaper than looking at
-    every parsed message of a big chat."""
-    if job_id.encode() not in data:
-        return None
-    return chat.find_marker(job_id)
-
-
-def find_reply(chat: Chat, identity: MessageIdentity) -> Message | None:
-    """Like :meth:`Chat.find` (the match nearest the index hint, the later one on ties), but
-    searching outward from the hint, so the usual case looks at a few messages, not all."""
-    messages = chat.messages
-    if not messages:
-        return None
-    key = identity.key
-    hint = min(max(identity.index, 0), len(messages) - 1)
-    for distance in range(len(messages)):
-        low, high = hint - distance, hint + distance
-        if low < 0 and high >= len(messages):
-            break
-        for i in (high, low) if distance else (hint,):
-            if 0 <= i < len(messages) and messages[i].identity.key == key:
-                return messages[i]
-    return None
+        """The hash of the bytes ``insert_after_line`` will write (our line after the line
+        ending at ``after``, every other byte unchanged), known before the rename."""
+        return planned_sha256_after_line(self.snapshot, self.data, after, [message])
 
 
 def _read_plan(path: Path, job_id: str, identity: MessageIdentity, revision: str) -> _Plan:
     chat, data, snap = read_for_edit(path)
-    reply = find_reply(chat, identity)
+    reply = chat.find_line(identity)
     problem: str | None = None
     if reply is None:
         problem = REASON_REPLY_GONE
-    elif str(reply.revision) != revision:
+    elif str(reply.message.revision) != revision:
         problem = REASON_REPLY_CHANGED
-    return _Plan(chat, data, snap, find_marker(chat, data, job_id), reply, problem)
+    return _Plan(chat, data, snap, chat.find_marker_line(job_id), reply, problem)
 
 
 def _backoff(attempt: int) -> float:
@@ -306,7 +289,7 @@ class Committer:
             if plan.present is not None:
                 # An earlier run wrote it (and crashed before marking the job): done.
                 if message is None:
-                    message = plan.present.data
+                    message = plan.present.message.data
                     await self._ledger_add(job, message)
                 return await self._committed(job, message)
             if plan.problem is not None:
@@ -323,7 +306,7 @@ class Committer:
                     "image committed",
                     job=job.id,
                     chat=job.chat,
-                    after=after,
+                    at_byte=after,
                     images=len(message_urls(message)),
                 )
                 return await self._committed(job, message)
@@ -366,14 +349,15 @@ class Committer:
     async def _write(
         self, chat: str, path: Path, plan: _Plan, after: int, message: Mapping[str, Any]
     ) -> bool:
-        """Insert ``message`` after message ``after``; False on a conflict (re-read and retry)."""
+        """Insert ``message`` after the line ending at offset ``after``; False on a conflict
+        (re-read and retry)."""
         predicted = await anyio.to_thread.run_sync(plan.predicted_sha256, after, message)
         # Recorded first: a crash right after the rename must not leave our version looking
         # like someone else's (that would acknowledge our message wrongly).
         await self.store.record_write(chat, predicted)
         try:
             snap = await anyio.to_thread.run_sync(
-                insert_after, path, plan.snapshot, plan.data, plan.chat, after, [dict(message)]
+                insert_after_line, path, plan.snapshot, plan.data, after, [dict(message)]
             )
         except ChatConflictError:
             log.debug("chat changed under our edit; retrying from a fresh read", chat=chat)
@@ -385,8 +369,8 @@ class Committer:
     async def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:
         """Write the image files (or find them from an earlier run), build the message and put
         it in the ledger; returns the ledger's message (the first one recorded wins)."""
-        reply = plan.reply
-        assert reply is not None
+        assert plan.reply is not None
+        reply = plan.reply.message
         kept = await anyio.to_thread.run_sync(self.approval.kept_images, job.id)
         if not kept:
             raise _NotCommittable(REASON_NO_IMAGES)
@@ -543,12 +527,6 @@ class Committer:
             waiting = [e.job_id for e in entries if not e.acknowledged]
             if not waiting:
                 return inserted
-            if (
-                inserted == 0
-                and conflicts == 0
-                and await self._ours_and_complete(rel, path, waiting)
-            ):
-                return inserted
             try:
                 chat, data, snap = await anyio.to_thread.run_sync(read_for_edit, path)
             except ChatConflictError:
@@ -566,7 +544,7 @@ class Committer:
                 log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
                 return inserted
             theirs = not await self.store.is_our_write(rel, snap.sha256)
-            todo = await self._judge(chat, data, entries, theirs)
+            todo = await self._judge(chat, entries, theirs)
             if not todo:
                 return inserted
             entry, reply = todo[0]
@@ -593,24 +571,15 @@ class Committer:
         log.warning("reconcile gave up for now: the chat kept changing", chat=rel)
         return inserted
 
-    async def _ours_and_complete(self, rel: str, path: Path, job_ids: Sequence[str]) -> bool:
-        """Whether the chat is a version we wrote that holds every waiting message: then there
-        is nothing to do, and the full parse of a big chat is saved (this is the event our
-        own write causes). Checked on the raw bytes: a hash and a substring search."""
-        try:
-            digest, complete = await anyio.to_thread.run_sync(_digest_and_presence, path, job_ids)
-        except OSError:
-            return False
-        return complete and await self.store.is_our_write(rel, digest)
-
     async def _judge(
-        self, chat: Chat, data: bytes, entries: Sequence[LedgerEntry], theirs: bool
-    ) -> list[tuple[LedgerEntry, Message]]:
+        self, chat: Chat, entries: Sequence[LedgerEntry], theirs: bool
+    ) -> list[tuple[LedgerEntry, LineMessage]]:
         """Acknowledge and retire entries by what ``chat`` holds; the entries to re-insert,
         with their replies, oldest first."""
-        todo: list[tuple[LedgerEntry, Message]] = []
-        for entry in entries:
-            present = find_marker(chat, data, entry.job_id) is not None
+        identities = {e.job_id: await self._identity(e) for e in entries if not e.acknowledged}
+        found = await anyio.to_thread.run_sync(_look_up, chat, entries, identities)
+        todo: list[tuple[LedgerEntry, LineMessage]] = []
+        for entry, (present, reply) in zip(entries, found, strict=True):
             if entry.acknowledged:
                 if not present:
                     await self.store.ledger_retire(entry.job_id, REASON_DELETED_AFTER_SHOWN)
@@ -620,10 +589,9 @@ class Committer:
                 if theirs:
                     await self.store.ledger_acknowledge(entry.job_id)
                 continue
-            reply = find_reply(chat, await self._identity(entry))
             if reply is None:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
-            elif str(reply.revision) != entry.revision:
+            elif str(reply.message.revision) != entry.revision:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
             else:
                 todo.append((entry, reply))
@@ -685,9 +653,17 @@ def _clean_image_temps(root: Path) -> int:
     return removed
 
 
-def _digest_and_presence(path: Path, job_ids: Sequence[str]) -> tuple[str, bool]:
-    data = path.read_bytes()
-    return hashlib.sha256(data).hexdigest(), all(j.encode() in data for j in job_ids)
+def _look_up(
+    chat: Chat, entries: Sequence[LedgerEntry], identities: Mapping[str, MessageIdentity]
+) -> list[tuple[bool, LineMessage | None]]:
+    """For each entry: whether its marker is in ``chat``, and (when it is missing and an
+    identity is given) the reply it illustrates. Byte searches: run in a worker thread."""
+    out: list[tuple[bool, LineMessage | None]] = []
+    for entry in entries:
+        present = chat.find_marker_line(entry.job_id) is not None
+        identity = identities.get(entry.job_id)
+        out.append((present, None if present or identity is None else chat.find_line(identity)))
+    return out
 
 
 async def _exists(path: Path) -> bool:

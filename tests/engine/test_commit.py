@@ -394,9 +394,9 @@ async def test_crash_between_steps_is_finished_by_the_next_run(
     if point == "after_images":
         _crash_on(monkeypatch, "_write_images", after_call=True)
     elif point == "after_ledger":
-        _crash_on(monkeypatch, "insert_after")
+        _crash_on(monkeypatch, "insert_after_line")
     else:
-        _crash_on(monkeypatch, "insert_after", after_call=True)
+        _crash_on(monkeypatch, "insert_after_line", after_call=True)
 
     with pytest.raises(Crash):
         await h.committer.commit_job(job)
@@ -428,7 +428,7 @@ async def test_crash_after_rename_is_still_our_write(
     file is still known as ours (else reconcile would wrongly take it as ST's)."""
     h = harness
     _, path, job = await _tab_with_job(h)
-    _crash_on(monkeypatch, "insert_after", after_call=True)
+    _crash_on(monkeypatch, "insert_after_line", after_call=True)
     with pytest.raises(Crash):
         await h.committer.commit_job(job)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -443,7 +443,7 @@ async def test_conflict_retries_from_a_fresh_read(
 ) -> None:
     h = harness
     tab, path, job = await _tab_with_job(h)
-    real = tavern_write.insert_after
+    real = tavern_write.insert_after_line
     calls = {"n": 0}
 
     def racing(*args: Any, **kwargs: Any) -> Any:
@@ -452,7 +452,7 @@ async def test_conflict_retries_from_a_fresh_read(
             tab.narrator("It starts to rain.").save()  # ST saves between our read and rename
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(commit_mod, "insert_after", racing)
+    monkeypatch.setattr(commit_mod, "insert_after_line", racing)
     done = await h.committer.commit_job(job)
 
     assert calls["n"] == 2
@@ -472,7 +472,7 @@ async def test_endless_conflicts_keep_the_job_for_later(
     def always(*args: Any, **kwargs: Any) -> Any:
         raise ChatConflictError("chat changed since it was read")
 
-    monkeypatch.setattr(commit_mod, "insert_after", always)
+    monkeypatch.setattr(commit_mod, "insert_after_line", always)
     monkeypatch.setattr(commit_mod, "_backoff", lambda attempt: 0.0)
     done = await h.committer.commit_job(job)
 
@@ -576,7 +576,7 @@ async def test_images_deleted_between_crash_and_restart_fail_cleanly(
     h = harness
     _, path, job = await _tab_with_job(h)
     before = path.read_bytes()
-    _crash_on(monkeypatch, "insert_after")
+    _crash_on(monkeypatch, "insert_after_line")
     with pytest.raises(Crash):
         await h.committer.commit_job(job)
     shutil.rmtree(h.root / USER / "user" / "images")
@@ -618,38 +618,38 @@ async def test_commits_of_one_chat_are_serialized(harness: Harness) -> None:
     assert ref_of(h.root, path).rel == jobs[0].chat
 
 
-def test_fast_lookups_agree_with_the_codec() -> None:
-    """``find_reply`` (outward from the hint) and ``find_marker`` (bytes first) give what the
-    codec's full scans give, duplicates and far-off hints included."""
-    import json
-    import random
+async def test_commit_parses_only_the_lines_it_needs(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit into a long chat finds the reply and checks for its marker by byte searches:
+    a handful of lines is parsed, not the chat (the full parse was the whole cost on big
+    chats). The line lookups themselves are checked against the full view in test_chat."""
+    import daemon.tavern.chat as chat_mod
 
-    from daemon.engine.commit import find_marker, find_reply
-    from daemon.tavern.chat import MessageIdentity
+    h = harness
+    path = chat_path(h.root)
+    tab = STSim.create(path)
+    for i in range(300):
+        tab.send_user(f"question {i}")
+        tab.reply("Alice", f"answer {i}")
+    tab.save()
+    job = await h.accepted(path, len(tab.messages) - 1)
+    parsed: list[bytes] = []
+    real = chat_mod.parse_line
 
-    rng = random.Random(7)
-    for _ in range(200):
-        names = ["Alice", "Bob"]
-        lines = []
-        for i in range(rng.randrange(1, 30)):
-            extra: dict[str, Any] = {}
-            if rng.random() < 0.2:
-                extra["st_imagegen_job"] = f"JOB{rng.randrange(5)}"
-            date = f"2026-01-01T00:00:{rng.randrange(4):02d}.000Z"  # many duplicates
-            lines.append(
-                {"name": rng.choice(names), "mes": f"m{i}", "send_date": date, "extra": extra}
-            )
-        data = "\n".join(json.dumps(o) for o in lines).encode()
-        chat = parse_chat(data)
-        for _ in range(5):
-            identity = MessageIdentity(
-                rng.randrange(-3, len(lines) + 3),
-                rng.choice(names),
-                f"2026-01-01T00:00:{rng.randrange(5):02d}.000Z",
-            )
-            assert find_reply(chat, identity) == chat.find(identity)
-            job_id = f"JOB{rng.randrange(6)}"
-            assert find_marker(chat, data, job_id) == chat.find_marker(job_id)
+    def counting(raw: bytes) -> dict[str, Any] | None:
+        parsed.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(chat_mod, "parse_line", counting)
+    done = await h.committer.commit_job(job)
+    assert done.state is JobState.COMMITTED
+    assert len(parsed) <= 10
+    monkeypatch.undo()
+    assert markers(path) == [job.id]
+    chat = parse_chat(path.read_bytes())
+    ours = chat.find_marker(job.id)
+    assert ours is not None and chat.messages[ours.index - 1].mes == "answer 299"
 
 
 async def test_chat_changing_while_read_is_read_again(

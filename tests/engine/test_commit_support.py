@@ -22,7 +22,7 @@ from daemon.engine.commit import Committer, message_urls, served_path
 from daemon.engine.store import Job, JobState, Store
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout
-from daemon.tavern.chat import MARKER_KEY, Message, parse_chat, read_chat
+from daemon.tavern.chat import MARKER_KEY, LineMessage, Message, parse_chat, read_chat
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.write import build_image_message, insert_after, read_for_edit
 
@@ -233,8 +233,10 @@ def test_predicted_hash_matches_the_written_bytes(tmp_path: Path) -> None:
                 send_date="d",
                 job_id=f"J{after}",
             )
-            plan = _Plan(chat, data, snap, None, chat.messages[after], None)
-            predicted = plan.predicted_sha256(after, message)
+            start, end = chat.message_span(after)
+            reply = LineMessage(start, end, chat.messages[after])
+            plan = _Plan(chat, data, snap, None, reply, None)
+            predicted = plan.predicted_sha256(end, message)
             written = insert_after(path, snap, data, chat, after, [message])
             assert written.sha256 == predicted
             import hashlib

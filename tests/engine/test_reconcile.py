@@ -251,16 +251,31 @@ async def test_reconcile_open_at_startup(harness: Harness) -> None:
 async def test_our_own_write_is_not_parsed_again(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The change event our own commit causes finds our version complete by hash and bytes:
-    the chat is not parsed (a big chat's parse is the expensive part)."""
+    """The change event our own commit causes is settled by the hash and byte searches for
+    our markers: the chat is read once and only the lines holding a marker are parsed."""
+    import daemon.tavern.chat as chat_mod
+    from daemon.engine import commit as commit_mod
+    from daemon.tavern import write as tavern_write
+
     h = harness
     _, path, job = await _committed_with_stale_tab(h)
-    from daemon.engine import commit as commit_mod
+    reads: list[Path] = []
+    real_read = tavern_write.read_for_edit
+    parsed: list[bytes] = []
+    real_parse = chat_mod.parse_line
 
-    def boom(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("parsed the chat")
+    def reading(p: Path) -> Any:
+        reads.append(p)
+        return real_read(p)
 
-    monkeypatch.setattr(commit_mod, "read_for_edit", boom)
+    def counting(raw: bytes) -> dict[str, Any] | None:
+        parsed.append(raw)
+        return real_parse(raw)
+
+    monkeypatch.setattr(commit_mod, "read_for_edit", reading)
+    monkeypatch.setattr(chat_mod, "parse_line", counting)
     assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
     monkeypatch.undo()
+    assert reads == [path]
+    assert len(parsed) == 1 and job.id.encode() in parsed[0]
     assert not (await _entry(h, job.id)).acknowledged

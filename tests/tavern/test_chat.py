@@ -342,3 +342,150 @@ def test_read_chat_refuses_absurd_line_counts(
     path.write_bytes(b"\n" * 200)
     with pytest.raises(ChatReadError, match="line limit"):
         read_chat(path)
+
+
+# --- the line view agrees with the full view -----------------------------------------------------
+
+DATES = ["2026-01-01T00:00:01.000Z", "2026-01-01T00:00:02.000Z", "1/2/2026 3:04", "Zoë's day", ""]
+
+
+def _random_chat(rng: random.Random) -> bytes:
+    """Chats full of what makes lookups hard: shared identities, bad lines, markers copied into
+    swipe_info, ids and dates inside other text, dates a byte search cannot trust, numbers."""
+    lines: list[bytes] = []
+    if rng.random() < 0.7:
+        lines.append(line({"chat_metadata": {"integrity": "x"}, "user_name": "unused"}))
+    for i in range(rng.randrange(0, 25)):
+        roll = rng.random()
+        if roll < 0.1:
+            lines.append(rng.choice([b"junk", b"", b"{", b"[1]", b'{"mes":NaN}']))
+            continue
+        extra: dict[str, Any] = {}
+        date: Any = rng.choice([*DATES, 1767225601000, 1767225601000.5])
+        obj: dict[str, Any] = {"name": rng.choice(["Alice", "Bob", "A\x1fB"]), "mes": f"m{i}"}
+        obj["send_date"] = date
+        if rng.random() < 0.3:
+            extra[MARKER_KEY] = f"JOB{rng.randrange(4)}"
+        if rng.random() < 0.2:  # ST copies extra into swipe_info: never a marker there
+            obj["swipe_info"] = [
+                {"send_date": date, "extra": {MARKER_KEY: f"JOB{rng.randrange(4)}"}}
+            ]
+        if rng.random() < 0.2:
+            obj["mes"] = f"about JOB{rng.randrange(4)} and {rng.choice(DATES)}"
+        obj["extra"] = extra
+        lines.append(line(obj))
+    data = b"\n".join(lines)
+    return data + b"\n" if rng.random() < 0.2 else data
+
+
+def _full_span(data: bytes, chat_lines: list[bytes], lineno: int) -> tuple[int, int]:
+    start = sum(len(raw) + 1 for raw in chat_lines[:lineno])
+    return start, start + len(chat_lines[lineno])
+
+
+def test_line_lookups_agree_with_the_full_view() -> None:
+    """``find_line`` and ``find_marker_line`` (byte searches, a few lines parsed) give what
+    ``find`` and the full view's markers give, with the same line spans."""
+    rng = random.Random(11)
+    for _ in range(400):
+        data = _random_chat(rng)
+        full = parse_chat(data)
+        raw_lines = data.split(b"\n")
+        for _ in range(6):
+            identity = MessageIdentity(
+                rng.randrange(-3, 30),
+                rng.choice(["Alice", "Bob", "A\x1fB", "A"]),
+                rng.choice([*DATES, "1767225601000", "B\x1f2026-01-01T00:00:01.000Z"]),
+            )
+            expected = full.find(identity)
+            got = parse_chat(data).find_line(identity)  # a fresh chat: no full view to lean on
+            if expected is None:
+                assert got is None
+            else:
+                assert got is not None and got.message.index == -1
+                assert got.message.raw == expected.raw and got.message.data == expected.data
+                assert (got.start, got.end) == _full_span(
+                    data, raw_lines, full.line_of(expected.index)
+                )
+            job_id = f"JOB{rng.randrange(5)}"
+            ours = [m for m in full.messages if m.marker == job_id]
+            marker = parse_chat(data).find_marker_line(job_id)
+            if not ours:
+                assert marker is None
+            else:
+                assert marker is not None and marker.message.raw == ours[-1].raw
+                assert data[marker.start : marker.end] == ours[-1].raw
+                assert (marker.start, marker.end) == full.message_span(ours[-1].index)
+
+
+def test_line_view_parses_only_what_it_looks_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup near the end of a long chat parses a few lines, not the chat."""
+    import daemon.tavern.chat as chat_mod
+
+    tab = STSim.create(tmp_path / "c.jsonl", save=False)
+    for i in range(500):
+        tab.send_user(f"question {i}")
+        tab.reply("Alice", f"answer {i}")
+    data = tab.serialize()
+    reply = parse_chat(data).messages[-1]
+    parsed: list[bytes] = []
+    real = chat_mod.parse_line
+
+    def counting(raw: bytes) -> dict[str, Any] | None:
+        parsed.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(chat_mod, "parse_line", counting)
+    chat = parse_chat(data)
+    found = chat.find_line(reply.identity)
+    assert found is not None and found.message.raw == reply.raw
+    assert chat.find_marker_line("01ABSENT") is None
+    assert chat.date_style == "iso" and chat.integrity == reply_integrity(data)
+    assert [end for _, end in chat.lines_after(found.end)] == []
+    assert len(parsed) <= 4  # the reply's line, the last line (date style), the header
+
+
+def reply_integrity(data: bytes) -> str | None:
+    header = json.loads(data.split(b"\n", 1)[0])
+    value = header.get("chat_metadata", {}).get("integrity")
+    return value if isinstance(value, str) else None
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.one_of(st.binary(max_size=400), LINES.map(b"\n".join)))
+def test_line_walks_cover_every_line(data: bytes) -> None:
+    """``lines_backwards`` and ``lines_after`` visit exactly the full view's lines (not the
+    empty one after a trailing newline), and ``line_message`` agrees with ``messages``."""
+    chat = parse_chat(data)
+    full = parse_chat(data)
+    expected = [
+        (start, start + len(ln.raw))
+        for ln, start in zip(full.lines, _starts(full.lines), strict=True)
+        if not (full.trailing_newline and ln.lineno == len(full.lines) - 1)
+    ]
+    assert list(reversed(list(chat.lines_backwards()))) == expected
+    if expected:
+        first_end = expected[0][1]
+        assert list(chat.lines_after(first_end)) == expected[1:]
+    found = [m for s, e in expected if (m := chat.line_message(s, e)) is not None]
+    assert [m.message.raw for m in found] == [m.raw for m in full.messages]
+    assert chat.header == full.header
+    dated = [m for m in full.messages if m.data.get("send_date") is not None]
+    header = full.header
+    assert chat.date_style == (
+        send_date_style(dated[-1].data["send_date"])
+        if dated
+        else "iso"
+        if header is None or "create_date" not in header
+        else "human"
+    )
+
+
+def _starts(lines: list[Any]) -> list[int]:
+    out, pos = [], 0
+    for ln in lines:
+        out.append(pos)
+        pos += len(ln.raw) + 1
+    return out
