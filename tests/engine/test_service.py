@@ -23,6 +23,7 @@ from daemon.engine.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
+from daemon.tavern.scan import MAX_UNANCHORED_MESSAGES
 from tests.engine.conftest import (
     WATCHDOG_RACE,
     FakeAPI,
@@ -449,3 +450,24 @@ async def test_a_restart_takes_folders_it_already_acted_on_as_done(
         )
         assert [j.id for j in same] == [regenerated.id, new.id]  # no second regeneration
         assert (await deps.store.get_job(new.id)).state is JobState.QUEUED
+
+
+async def test_an_edit_is_seen_even_when_the_tail_scan_loses_its_cursor(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    # Past MAX_UNANCHORED_MESSAGES new lines the tail scan gives up and reads the whole chat
+    # without placing its cursor; the stored cursor, passed on as `previous`, still tells that
+    # the reply was edited.
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="lost")
+        tab, first = await replied(service, path, "Begin.", "The first telling.")
+        tab.edit(len(tab.messages) - 1, "The first telling, edited.")
+        for n in range(MAX_UNANCHORED_MESSAGES + 1):
+            tab.send_user(f"note {n}")  # user lines: no jobs of their own
+        tab.save()
+        old = await wait_state(service, first.id, JobState.SUPERSEDED)
+        assert old.last_error and "changed" in old.last_error
+        new = (await wait_jobs(service, path, 2))[1]
+        assert new.identity_date == first.identity_date and new.revision != first.revision
+        assert len(await jobs_of(service, path)) == 2
