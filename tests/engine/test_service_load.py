@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import anyio
 import pytest
 
 from daemon.engine.store import JobState
@@ -46,12 +45,16 @@ async def test_twenty_chats_bounds_order_and_nothing_lost(
             tabs.append(STSim.create(path, character=owner, clock=clock))
         for tab in tabs:
             await seen(service, tab.path)
-        for round_ in ("first", "second"):
+        for done, round_ in enumerate(("first", "second"), 1):
             for n, tab in enumerate(tabs):
                 tab.send_user(f"{round_} question").reply(
                     tab.character, f"chat {n} {round_} reply"
                 ).save()
-            await anyio.sleep(config.detect.settle_seconds * 2)
+
+            async def detected(expected: int = done * CHATS) -> bool:
+                return len(await service.store.list_jobs(limit=1000)) >= expected
+
+            await async_wait_for(detected, within=60)  # the round's replies are all jobs
 
         async def all_pending() -> bool:
             found = await service.store.list_jobs(limit=1000)
