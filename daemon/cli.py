@@ -340,10 +340,11 @@ async def _cmd_list(store: Store, args: argparse.Namespace) -> int:
 
 async def _cmd_show(store: Store, approval: Approval, args: argparse.Namespace) -> int:
     job = await store.get_job(args.job)
-    folder = approval.pending_path(job.id)
+    found = approval.find(job.id)  # pending/, or a drop folder it was moved into
+    folder = found if found is not None else approval.pending_path(job.id)
     if args.json:
         record = _job_dict(job)
-        record["folder"] = str(folder) if folder.exists() else None
+        record["folder"] = str(found) if found is not None else None
         print(json.dumps(record, ensure_ascii=False, indent=2))
         return 0
     rows = [

@@ -167,6 +167,13 @@ def test_list_show_accept_reject_regen(cfg_path: Path, capsys: pytest.CaptureFix
     code, out, _ = cli(capsys, "show", *c, jobs[0].id, "--json")
     assert json.loads(out)["folder"]
 
+    state_dir = load_config(cfg_path, environ={}).state_dir
+    (state_dir / "pending" / jobs[0].id).rename(state_dir / "accepted" / jobs[0].id)
+    code, out, _ = cli(capsys, "show", *c, jobs[0].id)  # moved, not yet acted on
+    assert str(state_dir / "accepted" / jobs[0].id / "image-2.png") in out
+    code, out, _ = cli(capsys, "show", *c, jobs[0].id, "--json")
+    assert json.loads(out)["folder"] == str(state_dir / "accepted" / jobs[0].id)
+
     code, out, _ = cli(capsys, "accept", *c, jobs[0].id, "--keep", "2")
     assert code == 0 and "accepted" in out
     assert get_job(cfg_path, jobs[0].id).images == ("image-2.png",)
