@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ from daemon.tavern.write import (
     cleanup_stale_temps,
     insert_after_line,
     planned_sha256_after_line,
-    read_for_edit,
+    read_for_edit_with,
     write_image,
 )
 
@@ -187,14 +188,16 @@ class _Plan:
 
 
 def _read_plan(path: Path, job_id: str, identity: MessageIdentity, revision: str) -> _Plan:
-    chat, data, snap = read_for_edit(path)
-    reply = chat.find_line(identity)
+    def look(chat: Chat) -> tuple[LineMessage | None, LineMessage | None]:
+        return chat.find_marker_line(job_id), chat.find_line(identity)
+
+    chat, data, snap, (present, reply) = read_for_edit_with(path, look)
     problem: str | None = None
     if reply is None:
         problem = REASON_REPLY_GONE
     elif str(reply.message.revision) != revision:
         problem = REASON_REPLY_CHANGED
-    return _Plan(chat, data, snap, chat.find_marker_line(job_id), reply, problem)
+    return _Plan(chat, data, snap, present, reply, problem)
 
 
 def _backoff(attempt: int) -> float:
@@ -527,8 +530,12 @@ class Committer:
             waiting = [e.job_id for e in entries if not e.acknowledged]
             if not waiting:
                 return inserted
+            identities = {e.job_id: await self._identity(e) for e in entries if not e.acknowledged}
+            look = partial(_look_up, entries=entries, identities=identities)
             try:
-                chat, data, snap = await anyio.to_thread.run_sync(read_for_edit, path)
+                chat, data, snap, found = await anyio.to_thread.run_sync(
+                    read_for_edit_with, path, look
+                )
             except ChatConflictError:
                 conflicts += 1
                 await anyio.sleep(_backoff(conflicts))
@@ -544,7 +551,7 @@ class Committer:
                 log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
                 return inserted
             theirs = not await self.store.is_our_write(rel, snap.sha256)
-            todo = await self._judge(chat, entries, theirs)
+            todo = await self._judge(entries, found, theirs)
             if not todo:
                 return inserted
             entry, reply = todo[0]
@@ -572,12 +579,13 @@ class Committer:
         return inserted
 
     async def _judge(
-        self, chat: Chat, entries: Sequence[LedgerEntry], theirs: bool
+        self,
+        entries: Sequence[LedgerEntry],
+        found: Sequence[tuple[bool, LineMessage | None]],
+        theirs: bool,
     ) -> list[tuple[LedgerEntry, LineMessage]]:
-        """Acknowledge and retire entries by what ``chat`` holds; the entries to re-insert,
-        with their replies, oldest first."""
-        identities = {e.job_id: await self._identity(e) for e in entries if not e.acknowledged}
-        found = await anyio.to_thread.run_sync(_look_up, chat, entries, identities)
+        """Acknowledge and retire entries by what the chat holds (``found``: see
+        :func:`_look_up`); the entries to re-insert, with their replies, oldest first."""
         todo: list[tuple[LedgerEntry, LineMessage]] = []
         for entry, (present, reply) in zip(entries, found, strict=True):
             if entry.acknowledged:
@@ -657,7 +665,7 @@ def _look_up(
     chat: Chat, entries: Sequence[LedgerEntry], identities: Mapping[str, MessageIdentity]
 ) -> list[tuple[bool, LineMessage | None]]:
     """For each entry: whether its marker is in ``chat``, and (when it is missing and an
-    identity is given) the reply it illustrates. Byte searches: run in a worker thread."""
+    identity is given) the reply it illustrates. Byte searches (run while the chat is hashed)."""
     out: list[tuple[bool, LineMessage | None]] = []
     for entry in entries:
         present = chat.find_marker_line(entry.job_id) is not None

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from daemon.errors import (
     ChatConflictError,
@@ -57,9 +57,12 @@ __all__ = [
     "planned_sha256",
     "planned_sha256_after_line",
     "read_for_edit",
+    "read_for_edit_with",
     "snapshot",
     "write_image",
 ]
+
+_T = TypeVar("_T")
 
 # --- our temp files -------------------------------------------------------------------------------
 
@@ -209,14 +212,61 @@ def read_for_edit(path: Path, *, root: Path | None = None) -> tuple[Chat, bytes,
     the open file itself, so the snapshot describes exactly the bytes returned. The cost is a
     read and a hash: lines are parsed only when looked at (see :class:`Chat`).
     """
+    chat, data, snap, _ = read_for_edit_with(path, _look_at_nothing, root=root)
+    return chat, data, snap
+
+
+def _look_at_nothing(chat: Chat) -> None:
+    return None
+
+
+def read_for_edit_with(
+    path: Path, look: Callable[[Chat], _T], *, root: Path | None = None
+) -> tuple[Chat, bytes, Snapshot, _T]:
+    """:func:`read_for_edit`, plus ``look(chat)`` run while the bytes are hashed.
+
+    Hashing a big chat costs about as much as the byte searches of the chat's line view, and
+    it releases the GIL: the hash runs in a helper thread meanwhile, so finding the lines an
+    edit needs adds no time. ``look`` gets the chat the snapshot describes; what it returns is
+    returned last. Whatever ``look`` raises is raised (after the hash thread finished).
+    """
     real = _check_chat_path(path, root)
     for _ in range(_READ_ATTEMPTS):
         taken = time.time_ns()
         data, before, after = _read_stable(real)
         if before.st_size == after.st_size and before.st_mtime_ns == after.st_mtime_ns:
-            snap = _snap(after, _hash_with_checkpoints(data), taken)
-            return parse_chat(data), data, snap
+            chat = parse_chat(data)
+            digest, seen = _hash_while(data, look, chat)
+            return chat, data, _snap(after, digest, taken), seen
     raise ChatConflictError(f"chat {path.name!r} kept changing while being read")
+
+
+_PARALLEL_HASH_MIN = 1024 * 1024
+"""Below this size a helper thread costs more than it saves."""
+
+
+def _hash_while(data: bytes, look: Callable[[Chat], _T], chat: Chat) -> tuple[str, _T]:
+    """``_hash_with_checkpoints(data)`` and ``look(chat)``, the hash in a helper thread."""
+    if len(data) < _PARALLEL_HASH_MIN:
+        return _hash_with_checkpoints(data), look(chat)
+    digest: list[str] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            digest.append(_hash_with_checkpoints(data))
+        except BaseException as exc:  # handed to the caller below
+            failed.append(exc)
+
+    helper = threading.Thread(target=run, name="st-imagegen-hash", daemon=True)
+    helper.start()
+    try:
+        result = look(chat)
+    finally:
+        helper.join()
+    if failed:
+        raise failed[0]
+    return digest[0], result
 
 
 def _read_stable(real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:

@@ -655,10 +655,10 @@ async def test_commit_parses_only_the_lines_it_needs(
 async def test_chat_changing_while_read_is_read_again(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``read_for_edit`` itself may report that ST kept saving while it read: read again."""
+    """``read_for_edit_with`` itself may report that ST kept saving while it read: read again."""
     h = harness
     _, path, job = await _tab_with_job(h)
-    real = tavern_write.read_for_edit
+    real = tavern_write.read_for_edit_with
     calls = {"n": 0}
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
@@ -667,7 +667,7 @@ async def test_chat_changing_while_read_is_read_again(
             raise ChatConflictError("chat kept changing while being read")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(commit_mod, "read_for_edit", flaky)
+    monkeypatch.setattr(commit_mod, "read_for_edit_with", flaky)
     done = await h.committer.commit_job(job)
     assert done.state is JobState.COMMITTED and calls["n"] == 2
     assert markers(path) == [job.id]

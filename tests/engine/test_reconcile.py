@@ -188,7 +188,7 @@ async def test_no_open_entries_no_read(harness: Harness, monkeypatch: pytest.Mon
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("read the chat")
 
-    monkeypatch.setattr(commit_mod, "read_for_edit", boom)
+    monkeypatch.setattr(commit_mod, "read_for_edit_with", boom)
     assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
 
 
@@ -260,19 +260,19 @@ async def test_our_own_write_is_not_parsed_again(
     h = harness
     _, path, job = await _committed_with_stale_tab(h)
     reads: list[Path] = []
-    real_read = tavern_write.read_for_edit
+    real_read = tavern_write.read_for_edit_with
     parsed: list[bytes] = []
     real_parse = chat_mod.parse_line
 
-    def reading(p: Path) -> Any:
+    def reading(p: Path, look: Any) -> Any:
         reads.append(p)
-        return real_read(p)
+        return real_read(p, look)
 
     def counting(raw: bytes) -> dict[str, Any] | None:
         parsed.append(raw)
         return real_parse(raw)
 
-    monkeypatch.setattr(commit_mod, "read_for_edit", reading)
+    monkeypatch.setattr(commit_mod, "read_for_edit_with", reading)
     monkeypatch.setattr(chat_mod, "parse_line", counting)
     assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
     monkeypatch.undo()
