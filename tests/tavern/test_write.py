@@ -806,3 +806,72 @@ def test_disk_full_during_kernel_copy(tmp_path: Path, monkeypatch: pytest.Monkey
         insert_after(path, basis, data, chat, 1, [image_message()])
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.jsonl"]
+
+
+# --- edits by line end, lookups while hashing ----------------------------------------------------
+
+
+def test_read_for_edit_with_looks_while_hashing(big_chat: Path) -> None:
+    """The look runs on the chat the snapshot describes (the hash in a helper thread for a big
+    chat); its result comes back, and what it raises is raised with nothing left running."""
+    import threading
+
+    def look(chat: Any) -> tuple[int, int]:
+        line = chat.find_line(parse_chat(chat.data).messages[-1].identity)
+        return line.start, line.end
+
+    chat, data, basis, (start, end) = write.read_for_edit_with(big_chat, look)
+    assert (
+        basis.sha256
+        == hashlib.sha256(big_chat.read_bytes()).hexdigest()
+        == snapshot(big_chat, data).sha256
+    )
+    assert chat.data is data and len(data) > write._PARALLEL_HASH_MIN
+    assert data[start:end] == data.rsplit(b"\n", 1)[1] and end == len(data)
+
+    before = threading.active_count()
+
+    def broken(chat: Any) -> None:
+        raise RuntimeError("look failed")
+
+    with pytest.raises(RuntimeError, match="look failed"):
+        write.read_for_edit_with(big_chat, broken)
+    assert threading.active_count() == before
+
+
+@pytest.mark.parametrize("trailing", [b"", b"\n"])
+def test_insert_after_line_matches_insert_after(tmp_path: Path, trailing: bytes) -> None:
+    """By line end or by message number: the same bytes, the same planned hash."""
+    lines = [
+        js_stringify({"chat_metadata": {"integrity": "s"}, "user_name": "unused"}).encode(),
+        b'{"name":"User","is_user":true,"mes":"hi"}',
+        b"not json",
+        b'{"name":"Alice","is_user":false,"mes":"hello"}',
+    ]
+    original = b"\n".join(lines) + trailing
+    for index in (0, 1):
+        by_index, by_line = tmp_path / f"a{index}.jsonl", tmp_path / f"b{index}.jsonl"
+        by_index.write_bytes(original)
+        by_line.write_bytes(original)
+        chat, data, basis = read_for_edit(by_index)
+        insert_after(by_index, basis, data, chat, index, [image_message()])
+        chat, data, basis = read_for_edit(by_line)
+        end = chat.message_span(index)[1]
+        planned = write.planned_sha256_after_line(basis, data, end, [image_message()])
+        result = write.insert_after_line(by_line, basis, data, end, [image_message()])
+        assert by_line.read_bytes() == by_index.read_bytes()
+        assert result.sha256 == planned == hashlib.sha256(by_line.read_bytes()).hexdigest()
+
+
+def test_insert_after_line_refuses_what_is_no_line_end(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    data = b'{"name":"A","mes":"x"}\n{"name":"B","mes":"y"}\n'
+    path.write_bytes(data)
+    _, data, basis = read_for_edit(path)
+    for bad in (0, 1, 5, len(data), len(data) + 1, -1):
+        with pytest.raises(ValueError, match="not the end of a line"):
+            write.insert_after_line(path, basis, data, bad, [image_message()])
+    assert path.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
+    with pytest.raises(ValueError, match="snapshot"):
+        write.insert_after_line(path, basis, data + b"x", 22, [image_message()])
