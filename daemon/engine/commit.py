@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
 import anyio.to_thread
 import structlog
 
@@ -62,7 +63,6 @@ from daemon.tavern.write import (
     build_image_message,
     cleanup_stale_temps,
     insert_after_line,
-    planned_sha256_after_line,
     read_for_edit_with,
     write_image,
 )
@@ -181,17 +181,13 @@ class _Plan:
             end = line_end
         return end
 
-    def predicted_sha256(self, after: int, message: Mapping[str, Any]) -> str:
-        """The hash of the bytes ``insert_after_line`` will write (our line after the line
-        ending at ``after``, every other byte unchanged), known before the rename."""
-        return planned_sha256_after_line(self.snapshot, self.data, after, [message])
-
 
 def _read_plan(path: Path, job_id: str, identity: MessageIdentity, revision: str) -> _Plan:
     def look(chat: Chat) -> tuple[LineMessage | None, LineMessage | None]:
         return chat.find_marker_line(job_id), chat.find_line(identity)
 
-    chat, data, snap, (present, reply) = read_for_edit_with(path, look)
+    # No hash of the old version: a commit needs the new one's only (taken during its fsync).
+    chat, data, snap, (present, reply) = read_for_edit_with(path, look, hashed=False)
     problem: str | None = None
     if reply is None:
         problem = REASON_REPLY_GONE
@@ -354,19 +350,26 @@ class Committer:
     ) -> bool:
         """Insert ``message`` after the line ending at offset ``after``; False on a conflict
         (re-read and retry)."""
-        predicted = await anyio.to_thread.run_sync(plan.predicted_sha256, after, message)
-        # Recorded first: a crash right after the rename must not leave our version looking
-        # like someone else's (that would acknowledge our message wrongly).
-        await self.store.record_write(chat, predicted)
+
+        def record(digest: str) -> None:
+            # Before the rename: a crash right after it must not leave our version looking
+            # like someone else's (that would acknowledge our message wrongly).
+            anyio.from_thread.run(self.store.record_write, chat, digest)
+
+        write = partial(
+            insert_after_line,
+            path,
+            plan.snapshot,
+            plan.data,
+            after,
+            [dict(message)],
+            before_replace=record,
+        )
         try:
-            snap = await anyio.to_thread.run_sync(
-                insert_after_line, path, plan.snapshot, plan.data, after, [dict(message)]
-            )
+            await anyio.to_thread.run_sync(write)
         except ChatConflictError:
             log.debug("chat changed under our edit; retrying from a fresh read", chat=chat)
             return False
-        if snap.sha256 != predicted:
-            await self.store.record_write(chat, snap.sha256)
         return True
 
     async def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:

@@ -88,7 +88,8 @@ before the replace. Older ones cannot: any later write gets a later mtime."""
 class Snapshot:
     """What a chat file was when an edit read it (or after we wrote it).
 
-    ``dev``, ``ctime_ns`` and ``taken_ns`` (wall clock when the stat was taken) are 0 when unknown.
+    ``dev``, ``ctime_ns`` and ``taken_ns`` (wall clock when the stat was taken) are 0 when unknown;
+    ``sha256`` is ``""`` when the read skipped the hash (:func:`read_for_edit_with`).
     """
 
     inode: int
@@ -221,7 +222,7 @@ def _look_at_nothing(chat: Chat) -> None:
 
 
 def read_for_edit_with(
-    path: Path, look: Callable[[Chat], _T], *, root: Path | None = None
+    path: Path, look: Callable[[Chat], _T], *, root: Path | None = None, hashed: bool = True
 ) -> tuple[Chat, bytes, Snapshot, _T]:
     """:func:`read_for_edit`, plus ``look(chat)`` run while the bytes are hashed.
 
@@ -229,6 +230,10 @@ def read_for_edit_with(
     it releases the GIL: the hash runs in a helper thread meanwhile, so finding the lines an
     edit needs adds no time. ``look`` gets the chat the snapshot describes; what it returns is
     returned last. Whatever ``look`` raises is raised (after the hash thread finished).
+
+    ``hashed=False`` skips the hash (the snapshot's ``sha256`` is ``""``) for an edit that does
+    not need the old version's hash: the writer compares bytes, not hashes, and hashes the new
+    version while it waits for the disk.
     """
     real = _check_chat_path(path, root)
     for _ in range(_READ_ATTEMPTS):
@@ -236,7 +241,7 @@ def read_for_edit_with(
         data, before, after = _read_stable(real)
         if before.st_size == after.st_size and before.st_mtime_ns == after.st_mtime_ns:
             chat = parse_chat(data)
-            digest, seen = _hash_while(data, look, chat)
+            digest, seen = _hash_while(data, look, chat) if hashed else ("", look(chat))
             return chat, data, _snap(after, digest, taken), seen
     raise ChatConflictError(f"chat {path.name!r} kept changing while being read")
 
@@ -456,6 +461,7 @@ def insert_after(
     root: Path | None = None,
     rehash: bool | None = None,
     probe: Callable[[str], None] | None = None,
+    before_replace: Callable[[str], None] | None = None,
 ) -> Snapshot:
     """Insert ``new_messages`` as lines right after message ``after_index`` (ST numbering).
 
@@ -471,13 +477,15 @@ def insert_after(
     ``rehash``: also compare the content hash before replacing; ``None`` decides by how fresh
     the basis was (see :attr:`Snapshot.needs_rehash`). ``probe`` is called with
     ``"final-check"`` right before the final comparison and ``"replaced"`` right after the
-    rename: tests measure the remaining window with it. Returns the snapshot of the file we
-    wrote (``sha256`` of the new bytes).
+    rename: tests measure the remaining window with it. ``before_replace`` is called with the
+    sha256 of the new file once it is durable, right before the final checks and the rename
+    (to record "this version is ours" first); if it raises, nothing is replaced. Returns the
+    snapshot of the file we wrote (``sha256`` of the new bytes).
     """
     if len(data) != basis.size:
         raise ValueError("data is not the bytes the snapshot describes")
     end = _message_end(data, chat, after_index)
-    return _insert(path, basis, data, end, new_messages, root, rehash, probe)
+    return _insert(path, basis, data, end, new_messages, root, rehash, probe, before_replace)
 
 
 def insert_after_line(
@@ -490,6 +498,7 @@ def insert_after_line(
     root: Path | None = None,
     rehash: bool | None = None,
     probe: Callable[[str], None] | None = None,
+    before_replace: Callable[[str], None] | None = None,
 ) -> Snapshot:
     """:func:`insert_after`, the place given as the offset in ``data`` where a line ends.
 
@@ -500,7 +509,7 @@ def insert_after_line(
     if len(data) != basis.size:
         raise ValueError("data is not the bytes the snapshot describes")
     end = _check_line_end(data, line_end)
-    return _insert(path, basis, data, end, new_messages, root, rehash, probe)
+    return _insert(path, basis, data, end, new_messages, root, rehash, probe, before_replace)
 
 
 def _insert(
@@ -512,6 +521,7 @@ def _insert(
     root: Path | None,
     rehash: bool | None,
     probe: Callable[[str], None] | None,
+    before_replace: Callable[[str], None] | None,
 ) -> Snapshot:
     pieces, offset = _splice(data, end, _encode_new(new_messages))
     try:
@@ -529,12 +539,21 @@ def _insert(
         current = os.fstat(held)
         if not basis.same_file(current):
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        digest = _hash_pieces(basis.sha256, pieces, offset)
-        written = _write_and_replace(path, real, held, current, basis, pieces, rehash, probe)
-    finally:
+        written, digest = _write_and_replace(
+            path, real, held, current, basis, data, pieces, offset, rehash, probe, before_replace
+        )
+    except BaseException:
         os.close(held)
+        raise
+    _close_in_background(held)
     _fsync_dir(real.parent)
     return _snap(written, digest, time.time_ns())
+
+
+def _close_in_background(fd: int) -> None:
+    """Close the replaced chat's descriptor off the caller's path: as its last reference, the
+    close frees the old file's blocks, which takes milliseconds for a big chat."""
+    threading.Thread(target=os.close, args=(fd,), name="st-imagegen-close", daemon=True).start()
 
 
 def _write_and_replace(
@@ -543,10 +562,13 @@ def _write_and_replace(
     held: int,
     current: os.stat_result,
     basis: Snapshot,
+    data: bytes,
     pieces: Sequence[bytes | memoryview],
+    offset: int,
     rehash: bool | None,
     probe: Callable[[str], None] | None,
-) -> os.stat_result:
+    before_replace: Callable[[str], None] | None,
+) -> tuple[os.stat_result, str]:
     folder = real.parent
     temp = our_temp_name(real)
     try:
@@ -560,12 +582,14 @@ def _write_and_replace(
             _copy_owner(fd, current)
             copied = _copy_prefix(held, fd, len(pieces[0]))
             _write_all(fd, [memoryview(pieces[0])[copied:], *pieces[1:]])
-            os.fsync(fd)
+            digest = _fsync_while_hashing(fd, basis.sha256, pieces, offset)
         except OSError as exc:
             raise _write_error(exc, "the chat", folder) from None
+        if before_replace is not None:
+            before_replace(digest)
 
         must_hash = basis.needs_rehash if rehash is None else rehash
-        if must_hash and _hash_fd(held) != basis.sha256:
+        if must_hash and not _holds(held, data):
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
         if probe is not None:
             probe("final-check")
@@ -583,11 +607,54 @@ def _write_and_replace(
         replaced = True
         if probe is not None:
             probe("replaced")
-        return os.fstat(fd)  # the file we renamed, even if someone replaced it since
+        return os.fstat(fd), digest  # the file we renamed, even if someone replaced it since
     finally:
         os.close(fd)
         if not replaced:
             _unlink_quietly(temp)
+
+
+def _fsync_while_hashing(
+    fd: int, basis_digest: str, pieces: Sequence[bytes | memoryview], offset: int
+) -> str:
+    """fsync ``fd`` and, meanwhile, hash the new file's ``pieces`` in a helper thread: the
+    fsync waits on the disk, the hash on the CPU. Returns the new file's sha256."""
+    if sum(len(p) for p in pieces) < _PARALLEL_HASH_MIN:
+        os.fsync(fd)
+        return _hash_pieces(basis_digest, pieces, offset)
+    digest: list[str] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            digest.append(_hash_pieces(basis_digest, pieces, offset))
+        except BaseException as exc:  # handed to the caller below
+            failed.append(exc)
+
+    helper = threading.Thread(target=run, name="st-imagegen-hash", daemon=True)
+    helper.start()
+    try:
+        os.fsync(fd)
+    finally:
+        helper.join()
+    if failed:
+        raise failed[0]
+    return digest[0]
+
+
+def _holds(fd: int, data: bytes) -> bool:
+    """Whether the file open at ``fd`` holds exactly ``data`` (read with pread: the offset is
+    not moved). Comparing the bytes is the hash comparison without the hash."""
+    view = memoryview(data)
+    pos = 0
+    try:
+        while chunk := os.pread(fd, 1 << 20, pos):
+            if view[pos : pos + len(chunk)] != chunk:
+                return False
+            pos += len(chunk)
+    except OSError:
+        return False
+    return pos == len(data)
 
 
 def _copy_owner(fd: int, st: os.stat_result) -> None:
@@ -599,19 +666,6 @@ def _copy_owner(fd: int, st: os.stat_result) -> None:
     except PermissionError:
         with contextlib.suppress(PermissionError):  # else the file becomes ours, same mode
             os.fchown(fd, -1, st.st_gid)
-
-
-def _hash_fd(fd: int) -> str | None:
-    """sha256 of the whole file open at ``fd`` (read with pread: the offset is not moved)."""
-    h = hashlib.sha256()
-    pos = 0
-    try:
-        while chunk := os.pread(fd, 1 << 20, pos):
-            h.update(chunk)
-            pos += len(chunk)
-    except OSError:
-        return None
-    return h.hexdigest()
 
 
 # --- image files ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,13 @@ from daemon.engine.commit import Committer, message_urls, served_path
 from daemon.engine.store import Job, JobState, Store
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout
-from daemon.tavern.chat import MARKER_KEY, LineMessage, Message, parse_chat, read_chat
+from daemon.tavern.chat import MARKER_KEY, Message, parse_chat, read_chat
 from daemon.tavern.layout import ChatRef
-from daemon.tavern.write import build_image_message, insert_after, read_for_edit
+from daemon.tavern.write import (
+    build_image_message,
+    insert_after_line,
+    read_for_edit_with,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -209,9 +214,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def test_predicted_hash_matches_the_written_bytes(tmp_path: Path) -> None:
-    """The committer records the hash of its write before the rename; it must be exact."""
-    from daemon.engine.commit import _Plan
+def test_recorded_hash_matches_the_written_bytes(tmp_path: Path) -> None:
+    """The committer records the hash of its write before the rename (``before_replace``, taken
+    while the new file is fsynced); it must be exact, with or without the old one's hash."""
+    import hashlib
 
     for trailing in (b"", b"\n"):
         path = tmp_path / f"c{len(trailing)}.jsonl"
@@ -224,24 +230,27 @@ def test_predicted_hash_matches_the_written_bytes(tmp_path: Path) -> None:
         ]
         path.write_bytes(b"\n".join(lines) + trailing)
         for after in (0, 1, 2):
-            chat, data, snap = read_for_edit(path)
-            message = build_image_message(
-                name="Alice",
-                urls=["/user/images/Alice/a.png"],
-                prompt="p \ud800",
-                caption="c",
-                send_date="d",
-                job_id=f"J{after}",
-            )
-            start, end = chat.message_span(after)
-            reply = LineMessage(start, end, chat.messages[after])
-            plan = _Plan(chat, data, snap, None, reply, None)
-            predicted = plan.predicted_sha256(end, message)
-            written = insert_after(path, snap, data, chat, after, [message])
-            assert written.sha256 == predicted
-            import hashlib
+            for hashed in (True, False):
+                chat, data, snap, _ = read_for_edit_with(path, lambda c: None, hashed=hashed)
+                assert (snap.sha256 == "") is not hashed
+                message = build_image_message(
+                    name="Alice",
+                    urls=["/user/images/Alice/a.png"],
+                    prompt="p \ud800",
+                    caption="c",
+                    send_date="d",
+                    job_id=f"J{after}{hashed}",
+                )
+                end = chat.message_span(after)[1]
+                recorded: list[tuple[str, bytes]] = []
+                record = partial(_record_with_file, recorded, path)
+                written = insert_after_line(path, snap, data, end, [message], before_replace=record)
+                assert recorded == [(written.sha256, data)]  # before the rename
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == written.sha256
 
-            assert hashlib.sha256(path.read_bytes()).hexdigest() == predicted
+
+def _record_with_file(into: list[tuple[str, bytes]], path: Path, digest: str) -> None:
+    into.append((digest, path.read_bytes()))
 
 
 def test_served_path_refuses_other_urls(tmp_path: Path) -> None:
