@@ -875,3 +875,23 @@ def test_insert_after_line_refuses_what_is_no_line_end(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl"]
     with pytest.raises(ValueError, match="snapshot"):
         write.insert_after_line(path, basis, data + b"x", 22, [image_message()])
+
+
+def test_before_replace_failing_replaces_nothing(tmp_path: Path) -> None:
+    """``before_replace`` gets the new file's hash before the rename; if it raises, the chat
+    is left as it was and no temp file stays."""
+    path = tmp_path / "c.jsonl"
+    STSim.create(path).reply("Alice", "hello").save()
+    before = path.read_bytes()
+    chat, data, basis = read_for_edit(path)
+    seen: list[str] = []
+
+    def refuse(digest: str) -> None:
+        seen.append(digest)
+        raise RuntimeError("store down")
+
+    with pytest.raises(RuntimeError, match="store down"):
+        insert_after(path, basis, data, chat, 1, [image_message()], before_replace=refuse)
+    assert path.read_bytes() == before and not no_temps(tmp_path)
+    result = insert_after(path, basis, data, chat, 1, [image_message()])
+    assert seen == [result.sha256] == [hashlib.sha256(path.read_bytes()).hexdigest()]
