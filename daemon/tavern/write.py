@@ -645,11 +645,10 @@ def _fsync_while_hashing(
 def _holds(fd: int, data: bytes) -> bool:
     """Whether the file open at ``fd`` holds exactly ``data`` (read with pread: the offset is
     not moved). Comparing the bytes is the hash comparison without the hash."""
-    view = memoryview(data)
     pos = 0
     try:
         while chunk := os.pread(fd, 1 << 20, pos):
-            if view[pos : pos + len(chunk)] != chunk:
+            if data[pos : pos + len(chunk)] != chunk:  # bytes compare with memcmp
                 return False
             pos += len(chunk)
     except OSError:
