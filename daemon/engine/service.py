@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,10 @@ class ServiceTimings:
     poll: float = POLL_INTERVAL
     drain_grace: float | None = None  # None: limits.drain_seconds
     drop_settle: float = DROP_SETTLE
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _now() -> datetime:
@@ -131,10 +135,15 @@ class Service:
         )
 
     async def _unchanged_since_cursor(self, rel: str) -> bool:
-        # Cheap catch-up test: a chat whose size is what the cursor saw is not re-read at start.
-        # (A same-size edit while we were down is missed until the chat is next saved.)
-        cursor = await self.store.get_cursor(rel)
-        return cursor is not None and cursor.size == self.index.size(rel)
+        # Cheap catch-up test: a chat of the size the cursor saw, not modified since the cursor
+        # was stored, is not re-read at start. The time catches a same-size edit (one word
+        # swapped) made while we were down.
+        record = await self.store.get_chat(rel)
+        mtime_ns = self.index.mtime_ns(rel)
+        if record is None or mtime_ns is None or record.cursor.size != self.index.size(rel):
+            return False
+        stored_ns = (record.updated_at - _EPOCH) // _MICROSECOND * 1000
+        return mtime_ns <= stored_ns
 
     def _cleanup_temps(self) -> int:
         folders = {

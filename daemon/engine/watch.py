@@ -402,6 +402,10 @@ class StatIndex:
         signature = self._seen.get(rel)
         return signature[0] if signature is not None else None
 
+    def mtime_ns(self, rel: str) -> int | None:
+        signature = self._seen.get(rel)
+        return signature[1] if signature is not None else None
+
     def note(self, chat: ChatRef) -> None:
         """Record the current signature of ``chat`` (after processing it from an event)."""
         try:

@@ -471,3 +471,20 @@ async def test_an_edit_is_seen_even_when_the_tail_scan_loses_its_cursor(
         new = (await wait_jobs(service, path, 2))[1]
         assert new.identity_date == first.identity_date and new.revision != first.revision
         assert len(await jobs_of(service, path)) == 2
+
+
+async def test_a_same_size_edit_while_stopped_is_caught_up_at_start(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    config = make_config(st_root_latest)
+    path = new_chat(st_root_latest, name="downtime")
+    async with running(config) as service:
+        tab, first = await replied(service, path, "Begin.", "The first telling.")
+    size = path.stat().st_size
+    tab.edit(len(tab.messages) - 1, "The first tellinG.").save()  # one letter: same size
+    assert path.stat().st_size == size
+    async with running(config) as service:
+        old = await wait_state(service, first.id, JobState.SUPERSEDED)
+        assert old.last_error and "changed" in old.last_error
+        new = (await wait_jobs(service, path, 2))[1]
+        assert new.identity_date == first.identity_date and new.revision != first.revision
