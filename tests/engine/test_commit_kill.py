@@ -4,6 +4,11 @@ A worker process (this module run as ``python -m tests.engine.test_commit_kill``
 accepted job with a real store, approval folder and data root; the test kills it with SIGKILL
 at random moments, starts it again, and finally checks every chat: it parses, keeps all its
 original bytes, and holds each accepted image exactly once, with its files present.
+
+The worker takes one job per ``go`` line on its stdin (all of them once stdin is closed), so
+how far a run gets before its kill does not depend on the machine's speed: the test lets it
+finish a random number of jobs, allows one more and kills it a random moment into that one
+(a moment drawn from the jobs' measured duration, so it usually lands mid-commit).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -53,13 +59,23 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
         yield h
 
 
-def _spawn(config_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(config_path: Path, *, gated: bool = True) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.engine.test_commit_kill", str(config_path)],
         cwd=REPO,
+        stdin=subprocess.PIPE if gated else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def _allow(worker: subprocess.Popen[bytes], jobs: int) -> None:
+    assert worker.stdin is not None
+    try:
+        worker.stdin.write(b"go\n" * jobs)
+        worker.stdin.flush()
+    except BrokenPipeError:
+        pass  # it finished everything and exited
 
 
 @pytest.mark.slow
@@ -88,26 +104,31 @@ async def test_sigkill_during_commits_then_restart(harness: Harness, tmp_path: P
     while kills < MAX_KILLS:
         worker = await anyio.to_thread.run_sync(_spawn, config_path)
         assert worker.stdout is not None
-        target = rng.randrange(2, 30)  # commits this run finishes before it is killed
-        done = 0
-        while done < target:
+        target = rng.randrange(1, 16)  # jobs this run finishes before the one it is killed in
+        await anyio.to_thread.run_sync(_allow, worker, target)
+        steps: list[float] = []
+        while len(steps) < target:
             line = await anyio.to_thread.run_sync(worker.stdout.readline)
             if not line:
-                break  # the worker finished everything before its kill
-            done += line.startswith(b"committed ")
-        if done < target:
+                break  # no job left: it finished everything
+            if line.startswith(b"step "):
+                steps.append(time.monotonic())
+        if len(steps) < target:
             await anyio.to_thread.run_sync(worker.communicate, None, WORKER_DEADLINE)
+            assert worker.returncode == 0
             break
-        # A random moment inside the next commit (they take a few milliseconds each).
-        await anyio.sleep(rng.uniform(0.0, 0.02))
+        # A random moment into the next job, scaled by how long this machine takes per job.
+        per_job = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.02
+        await anyio.to_thread.run_sync(_allow, worker, 1)
+        await anyio.sleep(rng.uniform(0.0, per_job))
         worker.send_signal(signal.SIGKILL)
         await anyio.to_thread.run_sync(worker.communicate, None, 10)
         if worker.returncode == 0:
-            break  # it finished its last job just before the signal
+            break  # its last job was the one allowed: it finished before the signal
         assert worker.returncode == -signal.SIGKILL
         kills += 1
     assert kills >= 3  # really interrupted, several times, each time in the middle of the work
-    final = await anyio.to_thread.run_sync(_spawn, config_path)
+    final = await anyio.to_thread.run_sync(partial(_spawn, config_path, gated=False))
     out, _ = await anyio.to_thread.run_sync(final.communicate, None, WORKER_DEADLINE)
     assert final.returncode == 0, out.decode(errors="replace")[-3000:]
 
@@ -173,12 +194,12 @@ async def _work(config_path: Path) -> int:
         jobs += await store.jobs_in([JobState.COMMITTED], limit=10_000)
         started = time.monotonic()
         for job in jobs:
+            await anyio.to_thread.run_sync(sys.stdin.readline)  # "go" (or closed: go on)
             done = await committer.commit_job(job)
             if done.state is not JobState.COMMITTED:
                 print(f"job {job.id} ended {done.state}: {done.last_error}", flush=True)
                 return 1
-            if job.state is JobState.ACCEPTED:
-                print(f"committed {job.id}", flush=True)
+            print(f"step {job.id}", flush=True)
         print(f"worker done: {len(jobs)} jobs in {time.monotonic() - started:.2f} s", flush=True)
         return 0
     finally:
