@@ -148,6 +148,15 @@ async def replied(
     return tab, await wait_state(service, job.id, JobState.PENDING)
 
 
+async def revised(service: Service, path: Path, first: Job) -> Job:
+    """Wait until ``first`` is superseded as changed and its reply's new revision has a job."""
+    old = await wait_state(service, first.id, JobState.SUPERSEDED)
+    assert old.last_error and "changed" in old.last_error
+    new = (await wait_jobs(service, path, 2))[1]
+    assert new.identity_date == first.identity_date and new.revision != first.revision
+    return new
+
+
 async def test_reply_becomes_pending_then_accepted_by_folder_move(
     st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
 ) -> None:
@@ -231,11 +240,7 @@ async def test_swipe_supersedes_and_new_revision_gets_a_job(
         first = (await wait_jobs(service, path, 1))[0]
         await wait_state(service, first.id, JobState.IMAGING, JobState.PENDING)
         tab.swipe("Second version, swiped.").save()
-        jobs = await wait_jobs(service, path, 2)
-        old = await wait_state(service, first.id, JobState.SUPERSEDED)
-        assert old.last_error and "changed" in old.last_error
-        second = jobs[1]
-        assert second.identity_date == first.identity_date and second.revision != first.revision
+        second = await revised(service, path, first)
         done = await wait_state(service, second.id, JobState.PENDING)
         assert "Second version" in (done.prompt or "")
         assert not (config.state_dir / "pending" / first.id).exists()
@@ -466,10 +471,7 @@ async def test_an_edit_is_seen_even_when_the_tail_scan_loses_its_cursor(
         for n in range(MAX_UNANCHORED_MESSAGES + 1):
             tab.send_user(f"note {n}")  # user lines: no jobs of their own
         tab.save()
-        old = await wait_state(service, first.id, JobState.SUPERSEDED)
-        assert old.last_error and "changed" in old.last_error
-        new = (await wait_jobs(service, path, 2))[1]
-        assert new.identity_date == first.identity_date and new.revision != first.revision
+        await revised(service, path, first)
         assert len(await jobs_of(service, path)) == 2
 
 
@@ -484,7 +486,4 @@ async def test_a_same_size_edit_while_stopped_is_caught_up_at_start(
     tab.edit(len(tab.messages) - 1, "The first tellinG.").save()  # one letter: same size
     assert path.stat().st_size == size
     async with running(config) as service:
-        old = await wait_state(service, first.id, JobState.SUPERSEDED)
-        assert old.last_error and "changed" in old.last_error
-        new = (await wait_jobs(service, path, 2))[1]
-        assert new.identity_date == first.identity_date and new.revision != first.revision
+        await revised(service, path, first)
