@@ -504,6 +504,9 @@ class _Running:
 class Runner:
     """Runs due jobs: at most ``limits.concurrency`` at once, one per chat, oldest first.
 
+    A job waiting out a retry backoff does not hold back the later jobs of its chat: each job
+    illustrates its own reply, so order only matters between jobs that are due.
+
     Jobs come from the store (polled every :data:`POLL_INTERVAL` and on :meth:`wake`), so jobs
     queued by another process are picked up. :meth:`cancel` stops a running job (supersede);
     :meth:`drain` stops taking jobs and waits for running steps, then cancels them.
