@@ -30,6 +30,7 @@ from daemon.engine.notify import Heartbeat, Notifier
 from daemon.engine.store import Job, JobState, Store
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
+from daemon.logs import job_log
 from daemon.tavern import layout, write
 from daemon.tavern.chat import Cursor, ScanResult, tail_scan
 from daemon.tavern.layout import ChatRef
@@ -355,20 +356,13 @@ class Service:
                 self.runner.cancel(old.id, reason)
                 if old.state is JobState.SUPERSEDED:
                     await anyio.to_thread.run_sync(self.deps.approval.finish, old.id)
-                log.info("job superseded", job=old.id, chat=chat.rel, reason=reason)
+                job_log(old, "superseded", logger=log, reason=reason)
         created = 0
         for spec in decision.new_jobs:
             job = await store.create_job(**spec.fields())
             if job is not None:
                 created += 1
-                log.info(
-                    "job queued",
-                    job=job.id,
-                    user=job.user,
-                    chat=job.chat,
-                    mesid=job.message_index,
-                    speaker=job.speaker,
-                )
+                job_log(job, "queued", logger=log, speaker=job.speaker, source=job.source)
         await store.set_cursor(chat.rel, result.cursor, data=decision.state)
         self.index.note(chat)
         if created:

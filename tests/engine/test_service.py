@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import shutil
 import time
@@ -16,11 +17,12 @@ from typing import Any
 import anyio
 import pytest
 
-from daemon.config import Config
+from daemon.config import Config, LogSettings
 from daemon.engine.approval import Approval
 from daemon.engine.jobs import open_job_deps, run_job_once
 from daemon.engine.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
+from daemon.logs import configure_logging
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
 from daemon.tavern.scan import MAX_UNANCHORED_MESSAGES
@@ -487,3 +489,27 @@ async def test_a_same_size_edit_while_stopped_is_caught_up_at_start(
     assert path.stat().st_size == size
     async with running(config) as service:
         await revised(service, path, first)
+
+
+async def test_each_job_step_is_one_log_line_with_the_job_fields(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    out = io.StringIO()
+    configure_logging(LogSettings(level="info", format="json"), stream=out)
+    config = make_config(st_root_latest)
+    async with running(config) as service:
+        path = new_chat(service.root, name="logged")
+        tab, first = await replied(service, path, "Look.", "A gull over the pier.")
+        tab.swipe("A heron over the pier.").save()
+        await revised(service, path, first)
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    steps = [(s["event"], s["state"]) for s in lines if s.get("job") == first.id]
+    assert steps[:3] == [
+        ("job queued", "queued"),
+        ("job prompt", "imaging"),
+        ("job images", "pending"),
+    ]
+    assert ("job superseded", "superseded") in steps
+    for step in (s for s in lines if s.get("job") == first.id):
+        assert step["user"] == "default-user" and step["chat"] == first.chat
+        assert step["mesid"] == first.message_index
