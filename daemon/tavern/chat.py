@@ -288,7 +288,9 @@ on most lines of a chat would otherwise cost more than one full parse)."""
 def _literal(value: str) -> bool:
     """Whether every JSON encoder in use writes ``value`` byte for byte as it is (so a byte
     search finds every line holding it): printable ASCII without quote, backslash or slash
-    (some encoders write ``\\/``). Anything else is looked up in the full view."""
+    (some encoders write ``\\/``). Anything else is looked up in the full view. A date that
+    was a number is found by its integer digits, which JSON writers put literally (JS below
+    1e21, Python below 1e16 ms, that is before the year 318,000)."""
     return (
         value.isascii()
         and value.isprintable()

@@ -553,7 +553,14 @@ def _insert(
 def _close_in_background(fd: int) -> None:
     """Close the replaced chat's descriptor off the caller's path: as its last reference, the
     close frees the old file's blocks, which takes milliseconds for a big chat."""
-    threading.Thread(target=os.close, args=(fd,), name="st-imagegen-close", daemon=True).start()
+    threading.Thread(
+        target=_close_quietly, args=(fd,), name="st-imagegen-close", daemon=True
+    ).start()
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the rename is done; nothing depends on this close
+        os.close(fd)
 
 
 def _write_and_replace(
