@@ -27,8 +27,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from daemon.errors import (
     ChatConflictError,
@@ -254,24 +255,43 @@ def _hash_while(data: bytes, look: Callable[[Chat], _T], chat: Chat) -> tuple[st
     """``_hash_with_checkpoints(data)`` and ``look(chat)``, the hash in a helper thread."""
     if len(data) < _PARALLEL_HASH_MIN:
         return _hash_with_checkpoints(data), look(chat)
-    digest: list[str] = []
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            digest.append(_hash_with_checkpoints(data))
-        except BaseException as exc:  # handed to the caller below
-            failed.append(exc)
-
-    helper = threading.Thread(target=run, name="st-imagegen-hash", daemon=True)
-    helper.start()
+    hashing = _Background(partial(_hash_with_checkpoints, data), "st-imagegen-hash")
     try:
         result = look(chat)
     finally:
-        helper.join()
-    if failed:
-        raise failed[0]
-    return digest[0], result
+        digest = hashing.result()
+    return digest, result
+
+
+class _Background(Generic[_T]):
+    """``fn()`` run in a helper thread; :meth:`result` waits for it and returns what it
+    returned, or raises what it raised."""
+
+    def __init__(self, fn: Callable[[], _T], name: str) -> None:
+        self._out: list[_T] = []
+        self._failed: list[BaseException] = []
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], _T]) -> None:
+        try:
+            self._out.append(fn())
+        except BaseException as exc:  # handed to whoever waits for the result
+            self._failed.append(exc)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Wait for it to end, whatever the outcome."""
+        self._thread.join()
+
+    def result(self) -> _T:
+        self._thread.join()
+        if self._failed:
+            raise self._failed[0]
+        return self._out[0]
 
 
 def _read_stable(real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:
@@ -319,22 +339,63 @@ def _write_error(exc: OSError, what: str, where: Path) -> ChatWriteError:
     return ChatWriteError(f"cannot write {what} in {str(where)!r}: {reason}; nothing was changed")
 
 
-def _write_all(fd: int, pieces: Sequence[bytes | memoryview]) -> None:
+_WRITEBACK_CHUNK = 8 * 1024 * 1024
+"""A big chat is copied in slices of this size, each followed by a nudge to the disk."""
+
+
+class _Writeback:
+    """Early writeback of a file being written: while later slices are copied, a helper
+    thread flushes the earlier ones (``fdatasync``), so the final ``fsync`` before the rename
+    has little left to wait for. Durability still rests on that final ``fsync``; an error of
+    an early flush is raised by :meth:`finish` (the kernel reports a write error once)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._flushes: list[_Background[None]] = []
+
+    def kick(self) -> None:
+        """Start flushing what is written so far, unless a flush is still running."""
+        if not self._flushes or not self._flushes[-1].running:
+            self._flushes.append(_Background(partial(os.fdatasync, self._fd), "st-imagegen-flush"))
+
+    def finish(self) -> None:
+        """Wait for the flush threads; raise the first error one of them met."""
+        failed: OSError | None = None
+        for flush in self._flushes:
+            try:
+                flush.result()
+            except OSError as exc:
+                failed = failed or exc
+        self._flushes.clear()
+        if failed is not None:
+            raise failed
+
+
+def _write_all(
+    fd: int, pieces: Sequence[bytes | memoryview], writeback: _Writeback | None = None
+) -> None:
+    unflushed = 0
     for piece in pieces:
         view = memoryview(piece)
         while view:
-            view = view[os.write(fd, view) :]
+            n = os.write(fd, view[:_WRITEBACK_CHUNK])
+            view = view[n:]
+            unflushed += n
+            if writeback is not None and unflushed >= _WRITEBACK_CHUNK:
+                writeback.kick()
+                unflushed = 0
 
 
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
 
 
-def _copy_prefix(src: int, dst: int, count: int) -> int:
+def _copy_prefix(src: int, dst: int, count: int, writeback: _Writeback | None = None) -> int:
     """Copy the first ``count`` bytes of ``src`` into ``dst`` in the kernel, as ``cp`` does.
 
     Returns how many bytes were copied; the caller writes the rest from memory (also when the
     file system or platform cannot copy ranges). ``src`` is the held basis file: if it was
-    changed in place meanwhile, the final comparison reports the conflict.
+    changed in place meanwhile, the final comparison reports the conflict. Copied in slices,
+    each handed to ``writeback``.
     """
     copy_range = getattr(os, "copy_file_range", None)
     done = 0
@@ -342,7 +403,7 @@ def _copy_prefix(src: int, dst: int, count: int) -> int:
         return 0
     while done < count:
         try:
-            n = copy_range(src, dst, count - done, done)
+            n = copy_range(src, dst, min(count - done, _WRITEBACK_CHUNK), done)
         except OSError as exc:
             if exc.errno in _NO_COPY_RANGE and done == 0:
                 return 0
@@ -350,6 +411,8 @@ def _copy_prefix(src: int, dst: int, count: int) -> int:
         if n == 0:
             break
         done += n
+        if writeback is not None:
+            writeback.kick()
     return done
 
 
@@ -583,15 +646,23 @@ def _write_and_replace(
     except OSError as exc:
         raise _write_error(exc, "a temp file for the chat", folder) from None
     replaced = False
+    # The new version's hash needs only the bytes in memory: taken while the file is written.
+    hashing = _Background(partial(_hash_pieces, basis.sha256, pieces, offset), "st-imagegen-hash")
     try:
+        writeback = _Writeback(fd)
         try:
             os.fchmod(fd, stat.S_IMODE(current.st_mode))
             _copy_owner(fd, current)
-            copied = _copy_prefix(held, fd, len(pieces[0]))
-            _write_all(fd, [memoryview(pieces[0])[copied:], *pieces[1:]])
-            digest = _fsync_while_hashing(fd, basis.sha256, pieces, offset)
+            copied = _copy_prefix(held, fd, len(pieces[0]), writeback)
+            _write_all(fd, [memoryview(pieces[0])[copied:], *pieces[1:]], writeback)
+            writeback.finish()
+            os.fsync(fd)
         except OSError as exc:
             raise _write_error(exc, "the chat", folder) from None
+        finally:
+            with contextlib.suppress(OSError):
+                writeback.finish()  # never leave a flush running on a closed descriptor
+        digest = hashing.result()
         if before_replace is not None:
             before_replace(digest)
 
@@ -616,37 +687,10 @@ def _write_and_replace(
             probe("replaced")
         return os.fstat(fd), digest  # the file we renamed, even if someone replaced it since
     finally:
+        hashing.wait()
         os.close(fd)
         if not replaced:
             _unlink_quietly(temp)
-
-
-def _fsync_while_hashing(
-    fd: int, basis_digest: str, pieces: Sequence[bytes | memoryview], offset: int
-) -> str:
-    """fsync ``fd`` and, meanwhile, hash the new file's ``pieces`` in a helper thread: the
-    fsync waits on the disk, the hash on the CPU. Returns the new file's sha256."""
-    if sum(len(p) for p in pieces) < _PARALLEL_HASH_MIN:
-        os.fsync(fd)
-        return _hash_pieces(basis_digest, pieces, offset)
-    digest: list[str] = []
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            digest.append(_hash_pieces(basis_digest, pieces, offset))
-        except BaseException as exc:  # handed to the caller below
-            failed.append(exc)
-
-    helper = threading.Thread(target=run, name="st-imagegen-hash", daemon=True)
-    helper.start()
-    try:
-        os.fsync(fd)
-    finally:
-        helper.join()
-    if failed:
-        raise failed[0]
-    return digest[0]
 
 
 def _holds(fd: int, data: bytes) -> bool:

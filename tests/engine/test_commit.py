@@ -486,11 +486,11 @@ def _failing_write_all(fail_calls: set[int]) -> Callable[..., None]:
     real = tavern_write._write_all
     state = {"n": 0}
 
-    def write_all(fd: int, pieces: Any) -> None:
+    def write_all(fd: int, pieces: Any, *rest: Any) -> None:
         state["n"] += 1
         if state["n"] in fail_calls:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, pieces)
+        real(fd, pieces, *rest)
 
     return write_all
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -893,3 +894,28 @@ def test_before_replace_failing_replaces_nothing(tmp_path: Path) -> None:
     assert path.read_bytes() == before and not no_temps(tmp_path)
     result = insert_after(path, basis, data, chat, 1, [image_message()])
     assert seen == [result.sha256] == [hashlib.sha256(path.read_bytes()).hexdigest()]
+
+
+def test_failed_early_flush_fails_the_insert(
+    big_chat: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big chat is flushed while it is copied; an I/O error of such an early flush is not
+    lost (the kernel reports it once): the insert fails, nothing changed, no temp left."""
+    before = big_chat.read_bytes()
+    assert len(before) > write._WRITEBACK_CHUNK
+    chat, data, basis = read_for_edit(big_chat)
+    flushes: list[int] = []
+
+    def failing_flush(fd: int) -> None:
+        flushes.append(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_flush)
+    with pytest.raises(ChatWriteError, match="Input/output error"):
+        insert_after(big_chat, basis, data, chat, 5, [image_message()])
+    assert flushes
+    assert big_chat.read_bytes() == before
+    assert not no_temps(big_chat.parent)
+    monkeypatch.undo()
+    result = insert_after(big_chat, basis, data, chat, 5, [image_message()])
+    assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()
