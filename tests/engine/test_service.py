@@ -191,7 +191,12 @@ async def test_reply_becomes_pending_then_accepted_by_folder_move(
         chat, _ = read_chat(path)
         ours = chat.find_marker(committed.id)
         assert ours is not None and ours.index == 3 and ours.is_system
-        assert not (config.state_dir / "accepted" / job.id).exists()
+        accepted = config.state_dir / "accepted" / job.id
+
+        async def folder_gone() -> bool:  # the committer removes it just after COMMITTED
+            return not accepted.exists()
+
+        await async_wait_for(folder_gone, within=JOB_TIMEOUT)
     assert not config.heartbeat_path.exists()  # a clean stop removes the heartbeat
 
 
