@@ -78,6 +78,43 @@ def _allow(worker: subprocess.Popen[bytes], jobs: int) -> None:
         pass  # it finished everything and exited
 
 
+async def _run_and_kill(config_path: Path, rng: random.Random) -> int:
+    """Start workers and SIGKILL each one a random moment into a job; returns the kills."""
+    kills = 0
+    while kills < MAX_KILLS:
+        worker = await anyio.to_thread.run_sync(_spawn, config_path)
+        try:
+            assert worker.stdout is not None
+            target = rng.randrange(1, 16)  # jobs it finishes before the one it is killed in
+            await anyio.to_thread.run_sync(_allow, worker, target)
+            steps: list[float] = []
+            while len(steps) < target:
+                line = await anyio.to_thread.run_sync(worker.stdout.readline)
+                if not line:
+                    break  # no job left: it finished everything
+                if line.startswith(b"step "):
+                    steps.append(time.monotonic())
+            if len(steps) < target:
+                out, _ = await anyio.to_thread.run_sync(worker.communicate, None, WORKER_DEADLINE)
+                assert worker.returncode == 0, out.decode(errors="replace")[-3000:]
+                return kills
+            # A random moment into the next job, scaled by how long this machine takes per job.
+            per_job = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.02
+            await anyio.to_thread.run_sync(_allow, worker, 1)
+            await anyio.sleep(rng.uniform(0.0, per_job))
+            worker.send_signal(signal.SIGKILL)
+            await anyio.to_thread.run_sync(worker.communicate, None, 10)
+            if worker.returncode == 0:
+                return kills  # its last job was the one allowed: it ended before the signal
+            assert worker.returncode == -signal.SIGKILL
+            kills += 1
+        finally:
+            if worker.poll() is None:  # a failed check above: leave no worker behind
+                worker.kill()
+                await anyio.to_thread.run_sync(worker.communicate, None, 10)
+    return kills
+
+
 @pytest.mark.slow
 @pytest.mark.anyio
 async def test_sigkill_during_commits_then_restart(harness: Harness, tmp_path: Path) -> None:
@@ -100,33 +137,7 @@ async def test_sigkill_during_commits_then_restart(harness: Harness, tmp_path: P
         ]
     config_path = tmp_path / "config.toml"
 
-    kills = 0
-    while kills < MAX_KILLS:
-        worker = await anyio.to_thread.run_sync(_spawn, config_path)
-        assert worker.stdout is not None
-        target = rng.randrange(1, 16)  # jobs this run finishes before the one it is killed in
-        await anyio.to_thread.run_sync(_allow, worker, target)
-        steps: list[float] = []
-        while len(steps) < target:
-            line = await anyio.to_thread.run_sync(worker.stdout.readline)
-            if not line:
-                break  # no job left: it finished everything
-            if line.startswith(b"step "):
-                steps.append(time.monotonic())
-        if len(steps) < target:
-            await anyio.to_thread.run_sync(worker.communicate, None, WORKER_DEADLINE)
-            assert worker.returncode == 0
-            break
-        # A random moment into the next job, scaled by how long this machine takes per job.
-        per_job = (steps[-1] - steps[0]) / (len(steps) - 1) if len(steps) > 1 else 0.02
-        await anyio.to_thread.run_sync(_allow, worker, 1)
-        await anyio.sleep(rng.uniform(0.0, per_job))
-        worker.send_signal(signal.SIGKILL)
-        await anyio.to_thread.run_sync(worker.communicate, None, 10)
-        if worker.returncode == 0:
-            break  # its last job was the one allowed: it finished before the signal
-        assert worker.returncode == -signal.SIGKILL
-        kills += 1
+    kills = await _run_and_kill(config_path, rng)
     assert kills >= 3  # really interrupted, several times, each time in the middle of the work
     final = await anyio.to_thread.run_sync(partial(_spawn, config_path, gated=False))
     out, _ = await anyio.to_thread.run_sync(final.communicate, None, WORKER_DEADLINE)
