@@ -9,6 +9,12 @@ between: the temp file is deleted and :class:`ChatConflictError` tells the calle
 from a fresh read. A tiny window between the final comparison and the rename remains; no lock
 can close it (ST takes none).
 
+Big chats cost about a durable copy: the read is a read and a hash (lines are parsed only when
+looked at, see :class:`~daemon.tavern.chat.Chat`; :func:`insert_after_line` takes the place
+as a byte offset, so nothing needs numbering), the unchanged bytes are copied in the kernel in
+slices that the disk starts writing while later ones are copied, and the new version's hash is
+taken from memory meanwhile.
+
 Symlinked chats are followed to their real file, as ST's ``write-file-atomic`` does.
 """
 
