@@ -431,13 +431,17 @@ class Chat:
         """The ``(start, end)`` of the line holding byte ``pos``."""
         return self.data.rfind(b"\n", 0, pos) + 1, self._line_end(pos)
 
-    def lines_backwards(self) -> Iterator[tuple[int, int]]:
+    def lines_backwards(self, before: int | None = None) -> Iterator[tuple[int, int]]:
         """Every line's ``(start, end)``, newest first; not the empty one after a trailing
-        newline (it is no line to ST)."""
+        newline (it is no line to ST). With ``before`` (a line's start), only the lines above
+        that one: e.g. the context of a reply found by :meth:`find_line`."""
         data = self.data
-        if not data:
+        if not data or before == 0:
             return
-        end = len(data) - 1 if data.endswith(b"\n") else len(data)
+        if before is not None:
+            end = before - 1
+        else:
+            end = len(data) - 1 if data.endswith(b"\n") else len(data)
         while True:
             start = data.rfind(b"\n", 0, end) + 1
             yield start, end

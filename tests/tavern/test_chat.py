@@ -466,6 +466,8 @@ def test_line_walks_cover_every_line(data: bytes) -> None:
         if not (full.trailing_newline and ln.lineno == len(full.lines) - 1)
     ]
     assert list(reversed(list(chat.lines_backwards()))) == expected
+    for i, (start, _) in enumerate(expected):
+        assert list(reversed(list(chat.lines_backwards(before=start)))) == expected[:i]
     if expected:
         first_end = expected[0][1]
         assert list(chat.lines_after(first_end)) == expected[1:]
