@@ -387,7 +387,10 @@ def endpoint_url(api_url: str, route: str, section: str) -> str:
     """
     url = api_url.strip()
     if not url:
-        raise ConfigError(f"[{section}] api_url is empty: set the API's URL")
+        raise ConfigError(
+            f"[{section}] api_url is empty: set it in the config file or in "
+            f"ST_IMAGEGEN_{section.upper()}__API_URL"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(

@@ -298,7 +298,10 @@ def test_wait_without_daemon_and_without_api_says_so(
     cfg.write_text(f'data_root = "{root}"\nstate_dir = "{tmp_path / "bare-state"}"\n')
     assert main(["generate", "--config", str(cfg), "--chat", "Alice", "--wait"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == "st-imagegen: error: [text] api_url is empty: set the API's URL"
+    assert err[-1] == (
+        "st-imagegen: error: [text] api_url is empty: "
+        "set it in the config file or in ST_IMAGEGEN_TEXT__API_URL"
+    )
     assert "Traceback" not in "\n".join(err)
 
 
