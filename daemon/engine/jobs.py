@@ -41,7 +41,7 @@ from daemon.logs import job_log
 from daemon.providers.images import GeneratedImage, ImageGenerator
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
-from daemon.tavern.chat import Chat, Message, MessageIdentity, read_chat
+from daemon.tavern.chat import Chat, Message, MessageIdentity, is_header, parse_line, read_chat
 
 if TYPE_CHECKING:
     from daemon.engine.commit import Committer
@@ -151,12 +151,16 @@ class _Gone(Exception):
 @dataclass(frozen=True)
 class _Source:
     message: Message
-    chat: Chat
+    context: list[tuple[str, str]]
     card: CardInfo | None
 
 
 def _read_source(job: Job, deps: JobDeps) -> _Source:
-    """Read the chat and find the job's reply (blocking; run in a worker thread)."""
+    """Read the chat and find the job's reply (blocking; run in a worker thread).
+
+    Only the reply's line and the context lines above it are parsed (the line view), so a job
+    on a 100k-message chat costs a read, not a full parse.
+    """
     path = deps.root / job.chat
     try:
         chat, _ = read_chat(path)
@@ -164,13 +168,15 @@ def _read_source(job: Job, deps: JobDeps) -> _Source:
         if not path.exists():
             raise _Gone(f"the chat is gone (deleted or renamed): {job.chat}") from exc
         raise
-    message = chat.find(MessageIdentity(job.message_index, job.identity_name, job.identity_date))
-    if message is None:
+    found = chat.find_line(MessageIdentity(job.message_index, job.identity_name, job.identity_date))
+    if found is None:
         raise _Gone("the reply is gone (deleted, or replaced by a regenerate)")
+    message = found.message
     if str(message.revision) != job.revision and job.prompt is None:
         raise _Gone("the reply changed (swipe, continue or edit) before its image was made")
+    context = _context(chat, found.start, deps.config.text.context_messages)
     card = _read_card(job, deps) if deps.config.text.include_character_card else None
-    return _Source(message, chat, card)
+    return _Source(message, context, card)
 
 
 def _read_card(job: Job, deps: JobDeps) -> CardInfo | None:
@@ -200,12 +206,16 @@ def _read_card(job: Job, deps: JobDeps) -> CardInfo | None:
     return None
 
 
-def _context(chat: Chat, message: Message, count: int) -> list[tuple[str, str]]:
-    """Up to ``count`` visible messages before ``message`` (oldest first)."""
-    if count <= 0:
-        return []
+def _context(chat: Chat, before: int, count: int) -> list[tuple[str, str]]:
+    """Up to ``count`` visible messages above the line starting at ``before`` (oldest first)."""
     earlier: list[tuple[str, str]] = []
-    for previous in reversed(chat.messages[: message.index]):
+    if count <= 0:
+        return earlier
+    for start, end in chat.lines_backwards(before=before):
+        obj = parse_line(chat.data[start:end])
+        if obj is None or (start == 0 and is_header(obj)):
+            continue
+        previous = Message(-1, obj, b"")
         if previous.is_system or previous.marker is not None or not previous.mes.strip():
             continue
         earlier.append((previous.name, previous.mes))
@@ -263,7 +273,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 reply=source.message.mes,
                 speaker=source.message.name or current.speaker,
                 card=source.card,
-                context=_context(source.chat, source.message, deps.config.text.context_messages),
+                context=source.context,
             )
             written = await deps.prompts.write(item)
             moved = await store.transition(
@@ -271,7 +281,6 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 JobState.PROMPTING,
                 JobState.IMAGING,
                 prompt=written.prompt,
-                message_index=source.message.index,
                 meta_update={"negative": written.negative},
             )
             if moved is None:

@@ -26,6 +26,7 @@ from daemon.engine.jobs import (
 from daemon.engine.store import Job, JobState
 from daemon.errors import JobError
 from daemon.logs import configure_logging
+from daemon.tavern import chat as chat_mod
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
 from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for, job_for, write_chat
@@ -101,6 +102,39 @@ async def test_context_and_card_reach_the_prompt_writer(
     sent = fake_api.text_inputs()[-1]
     assert "Earlier reply about ravens." in sent
     assert "Character Information" in sent and "Name: Alice" in sent
+
+
+async def test_context_skips_hidden_and_our_lines_and_never_parses_the_whole_chat(
+    st_root_latest: Path,
+    make_config: MakeConfig,
+    fake_api: FakeAPI,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = make_config(st_root_latest, text={"context_messages": 3})
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as deps:
+        path = deps.root / "default-user" / "chats" / "Alice" / "Alice - ctx2.jsonl"
+        tab = STSim.create(path, character="Alice", clock=SimClock(start=datetime.now(UTC)))
+        for n in range(40):  # history far above the context window
+            tab.send_user(f"old question {n}").reply("Alice", f"old answer {n}")
+        tab.send_user("Visible question.").reply("Alice", "Visible answer.")
+        tab.send_user("Hidden aside.")
+        tab.hide(len(tab.messages) - 1)
+        tab.reply("Alice", "Now the storm.")
+        tab.save()
+        job = await job_for(deps, path)
+
+        def no_full_parse(data: bytes) -> None:
+            raise AssertionError("a job step parsed the whole chat")
+
+        monkeypatch.setattr(chat_mod, "_parse_full", no_full_parse)
+        done = await run_job_once(job, deps)
+    assert done.state is JobState.PENDING
+    sent = fake_api.text_inputs()[-1]
+    assert "Now the storm." in sent
+    assert "Visible question." in sent and "Visible answer." in sent
+    assert "old answer 39" in sent  # the third visible message above the reply
+    assert "Hidden aside." not in sent and "old question 39" not in sent
 
 
 async def test_transient_failure_is_rescheduled_in_the_store(
