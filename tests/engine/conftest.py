@@ -14,7 +14,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,6 +29,7 @@ from daemon.config import Config, load_config
 from daemon.engine.store import Job
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
+from tests.engine.test_commit_support import Harness, harness_for, new_data_root
 from tests.stsim import SimClock, STSim
 
 if TYPE_CHECKING:
@@ -238,6 +239,19 @@ def serve_fake_api(api: FakeAPI) -> Iterator[FakeAPI]:
 def fake_api() -> Iterator[FakeAPI]:
     with serve_fake_api(FakeAPI()) as api:
         yield api
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    """An empty data root with one user (the commit and reconcile tests)."""
+    return new_data_root(tmp_path)
+
+
+@pytest.fixture
+async def harness(data_root: Path, tmp_path: Path) -> AsyncIterator[Harness]:
+    """Store, approval folder and committer over ``data_root`` (state in ``tmp_path/state``)."""
+    async with harness_for(data_root, tmp_path / "state") as h:
+        yield h
 
 
 def config_toml(

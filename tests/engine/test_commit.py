@@ -35,7 +35,6 @@ from tests.engine.test_commit_support import (
     harness_for,
     last_reply,
     markers,
-    new_data_root,
     open_harness,
     ref_of,
 )
@@ -47,17 +46,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    return new_data_root(tmp_path)
-
-
-@pytest.fixture
-async def harness(data_root: Path, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with harness_for(data_root, tmp_path / "state") as h:
-        yield h
 
 
 class Crash(BaseException):

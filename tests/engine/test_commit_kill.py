@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
@@ -33,9 +32,7 @@ from tests.engine.test_commit_support import (
     USER,
     Harness,
     chat_path,
-    harness_for,
     markers,
-    new_data_root,
 )
 from tests.stsim import SimClock, STSim
 
@@ -51,12 +48,6 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with harness_for(new_data_root(tmp_path), tmp_path / "state") as h:
-        yield h
 
 
 def _spawn(config_path: Path, *, gated: bool = True) -> subprocess.Popen[bytes]:

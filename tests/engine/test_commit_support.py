@@ -179,7 +179,7 @@ async def open_harness(root: Path, state: Path, **top: Any) -> Harness:
 async def harness_for(root: Path, state: Path, **top: Any) -> AsyncIterator[Harness]:
     """A harness over ``root`` (store and pending folders in ``state``), closed on exit.
 
-    Test modules wrap it in their own ``harness`` fixture."""
+    The ``harness`` fixture (``tests/engine/conftest.py``) wraps it."""
     h = await open_harness(root, state, **top)
     try:
         yield h

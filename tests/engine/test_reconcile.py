@@ -4,7 +4,6 @@ version written by ST has contained it; after that a disappearance is the user's
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,7 @@ from tests.engine.test_commit_support import (
     USER,
     Harness,
     chat_path,
-    harness_for,
     markers,
-    new_data_root,
     ref_of,
 )
 from tests.stsim import STSim
@@ -35,17 +32,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def data_root(tmp_path: Path) -> Path:
-    return new_data_root(tmp_path)
-
-
-@pytest.fixture
-async def harness(data_root: Path, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with harness_for(data_root, tmp_path / "state") as h:
-        yield h
 
 
 def _path(h: Harness, group: bool, version: str) -> Path:

@@ -9,8 +9,6 @@ reconciles concurrently in the event loop, as the service does after each settle
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import anyio.from_thread
@@ -23,9 +21,7 @@ from tests.engine.test_commit_support import (
     USER,
     Harness,
     chat_path,
-    harness_for,
     markers,
-    new_data_root,
     ref_of,
 )
 from tests.stsim import SimClock, STSim
@@ -40,12 +36,6 @@ STALE_SAVES = 1000
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    async with harness_for(new_data_root(tmp_path), tmp_path / "state") as h:
-        yield h
 
 
 async def test_stale_saves_interleaved_with_commits(harness: Harness) -> None:
