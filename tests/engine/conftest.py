@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,8 @@ import pytest
 from PIL import Image
 
 from daemon.config import Config, load_config
+from daemon.engine.jobs import open_job_deps
+from daemon.engine.service import Service, ServiceTimings
 from daemon.engine.store import Job
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
@@ -302,6 +305,28 @@ def make_config(tmp_path: Path, fake_api: FakeAPI) -> MakeConfig:
         return load_config(path, environ={})
 
     return _make
+
+
+SERVICE_START_TIMEOUT = 15.0
+"""Seconds a service started by :func:`running` may take to report ready."""
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, timings: ServiceTimings) -> AsyncIterator[Service]:
+    """The service running in this event loop; drained and stopped after the block."""
+    assert config.data_root is not None
+    root = layout.resolve_data_root(config.data_root)
+    async with open_job_deps(config, root=root) as deps:
+        service = Service(config, root, deps, timings=timings)
+        async with anyio.create_task_group() as tg:
+            ready = anyio.Event()
+            tg.start_soon(partial(service.run, ready=ready.set))
+            with anyio.fail_after(SERVICE_START_TIMEOUT):
+                await ready.wait()
+            try:
+                yield service
+            finally:
+                await service.shutdown("test over")
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

@@ -5,32 +5,27 @@ against the running daemon."""
 
 from __future__ import annotations
 
-import contextlib
 import io
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from daemon.config import Config
 from daemon.engine.commit import message_urls, served_path
-from daemon.engine.jobs import accept_job, open_job_deps
+from daemon.engine.jobs import accept_job
 from daemon.engine.manual import cmd_generate
 from daemon.engine.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
-from daemon.tavern import layout
 from daemon.tavern.chat import parse_chat
-from tests.engine.conftest import MakeConfig, async_wait_for
+from tests.engine.conftest import MakeConfig, async_wait_for, running
 from tests.stsim import SimClock, STSim
 
 pytestmark = pytest.mark.anyio
 
 FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0)
-START_TIMEOUT = 15.0
 STEP_TIMEOUT = 15.0
 USER = "default-user"
 
@@ -38,23 +33,6 @@ USER = "default-user"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Service]:
-    assert config.data_root is not None
-    root = layout.resolve_data_root(config.data_root)
-    async with open_job_deps(config, root=root) as deps:
-        service = Service(config, root, deps, timings=FAST)
-        async with anyio.create_task_group() as tg:
-            ready = anyio.Event()
-            tg.start_soon(partial(service.run, ready=ready.set))
-            with anyio.fail_after(START_TIMEOUT):
-                await ready.wait()
-            try:
-                yield service
-            finally:
-                await service.shutdown("test over")
 
 
 async def until(check: Callable[[], Awaitable[Any]]) -> Any:
@@ -86,7 +64,7 @@ async def test_whole_loop_then_stale_tab(
     st_root_latest: Path, make_config: MakeConfig, version: str
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         root = service.root
         path = root / USER / "chats" / "Alice" / f"Alice - loop {version}.jsonl"
         tab = STSim.create(path, version=version, clock=SimClock(start=datetime.now(UTC)))
@@ -157,7 +135,7 @@ async def test_generate_wait_with_the_daemon_running(
     st_root_latest: Path, make_config: MakeConfig
 ) -> None:
     config = make_config(st_root_latest, mode="manual")
-    async with running(config) as service:
+    async with running(config, FAST) as service:
 
         async def beating() -> bool:
             return config.heartbeat_path.exists()

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from daemon.config import Config, LogSettings
+from daemon.config import LogSettings
 from daemon.engine.approval import Approval
 from daemon.engine.jobs import open_job_deps, run_job_once
 from daemon.engine.service import Service, ServiceTimings
@@ -32,6 +29,7 @@ from tests.engine.conftest import (
     MakeConfig,
     async_wait_for,
     job_for,
+    running,
     write_chat,
 )
 from tests.stsim import SimClock, STSim
@@ -39,7 +37,6 @@ from tests.stsim import SimClock, STSim
 pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 
 FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0, drop_settle=0.3)
-START_TIMEOUT = 15.0
 JOB_TIMEOUT = 10.0
 PENDING_MARGIN = 5.0  # seconds past the settle time for a reply to reach pending/
 
@@ -47,24 +44,6 @@ PENDING_MARGIN = 5.0  # seconds past the settle time for a reply to reach pendin
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Service]:
-    """The service running in this event loop; drained and stopped after the block."""
-    assert config.data_root is not None
-    root = layout.resolve_data_root(config.data_root)
-    async with open_job_deps(config, root=root) as deps:
-        service = Service(config, root, deps, timings=FAST)
-        async with anyio.create_task_group() as tg:
-            ready = anyio.Event()
-            tg.start_soon(partial(service.run, ready=ready.set))
-            with anyio.fail_after(START_TIMEOUT):
-                await ready.wait()
-            try:
-                yield service
-            finally:
-                await service.shutdown("test over")
 
 
 def live_clock() -> SimClock:
@@ -163,7 +142,7 @@ async def test_reply_becomes_pending_then_accepted_by_folder_move(
     st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         root = service.root
         path = new_chat(root)
         tab = await started_chat(service, path, character="Alice")
@@ -204,7 +183,7 @@ async def test_no_job_for_user_message_greeting_hidden_or_narrator(
     st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="quiet")
         before = service.processed
         tab = create_tab(path, character="Alice")  # greeting: off by default
@@ -226,7 +205,7 @@ async def test_greeting_gets_a_job_when_enabled(
     st_root_latest: Path, make_config: MakeConfig
 ) -> None:
     config = make_config(st_root_latest, detect={"greetings": True})
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="greet")
         create_tab(path, character="Alice", greeting="Welcome to the lighthouse.")
         jobs = await wait_jobs(service, path, 1)
@@ -239,7 +218,7 @@ async def test_swipe_supersedes_and_new_revision_gets_a_job(
 ) -> None:
     fake_api.image_delay = 1.0  # the first job is still running when the swipe arrives
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="swipe")
         tab = await started_chat(service, path, character="Alice")
         tab.send_user("Go on.").save()
@@ -257,7 +236,7 @@ async def test_continue_and_edit_make_new_revisions(
     st_root_latest: Path, make_config: MakeConfig
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="cont")
         tab, first = await replied(service, path, "Tell me.", "She begins.")
         tab.continue_(" And she goes on.").save()
@@ -273,7 +252,7 @@ async def test_continue_and_edit_make_new_revisions(
 
 async def test_regenerate_replaces_the_reply(st_root_latest: Path, make_config: MakeConfig) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="regen")
         tab, first = await replied(service, path, "Again.", "Take one.")
         tab.regenerate("Take two, regenerated.").save()
@@ -285,7 +264,7 @@ async def test_regenerate_replaces_the_reply(st_root_latest: Path, make_config: 
 
 async def test_group_chat_two_members(st_root_latest: Path, make_config: MakeConfig) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         group = service.root / "default-user" / "group chats" / "1795473024643.jsonl"
         assert group.exists()
         await seen(service, group)  # read (as history) by the startup scan
@@ -306,7 +285,7 @@ async def test_each_st_version(
     """Old chats on disk are read at startup; a new chat in that version's format gets a job."""
     version = str(request.node.callspec.params["st_root"]).removeprefix("st-")
     config = make_config(st_root)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         for chat in layout.iter_chats(service.root):
             await seen(service, chat.path)
         path = new_chat(service.root, name=f"v{version}")
@@ -318,7 +297,7 @@ async def test_renamed_chat_makes_no_new_jobs(
     st_root_latest: Path, make_config: MakeConfig
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="before-rename")
         await replied(service, path, "Hi.", "Hello.")
         renamed = path.with_name("Alice - after-rename.jsonl")
@@ -334,7 +313,7 @@ async def test_renamed_chat_makes_no_new_jobs(
 
 async def test_new_user_folder_while_running(st_root_latest: Path, make_config: MakeConfig) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = service.root / "second-user" / "chats" / "Bob" / "Bob - new.jsonl"
         tab = await started_chat(service, path, character="Bob")
         tab.send_user("Hi Bob.").save()
@@ -348,7 +327,7 @@ async def test_reject_and_regenerate_by_folder_move(
     st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="folders")
         tab, first = await replied(service, path, "One.", "Reply one.")
         tab.send_user("Two.").reply("Alice", "Reply two.").save()
@@ -381,7 +360,7 @@ async def test_folder_action_on_a_superseded_job_is_refused(
     st_root_latest: Path, make_config: MakeConfig
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="refused")
         _, job = await replied(service, path, "Hi.", "Original.")
         # Superseded elsewhere (as by a swipe), while its folder is still in pending/.
@@ -404,7 +383,7 @@ async def test_missed_events_are_caught_by_the_rescan(
     st_root_latest: Path, make_config: MakeConfig
 ) -> None:
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="overflow")
         tab = await started_chat(service, path, character="Alice")
         service.watcher.bridge.closed = True  # from now on every event is lost, as in an overflow
@@ -471,7 +450,7 @@ async def test_an_edit_is_seen_even_when_the_tail_scan_loses_its_cursor(
     # without placing its cursor; the stored cursor, passed on as `previous`, still tells that
     # the reply was edited.
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="lost")
         tab, first = await replied(service, path, "Begin.", "The first telling.")
         tab.edit(len(tab.messages) - 1, "The first telling, edited.")
@@ -487,12 +466,12 @@ async def test_a_same_size_edit_while_stopped_is_caught_up_at_start(
 ) -> None:
     config = make_config(st_root_latest)
     path = new_chat(st_root_latest, name="downtime")
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         tab, first = await replied(service, path, "Begin.", "The first telling.")
     size = path.stat().st_size
     tab.edit(len(tab.messages) - 1, "The first tellinG.").save()  # one letter: same size
     assert path.stat().st_size == size
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         await revised(service, path, first)
 
 
@@ -502,7 +481,7 @@ async def test_each_job_step_is_one_log_line_with_the_job_fields(
     out = io.StringIO()
     configure_logging(LogSettings(level="info", format="json"), stream=out)
     config = make_config(st_root_latest)
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         path = new_chat(service.root, name="logged")
         tab, first = await replied(service, path, "Look.", "A gull over the pier.")
         tab.swipe("A heron over the pier.").save()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.engine.store import JobState
-from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, MakeConfig, async_wait_for
-from tests.engine.test_service import running, seen
+from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, MakeConfig, async_wait_for, running
+from tests.engine.test_service import FAST, seen
 from tests.stsim import SimClock, STSim
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, WATCHDOG_RACE]
@@ -36,7 +36,7 @@ async def test_twenty_chats_bounds_order_and_nothing_lost(
     )
     fake_api.text_delay = 0.05
     fake_api.image_delay = 0.25
-    async with running(config) as service:
+    async with running(config, FAST) as service:
         clock = SimClock(start=datetime.now(UTC))
         tabs = []
         for n in range(CHATS):
