@@ -29,7 +29,7 @@ from PIL import Image
 from daemon.config import Config, load_config
 from daemon.engine.jobs import open_job_deps
 from daemon.engine.service import Service, ServiceTimings
-from daemon.engine.store import Job
+from daemon.engine.store import Job, Store
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
 from tests.engine.test_commit_support import Harness, harness_for, new_data_root
@@ -255,6 +255,16 @@ async def harness(data_root: Path, tmp_path: Path) -> AsyncIterator[Harness]:
     """Store, approval folder and committer over ``data_root`` (state in ``tmp_path/state``)."""
     async with harness_for(data_root, tmp_path / "state") as h:
         yield h
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store in ``tmp_path/state/state.db``, closed after the test."""
+    st = await Store.open(tmp_path / "state" / "state.db")
+    try:
+        yield st
+    finally:
+        await st.close()
 
 
 def config_toml(

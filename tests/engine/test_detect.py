@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -564,15 +564,6 @@ class Watch:
 
     async def open_jobs(self) -> list[Job]:
         return [j for j in await self.jobs() if j.state is not JobState.SUPERSEDED]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    st = await Store.open(tmp_path / "state" / "state.db")
-    try:
-        yield st
-    finally:
-        await st.close()
 
 
 VERSIONS = ["1.12", "1.14", "1.18"]

@@ -7,7 +7,6 @@ import random
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,15 +34,6 @@ T0 = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    st = await Store.open(tmp_path / "state" / "state.db")
-    try:
-        yield st
-    finally:
-        await st.close()
 
 
 def fields(n: int = 0, **over: Any) -> dict[str, Any]:
