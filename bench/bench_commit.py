@@ -20,14 +20,23 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import anyio
 from PIL import Image
 
-from bench.common import best_of, chat_lines, check, fmt_time, workdir, write_chat
+from bench.common import (
+    best_of,
+    chat_lines,
+    check,
+    copy_file,
+    copy_file_durably,
+    fmt_time,
+    workdir,
+    write_chat,
+)
 from daemon.config import Config
 from daemon.engine.approval import Approval
 from daemon.engine.commit import Committer
@@ -150,18 +159,8 @@ def main() -> int:
 
         dst = tmp / "copy.jsonl"
 
-        def copyfile() -> None:
-            shutil.copyfile(path, dst)
-            dst.unlink()
-
-        def copyfile_durable() -> None:
-            shutil.copyfile(path, dst)
-            fd = os.open(dst, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            dst.unlink()
+        copyfile = partial(copy_file, path, dst)
+        copyfile_durable = partial(copy_file_durably, path, dst)
 
         copyfile()  # warm the page cache
         t_copy = best_of(copyfile, repeat=5)

@@ -19,9 +19,19 @@ import os
 import shutil
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
-from bench.common import best_of, chat_lines, check, fmt_time, workdir, write_chat
+from bench.common import (
+    best_of,
+    chat_lines,
+    check,
+    copy_file,
+    copy_file_durably,
+    fmt_time,
+    workdir,
+    write_chat,
+)
 from daemon.tavern.write import (
     build_image_message,
     insert_after_line,
@@ -69,22 +79,13 @@ def main() -> int:
 
         dst = tmp / "copy.jsonl"
 
-        def copyfile() -> None:
-            shutil.copyfile(path, dst)
-            dst.unlink()
+        copyfile = partial(copy_file, path, dst)
 
         def cp() -> None:
             subprocess.run(["cp", str(path), str(dst)], check=True)
             dst.unlink()
 
-        def copyfile_durable() -> None:
-            shutil.copyfile(path, dst)
-            fd = os.open(dst, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            dst.unlink()
+        copyfile_durable = partial(copy_file_durably, path, dst)
 
         def cp_durable() -> None:
             script = 'cp -- "$1" "$2" && sync -- "$2"'

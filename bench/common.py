@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -100,6 +102,23 @@ def write_chat(path: Path, lines: list[bytes]) -> int:
     data = b"\n".join(lines)
     path.write_bytes(data)
     return len(data)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """Baseline: a plain copy of ``src`` to ``dst`` (removed again)."""
+    shutil.copyfile(src, dst)
+    dst.unlink()
+
+
+def copy_file_durably(src: Path, dst: Path) -> None:
+    """Baseline: :func:`copy_file`, the copy fsynced before it is removed."""
+    shutil.copyfile(src, dst)
+    fd = os.open(dst, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dst.unlink()
 
 
 def best_of(fn: Callable[[], object], *, repeat: int = 5, number: int = 1) -> float:
