@@ -31,6 +31,7 @@ from bench.common import (
     best_of,
     chat_lines,
     check,
+    check_at_most,
     copy_file,
     copy_file_durably,
     fmt_time,
@@ -181,29 +182,23 @@ def main() -> int:
         ]
         for label, seconds in rows:
             print(f"  {label:<44} {fmt_time(seconds):>10}")
-        ok = check(
-            "commit / (copyfile + fsync)",
-            timings["commit"] / t_copy_sync,
-            f"<= {COMMIT_TARGET}x",
-            timings["commit"] <= COMMIT_TARGET * t_copy_sync,
+        ok = check_at_most(
+            "commit / (copyfile + fsync)", timings["commit"], t_copy_sync, COMMIT_TARGET
         )
-        ok &= check(
+        ok &= check_at_most(
             "reconcile after stale save / (copyfile + fsync)",
-            timings["reconcile"] / t_copy_sync,
-            f"<= {RECONCILE_TARGET}x",
-            timings["reconcile"] <= RECONCILE_TARGET * t_copy_sync,
+            timings["reconcile"],
+            t_copy_sync,
+            RECONCILE_TARGET,
         )
-        ok &= check(
+        ok &= check_at_most(
             "reconcile of our own write / (copyfile + fsync)",
-            timings["ours"] / t_copy_sync,
-            f"<= {OURS_TARGET}x",
-            timings["ours"] <= OURS_TARGET * t_copy_sync,
+            timings["ours"],
+            t_copy_sync,
+            OURS_TARGET,
         )
-        ok &= check(
-            "reconcile, nothing waiting / copyfile",
-            timings["idle"] / t_copy,
-            f"<= {IDLE_TARGET}x",
-            timings["idle"] <= IDLE_TARGET * t_copy,
+        ok &= check_at_most(
+            "reconcile, nothing waiting / copyfile", timings["idle"], t_copy, IDLE_TARGET
         )
         check("commit / copyfile (no fsync; information)", timings["commit"] / t_copy, "-", True)
         check(

@@ -156,3 +156,8 @@ def check(label: str, value: float, target: str, ok: bool) -> bool:
     """Print one ratio against its target; returns ``ok``."""
     print(f"  {label:<52} {value:>10.1f}x   target {target:<8} {'ok' if ok else 'MISSED'}")
     return ok
+
+
+def check_at_most(label: str, seconds: float, base: float, target: float) -> bool:
+    """Print ``seconds / base`` against the target "at most ``target``x"; returns whether met."""
+    return check(label, seconds / base, f"<= {target}x", seconds <= target * base)
