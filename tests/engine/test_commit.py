@@ -27,6 +27,7 @@ from daemon.errors import ChatConflictError
 from daemon.tavern import layout
 from daemon.tavern import write as tavern_write
 from daemon.tavern.chat import parse_chat, parse_send_date, send_date_style
+from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
     USER,
     Harness,
@@ -612,8 +613,6 @@ async def test_commit_parses_only_the_lines_it_needs(
     """A commit into a long chat finds the reply and checks for its marker by byte searches:
     a handful of lines is parsed, not the chat (the full parse was the whole cost on big
     chats). The line lookups themselves are checked against the full view in test_chat."""
-    import daemon.tavern.chat as chat_mod
-
     h = harness
     path = chat_path(h.root)
     tab = STSim.create(path)
@@ -622,14 +621,7 @@ async def test_commit_parses_only_the_lines_it_needs(
         tab.reply("Alice", f"answer {i}")
     tab.save()
     job = await h.accepted(path, len(tab.messages) - 1)
-    parsed: list[bytes] = []
-    real = chat_mod.parse_line
-
-    def counting(raw: bytes) -> dict[str, Any] | None:
-        parsed.append(raw)
-        return real(raw)
-
-    monkeypatch.setattr(chat_mod, "parse_line", counting)
+    parsed = count_parsed_lines(monkeypatch)
     done = await h.committer.commit_job(job)
     assert done.state is JobState.COMMITTED
     assert len(parsed) <= 10

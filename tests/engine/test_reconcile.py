@@ -17,6 +17,7 @@ from daemon.engine.commit import (
 )
 from daemon.engine.store import JobState
 from daemon.tavern.chat import parse_chat
+from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
     USER,
     Harness,
@@ -239,7 +240,6 @@ async def test_our_own_write_is_not_parsed_again(
 ) -> None:
     """The change event our own commit causes is settled by the hash and byte searches for
     our markers: the chat is read once and only the lines holding a marker are parsed."""
-    import daemon.tavern.chat as chat_mod
     from daemon.engine import commit as commit_mod
     from daemon.tavern import write as tavern_write
 
@@ -247,19 +247,13 @@ async def test_our_own_write_is_not_parsed_again(
     _, path, job = await _committed_with_stale_tab(h)
     reads: list[Path] = []
     real_read = tavern_write.read_for_edit_with
-    parsed: list[bytes] = []
-    real_parse = chat_mod.parse_line
 
     def reading(p: Path, look: Any) -> Any:
         reads.append(p)
         return real_read(p, look)
 
-    def counting(raw: bytes) -> dict[str, Any] | None:
-        parsed.append(raw)
-        return real_parse(raw)
-
     monkeypatch.setattr(commit_mod, "read_for_edit_with", reading)
-    monkeypatch.setattr(chat_mod, "parse_line", counting)
+    parsed = count_parsed_lines(monkeypatch)
     assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
     monkeypatch.undo()
     assert reads == [path]

@@ -29,6 +29,7 @@ from daemon.tavern.chat import (
     split_lines,
 )
 from daemon.tavern.layout import iter_chats
+from tests.conftest import count_parsed_lines
 from tests.stsim import STSim, js_stringify
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -422,22 +423,13 @@ def test_line_view_parses_only_what_it_looks_at(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A lookup near the end of a long chat parses a few lines, not the chat."""
-    import daemon.tavern.chat as chat_mod
-
     tab = STSim.create(tmp_path / "c.jsonl", save=False)
     for i in range(500):
         tab.send_user(f"question {i}")
         tab.reply("Alice", f"answer {i}")
     data = tab.serialize()
     reply = parse_chat(data).messages[-1]
-    parsed: list[bytes] = []
-    real = chat_mod.parse_line
-
-    def counting(raw: bytes) -> dict[str, Any] | None:
-        parsed.append(raw)
-        return real(raw)
-
-    monkeypatch.setattr(chat_mod, "parse_line", counting)
+    parsed = count_parsed_lines(monkeypatch)
     chat = parse_chat(data)
     found = chat.find_line(reply.identity)
     assert found is not None and found.message.raw == reply.raw
