@@ -597,6 +597,17 @@ class STSim:
 # --- what the browser does to messages ----------------------------------------------------------
 
 
+def _first_swipe_info(message: dict[str, Any]) -> dict[str, Any]:
+    """The ``swipe_info`` entry ST makes for a message's only swipe: its dates and extra."""
+    info: dict[str, Any] = {"send_date": message.get("send_date")}
+    for key in ("gen_started", "gen_finished"):
+        if message.get(key) is not None:
+            info[key] = message[key]
+    extra = message.get("extra")
+    info["extra"] = copy.deepcopy(extra) if isinstance(extra, dict) else {}
+    return info
+
+
 def ensure_swipes(message: dict[str, Any]) -> None:
     """``ensureSwipes``: swipe fields on every non-user, non-``isSmallSys`` message."""
     if message.get("is_user"):
@@ -607,12 +618,7 @@ def ensure_swipes(message: dict[str, Any]) -> None:
     if not isinstance(message.get("swipes"), list):
         message["swipes"] = [message.get("mes", "")]
         message["swipe_id"] = 0
-        info: dict[str, Any] = {"send_date": message.get("send_date")}
-        for key in ("gen_started", "gen_finished"):
-            if message.get(key) is not None:
-                info[key] = message[key]
-        info["extra"] = copy.deepcopy(extra) if isinstance(extra, dict) else {}
-        message["swipe_info"] = [info]
+        message["swipe_info"] = [_first_swipe_info(message)]
         return
     if not isinstance(message.get("swipe_id"), int):
         message["swipe_id"] = 0
@@ -639,12 +645,7 @@ def legacy_swipes(message: dict[str, Any], *, with_info: bool) -> None:
     message["swipe_id"] = 0
     message["swipes"] = [message.get("mes", "")]
     if with_info and not isinstance(message.get("swipe_info"), list):
-        info: dict[str, Any] = {"send_date": message.get("send_date")}
-        for key in ("gen_started", "gen_finished"):
-            if message.get(key) is not None:
-                info[key] = message[key]
-        info["extra"] = copy.deepcopy(extra) if isinstance(extra, dict) else {}
-        message["swipe_info"] = [info]
+        message["swipe_info"] = [_first_swipe_info(message)]
 
 
 def migrate_media(message: dict[str, Any]) -> None:
