@@ -25,14 +25,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from daemon.engine.commit import message_urls, served_path
 from daemon.engine.store import JobState
 from daemon.tavern.chat import parse_chat
 from tests.engine.test_commit_support import (
     USER,
     Harness,
+    assert_committed_after_replies,
     chat_path,
-    markers,
+    referenced_images,
 )
 from tests.stsim import SimClock, STSim
 
@@ -143,27 +143,11 @@ async def test_sigkill_during_commits_then_restart(harness: Harness, tmp_path: P
         ours = {chat.line_of(m.index) for m in chat.messages if m.marker is not None}
         assert b"\n".join(ln for i, ln in enumerate(lines) if i not in ours) == original
         # Each accepted image exactly once, right after its reply.
-        assert sorted(markers(path)) == sorted(job_ids[path])
-        for job_id in job_ids[path]:
-            job = await h.job(job_id)
-            assert job.state is JobState.COMMITTED, job.last_error
-            message = chat.find_marker(job_id)
-            assert message is not None
-            reply = chat.messages[message.index - 1]
-            assert reply.identity.key == f"{job.identity_name}\x1f{job.identity_date}"
-            for url in message_urls(message.data):
-                image = served_path(h.root, USER, url)
-                assert image is not None and image.is_file()
+        await assert_committed_after_replies(h, path, chat, job_ids[path])
         # No temp file of ours left next to the chat.
         assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
     folder = h.root / USER / "user" / "images" / "Alice"
-    referenced = sorted(
-        url.rsplit("/", 1)[1]
-        for path in originals
-        for m in parse_chat(path.read_bytes()).messages
-        if m.marker is not None
-        for url in message_urls(m.data)
-    )
+    referenced = referenced_images(originals)
     assert sorted(p.name for p in folder.iterdir()) == referenced  # no orphans, no temps
     assert list(h.config.pending_dir.iterdir()) == []  # every pending folder finished
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -23,7 +23,7 @@ from daemon.engine.commit import Committer, message_urls, served_path
 from daemon.engine.store import Job, JobState, Store
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout
-from daemon.tavern.chat import MARKER_KEY, Message, parse_chat, read_chat
+from daemon.tavern.chat import MARKER_KEY, Chat, Message, parse_chat, read_chat
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.write import (
     build_image_message,
@@ -191,6 +191,35 @@ def markers(path: Path) -> list[str]:
     """Our markers in file order (top-level ``extra`` only)."""
     chat = parse_chat(path.read_bytes())
     return [m.marker for m in chat.messages if m.marker is not None]
+
+
+async def assert_committed_after_replies(
+    h: Harness, path: Path, chat: Chat, job_ids: Sequence[str]
+) -> None:
+    """Each job is COMMITTED and its message stands in ``chat`` (parsed from ``path``) exactly
+    once, right after its reply, every image it names at its served path."""
+    assert sorted(markers(path)) == sorted(job_ids)
+    for job_id in job_ids:
+        job = await h.job(job_id)
+        assert job.state is JobState.COMMITTED, job.last_error
+        ours = chat.find_marker(job_id)
+        assert ours is not None
+        reply = chat.messages[ours.index - 1]
+        assert reply.identity.key == f"{job.identity_name}\x1f{job.identity_date}"
+        for url in message_urls(ours.data):
+            image = served_path(h.root, USER, url)
+            assert image is not None and image.is_file()
+
+
+def referenced_images(paths: Iterable[Path]) -> list[str]:
+    """Sorted file names of the images our messages in the chats ``paths`` name (repeats kept)."""
+    return sorted(
+        url.rsplit("/", 1)[1]
+        for path in paths
+        for m in parse_chat(path.read_bytes()).messages
+        if m.marker is not None
+        for url in message_urls(m.data)
+    )
 
 
 def assert_images_served(root: Path, user: str, message: dict[str, Any]) -> list[Path]:

@@ -14,15 +14,15 @@ import anyio
 import anyio.from_thread
 import pytest
 
-from daemon.engine.commit import message_urls, served_path
 from daemon.engine.store import JobState
 from daemon.tavern.chat import parse_chat
 from tests.engine.test_commit_support import (
     USER,
     Harness,
+    assert_committed_after_replies,
     chat_path,
-    markers,
     ref_of,
+    referenced_images,
 )
 from tests.stsim import SimClock, STSim
 
@@ -119,29 +119,13 @@ async def test_stale_saves_interleaved_with_commits(harness: Harness) -> None:
         chat = parse_chat(path.read_bytes())
         assert not chat.bad_lines
         # Every accepted image exactly once, right after its reply.
-        assert sorted(markers(path)) == sorted(jobs[i])
-        for job_id in jobs[i]:
-            job = await h.job(job_id)
-            assert job.state is JobState.COMMITTED
-            ours = chat.find_marker(job_id)
-            assert ours is not None
-            before = chat.messages[ours.index - 1]
-            assert before.identity.key == f"{job.identity_name}\x1f{job.identity_date}"
-            for url in message_urls(ours.data):
-                image = served_path(h.root, USER, url)
-                assert image is not None and image.is_file()
+        await assert_committed_after_replies(h, path, chat, jobs[i])
         # Every user line, reply and narrator line the tab wrote, once each and in order.
         texts = [m.mes for m in chat.messages if m.marker is None]
         assert texts[0] == "Hello there, User."
         assert texts[1:] == created[i]
     # No orphan images: every file in the folder is referenced by exactly one message.
     folder = h.root / USER / "user" / "images" / "Alice"
-    referenced = sorted(
-        url.rsplit("/", 1)[1]
-        for path in paths
-        for m in parse_chat(path.read_bytes()).messages
-        if m.marker is not None
-        for url in message_urls(m.data)
-    )
+    referenced = referenced_images(paths)
     assert sorted(p.name for p in folder.iterdir()) == referenced
     assert len(referenced) == CHATS * TURNS_PER_CHAT
