@@ -271,7 +271,7 @@ class Committer:
 
     async def _commit(self, job: Job) -> Job:
         path = self._chat_path(job.chat)
-        identity = MessageIdentity(job.message_index, job.identity_name, job.identity_date)
+        identity = job.identity
         entry = await self.store.ledger_get(job.id)
         if entry is not None and entry.retired is not None:
             raise _NotCommittable(entry.retired, JobState.SUPERSEDED)

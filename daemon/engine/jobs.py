@@ -41,7 +41,7 @@ from daemon.logs import job_log
 from daemon.providers.images import GeneratedImage, ImageGenerator
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
-from daemon.tavern.chat import Chat, Message, MessageIdentity, is_header, parse_line, read_chat
+from daemon.tavern.chat import Chat, Message, is_header, parse_line, read_chat
 
 if TYPE_CHECKING:
     from daemon.engine.commit import Committer
@@ -168,7 +168,7 @@ def _read_source(job: Job, deps: JobDeps) -> _Source:
         if not path.exists():
             raise _Gone(f"the chat is gone (deleted or renamed): {job.chat}") from exc
         raise
-    found = chat.find_line(MessageIdentity(job.message_index, job.identity_name, job.identity_date))
+    found = chat.find_line(job.identity)
     if found is None:
         raise _Gone("the reply is gone (deleted, or replaced by a regenerate)")
     message = found.message

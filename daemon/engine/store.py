@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import anyio.to_thread
 
 from daemon.errors import JobError, StoreError
-from daemon.tavern.chat import Cursor
+from daemon.tavern.chat import Cursor, MessageIdentity
 
 __all__ = [
     "ACTIVE_STATES",
@@ -118,6 +118,11 @@ class Job:
     @property
     def short_id(self) -> str:
         return self.id[:10]
+
+    @property
+    def identity(self) -> MessageIdentity:
+        """The reply this job illustrates (the index is the detection-time hint)."""
+        return MessageIdentity(self.message_index, self.identity_name, self.identity_date)
 
     @property
     def is_final(self) -> bool:
