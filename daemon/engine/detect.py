@@ -1,6 +1,6 @@
 """The detection policy: which messages of a scanned chat need an image. Pure, no I/O.
 
-:func:`decide` turns one :class:`~daemon.tavern.chat.ScanResult` into new jobs and supersedes:
+:func:`decide` turns one :class:`~daemon.tavern.scan.ScanResult` into new jobs and supersedes:
 
 - A job is due for a **character reply** that is new since the cursor: not the user's, not hidden
   (``is_system`` truthy; ``""`` is visible), not a narrator line (``/sys``), not a line the user
@@ -42,10 +42,10 @@ from daemon.tavern.chat import (
     Cursor,
     Message,
     MessageIdentity,
-    ScanResult,
     parse_send_date,
     send_date_style,
 )
+from daemon.tavern.scan import ScanResult
 
 if TYPE_CHECKING:
     from daemon.tavern.layout import ChatRef

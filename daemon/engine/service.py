@@ -32,8 +32,9 @@ from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
 from daemon.logs import job_log
 from daemon.tavern import layout, write
-from daemon.tavern.chat import Cursor, ScanResult, tail_scan
+from daemon.tavern.chat import Cursor
 from daemon.tavern.layout import ChatRef
+from daemon.tavern.scan import ScanResult, tail_scan
 
 __all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
 

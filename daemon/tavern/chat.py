@@ -33,7 +33,6 @@ __all__ = [
     "Message",
     "MessageIdentity",
     "Revision",
-    "ScanResult",
     "encode_message",
     "format_send_date",
     "is_header",
@@ -42,7 +41,6 @@ __all__ = [
     "parse_send_date",
     "read_chat",
     "split_lines",
-    "tail_scan",
 ]
 
 MARKER_KEY = "st_imagegen_job"
@@ -724,38 +722,3 @@ class Cursor:
 CURSOR_DEPTH = 8
 """How many of the newest messages a cursor remembers: edits and deletions among them are
 reported; one scan reads about this many messages past the new ones."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScanResult:
-    """What changed in a chat since a cursor.
-
-    ``new``: messages not in the cursor that are newer than the oldest cursor message found, in
-    file order (appended ones, and ones inserted between cursor messages). ``changed``: messages
-    in the cursor whose revision differs. ``removed``: cursor identities no longer found.
-    ``tail``: every message read (new and known), in file order; ``bad_lines`` counts
-    unparsable lines read.
-    ``cursor_gone``: no cursor message was found within the scan budget, so the caller fell back
-    to (or must fall back to) a full read; then ``new`` holds no guesses and ``full`` is the chat.
-    ``cursor`` is the cursor to store now. Indices are hints computed from the cursor.
-    """
-
-    new: list[Message]
-    changed: list[Message]
-    removed: list[MessageIdentity]
-    tail: list[Message]
-    cursor: Cursor
-    cursor_gone: bool
-    bytes_read: int
-    bad_lines: int = 0
-    full: Chat | None = None
-
-
-def tail_scan(path: Path, cursor: Cursor | None) -> ScanResult:
-    """Read from the end of ``path`` only as far as needed to place ``cursor``.
-
-    Implemented in :mod:`daemon.tavern.scan`; re-exported here as part of the codec's API.
-    """
-    from daemon.tavern.scan import tail_scan as _impl
-
-    return _impl(path, cursor)

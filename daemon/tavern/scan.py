@@ -24,14 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import ChatReadError
-from daemon.tavern import chat as _chat
 from daemon.tavern.chat import (
     CURSOR_DEPTH,
+    MAX_CHAT_BYTES,
+    Chat,
     Cursor,
     Message,
     MessageIdentity,
     Revision,
-    ScanResult,
     is_header,
     parse_line,
     read_chat,
@@ -45,6 +45,7 @@ __all__ = [
     "MAX_SCAN_LINES",
     "MAX_UNANCHORED_MESSAGES",
     "SLACK",
+    "ScanResult",
     "scan_lines",
     "tail_scan",
 ]
@@ -60,6 +61,31 @@ MAX_SCAN_LINES = 4 * MAX_UNANCHORED_MESSAGES
 """Lines (unparsable ones included) a tail scan may read before it falls back to a full read."""
 MAX_SCAN_BYTES = 32 * 1024 * 1024
 """Bytes a tail scan may read before it falls back to a full read (bounded by MAX_CHAT_BYTES)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What changed in a chat since a cursor.
+
+    ``new``: messages not in the cursor that are newer than the oldest cursor message found, in
+    file order (appended ones, and ones inserted between cursor messages). ``changed``: messages
+    in the cursor whose revision differs. ``removed``: cursor identities no longer found.
+    ``tail``: every message read (new and known), in file order; ``bad_lines`` counts
+    unparsable lines read.
+    ``cursor_gone``: no cursor message was found within the scan budget, so the caller fell back
+    to (or must fall back to) a full read; then ``new`` holds no guesses and ``full`` is the chat.
+    ``cursor`` is the cursor to store now. Indices are hints computed from the cursor.
+    """
+
+    new: list[Message]
+    changed: list[Message]
+    removed: list[MessageIdentity]
+    tail: list[Message]
+    cursor: Cursor
+    cursor_gone: bool
+    bytes_read: int
+    bad_lines: int = 0
+    full: Chat | None = None
 
 
 @dataclass(slots=True)
@@ -251,7 +277,7 @@ def _diff(collected: _Collected, cursor: Cursor, size: int, bytes_read: int) -> 
 
 
 def _full(path: Path, already_read: int, gone: bool) -> ScanResult:
-    chat, data = read_chat(path, max_bytes=_chat.MAX_CHAT_BYTES)
+    chat, data = read_chat(path, max_bytes=MAX_CHAT_BYTES)
     return ScanResult(
         new=[],
         changed=[],

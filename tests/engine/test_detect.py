@@ -29,10 +29,9 @@ from daemon.tavern.chat import (
     Cursor,
     Message,
     MessageIdentity,
-    ScanResult,
     parse_chat,
-    tail_scan,
 )
+from daemon.tavern.scan import ScanResult, tail_scan
 from tests.stsim import SimClock, STSim
 
 NOW = datetime(2026, 11, 23, 22, 0, 0, tzinfo=UTC)

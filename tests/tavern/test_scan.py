@@ -22,13 +22,12 @@ from daemon.tavern.chat import (
     CURSOR_DEPTH,
     Cursor,
     Message,
-    ScanResult,
     parse_chat,
     read_chat,
     split_lines,
 )
 from daemon.tavern.layout import iter_chats
-from daemon.tavern.scan import scan_lines, tail_scan
+from daemon.tavern.scan import ScanResult, scan_lines, tail_scan
 from tests.stsim import STSim, js_stringify
 
 HEADER = {"chat_metadata": {"integrity": "x"}, "user_name": "unused", "character_name": "unused"}
@@ -300,7 +299,7 @@ def test_huge_line_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     write(path, [*lines, dump(msg(3, text="x" * 300_000))])
     r = tail_scan(path, cursor, block_size=4096)
     assert r.cursor_gone and r.full is not None and len(r.tail) == 4
-    monkeypatch.setattr(chat_mod, "MAX_CHAT_BYTES", 200_000)
+    monkeypatch.setattr(scan_mod, "MAX_CHAT_BYTES", 200_000)
     with pytest.raises(ChatReadError, match="limit"):
         tail_scan(path, cursor)
     with pytest.raises(ChatReadError, match="limit"):

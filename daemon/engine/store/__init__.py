@@ -1,0 +1,68 @@
+"""SQLite job store: jobs, per-chat cursors, the commit ledger and the hashes of our own writes.
+
+WAL mode, ``synchronous=FULL``, ``foreign_keys=ON`` and a busy timeout, so the daemon and the CLI
+(separate processes) can share ``state.db``. One connection per :class:`Store`, used from worker
+threads (``anyio.to_thread.run_sync``) under a lock; every write is one ``BEGIN IMMEDIATE``
+transaction.
+
+Each table's rules live in its own class over that one connection: :class:`Jobs` (``jobs.py``),
+:class:`Cursors` (``cursors.py``), :class:`Ledger` (``ledger.py``), :class:`OurWrites`
+(``writes.py``); the schema and every migration live in ``schema.py``. :class:`Store` is all of
+them on one connection.
+
+Jobs may run twice: every state change is guarded by the expected current state(s), and a job's
+idempotency ``key`` is UNIQUE, so a duplicate event, a rescan or a restart never makes a second job.
+
+All datetimes are timezone-aware UTC. Naive datetimes are refused.
+"""
+
+from __future__ import annotations
+
+from daemon.engine.store.cursors import Cursors
+from daemon.engine.store.db import Database
+from daemon.engine.store.jobs import Jobs
+from daemon.engine.store.ledger import Ledger
+from daemon.engine.store.model import (
+    ACTIVE_STATES,
+    FINAL_STATES,
+    OPEN_STATES,
+    REGEN_FROM_STATES,
+    SUPERSEDABLE_STATES,
+    ChatRecord,
+    Job,
+    JobState,
+    LedgerEntry,
+    States,
+    job_key,
+    new_job_id,
+)
+from daemon.engine.store.schema import BUSY_TIMEOUT_MS, MIGRATIONS
+from daemon.engine.store.writes import OUR_WRITES_KEPT, OurWrites
+
+__all__ = [
+    "ACTIVE_STATES",
+    "BUSY_TIMEOUT_MS",
+    "FINAL_STATES",
+    "MIGRATIONS",
+    "OPEN_STATES",
+    "OUR_WRITES_KEPT",
+    "REGEN_FROM_STATES",
+    "SUPERSEDABLE_STATES",
+    "ChatRecord",
+    "Cursors",
+    "Database",
+    "Job",
+    "JobState",
+    "Jobs",
+    "Ledger",
+    "LedgerEntry",
+    "OurWrites",
+    "States",
+    "Store",
+    "job_key",
+    "new_job_id",
+]
+
+
+class Store(Jobs, Cursors, Ledger, OurWrites):
+    """Every table on one connection. Open with :meth:`open`; close with :meth:`close`."""

@@ -1,0 +1,81 @@
+"""One SQLite connection shared by the table classes, used from worker threads under a lock."""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Self, TypeVar
+
+import anyio.to_thread
+
+from daemon.engine.store.schema import connect, store_error
+from daemon.errors import StoreError
+
+T = TypeVar("T")
+
+
+class Database:
+    """The connection and its transactions; every write is one ``BEGIN IMMEDIATE`` transaction.
+
+    Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = conn
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r})"
+
+    @classmethod
+    async def open(cls, path: Path) -> Self:
+        """Open (creating and migrating as needed) the store at ``path``."""
+        conn = await anyio.to_thread.run_sync(connect, path)
+        return cls(path, conn)
+
+    async def close(self) -> None:
+        def _close() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await anyio.to_thread.run_sync(_close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(self._call, fn, write))
+
+    def _call(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                raise StoreError(f"the state store {str(self.path)!r} is closed")
+            try:
+                if not write:
+                    return fn(conn)
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.commit()
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.rollback()
+                    raise
+                return result
+            except sqlite3.Error as exc:
+                raise store_error(self.path, exc) from exc
+
+    async def schema_version(self) -> int:
+        def _version(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+        return await self._run(_version, write=False)

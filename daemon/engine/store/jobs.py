@@ -1,0 +1,579 @@
+"""The ``jobs`` table: creating jobs idempotently and moving them between states.
+
+Jobs may run twice: every state change is guarded by the expected current state(s), and a job's
+idempotency ``key`` (user, chat, message identity, revision, regen counter) is UNIQUE, so a
+duplicate event, a rescan or a restart never makes a second job.
+"""
+
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from daemon.engine.store.db import Database
+from daemon.engine.store.model import (
+    _CROCKFORD_ALIASES,
+    ACTIVE_STATES,
+    OPEN_STATES,
+    REGEN_FROM_STATES,
+    SUPERSEDABLE_STATES,
+    Job,
+    JobState,
+    States,
+    aware_utc,
+    job_key,
+    marks,
+    new_job_id,
+    now_utc,
+    parse_stamp,
+    stamp,
+    states_list,
+    to_json,
+)
+from daemon.errors import JobError
+
+_JOB_COLUMNS = (
+    "id, key, user, chat, character, is_group, speaker, message_index, identity_name, "
+    "identity_date, revision, regen, excerpt, source, state, attempts, last_error, prompt, "
+    "images, meta, created_at, updated_at, next_attempt_at"
+)
+
+_CREATE_REQUIRED = frozenset(
+    {
+        "user",
+        "chat",
+        "character",
+        "is_group",
+        "speaker",
+        "message_index",
+        "identity_name",
+        "identity_date",
+        "revision",
+    }
+)
+_CREATE_OPTIONAL = frozenset(
+    {
+        "excerpt",
+        "source",
+        "state",
+        "prompt",
+        "images",
+        "meta",
+        "regen",
+        "key",
+        "id",
+        "now",
+        "next_attempt_at",
+    }
+)
+_TRANSITION_FIELDS = frozenset(
+    {
+        "attempts",
+        "last_error",
+        "prompt",
+        "images",
+        "meta",
+        "meta_update",
+        "next_attempt_at",
+        "message_index",
+        "now",
+    }
+)
+
+
+def _job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        key=row["key"],
+        user=row["user"],
+        chat=row["chat"],
+        character=row["character"],
+        is_group=bool(row["is_group"]),
+        speaker=row["speaker"],
+        message_index=row["message_index"],
+        identity_name=row["identity_name"],
+        identity_date=row["identity_date"],
+        revision=row["revision"],
+        excerpt=row["excerpt"],
+        source=row["source"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        prompt=row["prompt"],
+        images=tuple(json.loads(row["images"])),
+        created_at=parse_stamp(row["created_at"]),
+        updated_at=parse_stamp(row["updated_at"]),
+        next_attempt_at=parse_stamp(row["next_attempt_at"]) if row["next_attempt_at"] else None,
+        meta=json.loads(row["meta"]),
+        regen=row["regen"],
+    )
+
+
+def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The ``jobs`` row of a new QUEUED job from :meth:`Store.create_job`'s fields."""
+    regen = int(fields.get("regen", 0))
+    key = fields.get("key") or job_key(
+        fields["user"],
+        fields["chat"],
+        fields["identity_name"],
+        fields["identity_date"],
+        fields["revision"],
+        regen,
+    )
+    return {
+        "id": fields.get("id") or new_job_id(int(now.timestamp() * 1000)),
+        "key": key,
+        "user": str(fields["user"]),
+        "chat": str(fields["chat"]),
+        "character": str(fields["character"]),
+        "is_group": int(bool(fields["is_group"])),
+        "speaker": str(fields["speaker"]),
+        "message_index": int(fields["message_index"]),
+        "identity_name": str(fields["identity_name"]),
+        "identity_date": str(fields["identity_date"]),
+        "revision": str(fields["revision"]),
+        "regen": regen,
+        "excerpt": str(fields.get("excerpt", "")),
+        "source": str(fields.get("source", "auto")),
+        "state": JobState(fields.get("state", JobState.QUEUED)).value,
+        "attempts": 0,
+        "last_error": None,
+        "prompt": fields.get("prompt"),
+        "images": to_json(list(fields.get("images", ()))),
+        "meta": to_json(dict(fields.get("meta") or {})),
+        "created_at": stamp(now),
+        "updated_at": stamp(now),
+        "next_attempt_at": stamp(fields.get("next_attempt_at") or now),
+    }
+
+
+class Jobs(Database):
+    """Jobs: idempotent creation, guarded state changes, the queries the runner and CLI use."""
+
+    async def create_job(self, **fields: Any) -> Job | None:
+        """Insert a queued job; ``None`` if a job with the same ``key`` exists (idempotent).
+
+        Required: user, chat, character, is_group, speaker, message_index, identity_name,
+        identity_date, revision. Optional: excerpt (""), source ("auto"), state (queued),
+        prompt, images, meta, regen (0), key (computed by :func:`job_key`), id, now,
+        next_attempt_at (now). A job created with a prompt skips the prompt step.
+        """
+        missing = _CREATE_REQUIRED - fields.keys()
+        unknown = fields.keys() - _CREATE_REQUIRED - _CREATE_OPTIONAL
+        problems = [f"missing {sorted(missing)}"] if missing else []
+        if unknown:
+            problems.append(f"unknown fields {sorted(unknown)}")
+        if problems:
+            raise TypeError(f"create_job: {', '.join(problems)}")
+        row = _new_job_row(fields, aware_utc(fields.get("now") or now_utc()))
+
+        def _insert(conn: sqlite3.Connection) -> Job | None:
+            cur = conn.execute(
+                f"INSERT INTO jobs ({', '.join(row)}) VALUES ({marks(len(row))}) "
+                f"ON CONFLICT (key) DO NOTHING RETURNING {_JOB_COLUMNS}",
+                tuple(row.values()),
+            )
+            found = cur.fetchone()
+            return _job_from_row(found) if found else None
+
+        return await self._run(_insert, write=True)
+
+    async def find_job(self, key: str) -> Job | None:
+        """The job with this idempotency key, if any."""
+
+        def _find(conn: sqlite3.Connection) -> Job | None:
+            found = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE key = ?", (key,)
+            ).fetchone()
+            return _job_from_row(found) if found else None
+
+        return await self._run(_find, write=False)
+
+    async def get_job(self, job_id_or_prefix: str) -> Job:
+        """By id or unique prefix; JobError when unknown or ambiguous.
+
+        Prefixes are case-insensitive and read the way Crockford base32 is (O as 0, I and L
+        as 1), so an id copied by hand still matches."""
+        raw = job_id_or_prefix.strip()
+        if not raw:
+            raise JobError("no job id given")
+        prefix = raw.upper().translate(_CROCKFORD_ALIASES)
+
+        def _get(conn: sqlite3.Connection) -> list[Job]:
+            for exact_id in dict.fromkeys((raw, prefix)):
+                exact = conn.execute(
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (exact_id,)
+                ).fetchone()
+                if exact:
+                    return [_job_from_row(exact)]
+            # A range, not LIKE: no wildcard characters to escape in what the user typed.
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
+                (prefix, prefix + "\U0010ffff"),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        found = await self._run(_get, write=False)
+        if not found:
+            raise JobError(f"no job {job_id_or_prefix!r} (see `st-imagegen list`)")
+        if len(found) > 1:
+            shown = ", ".join(j.id for j in found[:5])
+            more = "" if len(found) <= 5 else ", …"
+            raise JobError(
+                f"job id {job_id_or_prefix!r} is ambiguous: it starts {shown}{more}; "
+                "give more characters"
+            )
+        return found[0]
+
+    async def list_jobs(
+        self, *, state: JobState | None = None, limit: int = 100, chat: str | None = None
+    ) -> list[Job]:
+        """Jobs, newest first."""
+        where, args = [], []
+        if state is not None:
+            where.append("state = ?")
+            args.append(JobState(state).value)
+        if chat is not None:
+            where.append("chat = ?")
+            args.append(chat)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+
+        def _list(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._run(_list, write=False)
+
+    async def jobs_in(self, states: Iterable[JobState], *, limit: int = 1000) -> list[Job]:
+        """Jobs in any of ``states``, oldest first."""
+        wanted = states_list(states)
+
+        def _list(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks(len(wanted))}) "
+                "ORDER BY id LIMIT ?",
+                (*wanted, limit),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._run(_list, write=False)
+
+    async def jobs_for_reply(self, chat: str, identity_name: str, identity_date: str) -> list[Job]:
+        """Every job of one reply (any revision, any state), oldest first."""
+
+        def _list(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE chat = ? AND identity_name = ? "
+                "AND identity_date = ? ORDER BY id",
+                (chat, identity_name, identity_date),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._run(_list, write=False)
+
+    async def due_jobs(self, now: datetime, limit: int) -> list[Job]:
+        """Queued jobs whose next_attempt_at is due, oldest first."""
+        at = stamp(now)
+
+        def _due(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
+                (at, limit),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._run(_due, write=False)
+
+    async def next_due_at(self) -> datetime | None:
+        """When the earliest queued job becomes due (for a runner's sleep), if any."""
+
+        def _next(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute(
+                "SELECT MIN(COALESCE(next_attempt_at, created_at)) FROM jobs WHERE state = 'queued'"
+            ).fetchone()
+            return parse_stamp(row[0]) if row and row[0] else None
+
+        return await self._run(_next, write=False)
+
+    async def transition(
+        self,
+        job_id: str,
+        expected: States,
+        new: JobState,
+        **fields: Any,
+    ) -> Job | None:
+        """Move a job to ``new`` only if its state is in ``expected``; ``None`` otherwise.
+
+        Fields: attempts, last_error, prompt, images, meta (replaces), meta_update (merged into
+        meta), next_attempt_at, message_index, now. ``None`` also for an unknown id.
+        """
+        unknown = fields.keys() - _TRANSITION_FIELDS
+        if unknown:
+            raise TypeError(f"transition: unknown fields {sorted(unknown)}")
+        wanted = states_list(expected)
+        new_state = JobState(new)
+        now = aware_utc(fields.pop("now", None) or now_utc())
+        meta_update = fields.pop("meta_update", None)
+        sets: dict[str, Any] = {"state": new_state.value, "updated_at": stamp(now)}
+        for name, value in fields.items():
+            if name == "images":
+                sets[name] = to_json(list(value))
+            elif name == "meta":
+                sets[name] = to_json(dict(value))
+            elif name == "next_attempt_at":
+                sets[name] = stamp(value) if value is not None else None
+            else:
+                sets[name] = value
+
+        def _move(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                f"SELECT state, meta FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
+                (job_id, *wanted),
+            ).fetchone()
+            if row is None:
+                return None
+            if meta_update:
+                meta = json.loads(sets["meta"]) if "meta" in sets else json.loads(row["meta"])
+                meta.update(meta_update)
+                sets["meta"] = to_json(meta)
+            assignments = ", ".join(f"{k} = ?" for k in sets)
+            found = conn.execute(
+                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_JOB_COLUMNS}",
+                (*sets.values(), job_id),
+            ).fetchone()
+            return _job_from_row(found)
+
+        return await self._run(_move, write=True)
+
+    async def reschedule(
+        self,
+        job_id: str,
+        error: str,
+        delay: float | timedelta,
+        *,
+        expected: States = ACTIVE_STATES,
+        max_attempts: int | None = None,
+        now: datetime | None = None,
+    ) -> Job | None:
+        """A transient failure: back to QUEUED with attempts+1, due after ``delay``.
+
+        With ``max_attempts``, the attempt that reaches it fails the job instead ("gave up after
+        N attempts: <error>"). ``None`` if the job is not in ``expected``.
+        """
+        wanted = states_list(expected)
+        at = aware_utc(now or now_utc())
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
+        due = at + timedelta(seconds=max(0.0, seconds))
+
+        def _resched(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(
+                f"SELECT attempts FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
+                (job_id, *wanted),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts = row["attempts"] + 1
+            if max_attempts is not None and attempts >= max_attempts:
+                state, message, next_at = (
+                    JobState.FAILED.value,
+                    f"gave up after {attempts} attempts: {error}",
+                    None,
+                )
+            else:
+                state, message, next_at = JobState.QUEUED.value, error, stamp(due)
+            found = conn.execute(
+                "UPDATE jobs SET state = ?, attempts = ?, last_error = ?, next_attempt_at = ?, "
+                f"updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}",
+                (state, attempts, message, next_at, stamp(at), job_id),
+            ).fetchone()
+            return _job_from_row(found)
+
+        return await self._run(_resched, write=True)
+
+    async def fail(
+        self,
+        job_id: str,
+        error: str,
+        *,
+        expected: States = OPEN_STATES,
+        now: datetime | None = None,
+    ) -> Job | None:
+        """A permanent failure: FAILED with ``error`` as the reason (from any open state)."""
+        return await self.transition(
+            job_id, expected, JobState.FAILED, last_error=error, next_attempt_at=None, now=now
+        )
+
+    async def regenerate(
+        self,
+        job_id: str,
+        *,
+        prompt: str | None = None,
+        expected: States = REGEN_FROM_STATES,
+        now: datetime | None = None,
+    ) -> Job:
+        """Replace a job by a new one for the same reply and revision (``regen`` counter + 1).
+
+        The new job is QUEUED with ``source="regen"`` and ``prompt`` (or the old job's prompt;
+        a job with a prompt skips the prompt step); the old one becomes SUPERSEDED ("regenerated
+        as <id>"), atomically. JobError when the job is unknown or not in ``expected``.
+        """
+        old = await self.get_job(job_id)
+        wanted = states_list(expected)
+        at = aware_utc(now or now_utc())
+
+        def _regen(conn: sqlite3.Connection) -> Job:
+            row = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (old.id,)
+            ).fetchone()
+            current = _job_from_row(row)
+            if current.state.value not in wanted:
+                raise JobError(
+                    f"job {current.id} is {current.state.value}; only "
+                    f"{', '.join(wanted)} jobs can be regenerated"
+                )
+            top = conn.execute(
+                "SELECT MAX(regen) FROM jobs WHERE chat = ? AND identity_name = ? "
+                "AND identity_date = ? AND revision = ? AND user = ?",
+                (
+                    current.chat,
+                    current.identity_name,
+                    current.identity_date,
+                    current.revision,
+                    current.user,
+                ),
+            ).fetchone()[0]
+            regen = int(top or 0) + 1
+            meta = dict(current.meta)
+            meta["regen_of"] = current.id
+            values = _new_job_row(
+                {
+                    **{name: getattr(current, name) for name in _CREATE_REQUIRED},
+                    "excerpt": current.excerpt,
+                    "source": "regen",
+                    "regen": regen,
+                    "prompt": prompt if prompt is not None else current.prompt,
+                    "meta": meta,
+                },
+                at,
+            )
+            new_id = values["id"]
+            created = conn.execute(
+                f"INSERT INTO jobs ({', '.join(values)}) VALUES ({marks(len(values))}) "
+                f"RETURNING {_JOB_COLUMNS}",
+                tuple(values.values()),
+            ).fetchone()
+            conn.execute(
+                "UPDATE jobs SET state = 'superseded', last_error = ?, next_attempt_at = NULL, "
+                "updated_at = ? WHERE id = ?",
+                (f"regenerated as job {new_id}", stamp(at), current.id),
+            )
+            return _job_from_row(created)
+
+        return await self._run(_regen, write=True)
+
+    async def supersede(
+        self,
+        user: str,
+        chat: str,
+        identity_name: str,
+        identity_date: str,
+        keep_revision: str | None,
+        reason: str,
+        *,
+        now: datetime | None = None,
+    ) -> list[Job]:
+        """Supersede queued, running and pending jobs of that reply whose revision differs from
+        ``keep_revision`` (all of them when it is ``None``). Accepted and final jobs are left
+        alone: the committer checks the revision of accepted ones itself."""
+        at = stamp(now or now_utc())
+        states = states_list(SUPERSEDABLE_STATES)
+
+        def _sup(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "UPDATE jobs SET state = 'superseded', last_error = ?, next_attempt_at = NULL, "
+                "updated_at = ? WHERE user = ? AND chat = ? AND identity_name = ? "
+                f"AND identity_date = ? AND state IN ({marks(len(states))}) "
+                f"AND (? IS NULL OR revision != ?) RETURNING {_JOB_COLUMNS}",
+                (
+                    reason,
+                    at,
+                    user,
+                    chat,
+                    identity_name,
+                    identity_date,
+                    *states,
+                    keep_revision,
+                    keep_revision,
+                ),
+            ).fetchall()
+            return sorted((_job_from_row(r) for r in rows), key=lambda j: j.id)
+
+        return await self._run(_sup, write=True)
+
+    async def supersede_chat(
+        self, chat: str, reason: str, *, now: datetime | None = None
+    ) -> list[Job]:
+        """Supersede every queued, running and pending job of a chat (the chat is gone)."""
+        at = stamp(now or now_utc())
+        states = states_list(SUPERSEDABLE_STATES)
+
+        def _sup(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "UPDATE jobs SET state = 'superseded', last_error = ?, next_attempt_at = NULL, "
+                f"updated_at = ? WHERE chat = ? AND state IN ({marks(len(states))}) "
+                f"RETURNING {_JOB_COLUMNS}",
+                (reason, at, chat, *states),
+            ).fetchall()
+            return sorted((_job_from_row(r) for r in rows), key=lambda j: j.id)
+
+        return await self._run(_sup, write=True)
+
+    async def resume_after_crash(self, *, now: datetime | None = None) -> int:
+        """Jobs left in PROMPTING/IMAGING go back to QUEUED, due now; returns how many.
+
+        Only the daemon calls this, once at start (a CLI process must not: the daemon may be
+        running those jobs)."""
+        at = stamp(now or now_utc())
+
+        def _resume(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'queued', next_attempt_at = ?, updated_at = ? "
+                "WHERE state IN ('prompting', 'imaging')",
+                (at, at),
+            )
+            return cur.rowcount
+
+        return await self._run(_resume, write=True)
+
+    async def counts(self) -> dict[JobState, int]:
+        """Jobs per state (every state present, zeros included)."""
+
+        def _counts(conn: sqlite3.Connection) -> dict[JobState, int]:
+            result = dict.fromkeys(JobState, 0)
+            for row in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+                result[JobState(row[0])] = row[1]
+            return result
+
+        return await self._run(_counts, write=False)
+
+    async def recent_errors(self, limit: int = 5) -> list[Job]:
+        """Jobs with a last error, most recently updated first (for ``status``)."""
+
+        def _errors(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE last_error IS NOT NULL "
+                "ORDER BY updated_at DESC, id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._run(_errors, write=False)

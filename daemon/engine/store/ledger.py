@@ -1,0 +1,124 @@
+"""The ``ledger`` table: every image message we committed, watched until a later version of
+the chat written by someone else contains it (acknowledged) or it is retired."""
+
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from daemon.engine.store.db import Database
+from daemon.engine.store.model import LedgerEntry, now_utc, parse_stamp, stamp, to_json
+from daemon.errors import StoreError
+
+
+def _ledger_from_row(row: sqlite3.Row) -> LedgerEntry:
+    return LedgerEntry(
+        job_id=row["job_id"],
+        user=row["user"],
+        chat=row["chat"],
+        identity_name=row["identity_name"],
+        identity_date=row["identity_date"],
+        revision=row["revision"],
+        message=json.loads(row["message"]),
+        acknowledged=bool(row["acknowledged"]),
+        retired=row["retired"],
+        created_at=parse_stamp(row["created_at"]),
+        updated_at=parse_stamp(row["updated_at"]),
+    )
+
+
+class Ledger(Database):
+    """The commit ledger (for reconcile)."""
+
+    async def ledger_add(
+        self,
+        *,
+        job_id: str,
+        user: str,
+        chat: str,
+        identity_name: str,
+        identity_date: str,
+        revision: str,
+        message: Mapping[str, Any],
+        now: datetime | None = None,
+    ) -> None:
+        """Remember a committed message; idempotent per ``job_id`` (the first entry stays).
+
+        StoreError if no job has that id."""
+        at = stamp(now or now_utc())
+        text = to_json(dict(message))
+
+        def _add(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+                raise StoreError(f"cannot add job {job_id} to the commit ledger: no such job")
+            conn.execute(
+                "INSERT INTO ledger (job_id, user, chat, identity_name, identity_date, revision, "
+                "message, acknowledged, retired, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+                (job_id, user, chat, identity_name, identity_date, revision, text, at, at),
+            )
+
+        await self._run(_add, write=True)
+
+    async def ledger_get(self, job_id: str) -> LedgerEntry | None:
+        def _get(conn: sqlite3.Connection) -> LedgerEntry | None:
+            row = conn.execute("SELECT * FROM ledger WHERE job_id = ?", (job_id,)).fetchone()
+            return _ledger_from_row(row) if row else None
+
+        return await self._run(_get, write=False)
+
+    async def ledger_for_chat(self, chat: str, *, open_only: bool = True) -> list[LedgerEntry]:
+        """The chat's entries, oldest first; open = neither acknowledged nor retired."""
+        clause = " AND acknowledged = 0 AND retired IS NULL" if open_only else ""
+
+        def _list(conn: sqlite3.Connection) -> list[LedgerEntry]:
+            rows = conn.execute(
+                f"SELECT * FROM ledger WHERE chat = ?{clause} ORDER BY created_at, job_id",
+                (chat,),
+            ).fetchall()
+            return [_ledger_from_row(r) for r in rows]
+
+        return await self._run(_list, write=False)
+
+    async def ledger_acknowledge(self, job_id: str, *, now: datetime | None = None) -> bool:
+        """A version written by someone else contained the message; True if it changed."""
+        return await self._ledger_set(job_id, "acknowledged = 1", (), "acknowledged = 0", now)
+
+    async def ledger_retire(self, job_id: str, reason: str, *, now: datetime | None = None) -> bool:
+        """Stop watching the message (deleted by the user, reply gone); True if it changed."""
+        return await self._ledger_set(job_id, "retired = ?", (reason,), "retired IS NULL", now)
+
+    async def _ledger_set(
+        self,
+        job_id: str,
+        assignment: str,
+        args: tuple[Any, ...],
+        unless: str,
+        now: datetime | None,
+    ) -> bool:
+        at = stamp(now or now_utc())
+
+        def _set(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                f"UPDATE ledger SET {assignment}, updated_at = ? WHERE job_id = ? AND {unless}",
+                (*args, at, job_id),
+            )
+            return cur.rowcount > 0
+
+        return await self._run(_set, write=True)
+
+    async def chats_with_open_ledger(self) -> set[str]:
+        def _chats(conn: sqlite3.Connection) -> set[str]:
+            return {
+                row[0]
+                for row in conn.execute(
+                    "SELECT DISTINCT chat FROM ledger WHERE acknowledged = 0 AND retired IS NULL"
+                )
+            }
+
+        return await self._run(_chats, write=False)

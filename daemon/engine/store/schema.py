@@ -1,0 +1,176 @@
+"""The schema and its migrations (the only place tables are defined), and opening a connection.
+
+The schema is versioned with ``PRAGMA user_version``; migration N (1-based) brings it from N-1
+to N in one transaction. Add a migration by appending to :data:`MIGRATIONS`; never edit one
+that has shipped.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon.engine.store.model import JobState
+from daemon.errors import StoreError
+
+BUSY_TIMEOUT_MS = 15_000
+"""How long a statement waits for another process's write lock before failing."""
+
+
+_STATES_SQL = ", ".join(f"'{s.value}'" for s in JobState)
+
+MIGRATIONS: Sequence[str] = (
+    # 1: the first schema
+    f"""
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        user TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        character TEXT NOT NULL,
+        is_group INTEGER NOT NULL,
+        speaker TEXT NOT NULL,
+        message_index INTEGER NOT NULL,
+        identity_name TEXT NOT NULL,
+        identity_date TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        regen INTEGER NOT NULL DEFAULT 0,
+        excerpt TEXT NOT NULL,
+        source TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ({_STATES_SQL})),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        prompt TEXT,
+        images TEXT NOT NULL DEFAULT '[]',
+        meta TEXT NOT NULL DEFAULT '{{}}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        next_attempt_at TEXT
+    );
+    CREATE INDEX jobs_state_due ON jobs (state, next_attempt_at);
+    CREATE INDEX jobs_reply ON jobs (chat, identity_name, identity_date);
+    CREATE INDEX jobs_updated ON jobs (updated_at);
+    CREATE TABLE cursors (
+        chat TEXT PRIMARY KEY,
+        cursor TEXT NOT NULL,
+        data TEXT NOT NULL DEFAULT '{{}}',
+        first_seen TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE ledger (
+        job_id TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        user TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        identity_name TEXT NOT NULL,
+        identity_date TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        message TEXT NOT NULL,
+        acknowledged INTEGER NOT NULL DEFAULT 0,
+        retired TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX ledger_chat ON ledger (chat);
+    CREATE TABLE our_writes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        at TEXT NOT NULL
+    );
+    CREATE INDEX our_writes_chat ON our_writes (chat, id);
+    """,
+)
+"""Ordered schema migrations; migration N (1-based) brings ``user_version`` from N-1 to N."""
+
+
+def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StoreError(
+            f"the state database {str(path)!r} stayed locked by another process for over "
+            f"{BUSY_TIMEOUT_MS // 1000} s; try again"
+        )
+    if "not a database" in text or "malformed" in text:
+        return StoreError(f"the state database {str(path)!r} is damaged or not a database: {text}")
+    if "readonly" in text or "unable to open" in text:
+        return StoreError(
+            f"the state database {str(path)!r} cannot be written: {text} "
+            "(check the state dir's permissions)"
+        )
+    return StoreError(f"state database {str(path)!r}: {text}")
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the state dir {str(path.parent)!r}: {exc.strerror}"
+        ) from None
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            os.fspath(path),
+            isolation_level=None,  # we issue BEGIN IMMEDIATE ourselves
+            check_same_thread=False,  # used from worker threads, always under Store._lock
+            timeout=BUSY_TIMEOUT_MS / 1000,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise StoreError(
+                f"the state database {str(path)!r} cannot use WAL mode (got {mode!r}); "
+                "is the state dir on a network file system?"
+            )
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        _migrate(conn, path)
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise store_error(path, exc) from exc
+    except BaseException:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Apply the missing migrations, each in its own transaction with its version bump."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"the state database {str(path)!r} has schema version {version}, newer than "
+                    f"this st-imagegen knows ({len(MIGRATIONS)}); upgrade st-imagegen"
+                )
+            if version == len(MIGRATIONS):
+                conn.rollback()
+                return
+            for statement in _statements(MIGRATIONS[version]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit our transaction; split on statement ends instead.
+    parts, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                parts.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        parts.append(buf.strip())
+    return parts

@@ -1,0 +1,143 @@
+"""The layout tells the architecture: no import cycles, each table's SQL in its own module."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from daemon.engine.store import Cursors, Jobs, Ledger, OurWrites, Store
+
+PACKAGE = Path(__file__).resolve().parents[2] / "daemon"
+STORE = PACKAGE / "engine" / "store"
+
+
+def _module(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """Every daemon module ``path`` imports, at module level or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        found.update(name for name in names if name in known)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    known = set(files)
+    return {name: _imports(path, known) - {name} for name, path in files.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components larger than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _package_parents(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    # "import daemon.x" from inside daemon/__init__ is not a cycle worth reporting; only edges
+    # between real modules count, and a package's __init__ re-exporting its own modules is fine.
+    return {
+        v: {w for w in ws if not (v.startswith(w + ".") or w.startswith(v + "."))}
+        for v, ws in graph.items()
+    }
+
+
+def test_the_chat_codec_does_not_import_the_scanner() -> None:
+    graph = _graph()
+    assert "daemon.tavern.scan" not in graph["daemon.tavern.chat"]
+    assert "daemon.tavern.chat" in graph["daemon.tavern.scan"]
+
+
+def test_no_module_of_the_daemon_imports_itself_back() -> None:
+    assert _cycles(_package_parents(_graph())) == []
+
+
+_TABLE_WORDS = re.compile(r"\b(?:FROM|INTO|UPDATE|JOIN|TABLE|ON)\s+([a-z_]+)\b")
+_OWN_TABLES = {
+    "jobs.py": {"jobs"},
+    "cursors.py": {"cursors"},
+    "ledger.py": {"ledger", "jobs"},  # ledger_add checks the job exists (the foreign key's rule)
+    "writes.py": {"our_writes"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(_OWN_TABLES))
+def test_each_table_class_touches_only_its_own_table(module: str) -> None:
+    text = (STORE / module).read_text(encoding="utf-8")
+    used = set(_TABLE_WORDS.findall(text)) - {"conflict"}
+    assert used, f"{module} runs no SQL?"
+    assert used <= _OWN_TABLES[module], f"{module} reaches into {used - _OWN_TABLES[module]}"
+
+
+def test_the_schema_is_defined_only_in_schema_py() -> None:
+    ddl = re.compile(r"\b(CREATE|ALTER|DROP)\s+(TABLE|INDEX)\b")
+    where = sorted(
+        str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if ddl.search(p.read_text())
+    )
+    assert where == ["engine/store/schema.py"]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_each_table_class_works_alone_over_its_own_connection(tmp_path: Path) -> None:
+    from daemon.tavern.chat import Cursor
+
+    path = tmp_path / "state.db"
+    async with await Cursors.open(path) as cursors:
+        await cursors.set_cursor(
+            "u/chats/A/a.jsonl", Cursor.from_json('{"recent": [], "message_count": 0, "size": 0}')
+        )
+        assert await cursors.known_chats() == {"u/chats/A/a.jsonl"}
+    async with await OurWrites.open(path) as writes:
+        await writes.record_write("u/chats/A/a.jsonl", "ab" * 32)
+        assert await writes.is_our_write("u/chats/A/a.jsonl", "ab" * 32)
+    async with await Store.open(path) as store:  # all of them, the same rows
+        assert await store.known_chats() == {"u/chats/A/a.jsonl"}
+        assert isinstance(store, Jobs) and isinstance(store, Ledger)
