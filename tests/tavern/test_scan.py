@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import daemon.tavern.chat as chat_mod
 import daemon.tavern.scan as scan_mod
 from daemon.errors import ChatReadError
 from daemon.tavern.chat import (
