@@ -31,7 +31,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -326,6 +326,27 @@ class Approval:
         except FileNotFoundError:
             return []
         return [path for _, path in sorted(found)]
+
+    def discard_images(self, job_id: str, names: Iterable[str]) -> int:
+        """Remove the named images (not kept on accept) from the job's folder; returns how many.
+
+        Only regular image files directly in the folder are touched (never a symlink's target)."""
+        folder = self.find(job_id)
+        if folder is None:
+            return 0
+        removed = 0
+        for name in names:
+            if not _IMAGE.match(name) or name != Path(name).name:
+                continue
+            path = folder / name
+            try:
+                if not stat.S_ISREG(path.lstat().st_mode):
+                    continue
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def drop_prompt(self, job_id: str) -> str | None:
         """The prompt for a folder dropped into ``regenerate/``: ``prompt.txt`` if present and

@@ -377,7 +377,11 @@ class Committer:
         it in the ledger; returns the ledger's message (the first one recorded wins)."""
         assert plan.reply is not None
         reply = plan.reply.message
-        kept = await anyio.to_thread.run_sync(self.approval.kept_images, job.id)
+        present = {
+            p.name: p for p in await anyio.to_thread.run_sync(self.approval.kept_images, job.id)
+        }
+        # Exactly the images the user kept, in their order: never whatever else is in the folder.
+        kept = [present[name] for name in job.images if name in present]
         if not kept:
             raise _NotCommittable(REASON_NO_IMAGES)
         folder = self._image_folder(job, reply)

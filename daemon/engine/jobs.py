@@ -422,34 +422,41 @@ async def _commit(job: Job, deps: JobDeps) -> Job:
 async def accept_job(
     store: Store, approval: Approval, job_ref: str, keep: Sequence[int] | None = None
 ) -> Job:
-    """PENDING -> ACCEPTED, keeping only images ``keep`` (1-based) when given.
+    """PENDING -> ACCEPTED, keeping only images ``keep`` (1-based, in the user's order) when
+    given, else every image still in the job's folder.
 
-    Images the user deleted from the job's folder are not kept either.
+    Images the user deleted from the folder are not kept either. The images not kept are
+    removed from the folder and remembered in ``meta["not_kept"]``; the committer commits
+    exactly ``job.images``, in that order.
     """
     job = await store.get_job(job_ref)
     _check_actionable(job, "accept")
-    kept = await anyio.to_thread.run_sync(approval.kept_images, job.id)
+    present = [p.name for p in await anyio.to_thread.run_sync(approval.kept_images, job.id)]
     if keep:
-        wanted = sorted(set(keep))
+        wanted = list(dict.fromkeys(keep))
         bad = [n for n in wanted if n < 1 or n > len(job.images)]
         if bad:
             raise JobError(
                 f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]} to keep"
             )
-        names = {job.images[n - 1] for n in wanted}
-        kept = [p for p in kept if p.name in names]
-    if not kept:
+        chosen = [job.images[n - 1] for n in wanted if job.images[n - 1] in present]
+    else:
+        chosen = present
+    if not chosen:
         raise JobError(f"job {job.id} has no images left to accept (reject it instead)")
+    not_kept = [name for name in dict.fromkeys((*job.images, *present)) if name not in chosen]
     moved = await store.transition(
         job.id,
         JobState.PENDING,
         JobState.ACCEPTED,
-        images=tuple(p.name for p in kept),
+        images=tuple(chosen),
+        meta_update={"not_kept": not_kept},
         next_attempt_at=None,
         last_error=None,
     )
     if moved is None:
         return _raise_state(await store.get_job(job.id), "accept")
+    await anyio.to_thread.run_sync(approval.discard_images, job.id, not_kept)
     return moved
 
 

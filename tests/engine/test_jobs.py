@@ -355,3 +355,54 @@ async def test_runner_cancel_and_drain_requeue(deps: JobDeps, fake_api: FakeAPI)
     assert (await deps.store.get_job(a.id)).state is JobState.SUPERSEDED
     assert (await deps.store.get_job(b.id)).state is JobState.QUEUED  # resumed at next start
     assert not deps.approval.pending_path(a.id).exists()
+
+
+async def test_accept_commits_exactly_the_kept_images_in_the_users_order(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    """Regression: ``accept --keep`` committed every image in the folder, not the kept ones."""
+    from daemon.engine.commit import message_urls
+
+    config = make_config(st_root_latest, image={"n": 3})
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as deps:
+        path = write_chat(deps.root, "kept", ["A lantern.", "A river."])
+        first, second = [await job_for(deps, path, i) for i in range(2)]
+        for job in (first, second):
+            assert (await run_job_once(job, deps)).state is JobState.PENDING
+        shown = (await deps.store.get_job(first.id)).images
+        assert len(shown) == 3
+        pending = {n: (deps.approval.pending_path(first.id) / n).read_bytes() for n in shown}
+
+        accepted = await accept_job(deps.store, deps.approval, first.id, keep=[3, 1, 3])
+        assert accepted.images == ("image-3.png", "image-1.png")  # the user's order, once each
+        assert accepted.meta["not_kept"] == ["image-2.png"]
+        folder = deps.approval.pending_path(first.id)
+        assert sorted(p.name for p in folder.iterdir() if p.suffix == ".png") == [
+            "image-1.png",
+            "image-3.png",
+        ]
+        (folder / "image-2.png").write_bytes(pending["image-2.png"])  # put back by hand: ignored
+        done = await run_job_once(accepted, deps)
+        assert done.state is JobState.COMMITTED
+
+        chat, _ = read_chat(path)
+        message = chat.find_marker(first.id)
+        assert message is not None
+        urls = message_urls(message.data)
+        assert len(urls) == 2
+        images_dir = deps.root / "default-user" / "user" / "images"
+        written = [images_dir / url.removeprefix("/user/images/") for url in urls]
+        assert [p.read_bytes() for p in written] == [pending["image-3.png"], pending["image-1.png"]]
+        on_disk = [p for p in images_dir.rglob("*") if p.is_file() and first.id in p.name]
+        assert sorted(on_disk) == sorted(written)  # nothing else of this job reached the folder
+
+        # The drop-folder way: the user deletes an image and accepts the rest.
+        (deps.approval.pending_path(second.id) / "image-1.png").unlink()
+        kept = await accept_job(deps.store, deps.approval, second.id)
+        assert kept.images == ("image-2.png", "image-3.png")
+        assert kept.meta["not_kept"] == ["image-1.png"]
+        assert (await run_job_once(kept, deps)).state is JobState.COMMITTED
+        chat, _ = read_chat(path)
+        message = chat.find_marker(second.id)
+        assert message is not None and len(message_urls(message.data)) == 2
