@@ -16,6 +16,7 @@ __all__ = [
     "clean_reply",
     "collapse",
     "is_refusal",
+    "join_prompt",
     "strip_html",
     "strip_think",
 ]
@@ -194,3 +195,24 @@ def cap_at_word(text: str, limit: int) -> str:
     # Only back off to a space if that keeps most of the budget (one giant "word" is cut hard).
     cut = cut[:space] if space >= limit // 2 else text[:limit]
     return cut.rstrip(" ,;:-")
+
+
+_SEPARATORS = ",;:."
+
+
+def join_prompt(prefix: str, core: str, suffix: str) -> str:
+    """Prefix, prompt and suffix joined the way a user writes tags.
+
+    A part that brings its own separator keeps it ("anime style," + core; core + ", soft light",
+    with no space before the comma); other parts are joined with ", ", the separator of image
+    prompts. Empty parts vanish.
+    """
+    out = core.strip()
+    if prefix := prefix.strip():
+        out = f"{prefix} {out}" if prefix[-1] in _SEPARATORS else f"{prefix}, {out}"
+    if suffix := suffix.strip():
+        if suffix[0] in _SEPARATORS:
+            out = out.rstrip(_SEPARATORS + " ") + suffix
+        else:
+            out = f"{out}, {suffix}"
+    return out

@@ -25,6 +25,7 @@ from daemon.providers.cleanup import (
     clean_reply,
     collapse,
     is_refusal,
+    join_prompt,
 )
 from daemon.providers.http import (
     BearerAuth,
@@ -339,9 +340,9 @@ class PromptWriter:
     def _finish(self, core: str) -> WrittenPrompt:
         s = self._settings
         prefix, suffix = s.prefix.strip(), s.suffix.strip()
-        room = s.max_prompt_chars - sum(len(p) + 1 for p in (prefix, suffix) if p)
+        room = s.max_prompt_chars - (len(join_prompt(prefix, "x", suffix)) - 1)
         core = cap_at_word(core, max(room, 0)) if room > 0 else ""
-        prompt = " ".join(p for p in (prefix, core, suffix) if p)
+        prompt = join_prompt(prefix, core, suffix) if core else ""
         prompt = cap_at_word(prompt, s.max_prompt_chars)
         if not core:
             raise BadResponseError(

@@ -12,6 +12,7 @@ from daemon.providers.cleanup import (
     clean_answer,
     clean_reply,
     is_refusal,
+    join_prompt,
     strip_think,
 )
 
@@ -123,3 +124,22 @@ def test_clean_answer_is_total(text: str) -> None:
         return
     assert "\n" not in out
     assert "<think>" not in out.lower()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "suffix", "joined"),
+    [
+        ("", ", soft light", "a red lantern, soft light"),  # regression: was "lantern , soft"
+        ("", "soft light", "a red lantern, soft light"),
+        ("anime style,", "", "anime style, a red lantern"),
+        ("anime style", "", "anime style, a red lantern"),
+        (" masterpiece, ", " ; 4k ", "masterpiece, a red lantern; 4k"),
+        ("", "", "a red lantern"),
+    ],
+)
+def test_join_prompt_reads_as_a_user_writes_it(prefix: str, suffix: str, joined: str) -> None:
+    assert join_prompt(prefix, "a red lantern", suffix) == joined
+
+
+def test_join_prompt_drops_the_cores_own_stop_before_a_separator() -> None:
+    assert join_prompt("", "a red lantern.", ", soft light") == "a red lantern, soft light"

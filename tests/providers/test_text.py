@@ -278,7 +278,7 @@ async def test_prompt_is_capped_at_a_word_with_prefix_and_suffix(
         max_prompt_chars=30,
     )
     result = await w.write(ITEM)
-    assert result.prompt == "PRE, one two three four , SUF"
+    assert result.prompt == "PRE, one two three four, SUF"  # no space before the comma
     assert len(result.prompt) <= 30
     assert result.negative == "blurry"
 
