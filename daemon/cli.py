@@ -7,7 +7,10 @@ Each command imports what it needs when it runs, so ``--help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -72,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="PATH",
         help="config file (default: $ST_IMAGEGEN_CONFIG, then ~/.config/st-imagegen/config.toml)",
+    )
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an unexpected failure",
     )
     common.add_argument(
         "--data-root",
@@ -173,20 +181,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return _dispatch(args)
-    except KeyboardInterrupt:
+    except BaseException as exc:  # every failure becomes one line (or a traceback with --debug)
+        if getattr(args, "debug", False) and not isinstance(exc, KeyboardInterrupt):
+            raise
+        return _exit_for(exc)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, in order; the task group wraps them."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _exit_for(exc: BaseException) -> int:
+    """The exit code for a failure, after printing it as one line on stderr."""
+    from daemon.errors import StImagegenError
+
+    leaves = _leaves(exc)
+    if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+        # `st-imagegen list | head -1`: the reader has gone; say nothing, as `ls | head` does.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
         return 130
-    except CommandError as exc:
-        return _fail(str(exc))
-    except OSError as exc:
+    known = [leaf for leaf in leaves if isinstance(leaf, CommandError | StImagegenError | OSError)]
+    if known:
+        return _fail(_describe(known[0]))
+    first = leaves[0]
+    if isinstance(first, SystemExit) and isinstance(first.code, int):
+        return first.code
+    return _fail(
+        f"unexpected {type(first).__name__}: {first} (a bug: run the same command with --debug "
+        "for the details and report it)"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, CommandError):
         # The state dir or a file we need is not usable (permissions, disk full, ...).
         where = f": {exc.filename}" if exc.filename else ""
-        return _fail(f"{exc.strerror or exc}{where}")
-    except Exception as exc:
-        from daemon.errors import StImagegenError
-
-        if isinstance(exc, StImagegenError):
-            return _fail(str(exc))
-        raise
+        return f"{exc.strerror or exc}{where}"
+    return str(exc)
 
 
 def _fail(message: str) -> int:

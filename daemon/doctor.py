@@ -12,6 +12,7 @@ import contextlib
 import os
 import pwd
 import secrets
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import httpx
 
 from daemon.config import Config
 from daemon.engine.status import HEARTBEAT_STALE_SECONDS, daemon_status
+from daemon.engine.store.schema import damaged_message
 from daemon.errors import (
     AuthError,
     ConfigError,
@@ -70,7 +72,7 @@ DROP_FOLDERS = 3
 
 _SAMPLE = 3  # failing paths named in a message
 
-Status = Literal["PASS", "FAIL", "SKIP"]
+Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class CheckResult:
 
     def render(self) -> str:
         line = f"{self.status}  {self.name}: {self.detail}"
-        return f"{line}\n      fix: {self.fix}" if self.fix and not self.ok else line
+        return f"{line}\n      fix: {self.fix}" if self.fix and self.status != "PASS" else line
 
 
 def _pass(name: str, detail: str) -> CheckResult:
@@ -97,6 +99,10 @@ def _pass(name: str, detail: str) -> CheckResult:
 
 def _fail(name: str, detail: str, fix: str) -> CheckResult:
     return CheckResult(name, "FAIL", detail, fix)
+
+
+def _warn(name: str, detail: str, fix: str = "") -> CheckResult:
+    return CheckResult(name, "WARN", detail, fix)
 
 
 def _skip(name: str, detail: str) -> CheckResult:
@@ -292,6 +298,30 @@ def check_state_dir(config: Config) -> CheckResult:
     return _pass("state dir", f"{state} is writable")
 
 
+def check_state_db(config: Config) -> CheckResult:
+    """The state database opens read-only and ``PRAGMA quick_check`` finds nothing."""
+    path = config.db_path
+    if not path.exists():
+        return _pass("state database", f"{path} does not exist yet (made at the first start)")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        try:
+            rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        rows = [str(exc)]
+    if rows == ["ok"]:
+        return _pass("state database", f"{path} is sound (quick_check)")
+    return _fail(
+        "state database",
+        damaged_message(path, rows).split("; stop the daemon")[0],
+        f"stop the daemon, move {path.name} (and {path.name}-wal, {path.name}-shm) aside and "
+        "start again; only job history and pending jobs are lost, never chat data (README: "
+        "Recovering the state database)",
+    )
+
+
 def _walk_dirs(root: Path) -> Iterator[str]:
     for dirpath, _dirnames, _files in os.walk(root, followlinks=False):
         yield dirpath
@@ -370,22 +400,24 @@ def _check_api(
     api_url: str,
     model: str,
     timeout: float,
-    check: Callable[[httpx.AsyncClient], Awaitable[None]],
+    check: Callable[[httpx.AsyncClient], Awaitable[str | None]],
 ) -> CheckResult:
     """One request through ``check`` (a provider's own check, one attempt), judged."""
     if not api_url:
         env = f"ST_IMAGEGEN_{section.upper()}__API_URL"
         return _fail(name, f"{section}.api_url is not set", f"set {section}.api_url ({env})")
 
-    async def run() -> None:
+    async def run() -> str | None:
         async with make_client() as client:
             with anyio.fail_after(timeout + API_CHECK_GRACE_SECONDS):
-                await check(client)
+                return await check(client)
 
     try:
-        anyio.run(run)
+        warning = anyio.run(run)
     except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
         return _api_failure(name, section, api_url, exc)
+    if warning:
+        return _warn(name, f"{api_url} answered, but {warning}", f"check {section}.model")
     return _pass(name, f"{api_url} answered (model {model})")
 
 
@@ -394,8 +426,9 @@ def check_prompt_api(config: Config) -> CheckResult:
     if text.mode == "template":
         return _skip("prompt API", "not used (text.mode = template)")
 
-    async def check(client: httpx.AsyncClient) -> None:
+    async def check(client: httpx.AsyncClient) -> str | None:
         await PromptWriter(text, client, limits=config.limits, retry=ONE_ATTEMPT).check()
+        return None
 
     return _check_api("prompt API", "text", text.api_url, text.model, text.timeout_seconds, check)
 
@@ -405,8 +438,8 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
     if skip:
         return _skip("image API", "skipped (--skip-image)")
 
-    async def check(client: httpx.AsyncClient) -> None:
-        await ImageGenerator(image, client, limits=config.limits, retry=ONE_ATTEMPT).check()
+    async def check(client: httpx.AsyncClient) -> str | None:
+        return await ImageGenerator(image, client, limits=config.limits, retry=ONE_ATTEMPT).check()
 
     return _check_api(
         "image API", "image", image.api_url, image.model, image.timeout_seconds, check
@@ -432,6 +465,7 @@ def iter_checks(
         yield check_chats_writable(chats)
         yield check_image_folders(root, chats)
     yield check_state_dir(config)
+    yield check_state_db(config)
     yield (
         _skip("watch limit", "needs a data root")
         if root is None

@@ -26,8 +26,10 @@ import structlog
 from daemon.config import Config, SystemdEnv
 from daemon.engine import detect
 from daemon.engine.jobs import POLL_INTERVAL, JobDeps, Runner, accept_job, regen_job, reject_job
+from daemon.engine.lock import hold_state_lock
 from daemon.engine.notify import Heartbeat, Notifier
 from daemon.engine.store import Job, JobState, Store
+from daemon.engine.store.schema import damaged_message
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
 from daemon.logs import job_log
@@ -467,6 +469,10 @@ async def serve(
     root = layout.resolve_data_root(config.data_root)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     notifier = Notifier(systemd.notify_socket, systemd.watchdog_usec) if systemd else Notifier()
-    async with open_job_deps(config, root=root) as deps:
-        service = Service(config, root, deps, notifier=notifier, timings=timings)
-        return await service.run(ready=ready)
+    with hold_state_lock(config.state_dir):
+        async with open_job_deps(config, root=root) as deps:
+            # A damaged file is found here, before any job runs, not as odd failures mid-run.
+            if problems := await deps.store.integrity_problems():
+                raise StoreError(damaged_message(config.db_path, problems))
+            service = Service(config, root, deps, notifier=notifier, timings=timings)
+            return await service.run(ready=ready)

@@ -60,6 +60,7 @@ class ImageBackend(Protocol):
         self, request: ImageRequest, *, progress: ProgressCallback | None = None
     ) -> list[GeneratedImage]: ...
 
-    async def check(self) -> None:
-        """A tiny request proving the backend answers (``doctor``); raises on failure."""
+    async def check(self) -> str | None:
+        """A tiny request proving the backend answers (``doctor``); raises on failure, returns a
+        warning to show (or ``None``) when it answers but something looks off."""
         ...

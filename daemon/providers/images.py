@@ -15,7 +15,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -237,6 +237,12 @@ def _decode_b64(value: str, limit: int) -> bytes:
         raise ImageRejected("the b64_json field is not valid base64") from None
 
 
+def _says_no_such_model(raw: bytes) -> bool:
+    """Does a 404 body say the model is unknown (OpenAI: code ``model_not_found``)?"""
+    text = raw.decode("utf-8", "replace").lower()
+    return "model_not_found" in text or ("model" in text and "not exist" in text)
+
+
 class ImageGenerator:
     """Generates images; one instance per run (it holds the concurrency limit and pacing)."""
 
@@ -314,41 +320,58 @@ class ImageGenerator:
             raise self._bad("the answer holds no usable image")
         return images
 
-    async def check(self) -> None:
+    async def check(self) -> str | None:
         """One tiny request for ``doctor``: ``GET …/models`` (free on every API we know).
 
-        It proves the URL, the network and the key; 404/405 (no models route) passes. Only a
-        real generation proves the model works, and that may cost money, so doctor does not.
+        It proves the URL, the network and the key; 404/405 (no models route) passes. A model the
+        list leaves out is a warning (the returned note): many gateways list only some of the
+        models they serve. It fails only when ``GET …/models/<model>`` says the model does not
+        exist. Only a real generation proves the model works, and that may cost money, so doctor
+        does not.
         """
         with scrubbed(self._endpoint.secret):
-            await self._check_models()
+            return await self._check_models()
 
-    async def _check_models(self) -> None:
-        url = self._url.rsplit("/images/generations", 1)[0] + "/models"
+    async def _get(self, url: str) -> tuple[int, bytes, httpx.Headers]:
         try:
             with anyio.fail_after(min(self._settings.timeout_seconds, CHECK_TIMEOUT)):
                 async with self._client.stream("GET", url, auth=self._auth) as response:
                     raw = await read_capped(response, ERROR_BODY_LIMIT * 16)
         except (TimeoutError, httpx.TransportError) as exc:
             raise error_from_transport(self._endpoint, exc) from exc
-        status = response.status_code
+        return response.status_code, raw, response.headers
+
+    async def _check_models(self) -> str | None:
+        base = self._url.rsplit("/images/generations", 1)[0] + "/models"
+        status, raw, headers = await self._get(base)
         if status in (404, 405):
-            return
+            return None
         if not 200 <= status < 300:
-            raise error_from_response(self._endpoint, status, raw, response.headers, self._clock)
+            raise error_from_response(self._endpoint, status, raw, headers, self._clock)
         try:
             listed = {
                 str(m.get("id")) for m in json.loads(raw).get("data", []) if isinstance(m, dict)
             }
         except (ValueError, AttributeError, TypeError):
-            return
-        if listed and self._settings.model not in listed:
+            return None
+        model = self._settings.model
+        if not listed or model in listed:
+            return None
+        status, raw, headers = await self._get(f"{base}/{quote(model, safe='')}")
+        if 200 <= status < 300:
+            return None
+        if status == 404 and _says_no_such_model(raw):
             raise PermanentProviderError(
-                f"{self._endpoint.label} does not list the model {self._settings.model!r}: "
+                f"{self._endpoint.label} says the model {model!r} does not exist: "
                 "check [image] model",
                 provider=self._endpoint.label,
                 status=status,
             )
+        return (
+            f"the model {model!r} is not in {self._endpoint.label}'s model list "
+            f"({len(listed)} listed); many gateways list only some models, so this may be fine: "
+            "a first generation will tell"
+        )
 
     async def _call(self, body: dict[str, Any]) -> list[ResultItem]:
         async def attempt(n: int) -> list[ResultItem]:

@@ -275,3 +275,51 @@ def test_run_without_api_urls_refuses_to_start(
     code, out, err = cli(capsys, "run", "--config", str(path))
     assert code == 1 and out == ""
     assert err.startswith("st-imagegen: error:") and "api_url" in err
+
+
+def test_list_into_a_closed_pipe_exits_quietly(cfg_path: Path) -> None:
+    """Regression: `st-imagegen list | head -1` printed "error: Broken pipe"."""
+    make_jobs(cfg_path, 3)
+    binary = str(Path(sys.executable).parent / "st-imagegen")
+    proc = subprocess.Popen(
+        [binary, "list", "--config", str(cfg_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line is written, as `head` ends
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 141  # 128 + SIGPIPE, as `ls | head` reports under pipefail
+    assert err == b""
+
+
+def test_an_unexpected_failure_is_one_line_unless_debug(
+    capsys: pytest.CaptureFixture[str], cfg_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_: object) -> int:
+        raise ExceptionGroup("task group", [ZeroDivisionError("division by zero")])
+
+    monkeypatch.setattr(cli_module, "_cmd_list", broken)
+    code, out, err = cli(capsys, "list", "--config", str(cfg_path))
+    assert code == 1 and out == ""
+    assert err.strip().splitlines() == [
+        "st-imagegen: error: unexpected ZeroDivisionError: division by zero (a bug: run the same "
+        "command with --debug for the details and report it)"
+    ]
+    with pytest.raises(ExceptionGroup):
+        main(["list", "--debug", "--config", str(cfg_path)])
+
+
+def test_a_known_error_inside_a_task_group_is_its_own_line(
+    capsys: pytest.CaptureFixture[str], cfg_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from daemon.errors import StoreError
+
+    def broken(*_: object) -> int:
+        raise ExceptionGroup("outer", [ExceptionGroup("inner", [StoreError("the disk is gone")])])
+
+    monkeypatch.setattr(cli_module, "_cmd_list", broken)
+    code, _, err = cli(capsys, "list", "--config", str(cfg_path))
+    assert code == 1
+    assert err == "st-imagegen: error: the disk is gone\n"

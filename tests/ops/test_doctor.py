@@ -316,3 +316,82 @@ def test_malformed_api_url_is_a_failed_check_not_a_crash(
     assert "is not an http(s) URL" in _line(output, "prompt API")
     assert "fix text.api_url" in _fix_after(output, "prompt API")
     assert _line(output, "read chats").startswith("PASS")  # the other checks still ran
+
+
+def test_a_model_missing_from_the_list_is_a_warning_not_a_failure(
+    st_root_latest: Path, tmp_path: Path, api: FakeAPI
+) -> None:
+    """Regression: doctor failed on gateways that list only some of their models."""
+    config = _config(
+        tmp_path, st_root_latest, api.base_url, ST_IMAGEGEN_IMAGE__MODEL="unlisted-model"
+    )
+    code, output = _doctor(config)
+    assert code == 0, output
+    line = _line(output, "image API")
+    assert line.startswith("WARN") and "'unlisted-model' is not in" in line
+    assert "check image.model" in _fix_after(output, "image API")
+    assert ("GET", "/v1/models/unlisted-model") in api.seen()
+
+
+def test_a_damaged_state_database_fails_with_the_way_out(
+    st_root_latest: Path, tmp_path: Path, api: FakeAPI
+) -> None:
+    config = _config(tmp_path, st_root_latest, api.base_url)
+    code, output = _doctor(config, skip_image=True)
+    assert code == 0 and "does not exist yet" in _line(output, "state database"), output
+    _damage_state_db(config)
+    code, output = _doctor(config, skip_image=True)
+    assert code == 1
+    assert "is damaged" in _line(output, "state database")
+    assert "move state.db" in _fix_after(output, "state database")
+
+
+def _damage_state_db(config: Config) -> None:
+    """A real state DB with a few thousand jobs, its middle pages overwritten."""
+    import anyio
+
+    from daemon.engine.store import Store
+
+    async def fill() -> None:
+        store = await Store.open(config.db_path)
+        for n in range(3000):
+            await store.create_job(
+                user="default-user",
+                chat=f"default-user/chats/A/c{n}.jsonl",
+                character="A",
+                is_group=False,
+                speaker="A",
+                message_index=n,
+                identity_name="A",
+                identity_date=f"d{n}",
+                revision=f"r{n}",
+                excerpt="x" * 200,
+            )
+        await store.close()
+
+    anyio.run(fill)
+    size = config.db_path.stat().st_size
+    with config.db_path.open("r+b") as f:
+        f.seek(size // 2)
+        f.write(b"\x07" * (size // 8))
+
+
+def test_run_on_a_damaged_state_database_is_one_clear_line(
+    st_root_latest: Path, tmp_path: Path, api: FakeAPI
+) -> None:
+    """Regression: `run` ended in an 80-line ExceptionGroup traceback (or ran on broken state)."""
+    config = _config(tmp_path, st_root_latest, api.base_url)
+    _damage_state_db(config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ST_IMAGEGEN_")}
+    run = [str(Path(sys.executable).parent / "st-imagegen"), "run"]
+    args = ["--config", str(tmp_path / "config.toml")]
+    done = subprocess.run(run + args, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "is damaged" in lines[0] and "never chat data" in lines[0]
+    assert "Traceback" not in done.stderr
+    debug = subprocess.run(
+        [*run, "--debug", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

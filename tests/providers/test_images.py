@@ -741,9 +741,44 @@ async def test_check_lists_models(
     route = router.get("https://img.example.com/v1/models").mock(
         return_value=httpx.Response(200, json={"data": [{"id": "dall-e-3"}, {"id": "flux"}]})
     )
-    await generator(client, clock).check()
+    assert await generator(client, clock).check() is None
     assert route.calls[0].request.headers["authorization"] == "Bearer sk-img-9876"
-    with pytest.raises(PermanentProviderError, match=r"does not list the model 'nope'"):
+
+
+async def test_check_warns_when_the_model_is_not_listed_but_may_exist(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    """Regression: doctor failed on gateways that list only some models (generation worked)."""
+    router.get("https://img.example.com/v1/models").mock(
+        return_value=httpx.Response(200, json={"data": [{"id": "dall-e-3"}]})
+    )
+    one = router.get("https://img.example.com/v1/models/flux%2Fschnell")
+    one.mock(return_value=httpx.Response(404, json={"detail": "Not Found"}))
+    warning = await generator(client, clock, model="flux/schnell").check()
+    assert warning is not None and "'flux/schnell' is not in" in warning
+    one.mock(return_value=httpx.Response(200, json={"id": "flux/schnell"}))
+    assert await generator(client, clock, model="flux/schnell").check() is None
+
+
+async def test_check_fails_when_the_api_says_the_model_does_not_exist(
+    client: httpx.AsyncClient, clock: FakeClock, router: respx.Router
+) -> None:
+    router.get("https://img.example.com/v1/models").mock(
+        return_value=httpx.Response(200, json={"data": [{"id": "dall-e-3"}]})
+    )
+    router.get("https://img.example.com/v1/models/nope").mock(
+        return_value=httpx.Response(
+            404,
+            json={
+                "error": {
+                    "message": "The model 'nope' does not exist",
+                    "type": "invalid_request_error",
+                    "code": "model_not_found",
+                }
+            },
+        )
+    )
+    with pytest.raises(PermanentProviderError, match=r"says the model 'nope' does not exist"):
         await generator(client, clock, model="nope").check()
 
 

@@ -79,3 +79,13 @@ class Database:
             return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
         return await self._run(_version, write=False)
+
+    async def integrity_problems(self, limit: int = 5) -> list[str]:
+        """``PRAGMA quick_check``'s findings (empty when the file is sound)."""
+
+        def _check(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(f"PRAGMA quick_check({int(limit)})").fetchall()
+            found = [str(row[0]) for row in rows]
+            return [] if found == ["ok"] else found
+
+        return await self._run(_check, write=False)

@@ -85,6 +85,21 @@ MIGRATIONS: Sequence[str] = (
 """Ordered schema migrations; migration N (1-based) brings ``user_version`` from N-1 to N."""
 
 
+def damaged_message(path: Path, findings: str | list[str]) -> str:
+    """The one line a user sees for a damaged state database, with the way out."""
+    lines = [findings] if isinstance(findings, str) else findings
+    rows = (row.strip() for text in lines for row in text.splitlines())
+    found = [row for row in rows if row and not row.startswith("*** in database")]
+    detail = found[0] if found else "malformed"
+    if len(found) > 1:
+        detail += f" and {len(found) - 1} more problem(s)"
+    return (
+        f"the state database {str(path)!r} is damaged ({detail}); stop the daemon, move the file "
+        f"aside with its -wal and -shm files and start again: only job history and "
+        "pending jobs are lost, never chat data (README: Recovering the state database)"
+    )
+
+
 def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     text = str(exc)
     if "locked" in text or "busy" in text:
@@ -93,7 +108,7 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
             f"{BUSY_TIMEOUT_MS // 1000} s; try again"
         )
     if "not a database" in text or "malformed" in text:
-        return StoreError(f"the state database {str(path)!r} is damaged or not a database: {text}")
+        return StoreError(damaged_message(path, text))
     if "readonly" in text or "unable to open" in text:
         return StoreError(
             f"the state database {str(path)!r} cannot be written: {text} "
