@@ -120,14 +120,20 @@ async def test_report_counts_errors_and_waiting_messages(harness: Harness) -> No
     assert report.users == ["default-user"]
     assert (report.chats, report.group_chats) == (5, 1)
     assert report.jobs["committed"] == 1 and report.jobs["superseded"] == 1
-    assert report.errors[0]["job"] == swiped.id
-    assert "swiped or edited" in report.errors[0]["error"]
+    # Regression: a supersede (or a regen) is history, not an error; real failures are.
+    assert report.errors == []
+    failing = await h.accepted(path, index=1, prompt="a third")
+    assert await h.store.fail(failing.id, "image API: HTTP 500 three times") is not None
+    report = await gather_status(h.config)
+    assert [(e["job"], e["error"]) for e in report.errors] == [
+        (failing.id, "image API: HTTP 500 three times")
+    ]
     assert report.waiting_messages == 1 and report.waiting_chats == [committed.chat]
     text = render_status(report)
     assert "daemon: not running (no heartbeat)" in text
     assert "watching: 1 user (default-user), 5 chats (1 group chat)" in text
-    assert "jobs: 1 committed, 1 superseded" in text
-    assert "last errors:" in text and swiped.id[:10] in text
+    assert "jobs: 1 committed, 1 superseded, 1 failed" in text
+    assert "last errors:" in text and failing.id[:10] in text and swiped.id[:10] not in text
     assert "mode: auto, approval: manual" in text
     assert "waiting for SillyTavern: 1 image message in 1 chat" in text
 

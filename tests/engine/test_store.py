@@ -381,6 +381,9 @@ async def test_counts_and_recent_errors(store: Store) -> None:
     assert counts[JobState.COMMITTED] == 0
     errors = await store.recent_errors(5)
     assert [(j.id, j.last_error) for j in errors] == [(ids[1], "second"), (ids[0], "first")]
+    # A superseded job's reason is not an error (regression: status listed supersedes).
+    await store.transition(ids[2], JobState.QUEUED, JobState.SUPERSEDED, last_error="swiped")
+    assert [j.id for j in await store.recent_errors(5)] == [ids[1], ids[0]]
 
 
 async def test_regenerate(store: Store) -> None:

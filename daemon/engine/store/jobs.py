@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
+
+import structlog
 
 from daemon.engine.store.db import Database
 from daemon.engine.store.model import (
     _CROCKFORD_ALIASES,
     ACTIVE_STATES,
+    FAILING_STATES,
     OPEN_STATES,
     REGEN_FROM_STATES,
     SUPERSEDABLE_STATES,
@@ -566,13 +569,17 @@ class Jobs(Database):
         return await self._run(_counts, write=False)
 
     async def recent_errors(self, limit: int = 5) -> list[Job]:
-        """Jobs with a last error, most recently updated first (for ``status``)."""
+        """Real failures, most recently updated first (for ``status``): failed jobs and jobs
+        waiting to retry after one. A superseded or rejected job's reason is history, not an
+        error, and a job that went on to succeed is no longer failing."""
 
         def _errors(conn: sqlite3.Connection) -> list[Job]:
+            failing = states_list(FAILING_STATES)
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE last_error IS NOT NULL "
+                f"AND state IN ({marks(len(failing))}) "
                 "ORDER BY updated_at DESC, id DESC LIMIT ?",
-                (limit,),
+                (*failing, limit),
             ).fetchall()
             return [_job_from_row(r) for r in rows]
 

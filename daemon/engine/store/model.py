@@ -44,6 +44,10 @@ revision itself and marks them with a reason the user can see."""
 
 REGEN_FROM_STATES = frozenset({JobState.PENDING, JobState.FAILED, JobState.REJECTED})
 
+FAILING_STATES = frozenset(ACTIVE_STATES | {JobState.ACCEPTED, JobState.FAILED})
+"""Where a ``last_error`` is a real failure (failed, or waiting to retry after one); in the other
+states it is history (why a job was superseded or not committed) or was overcome."""
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
