@@ -73,6 +73,10 @@ class UnsafePathError(TavernError):
     """A path escapes the data root or has a hostile name."""
 
 
+class ImageFolderOutsideError(UnsafePathError):
+    """An image folder leads out of the data root (a symlink); refused, the job waits."""
+
+
 class ChatReadError(TavernError):
     """A chat file cannot be read."""
 

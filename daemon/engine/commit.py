@@ -23,6 +23,7 @@ touched: changing it would turn the silent drop into a popup that loses the user
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import time
@@ -45,6 +46,7 @@ from daemon.errors import (
     ChatConflictError,
     ChatReadError,
     ChatWriteError,
+    ImageFolderOutsideError,
     JobError,
     TavernError,
     UnsafePathError,
@@ -61,6 +63,7 @@ from daemon.tavern.layout import ChatRef, PathKind
 from daemon.tavern.write import (
     Snapshot,
     build_image_message,
+    check_image_folder,
     cleanup_stale_temps,
     insert_after_line,
     read_for_edit_with,
@@ -182,12 +185,15 @@ class _Plan:
         return end
 
 
-def _read_plan(path: Path, job_id: str, identity: MessageIdentity, revision: str) -> _Plan:
+def _read_plan(
+    path: Path, root: Path, job_id: str, identity: MessageIdentity, revision: str
+) -> _Plan:
     def look(chat: Chat) -> tuple[LineMessage | None, LineMessage | None]:
         return chat.find_marker_line(job_id), chat.find_line(identity)
 
     # No hash of the old version: a commit needs the new one's only (taken during its fsync).
-    chat, data, snap, (present, reply) = read_for_edit_with(path, look, hashed=False)
+    # ``root`` on every read: the chat may be swapped for a symlink between conflict retries.
+    chat, data, snap, (present, reply) = read_for_edit_with(path, look, root=root, hashed=False)
     problem: str | None = None
     if reply is None:
         problem = REASON_REPLY_GONE
@@ -261,8 +267,12 @@ class Committer:
                 return await self._give_up(current, exc.state, exc.reason)
             except (ChatWriteError, ChatReadError) as exc:
                 return await self._retry_later(current, str(exc))
+            except ImageFolderOutsideError as exc:
+                # Never written there; the user can fix the folder, so the job waits for it.
+                log.warning("image folder refused", job=job.id, error=str(exc))
+                return await self._retry_later(current, str(exc))
             except UnsafePathError as exc:
-                # A chat or image folder that leads out of the data root: never written.
+                # A chat that leads out of the data root: never written.
                 return await self._give_up(current, JobState.FAILED, str(exc))
             except OSError as exc:
                 # Reading a pending image or creating the image folder: the environment, not
@@ -339,7 +349,9 @@ class Committer:
         self, path: Path, job_id: str, identity: MessageIdentity, revision: str
     ) -> _Plan:
         try:
-            return await anyio.to_thread.run_sync(_read_plan, path, job_id, identity, revision)
+            return await anyio.to_thread.run_sync(
+                _read_plan, path, self.root, job_id, identity, revision
+            )
         except ChatReadError:
             if not await _exists(path):
                 raise _NotCommittable(REASON_CHAT_GONE, JobState.SUPERSEDED) from None
@@ -363,6 +375,7 @@ class Committer:
             plan.data,
             after,
             [dict(message)],
+            root=self.root,
             before_replace=record,
         )
         try:
@@ -386,7 +399,9 @@ class Committer:
             raise _NotCommittable(REASON_NO_IMAGES)
         folder = self._image_folder(job, reply)
         now = self._clock()
-        files = await anyio.to_thread.run_sync(_write_images, folder, job.id, list(kept), now)
+        files = await anyio.to_thread.run_sync(
+            _write_images, folder, self.root, job.id, list(kept), now
+        )
         prompt = job.prompt or ""
         negative = job.meta.get("negative")
         data = reply.data
@@ -421,11 +436,14 @@ class Committer:
 
     def _image_folder(self, job: Job, reply: Message) -> Path:
         name = self._folder_name(job, reply)
-        try:
-            return layout.image_folder(self.root, job.user, name)
-        except UnsafePathError:
-            # A display name that sanitizes to nothing ("???"): fall back to the card stem.
-            return layout.image_folder(self.root, job.user, job.character or "st-imagegen")
+        for candidate in (name, job.character):
+            # A display name that sanitizes to nothing ("???", "con"): the card stem next.
+            with contextlib.suppress(UnsafePathError):
+                return layout.image_folder(self.root, job.user, candidate)
+        # Both are reserved or empty once sanitized: a name stable per character.
+        return layout.image_folder(
+            self.root, job.user, layout.fallback_folder_name(job.character or name)
+        )
 
     def _folder_name(self, job: Job, reply: Message) -> str:
         """ST's image folder: the display name in solo chats, the group id in group chats."""
@@ -541,7 +559,7 @@ class Committer:
             look = partial(_look_up, entries=entries, identities=identities)
             try:
                 chat, data, snap, found = await anyio.to_thread.run_sync(
-                    read_for_edit_with, path, look
+                    partial(read_for_edit_with, path, look, root=self.root)
                 )
             except ChatConflictError:
                 conflicts += 1
@@ -627,17 +645,21 @@ class Committer:
                 raise _NotCommittable(REASON_IMAGES_MISSING)
 
 
-def _write_images(folder: Path, job_id: str, kept: Sequence[Path], now: datetime) -> list[Path]:
+def _write_images(
+    folder: Path, root: Path, job_id: str, kept: Sequence[Path], now: datetime
+) -> list[Path]:
     """Copy the kept images into ``folder``; a file an earlier run wrote for this job (found by
     the job id in its name and equal bytes) is reused, so retries leave no orphans. The folder
     is created (durably) by ``write_image``."""
+    check_image_folder(folder, root)  # before looking for earlier files in it, too
     out: list[Path] = []
     for number, source in enumerate(kept, 1):
         data = source.read_bytes()
         ext = source.suffix.lstrip(".").lower() or "png"
         tag = f"{job_id}-{number}"
         existing = _find_written(folder, tag, ext, data)
-        out.append(existing or write_image(folder, data, ext, f"{folder.name}_{tag}", now))
+        written = existing or write_image(folder, data, ext, f"{folder.name}_{tag}", now, root=root)
+        out.append(written)
     return out
 
 

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
-from daemon.errors import TavernError
+from daemon.errors import TavernError, UnsafePathError
 
 __all__ = ["open_regular"]
 
 
 def open_regular(
-    path: Path, error: type[TavernError], what: str, kind: str
+    path: Path, error: type[TavernError], what: str, kind: str, *, nofollow: bool = False
 ) -> tuple[int, os.stat_result]:
     """An open read-only descriptor of the regular file ``path`` and its ``fstat``.
 
     ``what`` names the file in messages ("chat", "card"); ``kind`` is what a folder is not
     ("a chat file"). Anything but a regular file raises ``error`` and leaves nothing open.
+    ``nofollow``: ``path`` is an already resolved real path, so a symlink there now means the
+    file was swapped since; refused (``O_NOFOLLOW`` where the platform has it).
     """
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if nofollow:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         # O_NONBLOCK: opening a FIFO named like a chat or card must not hang the daemon.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except IsADirectoryError:
         raise error(f"{str(path)!r} is a directory, not {kind}") from None
     except FileNotFoundError:
@@ -29,6 +35,10 @@ def open_regular(
     except PermissionError:
         raise error(f"{what} {str(path)!r} is not readable (permission denied)") from None
     except OSError as exc:
+        if nofollow and exc.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{what} {str(path)!r} was replaced by a symlink while being read; not followed"
+            ) from None
         raise error(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
     try:
         st = os.fstat(fd)

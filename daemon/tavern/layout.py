@@ -8,6 +8,7 @@ server-internal ``_*`` folders. Inside a user folder: ``chats/<card stem>/*.json
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -32,6 +33,7 @@ __all__ = [
     "chat_ref",
     "classify",
     "describe_data_root",
+    "fallback_folder_name",
     "group_for_chat",
     "image_folder",
     "is_user_dir",
@@ -448,6 +450,14 @@ def sanitize_filename(name: str) -> str:
     text = _WINDOWS_RESERVED.sub("", text)
     text = _WINDOWS_TRAILING.sub("", text)
     return _truncate_utf8(text, _NAME_MAX)
+
+
+def fallback_folder_name(name: str) -> str:
+    """A safe image folder name for a character whose names sanitize to nothing ("con",
+    "aux", "..."): the same for the same character on every commit, distinct between them."""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    readable = sanitize_filename(f"{name}-{digest}").strip(" .-")
+    return readable if readable and readable != digest else f"st-imagegen-{digest}"
 
 
 def image_folder(root: Path, user: str, folder: str) -> Path:

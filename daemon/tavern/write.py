@@ -41,6 +41,7 @@ from daemon.errors import (
     ChatConflictError,
     ChatReadError,
     ChatWriteError,
+    ImageFolderOutsideError,
     MessageNotFoundError,
     UnsafePathError,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "TEMP_PATTERN",
     "Snapshot",
     "build_image_message",
+    "check_image_folder",
     "cleanup_stale_temps",
     "insert_after",
     "insert_after_line",
@@ -301,7 +303,7 @@ class _Background(Generic[_T]):
 
 
 def _read_stable(real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:
-    fd, before = open_regular(real, ChatReadError, "chat", "a chat file")
+    fd, before = open_regular(real, ChatReadError, "chat", "a chat file", nofollow=True)
     try:
         if before.st_size > MAX_CHAT_BYTES:
             raise ChatReadError(
@@ -601,7 +603,7 @@ def _insert(
     # Holding the basis file open keeps its inode from being reused by a later save, so an
     # equal inode at the final check proves the name still points at the file we read.
     try:
-        held = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        held = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | _NOFOLLOW)
     except OSError:
         raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
     try:
@@ -727,6 +729,8 @@ def _copy_owner(fd: int, st: os.stat_result) -> None:
 # --- image files ----------------------------------------------------------------------------------
 
 _EXT = re.compile(r"^[a-z0-9]{1,10}$")
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+"""Where the platform has it: a name swapped for a symlink is refused at open, not followed."""
 _NAME_MAX_BYTES = 255
 _MAX_COLLISIONS = 1000
 
@@ -748,14 +752,22 @@ def _humanized(when: datetime) -> str:
 
 
 def write_image(
-    folder: Path, data: bytes, ext: str, prefix: str, when: datetime | None = None
+    folder: Path,
+    data: bytes,
+    ext: str,
+    prefix: str,
+    when: datetime | None = None,
+    *,
+    root: Path | None = None,
 ) -> Path:
     """Write an image atomically as ``<folder>/<prefix>_<YYYY-MM-DD@HHhMMmSSsMMMms>.<ext>``.
 
     Like ST's own image names (local time). The folder is created if needed. An existing file
     is never overwritten: on a name collision ``_2``, ``_3``... is added. Returns the path.
     Raises :class:`ChatWriteError` (disk full, read-only, permission; nothing left behind) or
-    :class:`UnsafePathError` for a hostile folder or extension.
+    :class:`UnsafePathError` for a hostile folder or extension. With ``root`` the folder must
+    really lie inside it (checked before anything is created, and again after):
+    :class:`ImageFolderOutsideError` otherwise.
     """
     ext = ext.lower().lstrip(".")
     if not _EXT.match(ext):
@@ -769,10 +781,14 @@ def write_image(
         when = when.astimezone()  # ST names images in the server's local time
     stem = f"{_sanitize_prefix(prefix)}_{_humanized(when)}"
 
+    if root is not None:
+        check_image_folder(folder, root)
     _make_folder(folder)
+    if root is not None:
+        check_image_folder(folder, root)
     temp = our_temp_name(folder / f"{stem}.{ext}")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _NOFOLLOW, 0o644)
     except OSError as exc:
         raise _write_error(exc, "an image", folder) from None
     try:
@@ -788,6 +804,25 @@ def write_image(
         _unlink_quietly(temp)
     _fsync_dir(folder)
     return final
+
+
+def check_image_folder(folder: Path, root: Path) -> None:
+    """Refuse an image folder (or its nearest existing ancestor) that resolves outside ``root``.
+
+    A symlinked ``user/images/<name>`` pointing elsewhere would otherwise receive the images
+    (and ``mkdir`` would create folders out there).
+    """
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    real = Path(os.path.realpath(probe))
+    real_root = Path(os.path.realpath(root))
+    if not real.is_relative_to(real_root):
+        raise ImageFolderOutsideError(
+            f"image folder {str(folder)!r} leads to {str(real)!r}, outside the data root "
+            f"{str(real_root)!r} (a symlink?): nothing was written; point it inside the data "
+            "root or remove it, and the job is committed on its next try"
+        )
 
 
 def _make_folder(folder: Path) -> None:

@@ -248,9 +248,10 @@ async def test_our_own_write_is_not_parsed_again(
     reads: list[Path] = []
     real_read = tavern_write.read_for_edit_with
 
-    def reading(p: Path, look: Any) -> Any:
+    def reading(p: Path, look: Any, **kwargs: Any) -> Any:
         reads.append(p)
-        return real_read(p, look)
+        assert kwargs.get("root") == h.root  # every read checks the path against the root
+        return real_read(p, look, **kwargs)
 
     monkeypatch.setattr(commit_mod, "read_for_edit_with", reading)
     parsed = count_parsed_lines(monkeypatch)
