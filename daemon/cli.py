@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("healthcheck", parents=[common], help="exit 0 when the daemon is alive")
 
+    sub.add_parser(
+        "web-url", parents=[common], help="the web inbox's address (with its token if needed)"
+    )
+
     cfg = sub.add_parser("config", help="configuration helpers")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
     cfg_sub.add_parser("example", help="print a complete commented config.toml")
@@ -276,6 +280,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.doctor import cmd_healthcheck
 
         return cmd_healthcheck(config)
+    if command == "web-url":
+        return _cmd_web_url(config)
     if command == "list":
         return _with_store(config, lambda store, _: _cmd_list(store, args))
     if command == "show":
@@ -302,6 +308,18 @@ def _cmd_run(config: Config) -> int:
         return await serve(config, systemd=systemd)
 
     return anyio.run(_main)
+
+
+def _cmd_web_url(config: Config) -> int:
+    from daemon.web.server import web_url
+
+    if not config.web.enabled:
+        raise CommandError("the web inbox is off (web.enabled = false)")
+    url, up = web_url(config)
+    print(url)
+    if not up:
+        print(f"{PROG}: the daemon's inbox is not running (st-imagegen run)", file=sys.stderr)
+    return 0
 
 
 def _with_store(config: Config, action: Callable[[Store, Approval], Awaitable[int]]) -> int:

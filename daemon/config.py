@@ -39,6 +39,7 @@ __all__ = [
     "LogSettings",
     "SystemdEnv",
     "TextSettings",
+    "WebSettings",
     "default_config_path",
     "default_state_dir",
     "load_config",
@@ -247,6 +248,30 @@ class LogSettings(_Section):
     )
 
 
+class WebSettings(_Section):
+    """The web inbox and its JSON API (served by `run`)."""
+
+    enabled: bool = Field(default=True, description="serve the inbox and the API")
+    host: str = Field(
+        default="127.0.0.1", description="address to bind; not loopback = token required"
+    )
+    port: int = Field(default=8765, ge=0, le=65535, description="port (0: any free port)")
+    token_file: Path | None = Field(
+        default=None, description="read the token from this file (default: <state_dir>/web-token)"
+    )
+    require_token: bool = Field(default=False, description="token even on loopback")
+    allowed_origins: list[str] = Field(
+        default=["http://127.0.0.1:8000", "http://localhost:8000"],
+        description="pages that may call the API (CORS): SillyTavern's address",
+    )
+    hostnames: list[str] = Field(
+        default=[], description="more Host names the inbox answers to (LAN name, proxy)"
+    )
+    sillytavern_url: str = Field(
+        default="", description="SillyTavern's address, for links from the history page"
+    )
+
+
 def default_state_dir() -> Path:
     """The platform state dir (``~/.local/state/st-imagegen`` on Linux)."""
     return Path(platformdirs.user_state_dir(APP_NAME))
@@ -284,6 +309,7 @@ class Config(BaseSettings):
     commit: CommitSettings = Field(default_factory=CommitSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -367,7 +393,7 @@ _TOP_KEYS = {"data_root", "state_dir", "mode", "approval"}
 
 def _check_env_keys(env: Mapping[str, str]) -> None:
     """Refuse misspelled top-level environment variables (nested ones are checked by pydantic)."""
-    sections = {"detect", "text", "image", "commit", "limits", "log"}
+    sections = {"detect", "text", "image", "commit", "limits", "log", "web"}
     for key in env:
         name = key[len(ENV_PREFIX) :].lower()
         head = name.split("__", 1)[0]

@@ -70,6 +70,7 @@ __all__ = [
     "WAIT_POLL_SECONDS",
     "Selection",
     "cmd_generate",
+    "create_for",
     "pick_message",
     "resolve_chat_spec",
     "select",
@@ -426,6 +427,11 @@ async def _create(store: Store, sel: Selection, force: bool) -> tuple[Job, bool]
     if job is None:
         raise JobError("another job for this reply was created at the same moment; try again")
     return job, True
+
+
+async def create_for(store: Store, sel: Selection, force: bool = False) -> tuple[Job, bool]:
+    """``generate``'s own job creation, for the web API: ``(job, created)``."""
+    return await _create(store, sel, force)
 
 
 async def _follow(

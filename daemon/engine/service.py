@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
+from anyio.abc import TaskStatus
 
 from daemon.config import Config, SystemdEnv
 from daemon.engine import detect
@@ -37,6 +38,9 @@ from daemon.tavern import layout, write
 from daemon.tavern.chat import Cursor
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.scan import ScanResult, tail_scan
+
+if TYPE_CHECKING:
+    from daemon.web.context import WebContext
 
 __all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
 
@@ -110,6 +114,7 @@ class Service:
         self._drop = anyio.Event()
         self._stopping = False
         self._cancel: anyio.CancelScope | None = None
+        self.web: WebContext | None = None  # the inbox's state while it serves
 
     # --- start ---------------------------------------------------------------------------
 
@@ -170,6 +175,8 @@ class Service:
                 tg.start_soon(self._signal_loop, tg.cancel_scope)  # SIGTERM during start drains
                 await tg.start(self.runner.run)
                 await self.start()
+                if self.config.web.enabled:
+                    self.web = await tg.start(self._serve_web)
                 await tg.start(self.watcher.run)
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
@@ -207,6 +214,19 @@ class Service:
         """Drain and stop a running service (from another task in the same loop)."""
         if self._cancel is not None:
             await self.stop(reason, self._cancel, code)
+
+    async def _serve_web(self, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
+        from daemon.web.server import serve_web
+
+        await serve_web(
+            self.config,
+            self.root,
+            self.store,
+            self.deps.approval,
+            wake=self.runner.wake,
+            draining=lambda: self._stopping,
+            task_status=task_status,
+        )
 
     async def _signal_loop(self, cancel: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -287,6 +287,7 @@ def config_toml(
             "provider_attempts": 1,
         },
         "log": {"level": "info", "format": "json"},
+        "web": {"port": 0},  # any free port: tests run side by side
     }
     top: dict[str, Any] = {}
     for key, values in (extra or {}).items():

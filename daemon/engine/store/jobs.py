@@ -40,6 +40,9 @@ from daemon.engine.store.model import (
 )
 from daemon.errors import JobError
 
+JobListener = Callable[[Job, JobState | None], None]
+"""Told ``(job, previous state or None)`` after each change; see :meth:`Jobs.add_job_listener`."""
+
 _JOB_COLUMNS = (
     "id, key, user, chat, character, is_group, speaker, message_index, identity_name, "
     "identity_date, revision, regen, excerpt, source, state, attempts, last_error, prompt, "
@@ -158,6 +161,28 @@ def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
 class Jobs(Database):
     """Jobs: idempotent creation, guarded state changes, the queries the runner and CLI use."""
 
+    _job_listeners: tuple[JobListener, ...] = ()
+
+    def add_job_listener(self, listener: JobListener) -> Callable[[], None]:
+        """Call ``listener(job, previous_state)`` after every job change made through this store
+        (in the changing task, once committed; previous is None for new and superseded jobs),
+        so the web inbox hears of changes at once instead of polling. Returns its remover."""
+        self._job_listeners = (*self._job_listeners, listener)
+
+        def remove() -> None:
+            self._job_listeners = tuple(f for f in self._job_listeners if f is not listener)
+
+        return remove
+
+    def _changed(self, job: Job | None, previous: JobState | None = None) -> None:
+        if job is None:
+            return
+        for listener in self._job_listeners:
+            try:
+                listener(job, previous)
+            except Exception:  # a listener's bug must not undo or fail a committed change
+                structlog.get_logger("st_imagegen.store").exception("job listener failed")
+
     async def create_job(self, **fields: Any) -> Job | None:
         """Insert a queued job; ``None`` if a job with the same ``key`` exists (idempotent).
 
@@ -184,7 +209,9 @@ class Jobs(Database):
             found = cur.fetchone()
             return _job_from_row(found) if found else None
 
-        return await self._run(_insert, write=True)
+        job = await self._run(_insert, write=True)
+        self._changed(job)
+        return job
 
     async def find_job(self, key: str) -> Job | None:
         """The job with this idempotency key, if any."""
@@ -244,6 +271,48 @@ class Jobs(Database):
         if chat is not None:
             where.append("chat = ?")
             args.append(chat)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+
+        def _list(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._run(_list, write=False)
+
+    async def query_jobs(
+        self,
+        *,
+        states: Iterable[JobState] = (),
+        chat: str | None = None,
+        chat_file: str | None = None,
+        user: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs newest first, filtered (the web API's list): any of ``states`` (all when
+        empty), one chat path, or the chats whose file stem is ``chat_file`` (ST's chatId), one
+        user, ids below ``before`` (paging)."""
+        where, args = [], []
+        wanted = states_list(states)
+        if wanted:
+            where.append(f"state IN ({marks(len(wanted))})")
+            args.extend(wanted)
+        if chat is not None:
+            where.append("chat = ?")
+            args.append(chat)
+        if chat_file is not None:
+            suffix = f"/{chat_file}.jsonl"  # exact and case-sensitive, unlike LIKE
+            where.append("substr(chat, -length(?)) = ?")
+            args.extend((suffix, suffix))
+        if user is not None:
+            where.append("user = ?")
+            args.append(user)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
 
         def _list(conn: sqlite3.Connection) -> list[Job]:
@@ -337,6 +406,8 @@ class Jobs(Database):
             else:
                 sets[name] = value
 
+        previous: list[JobState] = []
+
         def _move(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
                 f"SELECT state, meta FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
@@ -344,6 +415,7 @@ class Jobs(Database):
             ).fetchone()
             if row is None:
                 return None
+            previous.append(JobState(row["state"]))
             if meta_update:
                 meta = json.loads(sets["meta"]) if "meta" in sets else json.loads(row["meta"])
                 meta.update(meta_update)
@@ -355,7 +427,9 @@ class Jobs(Database):
             ).fetchone()
             return _job_from_row(found)
 
-        return await self._run(_move, write=True)
+        moved = await self._run(_move, write=True)
+        self._changed(moved, previous[0] if previous else None)
+        return moved
 
     async def reschedule(
         self,
@@ -377,13 +451,17 @@ class Jobs(Database):
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
         due = at + timedelta(seconds=max(0.0, seconds))
 
+        previous: list[JobState] = []
+
         def _resched(conn: sqlite3.Connection) -> Job | None:
             row = conn.execute(
-                f"SELECT attempts FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
+                f"SELECT state, attempts FROM jobs WHERE id = ? AND state IN "
+                f"({marks(len(wanted))})",
                 (job_id, *wanted),
             ).fetchone()
             if row is None:
                 return None
+            previous.append(JobState(row["state"]))
             attempts = row["attempts"] + 1
             if max_attempts is not None and attempts >= max_attempts:
                 state, message, next_at = (
@@ -400,7 +478,9 @@ class Jobs(Database):
             ).fetchone()
             return _job_from_row(found)
 
-        return await self._run(_resched, write=True)
+        again = await self._run(_resched, write=True)
+        self._changed(again, previous[0] if previous else None)
+        return again
 
     async def fail(
         self,
@@ -432,6 +512,8 @@ class Jobs(Database):
         old = await self.get_job(job_id)
         wanted = states_list(expected)
         at = aware_utc(now or now_utc())
+
+        superseded: list[tuple[Job, JobState]] = []
 
         def _regen(conn: sqlite3.Connection) -> Job:
             row = conn.execute(
@@ -474,14 +556,18 @@ class Jobs(Database):
                 f"RETURNING {_JOB_COLUMNS}",
                 tuple(values.values()),
             ).fetchone()
-            conn.execute(
+            gone = conn.execute(
                 "UPDATE jobs SET state = 'superseded', last_error = ?, next_attempt_at = NULL, "
-                "updated_at = ? WHERE id = ?",
+                f"updated_at = ? WHERE id = ? RETURNING {_JOB_COLUMNS}",
                 (f"regenerated as job {new_id}", stamp(at), current.id),
-            )
+            ).fetchone()
+            superseded.append((_job_from_row(gone), current.state))
             return _job_from_row(created)
 
-        return await self._run(_regen, write=True)
+        new = await self._run(_regen, write=True)
+        self._changed(*superseded[0])
+        self._changed(new)
+        return new
 
     async def supersede(
         self,
@@ -520,7 +606,10 @@ class Jobs(Database):
             ).fetchall()
             return sorted((_job_from_row(r) for r in rows), key=lambda j: j.id)
 
-        return await self._run(_sup, write=True)
+        gone = await self._run(_sup, write=True)
+        for job in gone:
+            self._changed(job)
+        return gone
 
     async def supersede_chat(
         self, chat: str, reason: str, *, now: datetime | None = None
@@ -538,7 +627,10 @@ class Jobs(Database):
             ).fetchall()
             return sorted((_job_from_row(r) for r in rows), key=lambda j: j.id)
 
-        return await self._run(_sup, write=True)
+        gone = await self._run(_sup, write=True)
+        for job in gone:
+            self._changed(job)
+        return gone
 
     async def resume_after_crash(self, *, now: datetime | None = None) -> int:
         """Jobs left in PROMPTING/IMAGING go back to QUEUED, due now; returns how many.

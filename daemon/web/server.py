@@ -1,0 +1,211 @@
+"""Run the inbox under uvicorn inside the daemon's task group, and tell ``web-url`` where it is.
+
+The socket is bound here (so ``web.port = 0`` works and the address is known before the first
+request); the address goes to ``<state_dir>/web.json`` (no token in it) while the inbox runs.
+A port that cannot be bound is logged and the daemon goes on without its inbox: illustrating
+chats matters more than the page. uvicorn's own signal handling is off (the daemon's drain
+owns SIGTERM), and its access log too (a ``?token=`` link must never reach a log).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+import uvicorn
+from anyio.abc import TaskStatus
+
+from daemon.config import Config
+from daemon.engine.approval import Approval
+from daemon.engine.store import Store
+from daemon.logs import register_secret
+from daemon.web.app import build_app, make_context
+from daemon.web.context import WebContext
+from daemon.web.security import load_token, token_required
+
+__all__ = ["URL_FILE", "WebAddress", "bind_socket", "serve_web", "web_url"]
+
+log = structlog.get_logger("st_imagegen.web")
+
+URL_FILE = "web.json"
+SHUTDOWN_SECONDS = 2
+"""How long open requests (event streams end at once) may take when the daemon stops."""
+
+
+@dataclass(frozen=True)
+class WebAddress:
+    url: str  # ends with "/"
+    host: str
+    port: int
+    token_required: bool
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the daemon handles SIGTERM/SIGINT and stops us through should_exit
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket for ``host:port``; OSError when impossible."""
+    infos = socket.getaddrinfo(
+        host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    last: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.set_inheritable(False)
+        return sock
+    raise last or OSError(f"no address for {host!r}")
+
+
+def _url_host(config: Config, bound: str) -> str:
+    host = config.web.host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+        host = config.web.hostnames[0] if config.web.hostnames else "127.0.0.1"
+    elif host != "localhost" and ":" in bound and ":" in host:
+        host = bound
+    return f"[{host}]" if ":" in host else host
+
+
+def _write_address(path: Path, address: WebAddress) -> None:
+    data = {
+        "url": address.url,
+        "host": address.host,
+        "port": address.port,
+        "token_required": address.token_required,
+        "pid": os.getpid(),
+        "time": time.time(),
+    }
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(data) + "\n", encoding="utf-8")
+    temp.replace(path)
+
+
+def read_address(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((state_dir / URL_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("url"), str) else None
+
+
+def web_url(config: Config) -> tuple[str, bool]:
+    """The address to open (``?token=`` added when one is needed) and whether the daemon's
+    inbox is up (its ``web.json`` exists); else the configured address."""
+    found = read_address(config.state_dir)
+    if found is not None:
+        url = str(found["url"])
+    else:
+        port = config.web.port or 8765
+        url = f"http://{_url_host(config, '')}:{port}/"
+    if token_required(config.web):
+        url += f"?token={load_token(config)}"
+    return url, found is not None
+
+
+def _quiet_uvicorn() -> None:
+    for name in ("uvicorn", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+async def serve_web(
+    config: Config,
+    root: Path,
+    store: Store,
+    approval: Approval,
+    *,
+    wake: Callable[[], None],
+    draining: Callable[[], bool],
+    ping_seconds: float = 15.0,
+    task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the inbox until cancelled (then stop it within :data:`SHUTDOWN_SECONDS`)."""
+    web = config.web
+    token: str | None = None
+    if token_required(web):
+        token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
+        register_secret(token)
+    try:
+        sock = bind_socket(web.host, web.port)
+    except OSError as exc:
+        log.error(
+            "web inbox not started: cannot listen there; set web.port (or web.enabled = false)",
+            host=web.host,
+            port=web.port,
+            error=exc.strerror or str(exc),
+        )
+        task_status.started(None)
+        return
+    ctx = make_context(config, root, store, approval)
+    ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
+    await anyio.to_thread.run_sync(ctx.thumbs.sweep)
+    _quiet_uvicorn()
+    server = _Server(
+        uvicorn.Config(
+            build_app(ctx, token),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
+            server_header=False,
+            ws="none",
+            timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        )
+    )
+    bound_host, bound_port = sock.getsockname()[:2]
+    address = WebAddress(
+        f"http://{_url_host(config, bound_host)}:{bound_port}/",
+        bound_host,
+        bound_port,
+        token is not None,
+    )
+    url_file = config.state_dir / URL_FILE
+    remove_listener = store.add_job_listener(ctx.hub.job_changed)
+
+    async def _run() -> None:
+        with anyio.CancelScope(shield=True):  # stopped through should_exit, never mid-request
+            await server.serve(sockets=[sock])
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_run)
+            while not server.started:
+                if server.should_exit:  # startup failed
+                    break
+                await anyio.sleep(0.01)
+            await anyio.to_thread.run_sync(_write_address, url_file, address)
+            log.info("web inbox", url=address.url, token=token is not None)
+            task_status.started(ctx)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                remove_listener()
+                ctx.hub.close()
+                server.should_exit = True
+    finally:
+        with contextlib.suppress(OSError):
+            url_file.unlink()
+        sock.close()

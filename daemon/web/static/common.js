@@ -1,0 +1,94 @@
+// st-imagegen: what every page shares (the status strip, the API helper, times, toasts).
+"use strict";
+(() => {
+  const api = async (method, path, body) => {
+    const init = { method, headers: { Accept: "application/json" }, credentials: "same-origin" };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const response = await fetch(path, init);
+    let data = null;
+    try { data = await response.json(); } catch (_) { data = null; }
+    if (!response.ok) {
+      const message = data && data.error ? data.error.message : `HTTP ${response.status}`;
+      const error = new Error(message);
+      error.status = response.status;
+      throw error;
+    }
+    return data;
+  };
+
+  const ago = (iso) => {
+    const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    if (seconds < 45) return "just now";
+    if (seconds < 90 * 60) return `${Math.round(seconds / 60)} min ago`;
+    if (seconds < 36 * 3600) return `${Math.round(seconds / 3600)} h ago`;
+    return `${Math.round(seconds / 86400)} days ago`;
+  };
+
+  let toastTimer = 0;
+  const toast = (text) => {
+    const box = document.getElementById("toast");
+    if (!box) return;
+    box.textContent = text;
+    box.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { box.hidden = true; }, 5000);
+  };
+
+  const STATE_ORDER = ["pending", "queued", "prompting", "imaging", "accepted", "failed"];
+  let statusBusy = false;
+  const refreshStatus = async () => {
+    if (statusBusy) return;
+    statusBusy = true;
+    const strip = document.getElementById("status");
+    try {
+      const s = await api("GET", "/api/v1/status");
+      const running = s.daemon && s.daemon.running;
+      strip.dataset.state = !running ? "down" : (s.daemon.state === "draining" ? "draining" : "running");
+      const parts = [running ? (s.daemon.state === "draining" ? "stopping" : "running") : "daemon not running"];
+      parts.push(`${s.chats_watched} chat${s.chats_watched === 1 ? "" : "s"} watched`);
+      for (const state of STATE_ORDER) {
+        const n = (s.counts || {})[state] || 0;
+        if (n) parts.push(`${n} ${state}`);
+      }
+      const text = strip.querySelector(".status-text");
+      text.textContent = parts.join(" · ");
+      const errors = s.errors || [];
+      if (errors.length) {
+        const err = document.createElement("span");
+        err.className = "err";
+        err.textContent = ` · last error: ${errors[0].error}`;
+        text.appendChild(err);
+        strip.title = errors.map((e) => `${e.job.slice(0, 10)} ${e.state}: ${e.error}`).join("\n");
+      } else {
+        strip.title = "";
+      }
+      const count = document.getElementById("pending-count");
+      const pending = (s.counts || {}).pending || 0;
+      count.textContent = String(pending);
+      count.hidden = pending === 0;
+    } catch (error) {
+      strip.dataset.state = "down";
+      strip.querySelector(".status-text").textContent = `status unavailable: ${error.message}`;
+    } finally {
+      statusBusy = false;
+    }
+  };
+
+  let statusSoon = 0;
+  const statusLater = () => {
+    clearTimeout(statusSoon);
+    statusSoon = setTimeout(refreshStatus, 400);
+  };
+
+  window.stImagegen = { api, ago, toast, refreshStatus, statusLater };
+  document.addEventListener("DOMContentLoaded", () => {
+    refreshStatus();
+    setInterval(refreshStatus, 15000);
+    for (const select of document.querySelectorAll("select[data-autosubmit]")) {
+      select.addEventListener("change", () => select.form.submit());
+    }
+  });
+})();
