@@ -315,6 +315,11 @@
     source.onerror = () => { live.dataset.state = "down"; live.textContent = "reconnecting…"; };
   };
 
+  // Changes made by another process (the CLI, a drop folder) reach the stream only when the
+  // daemon acts on them; coming back to the tab reloads the list, so none is missed for long.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") reload().catch(() => {});
+  });
   setInterval(() => {
     for (const node of document.querySelectorAll(".card time")) node.textContent = S.ago(node.dateTime);
   }, 30000);

@@ -1,0 +1,244 @@
+"""The inbox in a real browser: Playwright (PyPI) driving Debian's chromium against the real
+daemon. Never `playwright install`: the browser is /usr/bin/chromium."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from PIL import Image
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from daemon.engine.store import Job, JobState
+from tests.engine.conftest import FakeAPI, MakeConfig
+from tests.web.conftest import IMAGES, Inbox, inbox_for, web_config
+
+pytestmark = pytest.mark.anyio
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+LIVE_WITHIN_MS = 5000  # the event stream delivers within a second; room for a loaded machine
+
+if not CHROMIUM.exists():  # pragma: no cover - .ci/run installs it
+    pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
+
+
+@contextlib.asynccontextmanager
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def open_page(b: Browser, inbox: Inbox, path: str = "/", width: int = 1280) -> Page:
+    page = await b.new_page(viewport={"width": width, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.goto(inbox.url + path)
+    page.errors = errors  # type: ignore[attr-defined]
+    return page
+
+
+def _committed_bytes(job: Job) -> list[bytes]:
+    return [Path(p).read_bytes() for p in job.meta["committed_files"]]
+
+
+def _bytes(inbox: Inbox, job: Job, n: int) -> bytes:
+    return (inbox.config.pending_dir / job.id / job.images[n - 1]).read_bytes()
+
+
+async def test_inbox_live_pick_accept_edit_regen_and_reject(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    config = web_config(make_config, tmp_path, fake_api)
+    async with inbox_for(config) as inbox, browser() as b:
+        first = await inbox.pending("harbour", ["The harbour <b>lights</b> come on."])
+        page = await open_page(b, inbox)
+        first_card = page.locator(f'.card[data-id="{first.id}"]')
+        await expect(first_card).to_be_visible()
+        await expect(first_card.locator(".thumb")).to_have_count(IMAGES)
+        await expect(first_card.locator(".excerpt")).to_have_text(
+            "The harbour <b>lights</b> come on."
+        )
+        await expect(page.locator("#live")).to_have_text("live")
+        await expect(page.locator("#status .status-text")).to_contain_text("1 pending")
+        await page.evaluate("window.__sameDocument = true")
+
+        # A new job appears by itself (event stream, no reload).
+        second = await inbox.pending("tower", ["The tower bell rings twice."])
+        second_card = page.locator(f'.card[data-id="{second.id}"]')
+        await expect(second_card).to_be_visible(timeout=LIVE_WITHIN_MS)
+        assert await page.evaluate("window.__sameDocument") is True
+        groups = page.locator("section.group h2")
+        await expect(groups).to_have_count(2)
+        await expect(groups.first).to_contain_text("Alice - tower")  # newest chat first
+
+        await page.screenshot(path=str(tmp_path / "inbox-desktop.png"), full_page=True)
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await page.screenshot(path=str(tmp_path / "inbox-phone.png"), full_page=True)
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        for name, width in (("inbox-desktop.png", 1280), ("inbox-phone.png", 390)):
+            with Image.open(tmp_path / name) as shot:
+                assert shot.size[0] == width
+
+        # Pick images 1 and 3 of the second job and accept exactly those.
+        wanted = [_bytes(inbox, second, 1), _bytes(inbox, second, 3)]
+        thumbs = second_card.locator(".thumb")
+        await thumbs.nth(0).click()
+        await thumbs.nth(2).click()
+        await thumbs.nth(1).click()
+        await thumbs.nth(1).click()  # toggled off again
+        await expect(thumbs.nth(0)).to_have_attribute("aria-pressed", "true")
+        await expect(thumbs.nth(1)).to_have_attribute("aria-pressed", "false")
+        accept = second_card.locator('button[data-act="accept"]')
+        await expect(accept).to_have_text(f"Accept 2 of {IMAGES}")
+        await accept.click()
+        done = await inbox.wait_state(second.id, JobState.COMMITTED)
+        await expect(second_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
+        files = [Path(p) for p in done.meta["committed_files"]]
+        assert [p.read_bytes() for p in files] == wanted
+        chat_text = (inbox.root / second.chat).read_text(encoding="utf-8")
+        assert chat_text.count("st_imagegen_job") == 1
+        for p in files:
+            assert p.name in chat_text
+
+        # Edit the first job's prompt in place and regenerate with it.
+        await first_card.locator('button[data-act="edit"]').click()
+        area = first_card.locator("textarea")
+        await expect(area).to_have_value(first.prompt or "")
+        await area.fill("a harbour at night, lanterns, watercolour")
+        await first_card.locator('button[data-act="regen-edited"]').click()
+        await expect(first_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
+        new_card = page.locator(".card").filter(has_text="lanterns, watercolour")
+        await expect(new_card).to_have_count(1)
+        new_id = await new_card.get_attribute("data-id")
+        assert new_id is not None and new_id != first.id
+        await inbox.wait_state(new_id, JobState.PENDING)
+        await expect(new_card.locator(".thumb")).to_have_count(IMAGES, timeout=LIVE_WITHIN_MS)
+        await expect(new_card.locator(".thumb img").first).to_have_js_property("complete", True)
+        assert "a harbour at night, lanterns, watercolour" in fake_api.prompts()[-1]
+        assert (await inbox.job(first.id)).state is JobState.SUPERSEDED
+
+        # Keyboard: the regenerated card has the focus; r rejects it.
+        await expect(new_card).to_be_focused()
+        await page.keyboard.press("r")
+        await inbox.wait_state(new_id, JobState.REJECTED)
+        await expect(new_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
+        await expect(page.locator("#empty")).to_be_visible()
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_phone_width_keys_progress_failure_and_escaping(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    config = web_config(make_config, tmp_path, fake_api)
+    async with inbox_for(config) as inbox, browser() as b:
+        hostile = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+        job = await inbox.pending("keys", [hostile])
+        page = await open_page(b, inbox, width=390)
+        job_card = page.locator(f'.card[data-id="{job.id}"]')
+        await expect(job_card.locator(".excerpt")).to_have_text(hostile)
+        assert await page.evaluate("window.__xss === undefined")
+        wide = await page.evaluate("document.documentElement.scrollWidth")
+        assert wide <= 390  # nothing sticks out sideways on a phone
+        box = await job_card.locator('button[data-act="accept"]').bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
+
+        # Arrow keys and digits: focus the card, pick image 2 with →→ space, accept with a.
+        wanted = _bytes(inbox, job, 2)
+        await page.locator("body").click(position={"x": 5, "y": 400})
+        await page.keyboard.press("ArrowDown")
+        await expect(job_card).to_be_focused()
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press("ArrowRight")
+        await page.keyboard.press(" ")
+        await expect(job_card.locator(".thumb").nth(1)).to_have_attribute("aria-pressed", "true")
+        await page.keyboard.press("a")
+        done = await inbox.wait_state(job.id, JobState.COMMITTED)
+        assert _committed_bytes(done) == [wanted]
+
+        # A slow image shows the job in progress, live.
+        fake_api.image_delay = 1.5
+        path_job = await _queued(inbox, "slow")
+        slow_card = page.locator(f'.card[data-id="{path_job.id}"]')
+        await expect(slow_card.locator(".progress")).to_contain_text("drawing")
+        await expect(slow_card.locator(".thumb")).to_have_count(IMAGES, timeout=LIVE_WITHIN_MS)
+        fake_api.image_delay = 0.0
+
+        # A failed job shows its error and retries with g (the same prompt).
+        await inbox.service.store.fail(
+            path_job.id, "image: the API said no", expected=JobState.PENDING
+        )
+        await expect(slow_card.locator(".error")).to_have_text("image: the API said no")
+        await expect(slow_card.locator('button[data-act="regen"]')).to_have_text("Retry")
+        await slow_card.focus()
+        await page.keyboard.press("g")
+        await expect(slow_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
+        retried = [j for j in await inbox.service.store.list_jobs() if j.source == "regen"]
+        assert len(retried) == 1 and retried[0].meta["regen_of"] == path_job.id
+        await inbox.wait_state(retried[0].id, JobState.PENDING)
+        await page.screenshot(path=str(tmp_path / "inbox-phone-keys.png"))
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def _queued(inbox: Inbox, name: str) -> Job:
+    from tests.engine.conftest import job_for, write_chat
+
+    path = await anyio.to_thread.run_sync(write_chat, inbox.root, name, [f"{name} reply"])
+    job = await job_for(inbox.service.deps, path)
+    inbox.service.runner.wake()
+    return job
+
+
+async def test_history_filters_by_chat_and_state_and_links_to_st(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    config = web_config(
+        make_config, tmp_path, fake_api, web={"sillytavern_url": "http://127.0.0.1:8000"}
+    )
+    async with inbox_for(config) as inbox, browser() as b:
+        kept = await inbox.pending("kept")
+        dropped = await inbox.pending("dropped")
+        broken = await inbox.pending("broken")
+        async with inbox.client() as c:
+            assert (await c.post(f"/api/v1/jobs/{kept.id}/accept", json={})).status_code == 200
+            assert (await c.post(f"/api/v1/jobs/{dropped.id}/reject", json={})).status_code == 200
+        await inbox.service.store.fail(broken.id, "prompt: refused", expected=JobState.PENDING)
+        await inbox.wait_state(kept.id, JobState.COMMITTED)
+        page = await open_page(b, inbox, "/history")
+        rows = page.locator(".hcard")
+        await expect(rows).to_have_count(3)
+        committed = page.locator(f'.hcard[data-id="{kept.id}"]')
+        await expect(committed.locator("img")).to_have_js_property("naturalWidth", 8)
+        await expect(committed.locator(".more")).to_have_text(f"+{IMAGES - 1}")
+        link = committed.locator("a.st-link")
+        await expect(link).to_have_attribute("href", "http://127.0.0.1:8000")
+
+        await page.select_option('select[name="state"]', "rejected")
+        await page.wait_for_url("**/history?*state=rejected*")
+        await expect(rows).to_have_count(1)
+        await expect(page.locator(f'.hcard[data-id="{dropped.id}"]')).to_be_visible()
+
+        await page.select_option('select[name="state"]', "")
+        await page.select_option('select[name="chat"]', broken.chat)
+        await page.wait_for_url("**chat=*")
+        await expect(rows).to_have_count(1)
+        failed = page.locator(f'.hcard[data-id="{broken.id}"]')
+        await expect(failed.locator(".error")).to_have_text("prompt: refused")
+        await expect(failed.locator(".badge")).to_have_text("failed")
+        assert page.errors == []  # type: ignore[attr-defined]
