@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="daemon, chats and jobs")
     status.add_argument("--json", action="store_true", help="JSON output")
 
+    why = sub.add_parser("why", parents=[common], help="why a message has or has no job")
+    why.add_argument("--chat", help="chat path, or character name [and chat name], or group")
+    why.add_argument("--mesid", type=_non_negative, help="message number (default: the last)")
+
     doctor = sub.add_parser("doctor", parents=[common], help="check the setup")
     doctor.add_argument(
         "--skip-image", action="store_true", help="skip the image API check (it may cost money)"
@@ -272,6 +276,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.engine.status import cmd_status
 
         return cmd_status(config, args.json)
+    if command == "why":
+        from daemon.engine.why import cmd_why
+
+        return cmd_why(config, args.chat, args.mesid)
     if command == "doctor":
         from daemon.doctor import cmd_doctor
 

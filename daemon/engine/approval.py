@@ -61,6 +61,10 @@ MAX_PROMPT_FILE = 64 * 1024
 """A ``prompt.txt`` larger than this is ignored (it is not a prompt)."""
 STALE_TEMP_SECONDS = 3600.0
 
+SHELF_NAME = ".superseded"
+SHELF_SECONDS = 7 * 86400.0
+"""How long a superseded job's images wait on the shelf for a swipe back to their text."""
+
 _JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _IMAGE = re.compile(r"^image-(\d{1,4})\.([a-z0-9]{1,5})$")
 
@@ -450,6 +454,61 @@ class Approval:
             log.info("drop refused, folder moved back", job=job_id, folder=str(target))
             return target
         return None
+
+    # --- the shelf: images of superseded jobs, for a swipe back ------------------------------
+
+    @property
+    def shelf_dir(self) -> Path:
+        return self.state_dir / SHELF_NAME
+
+    def shelve(self, job_id: str) -> bool:
+        """Move a superseded job's pending folder to the shelf (out of the user's sight), so a
+        swipe back to its text gets the images again without a second API call. Shelved
+        folders older than :data:`SHELF_SECONDS` are removed. True if a folder was shelved."""
+        source = self.pending_path(job_id)
+        shelved = False
+        if _is_real_dir(source):
+            self.shelf_dir.mkdir(exist_ok=True)
+            target = self.shelf_dir / job_id
+            if _is_real_dir(target):
+                _remove_tree(target)
+            try:
+                source.rename(target)
+                os.utime(target)  # the shelf's clock starts now
+                shelved = True
+            except FileNotFoundError:
+                pass
+        self.finish(job_id)  # drop-folder copies and leftovers
+        self.prune_shelf()
+        return shelved
+
+    def unshelve(self, job_id: str) -> bool:
+        """Put a shelved folder back in ``pending/``; False if there is none (or a pending
+        folder is already there)."""
+        source = self.shelf_dir / _check_id(job_id)
+        target = self.pending_path(job_id)
+        if not _is_real_dir(source) or os.path.lexists(target):
+            return False
+        try:
+            source.rename(target)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.pending_dir)
+        return True
+
+    def prune_shelf(self, *, older_than: float = SHELF_SECONDS) -> int:
+        """Remove shelved folders older than ``older_than`` seconds."""
+        limit = time.time() - older_than
+        removed = 0
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.shelf_dir) as entries:
+            for entry in entries:
+                with contextlib.suppress(OSError):
+                    if entry.is_dir(follow_symlinks=False) and (
+                        entry.stat(follow_symlinks=False).st_mtime < limit
+                    ):
+                        _remove_tree(Path(entry.path))
+                        removed += 1
+        return removed
 
     # --- finishing ----------------------------------------------------------------------------
 

@@ -495,8 +495,12 @@ class Committer:
             job.id, JobState.ACCEPTED, state, last_error=text, next_attempt_at=None
         )
         if moved is not None and state is JobState.SUPERSEDED:
-            # Like a superseded pending job: its images illustrate a text that is gone.
-            await self._finish_pending(job.id)
+            # Like a superseded pending job: its images illustrate a text that is gone, maybe
+            # only until a swipe back (then the job is revived from the shelf).
+            try:
+                await anyio.to_thread.run_sync(self.approval.shelve, job.id)
+            except OSError as exc:
+                log.warning("pending folder not shelved", job=job.id, error=_os_reason(exc))
         return moved if moved is not None else await self.store.get_job(job.id)
 
     async def _retry_later(self, job: Job, error: str) -> Job:

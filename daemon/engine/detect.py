@@ -14,10 +14,11 @@
 - First sight of a chat: its history is seen, no jobs, unless ``backfill`` (then only the last
   eligible reply). A chat that appeared while the daemon ran starts with its greeting(s) (the
   character messages before the first user message), illustrated only with ``greetings``.
-- A reply counts as too old when its newest date (``gen_finished``, ``gen_started`` or
-  ``send_date``; the file's mtime when none parses) is older than ``catchup_max_age``: this
-  bounds catch-up after downtime. Dates in ST's local-time forms (up to 1.14) get
-  :data:`LOCAL_TIME_SLACK` of grace, since their time zone is unknown.
+- In the catch-up after downtime (not for saves observed while running: those are new when
+  seen), a reply counts as too old when its newest date (``gen_finished``, ``gen_started`` or
+  ``send_date``; the file's mtime when none parses) is older than ``catchup_max_age``. Dates
+  in ST's local-time forms (up to 1.14) get :data:`LOCAL_TIME_SLACK` of grace, since their time
+  zone is unknown.
 - A changed revision (swipe, continue, edit) supersedes the jobs of the other revisions, and the
   new revision gets a job when the reply was selected before. A removed reply (deleted, or
   replaced by Regenerate) supersedes its jobs; a regenerated reply inherits the removed reply's
@@ -64,6 +65,7 @@ __all__ = [
     "decide",
     "eligible",
     "excerpt_of",
+    "filtered",
 ]
 
 EXCERPT_CHARS = 200
@@ -118,18 +120,21 @@ class ChatState:
     ``replies``: eligible replies counted for ``every_nth``; ``decided``: recent replies'
     identity keys and whether every-Nth selected them (oldest first, bounded);
     ``last_date``: the newest reply date seen (ISO UTC), to spot new replies when the cursor
-    is gone.
+    is gone; ``skips``: recent messages' identity keys and why they got no job (oldest first,
+    bounded), for ``st-imagegen why``.
     """
 
     replies: int = 0
     decided: tuple[tuple[str, bool], ...] = ()
     last_date: str = ""
+    skips: tuple[tuple[str, str], ...] = ()
 
     def to_data(self) -> dict[str, Any]:
         return {
             "replies": self.replies,
             "decided": [[k, v] for k, v in self.decided],
             "last_date": self.last_date,
+            "skips": [[k, v] for k, v in self.skips],
         }
 
     @classmethod
@@ -150,11 +155,28 @@ class ChatState:
                 ):
                     decided.append((item[0], item[1]))
         last = data.get("last_date")
+        skips_raw = data.get("skips")
+        skips = [
+            (item[0], item[1])
+            for item in (skips_raw if isinstance(skips_raw, list) else [])
+            if isinstance(item, (list, tuple))
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], str)
+        ]
         return cls(
             replies=replies if isinstance(replies, int) and replies >= 0 else 0,
             decided=tuple(decided[-DECIDED_KEPT:]),
             last_date=last if isinstance(last, str) else "",
+            skips=tuple(skips[-DECIDED_KEPT:]),
         )
+
+    def skip_reason(self, key: str) -> str | None:
+        """Why the message with this identity key got no job, if it is remembered."""
+        for k, v in reversed(self.skips):
+            if k == key:
+                return v
+        return None
 
     def selected(self, key: str) -> bool | None:
         """Whether every-Nth selected this reply; ``None`` if it was never counted."""
@@ -340,7 +362,7 @@ def _fold(values: Iterable[str]) -> set[str]:
     return {v.casefold() for v in values if v}
 
 
-def _filtered(message: Message, ctx: ChatContext, settings: DetectSettings) -> Skip | None:
+def filtered(message: Message, ctx: ChatContext, settings: DetectSettings) -> Skip | None:
     """Character and length filters (the every-Nth filter is separate)."""
     ids = _fold((message.name, _card_stem(message, ctx)))
     include = _fold(settings.include_characters)
@@ -388,12 +410,19 @@ class _Builder:
     """Accumulates one decision."""
 
     def __init__(
-        self, ctx: ChatContext, settings: DetectSettings, mode: Mode, now: datetime
+        self,
+        ctx: ChatContext,
+        settings: DetectSettings,
+        mode: Mode,
+        now: datetime,
+        live: bool = False,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
         self.mode = mode
         self.now = now
+        self.live = live
+        self.skip_notes: dict[str, str] = dict(ctx.state.skips)
         self.replies = ctx.state.replies
         self.decided: dict[str, bool] = dict(ctx.state.decided)
         self.last_date = ctx.state.last_date
@@ -406,6 +435,11 @@ class _Builder:
 
     def skip(self, message: Message, why: Skip) -> None:
         self.skipped.append((message.index, why))
+        self.note(message.identity.key, why)
+
+    def note(self, key: str, why: Skip) -> None:
+        self.skip_notes.pop(key, None)
+        self.skip_notes[key] = why.value
 
     def remember(self, key: str, selected: bool) -> None:
         self.decided.pop(key, None)
@@ -420,6 +454,7 @@ class _Builder:
 
     def job(self, message: Message, reason: Reason) -> None:
         identity = message.identity
+        self.skip_notes.pop(identity.key, None)
         meta: dict[str, Any] = {"detected": reason.value}
         card = _card_stem(message, self.ctx)
         if card:
@@ -442,13 +477,14 @@ class _Builder:
 
     def decision(self) -> Decision:
         decided = tuple(self.decided.items())[-DECIDED_KEPT:]
-        state = ChatState(self.replies, decided, self.last_date)
+        skips = tuple(self.skip_notes.items())[-DECIDED_KEPT:]
+        state = ChatState(self.replies, decided, self.last_date, skips)
         return Decision(self.jobs, self.supersedes, state, self.skipped)
 
     # the rules
 
     def content_skip(self, message: Message) -> Skip | None:
-        return eligible(message) or _filtered(message, self.ctx, self.settings)
+        return eligible(message) or filtered(message, self.ctx, self.settings)
 
     def new_reply(self, message: Message) -> None:
         """A message not seen before (new since the cursor, or never counted)."""
@@ -470,7 +506,9 @@ class _Builder:
         self.remember(key, selected)
         if not selected:
             self.skip(message, Skip.NTH)
-        elif _too_old(message, self.ctx, self.settings, self.now):
+        elif not self.live and _too_old(message, self.ctx, self.settings, self.now):
+            # Only catch-up after downtime is bounded by age: a save observed while running
+            # is new now, whatever the browser's clock wrote into it.
             self.skip(message, Skip.OLD)
         else:
             self.job(message, Reason.NEW)
@@ -523,6 +561,8 @@ class _Builder:
             self.remember(message.identity.key, False)
             self.saw(message)
         self.skipped.extend((m.index, Skip.HISTORY) for m in messages)
+        for message in messages[-DECIDED_KEPT:]:
+            self.note(message.identity.key, Skip.HISTORY)
 
 
 def _greetings(messages: Sequence[Message]) -> list[Message]:
@@ -544,11 +584,16 @@ def decide(
     *,
     first_sight: bool,
     created_while_running: bool = False,
+    live: bool = False,
 ) -> Decision:
-    """Jobs and supersedes for one scan of one chat (see the module docstring)."""
+    """Jobs and supersedes for one scan of one chat (see the module docstring).
+
+    ``live``: the scan reads a save observed while the daemon runs (not the catch-up after
+    downtime), so ``catchup_max_age`` does not apply.
+    """
     if now.tzinfo is None:
         raise ValueError("decide() needs a timezone-aware `now`")
-    b = _Builder(ctx, settings, mode, now)
+    b = _Builder(ctx, settings, mode, now, live)
     if first_sight:
         _first_sight(b, scan, created_while_running)
     elif scan.cursor_gone:

@@ -56,6 +56,7 @@ __all__ = [
     "open_job_deps",
     "regen_job",
     "reject_job",
+    "revive_job",
     "run_job_once",
 ]
 
@@ -492,6 +493,43 @@ async def regen_job(
     new = await store.regenerate(job.id, prompt=prompt.strip() if prompt else None)
     await anyio.to_thread.run_sync(approval.finish, job.id)
     return new
+
+
+async def revive_job(
+    store: Store, approval: Approval, job: Job, *, auto_accept: bool
+) -> Job | None:
+    """A superseded job whose reply shows its text again (a swipe back, an undone edit).
+
+    With its images still on the shelf it returns to PENDING (ACCEPTED with ``auto_accept``)
+    with no API call; without them it is QUEUED to run again (its prompt kept). ``None`` when it
+    cannot come back: not superseded, or replaced by a regen (the user's newer choice).
+    """
+    if job.state is not JobState.SUPERSEDED:
+        return None
+    same = await store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
+    if any(other.meta.get("regen_of") == job.id for other in same):
+        return None
+    restored = await anyio.to_thread.run_sync(approval.unshelve, job.id)
+    present = [p.name for p in await anyio.to_thread.run_sync(approval.kept_images, job.id)]
+    images = tuple(n for n in job.images if n in present) or tuple(present)
+    if restored and images:
+        moved = await store.transition(
+            job.id, JobState.SUPERSEDED, JobState.PENDING, images=images, last_error=None
+        )
+        if moved is not None and auto_accept:
+            return await accept_job(store, approval, moved.id)
+        return moved
+    if restored:
+        await anyio.to_thread.run_sync(approval.finish, job.id)
+    return await store.transition(
+        job.id,
+        JobState.SUPERSEDED,
+        JobState.QUEUED,
+        images=(),
+        attempts=0,
+        last_error=None,
+        next_attempt_at=_now(),
+    )
 
 
 def _state_message(job: Job, action: str) -> str:

@@ -47,6 +47,7 @@ import anyio
 import anyio.to_thread
 
 from daemon.config import Config
+from daemon.engine.approval import Approval
 from daemon.engine.status import daemon_status
 from daemon.engine.store import FINAL_STATES, Job, JobState, Store, job_key
 from daemon.errors import (
@@ -394,8 +395,18 @@ def _where(job: Job, selection_label: str) -> str:
     return f"{job.speaker}'s message {job.message_index} in {selection_label}"
 
 
-async def _create(store: Store, sel: Selection, force: bool) -> tuple[Job, bool]:
-    """The job for the selection: ``(job, created)``; an existing one unless ``force``."""
+async def _create(
+    store: Store,
+    sel: Selection,
+    force: bool,
+    approval: Approval | None = None,
+    auto_accept: bool = False,
+) -> tuple[Job, bool]:
+    """The job for the selection: ``(job, created)``; an existing one unless ``force``.
+
+    An existing job superseded earlier (the reply was swiped away and back) is revived when
+    ``approval`` is given: a reply shown again gets its image again (``created`` is then True).
+    """
     msg = sel.message
     identity = msg.identity
     revision = str(msg.revision)
@@ -420,6 +431,12 @@ async def _create(store: Store, sel: Selection, force: bool) -> tuple[Job, bool]
     if not force:
         if existing is None:  # pragma: no cover - a key conflict implies the row exists
             raise JobError("the job store refused the job and holds none for this reply")
+        if existing.state is JobState.SUPERSEDED and approval is not None:
+            from daemon.engine.jobs import revive_job
+
+            revived = await revive_job(store, approval, existing, auto_accept=auto_accept)
+            if revived is not None:
+                return revived, True
         return existing, False
     same = await store.jobs_for_reply(sel.chat.rel, identity.name, identity.first_date)
     regen = 1 + max((j.regen for j in same if j.revision == revision), default=0)
@@ -429,9 +446,15 @@ async def _create(store: Store, sel: Selection, force: bool) -> tuple[Job, bool]
     return job, True
 
 
-async def create_for(store: Store, sel: Selection, force: bool = False) -> tuple[Job, bool]:
+async def create_for(
+    store: Store,
+    sel: Selection,
+    force: bool = False,
+    approval: Approval | None = None,
+    auto_accept: bool = False,
+) -> tuple[Job, bool]:
     """``generate``'s own job creation, for the web API: ``(job, created)``."""
-    return await _create(store, sel, force)
+    return await _create(store, sel, force, approval, auto_accept)
 
 
 async def _follow(
@@ -540,16 +563,26 @@ async def _generate(
     await anyio.to_thread.run_sync(lambda: config.state_dir.mkdir(parents=True, exist_ok=True))
     store = await Store.open(config.db_path)
     try:
-        job, created = await _create(store, sel, force)
+        approval = await anyio.to_thread.run_sync(Approval, config.state_dir)
+        job, created = await _create(store, sel, force, approval, config.approval == "auto")
         where = _where(job, sel.chat.rel)
-        if created:
+        if created and job.state is JobState.QUEUED:
             print(f"queued job {job.id} for {where}", file=out)
+        elif created:
+            print(f"job {job.id} for {where} is back: {job.state.value} (its images)", file=out)
         else:
             reason = f" ({job.last_error})" if job.last_error else ""
             print(
                 f"job {job.id} already exists for {where}: {job.state.value}{reason}",
                 file=out,
             )
+            if job.state is JobState.SUPERSEDED:
+                # Not revivable (a regen replaced it): doing nothing is not success.
+                print(
+                    f"st-imagegen: error: job {job.id} was replaced; use --force for a new one",
+                    file=err,
+                )
+                return 1
             if job.state in FINAL_STATES and job.state is not JobState.COMMITTED:
                 print("use --force to make a new job for it", file=out)
         if not wait:

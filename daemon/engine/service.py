@@ -26,10 +26,18 @@ from anyio.abc import TaskStatus
 
 from daemon.config import Config, SystemdEnv
 from daemon.engine import detect
-from daemon.engine.jobs import POLL_INTERVAL, JobDeps, Runner, accept_job, regen_job, reject_job
+from daemon.engine.jobs import (
+    POLL_INTERVAL,
+    JobDeps,
+    Runner,
+    accept_job,
+    regen_job,
+    reject_job,
+    revive_job,
+)
 from daemon.engine.lock import hold_state_lock
 from daemon.engine.notify import Heartbeat, Notifier
-from daemon.engine.store import Job, JobState, Store
+from daemon.engine.store import Job, JobState, Store, job_key
 from daemon.engine.store.schema import damaged_message
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
@@ -109,6 +117,7 @@ class Service:
         self.exit_code = 0
         self.processed = 0
         self._startup: set[str] = set()
+        self._catching_up: set[str] = set()  # changed while we were down, not read yet
         self._hint = anyio.Event()
         self._rescan = anyio.Event()
         self._drop = anyio.Event()
@@ -134,6 +143,7 @@ class Service:
             self._startup.add(rel)
             if rel in known and await self._unchanged_since_cursor(rel):
                 continue
+            self._catching_up.add(rel)
             self.settler.due_now(self.index.ref(rel), now)
         log.info(
             "startup scan",
@@ -362,6 +372,7 @@ class Service:
             raise
         first_sight = record is None
         created_while_running = first_sight and chat.rel not in self._startup
+        live = chat.rel not in self._catching_up
         decision = detect.decide(
             result,
             ctx,
@@ -370,7 +381,10 @@ class Service:
             _now(),
             first_sight=first_sight,
             created_while_running=created_while_running,
+            live=live,
         )
+        self._catching_up.discard(chat.rel)
+        _log_skips(chat.rel, decision.skipped)
         for identity, keep, reason in decision.supersede:
             gone = await store.supersede(
                 chat.user, chat.rel, identity.name, identity.first_date, keep, reason
@@ -378,19 +392,45 @@ class Service:
             for old in gone:
                 self.runner.cancel(old.id, reason)
                 if old.state is JobState.SUPERSEDED:
-                    await anyio.to_thread.run_sync(self.deps.approval.finish, old.id)
+                    # Shelved, not deleted: a swipe back to this text brings the images back.
+                    await anyio.to_thread.run_sync(self.deps.approval.shelve, old.id)
                 job_log(old, "superseded", logger=log, reason=reason)
         created = 0
         for spec in decision.new_jobs:
-            job = await store.create_job(**spec.fields())
+            fields = spec.fields()
+            job = await store.create_job(**fields)
+            if job is None:
+                job = await self._revive(fields)
             if job is not None:
                 created += 1
-                job_log(job, "queued", logger=log, speaker=job.speaker, source=job.source)
+                job_log(job, job.state.value, logger=log, speaker=job.speaker, source=job.source)
         await store.set_cursor(chat.rel, result.cursor, data=decision.state)
         self.index.note(chat)
         if created:
             self.runner.wake()
         await self._reconcile(chat)
+
+    async def _revive(self, fields: dict[str, Any]) -> Job | None:
+        """The job this reply's revision already had, back from superseded (a swipe back)."""
+        key = job_key(
+            fields["user"],
+            fields["chat"],
+            fields["identity_name"],
+            fields["identity_date"],
+            fields["revision"],
+        )
+        existing = await self.store.find_job(key)
+        if existing is None or existing.state is not JobState.SUPERSEDED:
+            return None
+        revived = await revive_job(
+            self.store,
+            self.deps.approval,
+            existing,
+            auto_accept=self.config.approval == "auto",
+        )
+        if revived is not None:
+            log.info("job revived", job=revived.id, chat=revived.chat, state=revived.state.value)
+        return revived
 
     def _read(
         self, chat: ChatRef, cursor: Cursor | None, data: dict[str, Any] | None
@@ -469,6 +509,23 @@ class Service:
             return False
         same = await self.store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
         return any(other.meta.get("regen_of") == job.id for other in same)
+
+
+def _log_skips(chat: str, skipped: list[tuple[int, detect.Skip]]) -> None:
+    """One ``skipped`` line per message that got no job; the history a chat had when first
+    seen is one line for all of it (a chat may hold thousands)."""
+    history = [index for index, why in skipped if why is detect.Skip.HISTORY]
+    for index, why in skipped:
+        if why is not detect.Skip.HISTORY:
+            log.info("skipped", chat=chat, mesid=index, reason=why.value)
+    if history:
+        log.info(
+            "skipped",
+            chat=chat,
+            mesid=f"{min(history)}-{max(history)}" if len(history) > 1 else history[0],
+            count=len(history),
+            reason=detect.Skip.HISTORY.value,
+        )
 
 
 async def serve(

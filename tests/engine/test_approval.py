@@ -300,3 +300,23 @@ async def test_cleanup_temps(approval: Approval) -> None:
     (trash / "image-1.png").write_bytes(b"x")
     assert approval.cleanup_temps() == 2
     assert not old.exists() and not trash.exists() and fresh.exists()
+
+
+async def test_shelf_keeps_a_superseded_jobs_images_for_a_while(
+    approval: Approval, job: Job
+) -> None:
+    folder = approval.write_pending(job, [img("png"), img("png")], {})
+    names = sorted(p.name for p in folder.iterdir())
+    assert approval.shelve(job.id)
+    assert not folder.exists() and approval.find(job.id) is None  # out of the user's sight
+    assert not approval.shelve(job.id)  # nothing left to shelve
+    assert approval.unshelve(job.id)
+    assert sorted(p.name for p in folder.iterdir()) == names
+    assert not approval.unshelve(job.id)  # once
+
+    assert approval.shelve(job.id)
+    shelved = approval.shelf_dir / job.id
+    old = shelved.stat().st_mtime - 8 * 86400
+    os.utime(shelved, (old, old))
+    assert approval.prune_shelf() == 1
+    assert not shelved.exists() and not approval.unshelve(job.id)

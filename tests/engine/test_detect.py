@@ -98,6 +98,7 @@ def run(
     first_sight: bool = False,
     created: bool = False,
     now: datetime = NOW,
+    live: bool = False,
     **kw: Any,
 ) -> Decision:
     return decide(
@@ -108,6 +109,7 @@ def run(
         now,
         first_sight=first_sight,
         created_while_running=created,
+        live=live,
     )
 
 
@@ -446,6 +448,21 @@ def test_catchup_max_age(dates: dict[str, Any], age: str, wanted: bool) -> None:
     if not wanted:
         assert decision.skipped == [(1, Skip.OLD)]
         assert decision.chat_state.replies == 1  # still counted
+    # A save observed while running is new when seen, whatever its dates say (regression:
+    # a browser with a wrong clock, an imported chat, a reply edited days later were skipped
+    # silently).
+    assert indices(run(scan(new=[msg(1, **dates)]), catchup_max_age=age, live=True)) == [1]
+
+
+def test_skip_reasons_are_remembered_with_the_chat_for_why() -> None:
+    decision = run(scan(new=[msg(1, mes="Hi."), msg(2)]), min_length=10)
+    state = decision.chat_state
+    one, two = msg(1, mes="Hi.").identity.key, msg(2).identity.key
+    assert state.skip_reason(one) == Skip.SHORT.value
+    assert state.skip_reason(two) is None  # it got a job
+    again = ChatState.from_data(state.to_data())
+    assert again.skip_reason(one) == Skip.SHORT.value
+    assert ChatState.from_data({"skips": [["k", 3], "junk"]}).skips == ()  # damaged: ignored
 
 
 def test_unparsable_date_falls_back_to_mtime() -> None:

@@ -321,3 +321,75 @@ def test_progress_on_a_terminal(root: Path, make_config: MakeConfig, fake_api: F
     assert "\r" in progress and "imaging (" in progress  # the spinner line
     assert progress.endswith("\r\x1b[K") or "\x1b[K" in progress  # cleared at the end
     assert "\r" not in out.getvalue() and "is waiting for approval" in out.getvalue()
+
+
+async def _supersede(config: Config, job: Job, *, shelve: bool) -> None:
+    """As a swipe away does: the job superseded, its pending folder shelved."""
+    from daemon.engine.approval import Approval
+
+    store = await Store.open(config.db_path)
+    try:
+        gone = await store.supersede(
+            job.user, job.chat, job.identity_name, job.identity_date, None, "reply changed"
+        )
+        assert [g.id for g in gone] == [job.id]
+        if shelve:
+            assert Approval(config.state_dir).shelve(job.id)
+    finally:
+        await store.close()
+
+
+def test_generate_brings_back_a_superseded_job_of_the_shown_text(
+    root: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    """Regression: `generate` said "already exists ... superseded" and exited 0 doing nothing."""
+    config = make_config(root, mode="manual")
+    assert cmd_generate(config, "Alice", 5, True, timeout=60, out=io.StringIO()) == 0
+    [job] = anyio.run(_jobs, config)
+    assert job.state is JobState.PENDING
+    calls = fake_api.count("images/generations")
+
+    anyio.run(lambda: _supersede(config, job, shelve=True))
+    assert not (config.pending_dir / job.id).exists()
+    out = io.StringIO()
+    assert cmd_generate(config, "Alice", 5, False, out=out) == 0
+    assert (
+        f"job {job.id} for Alice's message 5" in out.getvalue()
+        and "is back: pending" in out.getvalue()
+    )
+    [back] = anyio.run(_jobs, config)
+    assert back.state is JobState.PENDING and back.images == job.images
+    assert all((config.pending_dir / job.id / n).is_file() for n in job.images)
+    assert fake_api.count("images/generations") == calls  # its images, not new ones
+
+    # Without shelved images it runs again (its prompt kept).
+    anyio.run(lambda: _supersede(config, back, shelve=False))
+    out = io.StringIO()
+    assert cmd_generate(config, "Alice", 5, False, out=out) == 0
+    assert out.getvalue().startswith(f"queued job {job.id}")
+    [again] = anyio.run(_jobs, config)
+    assert again.state is JobState.QUEUED and again.prompt == job.prompt
+
+
+def test_generate_on_a_job_replaced_by_a_regen_is_an_error(
+    root: Path, make_config: MakeConfig
+) -> None:
+    from daemon.engine.approval import Approval
+    from daemon.engine.jobs import regen_job
+
+    config = make_config(root, mode="manual")
+    assert cmd_generate(config, "Alice", 5, False, out=io.StringIO()) == 0
+    [job] = anyio.run(_jobs, config)
+
+    async def regen() -> None:
+        store = await Store.open(config.db_path)
+        try:
+            await store.transition(job.id, JobState.QUEUED, JobState.PENDING, prompt="a cat")
+            await regen_job(store, Approval(config.state_dir), job.id)
+        finally:
+            await store.close()
+
+    anyio.run(regen)
+    out, err = io.StringIO(), io.StringIO()
+    assert cmd_generate(config, "Alice", 5, False, out=out, err=err) == 1
+    assert "superseded" in out.getvalue() and "use --force" in err.getvalue()

@@ -232,6 +232,37 @@ async def test_swipe_supersedes_and_new_revision_gets_a_job(
         assert not (config.state_dir / "pending" / first.id).exists()
 
 
+async def test_swiping_back_brings_the_earlier_swipes_images_back(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    """Regression: swipe, swipe back, and the shown reply had no image (its job stayed
+    superseded, and `generate` said so with exit 0)."""
+    config = make_config(st_root_latest)
+    async with running(config, FAST) as service:
+        path = new_chat(service.root, name="swipeback")
+        tab, first = await replied(service, path, "Go on.", "A lantern over the pier.")
+        shown = (config.state_dir / "pending" / first.id / first.images[0]).read_bytes()
+        tab.swipe("A heron over the water.").save()
+        second = await revised(service, path, first)
+        await wait_state(service, second.id, JobState.PENDING)
+        calls = fake_api.count("images/generations")
+
+        tab.swipe_to(0).save()
+        back = await wait_state(service, first.id, JobState.PENDING)
+        await wait_state(service, second.id, JobState.SUPERSEDED)
+        assert fake_api.count("images/generations") == calls  # no second API call
+        assert back.images == first.images and back.last_error is None
+        assert (config.state_dir / "pending" / first.id / first.images[0]).read_bytes() == shown
+        assert not (config.state_dir / "pending" / second.id).exists()
+
+        # And forth again: the second swipe's job comes back the same way.
+        tab.swipe_to(1).save()
+        await wait_state(service, second.id, JobState.PENDING)
+        await wait_state(service, first.id, JobState.SUPERSEDED)
+        assert fake_api.count("images/generations") == calls
+        assert len(await jobs_of(service, path)) == 2  # no new jobs along the way
+
+
 async def test_continue_and_edit_make_new_revisions(
     st_root_latest: Path, make_config: MakeConfig
 ) -> None:
@@ -497,3 +528,48 @@ async def test_each_job_step_is_one_log_line_with_the_job_fields(
     for step in (s for s in lines if s.get("job") == first.id):
         assert step["user"] == "default-user" and step["chat"] == first.chat
         assert step["mesid"] == first.message_index
+
+
+async def test_a_live_reply_with_a_wrong_clock_is_illustrated_and_every_skip_explained(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    """Regression: a live reply dated days ago (a browser with a wrong clock) was skipped as
+    too old, with no log line."""
+    from datetime import timedelta
+
+    from daemon.engine.why import explain, render
+
+    out = io.StringIO()
+    configure_logging(LogSettings(level="info", format="json"), stream=out)
+    config = make_config(st_root_latest, detect={"min_length": 12, "catchup_max_age": "1h"})
+    async with running(config, FAST) as service:
+        path = new_chat(service.root, name="clock")
+        wrong = SimClock(start=datetime.now(UTC) - timedelta(days=3))
+        tab = STSim.create(path, clock=wrong, character="Alice")
+        await seen(service, path)
+        tab.send_user("Look.").save()
+        tab.reply("Alice", "A lantern over the old pier.").save()
+        (job,) = await wait_jobs(service, path, 1)
+        await wait_state(service, job.id, JobState.PENDING)
+        before = service.processed
+        tab.send_user("And?").save()
+        tab.reply("Alice", "Yes.").save()  # shorter than min_length
+        await settle_and_process(service, before)
+        rel = path.relative_to(service.root).as_posix()
+
+        async def logged() -> list[dict[str, Any]] | None:
+            lines = [json.loads(x) for x in out.getvalue().splitlines() if x.startswith("{")]
+            found = [x for x in lines if x["event"] == "skipped" and x.get("chat") == rel]
+            return found if len(found) >= 3 else None
+
+        skips = await async_wait_for(logged, within=JOB_TIMEOUT)
+        reasons = {(s["mesid"], s["reason"]) for s in skips}
+        assert {(1, "user message"), (3, "user message"), (4, "shorter than min_length")} <= reasons
+        assert all(s["level"] == "info" for s in skips)
+
+        short = await explain(config, str(path), 4)
+        assert render(short).startswith(f"message 4 (Alice) in {rel}: no job: shorter than")
+        user_line = render(await explain(config, str(path), 3))
+        assert "no job: user message" in user_line
+        with_job = render(await explain(config, str(path), 2))
+        assert f"{job.short_id}  pending" in with_job and "for this text" in with_job
