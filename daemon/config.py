@@ -79,14 +79,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _read_key_file(key: SecretStr, key_file: Path | None, section: str) -> SecretStr:
+def _read_key_file(
+    key: SecretStr, key_file: Path | None, section: str, name: str = "api_key_file"
+) -> SecretStr:
     if key_file is None or key.get_secret_value():
         return key
     try:
         return SecretStr(key_file.read_text(encoding="utf-8").strip())
     except OSError as exc:
         raise ValueError(
-            f"{section}.api_key_file {str(key_file)!r} cannot be read: {exc.strerror}"
+            f"{section}.{name} {str(key_file)!r} cannot be read: {exc.strerror}"
         ) from None
 
 
@@ -153,10 +155,16 @@ class TextSettings(_Section):
 
 
 class ImageSettings(_Section):
-    """The image generator (images/generations)."""
+    """The image generator (images/generations, AUTOMATIC1111/Forge or ComfyUI)."""
 
+    backend: Literal["openai", "a1111", "comfyui"] = Field(
+        default="openai",
+        description="openai (images/generations) | a1111 (A1111, Forge, SD.Next) | comfyui",
+    )
     api_url: str = Field(
-        default="", description="full .../v1/images/generations URL, or a base URL ending in /v1"
+        default="",
+        description="openai: .../v1/images/generations or a base URL ending in /v1; "
+        "a1111/comfyui: the server's address (http://127.0.0.1:7860, :8188)",
     )
     api_key: SecretStr = Field(default=SecretStr(""), description="Bearer key; empty = none")
     api_key_file: Path | None = Field(default=None, description="read the key from this file")
@@ -194,12 +202,36 @@ class ImageSettings(_Section):
     max_pixels: int = Field(
         default=64_000_000, ge=1, description="largest accepted image (width x height)"
     )
+    steps: int = Field(default=20, ge=1, le=500, description="sampling steps (a1111, comfyui)")
+    cfg_scale: float = Field(default=7.0, ge=0, le=100, description="CFG scale (a1111, comfyui)")
+    sampler: str = Field(
+        default="", description="sampler name (a1111, comfyui); empty = the server's default"
+    )
+    scheduler: str = Field(
+        default="", description="scheduler name (a1111, comfyui); empty = the server's default"
+    )
+    seed: int = Field(
+        default=-1, ge=-1, description="-1 = a new random seed per job (a1111, comfyui)"
+    )
+    api_auth: SecretStr = Field(
+        default=SecretStr(""),
+        description='"user:password": HTTP basic auth (A1111 --api-auth, a proxy before ComfyUI)',
+    )
+    api_auth_file: Path | None = Field(default=None, description="read api_auth from this file")
+    comfy_workflow: Path | None = Field(
+        default=None, description="ComfyUI workflow in API format; empty = the shipped txt2img"
+    )
 
     @model_validator(mode="after")
     def _key_from_file(self) -> ImageSettings:
         object.__setattr__(
             self, "api_key", _read_key_file(self.api_key, self.api_key_file, "image")
         )
+        auth = _read_key_file(self.api_auth, self.api_auth_file, "image", "api_auth_file")
+        object.__setattr__(self, "api_auth", auth)
+        if self.backend != "openai" and "model" not in self.model_fields_set:
+            # dall-e-3 means nothing to a local server: its loaded checkpoint is the default.
+            object.__setattr__(self, "model", "")
         return self
 
 

@@ -34,8 +34,9 @@ from daemon.errors import (
     StImagegenError,
     TransientProviderError,
 )
+from daemon.providers.backend import ImageBackend
+from daemon.providers.factory import make_image_backend
 from daemon.providers.http import RetryPolicy, make_client
-from daemon.providers.images import ImageGenerator
 from daemon.providers.text import PromptWriter
 from daemon.tavern.layout import (
     ChatRef,
@@ -437,13 +438,44 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
     image = config.image
     if skip:
         return _skip("image API", "skipped (--skip-image)")
+    built: list[ImageBackend] = []
 
     async def check(client: httpx.AsyncClient) -> str | None:
-        return await ImageGenerator(image, client, limits=config.limits, retry=ONE_ATTEMPT).check()
+        backend = make_image_backend(image, client, limits=config.limits, retry=ONE_ATTEMPT)
+        built.append(backend)
+        return await backend.check()
 
-    return _check_api(
-        "image API", "image", image.api_url, image.model, image.timeout_seconds, check
-    )
+    model = image.model or "the server's default"
+    result = _check_api("image API", "image", image.api_url, model, image.timeout_seconds, check)
+    # A1111 and ComfyUI say what they have (models, samplers, GPU): worth a line when it works.
+    summary = str(getattr(built[0], "summary", "")) if built else ""
+    if summary and result.status == "PASS":
+        return _pass("image API", f"{image.api_url} ({image.backend}) answered: {summary}")
+    return result
+
+
+def check_comfy_workflow(config: Config) -> CheckResult | None:
+    """ComfyUI only: the workflow parses, is in API format and has its placeholders."""
+    from daemon.providers.comfyui import load_workflow, workflow_warnings
+
+    image = config.image
+    if image.backend != "comfyui":
+        return None
+    try:
+        workflow = load_workflow(image.comfy_workflow)
+        notes = workflow_warnings(image, config.text.negative_prompt)
+    except ConfigError as exc:
+        return _fail(
+            "ComfyUI workflow",
+            str(exc),
+            'in ComfyUI, export the workflow with Workflow > Export (API), put "%prompt%" in '
+            "its positive prompt, and set image.comfy_workflow to that file (or leave it empty "
+            "for the shipped txt2img)",
+        )
+    names = ", ".join(f"%{n}%" for n in sorted(workflow.placeholders))
+    if notes:
+        return _warn("ComfyUI workflow", f"{workflow.source}: " + "; ".join(notes))
+    return _pass("ComfyUI workflow", f"{workflow.source} ({len(workflow.nodes)} nodes; {names})")
 
 
 # --- the commands ------------------------------------------------------------------------------
@@ -472,6 +504,8 @@ def iter_checks(
         else check_inotify(root, watches_file)
     )
     yield check_prompt_api(config)
+    if (workflow := check_comfy_workflow(config)) is not None:
+        yield workflow
     yield check_image_api(config, skip=skip_image)
 
 

@@ -38,7 +38,9 @@ from daemon.errors import (
     TransientProviderError,
 )
 from daemon.logs import job_log
-from daemon.providers.images import GeneratedImage, ImageGenerator
+from daemon.providers.backend import ImageBackend, ImageRequest, Progress, ProgressCallback
+from daemon.providers.factory import make_image_backend
+from daemon.providers.images import GeneratedImage
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, is_header, parse_line, read_chat
@@ -73,6 +75,9 @@ POLL_INTERVAL = 1.0
 STORE_RETRY_DELAY = 5.0
 """Seconds before a job whose bookkeeping hit a store error is looked at again."""
 
+PROGRESS_WRITE_INTERVAL = 0.5
+"""Least seconds between two stored progress reports of one job (samplers report every step)."""
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -87,7 +92,7 @@ class JobDeps:
     store: Store
     approval: Approval
     prompts: PromptWriter
-    images: ImageGenerator
+    images: ImageBackend
     committer: Committer | None = None
     clock: Callable[[], datetime] = _now
     rng: random.Random = field(default_factory=random.Random)
@@ -120,7 +125,7 @@ async def open_job_deps(
             store=store,
             approval=approval,
             prompts=PromptWriter(config.text, client, limits=config.limits),
-            images=ImageGenerator(config.image, client, limits=config.limits),
+            images=make_image_backend(config.image, client, limits=config.limits),
         )
         deps.committer = Committer(config, store, approval, root)
         yield deps
@@ -258,6 +263,27 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
     return current
 
 
+def _progress_writer(job: Job, deps: JobDeps) -> ProgressCallback:
+    """Stores a backend's progress as ``meta["progress"]`` (``generate --wait``, the inbox)."""
+    last = -PROGRESS_WRITE_INTERVAL
+
+    async def report(progress: Progress) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < PROGRESS_WRITE_INTERVAL and progress.fraction < 1.0:
+            return
+        last = now
+        shown = {"fraction": round(progress.fraction, 3), "text": progress.text}
+        try:
+            await deps.store.transition(
+                job.id, JobState.IMAGING, JobState.IMAGING, meta_update={"progress": shown}
+            )
+        except StoreError as exc:  # only a display: never fail the image over it
+            log.debug("progress not stored", job=job.id, error=str(exc))
+
+    return report
+
+
 async def _pipeline(job: Job, deps: JobDeps) -> Job:
     store = deps.store
     current: Job = job
@@ -297,7 +323,8 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         started = time.monotonic()
         assert current.prompt is not None
         negative = str(current.meta.get("negative", deps.config.text.negative_prompt))
-        generated = await deps.images.generate(current.prompt, negative)
+        request = ImageRequest(prompt=current.prompt, negative=negative)
+        generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
         if not generated:
             raise PermanentProviderError("the image API returned no images")
         step = "pending"

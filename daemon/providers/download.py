@@ -105,8 +105,13 @@ async def download_image(
     policy: DownloadPolicy,
     *,
     resolve: Resolver = system_resolve,
+    auth: httpx.Auth | None = None,
 ) -> bytes:
-    """The bytes of the image at ``url``, fetched under ``policy``; raises ProviderError."""
+    """The bytes of the image at ``url``, fetched under ``policy``; raises ProviderError.
+
+    ``auth`` (a local server's own login) is sent only to the URL's first host, never to a
+    host a redirect names.
+    """
     try:
         start_host = urlsplit(url).hostname
     except ValueError:
@@ -120,11 +125,13 @@ async def download_image(
                     await _guard(url, policy, resolve)
                 except _Refused as exc:
                     raise BadResponseError(f"{label} was refused: {exc}", provider=label) from None
+                same_host = urlsplit(url).hostname == start_host
                 async with client.stream(
                     "GET",
                     url,
                     follow_redirects=False,
                     timeout=call_timeout(policy.timeout),
+                    auth=auth if same_host else None,
                 ) as response:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         try:

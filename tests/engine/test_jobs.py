@@ -183,7 +183,7 @@ async def test_permanent_failure_fails_with_the_reason(deps: JobDeps, fake_api: 
 async def test_a_bug_fails_the_job_visibly_instead_of_retrying(
     deps: JobDeps, fake_api: FakeAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(prompt: str, negative: str = "") -> list[object]:
+    async def broken(*args: object, **kwargs: object) -> list[object]:
         raise KeyError("a bug of ours")  # not a provider error: no retry would help
 
     monkeypatch.setattr(deps.images, "generate", broken)
