@@ -308,14 +308,16 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 JobState.PROMPTING,
                 JobState.IMAGING,
                 prompt=written.prompt,
-                meta_update={"negative": written.negative},
+                meta_update={"negative": written.negative, "progress": None},
             )
             if moved is None:
                 return await store.get_job(job.id)
             current = moved
             job_log(current, "prompt", started=started, logger=log)
         else:
-            moved = await store.transition(job.id, JobState.QUEUED, JobState.IMAGING)
+            moved = await store.transition(
+                job.id, JobState.QUEUED, JobState.IMAGING, meta_update={"progress": None}
+            )
             if moved is None:
                 return await store.get_job(job.id)
             current = moved

@@ -369,11 +369,15 @@ class _Progress:
         self.clear()
         print(text, file=self.err, flush=True)
 
-    def tick(self, state: JobState) -> None:
+    def tick(self, state: JobState, told: object = None) -> None:
+        """One spinner frame; ``told`` is the job's ``meta["progress"]`` (A1111, ComfyUI)."""
         if not self.spin:
             return
         elapsed = time.monotonic() - self._started
-        self.err.write(f"\r{next(self._frames)} {state.value} ({elapsed:.0f} s)\x1b[K")
+        text = state.value
+        if state is JobState.IMAGING and isinstance(told, dict) and told.get("text"):
+            text = f"{text}: {told['text']}"
+        self.err.write(f"\r{next(self._frames)} {text} ({elapsed:.0f} s)\x1b[K")
         self.err.flush()
         self._drawn = True
 
@@ -491,7 +495,7 @@ async def _follow(
                             f"job {current.short_id}: {last.value} -> {current.state.value}"
                         )
                         last = current.state
-                    progress.tick(current.state)
+                    progress.tick(current.state, current.meta.get("progress"))
                 tg.cancel_scope.cancel()
     progress.clear()
     if failure:
