@@ -43,7 +43,7 @@ __all__ = ["ApiError", "job_json", "routes"]
 MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
 MAX_PROMPT = 8000
-STATUS_CACHE_SECONDS = 2.0
+STATUS_CACHE_SECONDS = 5.0
 _JOB_REF = re.compile(r"^[0-9A-Za-z]{1,26}$")
 _IMAGE_NAME = re.compile(r"^image-\d{1,4}\.[a-z0-9]{1,5}$")
 _MEDIA = {
@@ -117,9 +117,16 @@ def job_json(job: Job, config: Config) -> dict[str, Any]:
         {"index": n, "name": name, "thumb": f"{base}/{n}?size=thumb", "full": f"{base}/{n}"}
         for n, name in enumerate(image_names(job), 1)
     ]
-    progress = None
+    progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
         progress = {"step": job.state.value, "fraction": None, "text": PROGRESS_TEXT[job.state]}
+        told = job.meta.get("progress")  # what an A1111/ComfyUI backend last reported
+        if job.state is JobState.IMAGING and isinstance(told, dict):
+            fraction = told.get("fraction")
+            if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+                progress["fraction"] = min(1.0, max(0.0, float(fraction)))
+            if isinstance(told.get("text"), str) and told["text"]:
+                progress["text"] = str(told["text"])
     not_kept = job.meta.get("not_kept")
     return {
         "id": job.id,
@@ -213,14 +220,14 @@ async def status(request: Request) -> Response:
     now = time.monotonic()
     at = cache.get("at")
     if not isinstance(at, float) or now - at > STATUS_CACHE_SECONDS:
-        report = await gather_status(ctx.config)
-        data = report.to_json()
-        data["version"] = ctx.version
-        data["chats_watched"] = report.chats
-        data["counts"] = report.jobs
+        report = await gather_status(ctx.config)  # walks the chat folders: kept a moment
         cache["at"] = now
-        cache["data"] = data
-    return JSONResponse(cache["data"], headers={"Cache-Control": "no-store"})
+        cache["data"] = report.to_json()
+    data = dict(cache["data"])  # type: ignore[call-overload]
+    # Job counts change with every event the page gets: always fresh from the store.
+    counts = {s.value: n for s, n in (await ctx.store.counts()).items()}
+    data.update(jobs=counts, counts=counts, version=ctx.version, chats_watched=data["chats"])
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
 async def list_jobs(request: Request) -> Response:

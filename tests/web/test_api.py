@@ -326,3 +326,23 @@ async def test_keys_never_reach_an_answer(
     assert job.state is JobState.PENDING
     for body in bodies:
         assert "sk-very-secret" not in body
+
+
+async def test_a_backends_progress_is_in_the_job_and_the_stream(inbox: Inbox) -> None:
+    job = await inbox.pending("steps")
+    store = inbox.service.store
+    await store.transition(job.id, JobState.PENDING, JobState.IMAGING)
+    async with inbox.client() as c, c.stream("GET", "/api/v1/events") as stream:
+        lines = stream.aiter_lines()
+        await _events(lines, 1)  # hello
+        told = {"fraction": 0.4, "text": "step 8/20"}
+        await store.transition(
+            job.id, JobState.IMAGING, JobState.IMAGING, meta_update={"progress": told}
+        )
+        [(_, name, data)] = await _events(lines, 1)
+    assert name == "job" and data["previous_state"] == "imaging"
+    assert data["job"]["progress"] == {
+        "step": "imaging",
+        "fraction": 0.4,
+        "text": "step 8/20",
+    }

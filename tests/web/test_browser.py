@@ -88,6 +88,8 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         await expect(groups).to_have_count(2)
         await expect(groups.first).to_contain_text("Alice - tower")  # newest chat first
 
+        await expect(page.locator("#status .status-text")).to_contain_text("2 pending")
+        await expect(page.locator("#pending-count")).to_have_text("2")
         await page.screenshot(path=str(tmp_path / "inbox-desktop.png"), full_page=True)
         await page.set_viewport_size({"width": 390, "height": 844})
         await page.screenshot(path=str(tmp_path / "inbox-phone.png"), full_page=True)

@@ -204,3 +204,16 @@ async def test_a_token_daemon_serves_with_its_token_and_web_url_prints_it(
     assert captured.out.strip().splitlines()[-1].startswith("http://127.0.0.1:8765/?token=")
     assert "not running" in captured.err
     assert os.environ.get("ST_IMAGEGEN_WEB__TOKEN_FILE") is None
+
+
+def test_compose_publishes_the_inbox_on_the_hosts_loopback(tmp_path: Path) -> None:
+    import yaml
+
+    compose = Path(__file__).resolve().parents[2] / "examples" / "compose.yaml"
+    ours = yaml.safe_load(compose.read_text(encoding="utf-8"))["services"]["st-imagegen"]
+    assert "127.0.0.1:8765:8765" in ours["ports"]
+    env = {k: str(v) for k, v in ours["environment"].items() if k.startswith("ST_IMAGEGEN_WEB__")}
+    config_file = tmp_path / "config.toml"
+    config_file.write_text("", encoding="utf-8")
+    web = load_config(config_file, environ=env).web
+    assert web.host == "0.0.0.0" and token_required(web)  # reachable only with the token

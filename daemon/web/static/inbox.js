@@ -90,7 +90,9 @@
     }
     if (job.progress && job.state !== "pending") {
       card.append(h("div", { class: "progress" }, h("span", { class: "spinner", "aria-hidden": "true" }),
-        h("span", { text: job.progress.text + (job.attempts ? ` (try ${job.attempts + 1})` : "") })));
+        h("span", { text: job.progress.text
+          + (typeof job.progress.fraction === "number" ? ` ${Math.round(job.progress.fraction * 100)}%` : "")
+          + (job.attempts ? ` (try ${job.attempts + 1})` : "") })));
     }
     if (job.last_error && (job.state === "failed" || job.state === "queued" || job.state === "accepted")) {
       card.append(h("p", { class: "error", text: job.last_error }));
