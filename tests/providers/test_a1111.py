@@ -381,3 +381,12 @@ async def test_check_without_the_api_says_start_with_api(
 async def test_the_factory_picks_the_backend(a1111: FakeA1111, client: httpx.AsyncClient) -> None:
     built = make_image_backend(settings_for(a1111), client, limits=LimitsSettings())
     assert isinstance(built, A1111Backend)
+
+
+def test_config_keys_for_the_native_backends(tmp_path: Any) -> None:
+    assert ImageSettings().backend == "openai" and ImageSettings().model == "dall-e-3"
+    assert ImageSettings(backend="comfyui").model == ""  # the server's checkpoint
+    assert ImageSettings(backend="a1111", model="sdxl").model == "sdxl"
+    with pytest.raises(ValueError, match="api_auth_file"):
+        ImageSettings(backend="a1111", api_auth_file=tmp_path / "missing")
+    assert "secret-pw" not in repr(ImageSettings(backend="a1111", api_auth="me:secret-pw"))
