@@ -94,7 +94,8 @@ async def _accepted(
     )
     assert job is not None
     await anyio.to_thread.run_sync(approval.write_pending, job, [_png()], {})
-    moved = await store.transition(job.id, JobState.QUEUED, JobState.ACCEPTED)
+    names = tuple(p.name for p in approval.kept_images(job.id))
+    moved = await store.transition(job.id, JobState.QUEUED, JobState.ACCEPTED, images=names)
     assert moved is not None
     return moved
 

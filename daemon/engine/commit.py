@@ -51,7 +51,7 @@ from daemon.errors import (
     TavernError,
     UnsafePathError,
 )
-from daemon.tavern import layout
+from daemon.tavern import layout, stream
 from daemon.tavern.chat import (
     Chat,
     LineMessage,
@@ -162,18 +162,29 @@ class _Plan:
     see :class:`~daemon.tavern.chat.Chat`): a commit into a big chat costs about a copy of it.
     """
 
-    chat: Chat
-    data: bytes
+    chat: Chat | None  # None: a big chat read by streaming (daemon.tavern.stream)
+    data: bytes | None
     snapshot: Snapshot
     present: LineMessage | None  # our message, found by its marker
     reply: LineMessage | None  # the reply it illustrates, found by identity
     problem: str | None  # why the reply no longer matches; None when it does
+    streamed: stream.FoundLines | None = None
+
+    @property
+    def date_style(self) -> str:
+        if self.streamed is not None:
+            return self.streamed.date_style
+        assert self.chat is not None
+        return self.chat.date_style
 
     def insert_position(self) -> int:
         """After the reply and after our image messages already following it (keeps order),
         as the offset where the last of those lines ends. Lines that do not parse are passed
         over: they are no messages to ST."""
         assert self.reply is not None
+        if self.streamed is not None:
+            return self.streamed.insert_end
+        assert self.chat is not None
         end = self.reply.end
         for start, line_end in self.chat.lines_after(end):
             line = self.chat.line_message(start, line_end)
@@ -185,21 +196,35 @@ class _Plan:
         return end
 
 
+def _judge(reply: LineMessage | None, revision: str) -> str | None:
+    if reply is None:
+        return REASON_REPLY_GONE
+    if str(reply.message.revision) != revision:
+        return REASON_REPLY_CHANGED
+    return None
+
+
 def _read_plan(
     path: Path, root: Path, job_id: str, identity: MessageIdentity, revision: str
 ) -> _Plan:
+    try:
+        big = path.stat().st_size >= stream.STREAM_MIN_BYTES
+    except OSError:
+        big = False  # the read below reports it
+    if big:
+        # Memory independent of the chat's size: two streaming passes, no copy in memory.
+        with contextlib.suppress(stream.NeedsFullRead):
+            found = stream.find_lines(path, job_id, identity, root=root)
+            problem = _judge(found.reply, revision)
+            return _Plan(None, None, found.snapshot, found.present, found.reply, problem, found)
+
     def look(chat: Chat) -> tuple[LineMessage | None, LineMessage | None]:
         return chat.find_marker_line(job_id), chat.find_line(identity)
 
     # No hash of the old version: a commit needs the new one's only (taken during its fsync).
     # ``root`` on every read: the chat may be swapped for a symlink between conflict retries.
     chat, data, snap, (present, reply) = read_for_edit_with(path, look, root=root, hashed=False)
-    problem: str | None = None
-    if reply is None:
-        problem = REASON_REPLY_GONE
-    elif str(reply.message.revision) != revision:
-        problem = REASON_REPLY_CHANGED
-    return _Plan(chat, data, snap, present, reply, problem)
+    return _Plan(chat, data, snap, present, reply, _judge(reply, revision))
 
 
 def _backoff(attempt: int) -> float:
@@ -368,16 +393,29 @@ class Committer:
             # like someone else's (that would acknowledge our message wrongly).
             anyio.from_thread.run(self.store.record_write, chat, digest)
 
-        write = partial(
-            insert_after_line,
-            path,
-            plan.snapshot,
-            plan.data,
-            after,
-            [dict(message)],
-            root=self.root,
-            before_replace=record,
-        )
+        write: Callable[[], object]
+        if plan.data is None:
+            write = partial(
+                stream.insert_at,
+                path,
+                plan.snapshot,
+                after,
+                [dict(message)],
+                root=self.root,
+                before_replace=record,
+                checkpoints=plan.streamed.checkpoints if plan.streamed else (),
+            )
+        else:
+            write = partial(
+                insert_after_line,
+                path,
+                plan.snapshot,
+                plan.data,
+                after,
+                [dict(message)],
+                root=self.root,
+                before_replace=record,
+            )
         try:
             await anyio.to_thread.run_sync(write)
         except ChatConflictError:
@@ -412,7 +450,7 @@ class Committer:
             urls=[image_url(folder, f) for f in files],
             prompt=prompt,
             caption=render_caption(self.config.commit.caption, char=reply.name, prompt=prompt),
-            send_date=format_send_date(now, plan.chat.date_style),
+            send_date=format_send_date(now, plan.date_style),
             job_id=job.id,
             hidden=self.config.commit.hidden,
             negative=negative if isinstance(negative, str) else "",

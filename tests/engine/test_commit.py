@@ -26,7 +26,7 @@ from daemon.engine.store import JobState
 from daemon.errors import ChatConflictError
 from daemon.tavern import layout
 from daemon.tavern import write as tavern_write
-from daemon.tavern.chat import parse_chat, parse_send_date, send_date_style
+from daemon.tavern.chat import parse_chat, parse_send_date, read_chat, send_date_style
 from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
     USER,
@@ -665,3 +665,41 @@ async def test_unsafe_chat_path_fails_the_job(harness: Harness) -> None:
     assert done.state is JobState.FAILED
     assert done.last_error is not None and done.last_error.startswith("not committed: ")
     assert outside.read_bytes() == before
+
+
+async def test_a_big_chat_is_committed_by_streaming(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a commit held the whole chat in memory (a 200 MB chat cost 450 MB); chats
+    from STREAM_MIN_BYTES on go through daemon.tavern.stream (bench/bench_memory.py)."""
+    from daemon.tavern import stream
+
+    monkeypatch.setattr(stream, "STREAM_MIN_BYTES", 0)
+    used: list[str] = []
+    real_insert = stream.insert_at
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        used.append("stream")
+        return real_insert(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "insert_at", spy)
+    h = harness
+    tab, path, first = await _tab_with_job(h)
+    assert (await h.committer.commit_job(first)).state is JobState.COMMITTED
+    second = await h.accepted(path, prompt="another view", regen=1)
+    assert (await h.committer.commit_job(second)).state is JobState.COMMITTED
+    assert used == ["stream", "stream"]
+    assert markers(path) == [first.id, second.id]  # after the reply, in order
+    chat, _ = read_chat(path)
+    for job in (first, second):
+        message = chat.find_marker(job.id)
+        assert message is not None and assert_images_served(h.root, USER, message.data)
+    stale = await h.accepted(path, prompt="a third view", regen=5)
+    tab.swipe("Changed meanwhile.").save()  # a stale tab drops ours and changes the reply
+    done = await h.committer.commit_job(stale)
+    assert done.state is JobState.SUPERSEDED and done.last_error == (
+        f"not committed: {REASON_REPLY_CHANGED}"
+    )
+    fresh = await h.accepted(path)
+    assert (await h.committer.commit_job(fresh)).state is JobState.COMMITTED
+    assert len(used) == 3 and markers(path) == [fresh.id]
