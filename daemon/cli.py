@@ -158,6 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
         "web-url", parents=[common], help="the web inbox's address (with its token if needed)"
     )
 
+    ext = sub.add_parser(
+        "extension", parents=[common], help="install the SillyTavern extension (live images)"
+    )
+    ext.add_argument("action", choices=("install", "uninstall"), metavar="install|uninstall")
+    who = ext.add_mutually_exclusive_group()
+    who.add_argument("--user", metavar="HANDLE", help="only this ST user (default: every user)")
+    who.add_argument(
+        "--all-users",
+        action="store_true",
+        help="into ST's public/scripts/extensions/third-party/ (every user at once)",
+    )
+    ext.add_argument(
+        "--st-folder",
+        type=Path,
+        metavar="PATH",
+        help="the SillyTavern install folder, for --all-users (default: found from data_root)",
+    )
+
     cfg = sub.add_parser("config", help="configuration helpers")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
     cfg_sub.add_parser("example", help="print a complete commented config.toml")
@@ -290,6 +308,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_healthcheck(config)
     if command == "web-url":
         return _cmd_web_url(config)
+    if command == "extension":
+        from daemon.extension import cmd_extension
+
+        return cmd_extension(
+            config,
+            args.action,
+            user=args.user,
+            all_users=args.all_users,
+            st_folder=args.st_folder,
+        )
     if command == "list":
         return _with_store(config, lambda store, _: _cmd_list(store, args))
     if command == "show":

@@ -478,6 +478,30 @@ def check_comfy_workflow(config: Config) -> CheckResult | None:
     return _pass("ComfyUI workflow", f"{workflow.source} ({len(workflow.nodes)} nodes; {names})")
 
 
+# --- the SillyTavern extension -----------------------------------------------------------------
+
+
+def check_extension(config: Config) -> CheckResult:
+    """Installed in SillyTavern, and the same version as this daemon? (Optional: it makes the
+    open tab show images live; everything works without it.)"""
+    from daemon import __version__
+    from daemon.extension import find_installs, version_matches
+
+    name = "ST extension"
+    installs = find_installs(config)
+    if not installs:
+        return _skip(name, "not installed (optional; `st-imagegen extension install` adds it)")
+    where = ", ".join(f"{i.label} ({i.version or 'unreadable'})" for i in installs)
+    if stale := version_matches(installs):
+        return _warn(
+            name,
+            f"{', '.join(i.label for i in stale)} has another version than the daemon "
+            f"{__version__}: {where}",
+            "st-imagegen extension install (then reload SillyTavern)",
+        )
+    return _pass(name, f"{__version__} installed for {where}")
+
+
 # --- the commands ------------------------------------------------------------------------------
 
 
@@ -507,6 +531,7 @@ def iter_checks(
     if (workflow := check_comfy_workflow(config)) is not None:
         yield workflow
     yield check_image_api(config, skip=skip_image)
+    yield check_extension(config)
 
 
 def run_checks(

@@ -37,6 +37,7 @@ __all__ = [
     "ChatWriteError",
     "ConfigError",
     "ContentRefusedError",
+    "ExtensionError",
     "JobError",
     "MessageNotFoundError",
     "NotADataRootError",
@@ -103,6 +104,10 @@ class StoreError(StImagegenError):
 
 class JobError(StImagegenError):
     """A job action cannot be done (unknown id, ambiguous prefix, wrong state)."""
+
+
+class ExtensionError(StImagegenError):
+    """The SillyTavern extension cannot be installed or removed where asked."""
 
 
 def excerpt(body: str | bytes | None, limit: int = _EXCERPT_CHARS) -> str:

@@ -1,0 +1,126 @@
+// st-imagegen's SillyTavern extension: wiring only. The logic lives in lib/ (see
+// docs/sillytavern-extension.md). Uses nothing but SillyTavern.getContext() (ST 1.12 to 1.18).
+
+import { createApi, normaliseBase } from './lib/api.js';
+import { Controller } from './lib/controller.js';
+import { EventStreamClient } from './lib/events.js';
+import { appendMessage, editing, insertMessageAt } from './lib/render.js';
+import { loadSettings } from './lib/settings.js';
+import { ALIASES, COMMAND, HELP, parseGenimageArgs } from './lib/slash.js';
+import { BUTTON_CLASS, addMessageButtons, createPreview, createSettingsPanel, createToasts } from './lib/ui.js';
+
+const getContext = () => globalThis.SillyTavern.getContext();
+
+function registerCommand(ctx, controller, toasts) {
+    const callback = async (named, unnamed) => {
+        let args;
+        try {
+            args = parseGenimageArgs(named, unnamed);
+        } catch (error) {
+            toasts.error(error.message);
+            return '';
+        }
+        const job = await controller.generate(args.mesid, { force: args.force });
+        return job?.id ?? '';
+    };
+    if (ctx.SlashCommandParser?.addCommandObject && ctx.SlashCommand?.fromProps) {
+        const named = [];
+        const unnamed = [];
+        const type = ctx.ARGUMENT_TYPE ?? {};
+        if (ctx.SlashCommandNamedArgument?.fromProps) {
+            named.push(ctx.SlashCommandNamedArgument.fromProps({
+                name: 'mesid', description: 'message number (first is 0); default: the last character reply',
+                typeList: [type.NUMBER ?? 'number'], isRequired: false,
+            }));
+            named.push(ctx.SlashCommandNamedArgument.fromProps({
+                name: 'force', description: 'a new job even if the reply already has one',
+                typeList: [type.BOOLEAN ?? 'bool'], isRequired: false, defaultValue: 'false',
+            }));
+        }
+        if (ctx.SlashCommandArgument?.fromProps) {
+            unnamed.push(ctx.SlashCommandArgument.fromProps({
+                description: 'message number (same as mesid=)', typeList: [type.NUMBER ?? 'number'], isRequired: false,
+            }));
+        }
+        ctx.SlashCommandParser.addCommandObject(ctx.SlashCommand.fromProps({
+            name: COMMAND, aliases: [...ALIASES], callback, helpString: HELP, returns: 'the job id',
+            namedArgumentList: named, unnamedArgumentList: unnamed,
+        }));
+    } else if (typeof ctx.registerSlashCommand === 'function') {
+        ctx.registerSlashCommand(COMMAND, callback, [...ALIASES], HELP); // (name, callback, aliases, help) in 1.12+
+    }
+}
+
+function init() {
+    const ctx = getContext();
+    const settings = loadSettings(ctx.extensionSettings);
+    const save = () => getContext().saveSettingsDebounced();
+    const api = createApi({ base: () => settings.address, token: () => settings.token });
+    const toasts = createToasts(globalThis.toastr);
+    let controller = null;
+    const preview = createPreview({ getContext, api, settings: () => settings, act: (...args) => controller.act(...args) });
+    controller = new Controller({
+        getContext, api, settings: () => settings, preview, toasts,
+        render: { append: appendMessage, insertAt: (c, index, message) => insertMessageAt(c, index, message), editing: () => editing() },
+        log: (level, ...args) => (console[level] ?? console.log)(...args),
+    });
+
+    let wasConnected = false;
+    let warnedDown = false;
+    const stream = new EventStreamClient({
+        url: () => api.url('/api/v1/events'),
+        headers: () => api.headers(),
+        onEvent: ({ type, data }) => {
+            // A restarted daemon's stream starts over, and `reset` says events were lost: both
+            // mean catching up from the job list.
+            if (type === 'hello' || type === 'reset') controller.connected();
+            else if (type === 'job' && data && typeof data === 'object') controller.jobEvent(data.job);
+        },
+        onState: (state, detail) => {
+            panel.setConnection(state, detail ?? {});
+            if (state === 'connected') {
+                if (warnedDown) toasts.info(`reconnected to the daemon at ${normaliseBase(settings.address)}`);
+                wasConnected = true;
+                warnedDown = false;
+            } else if (state === 'disconnected' && !warnedDown && (wasConnected || stream.attempt === 1)) {
+                // Once per outage, not per retry: ST keeps working meanwhile.
+                warnedDown = true;
+                toasts.warning(`the daemon at ${normaliseBase(settings.address)} is not reachable (${detail?.error?.message ?? 'no answer'}); retrying in the background`);
+            }
+        },
+    });
+    const panel = createSettingsPanel({
+        settings, save, api,
+        reconnect: () => {
+            stream.restart();
+            controller.chatChanged();
+        },
+    });
+    (document.getElementById('extensions_settings2') ?? document.getElementById('extensions_settings'))?.append(panel.root);
+
+    registerCommand(ctx, controller, toasts);
+    addMessageButtons();
+    document.addEventListener('click', event => {
+        const button = event.target instanceof Element ? event.target.closest(`.${BUTTON_CLASS}`) : null;
+        if (!button) return;
+        const mesid = Number(button.closest('.mes')?.getAttribute('mesid'));
+        if (Number.isInteger(mesid)) controller.generate(mesid);
+    });
+
+    const events = ctx.eventTypes ?? ctx.event_types;
+    ctx.eventSource.on(events.CHAT_CHANGED, () => {
+        addMessageButtons();
+        controller.chatChanged();
+    });
+    for (const name of ['CHARACTER_MESSAGE_RENDERED', 'USER_MESSAGE_RENDERED', 'MORE_MESSAGES_LOADED']) {
+        if (events[name]) ctx.eventSource.on(events[name], () => addMessageButtons());
+    }
+
+    stream.start();
+    controller.chatChanged();
+    // A handle for the browser console and the tests (read-only use).
+    globalThis.stImagegen = { controller, stream, api, settings, preview };
+}
+
+if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', init);
+else init();

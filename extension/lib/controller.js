@@ -1,0 +1,309 @@
+// What the tab does on the daemon's events and the user's actions. Every dependency is injected
+// (ST's context getter, the API client, the preview UI, toasts, message rendering), so Node's
+// test runner drives it with a fake context; index.js wires the real ones.
+
+import {
+    CommitLedger,
+    FINAL_STATES,
+    RUNNING_STATES,
+    chatKeyOf,
+    cloneMessage,
+    findMarker,
+    findReply,
+    generateBody,
+    jobInChat,
+    openChatOf,
+    planInsert,
+    revisionOf,
+} from './protocol.js';
+
+/** At most this many jobs are listed per request (the API's own cap). */
+export const LIST_LIMIT = 500;
+/** How often a deferred insert is tried again. */
+export const RETRY_MS = 1500;
+
+const STEP_TEXT = {
+    queued: 'queued',
+    prompting: 'writing the prompt',
+    imaging: 'drawing the image',
+    pending: 'ready for review',
+    accepted: 'accepted, writing into the chat',
+};
+
+/** The progress line of a job started from this tab. */
+export function progressText(job) {
+    const step = STEP_TEXT[job.state] ?? job.state;
+    const extra = job.progress && job.progress.text ? ` (${job.progress.text})` : '';
+    return `Image for message #${job.mesid}: ${step}${extra}`;
+}
+
+export class Controller {
+    /**
+     * @param {object} deps
+     * @param {() => any} deps.getContext `SillyTavern.getContext`
+     * @param {ReturnType<import('./api.js').createApi>} deps.api
+     * @param {() => Record<string, any>} deps.settings the live settings object
+     * @param {{showPending(jobs: any[]): void, close(): void}} deps.preview
+     * @param {{progress(id: string, text: string): void, finish(id: string, kind: string, text: string): void, error(text: string): void, info(text: string): void, warning(text: string): void}} deps.toasts
+     * @param {{append(ctx: any, message: any): void, insertAt(ctx: any, index: number, message: any): void}} deps.render
+     * @param {(level: string, ...args: any[]) => void} [deps.log]
+     */
+    constructor(deps) {
+        this.deps = deps;
+        this.log = deps.log ?? (() => {});
+        this.ledger = new CommitLedger();
+        /** @type {Map<string, any>} pending jobs of the open chat, by id */
+        this.pending = new Map();
+        /** @type {Set<string>} jobs started from this tab (progress toasts) */
+        this.tracked = new Set();
+        this.chatReady = Promise.resolve();
+        this.baselineMissing = true;
+        this.queue = Promise.resolve();
+        this.openKey = null;
+    }
+
+    get ctx() {
+        return this.deps.getContext();
+    }
+
+    open() {
+        return openChatOf(this.ctx);
+    }
+
+    /** Run `fn` after every earlier queued step (inserts must not interleave). */
+    serial(fn) {
+        const run = this.queue.then(fn, fn);
+        this.queue = run.catch(() => {});
+        return run;
+    }
+
+    // --- chat switches and (re)connects -------------------------------------------------------
+
+    /** ST opened another chat (CHAT_CHANGED), or the page started with one. */
+    chatChanged() {
+        this.deps.preview.close();
+        this.pending.clear();
+        const open = this.open();
+        this.openKey = chatKeyOf(open);
+        this.chatReady = this.serial(() => this.loadChat(open));
+        return this.chatReady;
+    }
+
+    async listJobs(open, state) {
+        const answer = await this.deps.api.jobs({ chat_file: open.chatFile, state, limit: LIST_LIMIT });
+        const user = this.deps.settings().user;
+        return (answer?.jobs ?? []).filter(job => jobInChat(job, open, user));
+    }
+
+    async loadChat(open) {
+        const key = chatKeyOf(open);
+        if (!open) {
+            this.ledger.reset(null, []);
+            this.baselineMissing = false;
+            return;
+        }
+        try {
+            const committed = await this.listJobs(open, 'committed');
+            if (chatKeyOf(this.open()) !== key) return;
+            this.ledger.reset(key, committed.map(job => job.id));
+            this.baselineMissing = false;
+            await this.refreshPending(open);
+        } catch (error) {
+            // Daemon down: no baseline yet; the next `hello` takes it (nothing can be committed
+            // while the daemon is down).
+            this.ledger.reset(key, []);
+            this.ledger.chatKey = null;
+            this.baselineMissing = true;
+            this.log('warn', 'st-imagegen: cannot list jobs of the open chat', error);
+        }
+    }
+
+    async refreshPending(open) {
+        const jobs = await this.listJobs(open, 'pending');
+        if (chatKeyOf(this.open()) !== chatKeyOf(open)) return;
+        this.pending.clear();
+        for (const job of jobs.reverse()) this.pending.set(job.id, job); // oldest first
+        this.showPending();
+    }
+
+    /** The stream (re)connected: catch up on what happened while it was down. */
+    connected() {
+        return this.serial(async () => {
+            const open = this.open();
+            if (!open) return;
+            if (this.baselineMissing || this.ledger.chatKey !== chatKeyOf(open)) {
+                await this.loadChat(open);
+                return;
+            }
+            const committed = await this.listJobs(open, 'committed');
+            for (const job of committed.reverse()) {
+                if (this.ledger.wants(chatKeyOf(open), job.id)) await this.insertCommitted(job);
+            }
+            await this.refreshPending(open);
+        }).catch(error => this.log('warn', 'st-imagegen: catch-up failed', error));
+    }
+
+    // --- job events -----------------------------------------------------------------------------
+
+    /** One `job` event of the stream. */
+    async jobEvent(job) {
+        if (!job || typeof job.id !== 'string') return;
+        this.progress(job);
+        await this.chatReady;
+        const open = this.open();
+        if (!jobInChat(job, open, this.deps.settings().user)) return;
+        if (job.state === 'pending') {
+            this.pending.set(job.id, job);
+            this.showPending();
+            return;
+        }
+        if (this.pending.delete(job.id)) this.showPending();
+        if (job.state === 'committed') {
+            await this.serial(() => this.insertCommitted(job));
+        }
+    }
+
+    progress(job) {
+        if (!this.tracked.has(job.id) || !this.deps.settings().progressToasts) return;
+        const { toasts } = this.deps;
+        if (RUNNING_STATES.includes(job.state) || job.state === 'accepted') {
+            toasts.progress(job.id, progressText(job));
+        } else if (job.state === 'pending') {
+            toasts.finish(job.id, 'success', progressText(job));
+        } else if (job.state === 'committed') {
+            this.tracked.delete(job.id);
+            toasts.finish(job.id, 'success', `Image for message #${job.mesid} is in the chat`);
+        } else if (FINAL_STATES.includes(job.state)) {
+            this.tracked.delete(job.id);
+            const why = job.last_error ? `: ${job.last_error}` : '';
+            toasts.finish(job.id, job.state === 'failed' ? 'error' : 'info', `Image for message #${job.mesid} ${job.state}${why}`);
+        }
+    }
+
+    showPending() {
+        if (!this.deps.settings().livePreview) return;
+        const jobs = [...this.pending.values()];
+        if (jobs.length) this.deps.preview.showPending(jobs);
+        else this.deps.preview.close();
+    }
+
+    /**
+     * Mirror a committed job's message into the open chat (the insert protocol). Returns what
+     * was done: `inserted`, `present`, `not-wanted`, `switched`, or a skip reason of planInsert.
+     */
+    async insertCommitted(job) {
+        const open = this.open();
+        const key = chatKeyOf(open);
+        if (!open || !this.ledger.wants(key, job.id)) return 'not-wanted';
+        if (findMarker(this.ctx.chat, job.id) !== -1) {
+            this.ledger.done(job.id);
+            return 'present';
+        }
+        const payload = await this.deps.api.message(job.id);
+        if (chatKeyOf(this.open()) !== key) return 'switched';
+        const replyBefore = findReply(this.ctx.chat, payload?.after ?? {});
+        const currentRevision = replyBefore === -1 ? null : await revisionOf(this.ctx.chat[replyBefore]);
+        // No await from here on: the plan and the splice see the same chat.
+        const ctx = this.ctx;
+        if (chatKeyOf(openChatOf(ctx)) !== key) return 'switched';
+        const sameReply = replyBefore !== -1 && findReply(ctx.chat, payload.after) === replyBefore;
+        const plan = planInsert(ctx.chat, payload, { revision: job.revision, currentRevision: sameReply ? currentRevision : null });
+        if (plan.action !== 'insert') {
+            this.ledger.done(job.id);
+            if (plan.reason === 'reply-changed') {
+                this.log('info', `st-imagegen: job ${job.id} is for an earlier version of message #${plan.replyIndex}; not shown`);
+            }
+            return plan.reason;
+        }
+        if (!plan.atEnd && this.deps.render.editing?.()) {
+            // A message below is being edited: renumbering under ST's open editor would save the
+            // edit into the wrong message. Try again once the editor is closed.
+            this.log('info', `st-imagegen: job ${job.id} waits for the open message editor`);
+            this.retryLater(job);
+            return 'deferred';
+        }
+        const message = cloneMessage(payload.message);
+        if (plan.atEnd) {
+            ctx.chat.push(message);
+            this.deps.render.append(ctx, message);
+        } else {
+            ctx.chat.splice(plan.index, 0, message);
+            this.deps.render.insertAt(ctx, plan.index, message);
+        }
+        this.ledger.done(job.id);
+        await ctx.saveChat();
+        return 'inserted';
+    }
+
+    retryLater(job) {
+        const wait = this.deps.setTimeout ?? globalThis.setTimeout;
+        wait(() => {
+            this.serial(() => this.insertCommitted(job)).catch(error => this.log('warn', 'st-imagegen: insert failed', error));
+        }, RETRY_MS);
+    }
+
+    // --- user actions -------------------------------------------------------------------------
+
+    /**
+     * A preview button: `accept` (value: the 1-based images to keep, or nothing for all),
+     * `reject`, `regen` (value: an edited prompt, or nothing). The job leaves the preview at
+     * once; its events bring the rest (the insert on commit, the new job of a regeneration).
+     */
+    async act(what, job, value) {
+        const { api, toasts } = this.deps;
+        try {
+            let result;
+            if (what === 'accept') result = await api.accept(job.id, value);
+            else if (what === 'reject') result = await api.reject(job.id);
+            else if (what === 'regen') {
+                result = await api.regen(job.id, value);
+                if (result?.id) {
+                    this.tracked.add(result.id);
+                    this.progress(result);
+                }
+            } else throw new Error(`unknown action ${what}`);
+            if (this.pending.delete(job.id)) this.showPending();
+            return result ?? {};
+        } catch (error) {
+            if (error?.status === 409) toasts.warning(error.message);
+            else toasts.error(`st-imagegen: ${error?.message ?? error}`);
+            return null;
+        }
+    }
+
+    /**
+     * /genimage and the message button: the daemon's manual mode for the open chat.
+     * @param {number|null} mesid
+     * @param {{force?: boolean}} [options]
+     */
+    async generate(mesid, { force = false } = {}) {
+        const { api, toasts } = this.deps;
+        const open = this.open();
+        if (!open) {
+            toasts.error('st-imagegen: open a chat first');
+            return null;
+        }
+        const chat = this.ctx.chat;
+        if (mesid !== null && mesid !== undefined) {
+            const message = chat[mesid];
+            if (!message) {
+                toasts.error(`st-imagegen: there is no message #${mesid} (the chat has ${chat.length})`);
+                return null;
+            }
+            if (message.is_user) {
+                toasts.error(`st-imagegen: message #${mesid} is the user's; pick a character reply`);
+                return null;
+            }
+        }
+        const body = generateBody(open, { mesid, force, user: this.deps.settings().user });
+        try {
+            const job = await api.generate(body);
+            this.tracked.add(job.id);
+            this.progress(job);
+            return job;
+        } catch (error) {
+            toasts.error(`st-imagegen: ${error?.message ?? error}`);
+            return null;
+        }
+    }
+}

@@ -1,0 +1,37 @@
+// /genimage (aliases /generateimage, /imggen): argument parsing, pure.
+
+export const COMMAND = 'genimage';
+export const ALIASES = Object.freeze(['generateimage', 'imggen']);
+export const HELP = 'Illustrates a reply of the open chat with st-imagegen (the daemon\'s manual mode). '
+    + '<code>mesid=N</code> picks the message (first is 0; default: the last character reply); '
+    + '<code>force=true</code> makes a new job even if the reply already has one. '
+    + 'Example: <code>/genimage mesid=5</code>';
+
+function truthy(value) {
+    return value === true || ['true', 'on', 'yes', '1'].includes(String(value).trim().toLowerCase());
+}
+
+/**
+ * Parse the command's arguments. ST passes named arguments as an object of strings (1.12+;
+ * typed ones may arrive as numbers) and the unnamed one as a string; `/genimage 5` means
+ * `mesid=5`.
+ * @param {Record<string, any>} named
+ * @param {any} unnamed
+ * @returns {{mesid: number|null, force: boolean}}
+ * @throws {Error} with a sentence for the user on a bad value
+ */
+export function parseGenimageArgs(named = {}, unnamed = '') {
+    const args = named && typeof named === 'object' ? named : {};
+    let raw = args.mesid;
+    const rest = typeof unnamed === 'string' ? unnamed.trim() : (unnamed ?? '');
+    if ((raw === undefined || raw === null || raw === '') && rest !== '') raw = rest;
+    let mesid = null;
+    if (raw !== undefined && raw !== null && String(raw).trim() !== '') {
+        const text = String(raw).trim();
+        if (!/^\d+$/.test(text)) {
+            throw new Error(`/genimage: mesid wants a message number from 0 (got "${text}")`);
+        }
+        mesid = Number(text);
+    }
+    return { mesid, force: args.force !== undefined && truthy(args.force) };
+}

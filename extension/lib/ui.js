@@ -1,0 +1,354 @@
+// The extension's DOM: the live preview (ST popup or a non-blocking panel), the settings panel
+// in the Extensions drawer, the message-menu button and toasts. Plain DOM APIs, no framework.
+
+import { ApiError, normaliseBase } from './api.js';
+import { inboxUrl } from './settings.js';
+
+/** The class of our button in each message's action menu (`.extraMesButtons`). */
+export const BUTTON_CLASS = 'st-imagegen-gen';
+
+function el(doc, tag, attrs = {}, ...children) {
+    const node = doc.createElement(tag);
+    for (const [key, value] of Object.entries(attrs)) {
+        if (value === undefined || value === null || value === false) continue;
+        if (key === 'class') node.className = value;
+        else if (key === 'text') node.textContent = value;
+        else if (key.startsWith('on')) node.addEventListener(key.slice(2), value);
+        else node.setAttribute(key, value === true ? '' : String(value));
+    }
+    for (const child of children) if (child) node.append(child);
+    return node;
+}
+
+// --- live preview ------------------------------------------------------------------------------
+
+/**
+ * The preview of the open chat's pending jobs: one job at a time (the oldest), with its images,
+ * prompt and the seed's five actions.
+ * @param {object} deps
+ * @param {() => any} deps.getContext
+ * @param {ReturnType<import('./api.js').createApi>} deps.api
+ * @param {() => Record<string, any>} deps.settings
+ * @param {(what: string, job: any, value?: any) => Promise<any>} deps.act
+ * @param {Document} [deps.doc]
+ */
+export function createPreview({ getContext, api, settings, act, doc = globalThis.document }) {
+    /** @type {{kind: string, root: HTMLElement, close: () => void}|null} */
+    let shell = null;
+    let shownId = null;
+    let objectUrls = [];
+    let closing = false; // close() by the extension, not the user
+    /** Jobs the user closed the preview of: not shown again (they stay pending for the inbox). */
+    const dismissed = new Set();
+
+    function releaseImages() {
+        for (const url of objectUrls) URL.revokeObjectURL(url);
+        objectUrls = [];
+    }
+
+    function openShell() {
+        const ctx = getContext();
+        const root = el(doc, 'div', { class: 'st-imagegen-preview', 'data-testid': 'st-imagegen-preview' });
+        const mode = settings().previewMode;
+        if (mode === 'popup' && (ctx.Popup || ctx.callGenericPopup)) {
+            let popup = null;
+            const onClosed = () => {
+                if (!closing && root.dataset.job) dismissed.add(root.dataset.job);
+                if (shell && shell.root === root) {
+                    shell = null;
+                    shownId = null;
+                    releaseImages();
+                }
+            };
+            if (ctx.Popup) {
+                const type = ctx.POPUP_TYPE?.TEXT ?? 1;
+                popup = new ctx.Popup(root, type, '', { okButton: 'Close', cancelButton: false, wide: true, allowVerticalScrolling: true });
+                popup.show().then(onClosed, onClosed);
+            } else {
+                ctx.callGenericPopup(root, 1, '', { okButton: 'Close', wide: true }).then(onClosed, onClosed);
+            }
+            return {
+                kind: 'popup', root, close() {
+                    if (popup && typeof popup.completeCancelled === 'function') popup.completeCancelled();
+                    else {
+                        // 1.12.0 has no Popup in the context: click the OK of its shadow_popup.
+                        const dialog = root.closest('dialog, .popup, .shadow_popup');
+                        const button = dialog?.querySelector('.popup-button-ok, .dialogue_popup_ok');
+                        if (button) button.click();
+                        else root.remove();
+                    }
+                    onClosed();
+                },
+            };
+        }
+        const panel = el(doc, 'div', { id: 'st-imagegen-panel', class: 'st-imagegen-panel' },
+            el(doc, 'div', {
+                class: 'st-imagegen-panel-close fa-solid fa-xmark', title: 'Hide (the job stays pending)', role: 'button',
+                onclick: () => {
+                    if (root.dataset.job) dismissed.add(root.dataset.job);
+                    current?.close();
+                },
+            }),
+            root);
+        doc.body.append(panel);
+        const current = {
+            kind: 'panel', root, close() {
+                panel.remove();
+                if (shell === current) {
+                    shell = null;
+                    shownId = null;
+                    releaseImages();
+                }
+            },
+        };
+        return current;
+    }
+
+    function render(job, count) {
+        const root = shell.root;
+        releaseImages();
+        root.replaceChildren();
+        root.dataset.job = job.id;
+        const head = el(doc, 'div', { class: 'st-imagegen-head' },
+            el(doc, 'b', { text: 'st-imagegen' }),
+            el(doc, 'span', { text: ` · ${job.speaker || job.character || ''} · message #${job.mesid}` }),
+            count > 1 ? el(doc, 'span', { class: 'st-imagegen-count', text: ` · 1 of ${count} pending` }) : null);
+        const images = el(doc, 'div', { class: 'st-imagegen-images' });
+        for (const image of job.images ?? []) {
+            const img = el(doc, 'img', { alt: `image ${image.index}`, title: 'click to choose or unchoose' });
+            const box = el(doc, 'input', { type: 'checkbox', checked: true, 'data-index': image.index, title: `keep image ${image.index}` });
+            const label = el(doc, 'label', { class: 'st-imagegen-image' }, img, box);
+            images.append(label);
+            api.imageUrl(image.thumb || image.full).then(url => {
+                if (root.dataset.job !== job.id) return URL.revokeObjectURL(url);
+                objectUrls.push(url);
+                img.src = url;
+            }, error => {
+                img.replaceWith(el(doc, 'div', { class: 'st-imagegen-noimage', text: `image ${image.index}: ${error.message}` }));
+            });
+        }
+        const prompt = el(doc, 'textarea', { class: 'st-imagegen-prompt text_pole', rows: 4, 'aria-label': 'prompt' });
+        prompt.value = job.prompt ?? '';
+        const excerpt = job.excerpt ? el(doc, 'div', { class: 'st-imagegen-excerpt', text: job.excerpt }) : null;
+        const status = el(doc, 'div', { class: 'st-imagegen-status' });
+        const buttons = el(doc, 'div', { class: 'st-imagegen-buttons' });
+        const chosen = () => [...images.querySelectorAll('input[type=checkbox]')].filter(b => b.checked).map(b => Number(b.dataset.index));
+        const actions = [
+            ['accept', 'Accept', 'fa-check', () => act('accept', job)],
+            ['accept-chosen', 'Accept chosen', 'fa-list-check', () => {
+                const keep = chosen();
+                if (!keep.length) {
+                    status.textContent = 'Choose at least one image.';
+                    return Promise.resolve(null);
+                }
+                return act('accept', job, keep);
+            }],
+            ['regen', 'Regenerate', 'fa-rotate', () => act('regen', job)],
+            ['regen-edited', 'Regenerate with edited prompt', 'fa-pen', () => act('regen', job, prompt.value.trim() || undefined)],
+            ['reject', 'Reject', 'fa-xmark', () => act('reject', job)],
+        ];
+        for (const [name, label, icon, run] of actions) {
+            buttons.append(el(doc, 'div', {
+                class: `menu_button st-imagegen-${name}`, role: 'button', tabindex: 0, 'data-action': name,
+                onclick: async () => {
+                    for (const b of buttons.children) b.classList.add('disabled');
+                    status.textContent = `${label}…`;
+                    const result = await run();
+                    if (result === null) {
+                        for (const b of buttons.children) b.classList.remove('disabled');
+                        if (status.textContent === `${label}…`) status.textContent = '';
+                    }
+                },
+            }, el(doc, 'i', { class: `fa-solid ${icon}` }), el(doc, 'span', { text: ` ${label}` })));
+        }
+        root.append(head, images, el(doc, 'label', { class: 'st-imagegen-label', text: 'Prompt' }), prompt, excerpt, buttons, status);
+    }
+
+    return {
+        /** Show the oldest of `jobs` (all pending, of the open chat). */
+        showPending(all) {
+            const jobs = all.filter(j => !dismissed.has(j.id));
+            const job = jobs[0];
+            if (!job) return this.close();
+            if (!shell) shell = openShell();
+            if (shownId === job.id) {
+                const count = shell.root.querySelector('.st-imagegen-count');
+                if (count) count.textContent = jobs.length > 1 ? ` · 1 of ${jobs.length} pending` : '';
+                return undefined;
+            }
+            shownId = job.id;
+            render(job, jobs.length);
+            return undefined;
+        },
+        close() {
+            const current = shell;
+            shell = null;
+            shownId = null;
+            closing = true;
+            try {
+                current?.close();
+            } finally {
+                closing = false;
+            }
+            releaseImages();
+        },
+        get shown() {
+            return shownId;
+        },
+    };
+}
+
+// --- toasts -----------------------------------------------------------------------------------
+
+/**
+ * Toasts through ST's global toastr; one updatable toast per job started from this tab.
+ * @param {any} toastr
+ */
+export function createToasts(toastr) {
+    const open = new Map();
+    const title = 'st-imagegen';
+    return {
+        progress(id, text) {
+            const existing = open.get(id);
+            if (existing && existing.closest && existing.closest('body')) {
+                const body = existing.querySelector('.toast-message');
+                if (body) body.textContent = text;
+                return;
+            }
+            const toast = toastr.info(text, title, { timeOut: 0, extendedTimeOut: 0, tapToDismiss: true });
+            open.set(id, toast?.[0] ?? toast);
+        },
+        finish(id, kind, text) {
+            const existing = open.get(id);
+            if (existing) {
+                toastr.clear(globalThis.jQuery ? globalThis.jQuery(existing) : existing);
+                open.delete(id);
+            }
+            (toastr[kind] ?? toastr.info).call(toastr, text, title);
+        },
+        error: text => toastr.error(text, title),
+        info: text => toastr.info(text, title),
+        warning: text => toastr.warning(text, title),
+    };
+}
+
+// --- settings panel ---------------------------------------------------------------------------
+
+/**
+ * The settings panel in the Extensions drawer (ST's inline-drawer markup, so ST's own click
+ * handler opens and closes it).
+ * @param {object} deps
+ * @param {Record<string, any>} deps.settings the live settings object
+ * @param {() => void} deps.save `saveSettingsDebounced`
+ * @param {() => void} deps.reconnect settings that change the connection were edited
+ * @param {ReturnType<import('./api.js').createApi>} deps.api
+ * @param {Document} [deps.doc]
+ */
+export function createSettingsPanel({ settings, save, reconnect, api, doc = globalThis.document }) {
+    const address = el(doc, 'input', { id: 'st_imagegen_address', class: 'text_pole', type: 'text', placeholder: 'http://127.0.0.1:8765' });
+    address.value = settings.address;
+    const token = el(doc, 'input', { id: 'st_imagegen_token', class: 'text_pole', type: 'password', autocomplete: 'off', placeholder: 'only when the daemon asks for one' });
+    token.value = settings.token;
+    const user = el(doc, 'input', { id: 'st_imagegen_user', class: 'text_pole', type: 'text', placeholder: 'any' });
+    user.value = settings.user;
+    const dot = el(doc, 'span', { class: 'st-imagegen-dot', 'data-state': 'stopped' });
+    const state = el(doc, 'span', { id: 'st_imagegen_state', text: 'not connected' });
+    const lastError = el(doc, 'div', { id: 'st_imagegen_error', class: 'st-imagegen-error' });
+    const live = el(doc, 'input', { id: 'st_imagegen_live', type: 'checkbox', checked: settings.livePreview });
+    const toasts = el(doc, 'input', { id: 'st_imagegen_toasts', type: 'checkbox', checked: settings.progressToasts });
+    const mode = el(doc, 'select', { id: 'st_imagegen_mode', class: 'text_pole' },
+        el(doc, 'option', { value: 'popup', text: 'popup' }), el(doc, 'option', { value: 'panel', text: 'panel (non-blocking)' }));
+    mode.value = settings.previewMode;
+
+    let timer = null;
+    const connectionChanged = () => {
+        settings.address = address.value.trim();
+        settings.token = token.value.trim();
+        settings.user = user.value.trim();
+        save();
+        clearTimeout(timer);
+        timer = setTimeout(reconnect, 600); // typing: reconnect once it stops
+    };
+    address.addEventListener('input', connectionChanged);
+    token.addEventListener('input', connectionChanged);
+    user.addEventListener('input', connectionChanged);
+    live.addEventListener('change', () => { settings.livePreview = live.checked; save(); });
+    toasts.addEventListener('change', () => { settings.progressToasts = toasts.checked; save(); });
+    mode.addEventListener('change', () => { settings.previewMode = mode.value; save(); });
+
+    const test = el(doc, 'div', {
+        class: 'menu_button', id: 'st_imagegen_test', role: 'button', text: 'Test connection',
+        onclick: async () => {
+            try {
+                const status = await api.status();
+                lastError.textContent = '';
+                state.textContent = `daemon ${status?.version ?? '?'} reachable`;
+            } catch (error) {
+                lastError.textContent = error instanceof ApiError ? error.message : String(error);
+            }
+        },
+    });
+    const inbox = el(doc, 'div', {
+        class: 'menu_button', id: 'st_imagegen_inbox', role: 'button', text: 'Open the web inbox',
+        onclick: () => {
+            const url = inboxUrl(settings, normaliseBase);
+            if (url) globalThis.open(url, '_blank', 'noopener');
+        },
+    });
+    const row = (...children) => el(doc, 'div', { class: 'st-imagegen-row' }, ...children);
+    const root = el(doc, 'div', { class: 'st-imagegen-settings' },
+        el(doc, 'div', { class: 'inline-drawer' },
+            el(doc, 'div', { class: 'inline-drawer-toggle inline-drawer-header' },
+                el(doc, 'b', { text: 'st-imagegen' }),
+                el(doc, 'div', { class: 'inline-drawer-icon fa-solid fa-circle-chevron-down down' })),
+            el(doc, 'div', { class: 'inline-drawer-content' },
+                el(doc, 'label', { for: 'st_imagegen_address', text: 'Daemon address' }), address,
+                el(doc, 'label', { for: 'st_imagegen_token', text: 'Token' }), token,
+                row(dot, state), lastError,
+                row(test, inbox),
+                row(live, el(doc, 'label', { for: 'st_imagegen_live', text: 'Live preview of new images' })),
+                row(el(doc, 'label', { for: 'st_imagegen_mode', text: 'Show the preview as' }), mode),
+                row(toasts, el(doc, 'label', { for: 'st_imagegen_toasts', text: 'Progress toasts for images I start' })),
+                el(doc, 'label', { for: 'st_imagegen_user', text: 'SillyTavern user (optional: only this user\'s jobs)' }), user)));
+
+    return {
+        root,
+        /**
+         * @param {string} connection connecting | connected | disconnected | stopped
+         * @param {{version?: string, error?: Error|string, delay?: number}} [detail]
+         */
+        setConnection(connection, detail = {}) {
+            dot.dataset.state = connection;
+            if (connection === 'connected') {
+                state.textContent = `connected · daemon ${detail.version ?? '?'}`;
+                lastError.textContent = '';
+            } else if (connection === 'connecting') {
+                state.textContent = 'connecting…';
+            } else if (connection === 'disconnected') {
+                const seconds = Math.round((detail.delay ?? 0) / 1000);
+                state.textContent = `disconnected · retrying in ${seconds} s`;
+                const message = detail.error instanceof Error ? detail.error.message : String(detail.error ?? '');
+                lastError.textContent = `last error: ${message}`;
+            } else {
+                state.textContent = 'not connected';
+            }
+        },
+    };
+}
+
+/**
+ * Put our button into each message's action menu: into ST's message template (messages rendered
+ * later are clones of it) and into the messages already shown.
+ * @param {Document} [doc]
+ */
+export function addMessageButtons(doc = globalThis.document) {
+    const make = () => el(doc, 'div', {
+        class: `mes_button ${BUTTON_CLASS} fa-solid fa-image`,
+        title: 'Illustrate with st-imagegen', 'data-i18n': '[title]Illustrate with st-imagegen',
+    });
+    const template = doc.querySelector('#message_template .extraMesButtons');
+    if (template && !template.querySelector(`.${BUTTON_CLASS}`)) template.prepend(make());
+    for (const menu of doc.querySelectorAll('#chat .mes .extraMesButtons')) {
+        if (!menu.querySelector(`.${BUTTON_CLASS}`)) menu.prepend(make());
+    }
+}
