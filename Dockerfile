@@ -12,6 +12,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
+COPY extension ./extension
 # Wheels for the package and every dependency; the final stage installs them offline.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
