@@ -37,6 +37,7 @@ __all__ = [
     "ImageSettings",
     "LimitsSettings",
     "LogSettings",
+    "StyleSettings",
     "SystemdEnv",
     "TextSettings",
     "WebSettings",
@@ -138,6 +139,11 @@ class TextSettings(_Section):
         default=True, description="send the card's name, description, personality, scenario"
     )
     context_messages: int = Field(default=0, ge=0, le=50, description="earlier messages as context")
+    include_persona: Literal["never", "mentioned", "always"] = Field(
+        default="mentioned",
+        description="send the user persona's description (ST settings): never | mentioned "
+        "(the reply names the user) | always",
+    )
     template: str = Field(
         default="{{char}}: {{message}}", description='used when mode = "template"'
     )
@@ -221,6 +227,11 @@ class ImageSettings(_Section):
     comfy_workflow: Path | None = Field(
         default=None, description="ComfyUI workflow in API format; empty = the shipped txt2img"
     )
+    reference_images: bool = Field(
+        default=False,
+        description="send the character's avatar (or `character ref add` images) as references "
+        "where the API takes them; per character: `character set NAME --references on|off`",
+    )
 
     @model_validator(mode="after")
     def _key_from_file(self) -> ImageSettings:
@@ -233,6 +244,16 @@ class ImageSettings(_Section):
             # dall-e-3 means nothing to a local server: its loaded checkpoint is the default.
             object.__setattr__(self, "model", "")
         return self
+
+
+class StyleSettings(_Section):
+    """One named style (``[styles.<name>]``); the shipped ones can be overridden by name."""
+
+    prefix: str = Field(default="", description="tags before the prompt")
+    suffix: str = Field(default="", description="tags after the prompt")
+    negative: str = Field(default="", description="added to the negative prompt")
+    size: str = Field(default="", description="WxH for this style; empty = [image] size")
+    model: str = Field(default="", description="image model for this style; empty = [image] model")
 
 
 class CommitSettings(_Section):
@@ -342,6 +363,14 @@ class Config(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    default_style: str = Field(
+        default="", description="style of chats and characters without their own; empty = none"
+    )
+    styles: dict[str, StyleSettings] = Field(
+        default={},
+        description="[styles.<name>] prefix, suffix, negative, size, model (adds to or "
+        "overrides the shipped anime, painterly, photographic, ...)",
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -420,12 +449,12 @@ def load_config(
         raise ConfigError(f"invalid configuration ({source}): {exc}") from None
 
 
-_TOP_KEYS = {"data_root", "state_dir", "mode", "approval"}
+_TOP_KEYS = {"data_root", "state_dir", "mode", "approval", "default_style"}
 
 
 def _check_env_keys(env: Mapping[str, str]) -> None:
     """Refuse misspelled top-level environment variables (nested ones are checked by pydantic)."""
-    sections = {"detect", "text", "image", "commit", "limits", "log", "web"}
+    sections = {"detect", "text", "image", "commit", "limits", "log", "web", "styles"}
     for key in env:
         name = key[len(ENV_PREFIX) :].lower()
         head = name.split("__", 1)[0]

@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
 from daemon.engine.approval import Approval
+from daemon.engine.consistency import plan_look
 from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
 from daemon.errors import (
     CardError,
@@ -296,11 +297,15 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 return await store.get_job(job.id)
             current = moved
             source = await anyio.to_thread.run_sync(_read_source, current, deps)
+            look = await anyio.to_thread.run_sync(
+                plan_look, current, source.message.mes, deps.config, deps.root
+            )
             item = PromptInput(
                 reply=source.message.mes,
                 speaker=source.message.name or current.speaker,
                 card=source.card,
                 context=source.context,
+                **look.prompt_fields(),
             )
             written = await deps.prompts.write(item)
             moved = await store.transition(
@@ -308,7 +313,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 JobState.PROMPTING,
                 JobState.IMAGING,
                 prompt=written.prompt,
-                meta_update={"negative": written.negative, "progress": None},
+                meta_update={"negative": written.negative, "progress": None, **look.meta()},
             )
             if moved is None:
                 return await store.get_job(job.id)
@@ -325,7 +330,12 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         started = time.monotonic()
         assert current.prompt is not None
         negative = str(current.meta.get("negative", deps.config.text.negative_prompt))
-        request = ImageRequest(prompt=current.prompt, negative=negative)
+        request = ImageRequest(
+            prompt=current.prompt,
+            negative=negative,
+            size=str(current.meta.get("style_size") or "") or None,
+            model=str(current.meta.get("style_model") or "") or None,
+        )
         generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
         if not generated:
             raise PermanentProviderError("the image API returned no images")

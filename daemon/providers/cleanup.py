@@ -17,6 +17,7 @@ __all__ = [
     "collapse",
     "is_refusal",
     "join_prompt",
+    "join_tags",
     "strip_html",
     "strip_think",
 ]
@@ -216,3 +217,18 @@ def join_prompt(prefix: str, core: str, suffix: str) -> str:
         else:
             out = f"{out}, {suffix}"
     return out
+
+
+def join_tags(*parts: str) -> str:
+    """Tag groups joined like :func:`join_prompt` joins a prefix: empty groups vanish, a group
+    ending in its own separator keeps it, and a tag group already there is not added twice."""
+    out = ""
+    seen: set[str] = set()
+    for part in parts:
+        part = collapse(part)
+        key = part.strip(_SEPARATORS + " ").casefold()
+        if not key or key in seen:
+            continue
+        seen.add(key)
+        out = join_prompt(out, part, "") if out else part
+    return out.strip()

@@ -16,8 +16,8 @@ __all__ = ["OpenAIBackend", "make_image_backend"]
 class OpenAIBackend:
     """The OpenAI-compatible generator behind the :class:`ImageBackend` seam.
 
-    Its size, model and n come from ``[image]`` (per-job overrides are not sent: its profiles
-    decide which fields each API takes); it reports no progress.
+    Its n comes from ``[image]``; a request's size and model (a style's) replace ``[image]``'s
+    for that call, sent only where the profile takes them; it reports no progress.
     """
 
     def __init__(self, generator: ImageGenerator) -> None:
@@ -29,7 +29,9 @@ class OpenAIBackend:
     async def generate(
         self, request: ImageRequest, *, progress: ProgressCallback | None = None
     ) -> list[GeneratedImage]:
-        return await self.generator.generate(request.prompt, request.negative)
+        return await self.generator.generate(
+            request.prompt, request.negative, size=request.size, model=request.model
+        )
 
     async def check(self) -> str | None:
         return await self.generator.check()

@@ -292,16 +292,37 @@ class ImageGenerator:
     def __repr__(self) -> str:
         return f"ImageGenerator(profile={self.profile.name!r}, url={self._url!r})"
 
-    async def generate(self, prompt: str, negative: str = "") -> list[GeneratedImage]:
-        """All ``n`` images for ``prompt``, checked; raises ProviderError subclasses."""
-        if negative and self.profile.negative is NegativeStyle.NONE:
-            log.info("negative_prompt_not_sent", profile=self.profile.name)
+    def _overridden(
+        self, size: str | None, model: str | None
+    ) -> tuple[ImageSettings, ImageProfile]:
+        """Settings and profile for one job's style (its own size or model)."""
+        update = {k: v for k, v in (("size", size), ("model", model)) if v}
+        if not update:
+            return self._settings, self.profile
+        settings = self._settings.model_copy(update=update)
+        return settings, resolve_profile(settings)
+
+    async def generate(
+        self,
+        prompt: str,
+        negative: str = "",
+        *,
+        size: str | None = None,
+        model: str | None = None,
+    ) -> list[GeneratedImage]:
+        """All ``n`` images for ``prompt``, checked; raises ProviderError subclasses.
+
+        ``size`` and ``model`` override ``[image]`` for this call (a style's own).
+        """
+        settings, profile = self._overridden(size, model)
+        if negative and profile.negative is NegativeStyle.NONE:
+            log.info("negative_prompt_not_sent", profile=profile.name)
         images: list[GeneratedImage] = []
         remaining = self._settings.n
         with scrubbed(self._endpoint.secret):
             while remaining > 0:
-                batch = min(remaining, self.profile.max_n)
-                body = build_body(self._settings, self.profile, prompt, negative, batch)
+                batch = min(remaining, profile.max_n)
+                body = build_body(settings, profile, prompt, negative, batch)
                 try:
                     items = await self._call(body)
                 except ProviderError as exc:
@@ -387,7 +408,7 @@ class ImageGenerator:
             "image_request",
             api=self._endpoint.host,
             profile=self.profile.name,
-            model=self._settings.model,
+            model=body.get("model"),
             n=body.get("n"),
         )
         try:

@@ -26,6 +26,7 @@ from daemon.providers.cleanup import (
     collapse,
     is_refusal,
     join_prompt,
+    join_tags,
 )
 from daemon.providers.http import (
     BearerAuth,
@@ -84,6 +85,13 @@ class PromptInput:
     card: CardInfo | None = None
     context: Sequence[tuple[str, str]] = ()
     user: str = ""  # the user's persona name, for {{user}}
+    # ``(name, tags)`` of the characters in the picture: the LLM is told them, and they are
+    # prefixed to its prompt so it cannot drop them.
+    appearance: Sequence[tuple[str, str]] = ()
+    persona: str = ""  # the user persona's description, when the reply involves the user
+    style_prefix: str = ""  # the job's style, around the configured prefix and suffix
+    style_suffix: str = ""
+    negative: str = ""  # the style's and the characters' negatives, added to the configured one
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,21 @@ def build_messages(settings: TextSettings, item: PromptInput) -> list[dict[str, 
                 lines.append(f"{speaker}: {cleaned}")
         lines.append("--- End of Earlier Messages ---")
         parts.append("\n".join(lines))
+    looks = [(name, collapse(tags)) for name, tags in item.appearance if tags.strip()]
+    if looks:
+        lines = [
+            "--- Character Appearance (fixed tags, already added to the prompt: keep the picture "
+            "consistent with them, never contradict them, do not repeat them) ---"
+        ]
+        lines += [f"{name}: {tags}" for name, tags in looks]
+        lines.append("--- End of Character Appearance ---")
+        parts.append("\n".join(lines))
+    if item.persona.strip():
+        who = item.user or "the user"
+        parts.append(
+            f"--- The User ({who}; describe them like this if they are in the picture) ---\n"
+            f"{clean_reply(_macros(item.persona, item))}\n--- End of The User ---"
+        )
     parts.append(
         f"--- MESSAGE TO ILLUSTRATE (from {item.speaker}) ---\n"
         f"{clean_reply(item.reply)}\n--- End of Message ---"
@@ -316,7 +339,7 @@ class PromptWriter:
             core = self._from_template(item)
         else:
             core = await self._ask(build_messages(self._settings, item))
-        return self._finish(core)
+        return self._finish(core, item)
 
     async def check(self) -> None:
         """One tiny request (for ``doctor``); template mode needs no API and passes."""
@@ -334,12 +357,17 @@ class PromptWriter:
             "personality": collapse(clean_reply(_macros(card.personality, item))),
             "scenario": collapse(clean_reply(_macros(card.scenario, item))),
             "user": item.user,
+            "appearance": ", ".join(collapse(t) for _n, t in item.appearance if t.strip()),
+            "persona": collapse(clean_reply(item.persona)),
         }
         return collapse(fill_template(self._settings.template, values))
 
-    def _finish(self, core: str) -> WrittenPrompt:
+    def _finish(self, core: str, item: PromptInput | None = None) -> WrittenPrompt:
         s = self._settings
-        prefix, suffix = s.prefix.strip(), s.suffix.strip()
+        item = item or PromptInput(reply="", speaker="")
+        tags = [t for _name, t in item.appearance]
+        prefix = join_tags(item.style_prefix, s.prefix, *tags)
+        suffix = join_tags(s.suffix, item.style_suffix)
         room = s.max_prompt_chars - (len(join_prompt(prefix, "x", suffix)) - 1)
         core = cap_at_word(core, max(room, 0)) if room > 0 else ""
         prompt = join_prompt(prefix, core, suffix) if core else ""
@@ -350,7 +378,7 @@ class PromptWriter:
                 "max_prompt_chars)",
                 provider=self._endpoint.label,
             )
-        return WrittenPrompt(prompt=prompt, negative=s.negative_prompt.strip())
+        return WrittenPrompt(prompt=prompt, negative=join_tags(s.negative_prompt, item.negative))
 
     def _body(self, messages: list[dict[str, str]], max_tokens: int | None) -> dict[str, Any]:
         s = self._settings

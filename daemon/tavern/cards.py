@@ -20,7 +20,7 @@ from typing import IO, Any
 from daemon.errors import CardError
 from daemon.tavern.files import open_regular
 
-__all__ = ["MAX_TEXT_BYTES", "Card", "parse_card_json", "read_card"]
+__all__ = ["MAX_TEXT_BYTES", "Card", "parse_card_json", "read_card", "sd_character_prompt"]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_TEXT_BYTES = 16 * 1024 * 1024
@@ -110,6 +110,26 @@ def parse_card_json(obj: dict[str, Any]) -> Card:
         scenario=text("scenario"),
         spec=spec if isinstance(spec, str) else "",
         data=obj,
+    )
+
+
+def sd_character_prompt(card: Card) -> tuple[str, str]:
+    """``(positive, negative)`` of the card's shared image prompt, or empty strings.
+
+    SillyTavern's image extension shares a character's prompt prefix in the card as
+    ``data.extensions.sd_character_prompt = {"positive": ..., "negative": ...}``.
+    """
+    data = card.data.get("data")
+    extensions = data.get("extensions") if isinstance(data, dict) else None
+    if not isinstance(extensions, dict):
+        extensions = card.data.get("extensions")
+    shared = extensions.get("sd_character_prompt") if isinstance(extensions, dict) else None
+    if not isinstance(shared, dict):
+        return "", ""
+    positive, negative = shared.get("positive"), shared.get("negative")
+    return (
+        positive.strip() if isinstance(positive, str) else "",
+        negative.strip() if isinstance(negative, str) else "",
     )
 
 

@@ -1,0 +1,97 @@
+"""What keeps a job's characters recognisable: their tags, the style, the user's persona.
+
+:func:`plan_look` gathers them for one reply (blocking: it reads cards, ``settings.json`` and
+the character profiles; run it in a worker thread). The job runner passes the result to the
+prompt writer (:meth:`JobLook.prompt_fields`) and stores what was used in the job's meta
+(:meth:`JobLook.meta`), which the image step and the PNG metadata read back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.config import Config
+from daemon.engine.appearance import CharacterStore, Look, chat_members, looks_for_reply, mentions
+from daemon.engine.store import Job
+from daemon.engine.styles import ChosenStyle, choose
+from daemon.providers.cleanup import join_tags
+from daemon.tavern.settings import Persona, persona_for, read_user_settings
+
+__all__ = ["JobLook", "plan_look"]
+
+
+@dataclass(frozen=True, slots=True)
+class JobLook:
+    looks: tuple[Look, ...]
+    style: ChosenStyle
+    persona: Persona | None  # included in the prompt (the reply involves the user)
+    user_name: str = ""  # the persona's name, for {{user}}
+
+    def prompt_fields(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`daemon.providers.text.PromptInput`."""
+        style = self.style.style
+        return {
+            "appearance": tuple((look.name, look.tags) for look in self.looks if look.tags),
+            "persona": self.persona.description if self.persona else "",
+            "user": self.user_name,
+            "style_prefix": style.prefix if style else "",
+            "style_suffix": style.suffix if style else "",
+            "negative": join_tags(
+                style.negative if style else "", *(look.negative for look in self.looks)
+            ),
+        }
+
+    def meta(self) -> dict[str, Any]:
+        """What the job remembers: shown by ``show``, used by the image step and PNG text."""
+        style = self.style.style
+        return {
+            "style": self.style.name,
+            "style_from": self.style.source,
+            "style_size": style.size if style else "",
+            "style_model": style.model if style else "",
+            "appearance": [look.describe() for look in self.looks],
+            "persona": self.persona.name if self.persona else "",
+        }
+
+
+def _involves_user(config: Config, persona: Persona, reply: str) -> bool:
+    mode = config.text.include_persona
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return "{{user}}" in reply.lower() or (bool(persona.name) and mentions(reply, persona.name))
+
+
+def plan_look(job: Job, reply: str, config: Config, root: Path) -> JobLook:
+    """The looks, style and persona for ``job`` whose reply text is ``reply``."""
+    store = CharacterStore(config.state_dir)
+    st_settings = read_user_settings(root, job.user)
+    members = chat_members(root, job.user, job.chat, job.character, job.is_group)
+    looks = looks_for_reply(
+        members, job.speaker, reply, store, st_settings=st_settings, solo=not job.is_group
+    )
+    speaker_keys = tuple(k for k in ((job.character if not job.is_group else ""), job.speaker) if k)
+    if job.is_group:
+        stems = [m.stem for m in members if m.name == job.speaker]
+        speaker_keys = (*stems, job.speaker)
+    style = choose(config, store, chat=job.chat, characters=speaker_keys)
+    persona = persona_for(st_settings)
+    user_name = persona.name if persona else ""
+    included: Persona | None = None
+    if persona is not None and _involves_user(config, persona, reply):
+        included = persona
+        profile = store.get(persona.name) if persona.name else None
+        if profile is not None and (profile.appearance or profile.negative):
+            # The user's own fixed tags, when they gave their persona a profile.
+            looks.append(
+                Look(
+                    persona.name,
+                    " ".join((profile.appearance or "").split()),
+                    " ".join((profile.negative or "").split()),
+                    "profile",
+                )
+            )
+    return JobLook(tuple(looks), style, included, user_name)
