@@ -8,7 +8,9 @@ prompt writer (:meth:`JobLook.prompt_fields`) and stores what was used in the jo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +18,13 @@ from daemon.config import Config
 from daemon.engine.appearance import CharacterStore, Look, chat_members, looks_for_reply, mentions
 from daemon.engine.store import Job
 from daemon.engine.styles import ChosenStyle, choose
+from daemon.providers.backend import ImageRequest
 from daemon.providers.cleanup import join_tags
+from daemon.providers.decode import GeneratedImage
+from daemon.providers.pngtext import OURS, PARAMETERS, a1111_parameters, with_text_chunks
 from daemon.tavern.settings import Persona, persona_for, read_user_settings
 
-__all__ = ["JobLook", "plan_look"]
+__all__ = ["JobLook", "plan_look", "stamp_images"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,3 +100,50 @@ def plan_look(job: Job, reply: str, config: Config, root: Path) -> JobLook:
                 )
             )
     return JobLook(tuple(looks), style, included, user_name)
+
+
+def stamp_images(
+    images: Sequence[GeneratedImage], job: Job, config: Config, request: ImageRequest
+) -> list[GeneratedImage]:
+    """The images with their prompt, style, tags and seed in their PNG text chunks."""
+    image = config.image
+    native = image.backend != "openai"
+    seed = request.seed if request.seed is not None else (image.seed if image.seed >= 0 else None)
+    looks = job.meta.get("appearance") or []
+    out: list[GeneratedImage] = []
+    for generated in images:
+        if generated.format != "png":
+            out.append(generated)
+            continue
+        settings: list[tuple[str, Any]] = []
+        if native:
+            settings += [
+                ("Steps", image.steps),
+                ("Sampler", image.sampler),
+                ("Schedule type", image.scheduler),
+                ("CFG scale", image.cfg_scale),
+            ]
+        settings += [
+            ("Seed", seed),
+            ("Size", f"{generated.width}x{generated.height}"),
+            ("Model", request.model or image.model),
+            ("Style", job.meta.get("style") or ""),
+            ("Characters", "; ".join(str(look.get("name", "")) for look in looks)),
+            ("Generator", f"st-imagegen ({image.backend})"),
+        ]
+        details = {
+            "prompt": request.prompt,
+            "negative": request.negative,
+            "seed": seed,
+            "model": request.model or image.model,
+            "backend": image.backend,
+            "style": job.meta.get("style") or "",
+            "appearance": looks,
+            "job": job.id,
+        }
+        texts = {
+            PARAMETERS: a1111_parameters(request.prompt, request.negative, settings=settings),
+            OURS: json.dumps(details, ensure_ascii=False, sort_keys=True),
+        }
+        out.append(replace(generated, data=with_text_chunks(generated.data, texts)))
+    return out

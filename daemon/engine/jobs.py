@@ -24,7 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
 from daemon.engine.approval import Approval
-from daemon.engine.consistency import plan_look
+from daemon.engine.consistency import plan_look, stamp_images
 from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
 from daemon.errors import (
     CardError,
@@ -339,6 +339,9 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
         if not generated:
             raise PermanentProviderError("the image API returned no images")
+        generated = await anyio.to_thread.run_sync(
+            stamp_images, generated, current, deps.config, request
+        )
         step = "pending"
         folder = await _write_pending(current, generated, deps)
         kept = await anyio.to_thread.run_sync(deps.approval.kept_images, current.id)
