@@ -326,16 +326,26 @@ def _dispatch(args: argparse.Namespace) -> int:
             all_users=args.all_users,
             st_folder=args.st_folder,
         )
+    if command in ("character", "style"):
+        from daemon.engine.characters_cli import cmd_character, cmd_style
+
+        return (cmd_character if command == "character" else cmd_style)(config, args)
     if command == "list":
         return _with_store(config, lambda store, _: _cmd_list(store, args))
     if command == "show":
         return _with_store(config, lambda store, approval: _cmd_show(store, approval, args))
     if command == "accept":
-        return _with_store(config, lambda store, approval: _cmd_accept(store, approval, args))
+        return _with_store(
+            config, lambda store, approval: _cmd_accept(store, approval, args), notify=True
+        )
     if command == "reject":
-        return _with_store(config, lambda store, approval: _cmd_reject(store, approval, args))
+        return _with_store(
+            config, lambda store, approval: _cmd_reject(store, approval, args), notify=True
+        )
     if command == "regen":
-        return _with_store(config, lambda store, approval: _cmd_regen(store, approval, args))
+        return _with_store(
+            config, lambda store, approval: _cmd_regen(store, approval, args), notify=True
+        )
     raise CommandError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 
@@ -366,11 +376,18 @@ def _cmd_web_url(config: Config) -> int:
     return 0
 
 
-def _with_store(config: Config, action: Callable[[Store, Approval], Awaitable[int]]) -> int:
+def _with_store(
+    config: Config,
+    action: Callable[[Store, Approval], Awaitable[int]],
+    *,
+    notify: bool = False,
+) -> int:
+    """Run ``action`` on the store; ``notify``: it changes jobs, so a running daemon is told."""
     import anyio
 
     from daemon.engine.approval import Approval
     from daemon.engine.store import Store
+    from daemon.engine.wake import notify_daemon
 
     async def _main() -> int:
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -379,6 +396,8 @@ def _with_store(config: Config, action: Callable[[Store, Approval], Awaitable[in
             return await action(store, Approval(config.state_dir))
         finally:
             await store.close()
+            if notify:
+                notify_daemon(config.state_dir)
 
     return anyio.run(_main)
 

@@ -179,6 +179,9 @@ class Approval:
             folder.mkdir(parents=True, exist_ok=True)
         self._reported: set[tuple[str, str]] = set()
         self._arrivals: set[tuple[str, str, int, int]] = set()
+        # Set by drop_actions: when (wall clock) the first folder still being copied in will
+        # have settled; None when none is.
+        self.settling_until: float | None = None
 
     def __repr__(self) -> str:
         return f"Approval({str(self.state_dir)!r})"
@@ -392,6 +395,7 @@ class Approval:
         clock = time.time() if now is None else now
         actions: list[tuple[str, Action]] = []
         present: set[tuple[str, str, int, int]] = set()
+        self.settling_until = None
         for action, folder in self.drop_dirs.items():
             try:
                 with os.scandir(folder) as entries:
@@ -409,7 +413,10 @@ class Approval:
                     self._ignore(folder, name, "not a folder")
                 elif not _JOB_ID.match(name):
                     self._ignore(folder, name, "not a job folder name")
-                elif settle and _newest_mtime(Path(entry.path)) > clock - settle:
+                elif settle and (newest := _newest_mtime(Path(entry.path))) > clock - settle:
+                    ripe = newest + settle  # look again then (a timer, not a poll)
+                    if self.settling_until is None or ripe < self.settling_until:
+                        self.settling_until = ripe
                     continue
                 else:
                     st = entry.stat(follow_symlinks=False)

@@ -70,8 +70,10 @@ DRAIN_TIMEOUT = 7.0
 requeued); the daemon uses ``limits.drain_seconds``, sized to fit the service manager's stop
 timeout."""
 
-POLL_INTERVAL = 1.0
-"""Seconds between store polls for due jobs (jobs queued by the CLI from another process)."""
+POLL_INTERVAL = 300.0
+"""Seconds between the runner's safety-net store polls. It is woken directly otherwise: by the
+detector, the web API and folder actions in this process, by the CLI through the wake folder,
+and by a timer at the next job's due (retry) time."""
 
 STORE_RETRY_DELAY = 5.0
 """Seconds before a job whose bookkeeping hit a store error is looked at again."""
@@ -654,10 +656,26 @@ class Runner:
                     log.error("store error while polling jobs", error=str(exc))
                 except Exception:  # a bug must not stop the runner; the next poll retries
                     log.exception("job poll failed")
-                with anyio.move_on_after(self.poll_interval):
+                with anyio.move_on_after(await self._sleep_for()):
                     await self._wake.wait()
                 self._wake = anyio.Event()
             # Draining: the task group waits for the running jobs (cancelled by drain()).
+
+    async def _sleep_for(self) -> float:
+        """Until the next job is due (a retry's time), at most the safety-net poll interval.
+        A due job that could not start (limits, a busy chat) waits for a running one's end,
+        which wakes the runner."""
+        try:
+            when = await self.deps.store.next_wake_at()
+        except StoreError:
+            return STORE_RETRY_DELAY
+        if when is None:
+            return self.poll_interval
+        delay = (when - self.deps.clock()).total_seconds()
+        if delay <= 0:
+            # Due but not startable now; a running job's end wakes us. Stop a busy loop.
+            return self.poll_interval if self._running else STORE_RETRY_DELAY
+        return min(delay, self.poll_interval)
 
     async def fill(self) -> int:
         """Start as many due jobs as the limits allow; returns how many started."""

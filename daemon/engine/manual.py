@@ -50,6 +50,7 @@ from daemon.config import Config
 from daemon.engine.approval import Approval
 from daemon.engine.status import daemon_status
 from daemon.engine.store import FINAL_STATES, Job, JobState, Store, job_key
+from daemon.engine.wake import notify_daemon
 from daemon.errors import (
     CardError,
     ChatReadError,
@@ -569,6 +570,8 @@ async def _generate(
     try:
         approval = await anyio.to_thread.run_sync(Approval, config.state_dir)
         job, created = await _create(store, sel, force, approval, config.approval == "auto")
+        if created:
+            notify_daemon(config.state_dir)  # a running daemon starts it now, not at a poll
         where = _where(job, sel.chat.rel)
         if created and job.state is JobState.QUEUED:
             print(f"queued job {job.id} for {where}", file=out)

@@ -39,6 +39,7 @@ from daemon.engine.lock import hold_state_lock
 from daemon.engine.notify import Heartbeat, Notifier
 from daemon.engine.store import Job, JobState, Store, job_key
 from daemon.engine.store.schema import damaged_message
+from daemon.engine.wake import WAKE_DIR
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
 from daemon.logs import job_log
@@ -54,14 +55,17 @@ __all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
 
 log = structlog.get_logger("st_imagegen.service")
 
-HEARTBEAT_INTERVAL = 5.0
-"""Seconds between heartbeat file writes (``status`` calls a daemon dead after 3 missed)."""
+HEARTBEAT_INTERVAL = 20.0
+"""Seconds between heartbeat file writes (``status`` and ``healthcheck`` call a daemon dead
+after 3 missed; Docker's HEALTHCHECK looks every 30 s). The systemd watchdog is pinged at the
+interval systemd asks for, which may be more often."""
 
 DROP_SETTLE = 2.0
 """Seconds a folder copied (not moved) into a drop folder must be unchanged before it counts."""
 
-ALIVE_CHECK_INTERVAL = 1.0
-"""Seconds between checks that the observer thread still runs, and drop-folder polls."""
+
+_WAKE_OVERLAP = timedelta(seconds=2)  # clocks of two processes, stamps of one transaction
+_ANNOUNCED_KEPT = 2000
 
 IDLE_WAKE_SECONDS = 3600.0
 """Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
@@ -72,7 +76,6 @@ class ServiceTimings:
     """Intervals the tests shorten; production uses the defaults."""
 
     heartbeat: float = HEARTBEAT_INTERVAL
-    alive_check: float = ALIVE_CHECK_INTERVAL
     poll: float = POLL_INTERVAL
     drain_grace: float | None = None  # None: limits.drain_seconds
     drop_settle: float = DROP_SETTLE
@@ -110,6 +113,7 @@ class Service:
         self.watcher = Watcher(
             root,
             [config.state_dir / name for name in ("accepted", "rejected", "regenerate")],
+            wake_dirs=[config.state_dir / WAKE_DIR],
         )
         self.index = StatIndex(root, config.detect.users)
         self.settler = Settler(config.detect.settle_seconds)
@@ -121,6 +125,11 @@ class Service:
         self._hint = anyio.Event()
         self._rescan = anyio.Event()
         self._drop = anyio.Event()
+        self._woken = anyio.Event()
+        self._dead = False
+        self._counts_stale = True
+        self._announced: dict[str, datetime] = {}
+        deps.store.add_job_listener(self._job_changed)
         self._stopping = False
         self._cancel: anyio.CancelScope | None = None
         self.web: WebContext | None = None  # the inbox's state while it serves
@@ -191,7 +200,8 @@ class Service:
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
                 tg.start_soon(self._rescan_loop)
-                tg.start_soon(self._poll_loop, tg.cancel_scope)
+                tg.start_soon(self._drop_loop)
+                tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
                 self.heartbeat.write(watching=len(self.index))
                 self.notifier.ready(f"watching {len(self.index)} chats")
@@ -259,8 +269,20 @@ class Service:
                 self._hint.set()
         elif hint.kind is HintKind.DROP:
             self._drop.set()
+        elif hint.kind is HintKind.WAKE:
+            self._woken.set()
+        elif hint.kind is HintKind.DEAD:
+            if not self._stopping and self._cancel is not None:
+                log.error(
+                    "the file watcher thread died; exiting so the service manager restarts us"
+                )
+                self._dead = True
+                self._woken.set()
         else:
             self._rescan.set()
+
+    def _job_changed(self, job: Job, previous: JobState | None) -> None:
+        self._counts_stale = True
 
     def _wanted(self, chat: ChatRef) -> bool:
         users = self.config.detect.users
@@ -296,34 +318,60 @@ class Service:
                 log.debug("rescan found changes", count=len(changed))
                 self._hint.set()
 
-    async def _poll_loop(self, cancel: anyio.CancelScope) -> None:
-        """Observer liveness, overflow flag, drop folders; the runner polls the store itself."""
+    async def _drop_loop(self) -> None:
+        """Drop folders, when the watcher reports a move into one (and once at start); a folder
+        still being copied in is looked at again when it has settled, by a timer."""
+        approval = self.deps.approval
         while True:
-            with anyio.move_on_after(self.timings.alive_check):
-                await self._drop.wait()
-            self._drop = anyio.Event()
-            if not self._stopping and not self.watcher.is_alive():
-                log.error(
-                    "the file watcher thread died; exiting so the service manager restarts us"
-                )
-                await self.stop("file watcher died", cancel, code=1)
-                return
-            if self.watcher.rescan_needed:
-                self._rescan.set()
             try:
                 await self.handle_drops()
-            except Exception:  # e.g. a drop folder removed by hand; retried next round
+            except Exception:  # e.g. a drop folder removed by hand; the next event retries
                 log.exception("drop folder check failed")
+            ripe = approval.settling_until
+            wait = IDLE_WAKE_SECONDS if ripe is None else max(0.05, ripe - time.time())
+            with anyio.move_on_after(wait):
+                await self._drop.wait()
+            self._drop = anyio.Event()
+
+    async def _wake_loop(self, cancel: anyio.CancelScope) -> None:
+        """Another process changed jobs (or the watcher died): wake the runner, and tell this
+        process's listeners (the web inbox) of the jobs changed meanwhile."""
+        since = _now()
+        while True:
+            await self._woken.wait()
+            self._woken = anyio.Event()
+            if self._dead:
+                await self.stop("file watcher died", cancel, code=1)
+                return
+            self.runner.wake()
+            self._counts_stale = True
+            try:
+                changed = await self.store.changed_since(since - _WAKE_OVERLAP)
+            except StoreError as exc:
+                log.warning("store error after a wake-up", error=str(exc))
+                continue
+            for job in changed:
+                if self._announced.get(job.id) != job.updated_at:
+                    self._announced[job.id] = job.updated_at
+                    self.store.announce(job)
+            if changed:
+                since = max(since, changed[-1].updated_at)
+            while len(self._announced) > _ANNOUNCED_KEPT:
+                self._announced.pop(next(iter(self._announced)))
 
     async def _heartbeat_loop(self) -> None:
         ping = self.notifier.watchdog_interval
         interval = min(self.timings.heartbeat, ping) if ping else self.timings.heartbeat
         last_beat = 0.0
         last_status = ""
+        counts: dict[str, int] = {}
         while True:
             now = time.monotonic()
             if now - last_beat >= self.timings.heartbeat:
-                counts = await self._safe_counts()
+                if self._counts_stale:
+                    # Only after a job changed: an idle daemon runs no query at all.
+                    self._counts_stale = False
+                    counts = await self._safe_counts()
                 self.heartbeat.write(watching=len(self.index), jobs=counts)
                 last_beat = now
                 jobs = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"

@@ -35,8 +35,8 @@ __all__ = [
     "plain_age",
 ]
 
-HEARTBEAT_STALE_SECONDS = 15.0
-"""A heartbeat older than this (three missed 5 s beats) means the daemon is not running."""
+HEARTBEAT_STALE_SECONDS = 60.0
+"""A heartbeat older than this (three missed 20 s beats) means the daemon is not running."""
 
 RECENT_ERRORS = 5
 """How many recent job errors ``status`` shows."""

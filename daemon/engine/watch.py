@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -60,17 +60,30 @@ DEFAULT_BUFFER = 4096
 STREAM_BUFFER = 256
 """Hints the anyio stream holds (the pump waits when it is full; the queue absorbs bursts)."""
 
-QUEUE_POLL = 0.5
-"""Seconds the pump's worker thread waits on the queue before checking for shutdown."""
 
 OBSERVER_STOP_TIMEOUT = 5.0
 """Seconds to wait for watchdog's threads to end on shutdown."""
 
 
+WATCHED_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
+"""The events the bridge acts on. watchdog turns the list into the inotify mask, so the kernel
+does not even deliver the rest: reads, opens and closes without a write (a rescan's scandir of
+every folder, ST reading a chat, a backup) would otherwise wake the observer thread."""
+
+
 class HintKind(StrEnum):
     CHAT = "chat"  # a chat file may have changed
     DROP = "drop"  # something moved into accepted/ rejected/ regenerate/
-    RESCAN = "rescan"  # a folder appeared: new user, new character, new group chats folder
+    RESCAN = "rescan"  # a folder appeared (new user, character, group chats), or events lost
+    WAKE = "wake"  # another process changed jobs (the CLI touched the wake folder)
+    DEAD = "dead"  # watchdog's observer or one of its emitters died: the daemon is deaf
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +97,40 @@ class EventBridge(FileSystemEventHandler):
     """watchdog handler: classify in the observer thread, hand over through a bounded queue.
 
     Every method catches everything: an exception escaping a handler ends watchdog's dispatch
-    thread, and the daemon would go deaf without noticing until the alive check. The handover
-    never blocks (watchfiles style: the async side waits on the queue in a worker thread), so
-    neither a busy nor a stopped event loop can stall or deadlock the observer.
+    thread, and the daemon would go deaf. The handover never blocks: a hint goes into a bounded
+    queue and one byte into a socket pair whose other end the event loop waits on (readable: no
+    thread, no timeout), so an idle daemon sleeps until an event comes, and neither a busy nor a
+    stopped event loop can stall the observer.
     """
 
-    def __init__(self, root: Path, drop_dirs: Sequence[Path], buffer: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        drop_dirs: Sequence[Path],
+        buffer: int,
+        wake_dirs: Sequence[Path] = (),
+    ) -> None:
         self.root = root
         self.drop_dirs = tuple(str(d) for d in drop_dirs)
+        self.wake_dirs = tuple(str(d) for d in wake_dirs)
         self.queue: queue.Queue[Hint] = queue.Queue(maxsize=buffer)
         self.rescan_needed = threading.Event()
         self.errors = 0
         self.delivered = 0
         self.dropped = 0
         self.closed = False
+        self.reader, self._writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def signal(self) -> None:
+        """Wake the event loop's pump (any thread; never blocks)."""
+        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+            self._writer.send(b"\0")
+
+    def close_signal(self) -> None:
+        self._writer.close()
+        self.reader.close()
 
     # --- observer thread -----------------------------------------------------------------
 
@@ -114,6 +147,9 @@ class EventBridge(FileSystemEventHandler):
     def _hints(self, event: FileSystemEvent) -> Iterable[Hint]:
         now = time.monotonic()
         src = _as_str(event.src_path)
+        if self.wake_dirs and _under_any(src, self.wake_dirs):
+            yield Hint(HintKind.WAKE, at=now)
+            return
         if self.drop_dirs and _under_any(src, self.drop_dirs):
             yield Hint(HintKind.DROP, at=now)
             return
@@ -159,6 +195,7 @@ class EventBridge(FileSystemEventHandler):
         except queue.Full:
             self.dropped += 1
             self.rescan_needed.set()
+        self.signal()
 
 
 def _watch_error(root: Path, exc: OSError) -> str:
@@ -197,52 +234,85 @@ class Watcher:
         root: Path,
         drop_dirs: Sequence[Path] = (),
         *,
+        wake_dirs: Sequence[Path] = (),
         buffer: int = DEFAULT_BUFFER,
         observer: BaseObserver | None = None,
     ) -> None:
         self.root = root
         self.drop_dirs = tuple(drop_dirs)
+        self.wake_dirs = tuple(wake_dirs)
         send, receive = anyio.create_memory_object_stream[Hint](STREAM_BUFFER)
         self._send = send
         self.receive: MemoryObjectReceiveStream[Hint] = receive
         self._observer: BaseObserver = observer if observer is not None else Observer()
-        self.bridge = EventBridge(root, self.drop_dirs, buffer)
+        self.bridge = EventBridge(root, self.drop_dirs, buffer, self.wake_dirs)
         self._started = False
+        self._stopping = False
+        self._dead_reported = False
 
     def start(self) -> None:
         """Schedule and start watchdog's threads; :class:`TavernError` when that fails."""
         try:
-            self._observer.schedule(self.bridge, str(self.root), recursive=True)
-            for folder in self.drop_dirs:
+            self._observer.schedule(
+                self.bridge, str(self.root), recursive=True, event_filter=WATCHED_EVENTS
+            )
+            for folder in (*self.drop_dirs, *self.wake_dirs):
                 folder.mkdir(parents=True, exist_ok=True)
-                self._observer.schedule(self.bridge, str(folder), recursive=False)
+                self._observer.schedule(
+                    self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
+                )
             self._observer.daemon = True
             self._observer.start()
         except OSError as exc:
             raise TavernError(_watch_error(self.root, exc)) from None
         self._started = True
+        # One idle thread per watchdog thread, blocked in join(): a death is reported at once,
+        # with no periodic alive check.
+        for thread in (self._observer, *self._observer.emitters):
+            threading.Thread(
+                target=self._report_death,
+                args=(thread,),
+                name="st-imagegen-watch-guard",
+                daemon=True,
+            ).start()
         log.info("watching", root=str(self.root), drop_dirs=[str(d) for d in self.drop_dirs])
 
+    def _report_death(self, thread: threading.Thread) -> None:
+        thread.join()
+        if not self._stopping:
+            self.bridge.signal()
+
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Pump hints from the observer's queue into :attr:`receive` until cancelled."""
+        """Pump hints from the observer's queue into :attr:`receive` until cancelled.
+
+        Sleeps until the observer signals (a hint, lost events, a dead thread): no polling."""
         task_status.started()
-        get = self.bridge.queue.get
-        while not self.bridge.closed:
-            try:
-                hint = await anyio.to_thread.run_sync(
-                    functools.partial(get, timeout=QUEUE_POLL), abandon_on_cancel=True
-                )
-            except queue.Empty:
-                continue
-            batch = [hint]
+        reader = self.bridge.reader
+        while not self._stopping:
+            batch: list[Hint] = []
             with contextlib.suppress(queue.Empty):
                 while len(batch) < STREAM_BUFFER:
                     batch.append(self.bridge.queue.get_nowait())
+            if self.rescan_needed:
+                batch.append(Hint(HintKind.RESCAN, at=time.monotonic()))
+            if self._started and not self._dead_reported and not self.is_alive():
+                self._dead_reported = True
+                batch.append(Hint(HintKind.DEAD, at=time.monotonic()))
             try:
                 for item in batch:
                     await self._send.send(item)
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                 return
+            if len(batch) >= STREAM_BUFFER or not self.bridge.queue.empty():
+                continue
+            try:
+                await anyio.wait_readable(reader)
+                while reader.recv(4096):
+                    pass
+            except BlockingIOError:
+                continue
+            except (OSError, ValueError, anyio.ClosedResourceError):
+                return  # the socket pair was closed: stopping
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Watcher]:
@@ -273,13 +343,16 @@ class Watcher:
 
     def stop(self) -> None:
         """Stop watchdog's threads (bounded wait) and close the stream. Blocking."""
+        self._stopping = True
         self.bridge.closed = True
+        self.bridge.signal()
         if self._started:
             self._observer.stop()
             self._observer.join(OBSERVER_STOP_TIMEOUT)
             self._started = False
         self._send.close()
         self.receive.close()
+        self.bridge.close_signal()
 
     async def aclose(self) -> None:
         """:meth:`stop` without blocking the event loop."""

@@ -52,6 +52,27 @@ class WebAddress:
 
 
 class _Server(uvicorn.Server):
+    """uvicorn without its 10-a-second tick: its main loop wakes every 0.1 s to refresh the
+    Date header and look at ``should_exit``, which keeps an idle daemon awake for nothing.
+    Here there is no Date header and ``should_exit`` is an event the loop waits on."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self._exit = anyio.Event()
+        super().__init__(config)
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit.is_set()
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self._exit.set()
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # the (date-less) default headers, once
+        await self._exit.wait()
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # the daemon handles SIGTERM/SIGINT and stops us through should_exit
@@ -171,6 +192,7 @@ async def serve_web(
             lifespan="off",
             proxy_headers=False,
             server_header=False,
+            date_header=False,
             ws="none",
             timeout_graceful_shutdown=SHUTDOWN_SECONDS,
         )

@@ -25,7 +25,7 @@ from tests.stsim import SimClock, STSim
 
 pytestmark = pytest.mark.anyio
 
-FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0)
+FAST = ServiceTimings(heartbeat=0.2, poll=0.1, drain_grace=2.0)
 STEP_TIMEOUT = 15.0
 USER = "default-user"
 

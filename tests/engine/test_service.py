@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from tests.stsim import SimClock, STSim
 
 pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 
-FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0, drop_settle=0.3)
+FAST = ServiceTimings(heartbeat=0.2, poll=60.0, drain_grace=2.0, drop_settle=0.3)
 JOB_TIMEOUT = 10.0
 PENDING_MARGIN = 5.0  # seconds past the settle time for a reply to reach pending/
 
@@ -421,7 +422,8 @@ async def test_missed_events_are_caught_by_the_rescan(
         tab.send_user("Anyone?").reply("Alice", "Seen only by the rescan.").save()
         await anyio.sleep(config.detect.settle_seconds * 2)
         assert await jobs_of(service, path) == []
-        service.watcher.bridge.rescan_needed.set()  # what a full queue sets
+        service.watcher.bridge.rescan_needed.set()  # what a full queue sets, and then
+        service.watcher.bridge.signal()  # wakes the pump
         job = (await wait_jobs(service, path, 1))[0]
         assert "rescan" in job.excerpt
         await wait_state(service, job.id, JobState.PENDING)
@@ -573,3 +575,82 @@ async def test_a_live_reply_with_a_wrong_clock_is_illustrated_and_every_skip_exp
         assert "no job: user message" in user_line
         with_job = render(await explain(config, str(path), 2))
         assert f"{job.short_id}  pending" in with_job and "for this text" in with_job
+
+
+# --- idle means idle: woken by events and timers, not polls (FAST polls only once a minute) ----
+
+
+def _cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ST_IMAGEGEN_", "NOTIFY_"))}
+    binary = str(Path(sys.executable).parent / "st-imagegen")
+    return subprocess.run(
+        [binary, *args, "--config", str(config_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_a_job_queued_by_the_cli_starts_at_once_and_its_changes_reach_the_inbox(
+    st_root_latest: Path, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """`generate` in another process wakes the daemon through the wake folder (regression:
+    the runner found such jobs only by polling the store every second)."""
+    config = make_config(st_root_latest, mode="manual")
+    seen: list[tuple[str, str]] = []
+    async with running(config, FAST) as service:
+        service.store.add_job_listener(lambda job, _: seen.append((job.id, job.state.value)))
+        path = new_chat(service.root, name="cli")
+        tab = await started_chat(service, path, character="Alice")
+        tab.send_user("Paint it.").save()
+        tab.reply("Alice", "A lighthouse in the fog.").save()
+        await settle_and_process(service, service.processed)
+        rel = path.relative_to(service.root).as_posix()
+        done = await anyio.to_thread.run_sync(
+            lambda: _cli(tmp_path / "config.toml", "generate", "--chat", rel)
+        )
+        assert done.returncode == 0, done.stderr
+        (job,) = await wait_jobs(service, path, 1)
+        pending = await wait_state(service, job.id, JobState.PENDING)  # far within the poll
+
+        rejected = await anyio.to_thread.run_sync(
+            lambda: _cli(tmp_path / "config.toml", "reject", pending.id)
+        )
+        assert rejected.returncode == 0, rejected.stderr
+
+        async def heard() -> bool:  # the CLI's change, announced to this process's listeners
+            return (job.id, "rejected") in seen
+
+        await async_wait_for(heard, within=JOB_TIMEOUT)
+
+
+async def test_a_backed_off_job_runs_at_its_retry_time(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    fake_api.fail_image = [503]  # one transient failure, then success
+    config = make_config(st_root_latest, limits={"retry_base_seconds": 1.0})
+    async with running(config, FAST) as service:
+        path = new_chat(service.root, name="retry")
+        _, job = await replied(service, path, "Again?", "The tide comes in.")
+        assert job.attempts >= 1  # it failed once and was retried by the timer, not a poll
+        assert fake_api.count("images/generations") == 2
+
+
+async def test_a_folder_copied_into_accepted_is_taken_once_it_settles(
+    st_root_latest: Path, make_config: MakeConfig
+) -> None:
+    """A copy (not a move) keeps changing for a while; no event comes when it stops, so a
+    timer set for its settle time looks again."""
+    config = make_config(st_root_latest)
+    async with running(config, FAST) as service:
+        path = new_chat(service.root, name="copied")
+        _, job = await replied(service, path, "Show me.", "A kite over the dunes.")
+        folder = config.state_dir / "pending" / job.id
+        target = config.state_dir / "accepted" / job.id
+        shutil.copytree(folder, target)  # fresh times: not settled yet
+        shutil.rmtree(folder)
+        await wait_state(service, job.id, JobState.COMMITTED)

@@ -102,7 +102,7 @@ async def test_serve_speaks_notify_and_beats(
 ) -> None:
     path, sock = notify_socket
     config = make_config(st_root_latest)
-    timings = ServiceTimings(heartbeat=0.1, alive_check=0.1, poll=0.1, drain_grace=1.0)
+    timings = ServiceTimings(heartbeat=0.1, poll=0.1, drain_grace=1.0)
     ready = anyio.Event()
     seen: list[str] = []
     async with anyio.create_task_group() as tg:
@@ -139,13 +139,25 @@ async def test_serve_speaks_notify_and_beats(
 async def test_observer_death_exits_non_zero(
     st_root_latest: Path, make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """watchdog's threads really end (as a crash of theirs would): the guard threads blocked
+    in join() report it at once (no alive-check poll) and the daemon exits 1."""
     config = make_config(st_root_latest)
-    timings = ServiceTimings(heartbeat=0.1, alive_check=0.05, poll=0.1, drain_grace=0.5)
+    timings = ServiceTimings(heartbeat=0.1, poll=60.0, drain_grace=0.5)
     ready = anyio.Event()
+    watchers: list[Watcher] = []
+    real_start = Watcher.start
+
+    def start(self: Watcher) -> None:
+        watchers.append(self)
+        real_start(self)
+
+    monkeypatch.setattr(Watcher, "start", start)
 
     async def kill_observer() -> None:
         await ready.wait()
-        monkeypatch.setattr(Watcher, "is_alive", lambda self: False)
+        observer = watchers[0]._observer
+        observer.stop()  # the observer thread and its emitters end; nobody else is told
+        await anyio.to_thread.run_sync(observer.join)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(kill_observer)

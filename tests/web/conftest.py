@@ -32,7 +32,7 @@ from tests.engine.conftest import (  # noqa: F401 - fixtures used by the web tes
 )
 from tests.engine.test_commit_support import new_data_root
 
-FAST = ServiceTimings(heartbeat=0.2, alive_check=0.1, poll=0.1, drain_grace=2.0, drop_settle=0.3)
+FAST = ServiceTimings(heartbeat=0.2, poll=0.1, drain_grace=2.0, drop_settle=0.3)
 IMAGES = 3
 
 

@@ -376,6 +376,37 @@ class Jobs(Database):
 
         return await self._run(_next, write=False)
 
+    async def next_wake_at(self) -> datetime | None:
+        """When the runner next has something to do: the earliest queued job's due time, or an
+        accepted one's commit (retry) time, if any. Reads only those rows (index on state)."""
+
+        def _next(conn: sqlite3.Connection) -> datetime | None:
+            row = conn.execute(
+                "SELECT MIN(COALESCE(next_attempt_at, updated_at)) FROM jobs "
+                "WHERE state IN ('queued', 'accepted')"
+            ).fetchone()
+            return parse_stamp(row[0]) if row and row[0] else None
+
+        return await self._run(_next, write=False)
+
+    async def changed_since(self, since: datetime, *, limit: int = 500) -> list[Job]:
+        """Jobs updated after ``since``, oldest change first (index on updated_at): how the
+        daemon hears of changes another process (the CLI) made."""
+
+        def _list(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE updated_at > ? "
+                "ORDER BY updated_at, id LIMIT ?",
+                (stamp(since), limit),
+            ).fetchall()
+            return [_job_from_row(r) for r in rows]
+
+        return await self._run(_list, write=False)
+
+    def announce(self, job: Job) -> None:
+        """Tell the job listeners of a change made elsewhere (another process)."""
+        self._changed(job)
+
     async def transition(
         self,
         job_id: str,
