@@ -1,0 +1,296 @@
+"""The web inbox as a user sees it, in a real browser (Playwright driving Debian's chromium).
+
+1. Live latency: a job generated through the API (fake prompt and image APIs on loopback) until
+   its card is visible in an open inbox page (the event stream), against the same pending
+   folder's arrival seen by a bare watchdog handler in this process (the floor). Target: the
+   card at most 1 s after the floor (the issue's "within a second"), median of the rounds.
+2. Page load with 200 pending jobs of 3 images each: first contentful paint (target: under
+   300 ms on this machine), and how many thumbnails the first load fetches (lazy: only those
+   near the viewport, not all 600).
+
+Run: ``python -m bench inbox``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from bench.bench_engine import build_tree
+from bench.common import workdir
+from tests.ops.fakeapi import GOOD_KEY, fake_api
+
+PENDING_JOBS = 200
+IMAGES_PER_JOB = 3
+ROUNDS = 8
+LOADS = 5
+LATENCY_TARGET = 1.0  # seconds above the floor
+PAINT_TARGET = 0.300  # seconds
+START_TIMEOUT = 60.0
+STEP_TIMEOUT = 20.0
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (512, 512), (seed % 256, 90, 160)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _Img:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.format = "png"
+        self.width = self.height = 512
+
+
+def _pending_jobs(state: Path, chat: str, count: int) -> None:
+    """``count`` pending jobs with their folders, through the real store and approval code."""
+    import anyio
+
+    from daemon.engine.approval import Approval
+    from daemon.engine.store import JobState, Store
+
+    async def make() -> None:
+        store = await Store.open(state / "state.db")
+        approval = Approval(state)
+        try:
+            for n in range(count):
+                job = await store.create_job(
+                    user="default-user",
+                    chat=chat,
+                    character="Char0000",
+                    is_group=False,
+                    speaker="Alice",
+                    message_index=1000 + n,
+                    identity_name="Alice",
+                    identity_date=f"2025-01-01T00:00:{n % 60:02d}.{n:03d}Z",
+                    revision="0:abc",
+                    excerpt=f"Reply number {n}: the lantern over the pier glows.",
+                    prompt=f"a lantern over a pier, variant {n}",
+                )
+                assert job is not None
+                moved = await store.transition(job.id, JobState.QUEUED, JobState.IMAGING)
+                assert moved is not None
+                images = [_Img(_png(n * IMAGES_PER_JOB + i)) for i in range(IMAGES_PER_JOB)]
+                approval.write_pending(moved, images, {})
+                names = tuple(p.name for p in approval.kept_images(job.id))
+                await store.transition(job.id, JobState.IMAGING, JobState.PENDING, images=names)
+        finally:
+            await store.close()
+
+    anyio.run(make)
+
+
+def _config(root: Path, state: Path, api_url: str) -> str:
+    return (
+        "\n".join(
+            [
+                f"data_root = {json.dumps(str(root))}",
+                f"state_dir = {json.dumps(str(state))}",
+                'mode = "manual"',
+                "[text]",
+                f"api_url = {json.dumps(api_url)}",
+                f"api_key = {json.dumps(GOOD_KEY)}",
+                "[image]",
+                f"api_url = {json.dumps(api_url)}",
+                f"api_key = {json.dumps(GOOD_KEY)}",
+                "[web]",
+                "port = 0",
+                "[log]",
+                'level = "warning"',
+            ]
+        )
+        + "\n"
+    )
+
+
+class _Arrivals:
+    """The floor: a bare watchdog handler noting when each job folder lands in pending/."""
+
+    def __init__(self, pending: Path) -> None:
+        from watchdog.events import FileSystemEvent, FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        self.seen: dict[str, float] = {}
+        self.lock = threading.Lock()
+        arrivals = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: FileSystemEvent) -> None:
+                path = os.fsdecode(getattr(event, "dest_path", "") or event.src_path)
+                name = Path(path).name
+                if len(name) == 26 and not name.startswith("."):
+                    with arrivals.lock:
+                        arrivals.seen.setdefault(name, time.time())
+
+        self.observer = Observer()
+        self.observer.schedule(Handler(), str(pending), recursive=False)
+        self.observer.start()
+
+    def wait(self, job_id: str) -> float:
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while time.monotonic() < deadline:
+            with self.lock:
+                if job_id in self.seen:
+                    return self.seen[job_id]
+            time.sleep(0.005)
+        raise TimeoutError(f"job {job_id} never reached pending/")
+
+    def stop(self) -> None:
+        self.observer.stop()
+        self.observer.join(5)
+
+
+_SEEN_SCRIPT = """
+() => {
+  window.__cards = {};
+  const note = () => {
+    for (const el of document.querySelectorAll('.card[data-id]')) {
+      if (!(el.dataset.id in window.__cards)) window.__cards[el.dataset.id] = Date.now() / 1000;
+    }
+  };
+  note();
+  new MutationObserver(note).observe(document.body, {childList: true, subtree: true});
+}
+"""
+
+
+def _latency(page: Any, base: str, chat: str, pending: Path) -> list[float]:
+    arrivals = _Arrivals(pending)
+    out = []
+    try:
+        page.evaluate(_SEEN_SCRIPT)
+        with httpx.Client(base_url=base, timeout=STEP_TIMEOUT) as client:
+            for n in range(ROUNDS):
+                answer = client.post(
+                    "/api/v1/generate",
+                    json={"chat": chat, "mesid": (0, 2, 4)[n % 3], "force": True},
+                    headers={"Origin": base.rstrip("/")},
+                )
+                answer.raise_for_status()
+                job_id = answer.json()["id"]
+                floor = arrivals.wait(job_id)
+                page.wait_for_function(
+                    f"() => '{job_id}' in window.__cards", timeout=STEP_TIMEOUT * 1000
+                )
+                shown = float(page.evaluate(f"() => window.__cards['{job_id}']"))
+                out.append(shown - floor)
+    finally:
+        arrivals.stop()
+    return out
+
+
+def _load(browser: Any, url: str) -> tuple[float, int]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    thumbs = []
+    page.on("request", lambda r: thumbs.append(r.url) if "size=thumb" in r.url else None)
+    page.goto(url, wait_until="load")
+    page.wait_for_selector(".card[data-id]")
+    paint = page.evaluate(
+        "() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime"
+    )
+    fetched = len(thumbs)
+    context.close()
+    return float(paint or "nan") / 1000, fetched
+
+
+def main() -> int:
+    from playwright.sync_api import sync_playwright
+
+    with workdir() as tmp, fake_api() as api:
+        root = tmp / "data"
+        (path,) = build_tree(root, 1)
+        chat = path.relative_to(root).as_posix()
+        state = tmp / "state"
+        state.mkdir()
+        _pending_jobs(state, chat, PENDING_JOBS)
+        cfg = tmp / "config.toml"
+        cfg.write_text(_config(root, state, api.base_url), encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ST_IMAGEGEN_", "NOTIFY_"))}
+        log = (tmp / "daemon.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", "--config", str(cfg)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        try:
+            from daemon.web.server import read_address
+
+            deadline = time.monotonic() + START_TIMEOUT
+            while (address := read_address(state)) is None:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    print("  the daemon did not start its web inbox")
+                    return 1
+                time.sleep(0.1)
+            url = str(address["url"])
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                loads = [_load(browser, url) for _ in range(LOADS)]
+                paint = min(p for p, _ in loads)
+                fetched = min(f for _, f in loads)
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = context.new_page()
+                page.goto(url, wait_until="load")
+                page.wait_for_selector(".card[data-id]")
+                latencies = _latency(page, url, chat, state / "pending")
+                context.close()
+                browser.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+            log.close()
+    median = statistics.median(latencies)
+    print(
+        f"  card visible after the pending folder's arrival (event stream), {ROUNDS} rounds: "
+        f"median {median * 1000:.0f} ms, worst {max(latencies) * 1000:.0f} ms"
+    )
+    print(
+        f"  inbox with {PENDING_JOBS} pending jobs ({PENDING_JOBS * IMAGES_PER_JOB} thumbnails): "
+        f"first contentful paint {paint * 1000:.0f} ms (best of {LOADS}); "
+        f"thumbnails fetched by the first load: {fetched}"
+    )
+    ok = True
+    for label, value, target in (
+        ("card after the floor (s)", median, LATENCY_TARGET),
+        ("first contentful paint (s)", paint, PAINT_TARGET),
+    ):
+        met = value <= target
+        ok &= met
+        print(f"  {label:<52} {value:>8.3f}   target <= {target} {'ok' if met else 'MISSED'}")
+    lazy = fetched < PENDING_JOBS * IMAGES_PER_JOB
+    ok &= lazy
+    print(
+        f"  {'thumbnails are lazy (fetched < all)':<52} {fetched:>8}   {'ok' if lazy else 'MISSED'}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
