@@ -15,7 +15,7 @@ from pathlib import Path
 
 from daemon.errors import StImagegenError
 
-__all__ = ["LOCK_NAME", "AlreadyRunningError", "hold_state_lock"]
+__all__ = ["LOCK_NAME", "AlreadyRunningError", "daemon_running", "hold_state_lock"]
 
 LOCK_NAME = "daemon.lock"
 
@@ -53,3 +53,20 @@ def hold_state_lock(state_dir: Path) -> Iterator[Path]:
         yield path
     finally:
         os.close(fd)  # releases the flock
+
+
+def daemon_running(state_dir: Path) -> bool:
+    """Whether a daemon holds ``state_dir``'s lock now (files it left after a kill -9 lie)."""
+    try:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # also drops the shared lock just taken
+    return False

@@ -324,9 +324,22 @@ SERVICE_START_TIMEOUT = 15.0
 
 @contextlib.asynccontextmanager
 async def running(config: Config, timings: ServiceTimings) -> AsyncIterator[Service]:
-    """The service running in this event loop; drained and stopped after the block."""
+    """The service running in this event loop, holding the state dir's lock as ``serve``
+    does; drained and stopped after the block."""
+    from daemon.engine.lock import hold_state_lock
+
     assert config.data_root is not None
     root = layout.resolve_data_root(config.data_root)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    with hold_state_lock(config.state_dir):
+        async with running_unlocked(config, root, timings) as service:
+            yield service
+
+
+@contextlib.asynccontextmanager
+async def running_unlocked(
+    config: Config, root: Path, timings: ServiceTimings
+) -> AsyncIterator[Service]:
     async with open_job_deps(config, root=root) as deps:
         service = Service(config, root, deps, timings=timings)
         async with anyio.create_task_group() as tg:

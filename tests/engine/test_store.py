@@ -606,3 +606,16 @@ async def test_our_writes_keep_the_last_few(store: Store) -> None:
     assert await store.is_our_write("c.jsonl", f"h{OUR_WRITES_KEPT + 2}")
     assert await store.is_our_write("d.jsonl", "h0")
     assert not await store.is_our_write("e.jsonl", "h5")
+
+
+async def test_supersede_tells_listeners_the_state_each_job_had(store: Store) -> None:
+    heard: list[tuple[str, JobState | None]] = []
+    store.add_job_listener(lambda job, previous: heard.append((job.id, previous)))
+    queued = await store.create_job(**fields(0))
+    pending = await store.create_job(**fields(1))
+    assert queued and pending
+    await store.transition(pending.id, JobState.QUEUED, JobState.PENDING)
+    heard.clear()
+    gone = await store.supersede_chat(queued.chat, "the chat is gone")
+    assert {j.id for j in gone} == {queued.id, pending.id}
+    assert sorted(heard) == sorted([(queued.id, JobState.QUEUED), (pending.id, JobState.PENDING)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -217,3 +218,22 @@ def test_compose_publishes_the_inbox_on_the_hosts_loopback(tmp_path: Path) -> No
     config_file.write_text("", encoding="utf-8")
     web = load_config(config_file, environ=env).web
     assert web.host == "0.0.0.0" and token_required(web)  # reachable only with the token
+
+
+def test_web_url_does_not_believe_an_address_left_by_a_killed_daemon(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: after kill -9, web.json stayed and web-url printed the dead address."""
+    from daemon.engine.lock import hold_state_lock
+
+    config = web_config(make_config, tmp_path, fake_api)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    stale = {"url": "http://127.0.0.1:45678/", "host": "127.0.0.1", "port": 45678}
+    (config.state_dir / "web.json").write_text(json.dumps(stale), encoding="utf-8")
+    args = ["web-url", "--config", str(tmp_path / "config.toml")]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "45678" not in captured.out and "not running" in captured.err
+    with hold_state_lock(config.state_dir):  # a live daemon: its address is believed
+        assert main(args) == 0
+        assert capsys.readouterr().out.strip() == stale["url"]

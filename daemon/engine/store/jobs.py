@@ -165,8 +165,9 @@ class Jobs(Database):
 
     def add_job_listener(self, listener: JobListener) -> Callable[[], None]:
         """Call ``listener(job, previous_state)`` after every job change made through this store
-        (in the changing task, once committed; previous is None for new and superseded jobs),
-        so the web inbox hears of changes at once instead of polling. Returns its remover."""
+        (in the changing task, once committed; previous is None for new jobs and for changes
+        announced from other processes), so the web inbox hears of changes at once instead of
+        polling. Returns its remover."""
         self._job_listeners = (*self._job_listeners, listener)
 
         def remove() -> None:
@@ -617,29 +618,32 @@ class Jobs(Database):
         at = stamp(now or now_utc())
         states = states_list(SUPERSEDABLE_STATES)
 
+        where = (
+            "user = ? AND chat = ? AND identity_name = ? AND identity_date = ? "
+            f"AND state IN ({marks(len(states))}) AND (? IS NULL OR revision != ?)"
+        )
+        params = (user, chat, identity_name, identity_date, *states, keep_revision, keep_revision)
+        return await self._supersede_where(where, params, reason, at)
+
+    async def _supersede_where(
+        self, where: str, params: tuple[Any, ...], reason: str, at: str
+    ) -> list[Job]:
+        previous: dict[str, JobState] = {}
+
         def _sup(conn: sqlite3.Connection) -> list[Job]:
+            # The states before, in the same transaction: listeners hear what each job was.
+            for row in conn.execute(f"SELECT id, state FROM jobs WHERE {where}", params):
+                previous[row["id"]] = JobState(row["state"])
             rows = conn.execute(
                 "UPDATE jobs SET state = 'superseded', last_error = ?, next_attempt_at = NULL, "
-                "updated_at = ? WHERE user = ? AND chat = ? AND identity_name = ? "
-                f"AND identity_date = ? AND state IN ({marks(len(states))}) "
-                f"AND (? IS NULL OR revision != ?) RETURNING {_JOB_COLUMNS}",
-                (
-                    reason,
-                    at,
-                    user,
-                    chat,
-                    identity_name,
-                    identity_date,
-                    *states,
-                    keep_revision,
-                    keep_revision,
-                ),
+                f"updated_at = ? WHERE {where} RETURNING {_JOB_COLUMNS}",
+                (reason, at, *params),
             ).fetchall()
             return sorted((_job_from_row(r) for r in rows), key=lambda j: j.id)
 
         gone = await self._run(_sup, write=True)
         for job in gone:
-            self._changed(job)
+            self._changed(job, previous.get(job.id))
         return gone
 
     async def supersede_chat(
@@ -649,19 +653,8 @@ class Jobs(Database):
         at = stamp(now or now_utc())
         states = states_list(SUPERSEDABLE_STATES)
 
-        def _sup(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                "UPDATE jobs SET state = 'superseded', last_error = ?, next_attempt_at = NULL, "
-                f"updated_at = ? WHERE chat = ? AND state IN ({marks(len(states))}) "
-                f"RETURNING {_JOB_COLUMNS}",
-                (reason, at, chat, *states),
-            ).fetchall()
-            return sorted((_job_from_row(r) for r in rows), key=lambda j: j.id)
-
-        gone = await self._run(_sup, write=True)
-        for job in gone:
-            self._changed(job)
-        return gone
+        where = f"chat = ? AND state IN ({marks(len(states))})"
+        return await self._supersede_where(where, (chat, *states), reason, at)
 
     async def resume_after_crash(self, *, now: datetime | None = None) -> int:
         """Jobs left in PROMPTING/IMAGING go back to QUEUED, due now; returns how many.
