@@ -348,7 +348,17 @@ def check_inotify(root: Path, watches_file: Path = INOTIFY_WATCHES_FILE) -> Chec
 # --- the two APIs ------------------------------------------------------------------------------
 
 
-def _api_failure(name: str, section: str, url: str, exc: BaseException) -> CheckResult:
+_URL_FORMS = {
+    "openai": "a base URL must end in /v1",
+    "a1111": "the web UI's address, e.g. http://127.0.0.1:7860, started with --api",
+    "comfyui": "ComfyUI's address, e.g. http://127.0.0.1:8188",
+}
+
+
+def _api_failure(
+    name: str, section: str, url: str, exc: BaseException, backend: str = "openai"
+) -> CheckResult:
+    form = _URL_FORMS.get(backend, _URL_FORMS["openai"])
     env = f"ST_IMAGEGEN_{section.upper()}__API_KEY"
     if isinstance(exc, AuthError):
         return _fail(
@@ -368,7 +378,7 @@ def _api_failure(name: str, section: str, url: str, exc: BaseException) -> Check
         return _fail(
             name,
             f"{url} cannot be reached: {exc}",
-            f"check {section}.api_url (host, port, http/https; a base URL must end in /v1) and "
+            f"check {section}.api_url (host, port, http/https; {form}) and "
             "that the server is running and reachable from this machine",
         )
     if isinstance(exc, TransientProviderError):
@@ -381,8 +391,9 @@ def _api_failure(name: str, section: str, url: str, exc: BaseException) -> Check
         return _fail(
             name,
             f"{url} answered 404 Not Found: {exc}",
-            f"check {section}.api_url (the full endpoint URL or a base URL ending in /v1) and "
-            f"{section}.model",
+            f"check {section}.api_url (the full endpoint URL or {form}) and {section}.model"
+            if backend == "openai"
+            else f"check {section}.api_url ({form}) and {section}.model",
         )
     if isinstance(exc, ConfigError):
         return _fail(name, str(exc), f"fix {section}.api_url in the config file or environment")
@@ -402,6 +413,7 @@ def _check_api(
     model: str,
     timeout: float,
     check: Callable[[httpx.AsyncClient], Awaitable[str | None]],
+    backend: str = "openai",
 ) -> CheckResult:
     """One request through ``check`` (a provider's own check, one attempt), judged."""
     if not api_url:
@@ -416,7 +428,7 @@ def _check_api(
     try:
         warning = anyio.run(run)
     except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
-        return _api_failure(name, section, api_url, exc)
+        return _api_failure(name, section, api_url, exc, backend)
     if warning:
         return _warn(name, f"{api_url} answered, but {warning}", f"check {section}.model")
     return _pass(name, f"{api_url} answered (model {model})")
@@ -446,7 +458,9 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
         return await backend.check()
 
     model = image.model or "the server's default"
-    result = _check_api("image API", "image", image.api_url, model, image.timeout_seconds, check)
+    result = _check_api(
+        "image API", "image", image.api_url, model, image.timeout_seconds, check, image.backend
+    )
     # A1111 and ComfyUI say what they have (models, samplers, GPU): worth a line when it works.
     summary = str(getattr(built[0], "summary", "")) if built else ""
     if summary and result.status == "PASS":

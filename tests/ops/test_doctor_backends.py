@@ -103,6 +103,8 @@ def test_an_a1111_that_is_not_running(st_root_latest: Path, tmp_path: Path, api:
     image = {"backend": "a1111", "api_url": f"http://127.0.0.1:{closed_port()}"}
     code, output = _doctor(_config(tmp_path, st_root_latest, api, image))
     assert code == 1 and "cannot be reached" in _line(output, "image API")
+    fix = output.split(_line(output, "image API"), 1)[1].splitlines()[1]
+    assert "started with --api" in fix and "/v1" not in fix  # the advice for this backend
 
 
 def test_comfyui_workflow_and_system_stats(
