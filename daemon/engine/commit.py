@@ -305,6 +305,10 @@ class Committer:
                 return await self._retry_later(current, f"cannot commit: {_os_reason(exc)}")
 
     async def _commit(self, job: Job) -> Job:
+        if job.meta.get("swipe_of"):  # variants of a committed job: swipes, no new message
+            from daemon.engine.swipes import commit_swipe
+
+            return await commit_swipe(self, job)
         path = self._chat_path(job.chat)
         identity = job.identity
         entry = await self.store.ledger_get(job.id)

@@ -26,6 +26,7 @@ from daemon.config import Config
 from daemon.engine.approval import Approval
 from daemon.engine.consistency import plan_look, stamp_images
 from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
+from daemon.engine.swipes import carry_images, earlier_images, new_variant_job
 from daemon.errors import (
     CardError,
     ChatConflictError,
@@ -345,7 +346,10 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             stamp_images, generated, current, deps.config, request
         )
         step = "pending"
-        folder = await _write_pending(current, generated, deps)
+        earlier, earlier_prompts = await anyio.to_thread.run_sync(
+            earlier_images, deps.approval, current, deps.config.image.max_pixels
+        )
+        folder = await _write_pending(current, [*earlier, *generated], deps)
         kept = await anyio.to_thread.run_sync(deps.approval.kept_images, current.id)
         names = tuple(p.name for p in kept)
         target = JobState.ACCEPTED if deps.config.approval == "auto" else JobState.PENDING
@@ -359,6 +363,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             meta_update={
                 "image_model": deps.config.image.model,
                 "text_model": deps.config.text.model,
+                "image_prompts": [*earlier_prompts, *[current.prompt] * len(generated)],
             },
         )
         if moved is None:
@@ -527,13 +532,21 @@ async def regen_job(
 ) -> Job:
     """A new job for the same reply (new id, next regen counter), same prompt unless edited.
 
-    The old job is marked superseded ("regenerated as <id>") and its pending folder removed.
+    The old job is marked superseded ("regenerated as <id>") and its pending folder removed;
+    a pending job's images are carried into the new job (offered next to its new ones). A
+    committed job gets a variant job instead, whose images become swipes of its message.
     """
     job = await store.get_job(job_ref)
     if prompt is not None and not prompt.strip():
         raise JobError("the new prompt is empty")
     if job.state is JobState.SUPERSEDED:
         raise JobError(_state_message(job, "regenerate"))
+    if job.state is JobState.COMMITTED:  # more variants of the message: image swipes
+        return await new_variant_job(store, job, prompt.strip() if prompt else None)
+    if job.state is JobState.PENDING:  # its images stay on offer in the new job
+        carried = await anyio.to_thread.run_sync(carry_images, approval, job)
+        if carried is not None:
+            await store.transition(job.id, JobState.PENDING, JobState.PENDING, meta_update=carried)
     new = await store.regenerate(job.id, prompt=prompt.strip() if prompt else None)
     await anyio.to_thread.run_sync(approval.finish, job.id)
     return new

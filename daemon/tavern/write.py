@@ -67,6 +67,7 @@ __all__ = [
     "planned_sha256_after_line",
     "read_for_edit",
     "read_for_edit_with",
+    "replace_line",
     "snapshot",
     "write_image",
 ]
@@ -583,6 +584,30 @@ def insert_after_line(
     return _insert(path, basis, data, end, new_messages, root, rehash, probe, before_replace)
 
 
+def replace_line(
+    path: Path,
+    basis: Snapshot,
+    data: bytes,
+    line_start: int,
+    line_end: int,
+    message: Mapping[str, Any],
+    *,
+    root: Path | None = None,
+    before_replace: Callable[[str], None] | None = None,
+) -> Snapshot:
+    """Replace the line ``data[line_start:line_end]`` (a :class:`LineMessage`'s place) by
+    ``message``, every other byte kept; same compare-before-replace guarantees and errors as
+    :func:`insert_after` (used to add image swipes to our own image message)."""
+    if len(data) != basis.size:
+        raise ValueError("data is not the bytes the snapshot describes")
+    end = _check_line_end(data, line_end)
+    if not (0 <= line_start <= end) or (line_start and data[line_start - 1 : line_start] != b"\n"):
+        raise ValueError(f"offset {line_start} does not start a line")
+    view = memoryview(data)
+    pieces: list[Any] = [view[:line_start], _encode_new([message]), view[end:]]
+    return _apply(path, basis, data, pieces, line_start, root, None, None, before_replace)
+
+
 def _insert(
     path: Path,
     basis: Snapshot,
@@ -595,6 +620,20 @@ def _insert(
     before_replace: Callable[[str], None] | None,
 ) -> Snapshot:
     pieces, offset = _splice(data, end, _encode_new(new_messages))
+    return _apply(path, basis, data, pieces, offset, root, rehash, probe, before_replace)
+
+
+def _apply(
+    path: Path,
+    basis: Snapshot,
+    data: bytes,
+    pieces: list[Any],
+    offset: int,
+    root: Path | None,
+    rehash: bool | None,
+    probe: Callable[[str], None] | None,
+    before_replace: Callable[[str], None] | None,
+) -> Snapshot:
     try:
         real = _check_chat_path(path, root)
     except ChatReadError:

@@ -93,6 +93,14 @@ class Ledger(Database):
         """Stop watching the message (deleted by the user, reply gone); True if it changed."""
         return await self._ledger_set(job_id, "retired = ?", (reason,), "retired IS NULL", now)
 
+    async def ledger_set_message(
+        self, job_id: str, message: Mapping[str, Any], *, now: datetime | None = None
+    ) -> bool:
+        """Replace the remembered message (more image swipes were added to it)."""
+        return await self._ledger_set(
+            job_id, "message = ?", (to_json(dict(message)),), "retired IS NULL", now
+        )
+
     async def _ledger_set(
         self,
         job_id: str,
