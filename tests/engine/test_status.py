@@ -67,10 +67,11 @@ def test_fresh_heartbeat_of_a_live_pid_is_running(tmp_path: Path) -> None:
 def test_stale_heartbeat_is_not_running(tmp_path: Path) -> None:
     path = tmp_path / "heartbeat"
     Heartbeat(path, "0.1.0").write(watching=1)
-    later = time.time() + HEARTBEAT_STALE_SECONDS + 100
+    later = time.time() + HEARTBEAT_STALE_SECONDS + 60  # 2 min with the 60 s threshold
     status = daemon_status(path, now=later)
     assert not status.running
     assert status.detail.startswith("not running (last heartbeat 2 min ago")
+    assert daemon_status(path, now=time.time() + HEARTBEAT_STALE_SECONDS - 5).running
 
 
 def test_fresh_heartbeat_of_a_missing_pid_says_so(tmp_path: Path) -> None:
