@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         "web-url", parents=[common], help="the web inbox's address (with its token if needed)"
     )
 
+    from daemon.engine.characters_args import add_parsers
+
+    add_parsers(sub, common)
+
     ext = sub.add_parser(
         "extension", parents=[common], help="install the SillyTavern extension (live images)"
     )
@@ -175,10 +179,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the SillyTavern install folder, for --all-users (default: found from data_root)",
     )
-
-    from daemon.engine.characters_args import add_parsers
-
-    add_parsers(sub, common)
 
     cfg = sub.add_parser("config", help="configuration helpers")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
@@ -312,10 +312,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return cmd_healthcheck(config)
     if command == "web-url":
         return _cmd_web_url(config)
-    if command in ("character", "style"):
-        from daemon.engine.characters_cli import cmd_character, cmd_style
-
-        return (cmd_character if command == "character" else cmd_style)(config, args)
     if command == "extension":
         from daemon.extension import cmd_extension
 
