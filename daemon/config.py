@@ -227,6 +227,11 @@ class ImageSettings(_Section):
     comfy_workflow: Path | None = Field(
         default=None, description="ComfyUI workflow in API format; empty = the shipped txt2img"
     )
+    reference_field: str = Field(
+        default="",
+        description="JSON field a gateway takes references in (image_urls, input_references); "
+        "empty = the profile's own way (OpenAI gpt-image: /images/edits)",
+    )
     reference_images: bool = Field(
         default=False,
         description="send the character's avatar (or `character ref add` images) as references "

@@ -60,13 +60,16 @@ from daemon.tavern.chat import (
     format_send_date,
 )
 from daemon.tavern.layout import ChatRef, PathKind
+from daemon.tavern.media import add_image_swipes, swipe_jobs, swipe_urls
 from daemon.tavern.write import (
     Snapshot,
     build_image_message,
     check_image_folder,
     cleanup_stale_temps,
     insert_after_line,
+    read_for_edit,
     read_for_edit_with,
+    replace_line,
     write_image,
 )
 
@@ -306,9 +309,7 @@ class Committer:
 
     async def _commit(self, job: Job) -> Job:
         if job.meta.get("swipe_of"):  # variants of a committed job: swipes, no new message
-            from daemon.engine.swipes import commit_swipe
-
-            return await commit_swipe(self, job)
+            return await _commit_swipe(self, job)
         path = self._chat_path(job.chat)
         identity = job.identity
         entry = await self.store.ledger_get(job.id)
@@ -755,3 +756,71 @@ async def _exists(path: Path) -> bool:
 
 def _os_reason(exc: OSError) -> str:
     return f"{exc.strerror or exc}" + (f" ({exc.filename})" if exc.filename else "")
+
+
+async def _commit_swipe(committer: Committer, job: Job) -> Job:
+    """Add an accepted variant job's images to the image message of ``meta["swipe_of"]``."""
+    target = str(job.meta["swipe_of"])
+    path = committer._chat_path(job.chat)
+    for attempt in range(COMMIT_CONFLICT_RETRIES):
+        chat, data, snap = await anyio.to_thread.run_sync(
+            partial(read_for_edit, path, root=committer.root)
+        )
+        line = chat.find_marker_line(target)
+        if line is None:
+            raise _NotCommittable(
+                "the image message to add these variants to is gone from the chat",
+                JobState.SUPERSEDED,
+            )
+        message = line.message.data
+        if job.id in swipe_jobs(message):  # an earlier run wrote it
+            return await committer._committed(job, message)
+        present = {
+            p.name: p
+            for p in await anyio.to_thread.run_sync(committer.approval.kept_images, job.id)
+        }
+        kept = [present[name] for name in job.images if name in present]
+        if not kept:
+            raise _NotCommittable(REASON_NO_IMAGES)
+        first = next(
+            (p for u in swipe_urls(message) if (p := served_path(committer.root, job.user, u))),
+            None,
+        )
+        folder = first.parent if first is not None else committer._image_folder(job, line.message)
+        files = await anyio.to_thread.run_sync(
+            _write_images, folder, committer.root, job.id, kept, committer._clock()
+        )
+        negative = job.meta.get("negative")
+        updated = add_image_swipes(
+            message,
+            [image_url(folder, f) for f in files],
+            prompt=job.prompt or "",
+            job_id=job.id,
+            negative=negative if isinstance(negative, str) else "",
+        )
+
+        def record(digest: str) -> None:
+            anyio.from_thread.run(committer.store.record_write, job.chat, digest)
+
+        try:
+            await anyio.to_thread.run_sync(
+                partial(
+                    replace_line,
+                    path,
+                    snap,
+                    data,
+                    line.start,
+                    line.end,
+                    updated,
+                    root=committer.root,
+                    before_replace=record,
+                )
+            )
+        except ChatConflictError:
+            await anyio.sleep(_backoff(attempt))
+            continue
+        # Reconcile re-inserts the ledger's message after a stale save: it must be this one.
+        await committer.store.ledger_set_message(target, updated)
+        log.info("image swipes added", job=job.id, to=target, images=len(files), chat=job.chat)
+        return await committer._committed(job, updated)
+    return await committer._retry_later(job, "the chat kept changing while swipes were added")

@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.config import Config
 from daemon.engine.appearance import CharacterStore, Look, chat_members, looks_for_reply, mentions
+from daemon.engine.references import reference_paths
 from daemon.engine.store import Job
 from daemon.engine.styles import ChosenStyle, choose
 from daemon.providers.backend import ImageRequest
@@ -33,6 +34,7 @@ class JobLook:
     style: ChosenStyle
     persona: Persona | None  # included in the prompt (the reply involves the user)
     user_name: str = ""  # the persona's name, for {{user}}
+    references: tuple[str, ...] = ()  # reference image files for the image step (switch on)
 
     def prompt_fields(self) -> dict[str, Any]:
         """Keyword arguments for :class:`daemon.providers.text.PromptInput`."""
@@ -58,6 +60,7 @@ class JobLook:
             "style_model": style.model if style else "",
             "appearance": [look.describe() for look in self.looks],
             "persona": self.persona.name if self.persona else "",
+            "references": list(self.references),
         }
 
 
@@ -99,7 +102,15 @@ def plan_look(job: Job, reply: str, config: Config, root: Path) -> JobLook:
                     "profile",
                 )
             )
-    return JobLook(tuple(looks), style, included, user_name)
+    # The speaker first, then the members the reply names (whose tags are in the prompt too).
+    named = {look.name for look in looks}
+    if job.is_group:
+        who = [(m.stem, m.name) for m in members if m.name == job.speaker]
+        who += [(m.stem, m.name) for m in members if m.name != job.speaker and m.name in named]
+    else:
+        who = [(job.character, job.speaker)]
+    references = reference_paths(config, store, root, job.user, who)
+    return JobLook(tuple(looks), style, included, user_name, tuple(references))
 
 
 def stamp_images(

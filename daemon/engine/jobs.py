@@ -25,6 +25,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from daemon.config import Config
 from daemon.engine.approval import Approval
 from daemon.engine.consistency import plan_look, stamp_images
+from daemon.engine.references import load_references
 from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
 from daemon.engine.swipes import carry_images, earlier_images, new_variant_job
 from daemon.errors import (
@@ -333,11 +334,14 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         started = time.monotonic()
         assert current.prompt is not None
         negative = str(current.meta.get("negative", deps.config.text.negative_prompt))
+        paths = [str(p) for p in current.meta.get("references") or () if isinstance(p, str)]
+        references = await anyio.to_thread.run_sync(load_references, paths) if paths else ()
         request = ImageRequest(
             prompt=current.prompt,
             negative=negative,
             size=str(current.meta.get("style_size") or "") or None,
             model=str(current.meta.get("style_model") or "") or None,
+            references=references,
         )
         generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
         if not generated:

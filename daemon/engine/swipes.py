@@ -14,29 +14,19 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import anyio
-import anyio.from_thread
-import anyio.to_thread
 import structlog
 
 from daemon.engine.approval import Approval
 from daemon.engine.store import Job, JobState, Store
-from daemon.errors import ChatConflictError, JobError
+from daemon.errors import JobError
 from daemon.providers.decode import GeneratedImage, ImageRejected, check_image
-from daemon.tavern.media import add_image_swipes, swipe_jobs, swipe_urls
-from daemon.tavern.write import read_for_edit, replace_line
-
-if TYPE_CHECKING:
-    from daemon.engine.commit import Committer
 
 __all__ = [
     "EARLIER_DIR",
     "carry_images",
-    "commit_swipe",
     "earlier_images",
     "new_variant_job",
 ]
@@ -141,73 +131,3 @@ async def new_variant_job(store: Store, job: Job, prompt: str | None = None) -> 
     if created is None:  # pragma: no cover - the regen counter is new
         raise JobError(f"a variant of job {job.id} exists already")
     return created
-
-
-async def commit_swipe(committer: Committer, job: Job) -> Job:
-    """Add an accepted variant job's images to the image message of ``meta["swipe_of"]``."""
-    from daemon.engine import commit as c
-
-    target = str(job.meta["swipe_of"])
-    path = committer._chat_path(job.chat)
-    for attempt in range(c.COMMIT_CONFLICT_RETRIES):
-        chat, data, snap = await anyio.to_thread.run_sync(
-            partial(read_for_edit, path, root=committer.root)
-        )
-        line = chat.find_marker_line(target)
-        if line is None:
-            raise c._NotCommittable(
-                "the image message to add these variants to is gone from the chat",
-                JobState.SUPERSEDED,
-            )
-        message = line.message.data
-        if job.id in swipe_jobs(message):  # an earlier run wrote it
-            return await committer._committed(job, message)
-        present = {
-            p.name: p
-            for p in await anyio.to_thread.run_sync(committer.approval.kept_images, job.id)
-        }
-        kept = [present[name] for name in job.images if name in present]
-        if not kept:
-            raise c._NotCommittable(c.REASON_NO_IMAGES)
-        first = next(
-            (p for u in swipe_urls(message) if (p := c.served_path(committer.root, job.user, u))),
-            None,
-        )
-        folder = first.parent if first is not None else committer._image_folder(job, line.message)
-        files = await anyio.to_thread.run_sync(
-            c._write_images, folder, committer.root, job.id, kept, committer._clock()
-        )
-        negative = job.meta.get("negative")
-        updated = add_image_swipes(
-            message,
-            [c.image_url(folder, f) for f in files],
-            prompt=job.prompt or "",
-            job_id=job.id,
-            negative=negative if isinstance(negative, str) else "",
-        )
-
-        def record(digest: str) -> None:
-            anyio.from_thread.run(committer.store.record_write, job.chat, digest)
-
-        try:
-            await anyio.to_thread.run_sync(
-                partial(
-                    replace_line,
-                    path,
-                    snap,
-                    data,
-                    line.start,
-                    line.end,
-                    updated,
-                    root=committer.root,
-                    before_replace=record,
-                )
-            )
-        except ChatConflictError:
-            await anyio.sleep(c._backoff(attempt))
-            continue
-        # Reconcile re-inserts the ledger's message after a stale save: it must be this one.
-        await committer.store.ledger_set_message(target, updated)
-        log.info("image swipes added", job=job.id, to=target, images=len(files), chat=job.chat)
-        return await committer._committed(job, updated)
-    return await committer._retry_later(job, "the chat kept changing while swipes were added")

@@ -162,7 +162,11 @@ class A1111Backend:
     async def generate(
         self, request: ImageRequest, *, progress: ProgressCallback | None = None
     ) -> list[GeneratedImage]:
-        """All ``n`` images for ``request``, checked; raises ProviderError subclasses."""
+        """All ``n`` images for ``request``, checked; raises ProviderError subclasses.
+
+        Reference images are not sent (txt2img takes none): one log line, normal generation."""
+        if request.references:
+            log.info("references_not_supported", backend="a1111", count=len(request.references))
         body = build_payload(self._settings, request)
 
         async def attempt(n: int) -> Any:

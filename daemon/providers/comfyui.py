@@ -259,7 +259,11 @@ class ComfyUIBackend:
     async def generate(
         self, request: ImageRequest, *, progress: ProgressCallback | None = None
     ) -> list[GeneratedImage]:
-        """Every image the workflow saves for ``request``, checked; raises ProviderError."""
+        """Every image the workflow saves for ``request``, checked; raises ProviderError.
+
+        Reference images are not sent (a workflow has no place for them): one log line."""
+        if request.references:
+            log.info("references_not_supported", backend="comfyui", count=len(request.references))
         try:
             workflow = load_workflow(self._settings.comfy_workflow)
         except ConfigError as exc:  # edited since the start: this job cannot run as it is

@@ -30,7 +30,11 @@ class OpenAIBackend:
         self, request: ImageRequest, *, progress: ProgressCallback | None = None
     ) -> list[GeneratedImage]:
         return await self.generator.generate(
-            request.prompt, request.negative, size=request.size, model=request.model
+            request.prompt,
+            request.negative,
+            size=request.size,
+            model=request.model,
+            references=request.references,
         )
 
     async def check(self) -> str | None:

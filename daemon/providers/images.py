@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,12 +24,14 @@ import structlog
 
 from daemon.config import ImageSettings, LimitsSettings
 from daemon.errors import (
+    AuthError,
     BadResponseError,
     ContentRefusedError,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
 )
+from daemon.providers.backend import ReferenceImage
 from daemon.providers.decode import GeneratedImage, ImageRejected, check_image
 from daemon.providers.download import DownloadPolicy, Resolver, download_image, system_resolve
 from daemon.providers.http import (
@@ -54,6 +56,7 @@ from daemon.providers.http import (
 from daemon.providers.profiles import (
     ImageProfile,
     NegativeStyle,
+    ReferenceStyle,
     StreamStyle,
     normalize_aspect_ratio,
     resolve_profile,
@@ -150,6 +153,10 @@ def build_body(
             body["stream"] = True
     body.update(settings.extra_body)
     return body
+
+
+def _data_url(reference: ReferenceImage) -> str:
+    return f"data:{reference.mime};base64,{base64.b64encode(reference.data).decode('ascii')}"
 
 
 def _item(entry: Any) -> ResultItem | None:
@@ -267,6 +274,7 @@ class ImageGenerator:
         self._auth = BearerAuth(settings.api_key)
         self._url = endpoint_url(settings.api_url, "images/generations", "image")
         self.profile = resolve_profile(settings)
+        self._references_refused = False  # the API refused them once: not tried again
         self._endpoint = Endpoint(
             "image API", self._url, "image", settings.api_key.get_secret_value()
         )
@@ -309,12 +317,57 @@ class ImageGenerator:
         *,
         size: str | None = None,
         model: str | None = None,
+        references: Sequence[ReferenceImage] = (),
     ) -> list[GeneratedImage]:
         """All ``n`` images for ``prompt``, checked; raises ProviderError subclasses.
 
         ``size`` and ``model`` override ``[image]`` for this call (a style's own).
+        ``references`` go the profile's way (``/images/edits`` files, or a JSON field of data
+        URLs); an API that cannot take them gets a normal generation, with one log line.
         """
         settings, profile = self._overridden(size, model)
+        if references:
+            refs = self._usable_references(profile, references)
+            if refs:
+                try:
+                    return await self._generate(settings, profile, prompt, negative, refs)
+                except PermanentProviderError as exc:
+                    if isinstance(exc, AuthError | ContentRefusedError) or exc.status not in (
+                        400,
+                        404,
+                        405,
+                        415,
+                        422,
+                    ):
+                        raise
+                    self._references_refused = True
+                    log.warning(
+                        "references_refused",
+                        profile=profile.name,
+                        error=str(exc),
+                        then="generating without them",
+                    )
+        return await self._generate(settings, profile, prompt, negative, ())
+
+    def _usable_references(
+        self, profile: ImageProfile, references: Sequence[ReferenceImage]
+    ) -> tuple[ReferenceImage, ...]:
+        if profile.references is ReferenceStyle.NONE:
+            log.info("references_not_supported", profile=profile.name, count=len(references))
+            return ()
+        if self._references_refused:
+            log.info("references_not_sent", profile=profile.name, why="refused before")
+            return ()
+        return tuple(references)
+
+    async def _generate(
+        self,
+        settings: ImageSettings,
+        profile: ImageProfile,
+        prompt: str,
+        negative: str,
+        references: tuple[ReferenceImage, ...],
+    ) -> list[GeneratedImage]:
         if negative and profile.negative is NegativeStyle.NONE:
             log.info("negative_prompt_not_sent", profile=profile.name)
         images: list[GeneratedImage] = []
@@ -323,8 +376,13 @@ class ImageGenerator:
             while remaining > 0:
                 batch = min(remaining, profile.max_n)
                 body = build_body(settings, profile, prompt, negative, batch)
+                edits: tuple[ReferenceImage, ...] = ()
+                if references and profile.references is ReferenceStyle.FIELD:
+                    body[profile.reference_field] = [_data_url(r) for r in references]
+                elif references:
+                    edits = references
                 try:
-                    items = await self._call(body)
+                    items = await self._call(body, edits)
                 except ProviderError as exc:
                     if not images:
                         raise
@@ -394,15 +452,19 @@ class ImageGenerator:
             "a first generation will tell"
         )
 
-    async def _call(self, body: dict[str, Any]) -> list[ResultItem]:
+    async def _call(
+        self, body: dict[str, Any], edits: tuple[ReferenceImage, ...] = ()
+    ) -> list[ResultItem]:
         async def attempt(n: int) -> list[ResultItem]:
             await self._gate.wait()
-            return await self._post(body)
+            return await self._post(body, edits)
 
         async with self._limiter:
             return await with_retries(attempt, self._retry, self._clock, what="image API")
 
-    async def _post(self, body: dict[str, Any]) -> list[ResultItem]:
+    async def _post(
+        self, body: dict[str, Any], edits: tuple[ReferenceImage, ...] = ()
+    ) -> list[ResultItem]:
         timeout = self._settings.timeout_seconds
         log.info(
             "image_request",
@@ -410,15 +472,24 @@ class ImageGenerator:
             profile=self.profile.name,
             model=body.get("model"),
             n=body.get("n"),
+            references=len(edits) or len(body.get(self.profile.reference_field) or ()),
         )
+        request: dict[str, Any] = {"json": body}
+        url = self._url
+        if edits:
+            # OpenAI's edits endpoint: the same fields as multipart form data, plus the files.
+            url = self._url.rsplit("/images/generations", 1)[0] + "/images/edits"
+            fields = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in body.items()}
+            files = [("image[]", (r.name, r.data, r.mime)) for r in edits]
+            request = {"data": fields, "files": files}
         try:
             with anyio.fail_after(timeout):
                 async with self._client.stream(
                     "POST",
-                    self._url,
-                    json=body,
+                    url,
                     auth=self._auth,
                     timeout=call_timeout(timeout),
+                    **request,
                 ) as response:
                     if not 200 <= response.status_code < 300:
                         raw = await read_capped(response, ERROR_BODY_LIMIT)

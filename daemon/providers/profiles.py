@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from urllib.parse import urlsplit
@@ -26,6 +26,7 @@ __all__ = [
     "PROFILES",
     "ImageProfile",
     "NegativeStyle",
+    "ReferenceStyle",
     "StreamStyle",
     "guess_profile",
     "normalize_aspect_ratio",
@@ -63,6 +64,14 @@ class NegativeStyle(StrEnum):
     PIPE = "pipe"  # appended to the prompt after "|" (LocalAI)
 
 
+class ReferenceStyle(StrEnum):
+    """How reference images (a character's avatar or chosen pictures) reach the API."""
+
+    NONE = "none"  # not taken: normal generation (logged once)
+    EDITS = "edits"  # OpenAI: multipart POST .../images/edits with image[] files (gpt-image)
+    FIELD = "field"  # a JSON list of data URLs in ``reference_field`` (gateways)
+
+
 def _names(*pairs: str | tuple[str, str]) -> Mapping[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
@@ -84,6 +93,8 @@ class ImageProfile:
     max_n: int = 10  # most images one call may ask for; more are asked for in several calls
     b64_only: bool = False  # the answer is always b64_json whatever was asked
     ratio_aspect: bool = False  # aspect ratios go as "W:H" (the seed's "square_1_1" converted)
+    references: ReferenceStyle = ReferenceStyle.NONE
+    reference_field: str = "image_urls"
     notes: tuple[str, ...] = field(default=())
 
 
@@ -102,6 +113,8 @@ AIRFORCE = ImageProfile(
     stream=StreamStyle.SSE_FLAG,
     negative=NegativeStyle.FIELD,
     ratio_aspect=True,
+    references=ReferenceStyle.FIELD,
+    reference_field="image_urls",
     notes=("documented field is snake_case aspect_ratio; sse:true sends keepalives, [DONE]",),
 )
 OPENAI_GPT_IMAGE = ImageProfile(
@@ -113,7 +126,11 @@ OPENAI_GPT_IMAGE = ImageProfile(
     stream=StreamStyle.OPENAI,
     negative=NegativeStyle.NONE,
     b64_only=True,
-    notes=("gpt-image rejects response_format and always answers b64_json",),
+    references=ReferenceStyle.EDITS,
+    notes=(
+        "gpt-image rejects response_format and always answers b64_json",
+        "references go to /v1/images/edits as image[] files",
+    ),
 )
 OPENAI_DALLE3 = ImageProfile(
     name="openai-dall-e-3",
@@ -174,7 +191,13 @@ def resolve_profile(settings: ImageSettings) -> ImageProfile:
         if model.startswith("dall-e"):
             return OPENAI_DALLE3
         return OPENAI_GPT_IMAGE
-    return PROFILES[kind]
+    profile = PROFILES[kind]
+    if settings.reference_field:
+        # A gateway the user knows takes references in a field of its own.
+        profile = replace(
+            profile, references=ReferenceStyle.FIELD, reference_field=settings.reference_field
+        )
+    return profile
 
 
 _SEED_RATIO = re.compile(r"^[a-z]+_(\d+)_(\d+)$")

@@ -406,3 +406,34 @@ async def test_accept_commits_exactly_the_kept_images_in_the_users_order(
         chat, _ = read_chat(path)
         message = chat.find_marker(second.id)
         assert message is not None and len(message_urls(message.data)) == 2
+
+
+async def test_a_characters_avatar_goes_to_the_image_api_as_a_reference(
+    st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
+) -> None:
+    """The switch on: the card (the avatar ST shows) reaches the image request; off: nothing."""
+    import base64
+
+    card = (st_root_latest / "default-user" / "characters" / "Alice.png").read_bytes()
+    config = make_config(
+        st_root_latest, image={"reference_images": True, "reference_field": "image_urls"}
+    )
+    assert config.data_root is not None
+    async with open_job_deps(config, root=layout.resolve_data_root(config.data_root)) as deps:
+        path = write_chat(deps.root, "refs", ["Alice waves by the lantern."])
+        job = await job_for(deps, path)
+        done = await run_job_once(job, deps)
+        assert done.state is JobState.PENDING
+        assert done.meta["references"] == [
+            str(deps.root / "default-user" / "characters" / "Alice.png")
+        ]
+        (sent,) = [r.body for r in fake_api.requests if r.path.endswith("images/generations")]
+        assert sent["image_urls"] == ["data:image/png;base64," + base64.b64encode(card).decode()]
+
+    off = make_config(st_root_latest, image={"reference_field": "image_urls"})
+    assert off.data_root is not None
+    async with open_job_deps(off, root=layout.resolve_data_root(off.data_root)) as deps:
+        path = write_chat(deps.root, "norefs", ["Alice sleeps."])
+        assert (await run_job_once(await job_for(deps, path), deps)).meta["references"] == []
+        last = [r.body for r in fake_api.requests if r.path.endswith("images/generations")][-1]
+        assert "image_urls" not in last

@@ -131,7 +131,8 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         new_id = await new_card.get_attribute("data-id")
         assert new_id is not None and new_id != first.id
         await inbox.wait_state(new_id, JobState.PENDING)
-        await expect(new_card.locator(".thumb")).to_have_count(IMAGES, timeout=LIVE_WITHIN_MS)
+        # The first job's images stay on offer beside the new ones (image swipes, issue 12).
+        await expect(new_card.locator(".thumb")).to_have_count(2 * IMAGES, timeout=LIVE_WITHIN_MS)
         await expect(new_card.locator(".thumb img").first).to_have_js_property("complete", True)
         assert "a harbour at night, lanterns, watercolour" in fake_api.prompts()[-1]
         assert (await inbox.job(first.id)).state is JobState.SUPERSEDED
