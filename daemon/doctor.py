@@ -151,12 +151,18 @@ def _sample(items: Sequence[str]) -> str:
 
 
 def check_config(config: Config) -> CheckResult:
+    from daemon.engine.styles import check_default_style
+
     if config.data_root is None:
         return _fail(
             "config",
             "parsed, but data_root is not set",
             'set data_root = "/path/to/SillyTavern" in config.toml or ST_IMAGEGEN_DATA_ROOT',
         )
+    try:
+        check_default_style(config)
+    except ConfigError as exc:
+        return _fail("config", str(exc), "set default_style to one of them, or add [styles.NAME]")
     return _pass(
         "config",
         f"parsed (mode {config.mode}, approval {config.approval}, text.{config.text.mode})",

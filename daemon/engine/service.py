@@ -39,6 +39,7 @@ from daemon.engine.lock import hold_state_lock
 from daemon.engine.notify import Heartbeat, Notifier
 from daemon.engine.store import Job, JobState, Store, job_key
 from daemon.engine.store.schema import damaged_message
+from daemon.engine.styles import check_default_style
 from daemon.engine.wake import WAKE_DIR
 from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
@@ -591,6 +592,7 @@ async def serve(
             "data_root is not set: put data_root in the config file, set "
             "ST_IMAGEGEN_DATA_ROOT, or pass --data-root"
         )
+    check_default_style(config)  # a typo would give every job no style, silently
     root = layout.resolve_data_root(config.data_root)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     notifier = Notifier(systemd.notify_socket, systemd.watchdog_usec) if systemd else Notifier()

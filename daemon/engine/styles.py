@@ -21,7 +21,16 @@ from daemon.config import Config, StyleSettings
 from daemon.engine.appearance import CharacterStore
 from daemon.errors import ConfigError
 
-__all__ = ["NO_STYLE", "SHIPPED", "ChosenStyle", "Style", "all_styles", "check_style", "choose"]
+__all__ = [
+    "NO_STYLE",
+    "SHIPPED",
+    "ChosenStyle",
+    "Style",
+    "all_styles",
+    "check_default_style",
+    "check_style",
+    "choose",
+]
 
 NO_STYLE = "none"
 
@@ -100,6 +109,15 @@ def all_styles(config: Config) -> dict[str, Style]:
     for name, settings in config.styles.items():
         styles[name.strip().lower()] = Style.of(name.strip().lower(), settings)
     return styles
+
+
+def check_default_style(config: Config) -> None:
+    """ConfigError when ``default_style`` names no style (jobs would silently get none)."""
+    if config.default_style.strip():
+        try:
+            check_style(config, config.default_style)
+        except ConfigError as exc:
+            raise ConfigError(f"default_style: {exc}") from None
 
 
 def check_style(config: Config, name: str) -> str:

@@ -87,3 +87,23 @@ def test_the_job_meta_carries_the_style_size_and_model(tmp_path: Path, root: Pat
     fields = look.prompt_fields()
     assert fields["style_prefix"] == "film noir" and fields["negative"] == "color"
     assert fields["appearance"] == (("Alice", "silver hair"),)
+
+
+def test_an_unknown_default_style_is_refused_at_start_and_by_doctor(
+    tmp_path: Path, root: Path
+) -> None:
+    import anyio
+
+    from daemon.doctor import check_config
+    from daemon.engine.service import serve
+    from daemon.engine.styles import check_default_style
+
+    config = config_with(tmp_path, root, 'default_style = "noir-typo"\n')
+    with pytest.raises(ConfigError, match=r"default_style: no style 'noir-typo'.*painterly"):
+        check_default_style(config)
+    result = check_config(config)
+    assert result.status == "FAIL" and "noir-typo" in result.detail
+    with pytest.raises(ConfigError, match="default_style"):
+        anyio.run(serve, config)  # before anything starts
+    assert not (tmp_path / "state" / "state.db").exists()
+    check_default_style(config_with(tmp_path, root, 'default_style = "Painterly"\n'))

@@ -232,6 +232,17 @@ async def test_history_filters_by_chat_and_state_and_links_to_st(
         link = committed.locator("a.st-link")
         await expect(link).to_have_attribute("href", "http://127.0.0.1:8000")
 
+        # More variants of a committed image: a job whose images become swipes of its message.
+        await committed.locator('button[data-act="variants"]').click()
+        await expect(committed.locator('button[data-act="variants"]')).to_have_text(
+            "Queued: see the inbox"
+        )
+        variants = [
+            j for j in await inbox.service.store.list_jobs() if j.meta.get("swipe_of") == kept.id
+        ]
+        assert len(variants) == 1
+        await inbox.wait_state(variants[0].id, JobState.PENDING)
+
         await page.select_option('select[name="state"]', "rejected")
         await page.wait_for_url("**/history?*state=rejected*")
         await expect(rows).to_have_count(1)
