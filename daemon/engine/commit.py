@@ -428,6 +428,34 @@ class Committer:
             return False
         return True
 
+    async def _rewrite(
+        self, chat: str, path: Path, plan: _Plan, line: LineMessage, message: Mapping[str, Any]
+    ) -> bool:
+        """Put ``message`` back over our own older line (image swipes a stale tab dropped);
+        False on a conflict (re-read and retry)."""
+        assert plan.data is not None
+
+        def record(digest: str) -> None:
+            anyio.from_thread.run(self.store.record_write, chat, digest)
+
+        write = partial(
+            replace_line,
+            path,
+            plan.snapshot,
+            plan.data,
+            line.start,
+            line.end,
+            dict(message),
+            root=self.root,
+            before_replace=record,
+        )
+        try:
+            await anyio.to_thread.run_sync(write)
+        except ChatConflictError:
+            return False
+        log.info("image swipes restored after a stale save", chat=chat)
+        return True
+
     async def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:
         """Write the image files (or find them from an earlier run), build the message and put
         it in the ledger; returns the ledger's message (the first one recorded wins)."""
@@ -626,14 +654,19 @@ class Committer:
             todo = await self._judge(entries, found, theirs)
             if not todo:
                 return inserted
-            entry, reply = todo[0]
-            plan = _Plan(chat, data, snap, None, reply, None)
+            entry, line, replace = todo[0]
+            plan = _Plan(chat, data, snap, None, line, None)
             try:
                 await self._check_images_of(entry)
             except _NotCommittable:
                 continue  # retired; look at the rest
             try:
-                written = await self._write(rel, path, plan, plan.insert_position(), entry.message)
+                if replace:
+                    written = await self._rewrite(rel, path, plan, line, entry.message)
+                else:
+                    written = await self._write(
+                        rel, path, plan, plan.insert_position(), entry.message
+                    )
             except TavernError as exc:
                 log.warning(
                     "reconcile: re-insert failed", chat=rel, job=entry.job_id, error=str(exc)
@@ -641,7 +674,10 @@ class Committer:
                 return inserted
             if written:
                 inserted += 1
-                log.info("image message re-inserted after a stale save", chat=rel, job=entry.job_id)
+                if not replace:
+                    log.info(
+                        "image message re-inserted after a stale save", chat=rel, job=entry.job_id
+                    )
                 if len(todo) == 1:
                     return inserted  # nothing else was missing: no need to read it again
             else:
@@ -653,17 +689,21 @@ class Committer:
     async def _judge(
         self,
         entries: Sequence[LedgerEntry],
-        found: Sequence[tuple[bool, LineMessage | None]],
+        found: Sequence[_Found],
         theirs: bool,
-    ) -> list[tuple[LedgerEntry, LineMessage]]:
+    ) -> list[tuple[LedgerEntry, LineMessage, bool]]:
         """Acknowledge and retire entries by what the chat holds (``found``: see
-        :func:`_look_up`); the entries to re-insert, with their replies, oldest first."""
-        todo: list[tuple[LedgerEntry, LineMessage]] = []
-        for entry, (present, reply) in zip(entries, found, strict=True):
+        :func:`_look_up`); the entries to write again, oldest first, each with the line to
+        insert after (its reply) or, when the last flag is set, the stale line to replace."""
+        todo: list[tuple[LedgerEntry, LineMessage, bool]] = []
+        for entry, (present, reply, stale) in zip(entries, found, strict=True):
             if entry.acknowledged:
                 if not present:
                     await self.store.ledger_retire(entry.job_id, REASON_DELETED_AFTER_SHOWN)
                     log.info("image message removed in SillyTavern; left out", job=entry.job_id)
+                continue
+            if stale is not None:
+                todo.append((entry, stale, True))
                 continue
             if present:
                 if theirs:
@@ -674,7 +714,7 @@ class Committer:
             elif str(reply.message.revision) != entry.revision:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
             else:
-                todo.append((entry, reply))
+                todo.append((entry, reply, False))
         return todo
 
     async def _identity(self, entry: LedgerEntry) -> MessageIdentity:
@@ -737,16 +777,29 @@ def _clean_image_temps(root: Path) -> int:
     return removed
 
 
+_Found = tuple[bool, LineMessage | None, LineMessage | None]
+"""For one ledger entry: its marker is in the chat; the reply (when missing); our line when it
+is there but older than the entry (image swipes a stale tab dropped)."""
+
+
 def _look_up(
     chat: Chat, entries: Sequence[LedgerEntry], identities: Mapping[str, MessageIdentity]
-) -> list[tuple[bool, LineMessage | None]]:
+) -> list[_Found]:
     """For each entry: whether its marker is in ``chat``, and (when it is missing and an
-    identity is given) the reply it illustrates. Byte searches (run while the chat is hashed)."""
-    out: list[tuple[bool, LineMessage | None]] = []
+    identity is given) the reply it illustrates, or our line when it lacks swipes the entry
+    has. Byte searches (run while the chat is hashed)."""
+    out: list[_Found] = []
     for entry in entries:
-        present = chat.find_marker_line(entry.job_id) is not None
+        line = chat.find_marker_line(entry.job_id)
+        stale: LineMessage | None = None
+        if line is not None and not set(swipe_jobs(entry.message)) <= set(
+            swipe_jobs(line.message.data)
+        ):
+            stale = line
+        present = line is not None
         identity = identities.get(entry.job_id)
-        out.append((present, None if present or identity is None else chat.find_line(identity)))
+        reply = None if present or identity is None else chat.find_line(identity)
+        out.append((present, reply, stale))
     return out
 
 

@@ -19,6 +19,7 @@ from daemon.tavern.media import add_image_swipes, swipe_urls
 from daemon.tavern.write import build_image_message
 from tests.engine.conftest import FakeAPI, MakeConfig, job_for, write_chat
 from tests.engine.looks import write_card
+from tests.stsim import STSim
 
 pytestmark = pytest.mark.anyio
 
@@ -143,6 +144,7 @@ async def test_end_to_end_tags_style_regen_and_swipes(
         assert variant.meta["swipe_of"] == committed.id
         variant = await run_job_once(variant, deps)
         assert variant.state is JobState.PENDING and len(variant.images) == 1
+        stale_tab = STSim.open(path)  # an open tab that knows the message with 2 images
         done = await run_job_once(await accept_job(deps.store, deps.approval, variant.id), deps)
         assert done.state is JobState.COMMITTED
         (message,) = image_messages(path)  # still one message
@@ -155,3 +157,20 @@ async def test_end_to_end_tags_style_regen_and_swipes(
             assert served is not None and served.is_file()
         entry = await deps.store.ledger_get(committed.id)
         assert entry is not None and len(entry.message["extra"]["media"]) == 3
+
+        # The stale tab saves its older copy of our message: the swipes come back.
+        stale_tab.send_user("And then?").save()
+        (message,) = image_messages(path)
+        assert len(message["extra"]["media"]) == 2
+        assert deps.committer is not None
+        assert await deps.committer.reconcile_chat(rel) == 1
+        (message,) = image_messages(path)
+        assert len(message["extra"]["media"]) == 3
+        chat, _ = read_chat(path)
+        assert chat.messages[-1].mes == "And then?"  # the tab's own line is kept
+        entry = await deps.store.ledger_get(committed.id)
+        assert entry is not None and not entry.acknowledged
+        STSim.open(path).send_user("Fine.").save()  # ST saves the new version: acknowledged
+        assert await deps.committer.reconcile_chat(rel) == 0
+        entry = await deps.store.ledger_get(committed.id)
+        assert entry is not None and entry.acknowledged

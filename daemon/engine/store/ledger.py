@@ -96,9 +96,15 @@ class Ledger(Database):
     async def ledger_set_message(
         self, job_id: str, message: Mapping[str, Any], *, now: datetime | None = None
     ) -> bool:
-        """Replace the remembered message (more image swipes were added to it)."""
+        """Replace the remembered message (more image swipes were added to it). It is open
+        again until a save of someone else's holds the new version: a stale tab that saves the
+        old one is repaired by reconcile, as a dropped message is."""
         return await self._ledger_set(
-            job_id, "message = ?", (to_json(dict(message)),), "retired IS NULL", now
+            job_id,
+            "message = ?, acknowledged = 0",
+            (to_json(dict(message)),),
+            "retired IS NULL",
+            now,
         )
 
     async def _ledger_set(
