@@ -44,6 +44,7 @@ from daemon.logs import job_log
 from daemon.providers.backend import ImageBackend, ImageRequest, Progress, ProgressCallback
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
+from daemon.providers.native import pick_seed
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, is_header, parse_line, read_chat
@@ -336,11 +337,17 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         negative = str(current.meta.get("negative", deps.config.text.negative_prompt))
         paths = [str(p) for p in current.meta.get("references") or () if isinstance(p, str)]
         references = await anyio.to_thread.run_sync(load_references, paths) if paths else ()
+        seed: int | None = None
+        if deps.config.image.backend != "openai":
+            # Chosen here rather than by the server, so the PNG text and the job can say which
+            # (OpenAI-compatible APIs take no seed: none is recorded there).
+            seed = pick_seed(None, deps.config.image.seed)
         request = ImageRequest(
             prompt=current.prompt,
             negative=negative,
             size=str(current.meta.get("style_size") or "") or None,
             model=str(current.meta.get("style_model") or "") or None,
+            seed=seed,
             references=references,
         )
         generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
@@ -368,6 +375,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 "image_model": deps.config.image.model,
                 "text_model": deps.config.text.model,
                 "image_prompts": [*earlier_prompts, *[current.prompt] * len(generated)],
+                "seed": seed,
             },
         )
         if moved is None:

@@ -97,6 +97,12 @@ async def test_a1111_reply_to_pending_to_committed(
     assert body["override_settings"] == {"sd_model_checkpoint": "v1-5-pruned-emaonly"}
     assert len(images) == 2 and all(data.startswith(b"\x89PNG") for data in images)
     assert job.meta["image_model"] == "v1-5-pruned-emaonly"
+    # The seed is chosen by the daemon (image.seed = -1): sent, kept in the job and the PNG.
+    assert isinstance(body["seed"], int) and body["seed"] >= 0
+    assert job.meta["seed"] == body["seed"]
+    from daemon.providers.pngtext import read_text_chunks
+
+    assert f"Seed: {body['seed']}" in read_text_chunks(images[0])["parameters"]
     progress = job.meta.get("progress")
     assert isinstance(progress, dict) and str(progress["text"]).startswith("step ")
     _assert_in_chat(path, job.id, images)
