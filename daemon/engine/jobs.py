@@ -505,6 +505,9 @@ async def accept_job(
     else:
         chosen = present
     if not chosen:
+        current = await store.get_job(job.id)
+        if current.state is not JobState.PENDING:  # another client won: say what happened
+            _raise_state(current, "accept")
         raise JobError(f"job {job.id} has no images left to accept (reject it instead)")
     not_kept = [name for name in dict.fromkeys((*job.images, *present)) if name not in chosen]
     moved = await store.transition(

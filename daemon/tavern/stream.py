@@ -50,6 +50,7 @@ from daemon.tavern.write import (
     _unlink_quietly,
     _write_error,
     _Writeback,
+    check_unchanged_and_replace,
 )
 
 __all__ = ["CHUNK", "STREAM_MIN_BYTES", "FoundLines", "NeedsFullRead", "find_lines", "insert_at"]
@@ -372,17 +373,7 @@ def _write_and_replace(
             before_replace(digest)
         if basis.needs_rehash and _hash_fd(held) != basis.sha256:
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        try:
-            final = real.stat()
-        except OSError:
-            raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
-        if not basis.same_file(final) or final.st_dev != current.st_dev:
-            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        # -- the window: an ST save landing between the stat above and this rename is lost --
-        try:
-            temp.replace(real)
-        except OSError as exc:
-            raise _write_error(exc, "the chat", folder) from None
+        check_unchanged_and_replace(path, real, temp, basis, current)
         replaced = True
         return os.fstat(fd), digest
     finally:

@@ -59,6 +59,7 @@ __all__ = [
     "Snapshot",
     "build_image_message",
     "check_image_folder",
+    "check_unchanged_and_replace",
     "cleanup_stale_temps",
     "insert_after",
     "insert_after_line",
@@ -718,17 +719,7 @@ def _write_and_replace(
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
         if probe is not None:
             probe("final-check")
-        try:
-            final = real.stat()
-        except OSError:
-            raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
-        if not basis.same_file(final) or final.st_dev != current.st_dev:
-            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        # -- the window: an ST save landing between the stat above and this rename is lost --
-        try:
-            temp.replace(real)
-        except OSError as exc:
-            raise _write_error(exc, "the chat", folder) from None
+        check_unchanged_and_replace(path, real, temp, basis, current)
         replaced = True
         if probe is not None:
             probe("replaced")
@@ -738,6 +729,25 @@ def _write_and_replace(
         os.close(fd)
         if not replaced:
             _unlink_quietly(temp)
+
+
+def check_unchanged_and_replace(
+    path: Path, real: Path, temp: Path, basis: Snapshot, current: os.stat_result
+) -> None:
+    """The last step of every chat edit: the chat is still the file read (same inode, size,
+    times, device), then the temp file is renamed over it. ChatConflictError or ChatWriteError;
+    the temp file is the caller's to remove on failure."""
+    try:
+        final = real.stat()
+    except OSError:
+        raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
+    if not basis.same_file(final) or final.st_dev != current.st_dev:
+        raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+    # -- the window: an ST save landing between the stat above and this rename is lost --
+    try:
+        temp.replace(real)
+    except OSError as exc:
+        raise _write_error(exc, "the chat", real.parent) from None
 
 
 def _holds(fd: int, data: bytes) -> bool:

@@ -7,6 +7,7 @@ import random
 import sqlite3
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,16 @@ def test_job_ids_are_sortable_and_unique() -> None:
     assert ids == sorted(ids)
     assert new_job_id(1_000) < new_job_id(2_000_000_000_000)
     assert set("".join(ids)) <= set("0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+
+
+def test_an_id_for_a_future_time_does_not_pin_later_ids() -> None:
+    """Regression: after one id for a later time (a test clock, a clock set back), every new id
+    shared that time and nearly all its random bits, so short id prefixes became ambiguous."""
+    future = new_job_id(int(time.time() * 1000) + 86_400_000)
+    now = new_job_id()
+    assert now[:10] < future[:10]  # its own time, not the future's
+    time.sleep(0.002)
+    assert new_job_id()[10:16] != now[10:16]  # fresh random bits, not +1 steps
 
 
 def test_job_ids_from_threads_are_unique() -> None:

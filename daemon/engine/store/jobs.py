@@ -264,24 +264,9 @@ class Jobs(Database):
     async def list_jobs(
         self, *, state: JobState | None = None, limit: int = 100, chat: str | None = None
     ) -> list[Job]:
-        """Jobs, newest first."""
-        where, args = [], []
-        if state is not None:
-            where.append("state = ?")
-            args.append(JobState(state).value)
-        if chat is not None:
-            where.append("chat = ?")
-            args.append(chat)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-
-        def _list(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
-                (*args, limit),
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
-
-        return await self._run(_list, write=False)
+        """Jobs, newest first (one state, one chat: the CLI's list)."""
+        states = (JobState(state),) if state is not None else ()
+        return await self.query_jobs(states=states, chat=chat, limit=limit)
 
     async def query_jobs(
         self,

@@ -129,15 +129,15 @@ def new_job_id(now_ms: int | None = None) -> str:
     """A 26-char ULID-like id: 48-bit ms time then 80 random bits, Crockford base32.
 
     Ids sort by creation time; within one millisecond in this process they stay increasing.
+    An id for another time (``now_ms``, or a clock set back) gets fresh random bits: pinning it
+    to the latest time seen would make every later id share its time and almost all of its
+    random part, so the short ids users type would stop being unique.
     """
     global _id_last
     ms = int(time.time() * 1000) if now_ms is None else now_ms
     with _id_lock:
         last_ms, last_rand = _id_last
-        if ms <= last_ms:
-            ms, rand = last_ms, (last_rand + 1) & ((1 << 80) - 1)
-        else:
-            rand = secrets.randbits(80)
+        rand = (last_rand + 1) & ((1 << 80) - 1) if ms == last_ms else secrets.randbits(80)
         _id_last = (ms, rand)
     value = (ms << 80) | rand
     chars = []
