@@ -33,7 +33,10 @@ const STEP_TEXT = {
 /** The progress line of a job started from this tab. */
 export function progressText(job) {
     const step = STEP_TEXT[job.state] ?? job.state;
-    const extra = job.progress && job.progress.text ? ` (${job.progress.text})` : '';
+    const detail = job.progress && job.progress.text ? String(job.progress.text).trim() : '';
+    // The daemon's progress text often just names the step ("drawing", "writing the prompt");
+    // repeated in brackets it reads as a stutter, so only a detail the step lacks is added.
+    const extra = detail && !step.toLowerCase().includes(detail.toLowerCase()) ? ` (${detail})` : '';
     return `Image for message #${job.mesid}: ${step}${extra}`;
 }
 

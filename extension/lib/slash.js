@@ -21,9 +21,21 @@ function truthy(value) {
  * @throws {Error} with a sentence for the user on a bad value
  */
 export function parseGenimageArgs(named = {}, unnamed = '') {
-    const args = named && typeof named === 'object' ? named : {};
+    const args = { ...(named && typeof named === 'object' ? named : {}) };
+    let rest = typeof unnamed === 'string' ? unnamed.trim() : (unnamed ?? '');
+    if (typeof rest === 'string' && rest.includes('=')) {
+        // ST's parser takes named arguments only before the unnamed one: `/genimage 5 force=true`
+        // arrives as the unnamed text "5 force=true". Our own names are picked out of it, and
+        // win: ST fills a named argument left out with its default (force: 'false').
+        const left = [];
+        for (const token of rest.split(/\s+/)) {
+            const found = /^(mesid|force)=(.*)$/i.exec(token);
+            if (found) args[found[1].toLowerCase()] = found[2];
+            else left.push(token);
+        }
+        rest = left.join(' ');
+    }
     let raw = args.mesid;
-    const rest = typeof unnamed === 'string' ? unnamed.trim() : (unnamed ?? '');
     if ((raw === undefined || raw === null || raw === '') && rest !== '') raw = rest;
     let mesid = null;
     if (raw !== undefined && raw !== null && String(raw).trim() !== '') {

@@ -52,8 +52,11 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
         const mode = settings().previewMode;
         if (mode === 'popup' && (ctx.Popup || ctx.callGenericPopup)) {
             let popup = null;
+            let byUs = false;
             const onClosed = () => {
-                if (!closing && root.dataset.job) dismissed.add(root.dataset.job);
+                // ST's Popup resolves show() after completeCancelled() returns, when `closing`
+                // is long reset: without byUs a chat switch would count as the user's dismissal.
+                if (!closing && !byUs && root.dataset.job) dismissed.add(root.dataset.job);
                 if (shell && shell.root === root) {
                     shell = null;
                     shownId = null;
@@ -69,6 +72,7 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
             }
             return {
                 kind: 'popup', root, close() {
+                    byUs = true;
                     if (popup && typeof popup.completeCancelled === 'function') popup.completeCancelled();
                     else {
                         // 1.12.0 has no Popup in the context: click the OK of its shadow_popup.

@@ -284,5 +284,9 @@ describe('generate (/genimage and the message button)', () => {
 
     it('progress text', () => {
         assert.equal(progressText(job('X', { state: 'prompting', mesid: 4, progress: null })), 'Image for message #4: writing the prompt');
+        // As a real daemon sends them (seen in SillyTavern 1.18): no "drawing the image (drawing)".
+        assert.equal(progressText(job('X', { state: 'imaging', mesid: 2, progress: { fraction: 0, text: 'drawing' } })), 'Image for message #2: drawing the image');
+        assert.equal(progressText(job('X', { state: 'prompting', mesid: 2, progress: { fraction: 0, text: 'writing the prompt' } })), 'Image for message #2: writing the prompt');
+        assert.equal(progressText(job('X', { state: 'queued', mesid: 2, progress: { fraction: 0, text: 'waiting for its turn' } })), 'Image for message #2: queued (waiting for its turn)');
     });
 });

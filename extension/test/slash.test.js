@@ -15,6 +15,15 @@ describe('/genimage arguments', () => {
         assert.deepEqual(parseGenimageArgs(undefined, undefined), { mesid: null, force: false });
     });
 
+    it('reads mesid= and force= typed after the number (ST passes them as unnamed text)', () => {
+        // Seen in SillyTavern 1.18: `/genimage 2 force=true` gives unnamed "2 force=true".
+        assert.deepEqual(parseGenimageArgs({}, '2 force=true'), { mesid: 2, force: true });
+        assert.deepEqual(parseGenimageArgs({}, 'force=on mesid=4'), { mesid: 4, force: true });
+        // ST filled force with its default 'false'; what the user typed wins.
+        assert.deepEqual(parseGenimageArgs({ force: 'false' }, '3 force=true'), { mesid: 3, force: true });
+        assert.throws(() => parseGenimageArgs({}, '2 size=big'), /got "2 size=big"/);
+    });
+
     it('refuses what is not a message number with a sentence', () => {
         assert.throws(() => parseGenimageArgs({ mesid: '-1' }), /mesid wants a message number from 0 \(got "-1"\)/);
         assert.throws(() => parseGenimageArgs({}, 'last'), /got "last"/);
