@@ -15,10 +15,8 @@ in-memory path, which decides those with a full parse.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,21 +34,16 @@ from daemon.tavern.chat import (
     send_date_style,
 )
 from daemon.tavern.files import open_regular
-from daemon.tavern.layout import our_temp_name
 from daemon.tavern.write import (
-    _NOFOLLOW,
     Snapshot,
     _check_chat_path,
-    _close_in_background,
-    _copy_owner,
     _copy_prefix,
     _encode_new,
-    _fsync_dir,
     _snap,
-    _unlink_quietly,
     _write_error,
     _Writeback,
-    check_unchanged_and_replace,
+    chat_temp,
+    held_basis,
 )
 
 __all__ = ["CHUNK", "STREAM_MIN_BYTES", "FoundLines", "NeedsFullRead", "find_lines", "insert_at"]
@@ -281,23 +274,10 @@ def insert_at(
         raise ValueError("insert_at needs the basis' sha256 (from find_lines)")
     if not 0 < line_end <= basis.size:
         raise ValueError(f"offset {line_end} is not the end of a line of the chat")
-    try:
-        real = _check_chat_path(path, root)
-        held = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | _NOFOLLOW)
-    except (ChatReadError, OSError):
-        raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
-    try:
-        current = os.fstat(held)
-        if not basis.same_file(current):
-            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+    with held_basis(path, basis, root) as (real, held, current):
         written, digest = _write_and_replace(
             path, real, held, current, basis, line_end, new, before_replace, checkpoints
         )
-    except BaseException:
-        os.close(held)
-        raise
-    _close_in_background(held)
-    _fsync_dir(real.parent)
     return _snap(written, digest, time.time_ns())
 
 
@@ -307,10 +287,8 @@ def _write(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _copy(src: int, dst: int, start: int, stop: int, h: Any, writeback: _Writeback) -> bytes:
-    """Copy ``src[start:stop]`` to ``dst`` through the buffer, hashing it; returns the last
-    byte copied (b"" for an empty range)."""
-    last = b""
+def _copy(src: int, dst: int, start: int, stop: int, h: Any, writeback: _Writeback) -> None:
+    """Copy ``src[start:stop]`` to ``dst`` through the buffer, hashing it."""
     pos = start
     while pos < stop:
         chunk = os.pread(src, min(CHUNK, stop - pos), pos)
@@ -319,9 +297,7 @@ def _copy(src: int, dst: int, start: int, stop: int, h: Any, writeback: _Writeba
         h.update(chunk)
         _write(dst, chunk)
         pos += len(chunk)
-        last = chunk[-1:]
         writeback.kick()
-    return last
 
 
 def _write_and_replace(
@@ -335,18 +311,9 @@ def _write_and_replace(
     before_replace: Callable[[str], None] | None,
     checkpoints: Sequence[tuple[int, Any]],
 ) -> tuple[os.stat_result, str]:
-    folder = real.parent
-    temp = our_temp_name(real)
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise _write_error(exc, "a temp file for the chat", folder) from None
-    replaced = False
-    try:
-        writeback = _Writeback(fd)
+    with chat_temp(real, current) as temp:
+        fd, writeback = temp.fd, temp.writeback
         try:
-            os.fchmod(fd, stat.S_IMODE(current.st_mode))
-            _copy_owner(fd, current)
             at_end = line_end == basis.size
             # As write._splice: after the line's "\n"; a last line without one gets one first.
             split = line_end if at_end else line_end + 1
@@ -361,25 +328,16 @@ def _write_and_replace(
             h.update(tail)
             _write(fd, tail)
             _copy(held, fd, split, basis.size, h, writeback)
-            writeback.finish()
-            os.fsync(fd)
+            temp.durable()
         except OSError as exc:
-            raise _write_error(exc, "the chat", folder) from None
-        finally:
-            with contextlib.suppress(OSError):
-                writeback.finish()  # never leave a flush running on a closed descriptor
+            raise _write_error(exc, "the chat", real.parent) from None
         digest = h.hexdigest()
         if before_replace is not None:
             before_replace(digest)
         if basis.needs_rehash and _hash_fd(held) != basis.sha256:
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        check_unchanged_and_replace(path, real, temp, basis, current)
-        replaced = True
+        temp.replace(path, real, basis, current)
         return os.fstat(fd), digest
-    finally:
-        os.close(fd)
-        if not replaced:
-            _unlink_quietly(temp)
 
 
 def _hash_range(fd: int, start: int, stop: int, h: Any) -> None:

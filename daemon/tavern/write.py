@@ -30,7 +30,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -56,11 +56,14 @@ from daemon.tavern.layout import (
 
 __all__ = [
     "TEMP_PATTERN",
+    "ChatTemp",
     "Snapshot",
     "build_image_message",
+    "chat_temp",
     "check_image_folder",
     "check_unchanged_and_replace",
     "cleanup_stale_temps",
+    "held_basis",
     "insert_after",
     "insert_after_line",
     "is_our_temp",
@@ -635,30 +638,86 @@ def _apply(
     probe: Callable[[str], None] | None,
     before_replace: Callable[[str], None] | None,
 ) -> Snapshot:
+    with held_basis(path, basis, root) as (real, held, current):
+        written, digest = _write_and_replace(
+            path, real, held, current, basis, data, pieces, offset, rehash, probe, before_replace
+        )
+    return _snap(written, digest, time.time_ns())
+
+
+@contextlib.contextmanager
+def held_basis(
+    path: Path, basis: Snapshot, root: Path | None
+) -> Iterator[tuple[Path, int, os.stat_result]]:
+    """The chat's real path, a descriptor held on it and its stat, for an edit of ``basis``.
+
+    Holding the basis file open keeps its inode from being reused by a later save, so an equal
+    inode at the final check proves the name still points at the file we read. ChatConflictError
+    when the chat is gone or changed. After the block the descriptor is closed in the background
+    and the folder fsynced (the rename durable)."""
     try:
         real = _check_chat_path(path, root)
-    except ChatReadError:
-        raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
-
-    # Holding the basis file open keeps its inode from being reused by a later save, so an
-    # equal inode at the final check proves the name still points at the file we read.
-    try:
         held = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | _NOFOLLOW)
-    except OSError:
+    except (ChatReadError, OSError):
         raise ChatConflictError(f"chat {path.name!r} disappeared before the edit") from None
     try:
         current = os.fstat(held)
         if not basis.same_file(current):
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        written, digest = _write_and_replace(
-            path, real, held, current, basis, data, pieces, offset, rehash, probe, before_replace
-        )
+        yield real, held, current
     except BaseException:
         os.close(held)
         raise
     _close_in_background(held)
     _fsync_dir(real.parent)
-    return _snap(written, digest, time.time_ns())
+
+
+@dataclass
+class ChatTemp:
+    """The temp file a chat edit writes (see :func:`chat_temp`)."""
+
+    path: Path
+    fd: int
+    writeback: _Writeback
+    replaced: bool = False
+
+    def durable(self) -> None:
+        """Every byte written on disk (the writeback flushes, then fsync)."""
+        self.writeback.finish()
+        os.fsync(self.fd)
+
+    def replace(self, chat: Path, real: Path, basis: Snapshot, current: os.stat_result) -> None:
+        """Rename over the chat if it is still the file read (see
+        :func:`check_unchanged_and_replace`)."""
+        check_unchanged_and_replace(chat, real, self.path, basis, current)
+        self.replaced = True
+
+
+@contextlib.contextmanager
+def chat_temp(real: Path, current: os.stat_result) -> Iterator[ChatTemp]:
+    """A new temp file beside the chat, with the chat's mode and (where allowed) owner; removed
+    after the block unless it was renamed over the chat. Write errors in the block that are
+    ``OSError`` become ChatWriteError."""
+    folder = real.parent
+    temp = our_temp_name(real)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _write_error(exc, "a temp file for the chat", folder) from None
+    made = ChatTemp(temp, fd, _Writeback(fd))
+    try:
+        try:
+            os.fchmod(fd, stat.S_IMODE(current.st_mode))
+            _copy_owner(fd, current)
+        except OSError as exc:
+            raise _write_error(exc, "the chat", folder) from None
+        yield made
+    finally:
+        with contextlib.suppress(OSError):
+            made.writeback.finish()  # never leave a flush running on a closed descriptor
+        os.close(fd)
+        if not made.replaced:
+            _unlink_quietly(temp)
 
 
 def _close_in_background(fd: int) -> None:
@@ -687,48 +746,35 @@ def _write_and_replace(
     probe: Callable[[str], None] | None,
     before_replace: Callable[[str], None] | None,
 ) -> tuple[os.stat_result, str]:
-    folder = real.parent
-    temp = our_temp_name(real)
-    try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise _write_error(exc, "a temp file for the chat", folder) from None
-    replaced = False
     # The new version's hash needs only the bytes in memory: taken while the file is written.
-    hashing = _Background(partial(_hash_pieces, basis.sha256, pieces, offset), "st-imagegen-hash")
+    hashing: _Background[str] | None = None
     try:
-        writeback = _Writeback(fd)
-        try:
-            os.fchmod(fd, stat.S_IMODE(current.st_mode))
-            _copy_owner(fd, current)
-            copied = _copy_prefix(held, fd, len(pieces[0]), writeback)
-            _write_all(fd, [memoryview(pieces[0])[copied:], *pieces[1:]], writeback)
-            writeback.finish()
-            os.fsync(fd)
-        except OSError as exc:
-            raise _write_error(exc, "the chat", folder) from None
-        finally:
-            with contextlib.suppress(OSError):
-                writeback.finish()  # never leave a flush running on a closed descriptor
-        digest = hashing.result()
-        if before_replace is not None:
-            before_replace(digest)
+        with chat_temp(real, current) as temp:
+            hashing = _Background(
+                partial(_hash_pieces, basis.sha256, pieces, offset), "st-imagegen-hash"
+            )
+            try:
+                copied = _copy_prefix(held, temp.fd, len(pieces[0]), temp.writeback)
+                _write_all(temp.fd, [memoryview(pieces[0])[copied:], *pieces[1:]], temp.writeback)
+                temp.durable()
+            except OSError as exc:
+                raise _write_error(exc, "the chat", real.parent) from None
+            digest = hashing.result()
+            if before_replace is not None:
+                before_replace(digest)
 
-        must_hash = basis.needs_rehash if rehash is None else rehash
-        if must_hash and not _holds(held, data):
-            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        if probe is not None:
-            probe("final-check")
-        check_unchanged_and_replace(path, real, temp, basis, current)
-        replaced = True
-        if probe is not None:
-            probe("replaced")
-        return os.fstat(fd), digest  # the file we renamed, even if someone replaced it since
+            must_hash = basis.needs_rehash if rehash is None else rehash
+            if must_hash and not _holds(held, data):
+                raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+            if probe is not None:
+                probe("final-check")
+            temp.replace(path, real, basis, current)
+            if probe is not None:
+                probe("replaced")
+            return os.fstat(temp.fd), digest  # the file renamed, even if replaced since
     finally:
-        hashing.wait()
-        os.close(fd)
-        if not replaced:
-            _unlink_quietly(temp)
+        if hashing is not None:
+            hashing.wait()
 
 
 def check_unchanged_and_replace(
