@@ -22,9 +22,8 @@ from daemon.providers.backend import ImageRequest, Progress, ProgressCallback
 from daemon.providers.decode import GeneratedImage, ImageRejected
 from daemon.providers.http import (
     Clock,
-    IntervalGate,
     RetryPolicy,
-    SystemClock,
+    image_pacing,
     scrubbed,
     with_retries,
 )
@@ -147,10 +146,7 @@ class A1111Backend:
     ) -> None:
         limits = limits or LimitsSettings()
         self._settings = settings
-        self._clock = clock or SystemClock()
-        self._retry = retry or RetryPolicy.from_limits(limits)
-        self._limiter = anyio.CapacityLimiter(limits.image_concurrency)
-        self._gate = IntervalGate(limits.min_interval_seconds, self._clock)
+        self._clock, self._retry, self._limiter, self._gate = image_pacing(limits, clock, retry)
         self._interval = progress_interval
         base = native_base_url(settings.api_url, "AUTOMATIC1111", _ENDPOINTS)
         self._api = NativeAPI("A1111 API", base, settings, client, self._clock)

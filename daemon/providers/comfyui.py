@@ -44,9 +44,8 @@ from daemon.providers.decode import GeneratedImage, ImageRejected
 from daemon.providers.download import download_image
 from daemon.providers.http import (
     Clock,
-    IntervalGate,
     RetryPolicy,
-    SystemClock,
+    image_pacing,
     redact,
     scrubbed,
     with_retries,
@@ -239,10 +238,7 @@ class ComfyUIBackend:
         limits = limits or LimitsSettings()
         self._settings = settings
         self._client = client
-        self._clock = clock or SystemClock()
-        self._retry = retry or RetryPolicy.from_limits(limits)
-        self._limiter = anyio.CapacityLimiter(limits.image_concurrency)
-        self._gate = IntervalGate(limits.min_interval_seconds, self._clock)
+        self._clock, self._retry, self._limiter, self._gate = image_pacing(limits, clock, retry)
         self._history_poll = history_poll
         base = native_base_url(settings.api_url, "ComfyUI", _ENDPOINTS)
         self._api = NativeAPI("ComfyUI API", base, settings, client, self._clock)

@@ -48,6 +48,7 @@ __all__ = [
     "error_fields",
     "error_from_response",
     "error_from_transport",
+    "image_pacing",
     "looks_like_policy",
     "make_client",
     "parse_retry_after",
@@ -360,6 +361,20 @@ class IntervalGate:
                 if remaining > 0:
                     await self._clock.sleep(remaining)
             self._last = self._clock.monotonic()
+
+
+def image_pacing(
+    limits: LimitsSettings, clock: Clock | None, retry: RetryPolicy | None
+) -> tuple[Clock, RetryPolicy, anyio.CapacityLimiter, IntervalGate]:
+    """The pacing every image backend shares: its clock, retry policy, the
+    ``limits.image_concurrency`` limiter and the ``limits.min_interval_seconds`` gate."""
+    clock = clock or SystemClock()
+    return (
+        clock,
+        retry or RetryPolicy.from_limits(limits),
+        anyio.CapacityLimiter(limits.image_concurrency),
+        IntervalGate(limits.min_interval_seconds, clock),
+    )
 
 
 class BearerAuth(httpx.Auth):

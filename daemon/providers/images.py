@@ -39,14 +39,13 @@ from daemon.providers.http import (
     BearerAuth,
     Clock,
     Endpoint,
-    IntervalGate,
     RetryPolicy,
-    SystemClock,
     call_timeout,
     endpoint_url,
     error_fields,
     error_from_response,
     error_from_transport,
+    image_pacing,
     looks_like_policy,
     read_capped,
     redact,
@@ -266,11 +265,8 @@ class ImageGenerator:
         limits = limits or LimitsSettings()
         self._settings = settings
         self._client = client
-        self._clock = clock or SystemClock()
-        self._retry = retry or RetryPolicy.from_limits(limits)
+        self._clock, self._retry, self._limiter, self._gate = image_pacing(limits, clock, retry)
         self._resolve = resolve or system_resolve
-        self._limiter = anyio.CapacityLimiter(limits.image_concurrency)
-        self._gate = IntervalGate(limits.min_interval_seconds, self._clock)
         self._auth = BearerAuth(settings.api_key)
         self._url = endpoint_url(settings.api_url, "images/generations", "image")
         self.profile = resolve_profile(settings)
