@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import check, fmt_time, make_message, workdir
+from bench.common import check, fmt_time, make_message, stop, workdir
 
 SETTLE = 0.2
 LATENCY_ROUNDS = 20
@@ -271,12 +271,7 @@ def bench_idle(seconds: float) -> bool:
             cpu = _proc_cpu_seconds(proc.pid) - cpu0
             wall = time.monotonic() - wall0
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc)
     percent = 100 * cpu / wall
     cpu_ok = percent <= IDLE_CPU_TARGET
     rss_ok = rss_peak <= RSS_LIMIT_MB

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.bench_engine import _bare_walk, _known_chats, build_tree
-from bench.common import best_of, fmt_time, workdir
+from bench.common import best_of, fmt_time, stop, workdir
 
 TREES = (10, 2_000)
 FINISHED_JOBS = 10_000
@@ -216,13 +216,9 @@ def bench_idle(seconds: float) -> bool:
                 run.end()
         finally:
             for run in runs:
-                run.proc.terminate()
+                run.proc.terminate()  # all at once, then wait for each
             for run in runs:
-                try:
-                    run.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    run.proc.kill()
-                    run.proc.wait(10)
+                stop(run.proc)
                 if run.proc.stdout is not None:
                     run.proc.stdout.close()
         tick = os.sysconf("SC_CLK_TCK")

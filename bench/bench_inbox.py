@@ -28,7 +28,7 @@ import httpx
 from PIL import Image
 
 from bench.bench_engine import build_tree
-from bench.common import workdir
+from bench.common import stop, workdir
 from tests.ops.fakeapi import GOOD_KEY, fake_api
 
 PENDING_JOBS = 200
@@ -259,12 +259,7 @@ def main() -> int:
                 context.close()
                 browser.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc)
             log.close()
     median = statistics.median(latencies)
     print(

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -161,3 +162,14 @@ def check(label: str, value: float, target: str, ok: bool) -> bool:
 def check_at_most(label: str, seconds: float, base: float, target: float) -> bool:
     """Print ``seconds / base`` against the target "at most ``target``x"; returns whether met."""
     return check(label, seconds / base, f"<= {target}x", seconds <= target * base)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, as systemd and Docker stop the daemon; SIGKILL if it is not gone in 30 s."""
+    if proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
