@@ -24,7 +24,7 @@ import httpx
 
 from daemon.config import Config
 from daemon.engine.status import HEARTBEAT_STALE_SECONDS, daemon_status
-from daemon.engine.store.schema import damaged_message
+from daemon.engine.store.schema import damage_found
 from daemon.errors import (
     AuthError,
     ConfigError,
@@ -322,7 +322,7 @@ def check_state_db(config: Config) -> CheckResult:
         return _pass("state database", f"{path} is sound (quick_check)")
     return _fail(
         "state database",
-        damaged_message(path, rows).split("; stop the daemon")[0],
+        damage_found(path, rows),
         f"stop the daemon, move {path.name} (and {path.name}-wal, {path.name}-shm) aside and "
         "start again; only job history and pending jobs are lost, never chat data (README: "
         "Recovering the state database)",

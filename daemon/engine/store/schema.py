@@ -85,16 +85,21 @@ MIGRATIONS: Sequence[str] = (
 """Ordered schema migrations; migration N (1-based) brings ``user_version`` from N-1 to N."""
 
 
-def damaged_message(path: Path, findings: str | list[str]) -> str:
-    """The one line a user sees for a damaged state database, with the way out."""
+def damage_found(path: Path, findings: str | list[str]) -> str:
+    """"the state database '…' is damaged (<the first finding> and N more problem(s))"."""
     lines = [findings] if isinstance(findings, str) else findings
     rows = (row.strip() for text in lines for row in text.splitlines())
     found = [row for row in rows if row and not row.startswith("*** in database")]
     detail = found[0] if found else "malformed"
     if len(found) > 1:
         detail += f" and {len(found) - 1} more problem(s)"
+    return f"the state database {str(path)!r} is damaged ({detail})"
+
+
+def damaged_message(path: Path, findings: str | list[str]) -> str:
+    """The one line a user sees for a damaged state database, with the way out."""
     return (
-        f"the state database {str(path)!r} is damaged ({detail}); stop the daemon, move the file "
+        f"{damage_found(path, findings)}; stop the daemon, move the file "
         f"aside with its -wal and -shm files and start again: only job history and "
         "pending jobs are lost, never chat data (README: Recovering the state database)"
     )
