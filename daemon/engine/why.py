@@ -7,6 +7,7 @@ nothing was recorded, from the same rules detection applies.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from dataclasses import dataclass
 from typing import TextIO
@@ -106,7 +107,7 @@ def render(found: Explanation) -> str:
     if not found.jobs:
         return (
             f"{where}: no job: {found.reason}\n"
-            f"make one with: st-imagegen generate --chat {_quoted(found.chat)} "
+            f"make one with: st-imagegen generate --chat {shlex.quote(found.chat)} "
             f"--mesid {found.mesid}\n"
         )
     lines = [f"{where}: {len(found.jobs)} job(s), oldest first:"]
@@ -115,10 +116,6 @@ def render(found: Explanation) -> str:
         why = f": {job.last_error}" if job.last_error else ""
         lines.append(f"  {job.short_id}  {job.state.value:<10} for {text} ({job.source}){why}")
     return "\n".join(lines) + "\n"
-
-
-def _quoted(text: str) -> str:
-    return f"'{text}'" if any(c in text for c in " '\"$`\\") and "'" not in text else text
 
 
 def cmd_why(
