@@ -86,7 +86,8 @@ MIGRATIONS: Sequence[str] = (
 
 
 def damage_found(path: Path, findings: str | list[str]) -> str:
-    """"the state database '…' is damaged (<the first finding> and N more problem(s))"."""
+    """What is wrong, as one phrase: the database is damaged, with its first finding and how
+    many more there are."""
     lines = [findings] if isinstance(findings, str) else findings
     rows = (row.strip() for text in lines for row in text.splitlines())
     found = [row for row in rows if row and not row.startswith("*** in database")]
