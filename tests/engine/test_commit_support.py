@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from daemon.config import Config, load_config
-from daemon.engine.approval import Approval
-from daemon.engine.commit import Committer, message_urls, render_caption, served_path
+from daemon.engine.commit.apply import Committer, message_urls, render_caption, served_path
+from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout

@@ -18,7 +18,7 @@ from PIL import Image
 from playwright.async_api import Page, expect
 
 from daemon import __version__
-from daemon.cli import main
+from daemon.cli.commands import main
 from daemon.engine.store import JobState
 from daemon.extension import EXTENSION_NAME, install
 from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for, job_for

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon import __version__
-from daemon.cli import main
+from daemon.cli.commands import main
 from daemon.config import Config, load_config
 from daemon.doctor import check_extension
 from daemon.errors import ExtensionError

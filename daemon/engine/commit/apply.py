@@ -41,7 +41,7 @@ import anyio.to_thread
 import structlog
 
 from daemon.config import Config
-from daemon.engine.approval import Approval
+from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, LedgerEntry, Store
 from daemon.errors import (
     ChatConflictError,
