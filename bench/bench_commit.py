@@ -39,8 +39,8 @@ from bench.common import (
     write_chat,
 )
 from daemon.config import Config
-from daemon.engine.approval import Approval
-from daemon.engine.commit import Committer
+from daemon.engine.commit.apply import Committer
+from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout

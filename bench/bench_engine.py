@@ -110,8 +110,8 @@ def bench_latency(rounds: int) -> bool:
     from watchdog.observers import Observer
 
     from daemon.config import load_config
-    from daemon.engine.jobs import open_job_deps
-    from daemon.engine.service import Service, ServiceTimings
+    from daemon.engine.jobs.pipeline import open_job_deps
+    from daemon.engine.process.service import Service, ServiceTimings
     from daemon.engine.store import Job
     from daemon.logs import configure_logging
     from daemon.tavern import layout
@@ -308,7 +308,7 @@ def _bare_walk(root: str, with_stat: bool) -> int:
 
 
 def bench_scan() -> bool:
-    from daemon.engine.watch import StatIndex
+    from daemon.engine.intake.watch import StatIndex
 
     print(f"startup scan of {SCAN_CHATS} chat files")
     with workdir() as tmp:

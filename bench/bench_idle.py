@@ -251,7 +251,7 @@ def _at_most(label: str, value: float, target: float, unit: str) -> bool:
 
 
 def _bench_rescan(root: Path, chats: int) -> bool:
-    from daemon.engine.watch import StatIndex
+    from daemon.engine.intake.watch import StatIndex
 
     index = StatIndex(root)
     index.scan()  # the first scan learns the tree; later ones find nothing changed

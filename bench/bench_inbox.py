@@ -68,7 +68,7 @@ def _pending_jobs(state: Path, chat: str, count: int) -> None:
     """``count`` pending jobs with their folders, through the real store and approval code."""
     import anyio
 
-    from daemon.engine.approval import Approval
+    from daemon.engine.jobs.approval import Approval
     from daemon.engine.store import JobState, Store
 
     async def make() -> None:

@@ -38,8 +38,8 @@ def _peak_mb() -> float:
 
 async def _commit(root: Path, state: Path, fields: dict[str, Any]) -> float:
     from daemon.config import Config
-    from daemon.engine.approval import Approval
-    from daemon.engine.commit import Committer
+    from daemon.engine.commit.apply import Committer
+    from daemon.engine.jobs.approval import Approval
     from daemon.engine.store import JobState, Store
     from daemon.providers.decode import GeneratedImage
 

@@ -1,5 +1,5 @@
 """``python -m daemon`` runs the command line."""
 
-from daemon.cli import main
+from daemon.cli.commands import main
 
 raise SystemExit(main())

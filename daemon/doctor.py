@@ -23,7 +23,7 @@ import anyio
 import httpx
 
 from daemon.config import Config
-from daemon.engine.status import HEARTBEAT_STALE_SECONDS, daemon_status
+from daemon.engine.process.status import HEARTBEAT_STALE_SECONDS, daemon_status
 from daemon.engine.store.schema import damage_found
 from daemon.errors import (
     AuthError,
@@ -152,7 +152,7 @@ def _sample(items: Sequence[str]) -> str:
 
 
 def check_config(config: Config) -> CheckResult:
-    from daemon.engine.styles import check_default_style
+    from daemon.engine.look.styles import check_default_style
 
     if config.data_root is None:
         return _fail(

@@ -24,9 +24,9 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.config import Config
-from daemon.engine import manual
-from daemon.engine.jobs import accept_job, regen_job, reject_job
-from daemon.engine.status import gather_status
+from daemon.engine.jobs import manual
+from daemon.engine.jobs.pipeline import accept_job, regen_job, reject_job
+from daemon.engine.process.status import gather_status
 from daemon.engine.store import Job, JobState
 from daemon.errors import (
     ChatReadError,

@@ -13,7 +13,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from daemon.config import Config
-from daemon.engine.approval import Approval
+from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Store
 from daemon.web import api, pages
 from daemon.web.context import WebContext

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.config import Config
-from daemon.engine.approval import Approval
+from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Store
 from daemon.web.events import EventHub
 from daemon.web.thumbs import Thumbs

@@ -27,8 +27,8 @@ import pytest
 from PIL import Image
 
 from daemon.config import Config, load_config
-from daemon.engine.jobs import open_job_deps
-from daemon.engine.service import Service, ServiceTimings
+from daemon.engine.jobs.pipeline import open_job_deps
+from daemon.engine.process.service import Service, ServiceTimings
 from daemon.engine.store import Job, Store
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
@@ -36,7 +36,7 @@ from tests.engine.test_commit_support import Harness, harness_for, new_data_root
 from tests.stsim import SimClock, STSim
 
 if TYPE_CHECKING:
-    from daemon.engine.jobs import JobDeps
+    from daemon.engine.jobs.pipeline import JobDeps
 
 WATCHDOG_RACE = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
 """watchdog's inotify thread warns when a new folder's watch is added twice (a harmless race
@@ -326,7 +326,7 @@ SERVICE_START_TIMEOUT = 15.0
 async def running(config: Config, timings: ServiceTimings) -> AsyncIterator[Service]:
     """The service running in this event loop, holding the state dir's lock as ``serve``
     does; drained and stopped after the block."""
-    from daemon.engine.lock import hold_state_lock
+    from daemon.engine.process.lock import hold_state_lock
 
     assert config.data_root is not None
     root = layout.resolve_data_root(config.data_root)

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.appearance import CharacterStore, Member, looks_for_reply, mentions, resolve_look
-from daemon.engine.consistency import plan_look
+from daemon.engine.look.appearance import (
+    CharacterStore,
+    Member,
+    looks_for_reply,
+    mentions,
+    resolve_look,
+)
+from daemon.engine.look.consistency import plan_look
 from daemon.tavern import cards
 from daemon.tavern.settings import avatar_of, persona_for
 from tests.engine.looks import config_with, job_of, write_card, write_group, write_settings

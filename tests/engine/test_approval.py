@@ -16,7 +16,7 @@ import structlog
 from PIL import Image
 from pydantic import SecretStr
 
-from daemon.engine.approval import (
+from daemon.engine.jobs.approval import (
     JOB_FILE,
     PROMPT_FILE,
     REFUSED_FILE,

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from daemon.engine.commit import message_urls, served_path
+from daemon.engine.commit.apply import message_urls, served_path
 from daemon.engine.store import JobState
 from daemon.tavern.chat import read_chat
 from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, MakeConfig, async_wait_for, running

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
-from daemon.engine.appearance import CharacterStore
+from daemon.cli.commands import main
+from daemon.engine.look.appearance import CharacterStore
 from tests.engine.conftest import FakeAPI, config_toml, tiny_png
 from tests.engine.looks import write_card
 

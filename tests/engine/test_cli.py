@@ -12,10 +12,10 @@ import anyio
 import pytest
 import structlog
 
-from daemon import cli as cli_module
-from daemon.cli import config_example, main
+from daemon.cli import commands as cli_module
+from daemon.cli.commands import config_example, main
 from daemon.config import Config, load_config
-from daemon.engine.approval import Approval
+from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
 from tests.engine.conftest import FakeAPI, config_toml, tiny_png
 
@@ -201,8 +201,9 @@ def test_list_show_accept_reject_regen(cfg_path: Path, capsys: pytest.CaptureFix
 
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     code = (
-        "import sys, daemon.cli as c; c.build_parser();"
-        "heavy = [m for m in ('daemon.engine.service', 'httpx', 'watchdog', 'daemon.engine.store')"
+        "import sys, daemon.cli.commands as c; c.build_parser();"
+        "heavy = [m for m in ('daemon.engine.process.service', 'httpx', 'watchdog',"
+        " 'daemon.engine.store')"
         " if m in sys.modules]; print(heavy)"
     )
     result = subprocess.run(

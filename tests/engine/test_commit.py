@@ -14,14 +14,14 @@ from typing import Any
 import anyio
 import pytest
 
-from daemon.engine import commit as commit_mod
-from daemon.engine.commit import (
+from daemon.engine.commit import apply as commit_mod
+from daemon.engine.commit.apply import (
     REASON_CHAT_GONE,
     REASON_REPLY_CHANGED,
     REASON_REPLY_GONE,
     message_urls,
 )
-from daemon.engine.status import gather_status
+from daemon.engine.process.status import gather_status
 from daemon.engine.store import JobState
 from daemon.errors import ChatConflictError
 from daemon.tavern import layout

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from daemon.engine import commit as commit_mod
-from daemon.engine.commit import message_urls
+from daemon.engine.commit import apply as commit_mod
+from daemon.engine.commit.apply import message_urls
 from daemon.engine.store import JobState
 from daemon.errors import ChatConflictError, UnsafePathError
 from daemon.tavern import layout

@@ -157,8 +157,8 @@ async def test_sigkill_during_commits_then_restart(harness: Harness, tmp_path: P
 
 async def _work(config_path: Path) -> int:
     from daemon.config import load_config
-    from daemon.engine.approval import Approval
-    from daemon.engine.commit import Committer
+    from daemon.engine.commit.apply import Committer
+    from daemon.engine.jobs.approval import Approval
     from daemon.engine.store import Store
     from daemon.tavern import layout
     from daemon.tavern.write import cleanup_stale_temps

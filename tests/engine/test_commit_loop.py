@@ -14,10 +14,10 @@ from typing import Any
 import anyio
 import pytest
 
-from daemon.engine.commit import message_urls, served_path
-from daemon.engine.jobs import accept_job
-from daemon.engine.manual import cmd_generate
-from daemon.engine.service import Service, ServiceTimings
+from daemon.engine.commit.apply import message_urls, served_path
+from daemon.engine.jobs.manual import cmd_generate
+from daemon.engine.jobs.pipeline import accept_job
+from daemon.engine.process.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
 from daemon.tavern.chat import parse_chat
 from tests.engine.conftest import MakeConfig, async_wait_for, running

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from daemon.config import DetectSettings
-from daemon.engine.detect import (
+from daemon.engine.intake.detect import (
     DECIDED_KEPT,
     ChatContext,
     ChatState,

@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from daemon.config import Config, LogSettings
-from daemon.engine.jobs import (
+from daemon.engine.jobs.pipeline import (
     JobDeps,
     Runner,
     accept_job,
@@ -361,7 +361,7 @@ async def test_accept_commits_exactly_the_kept_images_in_the_users_order(
     st_root_latest: Path, make_config: MakeConfig, fake_api: FakeAPI
 ) -> None:
     """Regression: ``accept --keep`` committed every image in the folder, not the kept ones."""
-    from daemon.engine.commit import message_urls
+    from daemon.engine.commit.apply import message_urls
 
     config = make_config(st_root_latest, image={"n": 3})
     assert config.data_root is not None

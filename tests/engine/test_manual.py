@@ -18,10 +18,10 @@ import anyio
 import pytest
 from PIL import Image, PngImagePlugin
 
-from daemon.cli import main
+from daemon.cli.commands import main
 from daemon.config import Config
-from daemon.engine.manual import cmd_generate, pick_message, resolve_chat_spec
-from daemon.engine.notify import Heartbeat
+from daemon.engine.jobs.manual import cmd_generate, pick_message, resolve_chat_spec
+from daemon.engine.process.notify import Heartbeat
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import JobError, MessageNotFoundError, UnsafePathError
 from daemon.tavern.chat import Chat, parse_chat, read_chat
@@ -325,7 +325,7 @@ def test_progress_on_a_terminal(root: Path, make_config: MakeConfig, fake_api: F
 
 async def _supersede(config: Config, job: Job, *, shelve: bool) -> None:
     """As a swipe away does: the job superseded, its pending folder shelved."""
-    from daemon.engine.approval import Approval
+    from daemon.engine.jobs.approval import Approval
 
     store = await Store.open(config.db_path)
     try:
@@ -374,8 +374,8 @@ def test_generate_brings_back_a_superseded_job_of_the_shown_text(
 def test_generate_on_a_job_replaced_by_a_regen_is_an_error(
     root: Path, make_config: MakeConfig
 ) -> None:
-    from daemon.engine.approval import Approval
-    from daemon.engine.jobs import regen_job
+    from daemon.engine.jobs.approval import Approval
+    from daemon.engine.jobs.pipeline import regen_job
 
     config = make_config(root, mode="manual")
     assert cmd_generate(config, "Alice", 5, False, out=io.StringIO()) == 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from daemon.engine.commit import (
+from daemon.engine.commit.apply import (
     REASON_CHAT_GONE,
     REASON_DELETED_AFTER_SHOWN,
     REASON_REPLY_CHANGED,
@@ -170,7 +170,7 @@ async def test_no_open_entries_no_read(harness: Harness, monkeypatch: pytest.Mon
     h = harness
     path = chat_path(h.root)
     STSim.create(path).send_user("Hi.").save()
-    from daemon.engine import commit as commit_mod
+    from daemon.engine.commit import apply as commit_mod
 
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("read the chat")
@@ -240,7 +240,7 @@ async def test_our_own_write_is_not_parsed_again(
 ) -> None:
     """The change event our own commit causes is settled by the hash and byte searches for
     our markers: the chat is read once and only the lines holding a marker are parsed."""
-    from daemon.engine import commit as commit_mod
+    from daemon.engine.commit import apply as commit_mod
     from daemon.tavern import write as tavern_write
 
     h = harness

@@ -16,9 +16,9 @@ import anyio
 import pytest
 
 from daemon.config import LogSettings
-from daemon.engine.approval import Approval
-from daemon.engine.jobs import open_job_deps, run_job_once
-from daemon.engine.service import Service, ServiceTimings
+from daemon.engine.jobs.approval import Approval
+from daemon.engine.jobs.pipeline import open_job_deps, run_job_once
+from daemon.engine.process.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
 from daemon.logs import configure_logging
 from daemon.tavern import layout
@@ -539,7 +539,7 @@ async def test_a_live_reply_with_a_wrong_clock_is_illustrated_and_every_skip_exp
     too old, with no log line."""
     from datetime import timedelta
 
-    from daemon.engine.why import explain, render
+    from daemon.engine.intake.why import explain, render
 
     out = io.StringIO()
     configure_logging(LogSettings(level="info", format="json"), stream=out)

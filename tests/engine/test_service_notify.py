@@ -12,9 +12,9 @@ import anyio
 import pytest
 
 from daemon.config import SystemdEnv, systemd_env
-from daemon.engine.notify import Heartbeat, Notifier, read_heartbeat
-from daemon.engine.service import ServiceTimings, serve
-from daemon.engine.watch import Watcher
+from daemon.engine.intake.watch import Watcher
+from daemon.engine.process.notify import Heartbeat, Notifier, read_heartbeat
+from daemon.engine.process.service import ServiceTimings, serve
 from tests.engine.conftest import WATCHDOG_RACE, MakeConfig, async_wait_for
 
 pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]

@@ -17,8 +17,8 @@ import anyio
 import pytest
 
 from daemon.config import Config, load_config
-from daemon.engine.approval import Approval
-from daemon.engine.jobs import accept_job
+from daemon.engine.jobs.approval import Approval
+from daemon.engine.jobs.pipeline import accept_job
 from daemon.engine.store import Job, JobState, Store
 from daemon.tavern.chat import read_chat
 from tests.engine.conftest import FakeAPI, config_toml, wait_for

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
-from daemon.engine.notify import Heartbeat
-from daemon.engine.status import (
+from daemon.cli.commands import main
+from daemon.engine.process.notify import Heartbeat
+from daemon.engine.process.status import (
     HEARTBEAT_STALE_SECONDS,
     cmd_status,
     daemon_status,

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.appearance import CharacterStore
-from daemon.engine.consistency import plan_look
-from daemon.engine.styles import SHIPPED, all_styles, check_style, choose
+from daemon.engine.look.appearance import CharacterStore
+from daemon.engine.look.consistency import plan_look
+from daemon.engine.look.styles import SHIPPED, all_styles, check_style, choose
 from daemon.errors import ConfigError
 from tests.engine.looks import config_with, job_of, write_card
 
@@ -95,8 +95,8 @@ def test_an_unknown_default_style_is_refused_at_start_and_by_doctor(
     import anyio
 
     from daemon.doctor import check_config
-    from daemon.engine.service import serve
-    from daemon.engine.styles import check_default_style
+    from daemon.engine.look.styles import check_default_style
+    from daemon.engine.process.service import serve
 
     config = config_with(tmp_path, root, 'default_style = "noir-typo"\n')
     with pytest.raises(ConfigError, match=r"default_style: no style 'noir-typo'.*painterly"):

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from daemon.engine.appearance import CharacterStore
-from daemon.engine.commit import served_path
-from daemon.engine.jobs import accept_job, open_job_deps, regen_job, run_job_once
+from daemon.engine.commit.apply import served_path
+from daemon.engine.jobs.pipeline import accept_job, open_job_deps, regen_job, run_job_once
+from daemon.engine.look.appearance import CharacterStore
 from daemon.engine.store import JobState
 from daemon.providers.pngtext import read_text_chunks
 from daemon.tavern import layout

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
+from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.tavern import layout
 from daemon.tavern.layout import ChatRef
 from tests.engine.conftest import WATCHDOG_RACE, async_wait_for

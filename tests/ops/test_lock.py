@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.lock import AlreadyRunningError, hold_state_lock
+from daemon.engine.process.lock import AlreadyRunningError, hold_state_lock
 
 BINARY = Path(sys.executable).parent / "st-imagegen"
 HOLDER = """
 import sys, time
 from pathlib import Path
-from daemon.engine.lock import hold_state_lock
+from daemon.engine.process.lock import hold_state_lock
 with hold_state_lock(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(120)

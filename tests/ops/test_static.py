@@ -57,7 +57,7 @@ def _commands_and_flags() -> dict[str, set[str]]:
     """Every sub-command of the real parser and its own long options."""
     import argparse
 
-    from daemon.cli import build_parser
+    from daemon.cli.commands import build_parser
 
     found: dict[str, set[str]] = {}
     for action in build_parser()._actions:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from daemon.config import Config
-from daemon.engine.service import Service, ServiceTimings
+from daemon.engine.process.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
 from daemon.web.context import WebContext
 from daemon.web.server import read_address

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.cli import main
+from daemon.cli.commands import main
 from daemon.config import load_config
 from daemon.engine.store import JobState
 from daemon.errors import ConfigError
@@ -224,7 +224,7 @@ def test_web_url_does_not_believe_an_address_left_by_a_killed_daemon(
     make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Regression: after kill -9, web.json stayed and web-url printed the dead address."""
-    from daemon.engine.lock import hold_state_lock
+    from daemon.engine.process.lock import hold_state_lock
 
     config = web_config(make_config, tmp_path, fake_api)
     config.state_dir.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 import anyio
 
 from daemon.config import Config
-from daemon.engine.notify import read_heartbeat
+from daemon.engine.process.notify import read_heartbeat
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import StImagegenError
 from daemon.tavern import layout

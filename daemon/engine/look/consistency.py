@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config
-from daemon.engine.appearance import CharacterStore, Look, chat_members, looks_for_reply, mentions
-from daemon.engine.references import reference_paths
+from daemon.engine.look.appearance import (
+    CharacterStore,
+    Look,
+    chat_members,
+    looks_for_reply,
+    mentions,
+)
+from daemon.engine.look.references import reference_paths
+from daemon.engine.look.styles import ChosenStyle, choose
 from daemon.engine.store import Job
-from daemon.engine.styles import ChosenStyle, choose
 from daemon.providers.backend import ImageRequest
 from daemon.providers.cleanup import join_tags
 from daemon.providers.decode import GeneratedImage

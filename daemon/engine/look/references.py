@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from daemon.config import Config
-from daemon.engine.appearance import CharacterStore, _safe_key
+from daemon.engine.look.appearance import CharacterStore, _safe_key
 from daemon.errors import JobError
 from daemon.providers.backend import ReferenceImage
 from daemon.providers.decode import ImageRejected, check_image

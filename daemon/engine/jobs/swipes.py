@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from daemon.engine.approval import Approval
+from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import JobError
 from daemon.providers.decode import GeneratedImage, ImageRejected, check_image

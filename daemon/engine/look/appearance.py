@@ -10,9 +10,9 @@ A character's tags are taken, field by field, from the first source that has the
 4. nothing.
 
 The same file holds the per-chat and per-character style choices and the reference-image
-settings (see :mod:`daemon.engine.styles`, :mod:`daemon.engine.references`). It is small JSON,
-rewritten atomically under a lock file, and read fresh for every job (so the CLI's changes
-apply without a restart).
+settings (see :mod:`daemon.engine.look.styles`, :mod:`daemon.engine.look.references`).
+It is small JSON, rewritten atomically under a lock file, and read fresh for every job (so
+the CLI's changes apply without a restart).
 """
 
 from __future__ import annotations

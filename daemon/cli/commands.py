@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from daemon.config import Config
-    from daemon.engine.approval import Approval
+    from daemon.engine.jobs.approval import Approval
     from daemon.engine.store import Job, Store
 
 __all__ = ["build_parser", "config_example", "main"]
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "web-url", parents=[common], help="the web inbox's address (with its token if needed)"
     )
 
-    from daemon.engine.characters_args import add_parsers
+    from daemon.cli.characters_args import add_parsers
 
     add_parsers(sub, common)
 
@@ -289,17 +289,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_run(config)
     _setup_logging(config, quiet=True)
     if command in ("generate", "genimage"):
-        from daemon.engine.manual import cmd_generate
+        from daemon.engine.jobs.manual import cmd_generate
 
         return cmd_generate(
             config, args.chat, args.mesid, args.wait, force=args.force, timeout=args.timeout
         )
     if command == "status":
-        from daemon.engine.status import cmd_status
+        from daemon.engine.process.status import cmd_status
 
         return cmd_status(config, args.json)
     if command == "why":
-        from daemon.engine.why import cmd_why
+        from daemon.engine.intake.why import cmd_why
 
         return cmd_why(config, args.chat, args.mesid)
     if command == "doctor":
@@ -323,7 +323,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             st_folder=args.st_folder,
         )
     if command in ("character", "style"):
-        from daemon.engine.characters_cli import cmd_character, cmd_style
+        from daemon.cli.characters import cmd_character, cmd_style
 
         return (cmd_character if command == "character" else cmd_style)(config, args)
     if command == "list":
@@ -349,7 +349,7 @@ def _cmd_run(config: Config) -> int:
     import anyio
 
     from daemon.config import systemd_env
-    from daemon.engine.service import serve
+    from daemon.engine.process.service import serve
 
     _setup_logging(config)
     systemd = systemd_env()
@@ -381,9 +381,9 @@ def _with_store(
     """Run ``action`` on the store; ``notify``: it changes jobs, so a running daemon is told."""
     import anyio
 
-    from daemon.engine.approval import Approval
+    from daemon.engine.jobs.approval import Approval
+    from daemon.engine.process.wake import notify_daemon
     from daemon.engine.store import Store
-    from daemon.engine.wake import notify_daemon
 
     async def _main() -> int:
         config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -490,7 +490,7 @@ async def _cmd_show(store: Store, approval: Approval, args: argparse.Namespace) 
 
 
 async def _cmd_accept(store: Store, approval: Approval, args: argparse.Namespace) -> int:
-    from daemon.engine.jobs import accept_job
+    from daemon.engine.jobs.pipeline import accept_job
 
     job = await accept_job(store, approval, args.job, args.keep)
     print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
@@ -498,7 +498,7 @@ async def _cmd_accept(store: Store, approval: Approval, args: argparse.Namespace
 
 
 async def _cmd_reject(store: Store, approval: Approval, args: argparse.Namespace) -> int:
-    from daemon.engine.jobs import reject_job
+    from daemon.engine.jobs.pipeline import reject_job
 
     job = await reject_job(store, approval, args.job)
     print(f"rejected {job.id}")
@@ -506,7 +506,7 @@ async def _cmd_reject(store: Store, approval: Approval, args: argparse.Namespace
 
 
 async def _cmd_regen(store: Store, approval: Approval, args: argparse.Namespace) -> int:
-    from daemon.engine.jobs import regen_job
+    from daemon.engine.jobs.pipeline import regen_job
 
     job = await regen_job(store, approval, args.job, args.prompt)
     print(f"queued {job.id} (regenerating {job.meta.get('regen_of', args.job)})")

@@ -25,8 +25,9 @@ import structlog
 from anyio.abc import TaskStatus
 
 from daemon.config import Config, SystemdEnv
-from daemon.engine import detect
-from daemon.engine.jobs import (
+from daemon.engine.intake import detect
+from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
+from daemon.engine.jobs.pipeline import (
     POLL_INTERVAL,
     JobDeps,
     Runner,
@@ -35,13 +36,12 @@ from daemon.engine.jobs import (
     reject_job,
     revive_job,
 )
-from daemon.engine.lock import hold_state_lock
-from daemon.engine.notify import Heartbeat, Notifier
+from daemon.engine.look.styles import check_default_style
+from daemon.engine.process.lock import hold_state_lock
+from daemon.engine.process.notify import Heartbeat, Notifier
+from daemon.engine.process.wake import WAKE_DIR
 from daemon.engine.store import Job, JobState, Store, job_key
 from daemon.engine.store.schema import damaged_message
-from daemon.engine.styles import check_default_style
-from daemon.engine.wake import WAKE_DIR
-from daemon.engine.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
 from daemon.logs import job_log
 from daemon.tavern import layout, write
@@ -585,7 +585,7 @@ async def serve(
     timings: ServiceTimings | None = None,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1)."""
-    from daemon.engine.jobs import open_job_deps
+    from daemon.engine.jobs.pipeline import open_job_deps
 
     if config.data_root is None:
         raise ConfigError(

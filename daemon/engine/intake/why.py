@@ -16,8 +16,8 @@ import anyio
 import anyio.to_thread
 
 from daemon.config import Config
-from daemon.engine import detect
-from daemon.engine.manual import resolve_chat_spec
+from daemon.engine.intake import detect
+from daemon.engine.jobs.manual import resolve_chat_spec
 from daemon.engine.store import Job, Store
 from daemon.errors import ConfigError, MessageNotFoundError
 from daemon.tavern import layout

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from daemon.config import Config, StyleSettings
-from daemon.engine.appearance import CharacterStore
+from daemon.engine.look.appearance import CharacterStore
 from daemon.errors import ConfigError
 
 __all__ = [

@@ -23,11 +23,11 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
-from daemon.engine.approval import Approval
-from daemon.engine.consistency import plan_look, stamp_images
-from daemon.engine.references import load_references
+from daemon.engine.jobs.approval import Approval
+from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
+from daemon.engine.look.consistency import plan_look, stamp_images
+from daemon.engine.look.references import load_references
 from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
-from daemon.engine.swipes import carry_images, earlier_images, new_variant_job
 from daemon.errors import (
     CardError,
     ChatConflictError,
@@ -51,7 +51,7 @@ from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, is_header, parse_line, read_chat
 
 if TYPE_CHECKING:
-    from daemon.engine.commit import Committer
+    from daemon.engine.commit.apply import Committer
 
 __all__ = [
     "DRAIN_TIMEOUT",
@@ -110,7 +110,7 @@ async def open_job_deps(
     config: Config, *, store: Store | None = None, root: Path | None = None
 ) -> AsyncIterator[JobDeps]:
     """Open the store (unless given), one shared HTTP client, both providers and the committer."""
-    from daemon.engine.commit import Committer
+    from daemon.engine.commit.apply import Committer
     from daemon.errors import ConfigError
     from daemon.providers.http import make_client
 

@@ -47,10 +47,10 @@ import anyio
 import anyio.to_thread
 
 from daemon.config import Config
-from daemon.engine.approval import Approval
-from daemon.engine.status import daemon_status
+from daemon.engine.jobs.approval import Approval
+from daemon.engine.process.status import daemon_status
+from daemon.engine.process.wake import notify_daemon
 from daemon.engine.store import FINAL_STATES, Job, JobState, Store, job_key
-from daemon.engine.wake import notify_daemon
 from daemon.errors import (
     CardError,
     ChatReadError,
@@ -65,7 +65,7 @@ from daemon.tavern.chat import Chat, Message, read_chat
 from daemon.tavern.layout import ChatRef
 
 if TYPE_CHECKING:
-    from daemon.engine.jobs import JobDeps
+    from daemon.engine.jobs.pipeline import JobDeps
 
 __all__ = [
     "DEFAULT_WAIT_SECONDS",
@@ -437,7 +437,7 @@ async def _create(
         if existing is None:  # pragma: no cover - a key conflict implies the row exists
             raise JobError("the job store refused the job and holds none for this reply")
         if existing.state is JobState.SUPERSEDED and approval is not None:
-            from daemon.engine.jobs import revive_job
+            from daemon.engine.jobs.pipeline import revive_job
 
             revived = await revive_job(store, approval, existing, auto_accept=auto_accept)
             if revived is not None:
@@ -472,7 +472,7 @@ async def _follow(
 ) -> Job:
     """Until ``job`` is pending, committed or final (or ``limit`` seconds): run it here when no
     daemon runs, else watch the daemon work. Returns the job as last seen."""
-    from daemon.engine.jobs import open_job_deps
+    from daemon.engine.jobs.pipeline import open_job_deps
 
     running = await anyio.to_thread.run_sync(daemon_status, config.heartbeat_path)
     failure: list[StImagegenError] = []
@@ -509,7 +509,7 @@ async def _run_here(
 ) -> None:
     """Run the job with the daemon's own pipeline, retrying when its backoff comes due. An
     error of ours stops the wait (kept in ``failure``) instead of a task group traceback."""
-    from daemon.engine.jobs import run_job_once
+    from daemon.engine.jobs.pipeline import run_job_once
 
     store = deps.store
     try:

@@ -11,10 +11,15 @@ import json
 import sys
 from typing import Any, TextIO
 
+from daemon.cli.characters_args import SWITCH
 from daemon.config import Config
-from daemon.engine.appearance import CharacterProfile, CharacterStore, profile_key, resolve_look
-from daemon.engine.characters_args import SWITCH
-from daemon.engine.styles import NO_STYLE, all_styles, check_style, choose
+from daemon.engine.look.appearance import (
+    CharacterProfile,
+    CharacterStore,
+    profile_key,
+    resolve_look,
+)
+from daemon.engine.look.styles import NO_STYLE, all_styles, check_style, choose
 from daemon.errors import CardError, ConfigError, JobError, StImagegenError
 from daemon.tavern import cards, layout
 from daemon.tavern.settings import read_user_settings
@@ -130,7 +135,7 @@ def cmd_character(config: Config, args: argparse.Namespace, out: TextIO | None =
         print(f"removed the profile of {args.name}", file=out)
         return 0
     if action == "ref":
-        from daemon.engine.references import add_reference, clear_references
+        from daemon.engine.look.references import add_reference, clear_references
 
         if args.ref_command == "add":
             path = add_reference(store, args.name, args.file)
@@ -163,7 +168,7 @@ def _summary(profile: CharacterProfile) -> str:
 
 
 def _chat_rel(config: Config, spec: str) -> str:
-    from daemon.engine.manual import resolve_chat_spec
+    from daemon.engine.jobs.manual import resolve_chat_spec
 
     if config.data_root is None:
         raise ConfigError("data_root is not set (config file, ST_IMAGEGEN_DATA_ROOT, --data-root)")

@@ -1,0 +1,1 @@
+"""Intake: watch the chats, read what changed, decide which replies become jobs, say why."""

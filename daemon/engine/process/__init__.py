@@ -1,0 +1,1 @@
+"""Process: the daemon process itself (service, lock, heartbeat, wake-ups, status)."""
