@@ -20,7 +20,7 @@ import httpx
 
 from daemon.config import ImageSettings, LimitsSettings
 from daemon.errors import ConfigError
-from daemon.providers import a1111, comfyui, gemini, images, openrouter
+from daemon.providers import a1111, comfyui, gemini, images, novelai, openrouter
 from daemon.providers.backend import ImageBackend
 from daemon.providers.capabilities import Capabilities
 from daemon.providers.http import Clock, RetryPolicy
@@ -54,6 +54,7 @@ BACKENDS: Mapping[str, BackendInfo] = _table(
     comfyui.INFO,
     openrouter.INFO,
     gemini.INFO,
+    novelai.INFO,
 )
 
 
