@@ -86,9 +86,11 @@ class ServiceAPI:
         retry: RetryPolicy,
         auth: httpx.Auth | None,
         *,
+        headers: dict[str, str] | None = None,
         resolve: Resolver = system_resolve,
     ) -> None:
         self.base = base.rstrip("/")
+        self.headers = dict(headers or {})  # sent with every call (a Client-Agent, X-Title)
         self.settings = settings
         self.client = client
         self.clock = clock
@@ -145,7 +147,7 @@ class ServiceAPI:
                     self.url(path),
                     json=body,
                     params=params,
-                    headers=headers,
+                    headers={**self.headers, **(headers or {})},
                     auth=self.auth or httpx.USE_CLIENT_DEFAULT,
                     timeout=call_timeout(timeout),
                 ) as response:
