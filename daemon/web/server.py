@@ -27,8 +27,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.logs import register_secret
 from daemon.web.app import build_app, make_context
 from daemon.web.context import WebContext
@@ -156,17 +155,15 @@ def _quiet_uvicorn() -> None:
 
 
 async def serve_web(
-    config: Config,
-    root: Path,
-    store: Store,
-    approval: Approval,
+    engine: Engine,
     *,
-    wake: Callable[[], None],
     draining: Callable[[], bool],
     ping_seconds: float = 15.0,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the inbox until cancelled (then stop it within :data:`SHUTDOWN_SECONDS`)."""
+    """Serve the inbox over ``engine`` until cancelled (then stop it within
+    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
+    config = engine.config
     web = config.web
     token: str | None = None
     if token_required(web):
@@ -183,8 +180,8 @@ async def serve_web(
         )
         task_status.started(None)
         return
-    ctx = make_context(config, root, store, approval)
-    ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
+    ctx = make_context(config, await engine.root(), engine)
+    ctx.draining, ctx.ping_seconds = draining, ping_seconds
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
     server = _Server(
@@ -208,7 +205,7 @@ async def serve_web(
         token is not None,
     )
     url_file = config.state_dir / URL_FILE
-    remove_listener = store.add_job_listener(ctx.hub.job_changed)
+    remove_listener = engine.on_job_changed(ctx.hub.job_changed)
 
     async def _run() -> None:
         with anyio.CancelScope(shield=True):  # stopped through should_exit, never mid-request
