@@ -317,7 +317,11 @@ class WebSettings(_Section):
     token_file: Path | None = Field(
         default=None, description="read the token from this file (default: <state_dir>/web-token)"
     )
-    require_token: bool = Field(default=False, description="token even on loopback")
+    require_token: bool | None = Field(
+        default=None,
+        description="true: a token even on loopback; false: none on loopback even with several "
+        "ST users (a household); unset: tokens on loopback only when several users are watched",
+    )
     allowed_origins: list[str] = Field(
         default=["http://127.0.0.1:8000", "http://localhost:8000"],
         description="pages that may call the API (CORS): SillyTavern's address",
