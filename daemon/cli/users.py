@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from daemon.config import Config
+from daemon.errors import ConfigError
 from daemon.web.access import UserTokens
 
 __all__ = ["add_parser", "cmd_users"]
@@ -35,8 +36,6 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_users(config: Config, args: argparse.Namespace) -> int:
-    from daemon.cli.commands import CommandError
-
     tokens = UserTokens(config.state_dir)
     action = getattr(args, "users_command", None)
     if action == "token":
@@ -63,7 +62,7 @@ def cmd_users(config: Config, args: argparse.Namespace) -> int:
     if action == "revoke":
         gone = tokens.revoke(args.token_id)
         if gone is None:
-            raise CommandError(f"no user token {args.token_id!r} (see `st-imagegen users list`)")
+            raise ConfigError(f"no user token {args.token_id!r} (see `st-imagegen users list`)")
         print(f"revoked user token {gone.id} ({', '.join(gone.handles)})")
         return 0
-    raise CommandError("say what to do: users token HANDLE | users list | users revoke ID")
+    raise ConfigError("say what to do: users token HANDLE | users list | users revoke ID")
