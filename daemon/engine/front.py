@@ -15,7 +15,7 @@ not allow the action) and ``JobError`` for any other refusal.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,9 +209,10 @@ class Engine:
 
     # --- reading -------------------------------------------------------------------------
 
-    async def job(self, ref: str) -> Job:
-        """One job by id or unique prefix (NotFoundError, AmbiguousError)."""
-        return await (await self.store()).get_job(ref)
+    async def job(self, ref: str, *, users: Collection[str] | None = None) -> Job:
+        """One job by id or unique prefix (NotFoundError, AmbiguousError); ``users``: as seen
+        by someone who sees only these ST handles' jobs (None: everyone's)."""
+        return await (await self.store()).get_job(ref, users=users)
 
     async def jobs(
         self,
@@ -220,17 +221,25 @@ class Engine:
         chat: str | None = None,
         chat_file: str | None = None,
         user: str | None = None,
+        users: Collection[str] | None = None,
         before: str | None = None,
         limit: int = 50,
     ) -> list[Job]:
-        """Jobs newest first, filtered (any of ``states``; all when empty)."""
+        """Jobs newest first, filtered (any of ``states``; all when empty); ``users``: only
+        these ST handles' jobs (a web user's view)."""
         store = await self.store()
         return await store.query_jobs(
-            states=states, chat=chat, chat_file=chat_file, user=user, before=before, limit=limit
+            states=states,
+            chat=chat,
+            chat_file=chat_file,
+            user=user,
+            users=users,
+            before=before,
+            limit=limit,
         )
 
-    async def counts(self) -> dict[JobState, int]:
-        return await (await self.store()).counts()
+    async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
+        return await (await self.store()).counts(users=users)
 
     async def known_chats(self) -> set[str]:
         return await (await self.store()).known_chats()
@@ -273,19 +282,14 @@ class Engine:
         *,
         chat_file: str | None = None,
         force: bool = False,
+        users: Collection[str] | None = None,
     ) -> Generated:
         """The job for one reply: an existing one (revived when it was swiped away and back),
         or a new one (always with ``force``). ``chat_file`` is ST's chat id (the file stem),
-        alone or under the character/group ``chat`` names."""
+        alone or under the character/group ``chat`` names. ``users``: asked by someone who
+        sees only these ST handles' chats; another's chat is "not found", never "forbidden"."""
         root = await self.root()
-        users = await anyio.to_thread.run_sync(layout.list_users, root, self.config.detect.users)
-        spec = chat
-        if chat_file is not None:
-            if chat is None:
-                spec = await anyio.to_thread.run_sync(_chat_by_file, root, users, chat_file)
-            elif not chat.endswith(".jsonl"):
-                spec = f"{chat}/{chat_file}"
-        sel = await anyio.to_thread.run_sync(manual.select, root, users, spec, mesid)
+        sel = await anyio.to_thread.run_sync(self._select, root, chat, chat_file, mesid, users)
         job, created = await manual.create_for(
             await self.store(),
             sel,
@@ -296,6 +300,37 @@ class Engine:
         if created:
             self.wake()
         return Generated(job, created, sel.chat.rel)
+
+    def _select(
+        self,
+        root: Path,
+        chat: str | None,
+        chat_file: str | None,
+        mesid: int | None,
+        users: Collection[str] | None,
+    ) -> manual.Selection:
+        """The chat and message asked for (blocking: lists and reads chats)."""
+        every = layout.list_users(root, self.config.detect.users)
+        visible = every if users is None else [u for u in every if u in users]
+        spec = chat
+        if chat_file is not None:
+            if chat is None:
+                spec = _chat_by_file(root, visible, chat_file)
+            elif not chat.endswith(".jsonl"):
+                spec = f"{chat}/{chat_file}"
+        if users is not None:
+            # A path straight to another user's chat resolves whoever asks: as if it did not
+            # exist (checked before the chat is read, so no error tells anything about it).
+            if spec is None and not visible:
+                raise NotFoundError("no chats of yours found")
+            first = (spec or "").replace("\\", "/").split("/", 1)[0]
+            if first in every and first not in users:
+                raise NotFoundError("no such chat")
+            ref = manual.resolve_chat_spec(root, visible, spec)
+            if ref.user not in users:
+                raise NotFoundError("no such chat")
+            spec = ref.rel
+        return manual.select(root, visible, spec, mesid)
 
     async def accept(self, ref: str, keep: Sequence[int] | None = None) -> Job:
         """PENDING -> ACCEPTED, keeping images ``keep`` (1-based) or every one still there."""

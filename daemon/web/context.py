@@ -9,6 +9,7 @@ from pathlib import Path
 
 from daemon.config import Config
 from daemon.engine.front import Engine
+from daemon.web.access import UserTokens
 from daemon.web.events import EventHub
 from daemon.web.thumbs import Thumbs
 
@@ -30,3 +31,4 @@ class WebContext:
     draining: Callable[[], bool] = _never  # the daemon is stopping: refuse actions
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)
+    users: UserTokens | None = None  # the user tokens (the admin's API manages them)
