@@ -9,6 +9,7 @@ from pathlib import Path
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Store
+from daemon.web.access import UserTokens
 from daemon.web.events import EventHub
 from daemon.web.thumbs import Thumbs
 
@@ -36,3 +37,4 @@ class WebContext:
     draining: Callable[[], bool] = _never  # the daemon is stopping: refuse actions
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)
+    users: UserTokens | None = None  # the user tokens (the admin's API manages them)
