@@ -105,7 +105,11 @@ class DetectSettings(_Section):
     every_nth: int = Field(default=1, ge=1, description="illustrate every Nth reply of a chat")
     min_length: int = Field(default=0, ge=0, description="skip replies shorter than this (chars)")
     settle_seconds: float = Field(
-        default=2.0, ge=0, le=60, description="quiet time after the last save before reading"
+        default=2.0,
+        ge=0,
+        le=60,
+        description="quiet time before acting on an edit or a swipe back (a finished reply "
+        "is read at once)",
     )
     rescan_seconds: float = Field(
         default=60.0, gt=0, description="safety-net rescan interval (stat only)"
