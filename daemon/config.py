@@ -105,7 +105,11 @@ class DetectSettings(_Section):
     every_nth: int = Field(default=1, ge=1, description="illustrate every Nth reply of a chat")
     min_length: int = Field(default=0, ge=0, description="skip replies shorter than this (chars)")
     settle_seconds: float = Field(
-        default=2.0, ge=0, le=60, description="quiet time after the last save before reading"
+        default=2.0,
+        ge=0,
+        le=60,
+        description="quiet time before acting on an edit or a swipe back (a finished reply "
+        "is read at once)",
     )
     rescan_seconds: float = Field(
         default=60.0, gt=0, description="safety-net rescan interval (stat only)"
@@ -343,7 +347,11 @@ class WebSettings(_Section):
     token_file: Path | None = Field(
         default=None, description="read the token from this file (default: <state_dir>/web-token)"
     )
-    require_token: bool = Field(default=False, description="token even on loopback")
+    require_token: bool | None = Field(
+        default=None,
+        description="true: a token even on loopback; false: none on loopback even with several "
+        "ST users (a household); unset: tokens on loopback only when several users are watched",
+    )
     allowed_origins: list[str] = Field(
         default=["http://127.0.0.1:8000", "http://localhost:8000"],
         description="pages that may call the API (CORS): SillyTavern's address",
