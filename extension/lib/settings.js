@@ -18,6 +18,7 @@ export const DEFAULTS = Object.freeze({
     user: '', // ST user handle whose chats this tab shows; '' = match by chat only
     progressToasts: true,
     addressEdited: false, // the user typed an address: the install's no longer replaces it
+    tokenEdited: false, // the user typed a token: the install's no longer replaces it
 });
 
 const MODES = new Set(['popup', 'panel']);
@@ -27,7 +28,7 @@ const MODES = new Set(['popup', 'panel']);
  * object, so later edits are saved with it). The address the install wrote wins over a stored
  * one the user never typed (an earlier install's, or the default).
  * @param {Record<string, any>} extensionSettings `context.extensionSettings`
- * @param {{address?: string}} [installed] what the install knew (lib/installed.js)
+ * @param {{address?: string, token?: string}} [installed] what the install knew (lib/installed.js)
  */
 export function loadSettings(extensionSettings, installed = INSTALLED) {
     const current = extensionSettings[SETTINGS_KEY];
@@ -38,6 +39,9 @@ export function loadSettings(extensionSettings, installed = INSTALLED) {
     if (!MODES.has(settings.previewMode)) settings.previewMode = DEFAULTS.previewMode;
     const given = typeof installed?.address === 'string' ? installed.address.trim() : '';
     if (given && !settings.addressEdited) settings.address = given;
+    // A per-user install holds that user's token: it wins until the user types one.
+    const token = typeof installed?.token === 'string' ? installed.token.trim() : '';
+    if (token && !settings.tokenEdited) settings.token = token;
     extensionSettings[SETTINGS_KEY] = settings;
     return settings;
 }

@@ -307,7 +307,10 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
         settings.addressEdited = true;
         connectionChanged();
     });
-    token.addEventListener('input', connectionChanged);
+    token.addEventListener('input', () => {
+        settings.tokenEdited = true;
+        connectionChanged();
+    });
     user.addEventListener('input', connectionChanged);
     live.addEventListener('change', () => { settings.livePreview = live.checked; save(); });
     toasts.addEventListener('change', () => { settings.progressToasts = toasts.checked; save(); });

@@ -220,3 +220,51 @@ def test_installed_copy_calls_the_daemon_at_its_real_address(
         check=True,
     )
     assert json.loads(done.stdout) == [address, address, "http://box:1"]
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed (the CI installs it)")
+def test_each_users_install_holds_that_users_own_token(tmp_path: Path) -> None:
+    """Several ST users: each per-user copy gets a user token bound to that user (a reinstall
+    replaces it, the old one revoked); the extension takes it unless the user typed one."""
+    from daemon.web.access import UserTokens
+
+    st = st_install(tmp_path)  # default-user and alice: tokens needed even on loopback
+    config = config_for(tmp_path, st / "data")
+    out = io.StringIO()
+    assert cmd_extension(config, "install", user="alice", out=out) == 0
+    assert "holds its own user's token" in out.getvalue()
+    target = st / "data" / "alice" / "extensions" / EXTENSION_NAME
+    text = (target / INSTALLED_FILE).read_text(encoding="utf-8")
+    token = json.loads(text.split("freeze(", 1)[1].rsplit(")", 1)[0])["token"]
+    tokens = UserTokens(config.state_dir)
+    found = tokens.find(token)
+    assert found is not None and found.handles == ("alice",)
+    assert not (st / "data" / "default-user" / "extensions" / EXTENSION_NAME).exists()
+
+    assert cmd_extension(config, "install", user="alice", out=io.StringIO()) == 0
+    again = (target / INSTALLED_FILE).read_text(encoding="utf-8")
+    assert token not in again and tokens.find(token) is None  # the old copy's token is revoked
+    assert len(tokens.tokens()) == 1
+
+    script = (
+        "const m = await import(process.argv[1]);"
+        "const fresh = m.loadSettings({});"
+        "const typed = m.loadSettings({'st-imagegen': {token: 'mine', tokenEdited: true}});"
+        "console.log(JSON.stringify([fresh.token, typed.token]));"
+    )
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, "--input-type=module", "-e", script, (target / "lib" / "settings.js").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    newer = json.loads(again.split("freeze(", 1)[1].rsplit(")", 1)[0])["token"]
+    assert json.loads(done.stdout) == [newer, "mine"]
+
+    single = st_install(tmp_path / "one", users=("default-user",))
+    one = config_for(tmp_path / "one", single / "data")
+    assert cmd_extension(one, "install", user="default-user", out=io.StringIO()) == 0
+    copy = single / "data" / "default-user" / "extensions" / EXTENSION_NAME / INSTALLED_FILE
+    assert "token" not in copy.read_text(encoding="utf-8")  # one user on loopback: none needed
