@@ -5,12 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Store
 from daemon.web.events import EventHub
 from daemon.web.thumbs import Thumbs
+
+if TYPE_CHECKING:
+    from daemon.configure.live import LiveConfig
 
 __all__ = ["WebContext"]
 
@@ -36,3 +40,5 @@ class WebContext:
     draining: Callable[[], bool] = _never  # the daemon is stopping: refuse actions
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)
+    live: LiveConfig | None = None  # the daemon's configuration holder (settings, setup)
+    url: str = ""  # the inbox's own address, once it listens

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -33,6 +33,9 @@ from daemon.logs import register_secret
 from daemon.web.app import build_app, make_context
 from daemon.web.context import WebContext
 from daemon.web.security import load_token, token_required
+
+if TYPE_CHECKING:
+    from daemon.configure.live import LiveConfig
 
 __all__ = ["URL_FILE", "WebAddress", "bind_socket", "serve_web", "web_url"]
 
@@ -164,6 +167,7 @@ async def serve_web(
     wake: Callable[[], None],
     draining: Callable[[], bool],
     ping_seconds: float = 15.0,
+    live: LiveConfig | None = None,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the inbox until cancelled (then stop it within :data:`SHUTDOWN_SECONDS`)."""
@@ -185,6 +189,7 @@ async def serve_web(
         return
     ctx = make_context(config, root, store, approval)
     ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
+    ctx.live = live
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
     server = _Server(
@@ -207,6 +212,7 @@ async def serve_web(
         bound_port,
         token is not None,
     )
+    ctx.url = address.url
     url_file = config.state_dir / URL_FILE
     remove_listener = store.add_job_listener(ctx.hub.job_changed)
 

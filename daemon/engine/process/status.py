@@ -8,6 +8,7 @@ missing state dir or store is reported, not created.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -54,6 +55,7 @@ class DaemonStatus:
     watching: int | None = None
     version: str | None = None
     pid_alive: bool | None = None  # None: unknown (no pid, or another pid namespace)
+    config: dict[str, Any] | None = None  # the daemon's config state (problem, restart, setup)
 
 
 def _pid_alive(pid: int) -> bool | None:
@@ -107,6 +109,8 @@ def daemon_status(
     watching = watching_value if isinstance(watching_value, int) else None
     version_value = record.get("version")
     version = version_value if isinstance(version_value, str) else None
+    config_value = record.get("config")
+    config_state = config_value if isinstance(config_value, dict) else None
     if not isinstance(when, (int, float)) or isinstance(when, bool):
         return DaemonStatus(False, "not running (heartbeat without a time)", pid=pid)
     age = (time.time() if now is None else now) - float(when)
@@ -118,6 +122,7 @@ def daemon_status(
         "watching": watching,
         "version": version,
         "pid_alive": alive,
+        "config": config_state,
     }
     if age > stale_after:
         return DaemonStatus(False, f"not running (last heartbeat {plain_age(age)} ago)", **common)
@@ -153,6 +158,10 @@ class StatusReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     waiting_messages: int = 0  # committed, not yet in any version ST saved (ledger open)
     waiting_chats: list[str] = field(default_factory=list)
+    config_error: str | None = None  # the config file cannot be used (this command's reading)
+    setup: str | None = None  # "not set up yet: open <address>"
+    restart_pending: list[str] = field(default_factory=list)
+    config_problem: dict[str, Any] | None = None  # the running daemon's view of the file
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -172,7 +181,36 @@ def _error_row(job: Job, now: datetime) -> dict[str, Any]:
     }
 
 
-async def gather_status(config: Config, *, now: datetime | None = None) -> StatusReport:
+def _inbox_url(state_dir: Path) -> str | None:
+    """The running inbox's address from ``<state_dir>/web.json`` (written by the web server)."""
+    try:
+        data = json.loads((state_dir / "web.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def _config_lines(config: Config, report: StatusReport) -> None:
+    """Setup, restart and file problems: the running daemon's word when it runs, else this
+    command's own reading of the config."""
+    from daemon.config import setup_missing
+
+    state = report.daemon.config if report.daemon.running else None
+    missing = state.get("setup_needed") if state else setup_missing(config)
+    if missing:
+        found = _inbox_url(config.state_dir) if report.daemon.running else None
+        where = found or "the address `st-imagegen web-url` prints"
+        report.setup = f"not set up yet ({', '.join(missing)}): open {where}"
+    if state:
+        report.restart_pending = [str(k) for k in state.get("restart_pending") or []]
+        problem = state.get("problem")
+        report.config_problem = problem if isinstance(problem, dict) else None
+
+
+async def gather_status(
+    config: Config, *, now: datetime | None = None, config_error: str | None = None
+) -> StatusReport:
     """Collect the report; problems (no data root, no store yet) are reported, not raised."""
     at = now or datetime.now(UTC)
     report = StatusReport(
@@ -180,7 +218,9 @@ async def gather_status(config: Config, *, now: datetime | None = None) -> Statu
         mode=config.mode,
         approval=config.approval,
         state_dir=str(config.state_dir),
+        config_error=config_error,
     )
+    _config_lines(config, report)
     await anyio.to_thread.run_sync(_gather_chats, config, report)
     if not await anyio.to_thread.run_sync(config.db_path.exists):
         report.store_error = "no jobs yet (the store has not been created)"
@@ -225,6 +265,23 @@ def _gather_chats(config: Config, report: StatusReport) -> None:
 def render_status(report: StatusReport) -> str:
     """The plain-text form of the report."""
     lines = [f"daemon: {report.daemon.detail}"]
+    if report.setup:
+        lines.append(f"setup: {report.setup}")
+    if report.config_problem:
+        where = report.config_problem.get("file", "")
+        line = report.config_problem.get("line")
+        at = f"{where}, line {line}" if line else where
+        lines.append(
+            f"config: NOT APPLIED ({at}): {report.config_problem.get('message')}; the daemon "
+            "keeps running with the last good configuration"
+        )
+    elif report.config_error:
+        lines.append(f"config: problem: {report.config_error}")
+    if report.restart_pending:
+        lines.append(
+            f"config: restart pending ({', '.join(report.restart_pending)} changed: restart "
+            "the daemon to apply)"
+        )
     if report.data_root_error:
         lines.append(f"data root: problem: {report.data_root_error}")
     else:
@@ -260,10 +317,12 @@ def render_status(report: StatusReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_status(config: Config, as_json: bool, *, out: TextIO | None = None) -> int:
+def cmd_status(
+    config: Config, as_json: bool, *, out: TextIO | None = None, config_error: str | None = None
+) -> int:
     """Print the status (``--json``: one JSON object). Exit 0 whenever it could be gathered."""
     stream = out or sys.stdout
-    report = anyio.run(gather_status, config)
+    report = anyio.run(functools.partial(gather_status, config, config_error=config_error))
     if as_json:
         stream.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
     else:
