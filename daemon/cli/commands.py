@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub, common)
 
+    from daemon.cli.users import add_parser as add_users_parser
+
+    add_users_parser(sub, common)
+
     ext = sub.add_parser(
         "extension", parents=[common], help="install the SillyTavern extension (live images)"
     )
@@ -368,6 +372,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             all_users=args.all_users,
             st_folder=args.st_folder,
         )
+    if command == "users":
+        from daemon.cli.users import cmd_users
+
+        return cmd_users(config, args)
     if command in ("character", "style"):
         from daemon.cli.characters import cmd_character, cmd_style
 

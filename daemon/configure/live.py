@@ -20,8 +20,9 @@ from typing import Any
 
 import structlog
 
-from daemon.config import Config, ConfigSource, setup_missing
+from daemon.config import Config, ConfigSource
 from daemon.configure.keys import RESTART_KEYS
+from daemon.configure.ready import setup_missing
 from daemon.engine.look.styles import check_default_style
 from daemon.errors import ConfigError
 from daemon.logs import register_config_secrets

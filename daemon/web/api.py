@@ -30,13 +30,16 @@ from daemon.engine.process.status import gather_status
 from daemon.engine.store import Job, JobState
 from daemon.errors import (
     ChatReadError,
+    ConfigError,
     JobError,
     MessageNotFoundError,
     UnsafePathError,
 )
 from daemon.tavern import layout
+from daemon.web.access import Caller, UserTokens, is_token_id
 from daemon.web.context import WebContext
 from daemon.web.events import stream_events
+from daemon.web.security import CALLER
 
 __all__ = ["ApiError", "job_json", "routes"]
 
@@ -83,6 +86,14 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 def _ctx(request: Request) -> WebContext:
     ctx: WebContext = request.app.state.ctx
     return ctx
+
+
+def caller(request: Request) -> Caller:
+    """Who asks (set by the Guard); no caller is no access."""
+    found = request.scope.get(CALLER)
+    if not isinstance(found, Caller):
+        raise ApiError(401, "unauthorized", "a valid token is needed")
+    return found
 
 
 # --- the job object -------------------------------------------------------------------------
@@ -164,8 +175,10 @@ async def _job(request: Request) -> Job:
     ref = request.path_params["job_id"]
     if not isinstance(ref, str) or not _JOB_REF.match(ref):
         raise ApiError(400, "bad_id", "not a job id (letters and digits, at most 26)")
+    who = caller(request)
     try:
-        return await _ctx(request).store.get_job(ref)
+        # Another user's job does not exist for this caller: 404, never 403 (no confirmation).
+        return await _ctx(request).store.get_job(ref, users=who.handles)
     except JobError as exc:
         if "ambiguous" in str(exc):
             raise ApiError(400, "ambiguous_id", str(exc)) from None
@@ -224,10 +237,41 @@ async def status(request: Request) -> Response:
         cache["at"] = now
         cache["data"] = report.to_json()
     data = dict(cache["data"])  # type: ignore[call-overload]
+    who = caller(request)
+    if not who.admin:
+        data = await _status_for_user(ctx, who, data)
     # Job counts change with every event the page gets: always fresh from the store.
-    counts = {s.value: n for s, n in (await ctx.store.counts()).items()}
+    counts = {s.value: n for s, n in (await ctx.store.counts(users=who.handles)).items()}
     data.update(jobs=counts, counts=counts, version=ctx.version, chats_watched=data["chats"])
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+
+async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -> dict[str, Any]:
+    """The status a user may see: the daemon's health, their own chats, errors and counts;
+    nothing of other users' and no paths of the host."""
+    mine = who.visible_users(data.get("users") or [])
+
+    def _count() -> tuple[int, int]:
+        total = groups = 0
+        for ref in layout.iter_chats(ctx.root, mine):
+            total += 1
+            groups += ref.is_group
+        return total, groups
+
+    chats, group_chats = await anyio.to_thread.run_sync(_count)
+    own = tuple(f"{u}/" for u in mine)
+    data.update(
+        users=mine,
+        chats=chats,
+        group_chats=group_chats,
+        data_root=None,
+        data_root_error=None,
+        state_dir="",
+        errors=[e for e in data.get("errors", []) if str(e.get("chat", "")).startswith(own)],
+        waiting_chats=[c for c in data.get("waiting_chats", []) if str(c).startswith(own)],
+    )
+    data["waiting_messages"] = len(data["waiting_chats"])
+    return data
 
 
 async def list_jobs(request: Request) -> Response:
@@ -256,6 +300,7 @@ async def list_jobs(request: Request) -> Response:
         chat=query.get("chat") or None,
         chat_file=query.get("chat_file") or None,
         user=query.get("user") or None,
+        users=caller(request).handles,
         before=before.upper() if before else None,
         limit=limit,
     )
@@ -398,8 +443,11 @@ def _chat_by_file(ctx: WebContext, users: list[str], chat_file: str) -> str:
     return found[0]
 
 
-def _select(ctx: WebContext, chat: str | None, chat_file: str | None, mesid: int | None) -> Any:
-    users = layout.list_users(ctx.root, ctx.config.detect.users)
+def _select(
+    ctx: WebContext, who: Caller, chat: str | None, chat_file: str | None, mesid: int | None
+) -> Any:
+    every = layout.list_users(ctx.root, ctx.config.detect.users)
+    users = who.visible_users(every)
     spec = chat
     if chat_file is not None:
         if chat is None:
@@ -408,6 +456,18 @@ def _select(ctx: WebContext, chat: str | None, chat_file: str | None, mesid: int
             spec = f"{chat}/{chat_file}"
     if spec is not None and (Path(spec).is_absolute() or spec.startswith(("~", "."))):
         raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
+    if not who.admin:
+        # A path straight to another user's chat resolves whoever asks: as if it did not
+        # exist (checked before the chat is read, so no error tells anything about it).
+        if spec is None and not users:
+            raise ApiError(404, "not_found", "no chats of yours found")
+        first = (spec or "").replace("\\", "/").split("/", 1)[0]
+        if first in every and not who.sees(first):
+            raise ApiError(404, "not_found", "no such chat")
+        ref = manual.resolve_chat_spec(ctx.root, users, spec)
+        if not who.sees(ref.user):
+            raise ApiError(404, "not_found", "no such chat")
+        spec = ref.rel
     return manual.select(ctx.root, users, spec, mesid)
 
 
@@ -428,7 +488,7 @@ async def generate(request: Request) -> Response:
     if not isinstance(force, bool):
         raise ApiError(422, "invalid", "force is true or false")
     try:
-        sel = await anyio.to_thread.run_sync(_select, ctx, chat, chat_file, mesid)
+        sel = await anyio.to_thread.run_sync(_select, ctx, caller(request), chat, chat_file, mesid)
     except UnsafePathError as exc:
         raise ApiError(400, "bad_chat", str(exc)) from None
     except ChatReadError as exc:
@@ -452,13 +512,67 @@ async def events(request: Request) -> Response:
     ctx = _ctx(request)
     hello = {"version": ctx.version, "api": 1}
     body = stream_events(
-        ctx.hub, request.headers.get("last-event-id"), hello, ping_seconds=ctx.ping_seconds
+        ctx.hub,
+        request.headers.get("last-event-id"),
+        hello,
+        ping_seconds=ctx.ping_seconds,
+        sees=caller(request).sees,
     )
     return StreamingResponse(
         body,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+# --- user tokens (the admin only) -------------------------------------------------------------
+
+
+def _admin_tokens(request: Request) -> UserTokens:
+    if not caller(request).admin:
+        raise ApiError(403, "admin_only", "only the admin's token manages user tokens")
+    users = _ctx(request).users
+    if users is None:
+        raise ApiError(404, "not_found", "user tokens are not served here")
+    return users
+
+
+async def list_user_tokens(request: Request) -> Response:
+    users = _admin_tokens(request)
+    found = await anyio.to_thread.run_sync(users.tokens)
+    return JSONResponse(
+        {"tokens": [t.to_json() for t in found]}, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def create_user_token(request: Request) -> Response:
+    users = _admin_tokens(request)
+    data = await _body(request)
+    handles = data.get("handles")
+    if isinstance(handles, str):
+        handles = [handles]
+    if not isinstance(handles, list) or not handles or not all(isinstance(h, str) for h in handles):
+        raise ApiError(422, "invalid", "handles is a list of SillyTavern user handles")
+    label = data.get("label", "")
+    if not isinstance(label, str):
+        raise ApiError(422, "invalid", "label is a text")
+    try:
+        record, secret = await anyio.to_thread.run_sync(users.create, handles, label)
+    except ConfigError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    answer = {**record.to_json(), "token": secret}
+    return JSONResponse(answer, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+async def revoke_user_token(request: Request) -> Response:
+    users = _admin_tokens(request)
+    token_id = request.path_params["token_id"]
+    if not isinstance(token_id, str) or not is_token_id(token_id):
+        raise ApiError(404, "not_found", "no such user token")
+    gone = await anyio.to_thread.run_sync(users.revoke, token_id)
+    if gone is None:
+        raise ApiError(404, "not_found", f"no user token {token_id}")
+    return JSONResponse({**gone.to_json(), "revoked": True})
 
 
 def routes() -> list[Route]:
@@ -474,4 +588,7 @@ def routes() -> list[Route]:
         Route(job + "/regen", regen, methods=["POST"]),
         Route("/api/v1/generate", generate, methods=["POST"]),
         Route("/api/v1/events", events, methods=["GET"]),
+        Route("/api/v1/users", list_user_tokens, methods=["GET"]),
+        Route("/api/v1/users", create_user_token, methods=["POST"]),
+        Route("/api/v1/users/{token_id}/revoke", revoke_user_token, methods=["POST"]),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -16,6 +17,7 @@ from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Store
 from daemon.web import api, pages
+from daemon.web.access import UserTokens
 from daemon.web.context import WebContext
 from daemon.web.events import EventHub
 from daemon.web.security import ASGIApp, Guard, Rules
@@ -55,8 +57,16 @@ async def _crash(request: Request, exc: Exception) -> Response:
     return api.error_response(500, "internal", "the daemon hit an internal error (see its log)")
 
 
-def build_app(ctx: WebContext, token: str | None) -> ASGIApp:
-    """The whole inbox as one ASGI app; ``token`` None: no token needed."""
+def build_app(
+    ctx: WebContext,
+    token: str | None,
+    *,
+    users: UserTokens | None = None,
+    open_door: Callable[[], bool] | None = None,
+) -> ASGIApp:
+    """The whole inbox as one ASGI app; ``token`` None: no token needed (every caller is the
+    admin); else the admin's token, ``users`` the user tokens and ``open_door`` whether a
+    caller without a token is the admin right now."""
     app = Starlette(
         routes=[
             *api.routes(),
@@ -70,4 +80,5 @@ def build_app(ctx: WebContext, token: str | None) -> ASGIApp:
         },
     )
     app.state.ctx = ctx
-    return Guard(app, Rules.from_config(ctx.config, token))
+    ctx.users = users
+    return Guard(app, Rules.from_config(ctx.config, token, users=users, open_door=open_door))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Store
+from daemon.web.access import UserTokens
 from daemon.web.events import EventHub
 from daemon.web.thumbs import Thumbs
 
@@ -40,5 +41,6 @@ class WebContext:
     draining: Callable[[], bool] = _never  # the daemon is stopping: refuse actions
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)
+    users: UserTokens | None = None  # the user tokens (the admin's API manages them)
     live: LiveConfig | None = None  # the daemon's configuration holder (settings, setup)
     url: str = ""  # the inbox's own address, once it listens

@@ -24,7 +24,8 @@ import httpx
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from daemon.config import Config, setup_missing
+from daemon.config import Config
+from daemon.configure.ready import setup_missing
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
@@ -48,6 +49,7 @@ from daemon.providers.backend import ImageBackend, ImageRequest, Progress, Progr
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
+from daemon.providers.registry import capabilities
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, is_header, parse_line, read_chat
@@ -386,9 +388,9 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         paths = [str(p) for p in current.meta.get("references") or () if isinstance(p, str)]
         references = await anyio.to_thread.run_sync(load_references, paths) if paths else ()
         seed: int | None = None
-        if deps.config.image.backend != "openai":
+        if capabilities(deps.config.image).seed:
             # Chosen here rather than by the server, so the PNG text and the job can say which
-            # (OpenAI-compatible APIs take no seed: none is recorded there).
+            # (a backend that takes no seed gets none, and none is recorded).
             seed = pick_seed(None, deps.config.image.seed)
         request = ImageRequest(
             prompt=current.prompt,

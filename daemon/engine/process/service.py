@@ -2,10 +2,11 @@
 
 start: open the store, resume jobs a crash left running, remove our stale temp files, start the
 observer, then a stat scan of every chat (chats changed while we were down are caught up from
-their stored cursor). serve: watcher hints -> settle -> tail scan -> detect -> store -> runner;
-drop-folder moves -> approval actions; a store poll picks up jobs other processes queued; after
-each settled change of a chat with open ledger entries, reconcile it. drain: on SIGTERM/SIGINT
-stop taking jobs, let running steps finish within the grace period, then stop.
+their stored cursor). serve: watcher hints -> tail scan at once -> detect -> store -> runner
+(an edit or a swipe back waits for quiet: docs/reaction.md); drop-folder moves -> approval
+actions; a store poll picks up jobs other processes queued; after each change of a chat with open
+ledger entries, reconcile it. drain: on SIGTERM/SIGINT stop taking jobs, let running steps finish
+within the grace period, then stop.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon.config import Config, ConfigSource, SystemdEnv, setup_missing
+from daemon.config import Config, ConfigSource, SystemdEnv
 from daemon.configure.live import LiveConfig
+from daemon.configure.ready import setup_missing
 from daemon.engine.intake import detect
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.engine.jobs.pipeline import (
@@ -125,7 +127,8 @@ class Service:
             config_files=[live.source.path] if live is not None else [],
         )
         self.index = StatIndex(root, config.detect.users)
-        self.settler = Settler(config.detect.settle_seconds)
+        self.settler = Settler()
+        self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
         self.runner = Runner(deps, poll_interval=self.timings.poll)
         self.exit_code = 0
         self.processed = 0
@@ -165,7 +168,6 @@ class Service:
             self.runner.deps = deps
         if self.deps.committer is not None:
             self.deps.committer.config = new
-        self.settler.settle = new.detect.settle_seconds
         if self.web is not None:
             self.web.config = new
             self.web.status_cache.clear()
@@ -339,6 +341,7 @@ class Service:
     def _take(self, hint: Hint) -> None:
         if hint.kind is HintKind.CHAT and hint.chat is not None:
             if self._wanted(hint.chat):
+                self.saved_at[hint.chat.rel] = hint.at or time.monotonic()
                 self.settler.touch(hint.chat, time.monotonic())
                 self._hint.set()
         elif hint.kind is HintKind.DROP:
@@ -508,6 +511,15 @@ class Service:
             created_while_running=created_while_running,
             live=live,
         )
+        if decision.hold:
+            # An edit or a swipe back: more such saves tend to follow within seconds. Act on
+            # the state the chat settles in (read again then), not on each step of it.
+            quiet_at = self.saved_at.get(chat.rel, 0.0) + self.config.detect.settle_seconds
+            if time.monotonic() < quiet_at:
+                self.settler.due_at(chat, quiet_at)
+                self._hint.set()
+                log.debug("held until the chat is quiet", chat=chat.rel)
+                return
         self._catching_up.discard(chat.rel)
         _log_skips(chat.rel, decision.skipped)
         for identity, keep, reason in decision.supersede:

@@ -194,7 +194,7 @@ def _inbox_url(state_dir: Path) -> str | None:
 def _config_lines(config: Config, report: StatusReport) -> None:
     """Setup, restart and file problems: the running daemon's word when it runs, else this
     command's own reading of the config."""
-    from daemon.config import setup_missing
+    from daemon.configure.ready import setup_missing
 
     state = report.daemon.config if report.daemon.running else None
     missing = state.get("setup_needed") if state else setup_missing(config)

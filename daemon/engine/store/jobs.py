@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -225,27 +225,33 @@ class Jobs(Database):
 
         return await self._run(_find, write=False)
 
-    async def get_job(self, job_id_or_prefix: str) -> Job:
+    async def get_job(self, job_id_or_prefix: str, *, users: Collection[str] | None = None) -> Job:
         """By id or unique prefix; JobError when unknown or ambiguous.
 
         Prefixes are case-insensitive and read the way Crockford base32 is (O as 0, I and L
-        as 1), so an id copied by hand still matches."""
+        as 1), so an id copied by hand still matches. ``users``: only jobs of these ST
+        handles exist (a web user's view: another user's job is "no job", never ambiguous)."""
         raw = job_id_or_prefix.strip()
         if not raw:
             raise JobError("no job id given")
         prefix = raw.upper().translate(_CROCKFORD_ALIASES)
+        only, only_args = "", tuple[str, ...]()
+        if users is not None:
+            wanted = sorted(users)
+            only, only_args = f" AND user IN ({marks(len(wanted))})", tuple(wanted)
 
         def _get(conn: sqlite3.Connection) -> list[Job]:
             for exact_id in dict.fromkeys((raw, prefix)):
                 exact = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (exact_id,)
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?{only}", (exact_id, *only_args)
                 ).fetchone()
                 if exact:
                     return [_job_from_row(exact)]
             # A range, not LIKE: no wildcard characters to escape in what the user typed.
             rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
-                (prefix, prefix + "\U0010ffff"),
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ?{only} "
+                "ORDER BY id LIMIT 6",
+                (prefix, prefix + "\U0010ffff", *only_args),
             ).fetchall()
             return [_job_from_row(r) for r in rows]
 
@@ -275,12 +281,13 @@ class Jobs(Database):
         chat: str | None = None,
         chat_file: str | None = None,
         user: str | None = None,
+        users: Collection[str] | None = None,
         before: str | None = None,
         limit: int = 50,
     ) -> list[Job]:
         """Jobs newest first, filtered (the web API's list): any of ``states`` (all when
         empty), one chat path, or the chats whose file stem is ``chat_file`` (ST's chatId), one
-        user, ids below ``before`` (paging)."""
+        user, only the ST handles in ``users`` (a web user's view), ids below ``before``."""
         where, args = [], []
         wanted = states_list(states)
         if wanted:
@@ -296,6 +303,10 @@ class Jobs(Database):
         if user is not None:
             where.append("user = ?")
             args.append(user)
+        if users is not None:
+            wanted_users = sorted(users)
+            where.append(f"user IN ({marks(len(wanted_users))})")
+            args.extend(wanted_users)
         if before is not None:
             where.append("id < ?")
             args.append(before)
@@ -658,12 +669,17 @@ class Jobs(Database):
 
         return await self._run(_resume, write=True)
 
-    async def counts(self) -> dict[JobState, int]:
-        """Jobs per state (every state present, zeros included)."""
+    async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
+        """Jobs per state (every state present, zeros included); ``users``: only theirs."""
+        only, only_args = "", tuple[str, ...]()
+        if users is not None:
+            wanted = sorted(users)
+            only, only_args = f"WHERE user IN ({marks(len(wanted))}) ", tuple(wanted)
 
         def _counts(conn: sqlite3.Connection) -> dict[JobState, int]:
             result = dict.fromkeys(JobState, 0)
-            for row in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            sql = f"SELECT state, COUNT(*) FROM jobs {only}GROUP BY state"
+            for row in conn.execute(sql, only_args):
                 result[JobState(row[0])] = row[1]
             return result
 
