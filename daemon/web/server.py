@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -28,17 +28,13 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.logs import register_secret
 from daemon.tavern import layout
 from daemon.web.access import UserTokens
 from daemon.web.app import build_app, make_context
 from daemon.web.context import WebContext
 from daemon.web.security import load_token, needs_token, token_required
-
-if TYPE_CHECKING:
-    from daemon.configure.live import LiveConfig
 
 __all__ = ["URL_FILE", "WebAddress", "bind_socket", "serve_web", "web_url"]
 
@@ -196,18 +192,16 @@ def _quiet_uvicorn() -> None:
 
 
 async def serve_web(
-    config: Config,
-    root: Path,
-    store: Store,
-    approval: Approval,
+    engine: Engine,
     *,
-    wake: Callable[[], None],
     draining: Callable[[], bool],
     ping_seconds: float = 15.0,
-    live: LiveConfig | None = None,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the inbox until cancelled (then stop it within :data:`SHUTDOWN_SECONDS`)."""
+    """Serve the inbox over ``engine`` until cancelled (then stop it within
+    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
+    config = engine.config
+    root = await engine.root()
     web = config.web
     # The admin's token always exists: loopback may need it as soon as a second ST user appears.
     token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
@@ -234,9 +228,8 @@ async def serve_web(
         )
         task_status.started(None)
         return
-    ctx = make_context(config, root, store, approval)
-    ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
-    ctx.live = live
+    ctx = make_context(config, root, engine)
+    ctx.draining, ctx.ping_seconds = draining, ping_seconds
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
     server = _Server(
@@ -261,7 +254,13 @@ async def serve_web(
     )
     ctx.url = address.url
     url_file = config.state_dir / URL_FILE
-    remove_listener = store.add_job_listener(ctx.hub.job_changed)
+    remove_listener = engine.on_job_changed(ctx.hub.job_changed)
+
+    def config_changed(state: dict[str, Any]) -> None:
+        ctx.status_cache.clear()
+        ctx.hub.publish("config", state)
+
+    remove_config_listener = engine.on_config_changed(config_changed)
 
     async def _run() -> None:
         with anyio.CancelScope(shield=True):  # stopped through should_exit, never mid-request
@@ -281,6 +280,7 @@ async def serve_web(
                 await anyio.sleep_forever()
             finally:
                 remove_listener()
+                remove_config_listener()
                 ctx.hub.close()
                 server.should_exit = True
     finally:

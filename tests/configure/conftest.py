@@ -16,6 +16,7 @@ from daemon.engine.jobs.pipeline import open_job_deps
 from daemon.engine.process.lock import hold_state_lock
 from daemon.engine.process.service import Service, ServiceTimings
 from daemon.tavern import layout
+from daemon.web.server import serve_web
 from tests.engine.conftest import SERVICE_START_TIMEOUT, FakeAPI, serve_fake_api
 
 FAST = ServiceTimings(heartbeat=0.2, poll=60.0, drain_grace=2.0, drop_settle=0.3)
@@ -32,7 +33,7 @@ async def live_service(path: Path, timings: ServiceTimings = FAST) -> AsyncItera
     with hold_state_lock(config.state_dir):
         async with open_job_deps(config, root=root) as deps:
             live = LiveConfig(source, config)
-            service = Service(config, root, deps, timings=timings, live=live)
+            service = Service(config, root, deps, timings=timings, live=live, web=serve_web)
             async with anyio.create_task_group() as tg:
                 ready = anyio.Event()
                 tg.start_soon(partial(service.run, ready=ready.set))

@@ -9,9 +9,9 @@ import anyio
 import pytest
 
 from daemon.cli.commands import main
+from daemon.cli.screens import cmd_status
 from daemon.config import ConfigSource
 from daemon.configure.writer import ConfigWriter
-from daemon.engine.process.status import cmd_status
 from daemon.engine.store import JobState
 from tests.configure.conftest import live_service
 from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, async_wait_for, config_toml

@@ -38,6 +38,7 @@ from daemon.errors import (
     ChatWriteError,
     ConfigError,
     JobError,
+    JobStateError,
     MessageNotFoundError,
     PermanentProviderError,
     RateLimitedError,
@@ -310,8 +311,12 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
             )
             if back is not None:
                 job_log(back, "requeued after cancel", logger=log)
-            elif (await deps.store.get_job(job.id)).state is JobState.SUPERSEDED:
-                # Cancelled by a supersede, maybe just after its pending folder was written.
+            elif (await deps.store.get_job(job.id)).state in (
+                JobState.SUPERSEDED,
+                JobState.REJECTED,
+            ):
+                # Cancelled by a supersede or the user, maybe just after its pending folder was
+                # written: the result is dropped.
                 await anyio.to_thread.run_sync(deps.approval.finish, job.id)
         raise
     if current.state is JobState.ACCEPTED:
@@ -605,7 +610,7 @@ async def regen_job(
     if prompt is not None and not prompt.strip():
         raise JobError("the new prompt is empty")
     if job.state is JobState.SUPERSEDED:
-        raise JobError(_state_message(job, "regenerate"))
+        raise JobStateError(_state_message(job, "regenerate"))
     if job.state is JobState.COMMITTED:  # more variants of the message: image swipes
         return await new_variant_job(store, job, prompt.strip() if prompt else None)
     if job.state is JobState.PENDING:  # its images stay on offer in the new job
@@ -661,11 +666,11 @@ def _state_message(job: Job, action: str) -> str:
 
 def _check_actionable(job: Job, action: str) -> None:
     if job.state is not JobState.PENDING:
-        raise JobError(_state_message(job, action))
+        raise JobStateError(_state_message(job, action))
 
 
 def _raise_state(job: Job, action: str) -> Job:
-    raise JobError(_state_message(job, action))
+    raise JobStateError(_state_message(job, action))
 
 
 # --- the runner ------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -28,17 +28,10 @@ from anyio.abc import TaskStatus
 from daemon.config import Config, ConfigSource, SystemdEnv
 from daemon.configure.live import LiveConfig
 from daemon.configure.ready import setup_missing
+from daemon.engine.front import Engine
 from daemon.engine.intake import detect
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
-from daemon.engine.jobs.pipeline import (
-    POLL_INTERVAL,
-    JobDeps,
-    Runner,
-    accept_job,
-    regen_job,
-    reject_job,
-    revive_job,
-)
+from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
 from daemon.engine.process.lock import hold_state_lock
 from daemon.engine.process.notify import Heartbeat, Notifier
@@ -52,10 +45,7 @@ from daemon.tavern.chat import Cursor
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.scan import ScanResult, tail_scan
 
-if TYPE_CHECKING:
-    from daemon.web.context import WebContext
-
-__all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
+__all__ = ["HEARTBEAT_INTERVAL", "Face", "Service", "ServiceTimings", "serve"]
 
 log = structlog.get_logger("st_imagegen.service")
 
@@ -97,6 +87,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class Face(Protocol):
+    """A face served inside the daemon (the web inbox), composed from the top (``run``): it
+    acts through the daemon's :class:`Engine`, refuses actions while ``draining()``, reports
+    its state through ``task_status`` once up, and runs until cancelled."""
+
+    async def __call__(
+        self,
+        engine: Engine,
+        *,
+        draining: Callable[[], bool],
+        task_status: TaskStatus[Any],
+    ) -> None: ...
+
+
 class Service:
     """The running daemon's state; :func:`serve` builds and runs it."""
 
@@ -108,6 +112,7 @@ class Service:
         *,
         notifier: Notifier | None = None,
         timings: ServiceTimings | None = None,
+        web: Face | None = None,
         live: LiveConfig | None = None,
     ) -> None:
         from daemon import __version__
@@ -130,6 +135,15 @@ class Service:
         self.settler = Settler()
         self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
         self.runner = Runner(deps, poll_interval=self.timings.poll)
+        self.engine = Engine(
+            config,
+            store=deps.store,
+            approval=deps.approval,
+            root=root,
+            wake=self.runner.wake,
+            stop_running=self.runner.cancel,
+        )
+        self.engine.live = live
         self.exit_code = 0
         self.processed = 0
         self._startup: set[str] = set()
@@ -145,7 +159,8 @@ class Service:
         deps.store.add_job_listener(self._job_changed)
         self._stopping = False
         self._cancel: anyio.CancelScope | None = None
-        self.web: WebContext | None = None  # the inbox's state while it serves
+        self._web_face = web
+        self.web: Any = None  # what the web face reported when it started (its context)
         self.runner.held = _hold_reason(config)
         if live is not None:
             live.on_apply(self._apply_config)
@@ -168,9 +183,7 @@ class Service:
             self.runner.deps = deps
         if self.deps.committer is not None:
             self.deps.committer.config = new
-        if self.web is not None:
-            self.web.config = new
-            self.web.status_cache.clear()
+        self.engine.config = new
         held, self.runner.held = self.runner.held, _hold_reason(new)
         if held and self.runner.held is None:
             log.info("set up: jobs start now")
@@ -180,9 +193,7 @@ class Service:
     def _config_state_changed(self) -> None:
         self._counts_stale = True
         self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
-        if self.web is not None:
-            self.web.status_cache.clear()
-            self.web.hub.publish("config", self.live.state() if self.live else {})
+        self.engine.config_changed()
 
     def _heartbeat_extra(self) -> dict[str, Any]:
         return {"config": self.live.state()} if self.live is not None else {}
@@ -261,8 +272,8 @@ class Service:
                 tg.start_soon(self._signal_loop, tg.cancel_scope)  # SIGTERM during start drains
                 await tg.start(self.runner.run)
                 await self.start()
-                if self.config.web.enabled:
-                    self.web = await tg.start(self._serve_web)
+                if self._web_face is not None and self.config.web.enabled:
+                    self.web = await tg.start(self._serve_web, self._web_face)
                 await tg.start(self.watcher.run)
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
@@ -279,7 +290,7 @@ class Service:
                         "not set up yet: replies are noted, no image is made until the image "
                         "service is set up",
                         missing=setup_missing(self.config),
-                        open=self.web.url if self.web is not None else None,
+                        open=getattr(self.web, "url", None),
                     )
                 if ready is not None:
                     ready()
@@ -310,19 +321,10 @@ class Service:
         if self._cancel is not None:
             await self.stop(reason, self._cancel, code)
 
-    async def _serve_web(self, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-        from daemon.web.server import serve_web
-
-        await serve_web(
-            self.config,
-            self.root,
-            self.store,
-            self.deps.approval,
-            wake=self.runner.wake,
-            draining=lambda: self._stopping,
-            live=self.live,
-            task_status=task_status,
-        )
+    async def _serve_web(
+        self, face: Face, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await face(self.engine, draining=lambda: self._stopping, task_status=task_status)
 
     async def _signal_loop(self, cancel: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -429,6 +431,8 @@ class Service:
                 log.warning("store error after a wake-up", error=str(exc))
                 continue
             for job in changed:
+                if job.meta.get("cancelled") and job.state is JobState.REJECTED:
+                    self.runner.cancel(job.id, "cancelled")  # by another process (the CLI)
                 if self._announced.get(job.id) != job.updated_at:
                     self._announced[job.id] = job.updated_at
                     self.store.announce(job)
@@ -614,11 +618,11 @@ class Service:
         if done is not None:
             return done
         if action == "accept":
-            return await accept_job(self.store, approval, job_id)
+            return await self.engine.accept(job_id)
         if action == "reject":
-            return await reject_job(self.store, approval, job_id)
+            return await self.engine.reject(job_id)
         prompt = await anyio.to_thread.run_sync(approval.drop_prompt, job_id)
-        return await regen_job(self.store, approval, job_id, prompt)
+        return await self.engine.regen(job_id, prompt)
 
     async def _already_done(self, job_id: str, action: str) -> Job | None:
         """The job when its state says ``action`` was already taken, else ``None``.
@@ -676,9 +680,11 @@ async def serve(
     ready: Callable[[], None] | None = None,
     systemd: SystemdEnv | None = None,
     timings: ServiceTimings | None = None,
+    web: Face | None = None,
     source: ConfigSource | None = None,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1)."""
+    """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1); ``web``: the inbox,
+    served beside it when ``web.enabled``."""
     from daemon.engine.jobs.pipeline import open_job_deps
 
     if config.data_root is None:
@@ -696,5 +702,7 @@ async def serve(
             if problems := await deps.store.integrity_problems():
                 raise StoreError(damaged_message(config.db_path, problems))
             live = LiveConfig(source, config) if source is not None else None
-            service = Service(config, root, deps, notifier=notifier, timings=timings, live=live)
+            service = Service(
+                config, root, deps, notifier=notifier, timings=timings, web=web, live=live
+            )
             return await service.run(ready=ready)
