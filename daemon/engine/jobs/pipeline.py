@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -46,7 +46,13 @@ from daemon.errors import (
     TransientProviderError,
 )
 from daemon.logs import job_log
-from daemon.providers.backend import ImageBackend, ImageRequest, Progress, ProgressCallback
+from daemon.providers.backend import (
+    ImageBackend,
+    ImageRequest,
+    Progress,
+    ProgressCallback,
+    SceneCharacter,
+)
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
@@ -324,6 +330,20 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
     return current
 
 
+def scene_characters(appearance: Any) -> tuple[SceneCharacter, ...]:
+    """The characters of a job's look (``meta["appearance"]``), for backends that caption
+    each character (their tags) apart from the scene."""
+    out = []
+    for look in appearance if isinstance(appearance, list) else ():
+        if isinstance(look, dict) and look.get("name"):
+            out.append(
+                SceneCharacter(
+                    str(look["name"]), str(look.get("tags") or ""), str(look.get("negative") or "")
+                )
+            )
+    return tuple(out)
+
+
 def _progress_writer(job: Job, deps: JobDeps) -> ProgressCallback:
     """Stores a backend's progress as ``meta["progress"]`` (``generate --wait``, the inbox)."""
     last = -PROGRESS_WRITE_INTERVAL
@@ -404,6 +424,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             model=str(current.meta.get("style_model") or "") or None,
             seed=seed,
             references=references,
+            characters=scene_characters(current.meta.get("appearance")),
         )
         generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
         if not generated:
