@@ -24,6 +24,7 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
+from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, Budget, Hold
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
 from daemon.engine.look.references import load_references
@@ -52,6 +53,7 @@ from daemon.providers.backend import (
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
+from daemon.providers.pricing import Charge, charge_for, price_per_image
 from daemon.providers.registry import capabilities
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
@@ -110,6 +112,12 @@ class JobDeps:
     committer: Committer | None = None
     clock: Callable[[], datetime] = _now
     rng: random.Random = field(default_factory=random.Random)
+    budget: Budget | None = None  # made on first use: one per deps, shared by its jobs
+
+    def spend_budget(self) -> Budget:
+        if self.budget is None:
+            self.budget = Budget(self.config, self.store, self.clock)
+        return self.budget
 
 
 @contextlib.asynccontextmanager
@@ -377,7 +385,33 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             references=references,
             characters=scene_characters(current.meta.get("appearance")),
         )
-        generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
+        price = price_per_image(
+            deps.config.image, request.model or deps.config.image.model, deps.config.prices
+        )
+        wanted = deps.config.image.n
+        reserved = await deps.spend_budget().reserve(current, price.usd * wanted, wanted)
+        if isinstance(reserved, Hold):
+            return await _hold(current, reserved, deps, started)
+        charge: Charge | None = None
+        try:
+            generated = await deps.images.generate(
+                request, progress=_progress_writer(current, deps)
+            )
+            charge = charge_for(generated, price)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if charge is not None:
+                    await store.record_spend(
+                        current.id,
+                        current.user,
+                        current.chat,
+                        usd=charge.usd,
+                        images=charge.images,
+                        estimated=charge.estimated,
+                        units=charge.units,
+                        now=deps.clock(),
+                    )
+                await deps.spend_budget().release(reserved)
         if not generated:
             raise PermanentProviderError("the image API returned no images")
         generated = await anyio.to_thread.run_sync(
@@ -403,6 +437,9 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 "text_model": deps.config.text.model,
                 "image_prompts": [*earlier_prompts, *[current.prompt] * len(generated)],
                 "seed": seed,
+                "cost": charge.describe() if charge is not None else None,
+                HELD_KEY: None,
+                APPROVED_KEY: None,  # approval covers one call
             },
         )
         if moved is None:
@@ -448,6 +485,20 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         log.exception("job crashed", job=job.id, during=step)
         reason = f"{step}: internal error: {exc!r}"
         return await _failed(job.id, step, reason, started, store, "error")
+
+
+async def _hold(job: Job, hold: Hold, deps: JobDeps, started: float) -> Job:
+    """Back to the queue until the cap's window ends, saying why (no call was made)."""
+    moved = await deps.store.transition(
+        job.id,
+        JobState.IMAGING,
+        JobState.QUEUED,
+        next_attempt_at=hold.until,
+        meta_update={HELD_KEY: hold.reason, "held_fix": hold.fix, "progress": None},
+    )
+    after = moved or await deps.store.get_job(job.id)
+    job_log(after, "held", started=started, logger=log, reason=hold.reason, until=str(hold.until))
+    return after
 
 
 async def _failed(

@@ -157,6 +157,9 @@ class Service:
         resumed = await self.store.resume_after_crash()
         if resumed:
             log.info("resumed jobs left running by a crash", count=resumed)
+        held = await self.store.release_held()
+        if held:
+            log.info("jobs held by a spend cap are checked again", count=held)
         removed = await anyio.to_thread.run_sync(self._cleanup_temps)
         removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:
