@@ -20,6 +20,7 @@ import pytest
 from daemon.engine.jobs.budget import HELD_KEY, day_window, month_window, spend_summary
 from daemon.engine.jobs.pipeline import JobDeps, open_job_deps, run_job_once
 from daemon.engine.store import Job, JobState
+from daemon.errors import JobStateError
 from daemon.tavern import layout
 from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for, job_for, write_chat
 from tests.providers.fake_openrouter import FakeOpenRouter
@@ -215,3 +216,29 @@ async def test_a_reported_cost_wins_over_the_estimate(
             summary = await spend_summary(config, deps.store, datetime.now(UTC))
             assert summary.today.usd == pytest.approx(router.cost)
             assert not summary.today.estimated
+
+
+async def test_status_show_and_spend_say_what_was_spent_and_what_waits(
+    opened: Opened, fake_api: FakeAPI
+) -> None:
+    from daemon.cli.screens import render_status
+    from daemon.engine.front import Engine
+    from daemon.engine.process.status import gather_status
+
+    clock = Clock(datetime.now(UTC))
+    async with opened(clock, daily_budget=0.5) as deps:
+        first, second = await _jobs(deps, "shown", 2)
+        await run_job_once(first, deps)
+        held = await run_job_once(second, deps)
+        report = await gather_status(deps.config, deps.store, now=clock())
+        text = render_status(report)
+        assert "spend: today 0.50 USD (1 images) of 0.50" in text
+        assert "held by a spend cap: 1 job" in text and held.id[:10] in text
+        assert report.to_json()["held"][0]["reason"].startswith("daily budget reached")
+        config = deps.config
+    async with Engine.open(config) as engine:
+        assert (await engine.spend()).today.usd == PRICE
+        approved = await engine.approve_spend(held.id[:12])
+        assert approved.meta["budget_approved"] is True
+        with pytest.raises(JobStateError, match="not held"):
+            await engine.approve_spend(first.id)
