@@ -126,7 +126,8 @@ async def test_a_raised_cap_releases_a_held_job_across_a_restart(
         held = await run_job_once(second, deps)
         assert held.state is JobState.QUEUED and "monthly budget reached" in held.meta[HELD_KEY]
         assert held.next_attempt_at == month_window(clock())[1]
-    # The user raises the cap and restarts: the daemon checks held jobs again at start.
+    # The user raises the cap and restarts: the daemon checks held jobs again at start
+    # (a running daemon does the same when it reloads a changed config file).
     async with opened(clock, monthly_budget=5.0) as deps:
         assert await deps.store.release_held(now=clock()) == 1
         due = await deps.store.due_jobs(clock() + timedelta(seconds=1), 10)

@@ -4,8 +4,9 @@
 ``limits.chat_daily_images`` (images per chat per day) are checked before a job's image call
 against what the ``spend`` table says was spent plus what running calls have reserved. A job
 that would cross a cap is held: it goes back to the queue with a clear reason and comes back
-when the window ends (or at the next start, for a raised cap). The check and the reservation
-happen under one lock, so two jobs racing for the last of a budget never both call.
+when the window ends, or at once when the cap is raised (a config reload or a restart). The
+check and the reservation happen under one lock, so two jobs racing for the last of a budget
+never both call.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from datetime import UTC, datetime, time, timedelta, tzinfo
 
 import anyio
 
-from daemon.config import Config
+from daemon.config import Config, LimitsSettings
 from daemon.engine.store import Job, SpendTotal, Store
 
 __all__ = [
@@ -132,12 +133,10 @@ class Budget:
 
     def __init__(
         self,
-        config: Config,
         store: Store,
         clock: Callable[[], datetime],
         tz: tzinfo | None = None,
     ) -> None:
-        self._config = config
         self._store = store
         self._clock = clock
         self._tz = tz
@@ -149,22 +148,29 @@ class Budget:
     def reserved_usd(self) -> float:
         return self._reserved_usd
 
-    async def reserve(self, job: Job, usd: float, images: int) -> Reservation | Hold:
-        """Set ``usd`` and ``images`` aside for ``job``'s call, or say why it must wait."""
+    async def reserve(
+        self, job: Job, usd: float, images: int, limits: LimitsSettings
+    ) -> Reservation | Hold:
+        """Set ``usd`` and ``images`` aside for ``job``'s call, or say why it must wait under
+        ``limits`` (the caps of the job's configuration)."""
         approved = bool(job.meta.get(APPROVED_KEY))
         async with self._lock:
             if not approved:
-                held = await self._check(job, usd, images)
+                held = await self._check(job, usd, images, limits)
                 if held is not None:
                     return held
             self._reserved_usd += usd
             self._reserved_images[job.chat] = self._reserved_images.get(job.chat, 0) + images
             return Reservation(usd, images, job.chat)
 
-    async def _check(self, job: Job, usd: float, images: int) -> Hold | None:
-        limits = self._config.limits
+    async def _check(
+        self, job: Job, usd: float, images: int, limits: LimitsSettings
+    ) -> Hold | None:
         now = self._clock()
-        approve = f"or allow this job once: st-imagegen spend approve {job.id[:10]}"
+        approve = (
+            "(the config reloads by itself), or allow this job once: "
+            f"st-imagegen spend approve {job.id[:10]}"
+        )
         if usd > 0 and limits.daily_budget is not None:
             start, end = day_window(now, self._tz)
             spent = (await self._store.spend_between(start, end)).usd + self._reserved_usd
@@ -173,7 +179,7 @@ class Budget:
                     f"daily budget reached: {spent:.2f} of {limits.daily_budget:.2f} USD "
                     f"(this job: about {usd:.2f})",
                     end,
-                    f"it runs tomorrow; raise limits.daily_budget and restart, {approve}",
+                    f"it runs tomorrow; raise limits.daily_budget {approve}",
                 )
         if usd > 0 and limits.monthly_budget is not None:
             start, end = month_window(now, self._tz)
@@ -183,7 +189,7 @@ class Budget:
                     f"monthly budget reached: {spent:.2f} of {limits.monthly_budget:.2f} USD "
                     f"(this job: about {usd:.2f})",
                     end,
-                    f"it runs next month; raise limits.monthly_budget and restart, {approve}",
+                    f"it runs next month; raise limits.monthly_budget {approve}",
                 )
         if limits.chat_daily_images is not None:
             start, end = day_window(now, self._tz)
@@ -194,7 +200,7 @@ class Budget:
                     f"this chat's daily image cap reached: {made} of "
                     f"{limits.chat_daily_images} images",
                     end,
-                    f"it runs tomorrow; raise limits.chat_daily_images and restart, {approve}",
+                    f"it runs tomorrow; raise limits.chat_daily_images {approve}",
                 )
         return None
 
