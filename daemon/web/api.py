@@ -25,7 +25,15 @@ from starlette.routing import Route
 
 from daemon.config import Config
 from daemon.engine.jobs import manual
-from daemon.engine.jobs.pipeline import accept_job, regen_job, reject_job
+from daemon.engine.jobs.pipeline import (
+    CANCELLABLE,
+    accept_job,
+    cancel_job,
+    regen_job,
+    reject_job,
+    restore_job,
+)
+from daemon.engine.process.pause import read_pause, set_pause
 from daemon.engine.process.status import gather_status
 from daemon.engine.store import Job, JobState
 from daemon.errors import (
@@ -104,18 +112,75 @@ def image_names(job: Job) -> list[str]:
     """What ``images/{n}`` can serve: the pending folder's images, or the committed files."""
     if job.state in (JobState.PENDING, JobState.ACCEPTED):
         return list(job.images)
+    if job.state is JobState.REJECTED and job.meta.get("trashed_at"):
+        return list(job.images)  # in the trash for a while: History shows them (Restore)
     if job.state is JobState.COMMITTED:
         files = job.meta.get("committed_files")
         return [Path(str(f)).name for f in files] if isinstance(files, list) else []
     return []
 
 
-def job_json(job: Job, config: Config) -> dict[str, Any]:
+def chat_title(root: Path | None, job: Job) -> str:
+    """What the user calls the chat: the group's name for group chats (its id when the group
+    file is gone), else the character folder; the chat file follows."""
+    chat_file, chat_folder = _chat_parts(job.chat)
+    if not job.is_group:
+        return f"{chat_folder or job.character} · {chat_file}"
+    name = group_name(root, job)
+    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+
+
+def group_name(root: Path | None, job: Job) -> str:
+    """The group's own name (``groups/<id>.json``), or "" when it cannot be read."""
+    if root is None or not job.is_group:
+        return ""
+    try:
+        info = layout.group_for_chat(root, job.user, _chat_parts(job.chat)[0])
+    except (UnsafePathError, OSError):
+        return ""
+    return info.name if info is not None and info.name else ""
+
+
+def _image_sets(job: Job, names: list[str]) -> list[dict[str, Any]]:
+    """Which images a regeneration brought over from the job before (``earlier``), each with
+    the prompt that made it: the inbox marks them and does not pick them by default."""
+    prompts = job.meta.get("image_prompts")
+    own = [str(p) for p in prompts] if isinstance(prompts, list) else []
+    earlier = job.meta.get("earlier_count")
+    count = earlier if isinstance(earlier, int) and not isinstance(earlier, bool) else 0
+    out: list[dict[str, Any]] = []
+    for i, _ in enumerate(names):  # the new images come first, the earlier ones after them
+        prompt = own[i] if i < len(own) else (job.prompt or "")
+        out.append({"earlier": i >= len(names) - count, "prompt": prompt})
+    return out
+
+
+_REGENERATED = re.compile(r"^regenerated as job ([0-9A-Z]{26})$")
+
+
+def _regenerated_as(job: Job) -> str | None:
+    """The job that replaced this one by a regenerate (a link in History, not an error)."""
+    if job.state is not JobState.SUPERSEDED or not job.last_error:
+        return None
+    found = _REGENERATED.match(job.last_error)
+    return found.group(1) if found else None
+
+
+def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, Any]:
     chat_file, chat_folder = _chat_parts(job.chat)
     base = f"/api/v1/jobs/{job.id}/images"
+    names = image_names(job)
+    sets = _image_sets(job, names) if job.state is JobState.PENDING else [{}] * len(names)
     images = [
-        {"index": n, "name": name, "thumb": f"{base}/{n}?size=thumb", "full": f"{base}/{n}"}
-        for n, name in enumerate(image_names(job), 1)
+        {
+            "index": n,
+            "name": name,
+            "thumb": f"{base}/{n}?size=thumb",
+            "full": f"{base}/{n}",
+            "earlier": bool(sets[n - 1].get("earlier")),
+            "prompt": sets[n - 1].get("prompt") or job.prompt or "",
+        }
+        for n, name in enumerate(names, 1)
     ]
     progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
@@ -137,6 +202,8 @@ def job_json(job: Job, config: Config) -> dict[str, Any]:
         "chat_file": chat_file,
         "chat_folder": chat_folder,
         "is_group": job.is_group,
+        "chat_name": chat_title(root, job),
+        "group_name": group_name(root, job) or None,
         "character": job.character,
         "speaker": job.speaker,
         "mesid": job.message_index,
@@ -152,6 +219,11 @@ def job_json(job: Job, config: Config) -> dict[str, Any]:
         "images": images,
         "not_kept": not_kept if isinstance(not_kept, list) else [],
         "regen_of": job.meta.get("regen_of"),
+        "regenerated_as": _regenerated_as(job),
+        "cancelled": job.meta.get("cancelled") is True,
+        "restorable": job.state is JobState.REJECTED
+        and bool(job.meta.get("trashed_at"))
+        and job.meta.get("cancelled") is not True,
         "progress": progress,
         "st_url": config.web.sillytavern_url or None,
     }
@@ -226,7 +298,14 @@ async def status(request: Request) -> Response:
     data = dict(cache["data"])  # type: ignore[call-overload]
     # Job counts change with every event the page gets: always fresh from the store.
     counts = {s.value: n for s, n in (await ctx.store.counts()).items()}
-    data.update(jobs=counts, counts=counts, version=ctx.version, chats_watched=data["chats"])
+    paused = await anyio.to_thread.run_sync(read_pause, ctx.config.state_dir)
+    data.update(
+        jobs=counts,
+        counts=counts,
+        version=ctx.version,
+        chats_watched=data["chats"],
+        paused=paused.to_json(),
+    )
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -256,19 +335,23 @@ async def list_jobs(request: Request) -> Response:
         chat=query.get("chat") or None,
         chat_file=query.get("chat_file") or None,
         user=query.get("user") or None,
+        character=query.get("character") or None,
         before=before.upper() if before else None,
         limit=limit,
     )
     next_id = jobs[-1].id if len(jobs) == limit else None
     return JSONResponse(
-        {"jobs": [job_json(j, ctx.config) for j in jobs], "next": next_id},
+        {"jobs": [job_json(j, ctx.config, ctx.root) for j in jobs], "next": next_id},
         headers={"Cache-Control": "no-store"},
     )
 
 
 async def one_job(request: Request) -> Response:
     job = await _job(request)
-    return JSONResponse(job_json(job, _ctx(request).config), headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        job_json(job, _ctx(request).config, _ctx(request).root),
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _regular_file(path: Path) -> bool:
@@ -287,6 +370,11 @@ def _image_path(ctx: WebContext, job: Job, n: int) -> Path | None:
         if folder is None:
             return None
         path = folder / job.images[n - 1]
+        return path if _regular_file(path) else None
+    if job.state is JobState.REJECTED:
+        if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
+            return None
+        path = ctx.approval.trash_path(job.id) / job.images[n - 1]
         return path if _regular_file(path) else None
     if job.state is JobState.COMMITTED:
         files = job.meta.get("committed_files")
@@ -357,7 +445,7 @@ async def accept(request: Request) -> Response:
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     ctx.wake()
-    return JSONResponse(job_json(done, ctx.config))
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
 
 
 async def reject(request: Request) -> Response:
@@ -365,10 +453,80 @@ async def reject(request: Request) -> Response:
     job = await _job(request)
     await _body(request)
     try:
-        done = await reject_job(ctx.store, ctx.approval, job.id)
+        done = await reject_job(
+            ctx.store, ctx.approval, job.id, trash_days=ctx.config.limits.trash_days
+        )
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config))
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def restore(request: Request) -> Response:
+    """Undo a reject: the job is back in the inbox with its images from the trash."""
+    ctx = _check_actions(request)
+    job = await _job(request)
+    await _body(request)
+    try:
+        done = await restore_job(ctx.store, ctx.approval, job.id)
+    except JobError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def cancel(request: Request) -> Response:
+    """Stop a queued or running job (no image is made, or the one being made is dropped)."""
+    ctx = _check_actions(request)
+    job = await _job(request)
+    await _body(request)
+    try:
+        done = await cancel_job(ctx.store, ctx.approval, job.id, ctx.stop_running)
+    except JobError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    ctx.wake()
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def cancel_queued(request: Request) -> Response:
+    """Cancel every queued job (of one chat with ``{"chat": path}``); running ones go on."""
+    ctx = _check_actions(request)
+    data = await _body(request)
+    chat = data.get("chat")
+    if chat is not None and (not isinstance(chat, str) or not chat):
+        raise ApiError(422, "invalid", "chat must be a chat path")
+    running = data.get("running", False)
+    if not isinstance(running, bool):
+        raise ApiError(422, "invalid", "running is true or false")
+    states = CANCELLABLE if running else {JobState.QUEUED}
+    jobs = await ctx.store.query_jobs(states=states, chat=chat, limit=10000)
+    done: list[str] = []
+    for job in jobs:
+        try:
+            await cancel_job(ctx.store, ctx.approval, job.id, ctx.stop_running)
+        except JobError:
+            continue  # it started or finished meanwhile: not queued any more
+        done.append(job.id)
+    ctx.wake()
+    return JSONResponse({"cancelled": done})
+
+
+async def pause(request: Request) -> Response:
+    """``GET``: the pause switch. ``POST {"paused": bool, "chat"?: path}``: set it."""
+    ctx = _ctx(request)
+    if request.method == "GET":
+        now = await anyio.to_thread.run_sync(read_pause, ctx.config.state_dir)
+        return JSONResponse(now.to_json(), headers={"Cache-Control": "no-store"})
+    _check_actions(request)
+    data = await _body(request)
+    paused = data.get("paused")
+    chat = data.get("chat")
+    if not isinstance(paused, bool):
+        raise ApiError(422, "invalid", "paused is true or false")
+    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
+        raise ApiError(422, "invalid", "chat must be a chat path")
+    after = await anyio.to_thread.run_sync(set_pause, ctx.config.state_dir, paused, chat)
+    ctx.hub.publish("pause", after.to_json())
+    ctx.wake()
+    return JSONResponse(after.to_json())
 
 
 async def regen(request: Request) -> Response:
@@ -386,7 +544,7 @@ async def regen(request: Request) -> Response:
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     ctx.wake()
-    return JSONResponse(job_json(new, ctx.config), status_code=201)
+    return JSONResponse(job_json(new, ctx.config, ctx.root), status_code=201)
 
 
 def _chat_by_file(ctx: WebContext, users: list[str], chat_file: str) -> str:
@@ -445,7 +603,7 @@ async def generate(request: Request) -> Response:
         raise ApiError(409, "conflict", str(exc)) from None
     if created:
         ctx.wake()
-    return JSONResponse(job_json(job, ctx.config), status_code=201 if created else 200)
+    return JSONResponse(job_json(job, ctx.config, ctx.root), status_code=201 if created else 200)
 
 
 async def events(request: Request) -> Response:
@@ -472,6 +630,10 @@ def routes() -> list[Route]:
         Route(job + "/accept", accept, methods=["POST"]),
         Route(job + "/reject", reject, methods=["POST"]),
         Route(job + "/regen", regen, methods=["POST"]),
+        Route(job + "/restore", restore, methods=["POST"]),
+        Route(job + "/cancel", cancel, methods=["POST"]),
+        Route("/api/v1/cancel", cancel_queued, methods=["POST"]),
+        Route("/api/v1/pause", pause, methods=["GET", "POST"]),
         Route("/api/v1/generate", generate, methods=["POST"]),
         Route("/api/v1/events", events, methods=["GET"]),
     ]

@@ -32,7 +32,7 @@ def make_context(config: Config, root: Path, store: Store, approval: Approval) -
     """The routes' shared state; the caller attaches ``ctx.hub.job_changed`` to the store."""
     from daemon import __version__
 
-    hub = EventHub(lambda job: api.job_json(job, config))
+    hub = EventHub(lambda job: api.job_json(job, config, root))
     thumbs = Thumbs(config.state_dir / "thumbs")
     return WebContext(config, root, store, approval, hub, thumbs, __version__)
 

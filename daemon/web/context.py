@@ -23,6 +23,10 @@ def _never() -> bool:
     return False
 
 
+def _not_here(job_id: str, reason: str) -> bool:
+    return False
+
+
 @dataclass
 class WebContext:
     config: Config
@@ -34,5 +38,6 @@ class WebContext:
     version: str
     wake: Callable[[], None] = _nothing  # the runner: a job was queued or accepted
     draining: Callable[[], bool] = _never  # the daemon is stopping: refuse actions
+    stop_running: Callable[[str, str], bool] = _not_here  # the runner: cancel a running job
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)

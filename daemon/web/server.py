@@ -163,6 +163,7 @@ async def serve_web(
     *,
     wake: Callable[[], None],
     draining: Callable[[], bool],
+    stop_running: Callable[[str, str], bool] | None = None,
     ping_seconds: float = 15.0,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -185,6 +186,8 @@ async def serve_web(
         return
     ctx = make_context(config, root, store, approval)
     ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
+    if stop_running is not None:
+        ctx.stop_running = stop_running
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
     server = _Server(

@@ -246,6 +246,7 @@ class Service:
             self.deps.approval,
             wake=self.runner.wake,
             draining=lambda: self._stopping,
+            stop_running=self.runner.cancel,
             task_status=task_status,
         )
 

@@ -277,11 +277,15 @@ class Jobs(Database):
         user: str | None = None,
         before: str | None = None,
         limit: int = 50,
+        character: str | None = None,
     ) -> list[Job]:
         """Jobs newest first, filtered (the web API's list): any of ``states`` (all when
         empty), one chat path, or the chats whose file stem is ``chat_file`` (ST's chatId), one
-        user, ids below ``before`` (paging)."""
+        user, one character (card stem or group id), ids below ``before`` (paging)."""
         where, args = [], []
+        if character is not None:
+            where.append("character = ?")
+            args.append(character)
         wanted = states_list(states)
         if wanted:
             where.append(f"state IN ({marks(len(wanted))})")
@@ -657,6 +661,20 @@ class Jobs(Database):
             return cur.rowcount
 
         return await self._run(_resume, write=True)
+
+    async def chat_counts(self, states: Iterable[JobState]) -> dict[str, int]:
+        """How many jobs in any of ``states`` each chat has (chats with none left out)."""
+        wanted = states_list(states)
+
+        def _counts(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                f"SELECT chat, COUNT(*) FROM jobs WHERE state IN ({marks(len(wanted))}) "
+                "GROUP BY chat",
+                wanted,
+            )
+            return {str(row[0]): int(row[1]) for row in rows}
+
+        return await self._run(_counts, write=False)
 
     async def counts(self) -> dict[JobState, int]:
         """Jobs per state (every state present, zeros included)."""
