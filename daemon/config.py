@@ -105,7 +105,11 @@ class DetectSettings(_Section):
     every_nth: int = Field(default=1, ge=1, description="illustrate every Nth reply of a chat")
     min_length: int = Field(default=0, ge=0, description="skip replies shorter than this (chars)")
     settle_seconds: float = Field(
-        default=2.0, ge=0, le=60, description="quiet time after the last save before reading"
+        default=2.0,
+        ge=0,
+        le=60,
+        description="quiet time before acting on an edit or a swipe back (a finished reply "
+        "is read at once)",
     )
     rescan_seconds: float = Field(
         default=60.0, gt=0, description="safety-net rescan interval (stat only)"
@@ -161,11 +165,19 @@ class TextSettings(_Section):
 
 
 class ImageSettings(_Section):
-    """The image generator (images/generations, AUTOMATIC1111/Forge or ComfyUI)."""
+    """The image generator: the keys every backend shares.
 
-    backend: Literal["openai", "a1111", "comfyui"] = Field(
+    A backend's own keys go in its own table, ``[image.<backend>]`` (e.g. ``[image.novelai]``),
+    validated by that backend's settings model when it is built (``daemon.providers.registry``);
+    here only "a table" is checked, since this module knows no backend's model.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    backend: str = Field(
         default="openai",
-        description="openai (images/generations) | a1111 (A1111, Forge, SD.Next) | comfyui",
+        description="openai (images/generations) | a1111 (A1111, Forge, SD.Next) | comfyui | "
+        "openrouter | gemini | novelai | horde | fal (`st-imagegen doctor` lists them)",
     )
     api_url: str = Field(
         default="",
@@ -174,8 +186,21 @@ class ImageSettings(_Section):
     )
     api_key: SecretStr = Field(default=SecretStr(""), description="Bearer key; empty = none")
     api_key_file: Path | None = Field(default=None, description="read the key from this file")
-    profile: Literal["auto", "generic", "openai", "airforce", "localai"] = Field(
-        default="auto", description="auto | generic | openai | airforce | localai"
+    profile: Literal[
+        "auto",
+        "generic",
+        "openai",
+        "airforce",
+        "localai",
+        "pollinations",
+        "xai",
+        "together",
+        "nanogpt",
+        "deepinfra",
+    ] = Field(
+        default="auto",
+        description="openai backend's provider quirks: auto (by host) | generic | openai | "
+        "airforce | localai | pollinations | xai | together | nanogpt | deepinfra",
     )
     model: str = Field(default="dall-e-3", description="model name")
     size: str = Field(default="1024x1024", description="WxH; empty = not sent")
@@ -240,6 +265,11 @@ class ImageSettings(_Section):
 
     @model_validator(mode="after")
     def _key_from_file(self) -> ImageSettings:
+        for key, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"unknown key 'image.{key}' (a backend's own keys go in [image.<backend>])"
+                )
         object.__setattr__(
             self, "api_key", _read_key_file(self.api_key, self.api_key_file, "image")
         )
@@ -323,7 +353,11 @@ class WebSettings(_Section):
     token_file: Path | None = Field(
         default=None, description="read the token from this file (default: <state_dir>/web-token)"
     )
-    require_token: bool = Field(default=False, description="token even on loopback")
+    require_token: bool | None = Field(
+        default=None,
+        description="true: a token even on loopback; false: none on loopback even with several "
+        "ST users (a household); unset: tokens on loopback only when several users are watched",
+    )
     allowed_origins: list[str] = Field(
         default=["http://127.0.0.1:8000", "http://localhost:8000"],
         description="pages that may call the API (CORS): SillyTavern's address",

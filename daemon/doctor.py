@@ -37,6 +37,7 @@ from daemon.errors import (
 from daemon.providers.backend import ImageBackend
 from daemon.providers.factory import make_image_backend
 from daemon.providers.http import RetryPolicy, make_client
+from daemon.providers.registry import backend_info, check_settings, image_api_url
 from daemon.providers.text import PromptWriter
 from daemon.tavern.layout import (
     ChatRef,
@@ -354,17 +355,12 @@ def check_inotify(root: Path, watches_file: Path = INOTIFY_WATCHES_FILE) -> Chec
 # --- the two APIs ------------------------------------------------------------------------------
 
 
-_URL_FORMS = {
-    "openai": "a base URL must end in /v1",
-    "a1111": "the web UI's address, e.g. http://127.0.0.1:7860, started with --api",
-    "comfyui": "ComfyUI's address, e.g. http://127.0.0.1:8188",
-}
+_OPENAI_URL_FORM = "a base URL must end in /v1"
 
 
 def _api_failure(
-    name: str, section: str, url: str, exc: BaseException, backend: str = "openai"
+    name: str, section: str, url: str, exc: BaseException, form: str = _OPENAI_URL_FORM
 ) -> CheckResult:
-    form = _URL_FORMS.get(backend, _URL_FORMS["openai"])
     env = f"ST_IMAGEGEN_{section.upper()}__API_KEY"
     if isinstance(exc, AuthError):
         return _fail(
@@ -398,7 +394,7 @@ def _api_failure(
             name,
             f"{url} answered 404 Not Found: {exc}",
             f"check {section}.api_url (the full endpoint URL or {form}) and {section}.model"
-            if backend == "openai"
+            if form == _OPENAI_URL_FORM
             else f"check {section}.api_url ({form}) and {section}.model",
         )
     if isinstance(exc, ConfigError):
@@ -419,7 +415,7 @@ def _check_api(
     model: str,
     timeout: float,
     check: Callable[[httpx.AsyncClient], Awaitable[str | None]],
-    backend: str = "openai",
+    form: str = _OPENAI_URL_FORM,
 ) -> CheckResult:
     """One request through ``check`` (a provider's own check, one attempt), judged."""
     if not api_url:
@@ -434,7 +430,7 @@ def _check_api(
     try:
         warning = anyio.run(run)
     except (StImagegenError, httpx.HTTPError, OSError, TimeoutError) as exc:
-        return _api_failure(name, section, api_url, exc, backend)
+        return _api_failure(name, section, api_url, exc, form)
     if warning:
         return _warn(name, f"{api_url} answered, but {warning}", f"check {section}.model")
     return _pass(name, f"{api_url} answered (model {model})")
@@ -456,6 +452,11 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
     image = config.image
     if skip:
         return _skip("image API", "skipped (--skip-image)")
+    try:
+        check_settings(image)
+    except ConfigError as exc:
+        return _fail("image API", str(exc), "fix the [image] settings in the config file")
+    info = backend_info(image.backend)
     built: list[ImageBackend] = []
 
     async def check(client: httpx.AsyncClient) -> str | None:
@@ -463,39 +464,33 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
         built.append(backend)
         return await backend.check()
 
-    model = image.model or "the server's default"
+    model = image.model or info.default_model or "the server's default"
+    api_url = image_api_url(image)
     result = _check_api(
-        "image API", "image", image.api_url, model, image.timeout_seconds, check, image.backend
+        "image API", "image", api_url, model, image.timeout_seconds, check, info.url_hint
     )
-    # A1111 and ComfyUI say what they have (models, samplers, GPU): worth a line when it works.
+    # Local servers say what they have (models, samplers, GPU): worth a line when it works.
     summary = str(getattr(built[0], "summary", "")) if built else ""
     if summary and result.status == "PASS":
-        return _pass("image API", f"{image.api_url} ({image.backend}) answered: {summary}")
+        return _pass("image API", f"{api_url} ({image.backend}) answered: {summary}")
     return result
 
 
-def check_comfy_workflow(config: Config) -> CheckResult | None:
-    """ComfyUI only: the workflow parses, is in API format and has its placeholders."""
-    from daemon.providers.comfyui import load_workflow, workflow_warnings
-
-    image = config.image
-    if image.backend != "comfyui":
-        return None
+def check_backend_config(config: Config) -> Iterator[CheckResult]:
+    """The backend's own configuration (e.g. a workflow file), as the backend judges it."""
     try:
-        workflow = load_workflow(image.comfy_workflow)
-        notes = workflow_warnings(image, config.text.negative_prompt)
-    except ConfigError as exc:
-        return _fail(
-            "ComfyUI workflow",
-            str(exc),
-            'in ComfyUI, export the workflow with Workflow > Export (API), put "%prompt%" in '
-            "its positive prompt, and set image.comfy_workflow to that file (or leave it empty "
-            "for the shipped txt2img)",
-        )
-    names = ", ".join(f"%{n}%" for n in sorted(workflow.placeholders))
-    if notes:
-        return _warn("ComfyUI workflow", f"{workflow.source}: " + "; ".join(notes))
-    return _pass("ComfyUI workflow", f"{workflow.source} ({len(workflow.nodes)} nodes; {names})")
+        info = backend_info(config.image.backend)
+    except ConfigError:
+        return  # check_image_api says so
+    if info.config_checks is None:
+        return
+    for finding in info.config_checks(config.image, config.text.negative_prompt):
+        if finding.level == "fail":
+            yield _fail(finding.name, finding.detail, finding.fix)
+        elif finding.level == "warn":
+            yield _warn(finding.name, finding.detail, finding.fix)
+        else:
+            yield _pass(finding.name, finding.detail)
 
 
 # --- the SillyTavern extension -----------------------------------------------------------------
@@ -548,8 +543,7 @@ def iter_checks(
         else check_inotify(root, watches_file)
     )
     yield check_prompt_api(config)
-    if (workflow := check_comfy_workflow(config)) is not None:
-        yield workflow
+    yield from check_backend_config(config)
     yield check_image_api(config, skip=skip_image)
     yield check_extension(config)
 

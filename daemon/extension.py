@@ -45,6 +45,9 @@ SHIPPED = ("manifest.json", "index.js", "style.css", "lib")
 
 GLOBAL_PARTS = ("public", "scripts", "extensions", "third-party")
 
+INSTALLED_FILE = Path("lib") / "installed.js"
+"""Rewritten in the installed copy: the daemon's address, the extension's default for it."""
+
 
 @dataclass(frozen=True)
 class Install:
@@ -207,9 +210,52 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def install(target: Path, source: Path | None = None) -> str | None:
+def installed_js(address: str, token: str = "") -> str:
+    """``lib/installed.js`` of an installed copy: the daemon's address, and for a copy in one
+    user's own ``data/<handle>/extensions/`` (which ST serves to that account only) that user's
+    token. A copy for all users never holds one: it is served to anyone who can reach ST."""
+    data: dict[str, str] = {"address": address}
+    if token:
+        data["token"] = token
+    text = json.dumps(data, ensure_ascii=True)
+    return (
+        "// Written by `st-imagegen extension install`: the daemon's address at install time.\n"
+        f"export const INSTALLED = Object.freeze({text});\n"
+    )
+
+
+INSTALL_LABEL = "extension install"
+"""The label of the user tokens an install writes (a new install replaces the user's old one)."""
+
+
+def install_token(config: Config, user: str) -> str:
+    """A fresh user token for ``user``'s own install; the one an earlier install wrote for
+    them is revoked (a copy replaced is a copy whose token nobody holds any more)."""
+    from daemon.web.access import UserTokens
+
+    tokens = UserTokens(config.state_dir)
+    for old in tokens.tokens():
+        if old.label == INSTALL_LABEL and old.handles == (user,):
+            tokens.revoke(old.id)
+    _, secret = tokens.create([user], INSTALL_LABEL)
+    return secret
+
+
+def daemon_address(config: Config) -> str:
+    """The address the extension should call: the running daemon's, else the configured one
+    (``web.port`` 0, any free port, falls back to the default port), without the token."""
+    from daemon.web.server import web_url
+
+    url, _running = web_url(config)
+    return url.split("?", 1)[0].rstrip("/")
+
+
+def install(
+    target: Path, source: Path | None = None, address: str = "", token: str = ""
+) -> str | None:
     """Copy the extension to ``target`` (replacing an earlier copy of ours); returns the
-    version it replaced, or None for a fresh install."""
+    version it replaced, or None for a fresh install. ``address``: the daemon's, written into
+    the copy as the extension's default; ``token``: the user's (a per-user copy only)."""
     base = source or source_dir()
     files = shipped_files(base)
     previous: str | None = None
@@ -232,6 +278,8 @@ def install(target: Path, source: Path | None = None) -> str | None:
         for rel in files:
             (temp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(base / rel, temp / rel)
+        if address:
+            (temp / INSTALLED_FILE).write_text(installed_js(address, token), encoding="utf-8")
         _owner_like(temp, owner)
         if previous is not None:
             target.rename(old)  # two renames: the folder is never half old, half new
@@ -258,25 +306,47 @@ def uninstall(target: Path) -> bool:
 # --- the command ----------------------------------------------------------------------------
 
 
-def _next_steps(config: Config) -> Iterator[str]:
+def _next_steps(config: Config, address: str, *, tokens_written: bool = False) -> Iterator[str]:
     web = config.web
-    host = f"[{web.host}]" if ":" in web.host else web.host
-    port = web.port or 8765
     yield "Next:"
     yield "  1. Reload SillyTavern in the browser (F5)."
     yield (
-        f"  2. Extensions (the stacked-blocks icon) → st-imagegen: the daemon's address is "
-        f"http://{host}:{port} (the default)."
+        f"  2. The extension calls the daemon at {address} (Extensions, the stacked-blocks "
+        "icon → st-imagegen → Daemon address; change it there if you reach the daemon "
+        "another way)."
     )
     origins = ", ".join(web.allowed_origins) or "(none)"
     yield (
         f"  3. SillyTavern's own address must be in web.allowed_origins (now: {origins}); "
         "add it there if you open ST another way."
     )
-    if web.require_token or host not in ("127.0.0.1", "localhost", "[::1]"):
-        yield "  4. The daemon needs its token: paste what `st-imagegen web-url` ends in."
+    host = web.host.strip("[]")
+    if tokens_written:
+        yield (
+            "  4. Each install holds its own user's token (that user sees only their own "
+            "chats' images); `st-imagegen users list` shows them."
+        )
+    elif web.require_token or host not in ("127.0.0.1", "localhost", "::1"):
+        yield (
+            "  4. This daemon needs a token: run `st-imagegen web-url` and paste the part "
+            "after `?token=` into Extensions → st-imagegen → Token."
+        )
     if not web.enabled:
         yield "  web.enabled is false: the extension needs the daemon's web API; turn it on."
+
+
+def _tokens_per_install(config: Config, user: str | None) -> bool:
+    """Does each per-user copy get its user's token? When the daemon needs tokens and the
+    install names its user, or when several users are watched (each tab its own)."""
+    from daemon.web.security import needs_token, token_required
+    from daemon.web.server import watched_users
+
+    if not config.web.enabled:
+        return False
+    handles = len(watched_users(config))
+    if user is not None:
+        return needs_token(config.web, handles)
+    return not token_required(config.web) and needs_token(config.web, handles)
 
 
 def cmd_extension(
@@ -292,12 +362,15 @@ def cmd_extension(
     where = targets(config, user, all_users, st_folder)
     if action == "install":
         version = shipped_version()
+        address = daemon_address(config)
+        per_user = _tokens_per_install(config, user)
         for target, who in where:
-            previous = install(target)
+            token = install_token(config, who) if per_user and who else ""
+            previous = install(target, address=address, token=token)
             label = f"user {who}" if who else "all users"
             change = "installed" if previous is None else f"updated from {previous}"
             print(f"{EXTENSION_NAME} {version} {change} for {label}: {target}", file=stream)
-        for line in _next_steps(config):
+        for line in _next_steps(config, address, tokens_written=per_user and user is not None):
             print(line, file=stream)
         return 0
     if action == "uninstall":

@@ -1,9 +1,9 @@
 // st-imagegen's SillyTavern extension: wiring only. The logic lives in lib/ (see
-// docs/sillytavern-extension.md). Uses nothing but SillyTavern.getContext() (ST 1.12 to 1.18).
+// docs/sillytavern-extension.md). Uses nothing but SillyTavern.getContext() (ST 1.12 to 1.19).
 
-import { createApi, normaliseBase } from './lib/api.js';
+import { createApi, normaliseBase, tokenHint } from './lib/api.js';
 import { Controller } from './lib/controller.js';
-import { EventStreamClient } from './lib/events.js';
+import { ConnectionNotices, EventStreamClient } from './lib/events.js';
 import { appendMessage, editing, insertMessageAt } from './lib/render.js';
 import { loadSettings } from './lib/settings.js';
 import { ALIASES, COMMAND, HELP, parseGenimageArgs } from './lib/slash.js';
@@ -65,11 +65,11 @@ function init() {
         log: (level, ...args) => (console[level] ?? console.log)(...args),
     });
 
-    let wasConnected = false;
-    let warnedDown = false;
+    const notices = new ConnectionNotices({ toasts, where: () => normaliseBase(settings.address) });
     const stream = new EventStreamClient({
         url: () => api.url('/api/v1/events'),
         headers: () => api.headers(),
+        describeStatus: status => (status === 401 ? tokenHint(!!settings.token) : null),
         onEvent: ({ type, data }) => {
             // A restarted daemon's stream starts over, and `reset` says events were lost: both
             // mean catching up from the job list.
@@ -78,15 +78,7 @@ function init() {
         },
         onState: (state, detail) => {
             panel.setConnection(state, detail ?? {});
-            if (state === 'connected') {
-                if (warnedDown) toasts.info(`reconnected to the daemon at ${normaliseBase(settings.address)}`);
-                wasConnected = true;
-                warnedDown = false;
-            } else if (state === 'disconnected' && !warnedDown && (wasConnected || stream.attempt === 1)) {
-                // Once per outage, not per retry: ST keeps working meanwhile.
-                warnedDown = true;
-                toasts.warning(`the daemon at ${normaliseBase(settings.address)} is not reachable (${detail?.error?.message ?? 'no answer'}); retrying in the background`);
-            }
+            notices.onState(state, detail, stream.attempt);
         },
     });
     const panel = createSettingsPanel({

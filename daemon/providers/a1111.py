@@ -19,6 +19,7 @@ import structlog
 from daemon.config import ImageSettings, LimitsSettings
 from daemon.errors import PermanentProviderError, ProviderError
 from daemon.providers.backend import ImageRequest, Progress, ProgressCallback
+from daemon.providers.capabilities import Capabilities, CostReport, SizeMode
 from daemon.providers.decode import GeneratedImage, ImageRejected
 from daemon.providers.http import (
     Clock,
@@ -27,6 +28,7 @@ from daemon.providers.http import (
     scrubbed,
     with_retries,
 )
+from daemon.providers.info import BackendInfo, Preset
 from daemon.providers.native import (
     NativeAPI,
     checked,
@@ -36,7 +38,7 @@ from daemon.providers.native import (
     while_running,
 )
 
-__all__ = ["PROGRESS_INTERVAL", "A1111Backend", "build_payload", "progress_from"]
+__all__ = ["INFO", "PROGRESS_INTERVAL", "A1111Backend", "build_payload", "progress_from"]
 
 log = structlog.get_logger(__name__)
 
@@ -331,3 +333,33 @@ class A1111Backend:
         if _matches(wanted, known):
             return []
         return [f"the scheduler {wanted!r} (it has {_listed(names)})"]
+
+
+INFO = BackendInfo(
+    name="a1111",
+    title="AUTOMATIC1111 / Forge / SD.Next",
+    summary="POST /sdapi/v1/txt2img on a local web UI started with --api",
+    create=A1111Backend,
+    capabilities=Capabilities(
+        size_mode=SizeMode.PIXELS,
+        size_multiple=8,
+        max_n_per_call=10,
+        negative_prompt=True,
+        seed=True,
+        steps=True,
+        sampler=True,
+        progress=True,
+        cost=CostReport.FREE,
+    ),
+    url_hint="the web UI's address, e.g. http://127.0.0.1:7860, started with --api",
+    default_url="http://127.0.0.1:7860",
+    key_required=False,
+    presets=(
+        Preset(
+            "a1111-local",
+            "A1111 / Forge on this machine",
+            {"backend": "a1111", "api_url": "http://127.0.0.1:7860", "size": "832x1216"},
+            "start the web UI with --api",
+        ),
+    ),
+)

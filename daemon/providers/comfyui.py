@@ -40,6 +40,7 @@ from daemon.errors import (
     TransientProviderError,
 )
 from daemon.providers.backend import ImageRequest, Progress, ProgressCallback
+from daemon.providers.capabilities import Capabilities, CostReport, SizeMode
 from daemon.providers.decode import GeneratedImage, ImageRejected
 from daemon.providers.download import download_image
 from daemon.providers.http import (
@@ -50,6 +51,7 @@ from daemon.providers.http import (
     scrubbed,
     with_retries,
 )
+from daemon.providers.info import BackendInfo, Finding, Preset
 from daemon.providers.native import (
     NativeAPI,
     auth_headers,
@@ -61,6 +63,7 @@ from daemon.providers.native import (
 
 __all__ = [
     "CANCEL_TIMEOUT",
+    "INFO",
     "KNOWN_PLACEHOLDERS",
     "ComfyUIBackend",
     "Workflow",
@@ -680,3 +683,58 @@ def workflow_warnings(settings: ImageSettings, negative: str = "") -> list[str]:
         names = ", ".join(f"%{name}%" for name in unknown)
         notes.append(f"it has placeholders st-imagegen does not fill: {names}")
     return notes
+
+
+def workflow_findings(settings: ImageSettings, negative: str = "") -> list[Finding]:
+    """``doctor``'s word on the workflow: it parses, is in API format and has its placeholders."""
+    name = "ComfyUI workflow"
+    try:
+        workflow = load_workflow(settings.comfy_workflow)
+        notes = workflow_warnings(settings, negative)
+    except ConfigError as exc:
+        return [
+            Finding(
+                name,
+                "fail",
+                str(exc),
+                'in ComfyUI, export the workflow with Workflow > Export (API), put "%prompt%" '
+                "in its positive prompt, and set image.comfy_workflow to that file (or leave it "
+                "empty for the shipped txt2img)",
+            )
+        ]
+    if notes:
+        return [Finding(name, "warn", f"{workflow.source}: " + "; ".join(notes))]
+    names = ", ".join(f"%{n}%" for n in sorted(workflow.placeholders))
+    return [Finding(name, "pass", f"{workflow.source} ({len(workflow.nodes)} nodes; {names})")]
+
+
+INFO = BackendInfo(
+    name="comfyui",
+    title="ComfyUI",
+    summary="your workflow (API format) queued by POST /prompt, followed on /ws",
+    create=ComfyUIBackend,
+    capabilities=Capabilities(
+        size_mode=SizeMode.PIXELS,
+        size_multiple=8,
+        max_n_per_call=10,
+        negative_prompt=True,
+        seed=True,
+        steps=True,
+        sampler=True,
+        progress=True,
+        cancel=True,
+        cost=CostReport.FREE,
+    ),
+    url_hint="ComfyUI's address, e.g. http://127.0.0.1:8188",
+    default_url="http://127.0.0.1:8188",
+    key_required=False,
+    config_checks=workflow_findings,
+    presets=(
+        Preset(
+            "comfyui-local",
+            "ComfyUI on this machine",
+            {"backend": "comfyui", "api_url": "http://127.0.0.1:8188", "size": "832x1216"},
+            "the shipped txt2img workflow uses the first checkpoint; set comfy_workflow for yours",
+        ),
+    ),
+)

@@ -26,12 +26,20 @@ from daemon.config import ImageSettings, LimitsSettings
 from daemon.errors import (
     AuthError,
     BadResponseError,
+    ConfigError,
     ContentRefusedError,
     PermanentProviderError,
     ProviderError,
     TransientProviderError,
 )
-from daemon.providers.backend import ReferenceImage
+from daemon.providers.backend import ImageRequest, ProgressCallback, ReferenceImage
+from daemon.providers.capabilities import (
+    Capabilities,
+    CostReport,
+    SizeMode,
+    nearest_aspect_ratio,
+    parse_wxh,
+)
 from daemon.providers.decode import GeneratedImage, ImageRejected, check_image
 from daemon.providers.download import DownloadPolicy, Resolver, download_image, system_resolve
 from daemon.providers.http import (
@@ -52,10 +60,12 @@ from daemon.providers.http import (
     scrubbed,
     with_retries,
 )
+from daemon.providers.info import BackendInfo, Preset
 from daemon.providers.profiles import (
     ImageProfile,
     NegativeStyle,
     ReferenceStyle,
+    SizeStyle,
     StreamStyle,
     normalize_aspect_ratio,
     resolve_profile,
@@ -64,10 +74,13 @@ from daemon.providers.profiles import (
 from daemon.providers.sse import SSEEvent, StreamTooLarge, iter_sse
 
 __all__ = [
+    "INFO",
     "GeneratedImage",
     "ImageGenerator",
+    "OpenAIBackend",
     "ResultItem",
     "build_body",
+    "capabilities_for",
     "classify_event",
     "items_from_payload",
 ]
@@ -140,9 +153,13 @@ def build_body(
             continue
         if setting == "aspect_ratio" and profile.ratio_aspect:
             value = normalize_aspect_ratio(str(value))
+        if setting == "size" and profile.size_style is not SizeStyle.SIZE:
+            body.update(_size_fields(profile, str(value)))
+            continue
         body[wire] = value
     if profile.response_format:
-        body["response_format"] = settings.response_format
+        wanted = profile.response_format_value or settings.response_format
+        body["response_format"] = profile.b64_wire_name if wanted == "b64_json" else wanted
     if negative and profile.negative is NegativeStyle.FIELD:
         body[profile.negative_field] = negative
     if settings.sse:
@@ -152,6 +169,16 @@ def build_body(
             body["stream"] = True
     body.update(settings.extra_body)
     return body
+
+
+def _size_fields(profile: ImageProfile, size: str) -> dict[str, Any]:
+    """A WxH as the profile's own fields: width/height, or the nearest aspect ratio."""
+    if profile.size_style is SizeStyle.ASPECT:
+        return {"aspect_ratio": nearest_aspect_ratio(size, profile.aspect_ratios)}
+    parsed = parse_wxh(size)
+    if parsed is None:
+        raise ConfigError(f"[image] size {size!r} is not WIDTHxHEIGHT (e.g. 1024x768)")
+    return {"width": parsed[0], "height": parsed[1]}
 
 
 def _data_url(reference: ReferenceImage) -> str:
@@ -268,8 +295,10 @@ class ImageGenerator:
         self._clock, self._retry, self._limiter, self._gate = image_pacing(limits, clock, retry)
         self._resolve = resolve or system_resolve
         self._auth = BearerAuth(settings.api_key)
-        self._url = endpoint_url(settings.api_url, "images/generations", "image")
         self.profile = resolve_profile(settings)
+        self._url = endpoint_url(
+            settings.api_url or self.profile.default_url, "images/generations", "image"
+        )
         self._references_refused = False  # the API refused them once: not tried again
         self._endpoint = Endpoint(
             "image API", self._url, "image", settings.api_key.get_secret_value()
@@ -614,3 +643,141 @@ class ImageGenerator:
             )
 
         return await with_retries(attempt, self._retry, self._clock, what="image download")
+
+
+class OpenAIBackend:
+    """The OpenAI-compatible generator behind the :class:`ImageBackend` seam.
+
+    Its n comes from ``[image]``; a request's size and model (a style's) replace ``[image]``'s
+    for that call, sent only where the profile takes them; it reports no progress.
+    """
+
+    def __init__(self, generator: ImageGenerator) -> None:
+        self.generator = generator
+
+    @classmethod
+    def create(
+        cls,
+        settings: ImageSettings,
+        client: httpx.AsyncClient,
+        *,
+        limits: LimitsSettings | None = None,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> OpenAIBackend:
+        return cls(ImageGenerator(settings, client, limits=limits, clock=clock, retry=retry))
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend({self.generator!r})"
+
+    async def generate(
+        self, request: ImageRequest, *, progress: ProgressCallback | None = None
+    ) -> list[GeneratedImage]:
+        return await self.generator.generate(
+            request.prompt,
+            request.negative,
+            size=request.size,
+            model=request.model,
+            references=request.references,
+        )
+
+    async def check(self) -> str | None:
+        return await self.generator.check()
+
+
+def capabilities_for(settings: ImageSettings) -> Capabilities:
+    """The OpenAI-compatible API's abilities under the profile these settings resolve to."""
+    profile = resolve_profile(settings)
+    aspect = profile.size_style is SizeStyle.ASPECT
+    return Capabilities(
+        size_mode=SizeMode.ASPECT if aspect else SizeMode.PIXELS,
+        aspect_ratios=profile.aspect_ratios,
+        max_n_per_call=profile.max_n,
+        negative_prompt=profile.negative is not NegativeStyle.NONE,
+        max_references={
+            ReferenceStyle.NONE: 0,
+            ReferenceStyle.EDITS: 16,  # gpt-image's /images/edits limit
+            ReferenceStyle.FIELD: 4,
+        }[profile.references],
+        cost=CostReport.FREE if profile.local else CostReport.ESTIMATED,
+    )
+
+
+def _preset(name: str, title: str, notes: str, key_url: str = "", **image: Any) -> Preset:
+    return Preset(
+        name=name, title=title, image={"backend": "openai", **image}, notes=notes, key_url=key_url
+    )
+
+
+INFO = BackendInfo(
+    name="openai",
+    title="OpenAI-compatible images API",
+    summary="POST /v1/images/generations (OpenAI, api.airforce, LocalAI, gateways, presets)",
+    create=OpenAIBackend.create,
+    capabilities=capabilities_for(ImageSettings()),
+    capabilities_for=capabilities_for,
+    url_hint="a base URL must end in /v1",
+    default_model="dall-e-3",
+    presets=(
+        _preset(
+            "openai",
+            "OpenAI (gpt-image-1)",
+            "b64_json answers; references via /images/edits",
+            "https://platform.openai.com/api-keys",
+            api_url="https://api.openai.com/v1",
+            model="gpt-image-1",
+            profile="openai",
+        ),
+        _preset(
+            "pollinations",
+            "Pollinations (a first image free, no key)",
+            "works with no key at first; an sk_/pk_ key lifts the limits",
+            "https://enter.pollinations.ai",
+            profile="pollinations",
+            model="flux",
+            size="1024x1024",
+        ),
+        _preset(
+            "xai",
+            "xAI grok-imagine",
+            "aspect_ratio from the size; base64 answers",
+            "https://console.x.ai",
+            profile="xai",
+            model="grok-imagine-image",
+        ),
+        _preset(
+            "together",
+            "Together AI (FLUX)",
+            "width/height from the size; base64 answers",
+            "https://api.together.xyz/settings/api-keys",
+            profile="together",
+            model="black-forest-labs/FLUX.1-schnell",
+            size="1024x768",
+        ),
+        _preset(
+            "nanogpt",
+            "NanoGPT",
+            "base64 always (its URLs expire after about an hour)",
+            "https://nano-gpt.com/api",
+            profile="nanogpt",
+            model="hidream",
+        ),
+        _preset(
+            "deepinfra",
+            "DeepInfra",
+            "OpenAI shape under /v1/openai",
+            "https://deepinfra.com/dash/api_keys",
+            profile="deepinfra",
+            model="black-forest-labs/FLUX-1-schnell",
+        ),
+        _preset(
+            "airforce",
+            "api.airforce",
+            "aspect_ratio and sse keepalives",
+            "https://api.airforce",
+            api_url="https://api.airforce/v1",
+            profile="airforce",
+            model="flux",
+        ),
+    ),
+)

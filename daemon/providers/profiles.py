@@ -18,15 +18,21 @@ from daemon.config import ImageSettings
 
 __all__ = [
     "AIRFORCE",
+    "DEEPINFRA",
     "GENERIC",
     "LOCALAI",
+    "NANOGPT",
     "OPENAI_DALLE2",
     "OPENAI_DALLE3",
     "OPENAI_GPT_IMAGE",
+    "POLLINATIONS",
     "PROFILES",
+    "TOGETHER",
+    "XAI",
     "ImageProfile",
     "NegativeStyle",
     "ReferenceStyle",
+    "SizeStyle",
     "StreamStyle",
     "guess_profile",
     "normalize_aspect_ratio",
@@ -72,6 +78,14 @@ class ReferenceStyle(StrEnum):
     FIELD = "field"  # a JSON list of data URLs in ``reference_field`` (gateways)
 
 
+class SizeStyle(StrEnum):
+    """How the configured WxH ``size`` is sent."""
+
+    SIZE = "size"  # "size": "WxH" (the OpenAI shape)
+    WIDTH_HEIGHT = "width_height"  # "width": W, "height": H (Together)
+    ASPECT = "aspect"  # "aspect_ratio": the nearest of ``aspect_ratios`` (xAI)
+
+
 def _names(*pairs: str | tuple[str, str]) -> Mapping[str, str]:
     out: dict[str, str] = {}
     for pair in pairs:
@@ -96,6 +110,15 @@ class ImageProfile:
     references: ReferenceStyle = ReferenceStyle.NONE
     reference_field: str = "image_urls"
     notes: tuple[str, ...] = field(default=())
+    size_style: SizeStyle = SizeStyle.SIZE
+    aspect_ratios: tuple[str, ...] = ()  # for SizeStyle.ASPECT
+    # Always ask for this response_format, whatever [image] says (URLs that expire, or a
+    # service whose URLs are slower than its base64): "" = the configured one.
+    response_format_value: str = ""
+    b64_wire_name: str = "b64_json"  # what the service calls b64_json in response_format
+    default_url: str = ""  # used when [image] api_url is empty (a preset's service)
+    key_required: bool = True
+    local: bool = False  # a server on the user's machine: nothing is paid
 
 
 GENERIC = ImageProfile(
@@ -154,18 +177,108 @@ LOCALAI = ImageProfile(
     response_format=True,
     stream=StreamStyle.NONE,
     negative=NegativeStyle.PIPE,
+    local=True,
     notes=("negative prompt after '|' in the prompt; always send size (small defaults)",),
+)
+
+POLLINATIONS = ImageProfile(
+    name="pollinations",
+    fields=_names("size"),
+    response_format=True,
+    stream=StreamStyle.NONE,
+    negative=NegativeStyle.NONE,
+    max_n=1,
+    response_format_value="b64_json",
+    default_url="https://gen.pollinations.ai/v1",
+    key_required=False,
+    notes=(
+        "POST /v1/images/generations answers the OpenAI shape; a first image needs no key "
+        "(sk_/pk_ keys lift the limits)",
+    ),
+)
+XAI_ASPECTS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "2:1", "1:2")
+XAI = ImageProfile(
+    name="xai",
+    fields=_names("size", "resolution"),
+    response_format=True,
+    stream=StreamStyle.NONE,
+    negative=NegativeStyle.NONE,
+    max_n=10,
+    size_style=SizeStyle.ASPECT,
+    aspect_ratios=XAI_ASPECTS,
+    response_format_value="b64_json",
+    default_url="https://api.x.ai/v1",
+    notes=(
+        "grok-imagine takes aspect_ratio and resolution, not size: a WxH is mapped to the "
+        "nearest ratio; its b64_json may carry a data: prefix (stripped)",
+    ),
+)
+TOGETHER = ImageProfile(
+    name="together",
+    fields=_names("size"),
+    response_format=True,
+    stream=StreamStyle.NONE,
+    negative=NegativeStyle.FIELD,
+    max_n=4,
+    size_style=SizeStyle.WIDTH_HEIGHT,
+    response_format_value="b64_json",
+    b64_wire_name="base64",
+    default_url="https://api.together.xyz/v1",
+    notes=("width and height instead of size; response_format is base64 or url",),
+)
+NANOGPT = ImageProfile(
+    name="nanogpt",
+    fields=_names("size"),
+    response_format=True,
+    stream=StreamStyle.NONE,
+    negative=NegativeStyle.FIELD,
+    max_n=4,
+    response_format_value="b64_json",
+    default_url="https://nano-gpt.com/v1",
+    notes=("its URLs expire after about an hour: base64 is always asked for",),
+)
+DEEPINFRA = ImageProfile(
+    name="deepinfra",
+    fields=_names("size"),
+    response_format=True,
+    stream=StreamStyle.NONE,
+    negative=NegativeStyle.NONE,
+    max_n=4,
+    response_format_value="b64_json",
+    default_url="https://api.deepinfra.com/v1/openai",
+    notes=("OpenAI shape under /v1/openai; base64 answers",),
 )
 
 PROFILES: Mapping[str, ImageProfile] = MappingProxyType(
     {
         p.name: p
-        for p in (GENERIC, AIRFORCE, OPENAI_GPT_IMAGE, OPENAI_DALLE3, OPENAI_DALLE2, LOCALAI)
+        for p in (
+            GENERIC,
+            AIRFORCE,
+            OPENAI_GPT_IMAGE,
+            OPENAI_DALLE3,
+            OPENAI_DALLE2,
+            LOCALAI,
+            POLLINATIONS,
+            XAI,
+            TOGETHER,
+            NANOGPT,
+            DEEPINFRA,
+        )
     }
 )
 
 # Host suffix -> profile kind, for profile = "auto".
-_HOSTS: tuple[tuple[str, str], ...] = (("api.openai.com", "openai"), ("api.airforce", "airforce"))
+_HOSTS: tuple[tuple[str, str], ...] = (
+    ("api.openai.com", "openai"),
+    ("api.airforce", "airforce"),
+    ("pollinations.ai", "pollinations"),
+    ("api.x.ai", "xai"),
+    ("together.xyz", "together"),
+    ("together.ai", "together"),
+    ("nano-gpt.com", "nanogpt"),
+    ("deepinfra.com", "deepinfra"),
+)
 
 
 def guess_profile(api_url: str) -> str:

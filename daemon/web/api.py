@@ -1,10 +1,10 @@
 """The JSON API under ``/api/v1/`` (docs/http-api.md): the inbox page and the ST extension use it.
 
-Every action calls the engine functions the CLI calls (``accept_job``, ``reject_job``,
-``regen_job``, manual ``select`` + ``create_for``): there is no second path to the store or
-the chats. The job is looked up (404/400) and the body checked (422) first; a JobError from the
-engine itself then means the job's state does not allow the action (409), which is what the
-loser of two clients acting at once gets.
+Every action goes through the daemon's :class:`~daemon.engine.front.Engine`, the same front door
+the CLI and the drop folders use: there is no second path to the store or the chats. The job is
+looked up (404/400) and the body checked (422) first; the engine's typed errors then choose the
+status: ``NotFoundError`` 404, ``AmbiguousError`` 400, any other ``JobError`` (the job's state
+does not allow the action) 409, which is what the loser of two clients acting at once gets.
 """
 
 from __future__ import annotations
@@ -24,27 +24,21 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.config import Config
-from daemon.engine.jobs import manual
-from daemon.engine.jobs.pipeline import (
-    CANCELLABLE,
-    accept_job,
-    cancel_job,
-    regen_job,
-    reject_job,
-    restore_job,
-)
-from daemon.engine.process.pause import read_pause, set_pause
-from daemon.engine.process.status import gather_status
-from daemon.engine.store import Job, JobState
+from daemon.engine.front import Job, JobState
 from daemon.errors import (
+    AmbiguousError,
     ChatReadError,
+    ConfigError,
     JobError,
     MessageNotFoundError,
+    NotFoundError,
     UnsafePathError,
 )
 from daemon.tavern import layout
+from daemon.web.access import Caller, UserTokens, is_token_id
 from daemon.web.context import WebContext
 from daemon.web.events import stream_events
+from daemon.web.security import CALLER
 
 __all__ = ["ApiError", "job_json", "routes"]
 
@@ -62,6 +56,7 @@ _MEDIA = {
     "gif": "image/gif",
     "avif": "image/avif",
 }
+_FOLDER_STATES = (JobState.PENDING, JobState.ACCEPTED)
 PROGRESS_TEXT = {
     JobState.QUEUED: "waiting for its turn",
     JobState.PROMPTING: "writing the prompt",
@@ -91,6 +86,14 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 def _ctx(request: Request) -> WebContext:
     ctx: WebContext = request.app.state.ctx
     return ctx
+
+
+def caller(request: Request) -> Caller:
+    """Who asks (set by the Guard); no caller is no access."""
+    found = request.scope.get(CALLER)
+    if not isinstance(found, Caller):
+        raise ApiError(401, "unauthorized", "a valid token is needed")
+    return found
 
 
 # --- the job object -------------------------------------------------------------------------
@@ -236,11 +239,13 @@ async def _job(request: Request) -> Job:
     ref = request.path_params["job_id"]
     if not isinstance(ref, str) or not _JOB_REF.match(ref):
         raise ApiError(400, "bad_id", "not a job id (letters and digits, at most 26)")
+    who = caller(request)
     try:
-        return await _ctx(request).store.get_job(ref)
-    except JobError as exc:
-        if "ambiguous" in str(exc):
-            raise ApiError(400, "ambiguous_id", str(exc)) from None
+        # Another user's job does not exist for this caller: 404, never 403 (no confirmation).
+        return await _ctx(request).engine.job(ref, users=who.handles)
+    except AmbiguousError as exc:
+        raise ApiError(400, "ambiguous_id", str(exc)) from None
+    except NotFoundError:
         raise ApiError(404, "not_found", f"no job {ref}") from None
 
 
@@ -292,13 +297,16 @@ async def status(request: Request) -> Response:
     now = time.monotonic()
     at = cache.get("at")
     if not isinstance(at, float) or now - at > STATUS_CACHE_SECONDS:
-        report = await gather_status(ctx.config)  # walks the chat folders: kept a moment
+        report = await ctx.engine.status()  # walks the chat folders: kept a moment
         cache["at"] = now
         cache["data"] = report.to_json()
     data = dict(cache["data"])  # type: ignore[call-overload]
+    who = caller(request)
+    if not who.admin:
+        data = await _status_for_user(ctx, who, data)
     # Job counts change with every event the page gets: always fresh from the store.
-    counts = {s.value: n for s, n in (await ctx.store.counts()).items()}
-    paused = await anyio.to_thread.run_sync(read_pause, ctx.config.state_dir)
+    counts = {s.value: n for s, n in (await ctx.engine.counts(users=who.handles)).items()}
+    paused = await ctx.engine.paused()
     data.update(
         jobs=counts,
         counts=counts,
@@ -307,6 +315,34 @@ async def status(request: Request) -> Response:
         paused=paused.to_json(),
     )
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+
+async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -> dict[str, Any]:
+    """The status a user may see: the daemon's health, their own chats, errors and counts;
+    nothing of other users' and no paths of the host."""
+    mine = who.visible_users(data.get("users") or [])
+
+    def _count() -> tuple[int, int]:
+        total = groups = 0
+        for ref in layout.iter_chats(ctx.root, mine):
+            total += 1
+            groups += ref.is_group
+        return total, groups
+
+    chats, group_chats = await anyio.to_thread.run_sync(_count)
+    own = tuple(f"{u}/" for u in mine)
+    data.update(
+        users=mine,
+        chats=chats,
+        group_chats=group_chats,
+        data_root=None,
+        data_root_error=None,
+        state_dir="",
+        errors=[e for e in data.get("errors", []) if str(e.get("chat", "")).startswith(own)],
+        waiting_chats=[c for c in data.get("waiting_chats", []) if str(c).startswith(own)],
+    )
+    data["waiting_messages"] = len(data["waiting_chats"])
+    return data
 
 
 async def list_jobs(request: Request) -> Response:
@@ -330,11 +366,12 @@ async def list_jobs(request: Request) -> Response:
     before = query.get("before")
     if before is not None and not _JOB_REF.match(before):
         raise ApiError(400, "bad_id", "before must be a job id")
-    jobs = await ctx.store.query_jobs(
+    jobs = await ctx.engine.jobs(
         states=states,
         chat=query.get("chat") or None,
         chat_file=query.get("chat_file") or None,
         user=query.get("user") or None,
+        users=caller(request).handles,
         character=query.get("character") or None,
         before=before.upper() if before else None,
         limit=limit,
@@ -361,12 +398,12 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def _image_path(ctx: WebContext, job: Job, n: int) -> Path | None:
-    """The file of image ``n`` of ``job`` (blocking); only job folders and committed files."""
+def _image_path(ctx: WebContext, job: Job, n: int, folder: Path | None) -> Path | None:
+    """The file of image ``n`` of ``job`` (blocking); only its ``folder`` (pending/ or a drop
+    folder) and committed files."""
     if job.state in (JobState.PENDING, JobState.ACCEPTED):
         if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
             return None
-        folder = ctx.approval.find(job.id)
         if folder is None:
             return None
         path = folder / job.images[n - 1]
@@ -374,7 +411,9 @@ def _image_path(ctx: WebContext, job: Job, n: int) -> Path | None:
     if job.state is JobState.REJECTED:
         if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
             return None
-        path = ctx.approval.trash_path(job.id) / job.images[n - 1]
+        if folder is None:
+            return None
+        path = folder / job.images[n - 1]
         return path if _regular_file(path) else None
     if job.state is JobState.COMMITTED:
         files = job.meta.get("committed_files")
@@ -397,7 +436,10 @@ async def image(request: Request) -> Response:
     size = request.query_params.get("size", "full")
     if size not in ("thumb", "full"):
         raise ApiError(422, "invalid", "size is thumb or full")
-    path = await anyio.to_thread.run_sync(_image_path, ctx, job, int(raw))
+    folder = await ctx.engine.job_folder(job.id) if job.state in _FOLDER_STATES else None
+    if job.state is JobState.REJECTED:
+        folder = await ctx.engine.trash_folder(job.id)
+    path = await anyio.to_thread.run_sync(_image_path, ctx, job, int(raw), folder)
     if path is None:
         raise ApiError(404, "not_found", f"job {job.id} has no image {raw} to show")
     cache = {"Cache-Control": "private, max-age=3600"}
@@ -416,11 +458,11 @@ async def message(request: Request) -> Response:
     job = await _job(request)
     if job.state is not JobState.COMMITTED:
         raise ApiError(409, "not_committed", f"job {job.id} is {job.state.value}, not committed")
-    entry = await ctx.store.ledger_get(job.id)
-    if entry is None:
+    written = await ctx.engine.committed_message(job.id)
+    if written is None:
         raise ApiError(404, "not_found", f"job {job.id} has no message in the ledger")
     after = {"name": job.identity_name, "send_date": job.identity_date, "mesid": job.message_index}
-    return JSONResponse({"message": entry.message, "after": after})
+    return JSONResponse({"message": written, "after": after})
 
 
 async def accept(request: Request) -> Response:
@@ -441,10 +483,9 @@ async def accept(request: Request) -> Response:
                 422, "invalid", f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]}"
             )
     try:
-        done = await accept_job(ctx.store, ctx.approval, job.id, keep)
+        done = await ctx.engine.accept(job.id, keep)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx.wake()
     return JSONResponse(job_json(done, ctx.config, ctx.root))
 
 
@@ -453,9 +494,7 @@ async def reject(request: Request) -> Response:
     job = await _job(request)
     await _body(request)
     try:
-        done = await reject_job(
-            ctx.store, ctx.approval, job.id, trash_days=ctx.config.limits.trash_days
-        )
+        done = await ctx.engine.reject(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return JSONResponse(job_json(done, ctx.config, ctx.root))
@@ -467,7 +506,7 @@ async def restore(request: Request) -> Response:
     job = await _job(request)
     await _body(request)
     try:
-        done = await restore_job(ctx.store, ctx.approval, job.id)
+        done = await ctx.engine.restore(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return JSONResponse(job_json(done, ctx.config, ctx.root))
@@ -479,10 +518,9 @@ async def cancel(request: Request) -> Response:
     job = await _job(request)
     await _body(request)
     try:
-        done = await cancel_job(ctx.store, ctx.approval, job.id, ctx.stop_running)
+        done = await ctx.engine.cancel(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx.wake()
     return JSONResponse(job_json(done, ctx.config, ctx.root))
 
 
@@ -491,29 +529,17 @@ async def cancel_queued(request: Request) -> Response:
     ctx = _check_actions(request)
     data = await _body(request)
     chat = data.get("chat")
-    if chat is not None and (not isinstance(chat, str) or not chat):
+    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
         raise ApiError(422, "invalid", "chat must be a chat path")
-    running = data.get("running", False)
-    if not isinstance(running, bool):
-        raise ApiError(422, "invalid", "running is true or false")
-    states = CANCELLABLE if running else {JobState.QUEUED}
-    jobs = await ctx.store.query_jobs(states=states, chat=chat, limit=10000)
-    done: list[str] = []
-    for job in jobs:
-        try:
-            await cancel_job(ctx.store, ctx.approval, job.id, ctx.stop_running)
-        except JobError:
-            continue  # it started or finished meanwhile: not queued any more
-        done.append(job.id)
-    ctx.wake()
-    return JSONResponse({"cancelled": done})
+    done = await ctx.engine.cancel_queued(chat=chat, users=caller(request).handles)
+    return JSONResponse({"cancelled": [j.id for j in done]})
 
 
 async def pause(request: Request) -> Response:
     """``GET``: the pause switch. ``POST {"paused": bool, "chat"?: path}``: set it."""
     ctx = _ctx(request)
     if request.method == "GET":
-        now = await anyio.to_thread.run_sync(read_pause, ctx.config.state_dir)
+        now = await ctx.engine.paused()
         return JSONResponse(now.to_json(), headers={"Cache-Control": "no-store"})
     _check_actions(request)
     data = await _body(request)
@@ -523,9 +549,10 @@ async def pause(request: Request) -> Response:
         raise ApiError(422, "invalid", "paused is true or false")
     if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
         raise ApiError(422, "invalid", "chat must be a chat path")
-    after = await anyio.to_thread.run_sync(set_pause, ctx.config.state_dir, paused, chat)
+    if not caller(request).admin and chat is None:
+        raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
+    after = await ctx.engine.pause(paused, chat)
     ctx.hub.publish("pause", after.to_json())
-    ctx.wake()
     return JSONResponse(after.to_json())
 
 
@@ -540,33 +567,10 @@ async def regen(request: Request) -> Response:
         if len(prompt) > MAX_PROMPT:
             raise ApiError(422, "invalid", f"prompt is longer than {MAX_PROMPT} characters")
     try:
-        new = await regen_job(ctx.store, ctx.approval, job.id, prompt)
+        new = await ctx.engine.regen(job.id, prompt)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx.wake()
     return JSONResponse(job_json(new, ctx.config, ctx.root), status_code=201)
-
-
-def _chat_by_file(ctx: WebContext, users: list[str], chat_file: str) -> str:
-    found = [ref.rel for ref in layout.iter_chats(ctx.root, users) if ref.chat_id == chat_file]
-    if not found:
-        raise ApiError(404, "not_found", f"no chat {chat_file!r}")
-    if len(found) > 1:
-        raise ApiError(400, "ambiguous_chat", f"chat {chat_file!r} is ambiguous: {found[:5]}")
-    return found[0]
-
-
-def _select(ctx: WebContext, chat: str | None, chat_file: str | None, mesid: int | None) -> Any:
-    users = layout.list_users(ctx.root, ctx.config.detect.users)
-    spec = chat
-    if chat_file is not None:
-        if chat is None:
-            spec = _chat_by_file(ctx, users, chat_file)
-        elif not chat.endswith(".jsonl"):
-            spec = f"{chat}/{chat_file}"
-    if spec is not None and (Path(spec).is_absolute() or spec.startswith(("~", "."))):
-        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
-    return manual.select(ctx.root, users, spec, mesid)
 
 
 async def generate(request: Request) -> Response:
@@ -585,38 +589,93 @@ async def generate(request: Request) -> Response:
     force = data.get("force", False)
     if not isinstance(force, bool):
         raise ApiError(422, "invalid", "force is true or false")
+    if isinstance(chat, str) and (Path(chat).is_absolute() or chat.startswith(("~", "."))):
+        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
     try:
-        sel = await anyio.to_thread.run_sync(_select, ctx, chat, chat_file, mesid)
+        made = await ctx.engine.generate(
+            chat, mesid, chat_file=chat_file, force=force, users=caller(request).handles
+        )
     except UnsafePathError as exc:
         raise ApiError(400, "bad_chat", str(exc)) from None
     except ChatReadError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except MessageNotFoundError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
-    except JobError as exc:
-        if "ambiguous" in str(exc):
-            raise ApiError(400, "ambiguous_chat", str(exc)) from None
+    except AmbiguousError as exc:
+        raise ApiError(400, "ambiguous_chat", str(exc)) from None
+    except NotFoundError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    try:
-        job, created = await manual.create_for(ctx.store, sel, force)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    if created:
-        ctx.wake()
-    return JSONResponse(job_json(job, ctx.config, ctx.root), status_code=201 if created else 200)
+    status = 201 if made.created else 200
+    return JSONResponse(job_json(made.job, ctx.config, ctx.root), status_code=status)
 
 
 async def events(request: Request) -> Response:
     ctx = _ctx(request)
     hello = {"version": ctx.version, "api": 1}
     body = stream_events(
-        ctx.hub, request.headers.get("last-event-id"), hello, ping_seconds=ctx.ping_seconds
+        ctx.hub,
+        request.headers.get("last-event-id"),
+        hello,
+        ping_seconds=ctx.ping_seconds,
+        sees=caller(request).sees,
     )
     return StreamingResponse(
         body,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+# --- user tokens (the admin only) -------------------------------------------------------------
+
+
+def _admin_tokens(request: Request) -> UserTokens:
+    if not caller(request).admin:
+        raise ApiError(403, "admin_only", "only the admin's token manages user tokens")
+    users = _ctx(request).users
+    if users is None:
+        raise ApiError(404, "not_found", "user tokens are not served here")
+    return users
+
+
+async def list_user_tokens(request: Request) -> Response:
+    users = _admin_tokens(request)
+    found = await anyio.to_thread.run_sync(users.tokens)
+    return JSONResponse(
+        {"tokens": [t.to_json() for t in found]}, headers={"Cache-Control": "no-store"}
+    )
+
+
+async def create_user_token(request: Request) -> Response:
+    users = _admin_tokens(request)
+    data = await _body(request)
+    handles = data.get("handles")
+    if isinstance(handles, str):
+        handles = [handles]
+    if not isinstance(handles, list) or not handles or not all(isinstance(h, str) for h in handles):
+        raise ApiError(422, "invalid", "handles is a list of SillyTavern user handles")
+    label = data.get("label", "")
+    if not isinstance(label, str):
+        raise ApiError(422, "invalid", "label is a text")
+    try:
+        record, secret = await anyio.to_thread.run_sync(users.create, handles, label)
+    except ConfigError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    answer = {**record.to_json(), "token": secret}
+    return JSONResponse(answer, status_code=201, headers={"Cache-Control": "no-store"})
+
+
+async def revoke_user_token(request: Request) -> Response:
+    users = _admin_tokens(request)
+    token_id = request.path_params["token_id"]
+    if not isinstance(token_id, str) or not is_token_id(token_id):
+        raise ApiError(404, "not_found", "no such user token")
+    gone = await anyio.to_thread.run_sync(users.revoke, token_id)
+    if gone is None:
+        raise ApiError(404, "not_found", f"no user token {token_id}")
+    return JSONResponse({**gone.to_json(), "revoked": True})
 
 
 def routes() -> list[Route]:
@@ -636,4 +695,7 @@ def routes() -> list[Route]:
         Route("/api/v1/pause", pause, methods=["GET", "POST"]),
         Route("/api/v1/generate", generate, methods=["POST"]),
         Route("/api/v1/events", events, methods=["GET"]),
+        Route("/api/v1/users", list_user_tokens, methods=["GET"]),
+        Route("/api/v1/users", create_user_token, methods=["POST"]),
+        Route("/api/v1/users/{token_id}/revoke", revoke_user_token, methods=["POST"]),
     ]

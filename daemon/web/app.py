@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -13,9 +14,9 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.web import api, pages
+from daemon.web.access import UserTokens
 from daemon.web.context import WebContext
 from daemon.web.events import EventHub
 from daemon.web.security import ASGIApp, Guard, Rules
@@ -28,13 +29,13 @@ log = structlog.get_logger("st_imagegen.web")
 STATIC = Path(__file__).parent / "static"
 
 
-def make_context(config: Config, root: Path, store: Store, approval: Approval) -> WebContext:
-    """The routes' shared state; the caller attaches ``ctx.hub.job_changed`` to the store."""
+def make_context(config: Config, root: Path, engine: Engine) -> WebContext:
+    """The routes' shared state; the caller attaches ``ctx.hub.job_changed`` to the engine."""
     from daemon import __version__
 
     hub = EventHub(lambda job: api.job_json(job, config, root))
     thumbs = Thumbs(config.state_dir / "thumbs")
-    return WebContext(config, root, store, approval, hub, thumbs, __version__)
+    return WebContext(config, root, engine, hub, thumbs, __version__)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:
@@ -55,8 +56,16 @@ async def _crash(request: Request, exc: Exception) -> Response:
     return api.error_response(500, "internal", "the daemon hit an internal error (see its log)")
 
 
-def build_app(ctx: WebContext, token: str | None) -> ASGIApp:
-    """The whole inbox as one ASGI app; ``token`` None: no token needed."""
+def build_app(
+    ctx: WebContext,
+    token: str | None,
+    *,
+    users: UserTokens | None = None,
+    open_door: Callable[[], bool] | None = None,
+) -> ASGIApp:
+    """The whole inbox as one ASGI app; ``token`` None: no token needed (every caller is the
+    admin); else the admin's token, ``users`` the user tokens and ``open_door`` whether a
+    caller without a token is the admin right now."""
     app = Starlette(
         routes=[
             *api.routes(),
@@ -70,4 +79,5 @@ def build_app(ctx: WebContext, token: str | None) -> ASGIApp:
         },
     )
     app.state.ctx = ctx
-    return Guard(app, Rules.from_config(ctx.config, token))
+    ctx.users = users
+    return Guard(app, Rules.from_config(ctx.config, token, users=users, open_door=open_door))

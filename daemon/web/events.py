@@ -21,7 +21,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from daemon.engine.store import Job, JobState
+from daemon.engine.front import Job, JobState
 
 __all__ = ["REPLAY", "Event", "EventHub", "sse_format"]
 
@@ -39,6 +39,7 @@ class Event:
     seq: int
     name: str
     data: str  # JSON text
+    user: str | None = None  # the ST handle the event is about; None: for every caller
 
 
 def sse_format(event: Event | None = None, *, comment: str | None = None) -> bytes:
@@ -75,11 +76,11 @@ class EventHub:
             "job": self.render(job),
             "previous_state": previous.value if previous is not None else None,
         }
-        self.publish("job", data)
+        self.publish("job", data, user=job.user)
 
-    def publish(self, name: str, data: dict[str, Any]) -> Event:
+    def publish(self, name: str, data: dict[str, Any], *, user: str | None = None) -> Event:
         self._seq += 1
-        event = Event(self._seq, name, json.dumps(data, ensure_ascii=False))
+        event = Event(self._seq, name, json.dumps(data, ensure_ascii=False), user)
         self._recent.append(event)
         for stream in list(self._subscribers):
             try:
@@ -131,8 +132,14 @@ async def stream_events(
     hello: dict[str, Any],
     *,
     ping_seconds: float = 15.0,
+    sees: Callable[[str], bool] = lambda _user: True,
 ) -> AsyncIterator[bytes]:
-    """The body of ``GET /api/v1/events``."""
+    """The body of ``GET /api/v1/events``; ``sees`` says which users' events this caller
+    gets (another user's event never reaches the stream, replayed or live)."""
+
+    def _shown(event: Event) -> bool:
+        return event.user is None or sees(event.user)
+
     async with hub.subscribe() as receive:
         # Subscribed, then the replay read and ``seen`` fixed with no await in between: every
         # later event reaches the queue, every earlier one is in the replay (or skipped).
@@ -143,7 +150,7 @@ async def stream_events(
             if missed is None:
                 first.append(sse_format(Event(hub.seq, "reset", json.dumps({"type": "reset"}))))
             else:
-                first.extend(sse_format(event) for event in missed)
+                first.extend(sse_format(event) for event in missed if _shown(event))
         seen = hub.seq
         for chunk in first:
             yield chunk
@@ -155,7 +162,8 @@ async def stream_events(
                     return
                 if event.seq > seen:
                     seen = event.seq
-                    yield sse_format(event)
+                    if _shown(event):
+                        yield sse_format(event)
                 continue
             yield sse_format(comment="ping")
 

@@ -13,10 +13,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.engine.store import JobState
+from daemon.engine.front import JobState
 from daemon.errors import JobError, UnsafePathError
 from daemon.tavern import layout
-from daemon.web.api import ApiError, job_json
+from daemon.web.access import Caller
+from daemon.web.api import ApiError, caller, job_json
 from daemon.web.context import WebContext
 
 __all__ = ["HISTORY_STATES", "INBOX_STATES", "routes"]
@@ -65,22 +66,27 @@ def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 
 async def inbox(request: Request) -> Response:
     ctx = _ctx(request)
+    who = caller(request)
     query = request.query_params
     chat = query.get("chat") or None
     character = query.get("character") or None
-    choice = await ctx.store.query_jobs(
-        states=CHOICE_STATES, chat=chat, character=character, limit=INBOX_PAGE
+    choice = await ctx.engine.jobs(
+        states=CHOICE_STATES, chat=chat, character=character, users=who.handles, limit=INBOX_PAGE
     )
-    working = await ctx.store.query_jobs(
-        states=WORKING_STATES, chat=chat, character=character, limit=STRIP_LIMIT
+    working = await ctx.engine.jobs(
+        states=WORKING_STATES,
+        chat=chat,
+        character=character,
+        users=who.handles,
+        limit=STRIP_LIMIT,
     )
-    per_chat = await ctx.store.chat_counts(CHOICE_STATES)
+    per_chat = await ctx.engine.chat_counts(CHOICE_STATES, users=who.handles)
     total = sum(
         n
         for c, n in per_chat.items()
         if (chat is None or c == chat) and (character is None or _character_of(c) == character)
     )
-    chats = await _chat_choices(ctx, per_chat, chat)
+    chats = await _chat_choices(ctx, per_chat, chat, who)
     data = {
         "jobs": [job_json(j, ctx.config, ctx.root) for j in (*choice, *working)],
         "total": total,
@@ -109,10 +115,11 @@ def _character_of(chat: str) -> str:
 
 
 async def _chat_choices(
-    ctx: WebContext, per_chat: dict[str, int], chosen: str | None
+    ctx: WebContext, per_chat: dict[str, int], chosen: str | None, who: Caller
 ) -> list[dict[str, Any]]:
     """The chat filter's options: every chat with jobs, named as the user knows it."""
-    known = await ctx.store.known_chats() | set(per_chat) | ({chosen} if chosen else set())
+    every = await ctx.engine.known_chats() | set(per_chat) | ({chosen} if chosen else set())
+    known = {c for c in every if who.sees(c.split("/", 1)[0])}
     out = [
         {
             "chat": chat,
@@ -153,17 +160,24 @@ async def history(request: Request) -> Response:
     if before and (not before.isalnum() or len(before) > 26):
         raise ApiError(400, "bad_id", "before must be a job id")
     states = [JobState(state)] if state else list(HISTORY_STATES)
+    who = caller(request)
     one = query.get("job", "")
     if one:
         try:
-            jobs = [await ctx.store.get_job(one)] if one.isalnum() and len(one) <= 26 else []
+            found = await ctx.engine.job(one, users=who.handles) if one.isalnum() else None
         except JobError:
-            jobs = []
+            found = None
+        jobs = [found] if found is not None and len(one) <= 26 else []
     else:
-        jobs = await ctx.store.query_jobs(
-            states=states, chat=chat or None, before=before or None, limit=HISTORY_PAGE
+        jobs = await ctx.engine.jobs(
+            states=states,
+            chat=chat or None,
+            users=who.handles,
+            before=before or None,
+            limit=HISTORY_PAGE,
         )
-    chats = sorted(await ctx.store.known_chats() | ({chat} if chat else set()))
+    known = await ctx.engine.known_chats() | ({chat} if chat else set())
+    chats = sorted(c for c in known if who.sees(c.split("/", 1)[0]))
     older = jobs[-1].id if len(jobs) == HISTORY_PAGE else None
     return _render(
         "history.html",
@@ -186,7 +200,7 @@ async def job_page(request: Request) -> Response:
     if not isinstance(ref, str) or not ref.isalnum() or len(ref) > 26:
         raise ApiError(400, "bad_id", "not a job id")
     try:
-        job = await ctx.store.get_job(ref)
+        job = await ctx.engine.job(ref, users=caller(request).handles)
     except JobError:
         return not_found_page(request.url.path)
     if job.state in INBOX_STATES:

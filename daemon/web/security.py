@@ -1,10 +1,15 @@
 """Who may talk to the inbox: the token, the Host header (DNS rebinding), Origin (CSRF), CORS.
 
-Rules (docs/http-api.md): a token is needed when the inbox is bound to a non-loopback address
-or ``web.require_token`` is set; it comes as ``Authorization: Bearer`` or as the HttpOnly,
-SameSite=Strict cookie that ``GET /?token=`` sets. A POST whose Origin is neither the inbox's
-own nor one of ``web.allowed_origins`` is refused; POST bodies must be JSON (a foreign page then
-needs a CORS preflight, which only allowed origins pass). The Host header must name the inbox:
+Rules (docs/http-api.md): a token is needed when the inbox is bound to a non-loopback address,
+when ``web.require_token`` is set, or when the daemon watches several SillyTavern users (unless
+``web.require_token = false`` says the household shares one inbox); it comes as
+``Authorization: Bearer`` or as the HttpOnly, SameSite=Strict cookie that ``GET /?token=``
+sets. The token names the caller (:mod:`daemon.web.access`): the admin's token sees everything,
+a user token only its ST handles; the caller goes to the app in ``scope[CALLER]``.
+
+A POST whose Origin is neither the inbox's own nor one of ``web.allowed_origins`` is refused;
+POST bodies must be JSON (a foreign page then needs a CORS preflight, which only allowed
+origins pass). The Host header must name the inbox:
 an IP literal (a rebinding attack needs a DNS name), ``localhost``, ``web.host`` or one of
 ``web.hostnames``.
 """
@@ -25,8 +30,10 @@ from urllib.parse import parse_qsl, urlencode
 
 from daemon.config import Config, WebSettings
 from daemon.errors import ConfigError
+from daemon.web.access import ADMIN, Caller, UserTokens
 
 __all__ = [
+    "CALLER",
     "COOKIE",
     "TOKEN_FILE",
     "Guard",
@@ -36,6 +43,7 @@ __all__ = [
     "token_required",
 ]
 
+CALLER = "st_imagegen.caller"
 COOKIE = "st_imagegen_token"
 TOKEN_FILE = "web-token"  # noqa: S105 - a file name, not a secret
 COOKIE_MAX_AGE = 400 * 86400  # browsers cap cookie lifetimes at 400 days
@@ -60,7 +68,16 @@ def is_loopback(host: str) -> bool:
 
 
 def token_required(settings: WebSettings) -> bool:
-    return settings.require_token or not is_loopback(settings.host)
+    """A token is needed whoever watches what: not on loopback, or ``require_token = true``."""
+    return settings.require_token is True or not is_loopback(settings.host)
+
+
+def needs_token(settings: WebSettings, handles: int) -> bool:
+    """Is a token needed with ``handles`` ST users watched? Several users need tokens even on
+    loopback (each sees only their own) unless ``require_token = false`` says otherwise."""
+    if token_required(settings):
+        return True
+    return settings.require_token is None and handles > 1
 
 
 def load_token(config: Config, *, create: bool = True) -> str:
@@ -116,16 +133,45 @@ def _create_token(path: Path) -> str:
 class Rules:
     """What :class:`Guard` enforces, fixed at start."""
 
-    token: str | None  # None: no token needed
+    token: str | None  # the admin's; None: no token needed, every caller is the admin
     hostnames: frozenset[str]  # lower case, without port or brackets
     allowed_origins: frozenset[str]
+    users: UserTokens | None = None  # user tokens (None: only the admin's)
+    open_door: Callable[[], bool] | None = None  # True: no token needed right now (loopback,
+    # one user); None: ``token`` decides alone
 
     @classmethod
-    def from_config(cls, config: Config, token: str | None) -> Rules:
+    def from_config(
+        cls,
+        config: Config,
+        token: str | None,
+        *,
+        users: UserTokens | None = None,
+        open_door: Callable[[], bool] | None = None,
+    ) -> Rules:
         web = config.web
         names = {"localhost", web.host.strip("[]").lower(), *(h.lower() for h in web.hostnames)}
         origins = frozenset(o.rstrip("/").lower() for o in web.allowed_origins)
-        return cls(token, frozenset(n for n in names if n), origins)
+        return cls(token, frozenset(n for n in names if n), origins, users, open_door)
+
+    @property
+    def tokens_used(self) -> bool:
+        return self.token is not None
+
+    def caller(self, given: str | None, *, door: bool = True) -> Caller | None:
+        """Who ``given`` (a token, or None) is; None: refused. ``door`` False: only a real
+        token counts (a login link)."""
+        if self.token is None:
+            return ADMIN
+        if given and len(given) <= MAX_TOKEN_CHARS:
+            if hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.token.encode()):
+                return ADMIN
+            found = self.users.find(given) if self.users is not None else None
+            if found is not None:
+                return Caller(frozenset(found.handles), found.id)
+        if door and self.open_door is not None and self.open_door():
+            return ADMIN
+        return None
 
     def host_ok(self, host: str) -> bool:
         name = _host_name(host)
@@ -140,11 +186,7 @@ class Rules:
         return True
 
     def token_ok(self, given: str | None) -> bool:
-        if self.token is None:
-            return True
-        if not given or len(given) > MAX_TOKEN_CHARS:
-            return False
-        return hmac.compare_digest(given.encode(), self.token.encode())
+        return self.caller(given) is not None
 
 
 def _host_name(host: str) -> str:
@@ -256,7 +298,10 @@ class Guard:
         if self.rules.token is not None and method == "GET" and not is_api and "token=" in query:
             await self._login(scope, send, query)
             return
-        if not path.startswith("/static/") and not self.rules.token_ok(_given_token(headers)):
+        caller = self.rules.caller(_given_token(headers))
+        if caller is not None:
+            scope[CALLER] = caller
+        elif not path.startswith("/static/"):
             if is_api:
                 await _send_json(send, 401, "unauthorized", "a valid token is needed", cors)
             else:
@@ -298,7 +343,7 @@ class Guard:
         """``?token=`` link: set the cookie and send the browser to the address without it."""
         pairs = parse_qsl(query, keep_blank_values=True)
         given = next((v for k, v in pairs if k == "token"), None)
-        if not self.rules.token_ok(given):
+        if not given or self.rules.caller(given, door=False) is None:
             await _send_json(send, 401, "unauthorized", "the token in this link is wrong", [])
             return
         rest = urlencode([(k, v) for k, v in pairs if k != "token"])

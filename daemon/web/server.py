@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -27,18 +28,20 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.logs import register_secret
+from daemon.tavern import layout
+from daemon.web.access import UserTokens
 from daemon.web.app import build_app, make_context
 from daemon.web.context import WebContext
-from daemon.web.security import load_token, token_required
+from daemon.web.security import load_token, needs_token, token_required
 
 __all__ = ["URL_FILE", "WebAddress", "bind_socket", "serve_web", "web_url"]
 
 log = structlog.get_logger("st_imagegen.web")
 
 URL_FILE = "web.json"
+USERS_RECHECK = 10.0
 SHUTDOWN_SECONDS = 2
 """How long open requests (event streams end at once) may take when the daemon stops."""
 
@@ -143,9 +146,42 @@ def web_url(config: Config) -> tuple[str, bool]:
     else:
         port = config.web.port or 8765
         url = f"http://{_url_host(config, '')}:{port}/"
-    if token_required(config.web):
+    if needs_token(config.web, len(watched_users(config))):
         url += f"?token={load_token(config)}"
     return url, found is not None
+
+
+def watched_users(config: Config, root: Path | None = None) -> list[str]:
+    """The ST handles the daemon watches (blocking: lists the data root)."""
+    if root is None:
+        if config.data_root is None:
+            return []
+        try:
+            root = layout.resolve_data_root(config.data_root)
+        except Exception:  # a CLI helper: a broken root is reported by the commands
+            return []
+    return layout.list_users(root, config.detect.users)
+
+
+class _HandleCount:
+    """How many ST users are watched, looked up at most every :data:`USERS_RECHECK` seconds
+    (a new ST account appears while the daemon runs: the loopback door closes then)."""
+
+    def __init__(self, config: Config, root: Path) -> None:
+        self.config = config
+        self.root = root
+        self.at = -math.inf
+        self.count = 0
+
+    def refresh(self) -> int:
+        self.count = len(watched_users(self.config, self.root))
+        self.at = time.monotonic()
+        return self.count
+
+    def open_door(self) -> bool:
+        if time.monotonic() - self.at > USERS_RECHECK:
+            self.refresh()  # a listdir of the data root: cheap, and rare
+        return not needs_token(self.config.web, self.count)
 
 
 def _quiet_uvicorn() -> None:
@@ -156,23 +192,32 @@ def _quiet_uvicorn() -> None:
 
 
 async def serve_web(
-    config: Config,
-    root: Path,
-    store: Store,
-    approval: Approval,
+    engine: Engine,
     *,
-    wake: Callable[[], None],
     draining: Callable[[], bool],
     stop_running: Callable[[str, str], bool] | None = None,
     ping_seconds: float = 15.0,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the inbox until cancelled (then stop it within :data:`SHUTDOWN_SECONDS`)."""
+    """Serve the inbox over ``engine`` until cancelled (then stop it within
+    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
+    config = engine.config
+    root = await engine.root()
     web = config.web
-    token: str | None = None
-    if token_required(web):
-        token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
-        register_secret(token)
+    # The admin's token always exists: loopback may need it as soon as a second ST user appears.
+    token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
+    register_secret(token)
+    users = UserTokens(config.state_dir)
+    await anyio.to_thread.run_sync(users.tokens)  # a broken file is said at start
+    handles = _HandleCount(config, root)
+    handle_count = await anyio.to_thread.run_sync(handles.refresh)
+    if not token_required(web) and needs_token(web, handle_count):
+        log.warning(
+            "several SillyTavern users are watched: the inbox asks for a token even on "
+            "loopback, so each sees only their own (`st-imagegen users token HANDLE` makes "
+            "one; web.require_token = false shares one inbox for a household)",
+            users=handle_count,
+        )
     try:
         sock = bind_socket(web.host, web.port)
     except OSError as exc:
@@ -184,15 +229,13 @@ async def serve_web(
         )
         task_status.started(None)
         return
-    ctx = make_context(config, root, store, approval)
-    ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
-    if stop_running is not None:
-        ctx.stop_running = stop_running
+    ctx = make_context(config, root, engine)
+    ctx.draining, ctx.ping_seconds = draining, ping_seconds
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
     server = _Server(
         uvicorn.Config(
-            build_app(ctx, token),
+            build_app(ctx, token, users=users, open_door=handles.open_door),
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -208,10 +251,10 @@ async def serve_web(
         f"http://{_url_host(config, bound_host)}:{bound_port}/",
         bound_host,
         bound_port,
-        token is not None,
+        needs_token(web, handle_count),
     )
     url_file = config.state_dir / URL_FILE
-    remove_listener = store.add_job_listener(ctx.hub.job_changed)
+    remove_listener = engine.on_job_changed(ctx.hub.job_changed)
 
     async def _run() -> None:
         with anyio.CancelScope(shield=True):  # stopped through should_exit, never mid-request
@@ -225,7 +268,7 @@ async def serve_web(
                     break
                 await anyio.sleep(0.01)
             await anyio.to_thread.run_sync(_write_address, url_file, address)
-            log.info("web inbox", url=address.url, token=token is not None)
+            log.info("web inbox", url=address.url, token=address.token_required)
             task_status.started(ctx)
             try:
                 await anyio.sleep_forever()

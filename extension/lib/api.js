@@ -18,6 +18,16 @@ export class ApiError extends Error {
 }
 
 /**
+ * What to do about a 401 (the daemon runs with a token): one sentence with the way out.
+ * @param {boolean} hadToken whether a token was sent
+ */
+export function tokenHint(hadToken) {
+    return hadToken
+        ? 'the daemon did not accept the token: run `st-imagegen web-url` and paste the part after `?token=` into Extensions → st-imagegen → Token'
+        : 'this daemon needs a token: run `st-imagegen web-url` and paste the part after `?token=` into Extensions → st-imagegen → Token';
+}
+
+/**
  * Normalise a daemon address typed by a user: scheme added, trailing slashes dropped.
  * @param {string} text
  */
@@ -95,7 +105,9 @@ export function createApi({ base, token, fetch: fetchImpl, timeoutMs = REQUEST_T
         }
         if (!response.ok) {
             const error = data && typeof data === 'object' ? data.error : null;
-            const message = error?.message || `HTTP ${response.status} from ${method} ${path}`;
+            const message = response.status === 401
+                ? tokenHint(!!token())
+                : error?.message || `HTTP ${response.status} from ${method} ${path}`;
             throw new ApiError(message, { status: response.status, code: error?.code || `http-${response.status}` });
         }
         return data;
@@ -119,7 +131,8 @@ export function createApi({ base, token, fetch: fetchImpl, timeoutMs = REQUEST_T
          */
         async imageUrl(path) {
             const response = await doFetch(url(path), { headers: headers(), credentials: 'include' });
-            if (!response.ok) throw new ApiError(`image ${path}: HTTP ${response.status}`, { status: response.status, code: 'image' });
+            if (response.status === 401) throw new ApiError(tokenHint(!!token()), { status: 401, code: 'unauthorized' });
+            if (!response.ok) throw new ApiError(`image: HTTP ${response.status}`, { status: response.status, code: 'image' });
             return URL.createObjectURL(await response.blob());
         },
     };

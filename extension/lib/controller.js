@@ -16,6 +16,7 @@ import {
     planInsert,
     revisionOf,
 } from './protocol.js';
+import { messageLabel } from './text.js';
 
 /** At most this many jobs are listed per request (the API's own cap). */
 export const LIST_LIMIT = 500;
@@ -37,7 +38,7 @@ export function progressText(job) {
     // The daemon's progress text often just names the step ("drawing", "writing the prompt");
     // repeated in brackets it reads as a stutter, so only a detail the step lacks is added.
     const extra = detail && !step.toLowerCase().includes(detail.toLowerCase()) ? ` (${detail})` : '';
-    return `Image for message #${job.mesid}: ${step}${extra}`;
+    return `Image for ${messageLabel(job)}: ${step}${extra}`;
 }
 
 export class Controller {
@@ -57,8 +58,17 @@ export class Controller {
         this.ledger = new CommitLedger();
         /** @type {Map<string, any>} pending jobs of the open chat, by id */
         this.pending = new Map();
-        /** @type {Set<string>} jobs started from this tab (progress toasts) */
-        this.tracked = new Set();
+        /**
+         * Jobs started from this tab, with the key of the one toast their user action has
+         * (a regeneration's new job keeps its predecessor's toast) and the last state a
+         * finishing toast was shown for (a repeated event shows nothing new).
+         * @type {Map<string, {key: string, shown: string|null}>}
+         */
+        this.tracked = new Map();
+        /** @type {Map<string, string>} the last state seen per job of the open chat */
+        this.lastState = new Map();
+        /** @type {Set<string>} jobs whose "reload to see it" toast was shown */
+        this.toldReload = new Set();
         this.chatReady = Promise.resolve();
         this.baselineMissing = true;
         this.queue = Promise.resolve();
@@ -86,6 +96,7 @@ export class Controller {
     chatChanged() {
         this.deps.preview.close();
         this.pending.clear();
+        this.lastState.clear();
         const open = this.open();
         this.openKey = chatKeyOf(open);
         this.chatReady = this.serial(() => this.loadChat(open));
@@ -155,7 +166,12 @@ export class Controller {
         await this.chatReady;
         const open = this.open();
         if (!jobInChat(job, open, this.deps.settings().user)) return;
+        const before = this.lastState.get(job.id);
+        this.lastState.set(job.id, job.state);
         if (job.state === 'pending') {
+            // Back to pending (revived by a swipe back, retried): offered again even if the user
+            // closed its preview before.
+            if (before && before !== 'pending') this.deps.preview.offerAgain?.(job.id);
             this.pending.set(job.id, job);
             this.showPending();
             return;
@@ -166,20 +182,35 @@ export class Controller {
         }
     }
 
+    /** Follow `job` (started from this tab) with one toast, under `key` (default: its id). */
+    track(job, key = job.id) {
+        this.tracked.set(job.id, { key, shown: null });
+        this.progress(job);
+    }
+
     progress(job) {
-        if (!this.tracked.has(job.id) || !this.deps.settings().progressToasts) return;
+        const entry = this.tracked.get(job.id);
+        if (!entry || !this.deps.settings().progressToasts) return;
         const { toasts } = this.deps;
+        const what = `Image for ${messageLabel(job)}`;
         if (RUNNING_STATES.includes(job.state) || job.state === 'accepted') {
-            toasts.progress(job.id, progressText(job));
+            entry.shown = null;
+            toasts.progress(entry.key, progressText(job));
         } else if (job.state === 'pending') {
-            toasts.finish(job.id, 'success', progressText(job));
+            if (entry.shown === 'pending') return; // the same state again: nothing new to say
+            entry.shown = 'pending';
+            toasts.finish(entry.key, 'success', progressText(job));
         } else if (job.state === 'committed') {
             this.tracked.delete(job.id);
-            toasts.finish(job.id, 'success', `Image for message #${job.mesid} is in the chat`);
+            toasts.finish(entry.key, 'success', `${what} is in the chat`);
+        } else if (job.state === 'superseded') {
+            // Replaced (the reply changed, or a newer job): its last_error names job ids.
+            this.tracked.delete(job.id);
+            toasts.finish(entry.key, 'info', `${what} was dropped: the reply changed`);
         } else if (FINAL_STATES.includes(job.state)) {
             this.tracked.delete(job.id);
-            const why = job.last_error ? `: ${job.last_error}` : '';
-            toasts.finish(job.id, job.state === 'failed' ? 'error' : 'info', `Image for message #${job.mesid} ${job.state}${why}`);
+            const why = job.state === 'failed' && job.last_error ? `: ${job.last_error}` : '';
+            toasts.finish(entry.key, job.state === 'failed' ? 'error' : 'info', `${what} ${job.state}${why}`);
         }
     }
 
@@ -213,6 +244,11 @@ export class Controller {
         const plan = planInsert(ctx.chat, payload, { revision: job.revision, currentRevision: sameReply ? currentRevision : null });
         if (plan.action !== 'insert') {
             this.ledger.done(job.id);
+            if (plan.reason === 'reply-gone' && !this.toldReload.has(job.id)) {
+                // Never silent: the image is in the chat file, this tab just cannot place it.
+                this.toldReload.add(job.id);
+                this.deps.toasts.warning(`The image for ${messageLabel(job)} was saved in the chat file, but this tab cannot find that message. Reload the chat (F5) to see it.`);
+            }
             if (plan.reason === 'reply-changed') {
                 this.log('info', `st-imagegen: job ${job.id} is for an earlier version of message #${plan.replyIndex}; not shown`);
             }
@@ -254,17 +290,18 @@ export class Controller {
      */
     async act(what, job, value) {
         const { api, toasts } = this.deps;
+        const entry = this.tracked.get(job.id);
         try {
             let result;
             if (what === 'accept') result = await api.accept(job.id, value);
             else if (what === 'reject') result = await api.reject(job.id);
             else if (what === 'regen') {
                 result = await api.regen(job.id, value);
-                if (result?.id) {
-                    this.tracked.add(result.id);
-                    this.progress(result);
-                }
+                // The old job's end ("regenerated as <id>") is no news: its toast follows the new job.
+                this.tracked.delete(job.id);
+                if (result?.id) this.track(result, entry?.key ?? result.id);
             } else throw new Error(`unknown action ${what}`);
+            if (what === 'reject') this.tracked.delete(job.id);
             if (this.pending.delete(job.id)) this.showPending();
             return result ?? {};
         } catch (error) {
@@ -300,9 +337,24 @@ export class Controller {
         }
         const body = generateBody(open, { mesid, force, user: this.deps.settings().user });
         try {
-            const job = await api.generate(body);
-            this.tracked.add(job.id);
-            this.progress(job);
+            let job = await api.generate(body);
+            if (!force && ['rejected', 'failed', 'superseded'].includes(job?.state)) {
+                // The reply's earlier job ended without an image: asking again means a new one.
+                job = await api.generate({ ...body, force: true });
+            }
+            if (job?.state === 'committed') {
+                toasts.info(`${messageLabel(job)} already has its image in the chat; /genimage mesid=${job.mesid} force=true makes another`);
+                return job;
+            }
+            if (job?.state === 'pending' && this.deps.settings().livePreview && jobInChat(job, this.open(), this.deps.settings().user)) {
+                // Waiting for review (perhaps closed earlier): show it again.
+                this.deps.preview.offerAgain?.(job.id);
+                this.pending.set(job.id, job);
+                this.lastState.set(job.id, job.state);
+                this.showPending();
+                return job;
+            }
+            this.track(job);
             return job;
         } catch (error) {
             toasts.error(`st-imagegen: ${error?.message ?? error}`);

@@ -121,6 +121,7 @@ export class EventStreamClient {
      * @param {typeof fetch} [options.fetch]
      * @param {(fn: () => void, ms: number) => any} [options.setTimeout]
      * @param {(handle: any) => void} [options.clearTimeout]
+     * @param {(status: number) => string|null} [options.describeStatus] a sentence for an HTTP error (e.g. 401)
      * @param {() => number} [options.random]
      * @param {number} [options.stallMs]
      */
@@ -194,7 +195,8 @@ export class EventStreamClient {
                 headers, signal: controller.signal, cache: 'no-store', credentials: 'include',
             });
             if (!response.ok) {
-                throw new Error(`event stream: HTTP ${response.status}`);
+                const hint = this.options.describeStatus?.(response.status);
+                throw new Error(hint || `event stream: HTTP ${response.status}`);
             }
             if (!response.body) throw new Error('event stream: no body');
             const parser = new SSEParser(event => this.dispatch(event, generation));
@@ -241,5 +243,39 @@ export class EventStreamClient {
         }
         if (event.id) this.lastEventId = event.id;
         this.options.onEvent({ type: event.type, data, id: event.id });
+    }
+}
+
+/**
+ * The toasts about the connection: none while all is well; one warning per outage (not per
+ * retry: ST keeps working meanwhile); after it, "connected" (the first time) or "reconnected".
+ */
+export class ConnectionNotices {
+    /**
+     * @param {{toasts: {info(text: string): void, warning(text: string): void}, where: () => string}} deps
+     */
+    constructor({ toasts, where }) {
+        this.toasts = toasts;
+        this.where = where;
+        this.wasConnected = false;
+        this.warnedDown = false;
+    }
+
+    /**
+     * @param {string} state the stream's state
+     * @param {{error?: Error}} [detail]
+     * @param {number} [attempt] the stream's failed attempts so far
+     */
+    onState(state, detail, attempt = 0) {
+        if (state === 'connected') {
+            if (this.warnedDown) this.toasts.info(`${this.wasConnected ? 'reconnected' : 'connected'} to the daemon at ${this.where()}`);
+            this.wasConnected = true;
+            this.warnedDown = false;
+        } else if (state === 'disconnected' && !this.warnedDown && (this.wasConnected || attempt === 1)) {
+            this.warnedDown = true;
+            const why = detail?.error?.message ?? 'no answer';
+            // A token problem is its own sentence with the way out; anything else is "not reachable".
+            this.toasts.warning(/token/.test(why) ? why : `the daemon at ${this.where()} is not reachable (${why}); retrying in the background`);
+        }
     }
 }

@@ -39,15 +39,27 @@ export function findMarker(chat, jobId) {
     return -1;
 }
 
-function dateText(value) {
+/**
+ * A message date as the saved file has it. In ST's memory a freshly generated reply carries
+ * `gen_started` (and `swipe_info[i].gen_started`) as a JavaScript Date (`generation_started =
+ * new Date()`); the file has the ISO text JSON.stringify makes of it, which is what the daemon
+ * reads. Numbers (epoch milliseconds, some importers) count as their integer text.
+ * @param {any} value
+ * @returns {string}
+ */
+export function dateText(value) {
     if (typeof value === 'string') return value;
     if (typeof value === 'number' && Number.isFinite(value)) return String(Math.trunc(value));
+    if (value instanceof Date || Object.prototype.toString.call(value) === '[object Date]') {
+        const time = value.getTime();
+        return Number.isFinite(time) ? value.toISOString() : '';
+    }
     return '';
 }
 
 /**
  * The first swipe's start, stable across swipes: the same rule as the daemon's
- * `Message.first_date` (daemon/tavern/chat.py).
+ * `Message.first_date` (daemon/tavern/chat.py), over the values as ST keeps them in memory.
  * @param {any} message
  * @returns {string}
  */
@@ -62,10 +74,35 @@ export function firstDate(message) {
         }
     }
     const swipes = Array.isArray(message.swipes) ? message.swipes.filter(s => typeof s === 'string') : [];
-    if (typeof message.gen_started === 'string' && message.gen_started && swipes.length < 2) {
-        return message.gen_started;
-    }
+    // The daemon takes a top-level gen_started only as text (a Date is text once saved).
+    const started = typeof message.gen_started === 'number' ? '' : dateText(message.gen_started);
+    if (started && swipes.length < 2) return started;
     return dateText(message.send_date);
+}
+
+/** The instant a date text names (ms), or null: ISO texts, epoch numbers, ST's humanized form. */
+function instantOf(text) {
+    if (!text) return null;
+    if (/^\d+$/.test(text)) return Number(text);
+    const parsed = Date.parse(text);
+    return Number.isFinite(parsed) ? parsed : null;
+}
+
+/**
+ * Whether two date texts name the same moment: equal texts, or (forms differ: ISO against epoch
+ * milliseconds) the same instant to the millisecond. ST's humanized `send_date` ("November 23,
+ * 2026 10:06pm") has minute precision and is compared as text only.
+ * @param {string} a
+ * @param {string} b
+ */
+export function sameDate(a, b) {
+    if (!a || !b) return false;
+    if (a === b) return true;
+    const precise = text => /^\d+$/.test(text) || /T\d\d:\d\d:\d\d/.test(text);
+    if (!precise(a) || !precise(b)) return false;
+    const x = instantOf(a);
+    const y = instantOf(b);
+    return x !== null && y !== null && x === y;
 }
 
 /**
@@ -74,7 +111,7 @@ export function firstDate(message) {
  * @param {{name: string, send_date: string}} identity
  */
 export function isReply(message, identity) {
-    return !!message && message.name === identity.name && firstDate(message) === identity.send_date;
+    return !!message && message.name === identity.name && sameDate(firstDate(message), String(identity.send_date ?? ''));
 }
 
 /**

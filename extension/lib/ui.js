@@ -2,6 +2,7 @@
 // in the Extensions drawer, the message-menu button and toasts. Plain DOM APIs, no framework.
 
 import { ApiError, normaliseBase } from './api.js';
+import { messageLabel, plainExcerpt } from './text.js';
 import { inboxUrl } from './settings.js';
 
 /** The class of our button in each message's action menu (`.extraMesButtons`). */
@@ -115,7 +116,7 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
         root.dataset.job = job.id;
         const head = el(doc, 'div', { class: 'st-imagegen-head' },
             el(doc, 'b', { text: 'st-imagegen' }),
-            el(doc, 'span', { text: ` · ${job.speaker || job.character || ''} · message #${job.mesid}` }),
+            el(doc, 'span', { text: ` · ${job.speaker || job.character || ''} · ${messageLabel(job)}` }),
             count > 1 ? el(doc, 'span', { class: 'st-imagegen-count', text: ` · 1 of ${count} pending` }) : null);
         const images = el(doc, 'div', { class: 'st-imagegen-images' });
         for (const image of job.images ?? []) {
@@ -133,7 +134,8 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
         }
         const prompt = el(doc, 'textarea', { class: 'st-imagegen-prompt text_pole', rows: 4, 'aria-label': 'prompt' });
         prompt.value = job.prompt ?? '';
-        const excerpt = job.excerpt ? el(doc, 'div', { class: 'st-imagegen-excerpt', text: job.excerpt }) : null;
+        // ST shows the reply rendered; its markdown markers read as noise here (text only, never HTML).
+        const excerpt = job.excerpt ? el(doc, 'div', { class: 'st-imagegen-excerpt', text: plainExcerpt(job.excerpt) }) : null;
         const status = el(doc, 'div', { class: 'st-imagegen-status' });
         const buttons = el(doc, 'div', { class: 'st-imagegen-buttons' });
         const chosen = () => [...images.querySelectorAll('input[type=checkbox]')].filter(b => b.checked).map(b => Number(b.dataset.index));
@@ -147,19 +149,24 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
                 }
                 return act('accept', job, keep);
             }],
+            ['reject', 'Reject', 'fa-xmark', () => act('reject', job)],
             ['regen', 'Regenerate', 'fa-rotate', () => act('regen', job)],
             ['regen-edited', 'Regenerate with edited prompt', 'fa-pen', () => act('regen', job, prompt.value.trim() || undefined)],
-            ['reject', 'Reject', 'fa-xmark', () => act('reject', job)],
         ];
+        // Two rows that keep together (decide | try again): no button wraps alone onto a line.
+        const rows = [el(doc, 'div', { class: 'st-imagegen-button-row' }), el(doc, 'div', { class: 'st-imagegen-button-row' })];
+        buttons.append(...rows);
+        const all = () => [...buttons.querySelectorAll?.('.menu_button') ?? []];
         for (const [name, label, icon, run] of actions) {
-            buttons.append(el(doc, 'div', {
+            const row = name.startsWith('regen') ? rows[1] : rows[0];
+            row.append(el(doc, 'div', {
                 class: `menu_button st-imagegen-${name}`, role: 'button', tabindex: 0, 'data-action': name,
                 onclick: async () => {
-                    for (const b of buttons.children) b.classList.add('disabled');
+                    for (const b of all()) b.classList.add('disabled');
                     status.textContent = `${label}…`;
                     const result = await run();
                     if (result === null) {
-                        for (const b of buttons.children) b.classList.remove('disabled');
+                        for (const b of all()) b.classList.remove('disabled');
                         if (status.textContent === `${label}…`) status.textContent = '';
                     }
                 },
@@ -196,6 +203,10 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
             }
             releaseImages();
         },
+        /** The job is pending again (revived, retried, asked for): offer it even if closed before. */
+        offerAgain(id) {
+            dismissed.delete(id);
+        },
         get shown() {
             return shownId;
         },
@@ -205,34 +216,53 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
 // --- toasts -----------------------------------------------------------------------------------
 
 /**
- * Toasts through ST's global toastr; one updatable toast per job started from this tab.
+ * Toastr options for every toast: the text is daemon-supplied (an API's error body, a prompt) and
+ * toastr renders HTML unless told otherwise; ST sets escapeHtml globally only from 1.12.2.
+ */
+export const TOAST_SAFE = Object.freeze({ escapeHtml: true });
+
+/**
+ * Toasts through ST's global toastr. A user action (one job, or a job and its regenerations) has
+ * one toast under its key: progress updates it in place, the end replaces it.
  * @param {any} toastr
  */
 export function createToasts(toastr) {
     const open = new Map();
     const title = 'st-imagegen';
+    const alive = toast => !!toast && (!toast.closest || !!toast.closest('body'));
+    const show = (kind, text, extra = {}) => {
+        const fn = toastr[kind] ?? toastr.info;
+        const toast = fn.call(toastr, String(text), title, { ...extra, ...TOAST_SAFE });
+        return toast?.[0] ?? toast;
+    };
+    const drop = key => {
+        const existing = open.get(key);
+        if (existing) {
+            if (alive(existing)) toastr.clear(globalThis.jQuery ? globalThis.jQuery(existing) : existing);
+            open.delete(key);
+        }
+    };
     return {
-        progress(id, text) {
-            const existing = open.get(id);
-            if (existing && existing.closest && existing.closest('body')) {
-                const body = existing.querySelector('.toast-message');
-                if (body) body.textContent = text;
-                return;
+        progress(key, text) {
+            const existing = open.get(key);
+            if (existing && existing.kind === 'progress' && alive(existing.toast)) {
+                const body = existing.toast.querySelector?.('.toast-message');
+                if (body) {
+                    body.textContent = text;
+                    return;
+                }
             }
-            const toast = toastr.info(text, title, { timeOut: 0, extendedTimeOut: 0, tapToDismiss: true });
-            open.set(id, toast?.[0] ?? toast);
+            drop(key);
+            open.set(key, { kind: 'progress', toast: show('info', text, { timeOut: 0, extendedTimeOut: 0, tapToDismiss: true }) });
         },
-        finish(id, kind, text) {
-            const existing = open.get(id);
-            if (existing) {
-                toastr.clear(globalThis.jQuery ? globalThis.jQuery(existing) : existing);
-                open.delete(id);
-            }
-            (toastr[kind] ?? toastr.info).call(toastr, text, title);
+        finish(key, kind, text) {
+            const existing = open.get(key);
+            if (existing && alive(existing.toast)) toastr.clear(globalThis.jQuery ? globalThis.jQuery(existing.toast) : existing.toast);
+            open.set(key, { kind, toast: show(kind, text) });
         },
-        error: text => toastr.error(text, title),
-        info: text => toastr.info(text, title),
-        warning: text => toastr.warning(text, title),
+        error: text => show('error', text),
+        info: text => show('info', text),
+        warning: text => show('warning', text),
     };
 }
 
@@ -273,8 +303,14 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
         clearTimeout(timer);
         timer = setTimeout(reconnect, 600); // typing: reconnect once it stops
     };
-    address.addEventListener('input', connectionChanged);
-    token.addEventListener('input', connectionChanged);
+    address.addEventListener('input', () => {
+        settings.addressEdited = true;
+        connectionChanged();
+    });
+    token.addEventListener('input', () => {
+        settings.tokenEdited = true;
+        connectionChanged();
+    });
     user.addEventListener('input', connectionChanged);
     live.addEventListener('change', () => { settings.livePreview = live.checked; save(); });
     toasts.addEventListener('change', () => { settings.progressToasts = toasts.checked; save(); });
@@ -347,7 +383,8 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
  */
 export function addMessageButtons(doc = globalThis.document) {
     const make = () => el(doc, 'div', {
-        class: `mes_button ${BUTTON_CLASS} fa-solid fa-image`,
+        // Not ST's own paintbrush (its image generation sits beside it): a wand over a picture.
+        class: `mes_button ${BUTTON_CLASS} fa-solid fa-wand-magic-sparkles`,
         title: 'Illustrate with st-imagegen', 'data-i18n': '[title]Illustrate with st-imagegen',
     });
     const template = doc.querySelector('#message_template .extraMesButtons');

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from daemon.config import Config, load_config
-from daemon.engine.commit.apply import Committer, message_urls, served_path
+from daemon.engine.commit.apply import Committer, message_urls, render_caption, served_path
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
 from daemon.providers.decode import GeneratedImage
@@ -292,3 +292,17 @@ def test_served_path_refuses_other_urls(tmp_path: Path) -> None:
 
 def test_marker_key_is_the_contract() -> None:
     assert MARKER_KEY == "st_imagegen_job"
+
+
+def test_caption_shows_a_prompt_and_name_with_markup_as_text() -> None:
+    """ST renders ``mes`` as HTML: a prompt's ``<img>`` or ``<b>`` (or a card named with
+    markup) must read as text in the image message, while the user's template stays as is."""
+    caption = render_caption(
+        "<i>[{{char}} sends a picture: {{PROMPT}}]</i>",
+        char="<b>Ann</b> & co",
+        prompt='a cat <img src=x onerror="alert(1)"> in <b>bold</b>',
+    )
+    assert caption == (
+        "<i>[&lt;b&gt;Ann&lt;/b&gt; &amp; co sends a picture: "
+        'a cat &lt;img src=x onerror="alert(1)"&gt; in &lt;b&gt;bold&lt;/b&gt;]</i>'
+    )

@@ -175,7 +175,7 @@ async def test_live_preview_insert_cli_accept_genimage_and_daemon_restart(
                 made = await slash(page, "/genimage mesid=1")
                 second = await inbox.job(made["pipe"])
                 assert second.message_index == 1 and second.source == "manual"
-                await toast_seen(page, "info", "^Image for message #1: queued")
+                await toast_seen(page, "info", "^Image for message #1(, swipe 1)?: queued")
                 await inbox.wait_state(second.id, JobState.PENDING)
                 preview = page.locator(f'.st-imagegen-preview[data-job="{second.id}"]')
                 await expect(preview).to_be_visible(timeout=LIVE_MS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from daemon.doctor import check_extension
 from daemon.errors import ExtensionError
 from daemon.extension import (
     EXTENSION_NAME,
+    INSTALLED_FILE,
     cmd_extension,
     find_installs,
     install,
@@ -71,7 +73,8 @@ def test_install_every_user_then_update_then_uninstall(tmp_path: Path) -> None:
     for user in ("default-user", "alice"):
         target = st / "data" / user / "extensions" / EXTENSION_NAME
         for rel in shipped_files():
-            assert (target / rel).read_bytes() == (source_dir() / rel).read_bytes()
+            if rel != INSTALLED_FILE:
+                assert (target / rel).read_bytes() == (source_dir() / rel).read_bytes()
         assert not (target / "test").exists()
     text = out.getvalue()
     assert f"{EXTENSION_NAME} {__version__} installed for user alice" in text
@@ -172,3 +175,96 @@ def test_doctor_reports_missing_same_and_other_versions(tmp_path: Path) -> None:
     result = check_extension(config)
     assert result.status == "WARN" and "user alice has another version" in result.detail
     assert "extension install" in result.fix
+
+
+NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed (the CI installs it)")
+@pytest.mark.parametrize(
+    ("web", "token"), [({"port": 18320}, False), ({"require_token": True}, True)]
+)
+def test_installed_copy_calls_the_daemon_at_its_real_address(
+    tmp_path: Path, web: dict[str, object], token: bool
+) -> None:
+    """The copy's settings default to the daemon's configured address (not the built-in :8765),
+    and the output names that address and, with a token, exactly what to paste where."""
+    st = st_install(tmp_path, users=("default-user",))
+    config = config_for(tmp_path, st / "data", **web)
+    out = io.StringIO()
+    assert cmd_extension(config, "install", out=out) == 0
+    port = web.get("port", 8765)
+    address = f"http://127.0.0.1:{port}"
+    text = out.getvalue()
+    assert f"calls the daemon at {address} " in text and "(the default)" not in text
+    assert ("paste the part after `?token=` into Extensions → st-imagegen → Token" in text) is token
+    target = st / "data" / "default-user" / "extensions" / EXTENSION_NAME
+    assert "token" not in (target / INSTALLED_FILE).read_text(encoding="utf-8").lower()
+    # What the extension itself makes of it, in Node: a fresh user, an old stored default, and
+    # an address the user typed (kept).
+    script = (
+        "const m = await import(process.argv[1]);"
+        "const fresh = m.loadSettings({});"
+        "const old = m.loadSettings({'st-imagegen': {address: 'http://127.0.0.1:8765'}});"
+        "const typed = m.loadSettings("
+        "{'st-imagegen': {address: 'http://box:1', addressEdited: true}});"
+        "console.log(JSON.stringify([fresh.address, old.address, typed.address]));"
+    )
+    settings_js = (target / "lib" / "settings.js").as_uri()
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, "--input-type=module", "-e", script, settings_js],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(done.stdout) == [address, address, "http://box:1"]
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed (the CI installs it)")
+def test_each_users_install_holds_that_users_own_token(tmp_path: Path) -> None:
+    """Several ST users: each per-user copy gets a user token bound to that user (a reinstall
+    replaces it, the old one revoked); the extension takes it unless the user typed one."""
+    from daemon.web.access import UserTokens
+
+    st = st_install(tmp_path)  # default-user and alice: tokens needed even on loopback
+    config = config_for(tmp_path, st / "data")
+    out = io.StringIO()
+    assert cmd_extension(config, "install", user="alice", out=out) == 0
+    assert "holds its own user's token" in out.getvalue()
+    target = st / "data" / "alice" / "extensions" / EXTENSION_NAME
+    text = (target / INSTALLED_FILE).read_text(encoding="utf-8")
+    token = json.loads(text.split("freeze(", 1)[1].rsplit(")", 1)[0])["token"]
+    tokens = UserTokens(config.state_dir)
+    found = tokens.find(token)
+    assert found is not None and found.handles == ("alice",)
+    assert not (st / "data" / "default-user" / "extensions" / EXTENSION_NAME).exists()
+
+    assert cmd_extension(config, "install", user="alice", out=io.StringIO()) == 0
+    again = (target / INSTALLED_FILE).read_text(encoding="utf-8")
+    assert token not in again and tokens.find(token) is None  # the old copy's token is revoked
+    assert len(tokens.tokens()) == 1
+
+    script = (
+        "const m = await import(process.argv[1]);"
+        "const fresh = m.loadSettings({});"
+        "const typed = m.loadSettings({'st-imagegen': {token: 'mine', tokenEdited: true}});"
+        "console.log(JSON.stringify([fresh.token, typed.token]));"
+    )
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, "--input-type=module", "-e", script, (target / "lib" / "settings.js").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    newer = json.loads(again.split("freeze(", 1)[1].rsplit(")", 1)[0])["token"]
+    assert json.loads(done.stdout) == [newer, "mine"]
+
+    single = st_install(tmp_path / "one", users=("default-user",))
+    one = config_for(tmp_path / "one", single / "data")
+    assert cmd_extension(one, "install", user="default-user", out=io.StringIO()) == 0
+    copy = single / "data" / "default-user" / "extensions" / EXTENSION_NAME / INSTALLED_FILE
+    assert "token" not in copy.read_text(encoding="utf-8")  # one user on loopback: none needed

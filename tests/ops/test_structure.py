@@ -141,3 +141,45 @@ async def test_each_table_class_works_alone_over_its_own_connection(tmp_path: Pa
     async with await Store.open(path) as store:  # all of them, the same rows
         assert await store.known_chats() == {"u/chats/A/a.jsonl"}
         assert isinstance(store, Jobs) and isinstance(store, Ledger)
+
+
+BACKEND_NAMES = re.compile(
+    r"\b(openai|a1111|comfyui|openrouter|gemini|novelai|horde|pollinations|together|nanogpt|"
+    r"deepinfra|xai|fal)\b"
+)
+
+
+def _strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """Every string literal of a module except docstrings (prose may name a service)."""
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+    ]
+
+
+def test_only_the_providers_and_the_config_name_a_backend() -> None:
+    """The engine, doctor, web and CLI ask a backend's capability record, never its name."""
+    allowed = {PACKAGE / "config.py"}
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path in allowed or (PACKAGE / "providers") in path.parents:
+            continue
+        for line, text in _strings(ast.parse(path.read_text(encoding="utf-8"))):
+            found = BACKEND_NAMES.search(text)
+            if found:
+                offenders.append(f"{path.relative_to(PACKAGE)}:{line}: {found.group(0)!r}")
+    assert offenders == []
+
+
+def test_the_backend_name_guard_sees_a_name_test() -> None:
+    tree = ast.parse('"""About openai."""\nif backend != "openai":\n    pass\n')
+    assert [text for _, text in _strings(tree)] == ["openai"]

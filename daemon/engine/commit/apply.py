@@ -24,6 +24,7 @@ touched: changing it would turn the silent drop into a popup that loses the user
 from __future__ import annotations
 
 import contextlib
+import html
 import random
 import re
 import time
@@ -150,8 +151,11 @@ def image_titles(job: Job, names: Sequence[str]) -> list[str]:
 
 
 def render_caption(template: str, *, char: str, prompt: str) -> str:
-    """``{{char}}`` and ``{{prompt}}`` (case-insensitive, like ST's macros) in the caption."""
-    values = {"char": char, "prompt": prompt}
+    """``{{char}}`` and ``{{prompt}}`` (case-insensitive, like ST's macros) in the caption.
+
+    The values are HTML-escaped: ST renders ``mes`` as HTML (its sanitizer stops scripts, but a
+    prompt's ``<img>`` or ``<b>`` would still render); the user's own template is left as is."""
+    values = {"char": html.escape(char, quote=False), "prompt": html.escape(prompt, quote=False)}
     return re.sub(
         r"\{\{\s*(char|prompt)\s*\}\}",
         lambda m: values[m.group(1).lower()],

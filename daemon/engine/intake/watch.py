@@ -360,18 +360,24 @@ class Watcher:
 
 
 class Settler:
-    """Per-chat quiet timers: a chat is due once no hint arrived for ``settle`` seconds."""
+    """Per-chat read timers: a hinted chat is due ``delay`` seconds after its latest hint (no
+    delay by default: a save is read at once), or at a time set with :meth:`due_at` (a change
+    held until the chat has been quiet for a while)."""
 
-    def __init__(self, settle: float) -> None:
-        self.settle = settle
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
         self._due: dict[str, tuple[float, ChatRef]] = {}
 
     def touch(self, chat: ChatRef, now: float) -> None:
-        self._due[chat.rel] = (now + self.settle, chat)
+        self._due[chat.rel] = (now + self.delay, chat)
 
     def due_now(self, chat: ChatRef, now: float) -> None:
         """Due at once (a startup or rescan finding: the chat is not being written right now)."""
         self._due[chat.rel] = (now, chat)
+
+    def due_at(self, chat: ChatRef, when: float) -> None:
+        """Due at ``when`` (a later hint makes it due earlier again)."""
+        self._due[chat.rel] = (when, chat)
 
     def next_deadline(self) -> float | None:
         return min((d for d, _ in self._due.values()), default=None)

@@ -36,6 +36,7 @@ from daemon.errors import (
     ChatReadError,
     ChatWriteError,
     JobError,
+    JobStateError,
     MessageNotFoundError,
     PermanentProviderError,
     RateLimitedError,
@@ -47,6 +48,7 @@ from daemon.providers.backend import ImageBackend, ImageRequest, Progress, Progr
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
+from daemon.providers.registry import capabilities
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, is_header, parse_line, read_chat
@@ -266,8 +268,8 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
                 JobState.SUPERSEDED,
                 JobState.REJECTED,
             ):
-                # Cancelled by a supersede or the user, maybe just after its pending folder
-                # was written.
+                # Cancelled by a supersede or the user, maybe just after its pending folder was
+                # written: the result is dropped.
                 await anyio.to_thread.run_sync(deps.approval.finish, job.id)
         raise
     if current.state is JobState.ACCEPTED:
@@ -344,9 +346,9 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         paths = [str(p) for p in current.meta.get("references") or () if isinstance(p, str)]
         references = await anyio.to_thread.run_sync(load_references, paths) if paths else ()
         seed: int | None = None
-        if deps.config.image.backend != "openai":
+        if capabilities(deps.config.image).seed:
             # Chosen here rather than by the server, so the PNG text and the job can say which
-            # (OpenAI-compatible APIs take no seed: none is recorded there).
+            # (a backend that takes no seed gets none, and none is recorded).
             seed = pick_seed(None, deps.config.image.seed)
         request = ImageRequest(
             prompt=current.prompt,
@@ -605,7 +607,7 @@ async def regen_job(
     if prompt is not None and not prompt.strip():
         raise JobError("the new prompt is empty")
     if job.state is JobState.SUPERSEDED:
-        raise JobError(_state_message(job, "regenerate"))
+        raise JobStateError(_state_message(job, "regenerate"))
     if job.state is JobState.COMMITTED:  # more variants of the message: image swipes
         return await new_variant_job(store, job, prompt.strip() if prompt else None)
     if job.state is JobState.PENDING:  # its images stay on offer in the new job
@@ -654,42 +656,6 @@ async def revive_job(
     )
 
 
-CANCELLABLE = frozenset({JobState.QUEUED, JobState.PROMPTING, JobState.IMAGING})
-"""Where :func:`cancel_job` may stop a job: before its images are on offer."""
-
-
-async def cancel_job(
-    store: Store,
-    approval: Approval,
-    job_ref: str,
-    stop_running: Callable[[str, str], bool] | None = None,
-) -> Job:
-    """A queued or running job -> REJECTED (``meta["cancelled"]``), before any image is on
-    offer. ``stop_running`` cancels it in the runner that runs it (its provider call is
-    interrupted where the backend can); a result that arrives anyway is dropped (its state no
-    longer allows it)."""
-    job = await store.get_job(job_ref)
-    if job.state not in CANCELLABLE:
-        raise JobError(
-            f"cannot cancel job {job.id}: it is {job.state.value} "
-            "(only queued and running jobs can be cancelled)"
-        )
-    moved = await store.transition(
-        job.id,
-        CANCELLABLE,
-        JobState.REJECTED,
-        last_error="cancelled",
-        next_attempt_at=None,
-        meta_update={"cancelled": True, "progress": None},
-    )
-    if moved is None:
-        return _raise_state(await store.get_job(job.id), "cancel")
-    if stop_running is not None:
-        stop_running(job.id, "cancelled")
-    await anyio.to_thread.run_sync(approval.finish, job.id)
-    return moved
-
-
 def _state_message(job: Job, action: str) -> str:
     why = f" ({job.last_error})" if job.last_error else ""
     return f"cannot {action} job {job.id}: it is {job.state.value}{why}"
@@ -697,11 +663,11 @@ def _state_message(job: Job, action: str) -> str:
 
 def _check_actionable(job: Job, action: str) -> None:
     if job.state is not JobState.PENDING:
-        raise JobError(_state_message(job, action))
+        raise JobStateError(_state_message(job, action))
 
 
 def _raise_state(job: Job, action: str) -> Job:
-    raise JobError(_state_message(job, action))
+    raise JobStateError(_state_message(job, action))
 
 
 # --- the runner ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from daemon.providers.backend import ImageRequest
 from daemon.providers.cleanup import join_tags
 from daemon.providers.decode import GeneratedImage
 from daemon.providers.pngtext import OURS, PARAMETERS, a1111_parameters, with_text_chunks
+from daemon.providers.registry import capabilities
 from daemon.tavern.settings import Persona, persona_for, read_user_settings
 
 __all__ = ["JobLook", "plan_look", "stamp_images"]
@@ -124,7 +125,7 @@ def stamp_images(
 ) -> list[GeneratedImage]:
     """The images with their prompt, style, tags and seed in their PNG text chunks."""
     image = config.image
-    native = image.backend != "openai"
+    native = capabilities(image).steps  # steps, sampler and CFG scale mean something there
     seed = request.seed if request.seed is not None else (image.seed if image.seed >= 0 else None)
     looks = job.meta.get("appearance") or []
     out: list[GeneratedImage] = []

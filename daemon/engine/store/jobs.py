@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -38,7 +38,7 @@ from daemon.engine.store.model import (
     states_list,
     to_json,
 )
-from daemon.errors import JobError
+from daemon.errors import AmbiguousError, JobError, NotFoundError
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change; see :meth:`Jobs.add_job_listener`."""
@@ -225,37 +225,43 @@ class Jobs(Database):
 
         return await self._run(_find, write=False)
 
-    async def get_job(self, job_id_or_prefix: str) -> Job:
+    async def get_job(self, job_id_or_prefix: str, *, users: Collection[str] | None = None) -> Job:
         """By id or unique prefix; JobError when unknown or ambiguous.
 
         Prefixes are case-insensitive and read the way Crockford base32 is (O as 0, I and L
-        as 1), so an id copied by hand still matches."""
+        as 1), so an id copied by hand still matches. ``users``: only jobs of these ST
+        handles exist (a web user's view: another user's job is "no job", never ambiguous)."""
         raw = job_id_or_prefix.strip()
         if not raw:
             raise JobError("no job id given")
         prefix = raw.upper().translate(_CROCKFORD_ALIASES)
+        only, only_args = "", tuple[str, ...]()
+        if users is not None:
+            wanted = sorted(users)
+            only, only_args = f" AND user IN ({marks(len(wanted))})", tuple(wanted)
 
         def _get(conn: sqlite3.Connection) -> list[Job]:
             for exact_id in dict.fromkeys((raw, prefix)):
                 exact = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (exact_id,)
+                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?{only}", (exact_id, *only_args)
                 ).fetchone()
                 if exact:
                     return [_job_from_row(exact)]
             # A range, not LIKE: no wildcard characters to escape in what the user typed.
             rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
-                (prefix, prefix + "\U0010ffff"),
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ?{only} "
+                "ORDER BY id LIMIT 6",
+                (prefix, prefix + "\U0010ffff", *only_args),
             ).fetchall()
             return [_job_from_row(r) for r in rows]
 
         found = await self._run(_get, write=False)
         if not found:
-            raise JobError(f"no job {job_id_or_prefix!r} (see `st-imagegen list`)")
+            raise NotFoundError(f"no job {job_id_or_prefix!r} (see `st-imagegen list`)")
         if len(found) > 1:
             shown = ", ".join(j.id for j in found[:5])
             more = "" if len(found) <= 5 else ", …"
-            raise JobError(
+            raise AmbiguousError(
                 f"job id {job_id_or_prefix!r} is ambiguous: it starts {shown}{more}; "
                 "give more characters"
             )
@@ -275,13 +281,15 @@ class Jobs(Database):
         chat: str | None = None,
         chat_file: str | None = None,
         user: str | None = None,
+        users: Collection[str] | None = None,
         before: str | None = None,
         limit: int = 50,
         character: str | None = None,
     ) -> list[Job]:
         """Jobs newest first, filtered (the web API's list): any of ``states`` (all when
         empty), one chat path, or the chats whose file stem is ``chat_file`` (ST's chatId), one
-        user, one character (card stem or group id), ids below ``before`` (paging)."""
+        user, only the ST handles in ``users`` (a web user's view), one character (card stem or
+        group id), ids below ``before``."""
         where, args = [], []
         if character is not None:
             where.append("character = ?")
@@ -300,6 +308,10 @@ class Jobs(Database):
         if user is not None:
             where.append("user = ?")
             args.append(user)
+        if users is not None:
+            wanted_users = sorted(users)
+            where.append(f"user IN ({marks(len(wanted_users))})")
+            args.extend(wanted_users)
         if before is not None:
             where.append("id < ?")
             args.append(before)
@@ -662,26 +674,38 @@ class Jobs(Database):
 
         return await self._run(_resume, write=True)
 
-    async def chat_counts(self, states: Iterable[JobState]) -> dict[str, int]:
-        """How many jobs in any of ``states`` each chat has (chats with none left out)."""
+    async def chat_counts(
+        self, states: Iterable[JobState], *, users: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """How many jobs in any of ``states`` each chat has (chats with none left out);
+        ``users``: only theirs."""
         wanted = states_list(states)
+        only, only_args = "", tuple[str, ...]()
+        if users is not None:
+            mine = sorted(users)
+            only, only_args = f"AND user IN ({marks(len(mine))}) ", tuple(mine)
 
         def _counts(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute(
                 f"SELECT chat, COUNT(*) FROM jobs WHERE state IN ({marks(len(wanted))}) "
-                "GROUP BY chat",
-                wanted,
+                f"{only}GROUP BY chat",
+                (*wanted, *only_args),
             )
             return {str(row[0]): int(row[1]) for row in rows}
 
         return await self._run(_counts, write=False)
 
-    async def counts(self) -> dict[JobState, int]:
-        """Jobs per state (every state present, zeros included)."""
+    async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
+        """Jobs per state (every state present, zeros included); ``users``: only theirs."""
+        only, only_args = "", tuple[str, ...]()
+        if users is not None:
+            wanted = sorted(users)
+            only, only_args = f"WHERE user IN ({marks(len(wanted))}) ", tuple(wanted)
 
         def _counts(conn: sqlite3.Connection) -> dict[JobState, int]:
             result = dict.fromkeys(JobState, 0)
-            for row in conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+            sql = f"SELECT state, COUNT(*) FROM jobs {only}GROUP BY state"
+            for row in conn.execute(sql, only_args):
                 result[JobState(row[0])] = row[1]
             return result
 

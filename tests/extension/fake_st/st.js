@@ -201,14 +201,17 @@ async function executeSlashCommands(text) {
 }
 
 // --- toastr (a global in ST) ------------------------------------------------------------------
+// Like the real toastr: the message is HTML unless escapeHtml is set (ST sets it globally only
+// from 1.12.2; this stand-in, like 1.12.0/1.12.1, does not).
 function toast(kind) {
-    return (message, title) => {
-        log.toasts.push({ kind, message: String(message) });
+    return (message, title, options = {}) => {
+        log.toasts.push({ kind, message: String(message), escapeHtml: options?.escapeHtml === true });
         const el = document.createElement('div');
         el.className = `toast toast-${kind}`;
         const body = document.createElement('div');
         body.className = 'toast-message';
-        body.textContent = message;
+        if (options?.escapeHtml) body.textContent = message;
+        else body.innerHTML = message;
         el.append(body);
         document.getElementById('toast-container').append(el);
         return [el];
@@ -247,14 +250,18 @@ window.__stTest = {
         addOneMessage(message);
         await saveChatConditional();
     },
-    /** A generated reply arrives (ST 1.18's fields), rendered and saved. */
+    /**
+     * A generated reply arrives, rendered and saved. As in a real ST (1.12 to 1.19) its dates
+     * are Date objects in memory (`generation_started = new Date()`); only the saved file has
+     * them as ISO text.
+     */
     async reply(text) {
-        const now = new Date().toISOString();
+        const now = new Date();
         const extra = { api: 'custom', model: 'mock-model' };
         const message = {
-            extra, name: characters[this_chid].name, is_user: false, send_date: now, mes: text, title: '',
+            extra, name: characters[this_chid].name, is_user: false, send_date: now.toISOString(), mes: text, title: '',
             gen_started: now, gen_finished: now, swipes: [text], swipe_id: 0,
-            swipe_info: [{ send_date: now, gen_started: now, gen_finished: now, extra: { ...extra } }],
+            swipe_info: [{ send_date: now.toISOString(), gen_started: now, gen_finished: now, extra: { ...extra } }],
         };
         chat.push(message);
         addOneMessage(message);

@@ -1,0 +1,282 @@
+"""Each SillyTavern user sees only their own: two handles, a user token each, the real daemon on
+a real socket. Alice never sees, fetches, streams or changes anything of Bob's (by id, prefix,
+path, chat name, event or thumbnail); the admin sees both."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from daemon.cli.commands import main
+from daemon.engine.store import Job, JobState
+from daemon.web.access import UserTokens
+from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for, job_for
+from tests.stsim import SimClock, STSim
+from tests.web.conftest import Inbox, inbox_for, web_config
+
+pytestmark = pytest.mark.anyio
+
+STREAM_WITHIN = 10.0
+"""How long an event may take to reach a stream."""
+
+
+def user_chat(root: Path, user: str, name: str, text: str, owner: str = "Alice") -> Path:
+    path = root / user / "chats" / owner / f"{owner} - {name}.jsonl"
+    tab = STSim.create(path, character=owner, clock=SimClock(start=datetime.now(UTC)))
+    tab.send_user("Go on.").reply(owner, text)
+    tab.save()
+    return path
+
+
+@dataclass
+class Two:
+    inbox: Inbox
+    admin: str
+    alice: str
+    bob: str
+    alice_job: Job
+    bob_job: Job
+    bob_chat: str  # relative to the data root
+
+    def client(self, token: str | None) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return self.inbox.client(headers=headers)
+
+
+async def _pending(inbox: Inbox, user: str, name: str) -> Job:
+    path = await anyio.to_thread.run_sync(
+        user_chat, inbox.root, user, name, f"The secret lamp of {user} flickers."
+    )
+    job = await job_for(inbox.service.deps, path)
+    inbox.service.runner.wake()
+    return await inbox.wait_state(job.id, JobState.PENDING)
+
+
+@contextlib.asynccontextmanager
+async def two_users(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI, **web: Any
+) -> AsyncIterator[Two]:
+    config = web_config(make_config, tmp_path, fake_api, web=web)
+    root = config.data_root
+    assert root is not None
+    for user in ("alice", "bob"):
+        (root / user / "chats").mkdir(parents=True)
+    tokens = UserTokens(config.state_dir)
+    _, alice = tokens.create(["alice"], "alice's tab")
+    _, bob = tokens.create(["bob"])
+    async with inbox_for(config) as inbox:
+        admin = (config.state_dir / "web-token").read_text().strip()
+        alice_job = await _pending(inbox, "alice", "garden")
+        bob_job = await _pending(inbox, "bob", "cellar")
+        yield Two(inbox, admin, alice, bob, alice_job, bob_job, bob_job.chat)
+
+
+@pytest.fixture
+async def two(make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI) -> AsyncIterator[Two]:
+    async with two_users(make_config, tmp_path, fake_api) as found:
+        yield found
+
+
+async def test_several_users_need_a_token_even_on_loopback(two: Two) -> None:
+    async with two.client(None) as nobody:
+        assert (await nobody.get("/api/v1/jobs")).status_code == 401
+        assert (await nobody.get("/")).status_code == 401
+        refused = await nobody.post(f"/api/v1/jobs/{two.bob_job.id}/accept", json={})
+        assert refused.status_code == 401
+    assert (await two.inbox.job(two.bob_job.id)).state is JobState.PENDING
+
+
+async def test_alice_sees_and_touches_only_her_own(two: Two) -> None:
+    bob_id = two.bob_job.id
+    differ = next(
+        i for i, (a, b) in enumerate(zip(bob_id, two.alice_job.id, strict=True)) if a != b
+    )
+    prefix = bob_id[: differ + 1]  # names only Bob's job
+    async with two.client(two.alice) as alice:
+        listed = (await alice.get("/api/v1/jobs")).json()["jobs"]
+        assert [j["id"] for j in listed] == [two.alice_job.id]
+        assert (await alice.get("/api/v1/jobs", params={"user": "bob"})).json()["jobs"] == []
+        for path in (
+            f"/api/v1/jobs/{bob_id}",
+            f"/api/v1/jobs/{prefix}",  # a prefix neither matches nor says "ambiguous"
+            f"/api/v1/jobs/{bob_id}/images/1",
+            f"/api/v1/jobs/{bob_id}/images/1?size=thumb",
+            f"/api/v1/jobs/{bob_id}/message",
+        ):
+            answer = await alice.get(path)
+            assert answer.status_code == 404, path  # not 403: not even that it exists
+            ghost = await alice.get(path.replace(prefix, "7ZZZZZ"))
+            assert answer.text.replace(prefix, "7ZZZZZ") == ghost.text  # same as no job
+        for action in ("accept", "reject", "regen"):
+            answer = await alice.post(f"/api/v1/jobs/{bob_id}/{action}", json={})
+            assert answer.status_code == 404, action
+        for body in (
+            {"chat": two.bob_chat},
+            {"chat": two.bob_chat, "mesid": 1, "force": True},
+            {"chat_file": Path(two.bob_chat).stem},
+            {"chat": "bob/chats/Alice/nothing here.jsonl"},
+        ):
+            answer = await alice.post("/api/v1/generate", json=body)
+            assert answer.status_code == 404, body
+            assert answer.json()["error"]["code"] == "not_found"
+            assert "secret lamp" not in answer.text and "messages" not in answer.text
+        status = (await alice.get("/api/v1/status")).json()
+        assert status["users"] == ["alice"] and status["data_root"] is None
+        assert status["jobs"]["pending"] == 1
+        page = (await alice.get("/")).text
+        assert two.alice_job.id in page and bob_id not in page and "cellar" not in page
+        history = (await alice.get("/history")).text
+        assert "cellar" not in history
+        own = await alice.get(f"/api/v1/jobs/{two.alice_job.id}/images/1?size=thumb")
+        assert own.status_code == 200
+    bob_job = await two.inbox.job(bob_id)
+    assert bob_job.state is JobState.PENDING and bob_job.attempts == two.bob_job.attempts
+    assert len(await two.inbox.service.store.query_jobs(users=["bob"])) == 1  # nothing new
+
+    async with two.client(two.admin) as admin:
+        ids = {j["id"] for j in (await admin.get("/api/v1/jobs")).json()["jobs"]}
+        assert ids == {two.alice_job.id, bob_id}
+        assert (await admin.get(f"/api/v1/jobs/{bob_id}/images/1?size=thumb")).status_code == 200
+
+
+async def _events(
+    client: httpx.AsyncClient, seen: list[dict[str, Any]], ready: anyio.Event
+) -> None:
+    async with client.stream("GET", "/api/v1/events") as stream:
+        name = ""
+        async for line in stream.aiter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                if name == "hello":
+                    ready.set()
+                else:
+                    seen.append(json.loads(line[6:]))
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_events_of_bob_never_reach_alices_stream(two: Two) -> None:
+    alice_saw: list[dict[str, Any]] = []
+    admin_saw: list[dict[str, Any]] = []
+    async with (
+        two.client(two.alice) as alice,
+        two.client(two.bob) as bob,
+        two.client(two.admin) as admin,
+        anyio.create_task_group() as tg,
+    ):
+        alice_ready, admin_ready = anyio.Event(), anyio.Event()
+        tg.start_soon(_events, alice, alice_saw, alice_ready)
+        tg.start_soon(_events, admin, admin_saw, admin_ready)
+        with anyio.fail_after(STREAM_WITHIN):
+            await alice_ready.wait()
+            await admin_ready.wait()
+        assert (await bob.post(f"/api/v1/jobs/{two.bob_job.id}/reject", json={})).status_code == 200
+        answer = await alice.post(f"/api/v1/jobs/{two.alice_job.id}/reject", json={})
+        assert answer.status_code == 200
+
+        def _has(events: list[dict[str, Any]], job_id: str) -> bool:
+            return any(e.get("job", {}).get("id") == job_id for e in events)
+
+        await async_wait_for(
+            lambda: _true(_has(alice_saw, two.alice_job.id) and _has(admin_saw, two.alice_job.id)),
+            within=STREAM_WITHIN,
+        )
+        tg.cancel_scope.cancel()
+    # Alice's rejection came after Bob's: had Bob's event reached her stream, it would be here.
+    assert not _has(alice_saw, two.bob_job.id)
+    assert _has(admin_saw, two.bob_job.id)
+    assert all(e["job"]["user"] == "alice" for e in alice_saw)
+
+    # A reconnect that replays missed events filters them too.
+    async with two.client(two.alice) as alice:
+        headers = {"Last-Event-ID": "0"}
+        async with alice.stream("GET", "/api/v1/events", headers=headers) as stream:
+            text = ""
+            async for chunk in stream.aiter_text():
+                text += chunk
+                if two.alice_job.id in text or "reset" in text:
+                    break
+    assert two.bob_job.id not in text
+
+
+async def test_bobs_accept_cannot_come_from_alice_and_the_admin_does_both(two: Two) -> None:
+    async with two.client(two.alice) as alice, two.client(two.bob) as bob:
+        stolen = await alice.post(f"/api/v1/jobs/{two.bob_job.id}/accept", json={"keep": [1]})
+        assert stolen.status_code == 404
+        assert (await two.inbox.job(two.bob_job.id)).state is JobState.PENDING
+        mine = await bob.post(f"/api/v1/jobs/{two.bob_job.id}/accept", json={"keep": [1]})
+        assert mine.status_code == 200
+    await two.inbox.wait_state(two.bob_job.id, JobState.COMMITTED)
+    async with two.client(two.admin) as admin:
+        assert (await admin.get(f"/api/v1/jobs/{two.bob_job.id}/message")).status_code == 200
+        done = await admin.post(f"/api/v1/jobs/{two.alice_job.id}/reject", json={})
+        assert done.status_code == 200
+
+
+async def test_a_revoked_token_stops_at_once_and_tokens_are_listed_without_secret(
+    two: Two, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config_file = str(tmp_path / "config.toml")
+    assert main(["users", "list", "--json", "--config", config_file]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {tuple(t["handles"]) for t in listed} == {("alice",), ("bob",)}
+    text = json.dumps(listed) + (two.inbox.config.state_dir / "web-users.json").read_text()
+    assert two.alice not in text and two.bob not in text  # only hashes are kept
+    alice_id = next(t["id"] for t in listed if t["handles"] == ["alice"])
+    async with two.client(two.alice) as alice:
+        assert (await alice.get("/api/v1/jobs")).status_code == 200
+        assert main(["users", "revoke", alice_id, "--config", config_file]) == 0
+        assert (await alice.get("/api/v1/jobs")).status_code == 401
+    assert main(["users", "token", "alice", "--config", config_file]) == 0
+    fresh = capsys.readouterr().out.strip().splitlines()[-1]
+    async with two.client(fresh) as alice:
+        assert [j["id"] for j in (await alice.get("/api/v1/jobs")).json()["jobs"]] == [
+            two.alice_job.id
+        ]
+        # Only the admin manages tokens.
+        assert (await alice.get("/api/v1/users")).status_code == 403
+        assert (await alice.post("/api/v1/users", json={"handles": ["bob"]})).status_code == 403
+
+
+async def test_the_admin_makes_and_revokes_user_tokens_through_the_api(two: Two) -> None:
+    async with two.client(two.admin) as admin:
+        made = await admin.post("/api/v1/users", json={"handles": ["bob"], "label": "phone"})
+        assert made.status_code == 201
+        token, token_id = made.json()["token"], made.json()["id"]
+        listed = (await admin.get("/api/v1/users")).json()["tokens"]
+        assert token_id in {t["id"] for t in listed} and token not in json.dumps(listed)
+        bad = await admin.post("/api/v1/users", json={"handles": ["../etc"]})
+        assert bad.status_code == 422
+        async with two.client(token) as phone:
+            assert (await phone.get(f"/api/v1/jobs/{two.bob_job.id}")).status_code == 200
+            assert (await admin.post(f"/api/v1/users/{token_id}/revoke")).status_code == 200
+            assert (await phone.get(f"/api/v1/jobs/{two.bob_job.id}")).status_code == 401
+
+
+async def test_a_household_may_share_one_inbox_on_loopback(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    async with two_users(make_config, tmp_path, fake_api, require_token=False) as two:
+        async with two.client(None) as anyone:
+            ids = {j["id"] for j in (await anyone.get("/api/v1/jobs")).json()["jobs"]}
+            assert ids == {two.alice_job.id, two.bob_job.id}
+        async with two.client(two.alice) as alice:  # a user token still limits its bearer
+            assert (await alice.get(f"/api/v1/jobs/{two.bob_job.id}")).status_code == 404
+
+
+async def test_one_user_on_loopback_needs_no_token(inbox: Inbox) -> None:
+    job = await inbox.pending()
+    async with inbox.client() as c:
+        assert (await c.get(f"/api/v1/jobs/{job.id}")).status_code == 200
