@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from daemon.config import Config
-    from daemon.engine.jobs.approval import Approval
-    from daemon.engine.store import Job, Store
+    from daemon.engine.front import Engine, Job
 
 __all__ = ["build_parser", "config_example", "main"]
 
@@ -293,17 +292,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_run(config)
     _setup_logging(config, quiet=True)
     if command in ("generate", "genimage"):
-        from daemon.engine.jobs.manual import cmd_generate
+        from daemon.cli.generate import cmd_generate
 
         return cmd_generate(
             config, args.chat, args.mesid, args.wait, force=args.force, timeout=args.timeout
         )
     if command == "status":
-        from daemon.engine.process.status import cmd_status
+        from daemon.cli.screens import cmd_status
 
         return cmd_status(config, args.json)
     if command == "why":
-        from daemon.engine.intake.why import cmd_why
+        from daemon.cli.screens import cmd_why
 
         return cmd_why(config, args.chat, args.mesid)
     if command == "doctor":
@@ -335,21 +334,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return (cmd_character if command == "character" else cmd_style)(config, args)
     if command == "list":
-        return _with_store(config, lambda store, _: _cmd_list(store, args))
+        return _with_engine(config, lambda engine: _cmd_list(engine, args))
     if command == "show":
-        return _with_store(config, lambda store, approval: _cmd_show(store, approval, args))
+        return _with_engine(config, lambda engine: _cmd_show(engine, args))
     if command == "accept":
-        return _with_store(
-            config, lambda store, approval: _cmd_accept(store, approval, args), notify=True
-        )
+        return _with_engine(config, lambda engine: _cmd_accept(engine, args))
     if command == "reject":
-        return _with_store(
-            config, lambda store, approval: _cmd_reject(store, approval, args), notify=True
-        )
+        return _with_engine(config, lambda engine: _cmd_reject(engine, args))
     if command == "regen":
-        return _with_store(
-            config, lambda store, approval: _cmd_regen(store, approval, args), notify=True
-        )
+        return _with_engine(config, lambda engine: _cmd_regen(engine, args))
     raise CommandError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 
@@ -358,12 +351,14 @@ def _cmd_run(config: Config) -> int:
 
     from daemon.config import systemd_env
     from daemon.engine.process.service import serve
+    from daemon.web.server import serve_web
 
     _setup_logging(config)
     systemd = systemd_env()
 
     async def _main() -> int:
-        return await serve(config, systemd=systemd)
+        # Composed here, from the top: the daemon knows nothing of the web layer it serves.
+        return await serve(config, systemd=systemd, web=serve_web)
 
     return anyio.run(_main)
 
@@ -380,28 +375,15 @@ def _cmd_web_url(config: Config) -> int:
     return 0
 
 
-def _with_store(
-    config: Config,
-    action: Callable[[Store, Approval], Awaitable[int]],
-    *,
-    notify: bool = False,
-) -> int:
-    """Run ``action`` on the store; ``notify``: it changes jobs, so a running daemon is told."""
+def _with_engine(config: Config, action: Callable[[Engine], Awaitable[int]]) -> int:
+    """Run ``action`` on this process's engine (it wakes a running daemon after a change)."""
     import anyio
 
-    from daemon.engine.jobs.approval import Approval
-    from daemon.engine.process.wake import notify_daemon
-    from daemon.engine.store import Store
+    from daemon.engine.front import Engine
 
     async def _main() -> int:
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        store = await Store.open(config.db_path)
-        try:
-            return await action(store, Approval(config.state_dir))
-        finally:
-            await store.close()
-            if notify:
-                notify_daemon(config.state_dir)
+        async with Engine.open(config) as engine:
+            return await action(engine)
 
     return anyio.run(_main)
 
@@ -438,11 +420,11 @@ def _one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-async def _cmd_list(store: Store, args: argparse.Namespace) -> int:
-    from daemon.engine.store import JobState
+async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
+    from daemon.engine.front import JobState
 
-    state = JobState(args.state) if args.state else None
-    jobs = await store.list_jobs(state=state, limit=max(1, args.limit))
+    states = [JobState(args.state)] if args.state else []
+    jobs = await engine.jobs(states=states, limit=max(1, args.limit))
     if args.json:
         print(json.dumps([_job_dict(j) for j in jobs], ensure_ascii=False, indent=2))
         return 0
@@ -461,10 +443,10 @@ async def _cmd_list(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _cmd_show(store: Store, approval: Approval, args: argparse.Namespace) -> int:
-    job = await store.get_job(args.job)
-    found = approval.find(job.id)  # pending/, or a drop folder it was moved into
-    folder = found if found is not None else approval.pending_path(job.id)
+async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.job(args.job)
+    found = await engine.job_folder(job.id)  # pending/, or a drop folder it was moved into
+    folder = found if found is not None else engine.config.pending_dir / job.id
     if args.json:
         record = _job_dict(job)
         record["folder"] = str(found) if found is not None else None
@@ -497,26 +479,20 @@ async def _cmd_show(store: Store, approval: Approval, args: argparse.Namespace) 
     return 0
 
 
-async def _cmd_accept(store: Store, approval: Approval, args: argparse.Namespace) -> int:
-    from daemon.engine.jobs.pipeline import accept_job
-
-    job = await accept_job(store, approval, args.job, args.keep)
+async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.accept(args.job, args.keep)
     print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
     return 0
 
 
-async def _cmd_reject(store: Store, approval: Approval, args: argparse.Namespace) -> int:
-    from daemon.engine.jobs.pipeline import reject_job
-
-    job = await reject_job(store, approval, args.job)
+async def _cmd_reject(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.reject(args.job)
     print(f"rejected {job.id}")
     return 0
 
 
-async def _cmd_regen(store: Store, approval: Approval, args: argparse.Namespace) -> int:
-    from daemon.engine.jobs.pipeline import regen_job
-
-    job = await regen_job(store, approval, args.job, args.prompt)
+async def _cmd_regen(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.regen(args.job, args.prompt)
     print(f"queued {job.id} (regenerating {job.meta.get('regen_of', args.job)})")
     return 0
 

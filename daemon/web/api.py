@@ -1,10 +1,10 @@
 """The JSON API under ``/api/v1/`` (docs/http-api.md): the inbox page and the ST extension use it.
 
-Every action calls the engine functions the CLI calls (``accept_job``, ``reject_job``,
-``regen_job``, manual ``select`` + ``create_for``): there is no second path to the store or
-the chats. The job is looked up (404/400) and the body checked (422) first; a JobError from the
-engine itself then means the job's state does not allow the action (409), which is what the
-loser of two clients acting at once gets.
+Every action goes through the daemon's :class:`~daemon.engine.front.Engine`, the same front door
+the CLI and the drop folders use: there is no second path to the store or the chats. The job is
+looked up (404/400) and the body checked (422) first; the engine's typed errors then choose the
+status: ``NotFoundError`` 404, ``AmbiguousError`` 400, any other ``JobError`` (the job's state
+does not allow the action) 409, which is what the loser of two clients acting at once gets.
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.config import Config
-from daemon.engine.jobs import manual
-from daemon.engine.jobs.pipeline import accept_job, regen_job, reject_job
-from daemon.engine.process.status import gather_status
-from daemon.engine.store import Job, JobState
+from daemon.engine.front import Job, JobState
 from daemon.errors import (
+    AmbiguousError,
     ChatReadError,
     ConfigError,
     JobError,
     MessageNotFoundError,
+    NotFoundError,
     UnsafePathError,
 )
 from daemon.tavern import layout
@@ -57,6 +56,7 @@ _MEDIA = {
     "gif": "image/gif",
     "avif": "image/avif",
 }
+_FOLDER_STATES = (JobState.PENDING, JobState.ACCEPTED)
 PROGRESS_TEXT = {
     JobState.QUEUED: "waiting for its turn",
     JobState.PROMPTING: "writing the prompt",
@@ -178,10 +178,10 @@ async def _job(request: Request) -> Job:
     who = caller(request)
     try:
         # Another user's job does not exist for this caller: 404, never 403 (no confirmation).
-        return await _ctx(request).store.get_job(ref, users=who.handles)
-    except JobError as exc:
-        if "ambiguous" in str(exc):
-            raise ApiError(400, "ambiguous_id", str(exc)) from None
+        return await _ctx(request).engine.job(ref, users=who.handles)
+    except AmbiguousError as exc:
+        raise ApiError(400, "ambiguous_id", str(exc)) from None
+    except NotFoundError:
         raise ApiError(404, "not_found", f"no job {ref}") from None
 
 
@@ -233,7 +233,7 @@ async def status(request: Request) -> Response:
     now = time.monotonic()
     at = cache.get("at")
     if not isinstance(at, float) or now - at > STATUS_CACHE_SECONDS:
-        report = await gather_status(ctx.config)  # walks the chat folders: kept a moment
+        report = await ctx.engine.status()  # walks the chat folders: kept a moment
         cache["at"] = now
         cache["data"] = report.to_json()
     data = dict(cache["data"])  # type: ignore[call-overload]
@@ -241,7 +241,7 @@ async def status(request: Request) -> Response:
     if not who.admin:
         data = await _status_for_user(ctx, who, data)
     # Job counts change with every event the page gets: always fresh from the store.
-    counts = {s.value: n for s, n in (await ctx.store.counts(users=who.handles)).items()}
+    counts = {s.value: n for s, n in (await ctx.engine.counts(users=who.handles)).items()}
     data.update(jobs=counts, counts=counts, version=ctx.version, chats_watched=data["chats"])
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
@@ -295,7 +295,7 @@ async def list_jobs(request: Request) -> Response:
     before = query.get("before")
     if before is not None and not _JOB_REF.match(before):
         raise ApiError(400, "bad_id", "before must be a job id")
-    jobs = await ctx.store.query_jobs(
+    jobs = await ctx.engine.jobs(
         states=states,
         chat=query.get("chat") or None,
         chat_file=query.get("chat_file") or None,
@@ -323,12 +323,12 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def _image_path(ctx: WebContext, job: Job, n: int) -> Path | None:
-    """The file of image ``n`` of ``job`` (blocking); only job folders and committed files."""
+def _image_path(ctx: WebContext, job: Job, n: int, folder: Path | None) -> Path | None:
+    """The file of image ``n`` of ``job`` (blocking); only its ``folder`` (pending/ or a drop
+    folder) and committed files."""
     if job.state in (JobState.PENDING, JobState.ACCEPTED):
         if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
             return None
-        folder = ctx.approval.find(job.id)
         if folder is None:
             return None
         path = folder / job.images[n - 1]
@@ -354,7 +354,8 @@ async def image(request: Request) -> Response:
     size = request.query_params.get("size", "full")
     if size not in ("thumb", "full"):
         raise ApiError(422, "invalid", "size is thumb or full")
-    path = await anyio.to_thread.run_sync(_image_path, ctx, job, int(raw))
+    folder = await ctx.engine.job_folder(job.id) if job.state in _FOLDER_STATES else None
+    path = await anyio.to_thread.run_sync(_image_path, ctx, job, int(raw), folder)
     if path is None:
         raise ApiError(404, "not_found", f"job {job.id} has no image {raw} to show")
     cache = {"Cache-Control": "private, max-age=3600"}
@@ -373,11 +374,11 @@ async def message(request: Request) -> Response:
     job = await _job(request)
     if job.state is not JobState.COMMITTED:
         raise ApiError(409, "not_committed", f"job {job.id} is {job.state.value}, not committed")
-    entry = await ctx.store.ledger_get(job.id)
-    if entry is None:
+    written = await ctx.engine.committed_message(job.id)
+    if written is None:
         raise ApiError(404, "not_found", f"job {job.id} has no message in the ledger")
     after = {"name": job.identity_name, "send_date": job.identity_date, "mesid": job.message_index}
-    return JSONResponse({"message": entry.message, "after": after})
+    return JSONResponse({"message": written, "after": after})
 
 
 async def accept(request: Request) -> Response:
@@ -398,10 +399,9 @@ async def accept(request: Request) -> Response:
                 422, "invalid", f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]}"
             )
     try:
-        done = await accept_job(ctx.store, ctx.approval, job.id, keep)
+        done = await ctx.engine.accept(job.id, keep)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx.wake()
     return JSONResponse(job_json(done, ctx.config))
 
 
@@ -410,7 +410,7 @@ async def reject(request: Request) -> Response:
     job = await _job(request)
     await _body(request)
     try:
-        done = await reject_job(ctx.store, ctx.approval, job.id)
+        done = await ctx.engine.reject(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return JSONResponse(job_json(done, ctx.config))
@@ -427,48 +427,10 @@ async def regen(request: Request) -> Response:
         if len(prompt) > MAX_PROMPT:
             raise ApiError(422, "invalid", f"prompt is longer than {MAX_PROMPT} characters")
     try:
-        new = await regen_job(ctx.store, ctx.approval, job.id, prompt)
+        new = await ctx.engine.regen(job.id, prompt)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx.wake()
     return JSONResponse(job_json(new, ctx.config), status_code=201)
-
-
-def _chat_by_file(ctx: WebContext, users: list[str], chat_file: str) -> str:
-    found = [ref.rel for ref in layout.iter_chats(ctx.root, users) if ref.chat_id == chat_file]
-    if not found:
-        raise ApiError(404, "not_found", f"no chat {chat_file!r}")
-    if len(found) > 1:
-        raise ApiError(400, "ambiguous_chat", f"chat {chat_file!r} is ambiguous: {found[:5]}")
-    return found[0]
-
-
-def _select(
-    ctx: WebContext, who: Caller, chat: str | None, chat_file: str | None, mesid: int | None
-) -> Any:
-    every = layout.list_users(ctx.root, ctx.config.detect.users)
-    users = who.visible_users(every)
-    spec = chat
-    if chat_file is not None:
-        if chat is None:
-            spec = _chat_by_file(ctx, users, chat_file)
-        elif not chat.endswith(".jsonl"):
-            spec = f"{chat}/{chat_file}"
-    if spec is not None and (Path(spec).is_absolute() or spec.startswith(("~", "."))):
-        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
-    if not who.admin:
-        # A path straight to another user's chat resolves whoever asks: as if it did not
-        # exist (checked before the chat is read, so no error tells anything about it).
-        if spec is None and not users:
-            raise ApiError(404, "not_found", "no chats of yours found")
-        first = (spec or "").replace("\\", "/").split("/", 1)[0]
-        if first in every and not who.sees(first):
-            raise ApiError(404, "not_found", "no such chat")
-        ref = manual.resolve_chat_spec(ctx.root, users, spec)
-        if not who.sees(ref.user):
-            raise ApiError(404, "not_found", "no such chat")
-        spec = ref.rel
-    return manual.select(ctx.root, users, spec, mesid)
 
 
 async def generate(request: Request) -> Response:
@@ -487,25 +449,26 @@ async def generate(request: Request) -> Response:
     force = data.get("force", False)
     if not isinstance(force, bool):
         raise ApiError(422, "invalid", "force is true or false")
+    if isinstance(chat, str) and (Path(chat).is_absolute() or chat.startswith(("~", "."))):
+        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
     try:
-        sel = await anyio.to_thread.run_sync(_select, ctx, caller(request), chat, chat_file, mesid)
+        made = await ctx.engine.generate(
+            chat, mesid, chat_file=chat_file, force=force, users=caller(request).handles
+        )
     except UnsafePathError as exc:
         raise ApiError(400, "bad_chat", str(exc)) from None
     except ChatReadError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except MessageNotFoundError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
-    except JobError as exc:
-        if "ambiguous" in str(exc):
-            raise ApiError(400, "ambiguous_chat", str(exc)) from None
+    except AmbiguousError as exc:
+        raise ApiError(400, "ambiguous_chat", str(exc)) from None
+    except NotFoundError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    try:
-        job, created = await manual.create_for(ctx.store, sel, force)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    if created:
-        ctx.wake()
-    return JSONResponse(job_json(job, ctx.config), status_code=201 if created else 200)
+    status = 201 if made.created else 200
+    return JSONResponse(job_json(made.job, ctx.config), status_code=status)
 
 
 async def events(request: Request) -> Response:

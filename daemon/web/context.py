@@ -1,4 +1,5 @@
-"""What the web routes share: the daemon's config, store, approval folders, event hub."""
+"""What the web routes share: the daemon's engine (the one way to jobs), its config, the event
+hub and the thumbnails."""
 
 from __future__ import annotations
 
@@ -7,17 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.web.access import UserTokens
 from daemon.web.events import EventHub
 from daemon.web.thumbs import Thumbs
 
 __all__ = ["WebContext"]
-
-
-def _nothing() -> None:
-    return None
 
 
 def _never() -> bool:
@@ -28,12 +24,10 @@ def _never() -> bool:
 class WebContext:
     config: Config
     root: Path  # the resolved data root
-    store: Store  # the daemon's own store: its job listeners feed ``hub``
-    approval: Approval
+    engine: Engine  # the daemon's own: its job changes feed ``hub``
     hub: EventHub
     thumbs: Thumbs
     version: str
-    wake: Callable[[], None] = _nothing  # the runner: a job was queued or accepted
     draining: Callable[[], bool] = _never  # the daemon is stopping: refuse actions
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)

@@ -21,7 +21,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from daemon.engine.store import Job, JobState
+from daemon.engine.front import Job, JobState
 
 __all__ = ["REPLAY", "Event", "EventHub", "sse_format"]
 

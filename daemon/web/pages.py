@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.engine.store import JobState
+from daemon.engine.front import JobState
 from daemon.web.api import ApiError, caller, job_json
 from daemon.web.context import WebContext
 
@@ -59,7 +59,7 @@ def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 async def inbox(request: Request) -> Response:
     ctx = _ctx(request)
     who = caller(request)
-    jobs = await ctx.store.query_jobs(states=INBOX_STATES, users=who.handles, limit=INBOX_LIMIT)
+    jobs = await ctx.engine.jobs(states=INBOX_STATES, users=who.handles, limit=INBOX_LIMIT)
     data = {
         "jobs": [job_json(j, ctx.config) for j in jobs],
         "sillytavern_url": ctx.config.web.sillytavern_url or None,
@@ -91,14 +91,14 @@ async def history(request: Request) -> Response:
         raise ApiError(400, "bad_id", "before must be a job id")
     states = [JobState(state)] if state else list(HISTORY_STATES)
     who = caller(request)
-    jobs = await ctx.store.query_jobs(
+    jobs = await ctx.engine.jobs(
         states=states,
         chat=chat or None,
         users=who.handles,
         before=before or None,
         limit=HISTORY_PAGE,
     )
-    known = await ctx.store.known_chats() | ({chat} if chat else set())
+    known = await ctx.engine.known_chats() | ({chat} if chat else set())
     chats = sorted(c for c in known if who.sees(c.split("/", 1)[0]))
     older = jobs[-1].id if len(jobs) == HISTORY_PAGE else None
     return _render(

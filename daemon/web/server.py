@@ -28,8 +28,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.logs import register_secret
 from daemon.tavern import layout
 from daemon.web.access import UserTokens
@@ -193,17 +192,16 @@ def _quiet_uvicorn() -> None:
 
 
 async def serve_web(
-    config: Config,
-    root: Path,
-    store: Store,
-    approval: Approval,
+    engine: Engine,
     *,
-    wake: Callable[[], None],
     draining: Callable[[], bool],
     ping_seconds: float = 15.0,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the inbox until cancelled (then stop it within :data:`SHUTDOWN_SECONDS`)."""
+    """Serve the inbox over ``engine`` until cancelled (then stop it within
+    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
+    config = engine.config
+    root = await engine.root()
     web = config.web
     # The admin's token always exists: loopback may need it as soon as a second ST user appears.
     token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
@@ -230,8 +228,8 @@ async def serve_web(
         )
         task_status.started(None)
         return
-    ctx = make_context(config, root, store, approval)
-    ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
+    ctx = make_context(config, root, engine)
+    ctx.draining, ctx.ping_seconds = draining, ping_seconds
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
     server = _Server(
@@ -255,7 +253,7 @@ async def serve_web(
         needs_token(web, handle_count),
     )
     url_file = config.state_dir / URL_FILE
-    remove_listener = store.add_job_listener(ctx.hub.job_changed)
+    remove_listener = engine.on_job_changed(ctx.hub.job_changed)
 
     async def _run() -> None:
         with anyio.CancelScope(shield=True):  # stopped through should_exit, never mid-request

@@ -28,7 +28,7 @@ from PIL import Image
 
 from daemon.config import Config, load_config
 from daemon.engine.jobs.pipeline import open_job_deps
-from daemon.engine.process.service import Service, ServiceTimings
+from daemon.engine.process.service import Face, Service, ServiceTimings
 from daemon.engine.store import Job, Store
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
@@ -59,6 +59,10 @@ class FakeRequest:
     method: str = "POST"
 
 
+GATE_TIMEOUT = 30.0
+"""Longest an image call waits at a closed ``FakeAPI.image_gate`` (a test that forgot it)."""
+
+
 @dataclass
 class FakeAPI:
     """State shared with the server threads; change it from the test at any time."""
@@ -69,6 +73,8 @@ class FakeAPI:
     models: tuple[str, ...] = ("gpt-4", "dall-e-3")  # GET /v1/models
     text_delay: float = 0.0
     image_delay: float = 0.0
+    # When set, image calls wait for it to open (at most GATE_TIMEOUT): a call held in flight.
+    image_gate: threading.Event | None = None
     images_per_call: int = 1
     # Status codes to answer with before succeeding, per route ("text" / "image"), consumed.
     fail_text: list[int] = field(default_factory=list)
@@ -158,6 +164,8 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
                 fails = api.fail_image if is_image else api.fail_text
                 status = fails.pop(0) if fails else 200
             try:
+                if is_image and api.image_gate is not None:
+                    api.image_gate.wait(GATE_TIMEOUT)
                 time.sleep(api.image_delay if is_image else api.text_delay)
                 if status != 200:
                     self._send(status, {"error": {"message": f"fake failure {status}"}})
@@ -299,8 +307,15 @@ def config_toml(
     lines += [f"{k} = {json.dumps(v)}" for k, v in top.items()]
     for name, values in sections.items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """JSON is TOML for strings, numbers, booleans and lists; a dict is an inline table."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 MakeConfig = Callable[..., Config]
@@ -323,25 +338,28 @@ SERVICE_START_TIMEOUT = 15.0
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, timings: ServiceTimings) -> AsyncIterator[Service]:
+async def running(
+    config: Config, timings: ServiceTimings, *, web: Face | None = None
+) -> AsyncIterator[Service]:
     """The service running in this event loop, holding the state dir's lock as ``serve``
-    does; drained and stopped after the block."""
+    does (with the ``web`` face, as ``run`` composes it); drained and stopped after the
+    block."""
     from daemon.engine.process.lock import hold_state_lock
 
     assert config.data_root is not None
     root = layout.resolve_data_root(config.data_root)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     with hold_state_lock(config.state_dir):
-        async with running_unlocked(config, root, timings) as service:
+        async with running_unlocked(config, root, timings, web=web) as service:
             yield service
 
 
 @contextlib.asynccontextmanager
 async def running_unlocked(
-    config: Config, root: Path, timings: ServiceTimings
+    config: Config, root: Path, timings: ServiceTimings, *, web: Face | None = None
 ) -> AsyncIterator[Service]:
     async with open_job_deps(config, root=root) as deps:
-        service = Service(config, root, deps, timings=timings)
+        service = Service(config, root, deps, timings=timings, web=web)
         async with anyio.create_task_group() as tg:
             ready = anyio.Event()
             tg.start_soon(partial(service.run, ready=ready.set))

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -34,6 +34,7 @@ from daemon.errors import (
     ChatReadError,
     ChatWriteError,
     JobError,
+    JobStateError,
     MessageNotFoundError,
     PermanentProviderError,
     RateLimitedError,
@@ -41,7 +42,13 @@ from daemon.errors import (
     TransientProviderError,
 )
 from daemon.logs import job_log
-from daemon.providers.backend import ImageBackend, ImageRequest, Progress, ProgressCallback
+from daemon.providers.backend import (
+    ImageBackend,
+    ImageRequest,
+    Progress,
+    ProgressCallback,
+    SceneCharacter,
+)
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
@@ -261,13 +268,31 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
             )
             if back is not None:
                 job_log(back, "requeued after cancel", logger=log)
-            elif (await deps.store.get_job(job.id)).state is JobState.SUPERSEDED:
-                # Cancelled by a supersede, maybe just after its pending folder was written.
+            elif (await deps.store.get_job(job.id)).state in (
+                JobState.SUPERSEDED,
+                JobState.REJECTED,
+            ):
+                # Cancelled by a supersede or the user, maybe just after its pending folder was
+                # written: the result is dropped.
                 await anyio.to_thread.run_sync(deps.approval.finish, job.id)
         raise
     if current.state is JobState.ACCEPTED:
         return await _commit(current, deps)
     return current
+
+
+def scene_characters(appearance: Any) -> tuple[SceneCharacter, ...]:
+    """The characters of a job's look (``meta["appearance"]``), for backends that caption
+    each character (their tags) apart from the scene."""
+    out = []
+    for look in appearance if isinstance(appearance, list) else ():
+        if isinstance(look, dict) and look.get("name"):
+            out.append(
+                SceneCharacter(
+                    str(look["name"]), str(look.get("tags") or ""), str(look.get("negative") or "")
+                )
+            )
+    return tuple(out)
 
 
 def _progress_writer(job: Job, deps: JobDeps) -> ProgressCallback:
@@ -350,6 +375,7 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             model=str(current.meta.get("style_model") or "") or None,
             seed=seed,
             references=references,
+            characters=scene_characters(current.meta.get("appearance")),
         )
         generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
         if not generated:
@@ -556,7 +582,7 @@ async def regen_job(
     if prompt is not None and not prompt.strip():
         raise JobError("the new prompt is empty")
     if job.state is JobState.SUPERSEDED:
-        raise JobError(_state_message(job, "regenerate"))
+        raise JobStateError(_state_message(job, "regenerate"))
     if job.state is JobState.COMMITTED:  # more variants of the message: image swipes
         return await new_variant_job(store, job, prompt.strip() if prompt else None)
     if job.state is JobState.PENDING:  # its images stay on offer in the new job
@@ -612,11 +638,11 @@ def _state_message(job: Job, action: str) -> str:
 
 def _check_actionable(job: Job, action: str) -> None:
     if job.state is not JobState.PENDING:
-        raise JobError(_state_message(job, action))
+        raise JobStateError(_state_message(job, action))
 
 
 def _raise_state(job: Job, action: str) -> Job:
-    raise JobError(_state_message(job, action))
+    raise JobStateError(_state_message(job, action))
 
 
 # --- the runner ------------------------------------------------------------------------------

@@ -19,25 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
 from daemon.config import Config, SystemdEnv
+from daemon.engine.front import Engine
 from daemon.engine.intake import detect, watchmode
 from daemon.engine.intake.poll import Poller
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
-from daemon.engine.jobs.pipeline import (
-    POLL_INTERVAL,
-    JobDeps,
-    Runner,
-    accept_job,
-    regen_job,
-    reject_job,
-    revive_job,
-)
+from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
 from daemon.engine.process.lock import hold_state_lock
 from daemon.engine.process.notify import Heartbeat, Notifier
@@ -51,10 +44,7 @@ from daemon.tavern.chat import Cursor
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.scan import ScanResult, tail_scan
 
-if TYPE_CHECKING:
-    from daemon.web.context import WebContext
-
-__all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
+__all__ = ["HEARTBEAT_INTERVAL", "Face", "Service", "ServiceTimings", "serve"]
 
 log = structlog.get_logger("st_imagegen.service")
 
@@ -95,6 +85,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class Face(Protocol):
+    """A face served inside the daemon (the web inbox), composed from the top (``run``): it
+    acts through the daemon's :class:`Engine`, refuses actions while ``draining()``, reports
+    its state through ``task_status`` once up, and runs until cancelled."""
+
+    async def __call__(
+        self,
+        engine: Engine,
+        *,
+        draining: Callable[[], bool],
+        task_status: TaskStatus[Any],
+    ) -> None: ...
+
+
 class Service:
     """The running daemon's state; :func:`serve` builds and runs it."""
 
@@ -106,6 +110,7 @@ class Service:
         *,
         notifier: Notifier | None = None,
         timings: ServiceTimings | None = None,
+        web: Face | None = None,
     ) -> None:
         from daemon import __version__
 
@@ -129,6 +134,14 @@ class Service:
         self.settler = Settler()
         self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
         self.runner = Runner(deps, poll_interval=self.timings.poll)
+        self.engine = Engine(
+            config,
+            store=deps.store,
+            approval=deps.approval,
+            root=root,
+            wake=self.runner.wake,
+            stop_running=self.runner.cancel,
+        )
         self.exit_code = 0
         self.processed = 0
         self.rescans = 0
@@ -144,7 +157,8 @@ class Service:
         deps.store.add_job_listener(self._job_changed)
         self._stopping = False
         self._cancel: anyio.CancelScope | None = None
-        self.web: WebContext | None = None  # the inbox's state while it serves
+        self._web_face = web
+        self.web: Any = None  # what the web face reported when it started (its context)
 
     # --- start ---------------------------------------------------------------------------
 
@@ -214,8 +228,8 @@ class Service:
                 tg.start_soon(self._signal_loop, tg.cancel_scope)  # SIGTERM during start drains
                 await tg.start(self.runner.run)
                 await self.start()
-                if self.config.web.enabled:
-                    self.web = await tg.start(self._serve_web)
+                if self._web_face is not None and self.config.web.enabled:
+                    self.web = await tg.start(self._serve_web, self._web_face)
                 await tg.start(self.watcher.run)
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
@@ -256,18 +270,10 @@ class Service:
         if self._cancel is not None:
             await self.stop(reason, self._cancel, code)
 
-    async def _serve_web(self, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-        from daemon.web.server import serve_web
-
-        await serve_web(
-            self.config,
-            self.root,
-            self.store,
-            self.deps.approval,
-            wake=self.runner.wake,
-            draining=lambda: self._stopping,
-            task_status=task_status,
-        )
+    async def _serve_web(
+        self, face: Face, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await face(self.engine, draining=lambda: self._stopping, task_status=task_status)
 
     async def _signal_loop(self, cancel: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -430,6 +436,8 @@ class Service:
                 log.warning("store error after a wake-up", error=str(exc))
                 continue
             for job in changed:
+                if job.meta.get("cancelled") and job.state is JobState.REJECTED:
+                    self.runner.cancel(job.id, "cancelled")  # by another process (the CLI)
                 if self._announced.get(job.id) != job.updated_at:
                     self._announced[job.id] = job.updated_at
                     self.store.announce(job)
@@ -613,11 +621,11 @@ class Service:
         if done is not None:
             return done
         if action == "accept":
-            return await accept_job(self.store, approval, job_id)
+            return await self.engine.accept(job_id)
         if action == "reject":
-            return await reject_job(self.store, approval, job_id)
+            return await self.engine.reject(job_id)
         prompt = await anyio.to_thread.run_sync(approval.drop_prompt, job_id)
-        return await regen_job(self.store, approval, job_id, prompt)
+        return await self.engine.regen(job_id, prompt)
 
     async def _already_done(self, job_id: str, action: str) -> Job | None:
         """The job when its state says ``action`` was already taken, else ``None``.
@@ -670,8 +678,10 @@ async def serve(
     ready: Callable[[], None] | None = None,
     systemd: SystemdEnv | None = None,
     timings: ServiceTimings | None = None,
+    web: Face | None = None,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1)."""
+    """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1); ``web``: the inbox,
+    served beside it when ``web.enabled``."""
     from daemon.engine.jobs.pipeline import open_job_deps
 
     if config.data_root is None:
@@ -688,5 +698,5 @@ async def serve(
             # A damaged file is found here, before any job runs, not as odd failures mid-run.
             if problems := await deps.store.integrity_problems():
                 raise StoreError(damaged_message(config.db_path, problems))
-            service = Service(config, root, deps, notifier=notifier, timings=timings)
+            service = Service(config, root, deps, notifier=notifier, timings=timings, web=web)
             return await service.run(ready=ready)

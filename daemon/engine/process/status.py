@@ -8,14 +8,12 @@ missing state dir or store is reported, not created.
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 
@@ -29,7 +27,6 @@ __all__ = [
     "HEARTBEAT_STALE_SECONDS",
     "DaemonStatus",
     "StatusReport",
-    "cmd_status",
     "daemon_status",
     "gather_status",
     "plain_age",
@@ -172,8 +169,15 @@ def _error_row(job: Job, now: datetime) -> dict[str, Any]:
     }
 
 
-async def gather_status(config: Config, *, now: datetime | None = None) -> StatusReport:
-    """Collect the report; problems (no data root, no store yet) are reported, not raised."""
+async def gather_status(
+    config: Config,
+    store: Store | None,
+    *,
+    store_error: str | None = None,
+    now: datetime | None = None,
+) -> StatusReport:
+    """Collect the report from ``store`` (None: there is none yet, or it could not be opened:
+    ``store_error``); problems (no data root, no store) are reported, not raised."""
     at = now or datetime.now(UTC)
     report = StatusReport(
         daemon=await anyio.to_thread.run_sync(daemon_status, config.heartbeat_path),
@@ -182,14 +186,12 @@ async def gather_status(config: Config, *, now: datetime | None = None) -> Statu
         state_dir=str(config.state_dir),
     )
     await anyio.to_thread.run_sync(_gather_chats, config, report)
-    if not await anyio.to_thread.run_sync(config.db_path.exists):
-        report.store_error = "no jobs yet (the store has not been created)"
-        report.jobs = {s.value: 0 for s in JobState}
-        return report
-    try:
-        store = await Store.open(config.db_path)
-    except StImagegenError as exc:
-        report.store_error = str(exc)
+    if store is None:
+        if store_error is not None:
+            report.store_error = store_error
+        else:
+            report.store_error = "no jobs yet (the store has not been created)"
+            report.jobs = {s.value: 0 for s in JobState}
         return report
     try:
         report.jobs = {s.value: n for s, n in (await store.counts()).items()}
@@ -201,8 +203,6 @@ async def gather_status(config: Config, *, now: datetime | None = None) -> Statu
                 report.waiting_chats.append(chat)
     except StImagegenError as exc:
         report.store_error = str(exc)
-    finally:
-        await store.close()
     return report
 
 
@@ -220,52 +220,3 @@ def _gather_chats(config: Config, report: StatusReport) -> None:
     for ref in layout.iter_chats(root, report.users):
         report.chats += 1
         report.group_chats += ref.is_group
-
-
-def render_status(report: StatusReport) -> str:
-    """The plain-text form of the report."""
-    lines = [f"daemon: {report.daemon.detail}"]
-    if report.data_root_error:
-        lines.append(f"data root: problem: {report.data_root_error}")
-    else:
-        lines.append(f"data root: {report.data_root}")
-        users = ", ".join(report.users) if report.users else "none found"
-        lines.append(
-            f"watching: {len(report.users)} user{'s' if len(report.users) != 1 else ''} "
-            f"({users}), {report.chats} chat{'s' if report.chats != 1 else ''} "
-            f"({report.group_chats} group chat{'s' if report.group_chats != 1 else ''})"
-        )
-    lines.append(f"mode: {report.mode}, approval: {report.approval}")
-    lines.append(f"state dir: {report.state_dir}")
-    if report.store_error:
-        lines.append(f"jobs: {report.store_error}")
-    else:
-        shown = [f"{n} {state}" for state, n in report.jobs.items() if n]
-        lines.append(f"jobs: {', '.join(shown) if shown else 'none yet'}")
-    if report.waiting_messages:
-        n, c = report.waiting_messages, len(report.waiting_chats)
-        lines.append(
-            f"waiting for SillyTavern: {n} image message{'s' if n != 1 else ''} in {c} "
-            f"chat{'s' if c != 1 else ''} not yet seen by an open tab; they show when the chat "
-            "is reopened or the page reloaded (nothing is lost either way)"
-        )
-    if report.errors:
-        lines.append("last errors:")
-        for row in report.errors:
-            age = plain_age(float(row["age_seconds"]))
-            lines.append(
-                f"  {row['job'][:10]}  {row['state']:<10}  {row['chat']}: {row['error']} "
-                f"({age} ago)"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def cmd_status(config: Config, as_json: bool, *, out: TextIO | None = None) -> int:
-    """Print the status (``--json``: one JSON object). Exit 0 whenever it could be gathered."""
-    stream = out or sys.stdout
-    report = anyio.run(gather_status, config)
-    if as_json:
-        stream.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
-    else:
-        stream.write(render_status(report))
-    return 0

@@ -38,7 +38,7 @@ from daemon.engine.store.model import (
     states_list,
     to_json,
 )
-from daemon.errors import JobError
+from daemon.errors import AmbiguousError, JobError, NotFoundError
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change; see :meth:`Jobs.add_job_listener`."""
@@ -257,11 +257,11 @@ class Jobs(Database):
 
         found = await self._run(_get, write=False)
         if not found:
-            raise JobError(f"no job {job_id_or_prefix!r} (see `st-imagegen list`)")
+            raise NotFoundError(f"no job {job_id_or_prefix!r} (see `st-imagegen list`)")
         if len(found) > 1:
             shown = ", ".join(j.id for j in found[:5])
             more = "" if len(found) <= 5 else ", …"
-            raise JobError(
+            raise AmbiguousError(
                 f"job id {job_id_or_prefix!r} is ambiguous: it starts {shown}{more}; "
                 "give more characters"
             )
