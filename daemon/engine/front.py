@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -46,6 +46,9 @@ from daemon.errors import (
     StImagegenError,
 )
 from daemon.tavern import layout
+
+if TYPE_CHECKING:
+    from daemon.configure.live import LiveConfig
 
 __all__ = [
     "ACTIVE_STATES",
@@ -104,6 +107,8 @@ class Engine:
         self._stop_running = stop_running
         self._characters: CharacterStore | None = None
         self._lock = anyio.Lock()
+        self.live: LiveConfig | None = None  # the daemon's: config changed by file or page
+        self._config_listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -201,6 +206,33 @@ class Engine:
         else:
             notify_daemon(self.config.state_dir)
 
+    def on_config_changed(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the config state (problem, restart pending, setup) after
+        every reload attempt of the daemon's config file; returns remove."""
+        self._config_listeners.append(listener)
+        return lambda: self._config_listeners.remove(listener)
+
+    def config_changed(self) -> None:
+        """The daemon's config was reloaded (applied or refused): tell the listeners."""
+        state = self.config_state()
+        for listener in list(self._config_listeners):
+            listener(state)
+
+    def config_state(self) -> dict[str, Any]:
+        """The config file's state: its path, a problem with it (file, line, message), the
+        keys waiting for a restart, what is not set up yet."""
+        from daemon.configure.ready import setup_missing
+
+        if self.live is not None:
+            return self.live.state()
+        return {
+            "file": None,
+            "problem": None,
+            "restart_pending": [],
+            "setup_needed": setup_missing(self.config),
+            "reloads": 0,
+        }
+
     def on_job_changed(self, listener: JobListener) -> Callable[[], None]:
         """Call ``listener`` after every job change (needs the store open); returns remove."""
         if self._store is None:
@@ -254,15 +286,16 @@ class Engine:
         approval = await self.approval()
         return await anyio.to_thread.run_sync(approval.find, job_id)
 
-    async def status(self) -> StatusReport:
-        """Daemon, chats and jobs. With no store yet none is created (the report says so)."""
+    async def status(self, *, config_error: str | None = None) -> StatusReport:
+        """Daemon, chats and jobs. With no store yet none is created (the report says so);
+        ``config_error``: why the config file could not be used by this process."""
         store, error = self._store, None
         if store is None and await anyio.to_thread.run_sync(self.config.db_path.exists):
             try:
                 store = await self.store()
             except StImagegenError as exc:
                 error = str(exc)
-        return await gather_status(self.config, store, store_error=error)
+        return await gather_status(self.config, store, store_error=error, config_error=config_error)
 
     async def daemon_running(self) -> bool:
         found = await anyio.to_thread.run_sync(daemon_status, self.config.heartbeat_path)

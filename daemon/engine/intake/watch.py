@@ -84,6 +84,7 @@ class HintKind(StrEnum):
     RESCAN = "rescan"  # a folder appeared (new user, character, group chats), or events lost
     WAKE = "wake"  # another process changed jobs (the CLI touched the wake folder)
     DEAD = "dead"  # watchdog's observer or one of its emitters died: the daemon is deaf
+    CONFIG = "config"  # the config file (or a key file next to it) was written
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +110,12 @@ class EventBridge(FileSystemEventHandler):
         drop_dirs: Sequence[Path],
         buffer: int,
         wake_dirs: Sequence[Path] = (),
+        config_files: Sequence[Path] = (),
     ) -> None:
         self.root = root
         self.drop_dirs = tuple(str(d) for d in drop_dirs)
         self.wake_dirs = tuple(str(d) for d in wake_dirs)
+        self.config_files = tuple(str(f) for f in config_files)
         self.queue: queue.Queue[Hint] = queue.Queue(maxsize=buffer)
         self.rescan_needed = threading.Event()
         self.errors = 0
@@ -147,6 +150,11 @@ class EventBridge(FileSystemEventHandler):
     def _hints(self, event: FileSystemEvent) -> Iterable[Hint]:
         now = time.monotonic()
         src = _as_str(event.src_path)
+        if self.config_files and not event.is_directory:
+            dest = _as_str(getattr(event, "dest_path", "") or "")
+            if src in self.config_files or dest in self.config_files:
+                yield Hint(HintKind.CONFIG, at=now)
+                return
         if self.wake_dirs and _under_any(src, self.wake_dirs):
             yield Hint(HintKind.WAKE, at=now)
             return
@@ -235,6 +243,7 @@ class Watcher:
         drop_dirs: Sequence[Path] = (),
         *,
         wake_dirs: Sequence[Path] = (),
+        config_files: Sequence[Path] = (),
         buffer: int = DEFAULT_BUFFER,
         observer: BaseObserver | None = None,
         watch_root: bool = True,
@@ -243,11 +252,14 @@ class Watcher:
         self.watch_root = watch_root
         self.drop_dirs = tuple(drop_dirs)
         self.wake_dirs = tuple(wake_dirs)
+        self.config_files = tuple(config_files)
         send, receive = anyio.create_memory_object_stream[Hint](STREAM_BUFFER)
         self._send = send
         self.receive: MemoryObjectReceiveStream[Hint] = receive
         self._observer: BaseObserver = observer if observer is not None else Observer()
-        self.bridge = EventBridge(root, self.drop_dirs, buffer, self.wake_dirs)
+        self.bridge = EventBridge(
+            root, self.drop_dirs, buffer, self.wake_dirs, [f.absolute() for f in config_files]
+        )
         self._started = False
         self._stopping = False
         self._dead_reported = False
@@ -264,6 +276,12 @@ class Watcher:
                     self.bridge, str(self.root), recursive=True, event_filter=WATCHED_EVENTS
                 )
             for folder in (*self.drop_dirs, *self.wake_dirs):
+                folder.mkdir(parents=True, exist_ok=True)
+                self._observer.schedule(
+                    self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
+                )
+            # The config file's folder, not the file: editors and our writer replace the file.
+            for folder in {f.absolute().parent for f in self.config_files}:
                 folder.mkdir(parents=True, exist_ok=True)
                 self._observer.schedule(
                     self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS

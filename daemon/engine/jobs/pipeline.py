@@ -10,6 +10,7 @@ are marked failed with the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
+from daemon.configure.ready import setup_missing
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
@@ -33,6 +36,7 @@ from daemon.errors import (
     ChatConflictError,
     ChatReadError,
     ChatWriteError,
+    ConfigError,
     JobError,
     JobStateError,
     MessageNotFoundError,
@@ -99,7 +103,10 @@ def _now() -> datetime:
 
 @dataclass
 class JobDeps:
-    """What running a job needs; built by :func:`open_job_deps` (or by tests)."""
+    """What running a job needs; built by :func:`open_job_deps` (or by tests).
+
+    A new configuration makes a new ``JobDeps`` (:meth:`with_config`): a job keeps the one it
+    started with, so a change never reaches a job half way through."""
 
     config: Config
     root: Path
@@ -110,6 +117,47 @@ class JobDeps:
     committer: Committer | None = None
     clock: Callable[[], datetime] = _now
     rng: random.Random = field(default_factory=random.Random)
+    client: httpx.AsyncClient | None = None  # shared by the providers; rebuilt ones reuse it
+
+    def with_config(self, config: Config) -> JobDeps:
+        """The same store, folders and client with providers built for ``config``; raises
+        ConfigError (and changes nothing) when they cannot be built."""
+        if self.client is None:
+            raise ConfigError("these job dependencies cannot be rebuilt (no shared client)")
+        prompts, images = build_providers(config, self.client)
+        return dataclasses.replace(self, config=config, prompts=prompts, images=images)
+
+
+class NotSetUp:
+    """The image backend until an image service is configured: the runner holds every job
+    meanwhile, so this only answers a direct call (``generate --wait`` with no daemon)."""
+
+    async def generate(
+        self, request: ImageRequest, *, progress: ProgressCallback | None = None
+    ) -> list[GeneratedImage]:
+        raise PermanentProviderError(NOT_SET_UP)
+
+    async def check(self) -> str | None:
+        raise ConfigError(NOT_SET_UP)
+
+
+NOT_SET_UP = "not set up yet: open the inbox's setup screen (st-imagegen web-url)"
+
+
+def build_providers(config: Config, client: httpx.AsyncClient) -> tuple[PromptWriter, ImageBackend]:
+    """The prompt writer and image backend for ``config``; placeholders for what is not set up
+    (a template writer, :class:`NotSetUp`) so an unconfigured daemon still starts."""
+    missing = setup_missing(config)
+    text = config.text
+    if "prompt writer" in missing:
+        text = text.model_copy(update={"mode": "template"})
+    prompts = PromptWriter(text, client, limits=config.limits)
+    images: ImageBackend
+    if "image service" in missing:
+        images = NotSetUp()
+    else:
+        images = make_image_backend(config.image, client, limits=config.limits)
+    return prompts, images
 
 
 @contextlib.asynccontextmanager
@@ -118,7 +166,6 @@ async def open_job_deps(
 ) -> AsyncIterator[JobDeps]:
     """Open the store (unless given), one shared HTTP client, both providers and the committer."""
     from daemon.engine.commit.apply import Committer
-    from daemon.errors import ConfigError
     from daemon.providers.http import make_client
 
     if root is None:
@@ -133,13 +180,15 @@ async def open_job_deps(
         client = make_client()
         stack.push_async_callback(client.aclose)
         approval = Approval(config.state_dir)
+        prompts, images = build_providers(config, client)
         deps = JobDeps(
             config=config,
             root=root,
             store=store,
             approval=approval,
-            prompts=PromptWriter(config.text, client, limits=config.limits),
-            images=make_image_backend(config.image, client, limits=config.limits),
+            prompts=prompts,
+            images=images,
+            client=client,
         )
         deps.committer = Committer(config, store, approval, root)
         yield deps
@@ -681,6 +730,7 @@ class Runner:
         self._idle = anyio.Event()
         self._draining = False
         self._tg: TaskGroup | None = None
+        self.held: str | None = None  # why no job may start now ("not set up yet")
         self.started = 0
         self.max_in_flight = 0
 
@@ -720,6 +770,8 @@ class Runner:
         """Until the next job is due (a retry's time), at most the safety-net poll interval.
         A due job that could not start (limits, a busy chat) waits for a running one's end,
         which wakes the runner."""
+        if self.held is not None:
+            return self.poll_interval  # released by a wake() when the hold ends
         try:
             when = await self.deps.store.next_wake_at()
         except StoreError:
@@ -734,7 +786,7 @@ class Runner:
 
     async def fill(self) -> int:
         """Start as many due jobs as the limits allow; returns how many started."""
-        if self._draining or self._tg is None:
+        if self._draining or self._tg is None or self.held is not None:
             return 0
         free = self.deps.config.limits.concurrency - len(self._running)
         if free <= 0:

@@ -25,7 +25,9 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon.config import Config, SystemdEnv
+from daemon.config import Config, ConfigSource, SystemdEnv
+from daemon.configure.live import LiveConfig
+from daemon.configure.ready import setup_missing
 from daemon.engine.front import Engine
 from daemon.engine.intake import detect, watchmode
 from daemon.engine.intake.poll import Poller
@@ -62,6 +64,10 @@ _ANNOUNCED_KEPT = 2000
 
 MISSED_CHANGE_AGE = 5.0
 """Seconds a change must predate a rescan to count as missed by inotify (not in flight)."""
+
+CONFIG_SETTLE = 0.2
+"""Seconds the config file must be quiet before it is read again (an editor's save may be
+several writes; our own writer's is one rename)."""
 
 IDLE_WAKE_SECONDS = 3600.0
 """Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
@@ -111,10 +117,12 @@ class Service:
         notifier: Notifier | None = None,
         timings: ServiceTimings | None = None,
         web: Face | None = None,
+        live: LiveConfig | None = None,
     ) -> None:
         from daemon import __version__
 
-        self.config = config
+        self._config = config
+        self.live = live
         self.root = root
         self.deps = deps
         self.store: Store = deps.store
@@ -125,6 +133,7 @@ class Service:
             root,
             [config.state_dir / name for name in ("accepted", "rejected", "regenerate")],
             wake_dirs=[config.state_dir / WAKE_DIR],
+            config_files=[live.source.path] if live is not None else [],
         )
         self.index = StatIndex(root, config.detect.users)
         self.poller = Poller(self.index)
@@ -142,6 +151,7 @@ class Service:
             wake=self.runner.wake,
             stop_running=self.runner.cancel,
         )
+        self.engine.live = live
         self.exit_code = 0
         self.processed = 0
         self.rescans = 0
@@ -151,6 +161,7 @@ class Service:
         self._rescan = anyio.Event()
         self._drop = anyio.Event()
         self._woken = anyio.Event()
+        self._config_hint = anyio.Event()
         self._dead = False
         self._counts_stale = True
         self._announced: dict[str, datetime] = {}
@@ -159,6 +170,56 @@ class Service:
         self._cancel: anyio.CancelScope | None = None
         self._web_face = web
         self.web: Any = None  # what the web face reported when it started (its context)
+        self.runner.held = _hold_reason(config)
+        if live is not None:
+            live.on_apply(self._apply_config)
+            live.on_state(self._config_state_changed)
+
+    @property
+    def config(self) -> Config:
+        """The configuration in effect (the live one: it changes when the file does)."""
+        return self.live.current if self.live is not None else self._config
+
+    # --- configuration -------------------------------------------------------------------
+
+    def _apply_config(self, new: Config, old: Config) -> None:
+        """Switch to ``new`` for everything that starts from now on; running jobs keep the
+        dependencies they started with. Raises ConfigError (changing nothing) when the new
+        providers cannot be built."""
+        deps = self.deps.with_config(new) if self.deps.client is not None else None
+        if deps is not None:
+            self.deps = deps
+            self.runner.deps = deps
+        if self.deps.committer is not None:
+            self.deps.committer.config = new
+        self.engine.config = new
+        held, self.runner.held = self.runner.held, _hold_reason(new)
+        if held and self.runner.held is None:
+            log.info("set up: jobs start now")
+        self.runner.wake()
+        self._rescan.set()  # the rescan interval may have changed
+
+    def _config_state_changed(self) -> None:
+        self._counts_stale = True
+        self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
+        self.engine.config_changed()
+
+    def _heartbeat_extra(self) -> dict[str, Any]:
+        return {"config": self.live.state()} if self.live is not None else {}
+
+    async def _config_loop(self) -> None:
+        """Reload the config file when it is written (after a short quiet time: an editor's
+        save is often several writes)."""
+        live = self.live
+        if live is None:
+            return
+        while True:
+            await self._config_hint.wait()
+            await anyio.sleep(CONFIG_SETTLE)
+            self._config_hint = anyio.Event()
+            result = await anyio.to_thread.run_sync(live.read)
+            if result is not None:
+                live.take(result)
 
     # --- start ---------------------------------------------------------------------------
 
@@ -238,9 +299,17 @@ class Service:
                 tg.start_soon(self._drop_loop)
                 tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
-                self.heartbeat.write(watching=len(self.index))
+                tg.start_soon(self._config_loop)
+                self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
                 log.info("ready", chats=len(self.index), pid=os.getpid())
+                if self.runner.held is not None:
+                    log.warning(
+                        "not set up yet: replies are noted, no image is made until the image "
+                        "service is set up",
+                        missing=setup_missing(self.config),
+                        open=getattr(self.web, "url", None),
+                    )
                 if ready is not None:
                     ready()
         finally:
@@ -300,6 +369,8 @@ class Service:
             self._drop.set()
         elif hint.kind is HintKind.WAKE:
             self._woken.set()
+        elif hint.kind is HintKind.CONFIG:
+            self._config_hint.set()
         elif hint.kind is HintKind.DEAD:
             if not self._stopping and self._cancel is not None:
                 log.error(
@@ -329,9 +400,8 @@ class Service:
                 await self.process_chat(chat)
 
     async def _rescan_loop(self) -> None:
-        interval = self.config.detect.rescan_seconds
         while not self._polling.is_set():
-            with anyio.move_on_after(interval):
+            with anyio.move_on_after(self.config.detect.rescan_seconds):
                 await self._rescan.wait()
             if self._polling.is_set():
                 return  # the poll loop walks the tree from now on
@@ -459,7 +529,9 @@ class Service:
                     # Only after a job changed: an idle daemon runs no query at all.
                     self._counts_stale = False
                     counts = await self._safe_counts()
-                self.heartbeat.write(watching=len(self.index), jobs=counts)
+                self.heartbeat.write(
+                    watching=len(self.index), jobs=counts, **self._heartbeat_extra()
+                )
                 last_beat = now
                 jobs = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
                 status = f"watching {len(self.index)} chats; jobs: {jobs}"
@@ -655,6 +727,11 @@ class Service:
         return any(other.meta.get("regen_of") == job.id for other in same)
 
 
+def _hold_reason(config: Config) -> str | None:
+    missing = setup_missing(config)
+    return f"not set up yet ({', '.join(missing)})" if missing else None
+
+
 def _log_skips(chat: str, skipped: list[tuple[int, detect.Skip]]) -> None:
     """One ``skipped`` line per message that got no job; the history a chat had when first
     seen is one line for all of it (a chat may hold thousands)."""
@@ -679,6 +756,7 @@ async def serve(
     systemd: SystemdEnv | None = None,
     timings: ServiceTimings | None = None,
     web: Face | None = None,
+    source: ConfigSource | None = None,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1); ``web``: the inbox,
     served beside it when ``web.enabled``."""
@@ -698,5 +776,8 @@ async def serve(
             # A damaged file is found here, before any job runs, not as odd failures mid-run.
             if problems := await deps.store.integrity_problems():
                 raise StoreError(damaged_message(config.db_path, problems))
-            service = Service(config, root, deps, notifier=notifier, timings=timings, web=web)
+            live = LiveConfig(source, config) if source is not None else None
+            service = Service(
+                config, root, deps, notifier=notifier, timings=timings, web=web, live=live
+            )
             return await service.run(ready=ready)
