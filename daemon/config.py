@@ -332,6 +332,12 @@ class LimitsSettings(_Section):
         description="on SIGTERM, how long running steps may finish before they are cancelled "
         "and requeued (fits Docker's 10 s stop timeout)",
     )
+    trash_days: float = Field(
+        default=7.0,
+        ge=0,
+        le=3650,
+        description="how long a rejected job's images are kept for Undo and Restore in History",
+    )
 
 
 class LogSettings(_Section):
