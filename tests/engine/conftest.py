@@ -79,6 +79,7 @@ class FakeAPI:
     # Status codes to answer with before succeeding, per route ("text" / "image"), consumed.
     fail_text: list[int] = field(default_factory=list)
     fail_image: list[int] = field(default_factory=list)
+    picture: Callable[[int], bytes] | None = None  # image i of a call (default: tiny_png)
     fail_message: str = "fake failure {status}"  # the error body's message ({status} filled)
     text_suffix: str = ""  # appended to every chat completion (e.g. markup for escaping tests)
     requests: list[FakeRequest] = field(default_factory=list)
@@ -175,7 +176,7 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
                 elif is_text:
                     self._send(200, _completion(body, api.text_suffix))
                 elif is_image:
-                    self._send(200, _images(body, api.images_per_call))
+                    self._send(200, _images(body, api.images_per_call, api.picture))
                 else:
                     self._send(404, {"error": {"message": "no such route"}})
             finally:
@@ -215,12 +216,17 @@ def _completion(body: dict[str, Any], suffix: str = "") -> dict[str, Any]:
     }
 
 
-def _images(body: dict[str, Any], count: int) -> dict[str, Any]:
+def _images(
+    body: dict[str, Any], count: int, picture: Callable[[int], bytes] | None = None
+) -> dict[str, Any]:
     n = max(1, int(body.get("n") or count))
-    shades = [(40 * i % 255, 120, 200) for i in range(n)]
+    if picture is not None:
+        made = [picture(i) for i in range(n)]
+    else:
+        made = [tiny_png((40 * i % 255, 120, 200)) for i in range(n)]
     return {
         "created": int(time.time()),
-        "data": [{"b64_json": base64.b64encode(tiny_png(c)).decode()} for c in shades],
+        "data": [{"b64_json": base64.b64encode(data).decode()} for data in made],
     }
 
 
