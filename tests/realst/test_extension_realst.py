@@ -7,6 +7,7 @@ Each test runs once per pinned ST version; the servers are shared by the session
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, expect
 
 from daemon import __version__
@@ -41,6 +43,20 @@ JOB_S = 60.0
 
 HOSTILE = '<img src=x onerror="window.__pwned=(window.__pwned||0)+1">'
 """Markup that runs a script if any text reaches the page as HTML."""
+
+
+def scene(index: int) -> bytes:
+    """A 320×240 PNG: sky, sea and a sun (the fake image API's answer, visible in shots)."""
+    image = Image.new("RGB", (320, 240), (40, 70, 120))
+    draw = ImageDraw.Draw(image)
+    for y in range(240):
+        shade = (60 + y // 3, 90 + y // 4, 160 - y // 4) if y < 150 else (20, 60 + y // 6, 110)
+        draw.line([(0, y), (320, y)], fill=shade)
+    x = 80 + 60 * index
+    draw.ellipse([x, 60, x + 50, 110], fill=(250, 210, 120))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
 
 
 def file_markers(path: Path) -> list[str | None]:
@@ -96,6 +112,7 @@ async def toast_seen(page: Page, kind: str, text: str, within_ms: float = LIVE_M
 
 
 async def st_page(b: Browser, st: STServer, fake_api: FakeAPI, errors: list[str]) -> Page:
+    fake_api.picture = scene  # an image one can see in the screenshots
     page = await b.new_page(viewport={"width": 1280, "height": 900})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.add_init_script(TOAST_LOG)
