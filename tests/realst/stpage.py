@@ -147,3 +147,33 @@ async def slash(page: Page, command: str) -> Any:
     await page.locator("#send_textarea").fill(command, timeout=STEP_MS)
     await page.locator("#send_but").click(timeout=STEP_MS)
     return None
+
+
+async def create_group(page: Page, name: str, members: list[str]) -> str:
+    """A group of ``members`` (avatar file names) made through ST's group endpoint, every
+    member replying in list order; opened. Returns the group id."""
+    group_id: str = await page.evaluate(
+        """async ([name, members]) => {
+            const ctx = SillyTavern.getContext();
+            const answer = await fetch('/api/groups/create', {
+                method: 'POST', headers: ctx.getRequestHeaders(),
+                body: JSON.stringify({
+                    name, members, avatar_url: '', allow_self_responses: false,
+                    activation_strategy: 1, generation_mode: 0, disabled_members: [],
+                    chat_metadata: {}, fav: false,
+                }),
+            });
+            if (!answer.ok) throw new Error(`group create: HTTP ${answer.status}`);
+            const group = await answer.json();
+            await ctx.getCharacters();
+            await ctx.openGroupChat(group.id, group.chat_id);
+            return String(group.id);
+        }""",
+        [name, members],
+    )
+    await page.wait_for_function(
+        "(id) => String(SillyTavern.getContext().groupId) === id",
+        arg=group_id,
+        timeout=STEP_MS,
+    )
+    return group_id

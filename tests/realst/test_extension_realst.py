@@ -348,3 +348,48 @@ async def test_token_swipe_back_cli_accept_and_menu_button(
         assert made.source == "manual"
         await expect(page.locator(f'[data-job="{made.id}"]')).to_be_visible(timeout=JOB_S * 1000)
         assert not [e for e in errors if "st-imagegen" in e], errors
+
+
+async def test_group_chat_of_two_characters(
+    st: STServer, make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """A group of two characters (ST's list activation: both reply): each reply's popup in
+    turn, each image live under its own reply, ST's next group save keeps both once."""
+    errors: list[str] = []
+    tag = st.version.replace(".", "")
+    async with daemon_for(st, make_config, tmp_path) as (inbox, _), browser() as b:
+        page = await st_page(b, st, fake_api, errors)
+        first = await stpage.create_character(page, f"Ada{tag}", "*Ada nods.*")
+        second = await stpage.create_character(page, f"Bo{tag}", "*Bo grins.*")
+        group_id = await stpage.create_group(page, f"Crew{tag}", [first, second])
+        chat_id: str = await page.evaluate("SillyTavern.getContext().getCurrentChatId()")
+        path = st.user_dir / "group chats" / f"{chat_id}.jsonl"
+        assert group_id
+
+        before: int = await page.evaluate("SillyTavern.getContext().chat.length")
+        await page.locator("#send_textarea").fill("What do you both see?")
+        await page.locator("#send_but").click()
+        await stpage.wait_reply(page, before + 2)  # user message, then two replies
+        replies = [before + 1, before + 2]
+        jobs = [await job_for_reply(inbox, chat_id, r, JobState.PENDING) for r in replies]
+        for job in jobs:
+            preview = page.locator(f'.st-imagegen-preview[data-job="{job.id}"]')
+            await expect(preview).to_be_visible(timeout=LIVE_MS)
+            assert job.is_group and job.speaker in (f"Ada{tag}", f"Bo{tag}")
+            await preview.locator('[data-action="accept"]').click()
+            await inbox.wait_state(job.id, JobState.COMMITTED, within=JOB_S)
+            await expect(preview).to_have_count(0, timeout=LIVE_MS)
+        markers = await stpage.chat_markers(page)
+        assert [markers.count(j.id) for j in jobs] == [1, 1]
+        # Each image right after its own reply (the second shifted by the first insert).
+        assert markers[replies[0] + 1] == jobs[0].id and markers[replies[1] + 2] == jobs[1].id
+        await expect(image_under(page, replies[1] + 2)).to_be_visible(timeout=LIVE_MS)
+
+        await stpage.slash(page, "/comment a note, saved by ST with the group chat")
+
+        async def saved() -> bool:
+            found = file_markers(path)
+            return len(found) >= len(markers) + 1 and all(found.count(j.id) == 1 for j in jobs)
+
+        await async_wait_for(saved, within=JOB_S)
+        assert not [e for e in errors if "st-imagegen" in e], errors
