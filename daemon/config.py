@@ -116,6 +116,11 @@ class DetectSettings(_Section):
     rescan_seconds: float = Field(
         default=60.0, gt=0, description="safety-net rescan interval (stat only)"
     )
+    watch: Literal["auto", "inotify", "poll"] = Field(
+        default="auto",
+        description="how saves are noticed: auto (inotify, or a stat poll where its events do "
+        "not arrive: network shares, WSL2 /mnt/c, Docker Desktop folders) | inotify | poll",
+    )
     backfill: bool = Field(
         default=False, description="on first sight of a chat, illustrate its last reply too"
     )
@@ -326,6 +331,12 @@ class LimitsSettings(_Section):
         le=3600,
         description="on SIGTERM, how long running steps may finish before they are cancelled "
         "and requeued (fits Docker's 10 s stop timeout)",
+    )
+    trash_days: float = Field(
+        default=7.0,
+        ge=0,
+        le=3650,
+        description="how long a rejected job's images are kept for Undo and Restore in History",
     )
 
 

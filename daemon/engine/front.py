@@ -29,6 +29,7 @@ from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
 from daemon.engine.look.styles import Style, all_styles, check_style
+from daemon.engine.process.pause import Paused, read_pause, set_pause
 from daemon.engine.process.status import StatusReport, daemon_status, gather_status, plain_age
 from daemon.engine.process.wake import notify_daemon
 from daemon.engine.store import (
@@ -60,6 +61,7 @@ __all__ = [
     "Job",
     "JobListener",
     "JobState",
+    "Paused",
     "StatusReport",
     "plain_age",
 ]
@@ -256,9 +258,10 @@ class Engine:
         users: Collection[str] | None = None,
         before: str | None = None,
         limit: int = 50,
+        character: str | None = None,
     ) -> list[Job]:
         """Jobs newest first, filtered (any of ``states``; all when empty); ``users``: only
-        these ST handles' jobs (a web user's view)."""
+        these ST handles' jobs (a web user's view); ``character``: a card stem or group id."""
         store = await self.store()
         return await store.query_jobs(
             states=states,
@@ -268,7 +271,14 @@ class Engine:
             users=users,
             before=before,
             limit=limit,
+            character=character,
         )
+
+    async def chat_counts(
+        self, states: Iterable[JobState], *, users: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """How many jobs in ``states`` each chat has (for the inbox's chat filter)."""
+        return await (await self.store()).chat_counts(states, users=users)
 
     async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
         return await (await self.store()).counts(users=users)
@@ -285,6 +295,10 @@ class Engine:
         """The job's image folder wherever it is now (pending/ or a drop folder), or None."""
         approval = await self.approval()
         return await anyio.to_thread.run_sync(approval.find, job_id)
+
+    async def trash_folder(self, job_id: str) -> Path:
+        """Where a rejected job's images wait for a restore (may be gone)."""
+        return (await self.approval()).trash_path(job_id)
 
     async def status(self, *, config_error: str | None = None) -> StatusReport:
         """Daemon, chats and jobs. With no store yet none is created (the report says so);
@@ -377,9 +391,47 @@ class Engine:
         """PENDING, ACCEPTED (not yet committed) or FAILED -> REJECTED; the images go."""
         from daemon.engine.jobs.pipeline import reject_job
 
-        done = await reject_job(await self.store(), await self.approval(), ref)
+        done = await reject_job(
+            await self.store(),
+            await self.approval(),
+            ref,
+            trash_days=self.config.limits.trash_days,
+        )
         self.wake()
         return done
+
+    async def restore(self, ref: str) -> Job:
+        """Undo a reject: back to PENDING with its images from the trash (see ``restore_job``)."""
+        from daemon.engine.jobs.pipeline import restore_job
+
+        done = await restore_job(await self.store(), await self.approval(), ref)
+        self.wake()
+        return done
+
+    async def cancel_queued(
+        self, *, chat: str | None = None, users: Collection[str] | None = None
+    ) -> list[Job]:
+        """Cancel every queued job (of one ``chat``); running ones go on. Returns the cancelled."""
+        store = await self.store()
+        done: list[Job] = []
+        for job in await store.query_jobs(
+            states=[JobState.QUEUED], chat=chat, users=users, limit=100_000
+        ):
+            try:
+                done.append(await self.cancel(job.id))
+            except JobStateError:
+                continue  # it started or finished meanwhile
+        return done
+
+    async def paused(self) -> Paused:
+        """The pause switch: no new job starts in a paused chat (or anywhere)."""
+        return await anyio.to_thread.run_sync(read_pause, self.config.state_dir)
+
+    async def pause(self, paused: bool, chat: str | None = None) -> Paused:
+        """Pause (or resume) every chat, or one ``chat``; a resume wakes the runner."""
+        after = await anyio.to_thread.run_sync(set_pause, self.config.state_dir, paused, chat)
+        self.wake()
+        return after
 
     async def regen(self, ref: str, prompt: str | None = None) -> Job:
         """A new job for the job's reply (its prompt, or ``prompt``); see ``regen_job``."""

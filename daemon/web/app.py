@@ -33,7 +33,7 @@ def make_context(config: Config, root: Path, engine: Engine) -> WebContext:
     """The routes' shared state; the caller attaches ``ctx.hub.job_changed`` to the engine."""
     from daemon import __version__
 
-    hub = EventHub(lambda job: api.job_json(job, engine.config))
+    hub = EventHub(lambda job: api.job_json(job, engine.config, root))
     thumbs = Thumbs(config.state_dir / "thumbs")
     return WebContext(root, engine, hub, thumbs, __version__)
 

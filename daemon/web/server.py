@@ -195,6 +195,7 @@ async def serve_web(
     engine: Engine,
     *,
     draining: Callable[[], bool],
+    stop_running: Callable[[str, str], bool] | None = None,
     ping_seconds: float = 15.0,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:

@@ -19,10 +19,10 @@ from daemon.config import Config
 from daemon.configure.fields import settings_view
 from daemon.configure.keys import SECRET_FILES
 from daemon.configure.live import LiveConfig
-from daemon.configure.presets import image_presets, text_presets
 from daemon.configure.writer import ConfigWriter, plan
 from daemon.engine.look.styles import SHIPPED, all_styles
 from daemon.errors import ConfigError
+from daemon.providers.presets import image_presets, text_presets
 from daemon.web.api import ApiError, _body, _ctx, caller
 
 __all__ = ["routes"]
@@ -136,7 +136,7 @@ def _candidate(live: LiveConfig, changes: dict[str, Any], secrets: dict[str, str
 
 async def test_settings(request: Request) -> Response:
     """The same checks as ``doctor`` for one section, on the form's unsaved values."""
-    from daemon.doctor import check_image_api, check_prompt_api
+    from daemon.apicheck import check_image_api, check_prompt_api
 
     live = _live(request)
     data = await _body(request)

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,10 +27,11 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
 from daemon.configure.ready import setup_missing
-from daemon.engine.jobs.approval import Approval
+from daemon.engine.jobs.approval import TRASH_DAYS, Approval
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
 from daemon.engine.look.references import load_references
+from daemon.engine.process.pause import read_pause
 from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
 from daemon.errors import (
     CardError,
@@ -436,7 +438,8 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         earlier, earlier_prompts = await anyio.to_thread.run_sync(
             earlier_images, deps.approval, current, deps.config.image.max_pixels
         )
-        folder = await _write_pending(current, [*earlier, *generated], deps)
+        # New images first: the user looks at what they asked for; the earlier set follows.
+        folder = await _write_pending(current, [*generated, *earlier], deps)
         kept = await anyio.to_thread.run_sync(deps.approval.kept_images, current.id)
         names = tuple(p.name for p in kept)
         target = JobState.ACCEPTED if deps.config.approval == "auto" else JobState.PENDING
@@ -450,7 +453,8 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             meta_update={
                 "image_model": deps.config.image.model,
                 "text_model": deps.config.text.model,
-                "image_prompts": [*earlier_prompts, *[current.prompt] * len(generated)],
+                "image_prompts": [*[current.prompt] * len(generated), *earlier_prompts],
+                "earlier_count": len(earlier),
                 "seed": seed,
             },
         )
@@ -586,12 +590,18 @@ async def accept_job(
             _raise_state(current, "accept")
         raise JobError(f"job {job.id} has no images left to accept (reject it instead)")
     not_kept = [name for name in dict.fromkeys((*job.images, *present)) if name not in chosen]
+    meta: dict[str, Any] = {"not_kept": not_kept}
+    prompts = job.meta.get("image_prompts")
+    if isinstance(prompts, list):  # each kept image keeps the prompt that made it
+        own = {name: prompts[i] for i, name in enumerate(job.images) if i < len(prompts)}
+        meta["image_prompts"] = [own.get(name, job.prompt) for name in chosen]
+        meta["earlier_count"] = 0
     moved = await store.transition(
         job.id,
         JobState.PENDING,
         JobState.ACCEPTED,
         images=tuple(chosen),
-        meta_update={"not_kept": not_kept},
+        meta_update=meta,
         next_attempt_at=None,
         last_error=None,
     )
@@ -601,8 +611,11 @@ async def accept_job(
     return moved
 
 
-async def reject_job(store: Store, approval: Approval, job_ref: str) -> Job:
-    """PENDING (or ACCEPTED, not yet committed) -> REJECTED; the pending folder goes."""
+async def reject_job(
+    store: Store, approval: Approval, job_ref: str, *, trash_days: float = TRASH_DAYS
+) -> Job:
+    """PENDING (or ACCEPTED, not yet committed, or FAILED) -> REJECTED; the images go to the
+    trash for ``trash_days`` (:func:`restore_job` brings the job back)."""
     job = await store.get_job(job_ref)
     if job.state not in (JobState.PENDING, JobState.ACCEPTED, JobState.FAILED):
         _check_actionable(job, "reject")
@@ -611,10 +624,43 @@ async def reject_job(store: Store, approval: Approval, job_ref: str) -> Job:
         {JobState.PENDING, JobState.ACCEPTED, JobState.FAILED},
         JobState.REJECTED,
         next_attempt_at=None,
+        meta_update={"rejected_from": job.state.value, "trashed_at": _now().isoformat()},
     )
     if moved is None:
         return _raise_state(await store.get_job(job.id), "reject")
-    await anyio.to_thread.run_sync(approval.finish, job.id)
+    await anyio.to_thread.run_sync(partial(approval.trash, job.id, days=trash_days))
+    return moved
+
+
+async def restore_job(store: Store, approval: Approval, job_ref: str) -> Job:
+    """Undo a reject: REJECTED -> PENDING with its images from the trash (FAILED for a
+    dismissed failed job). Refused when the images are gone or the job was cancelled."""
+    job = await store.get_job(job_ref)
+    if job.state is not JobState.REJECTED:
+        raise JobError(f"cannot restore job {job.id}: it is {job.state.value}, not rejected")
+    back = job.meta.get("rejected_from")
+    if back == JobState.FAILED.value:
+        moved = await store.transition(
+            job.id, JobState.REJECTED, JobState.FAILED, meta_update={"trashed_at": None}
+        )
+        return moved or _raise_state(await store.get_job(job.id), "restore")
+    if back not in (JobState.PENDING.value, JobState.ACCEPTED.value):
+        raise JobError(f"cannot restore job {job.id}: it was not rejected from the inbox")
+    if not await anyio.to_thread.run_sync(approval.untrash, job.id):
+        raise JobError(f"cannot restore job {job.id}: its images are no longer in the trash")
+    present = [p.name for p in await anyio.to_thread.run_sync(approval.kept_images, job.id)]
+    images = tuple(n for n in job.images if n in present) or tuple(present)
+    moved = await store.transition(
+        job.id,
+        JobState.REJECTED,
+        JobState.PENDING,
+        images=images,
+        last_error=None,
+        meta_update={"trashed_at": None},
+    )
+    if moved is None:
+        await anyio.to_thread.run_sync(partial(approval.trash, job.id))
+        return _raise_state(await store.get_job(job.id), "restore")
     return moved
 
 
@@ -798,7 +844,9 @@ class Runner:
             candidates.extend(
                 j for j in accepted if j.next_attempt_at is None or j.next_attempt_at <= now
             )
-        candidates.extend(await self.deps.store.due_jobs(now, limit=200))
+        due = await self.deps.store.due_jobs(now, limit=200)
+        paused = await anyio.to_thread.run_sync(read_pause, self.deps.config.state_dir)
+        candidates.extend(j for j in due if not paused.holds(j.chat))  # commits still go
         candidates.sort(key=lambda j: j.id)
         started = 0
         for job in candidates:
