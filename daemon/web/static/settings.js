@@ -230,6 +230,8 @@
     return input.value;
   };
 
+  const saidFor = {};  // group id -> the last save's answer [text, kind]
+
   const renderGroups = (view) => {
     const box = document.getElementById("groups");
     box.replaceChildren();
@@ -252,7 +254,9 @@
         form.append(row);
       }
       const result = el("span", { class: "result", role: "status", "aria-live": "polite" });
+      if (saidFor[group.id]) say(result, ...saidFor[group.id]);  // kept across a redraw
       form.append(el("div", { class: "actions" }, el("button", { type: "submit", class: "primary", text: "Save" }), result));
+      form.addEventListener("input", () => { form.dataset.dirty = "1"; });
       form.addEventListener("submit", async (event) => {
         event.preventDefault();
         const changes = {};
@@ -273,11 +277,11 @@
         }
         try {
           const answer = await api("POST", "/api/v1/settings", { changes, secrets });
+          saidFor[group.id] = ["Saved: the next job uses it.", "ok"];
           render(answer);  // the forms are drawn again with the saved values
-          const fresh = document.querySelector(`form[data-group="${group.id}"] .result`);
-          if (fresh) say(fresh, "Saved: the next job uses it.", "ok");
           refreshStatus();
         } catch (error) {
+          saidFor[group.id] = [error.message, "fail"];
           say(result, error.message, "fail");
           const key = error.key;
           const row = key && form.querySelector(`.field[data-key="${CSS.escape(key)}"] .field-error`);
@@ -409,7 +413,15 @@
     // A hand edit of the file (or a broken one) shows here without a reload.
     const events = new EventSource("/api/v1/events");
     events.addEventListener("config", async () => {
-      try { render(await api("GET", "/api/v1/settings")); } catch (_) { /* the next event retries */ }
+      try {
+        const fresh = await api("GET", "/api/v1/settings");
+        if (document.querySelector("form[data-group][data-dirty]")) {
+          renderState(fresh);  // never wipe what is being typed
+          toast("The config file changed; save or reload to see its values here.");
+        } else {
+          render(fresh);
+        }
+      } catch (_) { /* the next event retries */ }
     });
     preview();
   };
