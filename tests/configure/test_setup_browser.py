@@ -142,7 +142,7 @@ async def test_setup_then_steer_from_the_browser_with_no_restart(
             key_file = path.parent / "keys" / name
             assert key_file.read_text(encoding="utf-8").strip() == GOOD_KEY
             assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        assert service.runner.held is None
+        assert service.runner.setup_hold is None
 
         # A reply saved the way ST saves becomes a pending image: no restart.
         chat = new_chat(service.root)
