@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -510,13 +511,26 @@ async def generate(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     ctx = _ctx(request)
+    who = caller(request)
+    cap = ctx.config.web.max_streams_per_token
+    if ctx.streams.get(who.token_id, 0) >= cap:
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"this token has {cap} event streams open already (web.max_streams_per_token); "
+            "close a tab",
+        )
     hello = {"version": ctx.version, "api": 1}
-    body = stream_events(
-        ctx.hub,
-        request.headers.get("last-event-id"),
-        hello,
-        ping_seconds=ctx.ping_seconds,
-        sees=caller(request).sees,
+    body = _counted(
+        ctx.streams,
+        who.token_id,
+        stream_events(
+            ctx.hub,
+            request.headers.get("last-event-id"),
+            hello,
+            ping_seconds=ctx.ping_seconds,
+            sees=who.sees,
+        ),
     )
     return StreamingResponse(
         body,
@@ -573,6 +587,22 @@ async def revoke_user_token(request: Request) -> Response:
     if gone is None:
         raise ApiError(404, "not_found", f"no user token {token_id}")
     return JSONResponse({**gone.to_json(), "revoked": True})
+
+
+async def _counted(
+    streams: dict[str, int], key: str, body: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """``body``, counted in ``streams[key]`` while it runs."""
+    streams[key] = streams.get(key, 0) + 1
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        left = streams.get(key, 1) - 1
+        if left > 0:
+            streams[key] = left
+        else:
+            streams.pop(key, None)
 
 
 def routes() -> list[Route]:

@@ -11,6 +11,7 @@ from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Store
 from daemon.web.access import UserTokens
 from daemon.web.events import EventHub
+from daemon.web.gate import Gate
 from daemon.web.thumbs import Thumbs
 
 __all__ = ["WebContext"]
@@ -38,3 +39,5 @@ class WebContext:
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)
     users: UserTokens | None = None  # the user tokens (the admin's API manages them)
+    gate: Gate | None = None  # the connections held (for status and tests)
+    streams: dict[str, int] = field(default_factory=dict)  # open event streams per token
