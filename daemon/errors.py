@@ -29,6 +29,7 @@ secrets: provider errors carry only a short, redacted excerpt of the response bo
 from __future__ import annotations
 
 __all__ = [
+    "AmbiguousError",
     "AuthError",
     "BadResponseError",
     "CardError",
@@ -39,8 +40,10 @@ __all__ = [
     "ContentRefusedError",
     "ExtensionError",
     "JobError",
+    "JobStateError",
     "MessageNotFoundError",
     "NotADataRootError",
+    "NotFoundError",
     "PermanentProviderError",
     "ProviderError",
     "RateLimitedError",
@@ -59,7 +62,13 @@ class StImagegenError(Exception):
 
 
 class ConfigError(StImagegenError):
-    """The configuration is invalid; the message names the key."""
+    """The configuration is invalid; the message names the key (and ``line``, the config
+    file's line, when a TOML syntax error is at a known place)."""
+
+    def __init__(self, message: str, *, line: int | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.key = key
 
 
 class TavernError(StImagegenError):
@@ -104,6 +113,18 @@ class StoreError(StImagegenError):
 
 class JobError(StImagegenError):
     """A job action cannot be done (unknown id, ambiguous prefix, wrong state)."""
+
+
+class NotFoundError(JobError):
+    """No job, chat or character by that name (the web answers 404)."""
+
+
+class AmbiguousError(JobError):
+    """A name or id prefix matches more than one job or chat (the web answers 400)."""
+
+
+class JobStateError(JobError):
+    """The job's state does not allow the action (the web answers 409)."""
 
 
 class ExtensionError(StImagegenError):

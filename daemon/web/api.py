@@ -1,10 +1,10 @@
 """The JSON API under ``/api/v1/`` (docs/http-api.md): the inbox page and the ST extension use it.
 
-Every action calls the engine functions the CLI calls (``accept_job``, ``reject_job``,
-``regen_job``, manual ``select`` + ``create_for``): there is no second path to the store or
-the chats. The job is looked up (404/400) and the body checked (422) first; a JobError from the
-engine itself then means the job's state does not allow the action (409), which is what the
-loser of two clients acting at once gets.
+Every action goes through the daemon's :class:`~daemon.engine.front.Engine`, the same front door
+the CLI and the drop folders use: there is no second path to the store or the chats. The job is
+looked up (404/400) and the body checked (422) first; the engine's typed errors then choose the
+status: ``NotFoundError`` 404, ``AmbiguousError`` 400, any other ``JobError`` (the job's state
+does not allow the action) 409, which is what the loser of two clients acting at once gets.
 """
 
 from __future__ import annotations
@@ -25,21 +25,20 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.config import Config
-from daemon.engine.jobs import manual
-from daemon.engine.jobs.pipeline import accept_job, regen_job, reject_job
-from daemon.engine.process.status import gather_status
-from daemon.engine.store import Job, JobState
+from daemon.engine.front import Job, JobState
 from daemon.errors import (
+    AmbiguousError,
     ChatReadError,
     ConfigError,
     JobError,
     MessageNotFoundError,
+    NotFoundError,
     UnsafePathError,
 )
 from daemon.tavern import layout
 from daemon.web.access import Caller, UserTokens, is_token_id
 from daemon.web.context import WebContext
-from daemon.web.events import stream_events
+from daemon.web.events import Event, stream_events
 from daemon.web.security import CALLER
 
 __all__ = ["ApiError", "job_json", "routes"]
@@ -58,6 +57,7 @@ _MEDIA = {
     "gif": "image/gif",
     "avif": "image/avif",
 }
+_FOLDER_STATES = (JobState.PENDING, JobState.ACCEPTED)
 PROGRESS_TEXT = {
     JobState.QUEUED: "waiting for its turn",
     JobState.PROMPTING: "writing the prompt",
@@ -116,18 +116,75 @@ def image_names(job: Job) -> list[str]:
     """What ``images/{n}`` can serve: the pending folder's images, or the committed files."""
     if job.state in (JobState.PENDING, JobState.ACCEPTED):
         return list(job.images)
+    if job.state is JobState.REJECTED and job.meta.get("trashed_at"):
+        return list(job.images)  # in the trash for a while: History shows them (Restore)
     if job.state is JobState.COMMITTED:
         files = job.meta.get("committed_files")
         return [Path(str(f)).name for f in files] if isinstance(files, list) else []
     return []
 
 
-def job_json(job: Job, config: Config) -> dict[str, Any]:
+def chat_title(root: Path | None, job: Job) -> str:
+    """What the user calls the chat: the group's name for group chats (its id when the group
+    file is gone), else the character folder; the chat file follows."""
+    chat_file, chat_folder = _chat_parts(job.chat)
+    if not job.is_group:
+        return f"{chat_folder or job.character} · {chat_file}"
+    name = group_name(root, job)
+    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+
+
+def group_name(root: Path | None, job: Job) -> str:
+    """The group's own name (``groups/<id>.json``), or "" when it cannot be read."""
+    if root is None or not job.is_group:
+        return ""
+    try:
+        info = layout.group_for_chat(root, job.user, _chat_parts(job.chat)[0])
+    except (UnsafePathError, OSError):
+        return ""
+    return info.name if info is not None and info.name else ""
+
+
+def _image_sets(job: Job, names: list[str]) -> list[dict[str, Any]]:
+    """Which images a regeneration brought over from the job before (``earlier``), each with
+    the prompt that made it: the inbox marks them and does not pick them by default."""
+    prompts = job.meta.get("image_prompts")
+    own = [str(p) for p in prompts] if isinstance(prompts, list) else []
+    earlier = job.meta.get("earlier_count")
+    count = earlier if isinstance(earlier, int) and not isinstance(earlier, bool) else 0
+    out: list[dict[str, Any]] = []
+    for i, _ in enumerate(names):  # the new images come first, the earlier ones after them
+        prompt = own[i] if i < len(own) else (job.prompt or "")
+        out.append({"earlier": i >= len(names) - count, "prompt": prompt})
+    return out
+
+
+_REGENERATED = re.compile(r"^regenerated as job ([0-9A-Z]{26})$")
+
+
+def _regenerated_as(job: Job) -> str | None:
+    """The job that replaced this one by a regenerate (a link in History, not an error)."""
+    if job.state is not JobState.SUPERSEDED or not job.last_error:
+        return None
+    found = _REGENERATED.match(job.last_error)
+    return found.group(1) if found else None
+
+
+def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, Any]:
     chat_file, chat_folder = _chat_parts(job.chat)
     base = f"/api/v1/jobs/{job.id}/images"
+    names = image_names(job)
+    sets = _image_sets(job, names) if job.state is JobState.PENDING else [{}] * len(names)
     images = [
-        {"index": n, "name": name, "thumb": f"{base}/{n}?size=thumb", "full": f"{base}/{n}"}
-        for n, name in enumerate(image_names(job), 1)
+        {
+            "index": n,
+            "name": name,
+            "thumb": f"{base}/{n}?size=thumb",
+            "full": f"{base}/{n}",
+            "earlier": bool(sets[n - 1].get("earlier")),
+            "prompt": sets[n - 1].get("prompt") or job.prompt or "",
+        }
+        for n, name in enumerate(names, 1)
     ]
     progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
@@ -149,6 +206,8 @@ def job_json(job: Job, config: Config) -> dict[str, Any]:
         "chat_file": chat_file,
         "chat_folder": chat_folder,
         "is_group": job.is_group,
+        "chat_name": chat_title(root, job),
+        "group_name": group_name(root, job) or None,
         "character": job.character,
         "speaker": job.speaker,
         "mesid": job.message_index,
@@ -164,6 +223,11 @@ def job_json(job: Job, config: Config) -> dict[str, Any]:
         "images": images,
         "not_kept": not_kept if isinstance(not_kept, list) else [],
         "regen_of": job.meta.get("regen_of"),
+        "regenerated_as": _regenerated_as(job),
+        "cancelled": job.meta.get("cancelled") is True,
+        "restorable": job.state is JobState.REJECTED
+        and bool(job.meta.get("trashed_at"))
+        and job.meta.get("cancelled") is not True,
         "progress": progress,
         "st_url": config.web.sillytavern_url or None,
     }
@@ -179,10 +243,10 @@ async def _job(request: Request) -> Job:
     who = caller(request)
     try:
         # Another user's job does not exist for this caller: 404, never 403 (no confirmation).
-        return await _ctx(request).store.get_job(ref, users=who.handles)
-    except JobError as exc:
-        if "ambiguous" in str(exc):
-            raise ApiError(400, "ambiguous_id", str(exc)) from None
+        return await _ctx(request).engine.job(ref, users=who.handles)
+    except AmbiguousError as exc:
+        raise ApiError(400, "ambiguous_id", str(exc)) from None
+    except NotFoundError:
         raise ApiError(404, "not_found", f"no job {ref}") from None
 
 
@@ -234,7 +298,7 @@ async def status(request: Request) -> Response:
     now = time.monotonic()
     at = cache.get("at")
     if not isinstance(at, float) or now - at > STATUS_CACHE_SECONDS:
-        report = await gather_status(ctx.config)  # walks the chat folders: kept a moment
+        report = await ctx.engine.status()  # walks the chat folders: kept a moment
         cache["at"] = now
         cache["data"] = report.to_json()
     data = dict(cache["data"])  # type: ignore[call-overload]
@@ -242,8 +306,15 @@ async def status(request: Request) -> Response:
     if not who.admin:
         data = await _status_for_user(ctx, who, data)
     # Job counts change with every event the page gets: always fresh from the store.
-    counts = {s.value: n for s, n in (await ctx.store.counts(users=who.handles)).items()}
-    data.update(jobs=counts, counts=counts, version=ctx.version, chats_watched=data["chats"])
+    counts = {s.value: n for s, n in (await ctx.engine.counts(users=who.handles)).items()}
+    paused = await ctx.engine.paused()
+    data.update(
+        jobs=counts,
+        counts=counts,
+        version=ctx.version,
+        chats_watched=data["chats"],
+        paused=paused.to_json(),
+    )
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -296,25 +367,29 @@ async def list_jobs(request: Request) -> Response:
     before = query.get("before")
     if before is not None and not _JOB_REF.match(before):
         raise ApiError(400, "bad_id", "before must be a job id")
-    jobs = await ctx.store.query_jobs(
+    jobs = await ctx.engine.jobs(
         states=states,
         chat=query.get("chat") or None,
         chat_file=query.get("chat_file") or None,
         user=query.get("user") or None,
         users=caller(request).handles,
+        character=query.get("character") or None,
         before=before.upper() if before else None,
         limit=limit,
     )
     next_id = jobs[-1].id if len(jobs) == limit else None
     return JSONResponse(
-        {"jobs": [job_json(j, ctx.config) for j in jobs], "next": next_id},
+        {"jobs": [job_json(j, ctx.config, ctx.root) for j in jobs], "next": next_id},
         headers={"Cache-Control": "no-store"},
     )
 
 
 async def one_job(request: Request) -> Response:
     job = await _job(request)
-    return JSONResponse(job_json(job, _ctx(request).config), headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        job_json(job, _ctx(request).config, _ctx(request).root),
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _regular_file(path: Path) -> bool:
@@ -324,12 +399,19 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def _image_path(ctx: WebContext, job: Job, n: int) -> Path | None:
-    """The file of image ``n`` of ``job`` (blocking); only job folders and committed files."""
+def _image_path(ctx: WebContext, job: Job, n: int, folder: Path | None) -> Path | None:
+    """The file of image ``n`` of ``job`` (blocking); only its ``folder`` (pending/ or a drop
+    folder) and committed files."""
     if job.state in (JobState.PENDING, JobState.ACCEPTED):
         if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
             return None
-        folder = ctx.approval.find(job.id)
+        if folder is None:
+            return None
+        path = folder / job.images[n - 1]
+        return path if _regular_file(path) else None
+    if job.state is JobState.REJECTED:
+        if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
+            return None
         if folder is None:
             return None
         path = folder / job.images[n - 1]
@@ -355,7 +437,10 @@ async def image(request: Request) -> Response:
     size = request.query_params.get("size", "full")
     if size not in ("thumb", "full"):
         raise ApiError(422, "invalid", "size is thumb or full")
-    path = await anyio.to_thread.run_sync(_image_path, ctx, job, int(raw))
+    folder = await ctx.engine.job_folder(job.id) if job.state in _FOLDER_STATES else None
+    if job.state is JobState.REJECTED:
+        folder = await ctx.engine.trash_folder(job.id)
+    path = await anyio.to_thread.run_sync(_image_path, ctx, job, int(raw), folder)
     if path is None:
         raise ApiError(404, "not_found", f"job {job.id} has no image {raw} to show")
     cache = {"Cache-Control": "private, max-age=3600"}
@@ -374,11 +459,11 @@ async def message(request: Request) -> Response:
     job = await _job(request)
     if job.state is not JobState.COMMITTED:
         raise ApiError(409, "not_committed", f"job {job.id} is {job.state.value}, not committed")
-    entry = await ctx.store.ledger_get(job.id)
-    if entry is None:
+    written = await ctx.engine.committed_message(job.id)
+    if written is None:
         raise ApiError(404, "not_found", f"job {job.id} has no message in the ledger")
     after = {"name": job.identity_name, "send_date": job.identity_date, "mesid": job.message_index}
-    return JSONResponse({"message": entry.message, "after": after})
+    return JSONResponse({"message": written, "after": after})
 
 
 async def accept(request: Request) -> Response:
@@ -399,11 +484,10 @@ async def accept(request: Request) -> Response:
                 422, "invalid", f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]}"
             )
     try:
-        done = await accept_job(ctx.store, ctx.approval, job.id, keep)
+        done = await ctx.engine.accept(job.id, keep)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx.wake()
-    return JSONResponse(job_json(done, ctx.config))
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
 
 
 async def reject(request: Request) -> Response:
@@ -411,10 +495,91 @@ async def reject(request: Request) -> Response:
     job = await _job(request)
     await _body(request)
     try:
-        done = await reject_job(ctx.store, ctx.approval, job.id)
+        done = await ctx.engine.reject(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config))
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def restore(request: Request) -> Response:
+    """Undo a reject: the job is back in the inbox with its images from the trash."""
+    ctx = _check_actions(request)
+    job = await _job(request)
+    await _body(request)
+    try:
+        done = await ctx.engine.restore(job.id)
+    except JobError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def cancel(request: Request) -> Response:
+    """Stop a queued or running job (no image is made, or the one being made is dropped)."""
+    ctx = _check_actions(request)
+    job = await _job(request)
+    await _body(request)
+    try:
+        done = await ctx.engine.cancel(job.id)
+    except JobError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def cancel_queued(request: Request) -> Response:
+    """Cancel every queued job (of one chat with ``{"chat": path}``); running ones go on."""
+    ctx = _check_actions(request)
+    data = await _body(request)
+    chat = data.get("chat")
+    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
+        raise ApiError(422, "invalid", "chat must be a chat path")
+    done = await ctx.engine.cancel_queued(chat=chat, users=caller(request).handles)
+    return JSONResponse({"cancelled": [j.id for j in done]})
+
+
+def _pause_for(who: Caller, state: dict[str, Any]) -> dict[str, Any]:
+    """The pause switch as a user sees it: only their own chats named."""
+    if who.admin:
+        return state
+    chats = [c for c in state.get("chats", []) if who.sees(str(c).split("/", 1)[0])]
+    return {**state, "chats": chats}
+
+
+def _event_for(who: Caller, event: Event) -> Event | None:
+    """What ``who`` gets of ``event``: another user's job event is nothing; the pause switch
+    names only their own chats."""
+    if who.admin:
+        return event
+    if event.user is not None:
+        return event if who.sees(event.user) else None
+    if event.name == "pause":
+        data = _pause_for(who, json.loads(event.data))
+        return Event(event.seq, event.name, json.dumps(data, ensure_ascii=False))
+    return event
+
+
+async def pause(request: Request) -> Response:
+    """``GET``: the pause switch. ``POST {"paused": bool, "chat"?: path}``: set it."""
+    ctx = _ctx(request)
+    who = caller(request)
+    if request.method == "GET":
+        now = await ctx.engine.paused()
+        data = _pause_for(who, now.to_json())
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+    _check_actions(request)
+    data = await _body(request)
+    paused = data.get("paused")
+    chat = data.get("chat")
+    if not isinstance(paused, bool):
+        raise ApiError(422, "invalid", "paused is true or false")
+    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
+        raise ApiError(422, "invalid", "chat must be a chat path")
+    if not who.admin and chat is None:
+        raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
+    if chat is not None and not who.sees(chat.split("/", 1)[0]):
+        raise ApiError(404, "not_found", "no such chat")
+    after = await ctx.engine.pause(paused, chat)
+    ctx.hub.publish("pause", after.to_json())
+    return JSONResponse(_pause_for(who, after.to_json()))
 
 
 async def regen(request: Request) -> Response:
@@ -428,48 +593,10 @@ async def regen(request: Request) -> Response:
         if len(prompt) > MAX_PROMPT:
             raise ApiError(422, "invalid", f"prompt is longer than {MAX_PROMPT} characters")
     try:
-        new = await regen_job(ctx.store, ctx.approval, job.id, prompt)
+        new = await ctx.engine.regen(job.id, prompt)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    ctx.wake()
-    return JSONResponse(job_json(new, ctx.config), status_code=201)
-
-
-def _chat_by_file(ctx: WebContext, users: list[str], chat_file: str) -> str:
-    found = [ref.rel for ref in layout.iter_chats(ctx.root, users) if ref.chat_id == chat_file]
-    if not found:
-        raise ApiError(404, "not_found", f"no chat {chat_file!r}")
-    if len(found) > 1:
-        raise ApiError(400, "ambiguous_chat", f"chat {chat_file!r} is ambiguous: {found[:5]}")
-    return found[0]
-
-
-def _select(
-    ctx: WebContext, who: Caller, chat: str | None, chat_file: str | None, mesid: int | None
-) -> Any:
-    every = layout.list_users(ctx.root, ctx.config.detect.users)
-    users = who.visible_users(every)
-    spec = chat
-    if chat_file is not None:
-        if chat is None:
-            spec = _chat_by_file(ctx, users, chat_file)
-        elif not chat.endswith(".jsonl"):
-            spec = f"{chat}/{chat_file}"
-    if spec is not None and (Path(spec).is_absolute() or spec.startswith(("~", "."))):
-        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
-    if not who.admin:
-        # A path straight to another user's chat resolves whoever asks: as if it did not
-        # exist (checked before the chat is read, so no error tells anything about it).
-        if spec is None and not users:
-            raise ApiError(404, "not_found", "no chats of yours found")
-        first = (spec or "").replace("\\", "/").split("/", 1)[0]
-        if first in every and not who.sees(first):
-            raise ApiError(404, "not_found", "no such chat")
-        ref = manual.resolve_chat_spec(ctx.root, users, spec)
-        if not who.sees(ref.user):
-            raise ApiError(404, "not_found", "no such chat")
-        spec = ref.rel
-    return manual.select(ctx.root, users, spec, mesid)
+    return JSONResponse(job_json(new, ctx.config, ctx.root), status_code=201)
 
 
 async def generate(request: Request) -> Response:
@@ -488,25 +615,26 @@ async def generate(request: Request) -> Response:
     force = data.get("force", False)
     if not isinstance(force, bool):
         raise ApiError(422, "invalid", "force is true or false")
+    if isinstance(chat, str) and (Path(chat).is_absolute() or chat.startswith(("~", "."))):
+        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
     try:
-        sel = await anyio.to_thread.run_sync(_select, ctx, caller(request), chat, chat_file, mesid)
+        made = await ctx.engine.generate(
+            chat, mesid, chat_file=chat_file, force=force, users=caller(request).handles
+        )
     except UnsafePathError as exc:
         raise ApiError(400, "bad_chat", str(exc)) from None
     except ChatReadError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
     except MessageNotFoundError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
-    except JobError as exc:
-        if "ambiguous" in str(exc):
-            raise ApiError(400, "ambiguous_chat", str(exc)) from None
+    except AmbiguousError as exc:
+        raise ApiError(400, "ambiguous_chat", str(exc)) from None
+    except NotFoundError as exc:
         raise ApiError(404, "not_found", str(exc)) from None
-    try:
-        job, created = await manual.create_for(ctx.store, sel, force)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    if created:
-        ctx.wake()
-    return JSONResponse(job_json(job, ctx.config), status_code=201 if created else 200)
+    status = 201 if made.created else 200
+    return JSONResponse(job_json(made.job, ctx.config, ctx.root), status_code=status)
 
 
 async def events(request: Request) -> Response:
@@ -529,7 +657,7 @@ async def events(request: Request) -> Response:
             request.headers.get("last-event-id"),
             hello,
             ping_seconds=ctx.ping_seconds,
-            sees=who.sees,
+            view=lambda event: _event_for(who, event),
         ),
     )
     return StreamingResponse(
@@ -616,6 +744,10 @@ def routes() -> list[Route]:
         Route(job + "/accept", accept, methods=["POST"]),
         Route(job + "/reject", reject, methods=["POST"]),
         Route(job + "/regen", regen, methods=["POST"]),
+        Route(job + "/restore", restore, methods=["POST"]),
+        Route(job + "/cancel", cancel, methods=["POST"]),
+        Route("/api/v1/cancel", cancel_queued, methods=["POST"]),
+        Route("/api/v1/pause", pause, methods=["GET", "POST"]),
         Route("/api/v1/generate", generate, methods=["POST"]),
         Route("/api/v1/events", events, methods=["GET"]),
         Route("/api/v1/users", list_user_tokens, methods=["GET"]),

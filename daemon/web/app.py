@@ -14,8 +14,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.web import api, pages
 from daemon.web.access import UserTokens
 from daemon.web.context import WebContext
@@ -30,13 +29,13 @@ log = structlog.get_logger("st_imagegen.web")
 STATIC = Path(__file__).parent / "static"
 
 
-def make_context(config: Config, root: Path, store: Store, approval: Approval) -> WebContext:
-    """The routes' shared state; the caller attaches ``ctx.hub.job_changed`` to the store."""
+def make_context(config: Config, root: Path, engine: Engine) -> WebContext:
+    """The routes' shared state; the caller attaches ``ctx.hub.job_changed`` to the engine."""
     from daemon import __version__
 
-    hub = EventHub(lambda job: api.job_json(job, config))
+    hub = EventHub(lambda job: api.job_json(job, engine.config, root))
     thumbs = Thumbs(config.state_dir / "thumbs")
-    return WebContext(config, root, store, approval, hub, thumbs, __version__)
+    return WebContext(root, engine, hub, thumbs, __version__)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

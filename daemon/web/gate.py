@@ -147,41 +147,56 @@ class Gate:
                 self._accept_failed(exc)
                 return
             conn.setblocking(False)
-            if not self._full():
-                self._hand_over(conn, b"")
-            else:
-                self._wait_for_head(conn)
+            self._arrived(conn)
         self._accept_recovered()
 
-    # At the cap: a connection waits (without a protocol, a task or a timer) for its request
-    # head; only a complete head earns it a place, taken from the oldest idle connection.
+    # A new connection gets a protocol (uvicorn's, a task, timers) only once its whole request
+    # head is in. Until then it waits as a bare socket: a flood of heads that never end costs
+    # an accept, a read and a close each, and never pushes a real request's connection out.
 
-    def _wait_for_head(self, conn: socket.socket) -> None:
+    def _holding(self) -> int:
+        return len(self.open) + self.arriving + len(self.waiting)
+
+    def _arrived(self, conn: socket.socket) -> None:
         assert self._loop is not None
         try:
-            first = conn.recv(PEEK_BYTES)
+            first: bytes | None = conn.recv(PEEK_BYTES)
         except (BlockingIOError, InterruptedError):
             first = None  # nothing yet: its head may be on the way
         except OSError:
             first = b""
-        if first is not None:
-            if b"\r\n\r\n" in first and (not self._full() or self._room_for_one()):
-                self._hand_over(conn, first)
+        if first is not None and b"\r\n\r\n" in first:
+            self._admit_with(conn, first)
+            return
+        if first == b"":
+            conn.close()  # gone already
+            return
+        if self._holding() >= self.cap + WAITING:
+            if first:
+                # At the limit, a head begun and left unfinished (what a slow-headers flood
+                # sends) is closed at once, with a reset (no FIN handshake, no TIME_WAIT).
+                self.refused += 1
+                _reset(conn)
                 return
-            # Gone, or a head begun and left unfinished (what a slow-headers flood sends):
-            # closed at once, with a reset (no FIN handshake, no TIME_WAIT to pay for).
+            if not self.waiting:
+                self.refused += 1
+                _reset(conn)
+                return
+            self._forget(next(iter(self.waiting)))  # the oldest waiting one makes room
+            self.refused += 1
+        self.waiting[conn] = (bytearray(first or b""), time.monotonic() + self.header_timeout)
+        self._loop.add_reader(conn.fileno(), self._read_head, conn)
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(self.header_timeout, self._timed_sweep)
+
+    def _admit_with(self, conn: socket.socket, head: bytes) -> None:
+        """Serve ``conn`` whose request head is ``head``: below the cap at once, at the cap in
+        the place of the oldest idle connection; refused when every one is busy."""
+        if self._full() and not self._room_for_one():
             self.refused += 1
             _reset(conn)
             return
-        if len(self.waiting) >= WAITING:
-            oldest = next(iter(self.waiting))
-            self._forget(oldest)
-            self.refused += 1
-        self.waiting[conn] = (bytearray(), time.monotonic() + min(self.header_timeout, 2.0))
-        self._loop.add_reader(conn.fileno(), self._read_head, conn)
-        self._sweep_waiting()
-        if self._sweeper is None and self.waiting:
-            self._sweeper = self._loop.call_later(self.header_timeout, self._timed_sweep)
+        self._hand_over(conn, head)
 
     def _timed_sweep(self) -> None:
         self._sweeper = None
@@ -210,11 +225,7 @@ class Gate:
         assert self._loop is not None
         self._loop.remove_reader(conn.fileno())
         del self.waiting[conn]
-        if self._full() and not self._room_for_one():
-            self.refused += 1
-            conn.close()
-            return
-        self._hand_over(conn, bytes(head))
+        self._admit_with(conn, bytes(head))
 
     def _forget(self, conn: socket.socket) -> None:
         self.waiting.pop(conn, None)

@@ -29,8 +29,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
-from daemon.engine.store import Store
+from daemon.engine.front import Engine
 from daemon.logs import register_secret
 from daemon.tavern import layout
 from daemon.web.access import UserTokens
@@ -200,17 +199,17 @@ def _quiet_uvicorn() -> None:
 
 
 async def serve_web(
-    config: Config,
-    root: Path,
-    store: Store,
-    approval: Approval,
+    engine: Engine,
     *,
-    wake: Callable[[], None],
     draining: Callable[[], bool],
+    stop_running: Callable[[str, str], bool] | None = None,
     ping_seconds: float = 15.0,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the inbox until cancelled (then stop it within :data:`SHUTDOWN_SECONDS`)."""
+    """Serve the inbox over ``engine`` until cancelled (then stop it within
+    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
+    config = engine.config
+    root = await engine.root()
     web = config.web
     # The admin's token always exists: loopback may need it as soon as a second ST user appears.
     token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
@@ -237,8 +236,8 @@ async def serve_web(
         )
         task_status.started(None)
         return
-    ctx = make_context(config, root, store, approval)
-    ctx.wake, ctx.draining, ctx.ping_seconds = wake, draining, ping_seconds
+    ctx = make_context(config, root, engine)
+    ctx.draining, ctx.ping_seconds = draining, ping_seconds
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
     limit_noisy_loggers()
@@ -266,8 +265,15 @@ async def serve_web(
         bound_port,
         needs_token(web, handle_count),
     )
+    ctx.url = address.url
     url_file = config.state_dir / URL_FILE
-    remove_listener = store.add_job_listener(ctx.hub.job_changed)
+    remove_listener = engine.on_job_changed(ctx.hub.job_changed)
+
+    def config_changed(state: dict[str, Any]) -> None:
+        ctx.status_cache.clear()
+        ctx.hub.publish("config", state)
+
+    remove_config_listener = engine.on_config_changed(config_changed)
 
     async def _run() -> None:
         with anyio.CancelScope(shield=True):  # stopped through should_exit, never mid-request
@@ -304,6 +310,7 @@ async def serve_web(
             finally:
                 gate.close()
                 remove_listener()
+                remove_config_listener()
                 ctx.hub.close()
                 server.should_exit = True
     finally:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from daemon.config import Config, load_config
 from daemon.engine.jobs.pipeline import open_job_deps
-from daemon.engine.process.service import Service, ServiceTimings
+from daemon.engine.process.service import Face, Service, ServiceTimings
 from daemon.engine.store import Job, Store
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
@@ -59,6 +59,10 @@ class FakeRequest:
     method: str = "POST"
 
 
+GATE_TIMEOUT = 30.0
+"""Longest an image call waits at a closed ``FakeAPI.image_gate`` (a test that forgot it)."""
+
+
 @dataclass
 class FakeAPI:
     """State shared with the server threads; change it from the test at any time."""
@@ -69,10 +73,15 @@ class FakeAPI:
     models: tuple[str, ...] = ("gpt-4", "dall-e-3")  # GET /v1/models
     text_delay: float = 0.0
     image_delay: float = 0.0
+    # When set, image calls wait for it to open (at most GATE_TIMEOUT): a call held in flight.
+    image_gate: threading.Event | None = None
     images_per_call: int = 1
     # Status codes to answer with before succeeding, per route ("text" / "image"), consumed.
     fail_text: list[int] = field(default_factory=list)
     fail_image: list[int] = field(default_factory=list)
+    picture: Callable[[int], bytes] | None = None  # image i of a call (default: tiny_png)
+    fail_message: str = "fake failure {status}"  # the error body's message ({status} filled)
+    text_suffix: str = ""  # appended to every chat completion (e.g. markup for escaping tests)
     requests: list[FakeRequest] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -158,13 +167,16 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
                 fails = api.fail_image if is_image else api.fail_text
                 status = fails.pop(0) if fails else 200
             try:
+                if is_image and api.image_gate is not None:
+                    api.image_gate.wait(GATE_TIMEOUT)
                 time.sleep(api.image_delay if is_image else api.text_delay)
                 if status != 200:
-                    self._send(status, {"error": {"message": f"fake failure {status}"}})
+                    message = api.fail_message.replace("{status}", str(status))
+                    self._send(status, {"error": {"message": message}})
                 elif is_text:
-                    self._send(200, _completion(body))
+                    self._send(200, _completion(body, api.text_suffix))
                 elif is_image:
-                    self._send(200, _images(body, api.images_per_call))
+                    self._send(200, _images(body, api.images_per_call, api.picture))
                 else:
                     self._send(404, {"error": {"message": "no such route"}})
             finally:
@@ -184,7 +196,7 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _completion(body: dict[str, Any]) -> dict[str, Any]:
+def _completion(body: dict[str, Any], suffix: str = "") -> dict[str, Any]:
     messages = body.get("messages") or [{}]
     text = str(messages[-1].get("content", ""))
     # The prompt is the illustrated message itself, so tests can tell which reply it came from.
@@ -197,19 +209,24 @@ def _completion(body: dict[str, Any]) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": f"a picture of {reply}"},
+                "message": {"role": "assistant", "content": f"a picture of {reply}{suffix}"},
                 "finish_reason": "stop",
             }
         ],
     }
 
 
-def _images(body: dict[str, Any], count: int) -> dict[str, Any]:
+def _images(
+    body: dict[str, Any], count: int, picture: Callable[[int], bytes] | None = None
+) -> dict[str, Any]:
     n = max(1, int(body.get("n") or count))
-    shades = [(40 * i % 255, 120, 200) for i in range(n)]
+    if picture is not None:
+        made = [picture(i) for i in range(n)]
+    else:
+        made = [tiny_png((40 * i % 255, 120, 200)) for i in range(n)]
     return {
         "created": int(time.time()),
-        "data": [{"b64_json": base64.b64encode(tiny_png(c)).decode()} for c in shades],
+        "data": [{"b64_json": base64.b64encode(data).decode()} for data in made],
     }
 
 
@@ -299,8 +316,15 @@ def config_toml(
     lines += [f"{k} = {json.dumps(v)}" for k, v in top.items()]
     for name, values in sections.items():
         lines.append(f"[{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """JSON is TOML for strings, numbers, booleans and lists; a dict is an inline table."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 MakeConfig = Callable[..., Config]
@@ -323,25 +347,28 @@ SERVICE_START_TIMEOUT = 15.0
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config, timings: ServiceTimings) -> AsyncIterator[Service]:
+async def running(
+    config: Config, timings: ServiceTimings, *, web: Face | None = None
+) -> AsyncIterator[Service]:
     """The service running in this event loop, holding the state dir's lock as ``serve``
-    does; drained and stopped after the block."""
+    does (with the ``web`` face, as ``run`` composes it); drained and stopped after the
+    block."""
     from daemon.engine.process.lock import hold_state_lock
 
     assert config.data_root is not None
     root = layout.resolve_data_root(config.data_root)
     config.state_dir.mkdir(parents=True, exist_ok=True)
     with hold_state_lock(config.state_dir):
-        async with running_unlocked(config, root, timings) as service:
+        async with running_unlocked(config, root, timings, web=web) as service:
             yield service
 
 
 @contextlib.asynccontextmanager
 async def running_unlocked(
-    config: Config, root: Path, timings: ServiceTimings
+    config: Config, root: Path, timings: ServiceTimings, *, web: Face | None = None
 ) -> AsyncIterator[Service]:
     async with open_job_deps(config, root=root) as deps:
-        service = Service(config, root, deps, timings=timings)
+        service = Service(config, root, deps, timings=timings, web=web)
         async with anyio.create_task_group() as tg:
             ready = anyio.Event()
             tg.start_soon(partial(service.run, ready=ready.set))

@@ -301,7 +301,7 @@ async def test_reply_changed_before_accept_is_not_committed(
     assert not (h.root / USER / "user" / "images").exists()  # no image written either
     assert not h.approval.pending_path(job.id).exists()
     # The reason is history (`show`), not one of the errors `status` lists.
-    report = await gather_status(h.config)
+    report = await gather_status(h.config, h.store)
     assert all(row["job"] != job.id for row in report.errors)
 
 
@@ -551,7 +551,7 @@ async def test_read_only_chat_folder_keeps_the_job(
     assert kept.last_error is not None and "permission denied" in kept.last_error
     assert str(folder) in kept.last_error
     assert path.read_bytes() == before
-    report = await gather_status(h.config)
+    report = await gather_status(h.config, h.store)
     assert any("permission denied" in row["error"] for row in report.errors)
 
     done = await h.committer.commit_job(kept)

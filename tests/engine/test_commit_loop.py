@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 import pytest
 
+from daemon.cli.generate import cmd_generate
 from daemon.engine.commit.apply import message_urls, served_path
-from daemon.engine.jobs.manual import cmd_generate
 from daemon.engine.jobs.pipeline import accept_job
 from daemon.engine.process.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState

@@ -396,6 +396,43 @@ def test_unfinished_reply_gets_its_job_when_finished() -> None:
     assert indices(d2) == [1] and d2.new_jobs[0].reason == Reason.NEW
 
 
+def test_streaming_placeholder_is_unfinished_and_the_finished_save_gets_one_job() -> None:
+    """A save made while ST streams (an extension's, a metadata change) holds the reply as ST's
+    placeholder with both dates set; only the save of the finished reply makes a job."""
+    started = "2026-11-23T21:59:00.000Z"
+    streaming = msg(1, mes="...", gen_started=started, gen_finished="2026-11-23T21:59:00.100Z")
+    d1 = run(scan(new=[streaming]))
+    assert d1.new_jobs == [] and d1.skipped == [(1, Skip.UNFINISHED)] and not d1.hold
+    done = msg(
+        1, mes="The glade glows.", gen_started=started, gen_finished="2026-11-23T21:59:04.000Z"
+    )
+    d2 = run(scan(changed=[done]), ctx(d1.chat_state))
+    assert indices(d2) == [1] and d2.new_jobs[0].reason == Reason.NEW
+    assert not d2.hold  # a finished generation is acted on at once
+
+
+def test_a_new_generation_is_not_held_an_edit_or_a_swipe_back_is() -> None:
+    started = "2026-11-23T21:59:00.000Z"
+    first = msg(1, mes="one", gen_started=started, gen_finished="2026-11-23T21:59:04.000Z")
+    d1 = run(scan(new=[first]))
+    assert indices(d1) == [1] and not d1.hold
+    state = d1.chat_state
+    # a swipe that generates (or a continue): a newer gen_finished than the chat has seen
+    swiped = msg(1, mes="two", gen_started=started, gen_finished="2026-11-23T21:59:30.000Z")
+    d2 = run(scan(changed=[swiped]), ctx(state))
+    assert indices(d2) == [1] and not d2.hold and len(d2.supersede) == 1
+    # an edit keeps the dates; a swipe back shows an older alternative's dates
+    edited = msg(1, mes="two, edited", gen_started=started, gen_finished="2026-11-23T21:59:30.000Z")
+    d3 = run(scan(changed=[edited]), ctx(d2.chat_state))
+    assert d3.hold and indices(d3) == [1] and len(d3.supersede) == 1
+    back = msg(1, mes="one", gen_started=started, gen_finished="2026-11-23T21:59:04.000Z")
+    d4 = run(scan(changed=[back]), ctx(d2.chat_state))
+    assert d4.hold and indices(d4) == [1]
+    # a new reply line is never held
+    d5 = run(scan(new=[user(2), msg(3, mes="three")]), ctx(d2.chat_state))
+    assert indices(d5) == [3] and not d5.hold
+
+
 def test_removed_reply_is_superseded_and_regenerate_inherits_selection() -> None:
     a, b = msg(1, mes="one"), msg(3, mes="two")
     d1 = run(scan(new=[a, b]), every_nth=2)

@@ -19,8 +19,9 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from daemon.cli.commands import main
+from daemon.cli.generate import cmd_generate
 from daemon.config import Config
-from daemon.engine.jobs.manual import cmd_generate, pick_message, resolve_chat_spec
+from daemon.engine.jobs.manual import pick_message, resolve_chat_spec
 from daemon.engine.process.notify import Heartbeat
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import JobError, MessageNotFoundError, UnsafePathError

@@ -539,7 +539,7 @@ async def test_a_live_reply_with_a_wrong_clock_is_illustrated_and_every_skip_exp
     too old, with no log line."""
     from datetime import timedelta
 
-    from daemon.engine.intake.why import explain, render
+    from daemon.cli.screens import render_why as render
 
     out = io.StringIO()
     configure_logging(LogSettings(level="info", format="json"), stream=out)
@@ -569,11 +569,11 @@ async def test_a_live_reply_with_a_wrong_clock_is_illustrated_and_every_skip_exp
         assert {(1, "user message"), (3, "user message"), (4, "shorter than min_length")} <= reasons
         assert all(s["level"] == "info" for s in skips)
 
-        short = await explain(config, str(path), 4)
+        short = await service.engine.why(str(path), 4)
         assert render(short).startswith(f"message 4 (Alice) in {rel}: no job: shorter than")
-        user_line = render(await explain(config, str(path), 3))
+        user_line = render(await service.engine.why(str(path), 3))
         assert "no job: user message" in user_line
-        with_job = render(await explain(config, str(path), 2))
+        with_job = render(await service.engine.why(str(path), 2))
         assert f"{job.short_id}  pending" in with_job and "for this text" in with_job
 
 

@@ -14,14 +14,13 @@ from pathlib import Path
 import pytest
 
 from daemon.cli.commands import main
+from daemon.cli.screens import cmd_status, render_status
 from daemon.engine.process.notify import Heartbeat
 from daemon.engine.process.status import (
     HEARTBEAT_STALE_SECONDS,
-    cmd_status,
     daemon_status,
     gather_status,
     plain_age,
-    render_status,
 )
 from daemon.engine.store import JobState
 from tests.engine.test_commit_support import Harness, harness_for, make_config
@@ -114,7 +113,7 @@ async def test_report_counts_errors_and_waiting_messages(harness: Harness) -> No
     tab.swipe("Something else entirely.").save()
     assert (await h.committer.commit_job(swiped)).state is JobState.SUPERSEDED
 
-    report = await gather_status(h.config)
+    report = await gather_status(h.config, h.store)
 
     assert report.daemon.running is False
     assert report.data_root == str(h.root)
@@ -125,7 +124,7 @@ async def test_report_counts_errors_and_waiting_messages(harness: Harness) -> No
     assert report.errors == []
     failing = await h.accepted(path, index=1, prompt="a third")
     assert await h.store.fail(failing.id, "image API: HTTP 500 three times") is not None
-    report = await gather_status(h.config)
+    report = await gather_status(h.config, h.store)
     assert [(e["job"], e["error"]) for e in report.errors] == [
         (failing.id, "image API: HTTP 500 three times")
     ]
@@ -145,7 +144,7 @@ async def test_waiting_messages_are_reported(harness: Harness) -> None:
     alice = next((h.root / "default-user" / "chats" / "Alice").glob("*.jsonl"))
     job = await h.accepted(alice)
     await h.committer.commit_job(job)
-    report = await gather_status(h.config)
+    report = await gather_status(h.config, h.store)
     assert report.waiting_messages == 1
     assert report.waiting_chats == [job.chat]
     assert "waiting for SillyTavern: 1 image message in 1 chat" in render_status(report)

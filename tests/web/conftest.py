@@ -19,7 +19,7 @@ from daemon.config import Config
 from daemon.engine.process.service import Service, ServiceTimings
 from daemon.engine.store import Job, JobState
 from daemon.web.context import WebContext
-from daemon.web.server import read_address
+from daemon.web.server import read_address, serve_web
 from tests.engine.conftest import (  # noqa: F401 - fixtures used by the web tests
     FakeAPI,
     MakeConfig,
@@ -86,7 +86,7 @@ def web_config(make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI, **ext
 
 @contextlib.asynccontextmanager
 async def inbox_for(config: Config) -> AsyncIterator[Inbox]:
-    async with running(config, FAST) as service:
+    async with running(config, FAST, web=serve_web) as service:
         assert service.web is not None, "the inbox did not start"
         address = read_address(config.state_dir)
         assert address is not None

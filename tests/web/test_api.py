@@ -142,9 +142,12 @@ async def test_reject_and_regenerate_with_an_edited_prompt(inbox: Inbox, fake_ap
         assert new["regen_of"] == other.id
         assert (await inbox.job(other.id)).state is JobState.SUPERSEDED
         done = await inbox.wait_state(new["id"], JobState.PENDING)
-        # The earlier images stay on offer next to the new ones (issue 12), first.
+        # The earlier images stay on offer after the new ones (issues 12, 24), marked as such.
         assert len(done.images) == 2 * IMAGES
-        assert done.meta["image_prompts"][IMAGES:] == ["a lighthouse at dawn, oil paint"] * IMAGES
+        assert done.meta["image_prompts"][:IMAGES] == ["a lighthouse at dawn, oil paint"] * IMAGES
+        shown = (await c.get(f"/api/v1/jobs/{new['id']}")).json()["images"]
+        assert [i["earlier"] for i in shown] == [False] * IMAGES + [True] * IMAGES
+        assert {i["prompt"] for i in shown[IMAGES:]} == {other.prompt}
         assert fake_api.prompts()[-1].startswith("a lighthouse at dawn, oil paint")
 
         same = await c.post(f"/api/v1/jobs/{new['id']}/regen", json={})
@@ -186,6 +189,45 @@ async def test_generate_for_a_chat_and_message(inbox: Inbox) -> None:
         _error(await c.post("/api/v1/generate", json={"chat_file": "no such chat"}), 404)
         _error(await c.post("/api/v1/generate", json={"chat": "/etc/passwd"}), 400)
         _error(await c.post("/api/v1/generate", json={"chat": "../../etc/x.jsonl"}), 400)
+
+
+async def _swipe_away(inbox: Inbox, job_id: str) -> None:
+    """As the daemon does when the reply is swiped away: superseded, its images shelved."""
+    job = await inbox.job(job_id)
+    store, approval = inbox.service.store, inbox.service.deps.approval
+    gone = await store.supersede(
+        job.user, job.chat, job.identity_name, job.identity_date, None, "reply changed"
+    )
+    assert [g.id for g in gone] == [job.id]
+    assert await anyio.to_thread.run_sync(approval.shelve, job.id)
+
+
+@pytest.mark.parametrize("face", ["inbox", "extension", "extension-with-user"])
+async def test_generate_revives_a_job_swiped_away_and_back(
+    inbox: Inbox, fake_api: FakeAPI, face: str
+) -> None:
+    """Regression: the web API answered 200 with the superseded job and did nothing, where the
+    CLI brought it back (tests/engine/test_manual.py); every face now asks the same engine.
+    The bodies are the ones the inbox and the extension (extension/lib/protocol.js
+    ``generateBody``, with and without the ST user known) send."""
+    job = await inbox.pending("swipeback")
+    calls = fake_api.count("images/generations")
+    await _swipe_away(inbox, job.id)
+    assert not (inbox.config.pending_dir / job.id).exists()
+    body: dict[str, Any] = {
+        "inbox": {"chat": job.chat, "mesid": job.message_index},
+        "extension": {"chat": "Alice", "chat_file": "Alice - swipeback", "force": False},
+        "extension-with-user": {"chat": job.chat, "force": False},
+    }[face]
+    body["mesid"] = job.message_index
+    async with inbox.client() as c:
+        back = await c.post("/api/v1/generate", json=body)
+    assert back.status_code == 201, back.text
+    assert back.json()["id"] == job.id and back.json()["state"] == "pending"
+    revived = await inbox.job(job.id)
+    assert revived.state is JobState.PENDING and revived.images == job.images
+    assert all((inbox.config.pending_dir / job.id / n).is_file() for n in job.images)
+    assert fake_api.count("images/generations") == calls  # its own images, no new call
 
 
 async def test_errors_are_json_with_the_right_status(inbox: Inbox) -> None:

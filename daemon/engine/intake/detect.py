@@ -19,12 +19,17 @@
   ``send_date``; the file's mtime when none parses) is older than ``catchup_max_age``. Dates
   in ST's local-time forms (up to 1.14) get :data:`LOCAL_TIME_SLACK` of grace, since their time
   zone is unknown.
+- A reply still streaming is not finished either: ST's streaming placeholder (``"..."``) as its
+  text, or ``gen_started`` without ``gen_finished``.
 - A changed revision (swipe, continue, edit) supersedes the jobs of the other revisions, and the
-  new revision gets a job when the reply was selected before. A removed reply (deleted, or
-  replaced by Regenerate) supersedes its jobs; a regenerated reply inherits the removed reply's
-  every-Nth selection instead of counting as one more reply. Only the cursor's newest
-  ``CURSOR_DEPTH`` messages are compared, so an edit further up is not seen here; the committer
-  checks the reply's revision before it writes.
+  new revision gets a job when the reply was selected before. A change that is not a new
+  generation (an edit, a swipe back to an existing alternative, a hide; its newest date is not
+  newer than the chat's newest seen) sets :attr:`Decision.hold`: the caller waits for the chat to
+  stay unchanged for ``settle_seconds`` before acting, since more such saves tend to follow.
+  A removed reply (deleted, or replaced by Regenerate) supersedes its jobs; a regenerated reply
+  inherits the removed reply's every-Nth selection instead of counting as one more reply. Only
+  the cursor's newest ``CURSOR_DEPTH`` messages are compared, so an edit further up is not seen
+  here; the committer checks the reply's revision before it writes.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ __all__ = [
     "DECIDED_KEPT",
     "EXCERPT_CHARS",
     "LOCAL_TIME_SLACK",
+    "STREAMING_PLACEHOLDERS",
     "ChatContext",
     "ChatState",
     "Decision",
@@ -67,6 +73,10 @@ __all__ = [
     "excerpt_of",
     "filtered",
 ]
+
+STREAMING_PLACEHOLDERS = frozenset({"...", "\u2026"})
+"""The text ST gives a streamed reply before its first token (``StreamingProcessor``'s
+``firstMessageText``); a save made then (by an extension, a metadata change) holds it."""
 
 EXCERPT_CHARS = 200
 """Length of the reply excerpt stored with a job."""
@@ -304,12 +314,16 @@ class Supersede(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What to do after a scan. ``state`` goes into the store with the new cursor."""
+    """What to do after a scan. ``state`` goes into the store with the new cursor.
+
+    ``hold``: the save changed a reply without a new generation (edit, swipe to an existing
+    alternative, hide): act on it only once the chat stayed unchanged for a while."""
 
     new_jobs: list[JobSpec]
     supersede: list[Supersede]
     chat_state: ChatState
     skipped: list[tuple[int, Skip]] = field(default_factory=list)
+    hold: bool = False
 
     @property
     def state(self) -> dict[str, Any]:
@@ -344,7 +358,9 @@ def eligible(message: Message) -> Skip | None:
     if not message.mes.strip():
         return Skip.EMPTY
     data = message.data
-    if "gen_started" in data and not data.get("gen_finished"):
+    if "gen_started" in data and (
+        not data.get("gen_finished") or message.mes.strip() in STREAMING_PLACEHOLDERS
+    ):
         return Skip.UNFINISHED
     return None
 
@@ -430,6 +446,7 @@ class _Builder:
         self.supersedes: list[Supersede] = []
         self.skipped: list[tuple[int, Skip]] = []
         self.inherited: list[bool] = []
+        self.hold = False
 
     # bookkeeping
 
@@ -451,6 +468,13 @@ class _Builder:
             stamp = _iso(when)
             if stamp > self.last_date:
                 self.last_date = stamp
+
+    def fresh(self, message: Message) -> bool:
+        """The message's newest date is newer than any the chat had before this save: a new
+        generation (swipe that generates, continue), not an edit or a swipe back."""
+        when, _ = _date_of(message)
+        seen = self.ctx.state.last_date
+        return when is None or not seen or _iso(when) > seen
 
     def job(self, message: Message, reason: Reason) -> None:
         identity = message.identity
@@ -479,7 +503,7 @@ class _Builder:
         decided = tuple(self.decided.items())[-DECIDED_KEPT:]
         skips = tuple(self.skip_notes.items())[-DECIDED_KEPT:]
         state = ChatState(self.replies, decided, self.last_date, skips)
-        return Decision(self.jobs, self.supersedes, state, self.skipped)
+        return Decision(self.jobs, self.supersedes, state, self.skipped, self.hold)
 
     # the rules
 
@@ -519,6 +543,8 @@ class _Builder:
         if message.is_user:
             self.skip(message, Skip.USER)
             return
+        if not self.fresh(message):
+            self.hold = True
         self.supersedes.append(
             Supersede(
                 identity, str(message.revision), "the reply changed (swipe, continue or edit)"

@@ -84,6 +84,7 @@ class HintKind(StrEnum):
     RESCAN = "rescan"  # a folder appeared (new user, character, group chats), or events lost
     WAKE = "wake"  # another process changed jobs (the CLI touched the wake folder)
     DEAD = "dead"  # watchdog's observer or one of its emitters died: the daemon is deaf
+    CONFIG = "config"  # the config file (or a key file next to it) was written
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +110,12 @@ class EventBridge(FileSystemEventHandler):
         drop_dirs: Sequence[Path],
         buffer: int,
         wake_dirs: Sequence[Path] = (),
+        config_files: Sequence[Path] = (),
     ) -> None:
         self.root = root
         self.drop_dirs = tuple(str(d) for d in drop_dirs)
         self.wake_dirs = tuple(str(d) for d in wake_dirs)
+        self.config_files = tuple(str(f) for f in config_files)
         self.queue: queue.Queue[Hint] = queue.Queue(maxsize=buffer)
         self.rescan_needed = threading.Event()
         self.errors = 0
@@ -147,6 +150,11 @@ class EventBridge(FileSystemEventHandler):
     def _hints(self, event: FileSystemEvent) -> Iterable[Hint]:
         now = time.monotonic()
         src = _as_str(event.src_path)
+        if self.config_files and not event.is_directory:
+            dest = _as_str(getattr(event, "dest_path", "") or "")
+            if src in self.config_files or dest in self.config_files:
+                yield Hint(HintKind.CONFIG, at=now)
+                return
         if self.wake_dirs and _under_any(src, self.wake_dirs):
             yield Hint(HintKind.WAKE, at=now)
             return
@@ -235,17 +243,21 @@ class Watcher:
         drop_dirs: Sequence[Path] = (),
         *,
         wake_dirs: Sequence[Path] = (),
+        config_files: Sequence[Path] = (),
         buffer: int = DEFAULT_BUFFER,
         observer: BaseObserver | None = None,
     ) -> None:
         self.root = root
         self.drop_dirs = tuple(drop_dirs)
         self.wake_dirs = tuple(wake_dirs)
+        self.config_files = tuple(config_files)
         send, receive = anyio.create_memory_object_stream[Hint](STREAM_BUFFER)
         self._send = send
         self.receive: MemoryObjectReceiveStream[Hint] = receive
         self._observer: BaseObserver = observer if observer is not None else Observer()
-        self.bridge = EventBridge(root, self.drop_dirs, buffer, self.wake_dirs)
+        self.bridge = EventBridge(
+            root, self.drop_dirs, buffer, self.wake_dirs, [f.absolute() for f in config_files]
+        )
         self._started = False
         self._stopping = False
         self._dead_reported = False
@@ -257,6 +269,12 @@ class Watcher:
                 self.bridge, str(self.root), recursive=True, event_filter=WATCHED_EVENTS
             )
             for folder in (*self.drop_dirs, *self.wake_dirs):
+                folder.mkdir(parents=True, exist_ok=True)
+                self._observer.schedule(
+                    self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
+                )
+            # The config file's folder, not the file: editors and our writer replace the file.
+            for folder in {f.absolute().parent for f in self.config_files}:
                 folder.mkdir(parents=True, exist_ok=True)
                 self._observer.schedule(
                     self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
@@ -360,18 +378,24 @@ class Watcher:
 
 
 class Settler:
-    """Per-chat quiet timers: a chat is due once no hint arrived for ``settle`` seconds."""
+    """Per-chat read timers: a hinted chat is due ``delay`` seconds after its latest hint (no
+    delay by default: a save is read at once), or at a time set with :meth:`due_at` (a change
+    held until the chat has been quiet for a while)."""
 
-    def __init__(self, settle: float) -> None:
-        self.settle = settle
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
         self._due: dict[str, tuple[float, ChatRef]] = {}
 
     def touch(self, chat: ChatRef, now: float) -> None:
-        self._due[chat.rel] = (now + self.settle, chat)
+        self._due[chat.rel] = (now + self.delay, chat)
 
     def due_now(self, chat: ChatRef, now: float) -> None:
         """Due at once (a startup or rescan finding: the chat is not being written right now)."""
         self._due[chat.rel] = (now, chat)
+
+    def due_at(self, chat: ChatRef, when: float) -> None:
+        """Due at ``when`` (a later hint makes it due earlier again)."""
+        self._due[chat.rel] = (when, chat)
 
     def next_deadline(self) -> float | None:
         return min((d for d, _ in self._due.values()), default=None)

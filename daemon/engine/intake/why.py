@@ -1,4 +1,4 @@
-"""``st-imagegen why``: why one message of a chat has (or has no) job.
+"""Why one message of a chat has (or has no) job (``st-imagegen why``).
 
 The answer comes from what the daemon recorded when it read the chat (each job's state and
 reason; for a message with no job, the skip reason kept with the chat's cursor), and where
@@ -7,10 +7,8 @@ nothing was recorded, from the same rules detection applies.
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import dataclass
-from typing import TextIO
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -19,12 +17,12 @@ from daemon.config import Config
 from daemon.engine.intake import detect
 from daemon.engine.jobs.manual import resolve_chat_spec
 from daemon.engine.store import Job, Store
-from daemon.errors import ConfigError, MessageNotFoundError
+from daemon.errors import MessageNotFoundError
 from daemon.tavern import layout
 from daemon.tavern.chat import Chat, Message, read_chat
 from daemon.tavern.layout import ChatRef
 
-__all__ = ["Explanation", "cmd_why", "explain"]
+__all__ = ["Explanation", "explain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,25 +67,17 @@ def _rule_reason(message: Message, ctx: detect.ChatContext, config: Config, know
     )
 
 
-async def explain(config: Config, spec: str | None, mesid: int | None) -> Explanation:
+async def explain(
+    config: Config, store: Store, root: Path, spec: str | None, mesid: int | None
+) -> Explanation:
     """The jobs of one message, or why it has none."""
-    if config.data_root is None:
-        raise ConfigError(
-            "data_root is not set (config file, ST_IMAGEGEN_DATA_ROOT or --data-root)"
-        )
-    root = await anyio.to_thread.run_sync(layout.resolve_data_root, config.data_root)
     users = await anyio.to_thread.run_sync(layout.list_users, root, config.detect.users)
     ref: ChatRef = await anyio.to_thread.run_sync(resolve_chat_spec, root, users, spec)
     chat, _ = await anyio.to_thread.run_sync(read_chat, ref.path)
     message = _message(chat, mesid, ref.rel)
     identity = message.identity
-    await anyio.to_thread.run_sync(lambda: config.state_dir.mkdir(parents=True, exist_ok=True))
-    store = await Store.open(config.db_path)
-    try:
-        jobs = await store.jobs_for_reply(ref.rel, identity.name, identity.first_date)
-        record = await store.get_chat(ref.rel)
-    finally:
-        await store.close()
+    jobs = await store.jobs_for_reply(ref.rel, identity.name, identity.first_date)
+    record = await store.get_chat(ref.rel)
     reason = ""
     if not jobs:
         state = detect.ChatState.from_data(record.data if record else None)
@@ -100,28 +90,3 @@ async def explain(config: Config, spec: str | None, mesid: int | None) -> Explan
             )
             reason = _rule_reason(message, ctx, config, known=record is not None)
     return Explanation(ref.rel, message.index, message.name, jobs, str(message.revision), reason)
-
-
-def render(found: Explanation) -> str:
-    where = f"message {found.mesid} ({found.speaker or 'no name'}) in {found.chat}"
-    if not found.jobs:
-        return (
-            f"{where}: no job: {found.reason}\n"
-            f"make one with: st-imagegen generate --chat {shlex.quote(found.chat)} "
-            f"--mesid {found.mesid}\n"
-        )
-    lines = [f"{where}: {len(found.jobs)} job(s), oldest first:"]
-    for job in found.jobs:
-        text = "this text" if job.revision == found.current_revision else "an earlier text"
-        why = f": {job.last_error}" if job.last_error else ""
-        lines.append(f"  {job.short_id}  {job.state.value:<10} for {text} ({job.source}){why}")
-    return "\n".join(lines) + "\n"
-
-
-def cmd_why(
-    config: Config, spec: str | None, mesid: int | None, *, out: TextIO | None = None
-) -> int:
-    """Print why the message has or has no job; 0 always (the answer is the output)."""
-    found = anyio.run(explain, config, spec, mesid)
-    (out or sys.stdout).write(render(found))
-    return 0

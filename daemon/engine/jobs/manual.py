@@ -1,4 +1,5 @@
-"""``st-imagegen generate`` (alias ``genimage``, like ST's slash command): an image for one reply.
+"""A job for one chosen reply (``st-imagegen generate``, ``POST /api/v1/generate``): choosing the
+chat and the message, creating (or reviving) its job, and following it (``generate --wait``).
 
 Which chat (``--chat``):
 
@@ -25,23 +26,19 @@ pipeline as any other, approval setting included. Asking twice for the same repl
 names the existing job; ``--force`` makes a new one (the next regeneration of that reply).
 ``--wait`` follows the job until it is pending, committed or final (at most ``--timeout``
 seconds; the job itself keeps going); with no daemon running (no fresh heartbeat) it runs the
-job in this process with the daemon's own pipeline. State changes go to stderr, with a spinner
-when both streams are terminals; the result (the pending folder or the committed image files)
-goes to stdout.
+job in this process with the daemon's own pipeline. The faces reach all of this through
+:class:`daemon.engine.front.Engine`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
-import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -49,14 +46,14 @@ import anyio.to_thread
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.process.status import daemon_status
-from daemon.engine.process.wake import notify_daemon
 from daemon.engine.store import FINAL_STATES, Job, JobState, Store, job_key
 from daemon.errors import (
+    AmbiguousError,
     CardError,
     ChatReadError,
-    ConfigError,
     JobError,
     MessageNotFoundError,
+    NotFoundError,
     StImagegenError,
     UnsafePathError,
 )
@@ -68,18 +65,15 @@ if TYPE_CHECKING:
     from daemon.engine.jobs.pipeline import JobDeps
 
 __all__ = [
-    "DEFAULT_WAIT_SECONDS",
+    "STOP_STATES",
     "WAIT_POLL_SECONDS",
     "Selection",
-    "cmd_generate",
     "create_for",
+    "follow",
     "pick_message",
     "resolve_chat_spec",
     "select",
 ]
-
-DEFAULT_WAIT_SECONDS = 600.0
-"""How long ``--wait`` follows a job before giving up (the job itself keeps going)."""
 
 WAIT_POLL_SECONDS = 0.25
 """How often ``--wait`` looks at the job's state in the store."""
@@ -87,8 +81,6 @@ WAIT_POLL_SECONDS = 0.25
 RETRY_CHECK_SECONDS = 5.0
 """Longest ``--wait`` sleeps (running the job itself) before it looks at a rescheduled job."""
 
-SPINNER_SECONDS = 0.1
-_SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 _LIST_MAX = 12
 """At most this many candidates are listed in an error."""
 
@@ -205,11 +197,11 @@ def _match_chat(target: _Target, wanted: str) -> ChatRef:
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise JobError(
+            raise AmbiguousError(
                 f"chat {wanted!r} of {target.label} is ambiguous: "
                 f"{_listing([ref.chat_id for ref in found])}; give more of its name"
             )
-    raise JobError(
+    raise NotFoundError(
         f"{target.label} has no chat {wanted!r}; its chats: "
         f"{_listing([ref.chat_id for ref in chats])}"
     )
@@ -247,11 +239,11 @@ def resolve_chat_spec(root: Path, users: Sequence[str], spec: str | None) -> Cha
         chats = list(layout.iter_chats(root, users))
         if not chats:
             watched = ", ".join(users) if users else "any user"
-            raise JobError(f"no chats found for {watched} under {str(root)!r}")
+            raise NotFoundError(f"no chats found for {watched} under {str(root)!r}")
         return _newest(chats)
     text = spec.strip()
     if not text:
-        raise JobError("--chat is empty")
+        raise NotFoundError("--chat is empty")
     if _looks_like_path(text):
         try:
             return _from_path(root, text)
@@ -269,7 +261,7 @@ def resolve_chat_spec(root: Path, users: Sequence[str], spec: str | None) -> Cha
             continue
         if chat is None:
             if len(found) > 1:
-                raise JobError(
+                raise AmbiguousError(
                     f"{name!r} is ambiguous: {_listing([t.label for t in found])}; "
                     "give the chat path relative to the data root instead"
                 )
@@ -284,14 +276,14 @@ def resolve_chat_spec(root: Path, users: Sequence[str], spec: str | None) -> Cha
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise JobError(
+            raise AmbiguousError(
                 f"{text!r} is ambiguous: {_listing([m.rel for m in matches])}; "
                 "give the chat path relative to the data root instead"
             )
         raise errors[0]
     names = sorted({t.names[-1] for t in targets})
     hint = f"; known: {_listing(names)}" if names else "; no characters or groups found"
-    raise JobError(f"no character, group or chat file matches {spec!r}{hint}")
+    raise NotFoundError(f"no character, group or chat file matches {spec!r}{hint}")
 
 
 # --- choosing the message ----------------------------------------------------------------------
@@ -353,58 +345,15 @@ def select(root: Path, users: Sequence[str], spec: str | None, mesid: int | None
     return Selection(ref, message, character)
 
 
-# --- the command -------------------------------------------------------------------------------
+# --- the job -----------------------------------------------------------------------------------
 
 
-class _Progress:
-    """State changes on ``err``; a spinner too when both streams are terminals."""
-
-    def __init__(self, out: TextIO, err: TextIO) -> None:
-        self.err = err
-        self.spin = _isatty(out) and _isatty(err)
-        self._frames = itertools.cycle(_SPINNER)
-        self._drawn = False
-        self._started = time.monotonic()
-
-    def say(self, text: str) -> None:
-        self.clear()
-        print(text, file=self.err, flush=True)
-
-    def tick(self, state: JobState, told: object = None) -> None:
-        """One spinner frame; ``told`` is the job's ``meta["progress"]`` (A1111, ComfyUI)."""
-        if not self.spin:
-            return
-        elapsed = time.monotonic() - self._started
-        text = state.value
-        if state is JobState.IMAGING and isinstance(told, dict) and told.get("text"):
-            text = f"{text}: {told['text']}"
-        self.err.write(f"\r{next(self._frames)} {text} ({elapsed:.0f} s)\x1b[K")
-        self.err.flush()
-        self._drawn = True
-
-    def clear(self) -> None:
-        if self._drawn:
-            self.err.write("\r\x1b[K")
-            self.err.flush()
-            self._drawn = False
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _where(job: Job, selection_label: str) -> str:
-    return f"{job.speaker}'s message {job.message_index} in {selection_label}"
-
-
-async def _create(
+async def create_for(
     store: Store,
     sel: Selection,
-    force: bool,
+    force: bool = False,
     approval: Approval | None = None,
+    *,
     auto_accept: bool = False,
 ) -> tuple[Job, bool]:
     """The job for the selection: ``(job, created)``; an existing one unless ``force``.
@@ -451,24 +400,19 @@ async def _create(
     return job, True
 
 
-async def create_for(
-    store: Store,
-    sel: Selection,
-    force: bool = False,
-    approval: Approval | None = None,
-    auto_accept: bool = False,
-) -> tuple[Job, bool]:
-    """``generate``'s own job creation, for the web API: ``(job, created)``."""
-    return await _create(store, sel, force, approval, auto_accept)
+# --- following it (generate --wait) ------------------------------------------------------------
 
 
-async def _follow(
+async def follow(
     config: Config,
     store: Store,
     root: Path,
     job: Job,
     limit: float,
-    progress: _Progress,
+    watch: Callable[[Job], None],
+    *,
+    poll: float = WAIT_POLL_SECONDS,
+    running_here: Callable[[], None] | None = None,
 ) -> Job:
     """Until ``job`` is pending, committed or final (or ``limit`` seconds): run it here when no
     daemon runs, else watch the daemon work. Returns the job as last seen."""
@@ -481,24 +425,18 @@ async def _follow(
         if not running.running:
             # Opened here, not in the task: a configuration error reaches the user as itself.
             deps = await stack.enter_async_context(open_job_deps(config, store=store, root=root))
-            progress.say("the daemon is not running: running the job in this process")
+            if running_here is not None:
+                running_here()
         current = job
         with anyio.move_on_after(limit):
             async with anyio.create_task_group() as tg:
                 if deps is not None:
                     tg.start_soon(_run_here, deps, job.id, failure, tg.cancel_scope)
-                last = current.state
                 while current.state not in STOP_STATES:
-                    await anyio.sleep(SPINNER_SECONDS if progress.spin else WAIT_POLL_SECONDS)
+                    await anyio.sleep(poll)
                     current = await store.get_job(job.id)
-                    if current.state is not last:
-                        progress.say(
-                            f"job {current.short_id}: {last.value} -> {current.state.value}"
-                        )
-                        last = current.state
-                    progress.tick(current.state, current.meta.get("progress"))
+                    watch(current)
                 tg.cancel_scope.cancel()
-    progress.clear()
     if failure:
         raise failure[0]
     return await store.get_job(job.id)
@@ -527,118 +465,3 @@ async def _run_here(
     except StImagegenError as exc:
         failure.append(exc)
         scope.cancel()
-
-
-def _report(job: Job, config: Config, out: TextIO, err: TextIO) -> int:
-    if job.state is JobState.PENDING:
-        folder = config.pending_dir / job.id
-        print(f"job {job.id} is waiting for approval: {folder}", file=out)
-        for name in job.images:
-            print(f"  {folder / name}", file=out)
-        print(f"accept with: st-imagegen accept {job.short_id}", file=out)
-        return 0
-    if job.state is JobState.COMMITTED:
-        files = job.meta.get("committed_files")
-        print(f"job {job.id} committed into {job.chat}", file=out)
-        for path in files if isinstance(files, list) else []:
-            print(f"  {path}", file=out)
-        return 0
-    why = f": {job.last_error}" if job.last_error else ""
-    print(f"st-imagegen: error: job {job.id} is {job.state.value}{why}", file=err)
-    return 1
-
-
-async def _generate(
-    config: Config,
-    chat: str | None,
-    mesid: int | None,
-    wait: bool,
-    force: bool,
-    limit: float,
-    out: TextIO,
-    err: TextIO,
-) -> int:
-    if config.data_root is None:
-        raise ConfigError(
-            "data_root is not set (config file, ST_IMAGEGEN_DATA_ROOT or --data-root)"
-        )
-    root = await anyio.to_thread.run_sync(layout.resolve_data_root, config.data_root)
-    users = await anyio.to_thread.run_sync(layout.list_users, root, config.detect.users)
-    sel = await anyio.to_thread.run_sync(select, root, users, chat, mesid)
-    await anyio.to_thread.run_sync(lambda: config.state_dir.mkdir(parents=True, exist_ok=True))
-    store = await Store.open(config.db_path)
-    try:
-        approval = await anyio.to_thread.run_sync(Approval, config.state_dir)
-        job, created = await _create(store, sel, force, approval, config.approval == "auto")
-        if created:
-            notify_daemon(config.state_dir)  # a running daemon starts it now, not at a poll
-        where = _where(job, sel.chat.rel)
-        if created and job.state is JobState.QUEUED:
-            print(f"queued job {job.id} for {where}", file=out)
-        elif created:
-            print(f"job {job.id} for {where} is back: {job.state.value} (its images)", file=out)
-        else:
-            reason = f" ({job.last_error})" if job.last_error else ""
-            print(
-                f"job {job.id} already exists for {where}: {job.state.value}{reason}",
-                file=out,
-            )
-            if job.state is JobState.SUPERSEDED:
-                # Not revivable (a regen replaced it): doing nothing is not success.
-                print(
-                    f"st-imagegen: error: job {job.id} was replaced; use --force for a new one",
-                    file=err,
-                )
-                return 1
-            if job.state in FINAL_STATES and job.state is not JobState.COMMITTED:
-                print("use --force to make a new job for it", file=out)
-        if not wait:
-            if created:
-                status = await anyio.to_thread.run_sync(daemon_status, config.heartbeat_path)
-                if not status.running:
-                    print(
-                        "the daemon is not running: the job runs when it starts "
-                        "(st-imagegen run), or now with --wait",
-                        file=out,
-                    )
-            return 0
-        if job.state in STOP_STATES:
-            return _report(job, config, out, err)
-        progress = _Progress(out, err)
-        final = await _follow(config, store, root, job, limit, progress)
-        if final.state not in STOP_STATES:
-            print(
-                f"st-imagegen: error: job {final.id} is still {final.state.value} after "
-                f"{limit:.0f} s; it keeps going (see: st-imagegen show {final.short_id})",
-                file=err,
-            )
-            return 1
-        return _report(final, config, out, err)
-    finally:
-        await store.close()
-
-
-def cmd_generate(
-    config: Config,
-    chat: str | None,
-    mesid: int | None,
-    wait: bool,
-    *,
-    force: bool = False,
-    timeout: float = DEFAULT_WAIT_SECONDS,
-    out: TextIO | None = None,
-    err: TextIO | None = None,
-) -> int:
-    """Queue (and with ``wait``, follow) a job for one reply. Exit 0, or 1 with the reason on
-    stderr. Errors of the daemon's hierarchy propagate for the CLI to print."""
-    return anyio.run(
-        _generate,
-        config,
-        chat,
-        mesid,
-        wait,
-        force,
-        timeout,
-        out or sys.stdout,
-        err or sys.stderr,
-    )

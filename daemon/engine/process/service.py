@@ -2,10 +2,11 @@
 
 start: open the store, resume jobs a crash left running, remove our stale temp files, start the
 observer, then a stat scan of every chat (chats changed while we were down are caught up from
-their stored cursor). serve: watcher hints -> settle -> tail scan -> detect -> store -> runner;
-drop-folder moves -> approval actions; a store poll picks up jobs other processes queued; after
-each settled change of a chat with open ledger entries, reconcile it. drain: on SIGTERM/SIGINT
-stop taking jobs, let running steps finish within the grace period, then stop.
+their stored cursor). serve: watcher hints -> tail scan at once -> detect -> store -> runner
+(an edit or a swipe back waits for quiet: docs/reaction.md); drop-folder moves -> approval
+actions; a store poll picks up jobs other processes queued; after each change of a chat with open
+ledger entries, reconcile it. drain: on SIGTERM/SIGINT stop taking jobs, let running steps finish
+within the grace period, then stop.
 """
 
 from __future__ import annotations
@@ -18,24 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon.config import Config, SystemdEnv
+from daemon.config import Config, ConfigSource, SystemdEnv
+from daemon.configure.live import LiveConfig
+from daemon.configure.ready import setup_missing
+from daemon.engine.front import Engine
 from daemon.engine.intake import detect
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
-from daemon.engine.jobs.pipeline import (
-    POLL_INTERVAL,
-    JobDeps,
-    Runner,
-    accept_job,
-    regen_job,
-    reject_job,
-    revive_job,
-)
+from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
 from daemon.engine.process.lock import hold_state_lock
 from daemon.engine.process.notify import Heartbeat, Notifier
@@ -49,10 +45,7 @@ from daemon.tavern.chat import Cursor
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.scan import ScanResult, tail_scan
 
-if TYPE_CHECKING:
-    from daemon.web.context import WebContext
-
-__all__ = ["HEARTBEAT_INTERVAL", "Service", "ServiceTimings", "serve"]
+__all__ = ["HEARTBEAT_INTERVAL", "Face", "Service", "ServiceTimings", "serve"]
 
 log = structlog.get_logger("st_imagegen.service")
 
@@ -67,6 +60,10 @@ DROP_SETTLE = 2.0
 
 _WAKE_OVERLAP = timedelta(seconds=2)  # clocks of two processes, stamps of one transaction
 _ANNOUNCED_KEPT = 2000
+
+CONFIG_SETTLE = 0.2
+"""Seconds the config file must be quiet before it is read again (an editor's save may be
+several writes; our own writer's is one rename)."""
 
 IDLE_WAKE_SECONDS = 3600.0
 """Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
@@ -90,6 +87,20 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class Face(Protocol):
+    """A face served inside the daemon (the web inbox), composed from the top (``run``): it
+    acts through the daemon's :class:`Engine`, refuses actions while ``draining()``, reports
+    its state through ``task_status`` once up, and runs until cancelled."""
+
+    async def __call__(
+        self,
+        engine: Engine,
+        *,
+        draining: Callable[[], bool],
+        task_status: TaskStatus[Any],
+    ) -> None: ...
+
+
 class Service:
     """The running daemon's state; :func:`serve` builds and runs it."""
 
@@ -101,10 +112,13 @@ class Service:
         *,
         notifier: Notifier | None = None,
         timings: ServiceTimings | None = None,
+        web: Face | None = None,
+        live: LiveConfig | None = None,
     ) -> None:
         from daemon import __version__
 
-        self.config = config
+        self._config = config
+        self.live = live
         self.root = root
         self.deps = deps
         self.store: Store = deps.store
@@ -115,10 +129,21 @@ class Service:
             root,
             [config.state_dir / name for name in ("accepted", "rejected", "regenerate")],
             wake_dirs=[config.state_dir / WAKE_DIR],
+            config_files=[live.source.path] if live is not None else [],
         )
         self.index = StatIndex(root, config.detect.users)
-        self.settler = Settler(config.detect.settle_seconds)
+        self.settler = Settler()
+        self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
         self.runner = Runner(deps, poll_interval=self.timings.poll)
+        self.engine = Engine(
+            config,
+            store=deps.store,
+            approval=deps.approval,
+            root=root,
+            wake=self.runner.wake,
+            stop_running=self.runner.cancel,
+        )
+        self.engine.live = live
         self.exit_code = 0
         self.processed = 0
         self._startup: set[str] = set()
@@ -127,13 +152,65 @@ class Service:
         self._rescan = anyio.Event()
         self._drop = anyio.Event()
         self._woken = anyio.Event()
+        self._config_hint = anyio.Event()
         self._dead = False
         self._counts_stale = True
         self._announced: dict[str, datetime] = {}
         deps.store.add_job_listener(self._job_changed)
         self._stopping = False
         self._cancel: anyio.CancelScope | None = None
-        self.web: WebContext | None = None  # the inbox's state while it serves
+        self._web_face = web
+        self.web: Any = None  # what the web face reported when it started (its context)
+        self.runner.held = _hold_reason(config)
+        if live is not None:
+            live.on_apply(self._apply_config)
+            live.on_state(self._config_state_changed)
+
+    @property
+    def config(self) -> Config:
+        """The configuration in effect (the live one: it changes when the file does)."""
+        return self.live.current if self.live is not None else self._config
+
+    # --- configuration -------------------------------------------------------------------
+
+    def _apply_config(self, new: Config, old: Config) -> None:
+        """Switch to ``new`` for everything that starts from now on; running jobs keep the
+        dependencies they started with. Raises ConfigError (changing nothing) when the new
+        providers cannot be built."""
+        deps = self.deps.with_config(new) if self.deps.client is not None else None
+        if deps is not None:
+            self.deps = deps
+            self.runner.deps = deps
+        if self.deps.committer is not None:
+            self.deps.committer.config = new
+        self.engine.config = new
+        held, self.runner.held = self.runner.held, _hold_reason(new)
+        if held and self.runner.held is None:
+            log.info("set up: jobs start now")
+        self.runner.wake()
+        self._rescan.set()  # the rescan interval may have changed
+
+    def _config_state_changed(self) -> None:
+        self._counts_stale = True
+        self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
+        self.engine.config_changed()
+
+    def _heartbeat_extra(self) -> dict[str, Any]:
+        return {"config": self.live.state()} if self.live is not None else {}
+
+    async def _config_loop(self) -> None:
+        """Reload the config file when it is written (after a short quiet time: an editor's
+        save is often several writes)."""
+        live = self.live
+        if live is None:
+            return
+        while True:
+            await self._config_hint.wait()
+            await anyio.sleep(CONFIG_SETTLE)
+            self._config_hint = anyio.Event()
+            result = await anyio.to_thread.run_sync(live.read)
+            if result is not None:
+                live.take(result)
 
     # --- start ---------------------------------------------------------------------------
 
@@ -195,8 +272,8 @@ class Service:
                 tg.start_soon(self._signal_loop, tg.cancel_scope)  # SIGTERM during start drains
                 await tg.start(self.runner.run)
                 await self.start()
-                if self.config.web.enabled:
-                    self.web = await tg.start(self._serve_web)
+                if self._web_face is not None and self.config.web.enabled:
+                    self.web = await tg.start(self._serve_web, self._web_face)
                 await tg.start(self.watcher.run)
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
@@ -204,9 +281,17 @@ class Service:
                 tg.start_soon(self._drop_loop)
                 tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
-                self.heartbeat.write(watching=len(self.index))
+                tg.start_soon(self._config_loop)
+                self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
                 log.info("ready", chats=len(self.index), pid=os.getpid())
+                if self.runner.held is not None:
+                    log.warning(
+                        "not set up yet: replies are noted, no image is made until the image "
+                        "service is set up",
+                        missing=setup_missing(self.config),
+                        open=getattr(self.web, "url", None),
+                    )
                 if ready is not None:
                     ready()
         finally:
@@ -236,18 +321,10 @@ class Service:
         if self._cancel is not None:
             await self.stop(reason, self._cancel, code)
 
-    async def _serve_web(self, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED) -> None:
-        from daemon.web.server import serve_web
-
-        await serve_web(
-            self.config,
-            self.root,
-            self.store,
-            self.deps.approval,
-            wake=self.runner.wake,
-            draining=lambda: self._stopping,
-            task_status=task_status,
-        )
+    async def _serve_web(
+        self, face: Face, *, task_status: TaskStatus[Any] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await face(self.engine, draining=lambda: self._stopping, task_status=task_status)
 
     async def _signal_loop(self, cancel: anyio.CancelScope) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -266,12 +343,15 @@ class Service:
     def _take(self, hint: Hint) -> None:
         if hint.kind is HintKind.CHAT and hint.chat is not None:
             if self._wanted(hint.chat):
+                self.saved_at[hint.chat.rel] = hint.at or time.monotonic()
                 self.settler.touch(hint.chat, time.monotonic())
                 self._hint.set()
         elif hint.kind is HintKind.DROP:
             self._drop.set()
         elif hint.kind is HintKind.WAKE:
             self._woken.set()
+        elif hint.kind is HintKind.CONFIG:
+            self._config_hint.set()
         elif hint.kind is HintKind.DEAD:
             if not self._stopping and self._cancel is not None:
                 log.error(
@@ -301,9 +381,8 @@ class Service:
                 await self.process_chat(chat)
 
     async def _rescan_loop(self) -> None:
-        interval = self.config.detect.rescan_seconds
         while True:
-            with anyio.move_on_after(interval):
+            with anyio.move_on_after(self.config.detect.rescan_seconds):
                 await self._rescan.wait()
             self._rescan = anyio.Event()
             self.watcher.clear_rescan()
@@ -352,6 +431,8 @@ class Service:
                 log.warning("store error after a wake-up", error=str(exc))
                 continue
             for job in changed:
+                if job.meta.get("cancelled") and job.state is JobState.REJECTED:
+                    self.runner.cancel(job.id, "cancelled")  # by another process (the CLI)
                 if self._announced.get(job.id) != job.updated_at:
                     self._announced[job.id] = job.updated_at
                     self.store.announce(job)
@@ -373,7 +454,9 @@ class Service:
                     # Only after a job changed: an idle daemon runs no query at all.
                     self._counts_stale = False
                     counts = await self._safe_counts()
-                self.heartbeat.write(watching=len(self.index), jobs=counts)
+                self.heartbeat.write(
+                    watching=len(self.index), jobs=counts, **self._heartbeat_extra()
+                )
                 last_beat = now
                 jobs = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
                 status = f"watching {len(self.index)} chats; jobs: {jobs}"
@@ -432,6 +515,15 @@ class Service:
             created_while_running=created_while_running,
             live=live,
         )
+        if decision.hold:
+            # An edit or a swipe back: more such saves tend to follow within seconds. Act on
+            # the state the chat settles in (read again then), not on each step of it.
+            quiet_at = self.saved_at.get(chat.rel, 0.0) + self.config.detect.settle_seconds
+            if time.monotonic() < quiet_at:
+                self.settler.due_at(chat, quiet_at)
+                self._hint.set()
+                log.debug("held until the chat is quiet", chat=chat.rel)
+                return
         self._catching_up.discard(chat.rel)
         _log_skips(chat.rel, decision.skipped)
         for identity, keep, reason in decision.supersede:
@@ -526,11 +618,11 @@ class Service:
         if done is not None:
             return done
         if action == "accept":
-            return await accept_job(self.store, approval, job_id)
+            return await self.engine.accept(job_id)
         if action == "reject":
-            return await reject_job(self.store, approval, job_id)
+            return await self.engine.reject(job_id)
         prompt = await anyio.to_thread.run_sync(approval.drop_prompt, job_id)
-        return await regen_job(self.store, approval, job_id, prompt)
+        return await self.engine.regen(job_id, prompt)
 
     async def _already_done(self, job_id: str, action: str) -> Job | None:
         """The job when its state says ``action`` was already taken, else ``None``.
@@ -560,6 +652,11 @@ class Service:
         return any(other.meta.get("regen_of") == job.id for other in same)
 
 
+def _hold_reason(config: Config) -> str | None:
+    missing = setup_missing(config)
+    return f"not set up yet ({', '.join(missing)})" if missing else None
+
+
 def _log_skips(chat: str, skipped: list[tuple[int, detect.Skip]]) -> None:
     """One ``skipped`` line per message that got no job; the history a chat had when first
     seen is one line for all of it (a chat may hold thousands)."""
@@ -583,8 +680,11 @@ async def serve(
     ready: Callable[[], None] | None = None,
     systemd: SystemdEnv | None = None,
     timings: ServiceTimings | None = None,
+    web: Face | None = None,
+    source: ConfigSource | None = None,
 ) -> int:
-    """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1)."""
+    """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1); ``web``: the inbox,
+    served beside it when ``web.enabled``."""
     from daemon.engine.jobs.pipeline import open_job_deps
 
     if config.data_root is None:
@@ -601,5 +701,8 @@ async def serve(
             # A damaged file is found here, before any job runs, not as odd failures mid-run.
             if problems := await deps.store.integrity_problems():
                 raise StoreError(damaged_message(config.db_path, problems))
-            service = Service(config, root, deps, notifier=notifier, timings=timings)
+            live = LiveConfig(source, config) if source is not None else None
+            service = Service(
+                config, root, deps, notifier=notifier, timings=timings, web=web, live=live
+            )
             return await service.run(ready=ready)

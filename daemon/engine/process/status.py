@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import anyio
 
@@ -29,7 +28,6 @@ __all__ = [
     "HEARTBEAT_STALE_SECONDS",
     "DaemonStatus",
     "StatusReport",
-    "cmd_status",
     "daemon_status",
     "gather_status",
     "plain_age",
@@ -54,6 +52,7 @@ class DaemonStatus:
     watching: int | None = None
     version: str | None = None
     pid_alive: bool | None = None  # None: unknown (no pid, or another pid namespace)
+    config: dict[str, Any] | None = None  # the daemon's config state (problem, restart, setup)
 
 
 def _pid_alive(pid: int) -> bool | None:
@@ -107,6 +106,8 @@ def daemon_status(
     watching = watching_value if isinstance(watching_value, int) else None
     version_value = record.get("version")
     version = version_value if isinstance(version_value, str) else None
+    config_value = record.get("config")
+    config_state = config_value if isinstance(config_value, dict) else None
     if not isinstance(when, (int, float)) or isinstance(when, bool):
         return DaemonStatus(False, "not running (heartbeat without a time)", pid=pid)
     age = (time.time() if now is None else now) - float(when)
@@ -118,6 +119,7 @@ def daemon_status(
         "watching": watching,
         "version": version,
         "pid_alive": alive,
+        "config": config_state,
     }
     if age > stale_after:
         return DaemonStatus(False, f"not running (last heartbeat {plain_age(age)} ago)", **common)
@@ -153,6 +155,10 @@ class StatusReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     waiting_messages: int = 0  # committed, not yet in any version ST saved (ledger open)
     waiting_chats: list[str] = field(default_factory=list)
+    config_error: str | None = None  # the config file cannot be used (this command's reading)
+    setup: str | None = None  # "not set up yet: open <address>"
+    restart_pending: list[str] = field(default_factory=list)
+    config_problem: dict[str, Any] | None = None  # the running daemon's view of the file
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -172,24 +178,59 @@ def _error_row(job: Job, now: datetime) -> dict[str, Any]:
     }
 
 
-async def gather_status(config: Config, *, now: datetime | None = None) -> StatusReport:
-    """Collect the report; problems (no data root, no store yet) are reported, not raised."""
+def _inbox_url(state_dir: Path) -> str | None:
+    """The running inbox's address from ``<state_dir>/web.json`` (written by the web server)."""
+    try:
+        data = json.loads((state_dir / "web.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def _config_lines(config: Config, report: StatusReport) -> None:
+    """Setup, restart and file problems: the running daemon's word when it runs, else this
+    command's own reading of the config."""
+    from daemon.configure.ready import setup_missing
+
+    state = report.daemon.config if report.daemon.running else None
+    missing = state.get("setup_needed") if state else setup_missing(config)
+    if missing:
+        found = _inbox_url(config.state_dir) if report.daemon.running else None
+        where = found or "the address `st-imagegen web-url` prints"
+        report.setup = f"not set up yet ({', '.join(missing)}): open {where}"
+    if state:
+        report.restart_pending = [str(k) for k in state.get("restart_pending") or []]
+        problem = state.get("problem")
+        report.config_problem = problem if isinstance(problem, dict) else None
+
+
+async def gather_status(
+    config: Config,
+    store: Store | None,
+    *,
+    store_error: str | None = None,
+    now: datetime | None = None,
+    config_error: str | None = None,
+) -> StatusReport:
+    """Collect the report from ``store`` (None: there is none yet, or it could not be opened:
+    ``store_error``); problems (no data root, no store) are reported, not raised."""
     at = now or datetime.now(UTC)
     report = StatusReport(
         daemon=await anyio.to_thread.run_sync(daemon_status, config.heartbeat_path),
         mode=config.mode,
         approval=config.approval,
         state_dir=str(config.state_dir),
+        config_error=config_error,
     )
+    await anyio.to_thread.run_sync(_config_lines, config, report)
     await anyio.to_thread.run_sync(_gather_chats, config, report)
-    if not await anyio.to_thread.run_sync(config.db_path.exists):
-        report.store_error = "no jobs yet (the store has not been created)"
-        report.jobs = {s.value: 0 for s in JobState}
-        return report
-    try:
-        store = await Store.open(config.db_path)
-    except StImagegenError as exc:
-        report.store_error = str(exc)
+    if store is None:
+        if store_error is not None:
+            report.store_error = store_error
+        else:
+            report.store_error = "no jobs yet (the store has not been created)"
+            report.jobs = {s.value: 0 for s in JobState}
         return report
     try:
         report.jobs = {s.value: n for s, n in (await store.counts()).items()}
@@ -201,8 +242,6 @@ async def gather_status(config: Config, *, now: datetime | None = None) -> Statu
                 report.waiting_chats.append(chat)
     except StImagegenError as exc:
         report.store_error = str(exc)
-    finally:
-        await store.close()
     return report
 
 
@@ -220,52 +259,3 @@ def _gather_chats(config: Config, report: StatusReport) -> None:
     for ref in layout.iter_chats(root, report.users):
         report.chats += 1
         report.group_chats += ref.is_group
-
-
-def render_status(report: StatusReport) -> str:
-    """The plain-text form of the report."""
-    lines = [f"daemon: {report.daemon.detail}"]
-    if report.data_root_error:
-        lines.append(f"data root: problem: {report.data_root_error}")
-    else:
-        lines.append(f"data root: {report.data_root}")
-        users = ", ".join(report.users) if report.users else "none found"
-        lines.append(
-            f"watching: {len(report.users)} user{'s' if len(report.users) != 1 else ''} "
-            f"({users}), {report.chats} chat{'s' if report.chats != 1 else ''} "
-            f"({report.group_chats} group chat{'s' if report.group_chats != 1 else ''})"
-        )
-    lines.append(f"mode: {report.mode}, approval: {report.approval}")
-    lines.append(f"state dir: {report.state_dir}")
-    if report.store_error:
-        lines.append(f"jobs: {report.store_error}")
-    else:
-        shown = [f"{n} {state}" for state, n in report.jobs.items() if n]
-        lines.append(f"jobs: {', '.join(shown) if shown else 'none yet'}")
-    if report.waiting_messages:
-        n, c = report.waiting_messages, len(report.waiting_chats)
-        lines.append(
-            f"waiting for SillyTavern: {n} image message{'s' if n != 1 else ''} in {c} "
-            f"chat{'s' if c != 1 else ''} not yet seen by an open tab; they show when the chat "
-            "is reopened or the page reloaded (nothing is lost either way)"
-        )
-    if report.errors:
-        lines.append("last errors:")
-        for row in report.errors:
-            age = plain_age(float(row["age_seconds"]))
-            lines.append(
-                f"  {row['job'][:10]}  {row['state']:<10}  {row['chat']}: {row['error']} "
-                f"({age} ago)"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def cmd_status(config: Config, as_json: bool, *, out: TextIO | None = None) -> int:
-    """Print the status (``--json``: one JSON object). Exit 0 whenever it could be gathered."""
-    stream = out or sys.stdout
-    report = anyio.run(gather_status, config)
-    if as_json:
-        stream.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
-    else:
-        stream.write(render_status(report))
-    return 0

@@ -1,0 +1,119 @@
+"""The CLI's screens of the engine's reports: ``st-imagegen status`` and ``st-imagegen why``."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from typing import TextIO
+
+import anyio
+
+from daemon.config import Config
+from daemon.engine.front import Engine, Explanation, StatusReport, plain_age
+
+__all__ = ["cmd_status", "cmd_why", "render_status", "render_why"]
+
+
+def render_status(report: StatusReport) -> str:
+    """The plain-text form of the report."""
+    lines = [f"daemon: {report.daemon.detail}"]
+    if report.setup:
+        lines.append(f"setup: {report.setup}")
+    if report.config_problem:
+        where = report.config_problem.get("file", "")
+        line = report.config_problem.get("line")
+        at = f"{where}, line {line}" if line else where
+        lines.append(
+            f"config: NOT APPLIED ({at}): {report.config_problem.get('message')}; the daemon "
+            "keeps running with the last good configuration"
+        )
+    elif report.config_error:
+        lines.append(f"config: problem: {report.config_error}")
+    if report.restart_pending:
+        lines.append(
+            f"config: restart pending ({', '.join(report.restart_pending)} changed: restart "
+            "the daemon to apply)"
+        )
+    if report.data_root_error:
+        lines.append(f"data root: problem: {report.data_root_error}")
+    else:
+        lines.append(f"data root: {report.data_root}")
+        users = ", ".join(report.users) if report.users else "none found"
+        lines.append(
+            f"watching: {len(report.users)} user{'s' if len(report.users) != 1 else ''} "
+            f"({users}), {report.chats} chat{'s' if report.chats != 1 else ''} "
+            f"({report.group_chats} group chat{'s' if report.group_chats != 1 else ''})"
+        )
+    lines.append(f"mode: {report.mode}, approval: {report.approval}")
+    lines.append(f"state dir: {report.state_dir}")
+    if report.store_error:
+        lines.append(f"jobs: {report.store_error}")
+    else:
+        shown = [f"{n} {state}" for state, n in report.jobs.items() if n]
+        lines.append(f"jobs: {', '.join(shown) if shown else 'none yet'}")
+    if report.waiting_messages:
+        n, c = report.waiting_messages, len(report.waiting_chats)
+        lines.append(
+            f"waiting for SillyTavern: {n} image message{'s' if n != 1 else ''} in {c} "
+            f"chat{'s' if c != 1 else ''} not yet seen by an open tab; they show when the chat "
+            "is reopened or the page reloaded (nothing is lost either way)"
+        )
+    if report.errors:
+        lines.append("last errors:")
+        for row in report.errors:
+            age = plain_age(float(row["age_seconds"]))
+            lines.append(
+                f"  {row['job'][:10]}  {row['state']:<10}  {row['chat']}: {row['error']} "
+                f"({age} ago)"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_status(
+    config: Config, as_json: bool, *, out: TextIO | None = None, config_error: str | None = None
+) -> int:
+    """Print the status (``--json``: one JSON object). Exit 0 whenever it could be gathered;
+    ``config_error``: the config file is unusable (``config`` then holds what could be read)."""
+    stream = out or sys.stdout
+    report = anyio.run(_status, config, config_error)
+    if as_json:
+        stream.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
+    else:
+        stream.write(render_status(report))
+    return 0
+
+
+async def _status(config: Config, config_error: str | None) -> StatusReport:
+    async with Engine.open(config) as engine:
+        return await engine.status(config_error=config_error)
+
+
+def render_why(found: Explanation) -> str:
+    where = f"message {found.mesid} ({found.speaker or 'no name'}) in {found.chat}"
+    if not found.jobs:
+        return (
+            f"{where}: no job: {found.reason}\n"
+            f"make one with: st-imagegen generate --chat {shlex.quote(found.chat)} "
+            f"--mesid {found.mesid}\n"
+        )
+    lines = [f"{where}: {len(found.jobs)} job(s), oldest first:"]
+    for job in found.jobs:
+        text = "this text" if job.revision == found.current_revision else "an earlier text"
+        why = f": {job.last_error}" if job.last_error else ""
+        lines.append(f"  {job.short_id}  {job.state.value:<10} for {text} ({job.source}){why}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_why(
+    config: Config, spec: str | None, mesid: int | None, *, out: TextIO | None = None
+) -> int:
+    """Print why the message has or has no job; 0 always (the answer is the output)."""
+    found = anyio.run(_why, config, spec, mesid)
+    (out or sys.stdout).write(render_why(found))
+    return 0
+
+
+async def _why(config: Config, spec: str | None, mesid: int | None) -> Explanation:
+    async with Engine.open(config) as engine:
+        return await engine.why(spec, mesid)
