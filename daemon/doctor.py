@@ -34,6 +34,7 @@ from daemon.errors import (
     ConfigError,
     NotADataRootError,
 )
+from daemon.providers.pricing import price_per_image
 from daemon.providers.registry import backend_info
 from daemon.tavern.layout import (
     ChatRef,
@@ -318,6 +319,30 @@ def check_watch(config: Config, root: Path) -> CheckResult:
     )
 
 
+def check_spend(config: Config) -> CheckResult | None:
+    """What one image costs, as the spend caps will count it; None when there is no cap and
+    nothing to say. A cap that cannot count a paid model's price is a warning: it would let
+    every job through."""
+    limits = config.limits
+    capped = limits.daily_budget is not None or limits.monthly_budget is not None
+    try:
+        price = price_per_image(config.image, config.image.model, config.prices)
+    except ConfigError:
+        return None  # check_image_api says so
+    if price.source == "free":
+        return _pass("spend", "images from this backend cost no money") if capped else None
+    if not price.known:
+        if not capped:
+            return None
+        model = config.image.model or "the default model"
+        return _warn(
+            "spend",
+            f"no price is known for {model}: the budget cannot count what its images cost",
+            f'add it under [prices] ("{config.image.model or "model"}" = USD per image)',
+        )
+    return _pass("spend", f"about {price.usd:.3f} USD per image ({price.source})")
+
+
 def check_backend_config(config: Config) -> Iterator[CheckResult]:
     """The backend's own configuration (e.g. a workflow file), as the backend judges it."""
     try:
@@ -388,6 +413,8 @@ def iter_checks(
     yield check_prompt_api(config)
     yield from check_backend_config(config)
     yield check_image_api(config, skip=skip_image)
+    if (spend := check_spend(config)) is not None:
+        yield spend
     yield check_extension(config)
 
 
