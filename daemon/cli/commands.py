@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
     show.add_argument("--json", action="store_true", help="JSON output")
 
+    spend = sub.add_parser("spend", parents=[common], help="today's and this month's spend")
+    spend.add_argument("action", nargs="?", choices=["approve"], help="approve: allow a held job")
+    spend.add_argument("job", nargs="?", metavar="JOB", help="the held job to allow once")
+    spend.add_argument("--json", action="store_true", help="JSON output")
+
     acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
     acc.add_argument("job", metavar="JOB")
     acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
@@ -395,6 +400,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _with_engine(config, lambda engine: _cmd_list(engine, args))
     if command == "show":
         return _with_engine(config, lambda engine: _cmd_show(engine, args))
+    if command == "spend":
+        return _with_engine(config, lambda engine: _cmd_spend(engine, args))
     if command == "accept":
         return _with_engine(config, lambda engine: _cmd_accept(engine, args))
     if command == "reject":
@@ -508,6 +515,21 @@ async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_spend(engine: Engine, args: argparse.Namespace) -> int:
+    if args.action == "approve":
+        if not args.job:
+            raise CommandError("spend approve needs the held job's id (see status)")
+        job = await engine.approve_spend(args.job)
+        print(f"job {job.id} may make its call once; it runs now")
+        return 0
+    summary = await engine.spend()
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return 0
+    print(summary.line())
+    return 0
+
+
 async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.job(args.job)
     found = await engine.job_folder(job.id)  # pending/, or a drop folder it was moved into
@@ -534,6 +556,11 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
         rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
     if job.last_error:
         rows.append(("last error", job.last_error))
+    if job.state.value == "queued" and job.meta.get("held"):
+        rows.append(("held", f"{job.meta['held']}; {job.meta.get('held_fix') or ''}"))
+    if job.meta.get("cost"):
+        rows.append(("cost", str(job.meta["cost"])))
+    rows.append(("spend", (await engine.spend()).line()))
     rows.append(("prompt", job.prompt or "(not written yet)"))
     rows.extend(_look_rows(job))
     for key, value in rows:

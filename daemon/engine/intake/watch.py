@@ -36,7 +36,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from daemon.errors import TavernError
 from daemon.tavern import layout
@@ -246,8 +246,10 @@ class Watcher:
         config_files: Sequence[Path] = (),
         buffer: int = DEFAULT_BUFFER,
         observer: BaseObserver | None = None,
+        watch_root: bool = True,
     ) -> None:
         self.root = root
+        self.watch_root = watch_root
         self.drop_dirs = tuple(drop_dirs)
         self.wake_dirs = tuple(wake_dirs)
         self.config_files = tuple(config_files)
@@ -261,13 +263,18 @@ class Watcher:
         self._started = False
         self._stopping = False
         self._dead_reported = False
+        self._root_watch: ObservedWatch | None = None
 
     def start(self) -> None:
-        """Schedule and start watchdog's threads; :class:`TavernError` when that fails."""
+        """Schedule and start watchdog's threads; :class:`TavernError` when that fails.
+
+        Without ``watch_root`` only the drop and wake folders are watched (the data root is
+        polled: :mod:`daemon.engine.intake.poll`)."""
         try:
-            self._observer.schedule(
-                self.bridge, str(self.root), recursive=True, event_filter=WATCHED_EVENTS
-            )
+            if self.watch_root:
+                self._root_watch = self._observer.schedule(
+                    self.bridge, str(self.root), recursive=True, event_filter=WATCHED_EVENTS
+                )
             for folder in (*self.drop_dirs, *self.wake_dirs):
                 folder.mkdir(parents=True, exist_ok=True)
                 self._observer.schedule(
@@ -293,7 +300,15 @@ class Watcher:
                 name="st-imagegen-watch-guard",
                 daemon=True,
             ).start()
-        log.info("watching", root=str(self.root), drop_dirs=[str(d) for d in self.drop_dirs])
+        log.debug("observer started", root=str(self.root), watch_root=self.watch_root)
+
+    def stop_root(self) -> None:
+        """Stop watching the data root (the daemon switched to polling it)."""
+        watch, self._root_watch = self._root_watch, None
+        self.watch_root = False
+        if watch is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self._observer.unschedule(watch)
 
     def _report_death(self, thread: threading.Thread) -> None:
         thread.join()
@@ -435,6 +450,10 @@ class StatIndex:
     def __contains__(self, rel: object) -> bool:
         return rel in self._seen
 
+    def rels(self) -> list[str]:
+        """Every known chat's ``rel``."""
+        return list(self._seen)
+
     def scan(self) -> list[str]:
         """Walk the tree; return the ``rel`` of every chat new or changed since the last scan.
 
@@ -489,6 +508,24 @@ class StatIndex:
                 del seen[rel]
                 where.pop(rel, None)
         return changed
+
+    def restat(self, rel: str) -> bool:
+        """Stat one known chat again; whether its signature changed (it is recorded)."""
+        where = self._where.get(rel)
+        if where is None:
+            return False
+        user, owner, name = where
+        base = self.root / user
+        folder = base / layout.GROUP_CHATS_DIR if owner is None else base / layout.CHATS_DIR / owner
+        try:
+            st = (folder / name).lstat()
+        except OSError:
+            return False  # gone (or unreadable): the next full scan drops it
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._seen.get(rel) == signature:
+            return False
+        self._seen[rel] = signature
+        return True
 
     def ref(self, rel: str) -> ChatRef:
         """The :class:`ChatRef` of a chat found by :meth:`scan`."""

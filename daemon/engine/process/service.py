@@ -29,7 +29,8 @@ from daemon.config import Config, ConfigSource, SystemdEnv
 from daemon.configure.live import LiveConfig
 from daemon.configure.ready import setup_missing
 from daemon.engine.front import Engine
-from daemon.engine.intake import detect
+from daemon.engine.intake import detect, watchmode
+from daemon.engine.intake.poll import Poller
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
@@ -60,6 +61,9 @@ DROP_SETTLE = 2.0
 
 _WAKE_OVERLAP = timedelta(seconds=2)  # clocks of two processes, stamps of one transaction
 _ANNOUNCED_KEPT = 2000
+
+MISSED_CHANGE_AGE = 5.0
+"""Seconds a change must predate a rescan to count as missed by inotify (not in flight)."""
 
 CONFIG_SETTLE = 0.2
 """Seconds the config file must be quiet before it is read again (an editor's save may be
@@ -132,6 +136,10 @@ class Service:
             config_files=[live.source.path] if live is not None else [],
         )
         self.index = StatIndex(root, config.detect.users)
+        self.poller = Poller(self.index)
+        self.watch_choice: watchmode.WatchChoice | None = None
+        self._polling = anyio.Event()
+        self._hinted: set[str] = set()  # chats hinted since the last rescan
         self.settler = Settler()
         self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
         self.runner = Runner(deps, poll_interval=self.timings.poll)
@@ -146,6 +154,7 @@ class Service:
         self.engine.live = live
         self.exit_code = 0
         self.processed = 0
+        self.rescans = 0
         self._startup: set[str] = set()
         self._catching_up: set[str] = set()  # changed while we were down, not read yet
         self._hint = anyio.Event()
@@ -210,7 +219,15 @@ class Service:
             self._config_hint = anyio.Event()
             result = await anyio.to_thread.run_sync(live.read)
             if result is not None:
+                before = self.config
                 live.take(result)
+                after = self.config
+                if (before.limits, before.prices) != (after.limits, after.prices):
+                    # A raised spend cap lets held jobs through now, not at the window's end.
+                    released = await self.store.release_held()
+                    if released:
+                        log.info("jobs held by a spend cap are checked again", count=released)
+                        self.runner.wake()
 
     # --- start ---------------------------------------------------------------------------
 
@@ -218,11 +235,22 @@ class Service:
         resumed = await self.store.resume_after_crash()
         if resumed:
             log.info("resumed jobs left running by a crash", count=resumed)
+        held = await self.store.release_held()
+        if held:
+            log.info("jobs held by a spend cap are checked again", count=held)
         removed = await anyio.to_thread.run_sync(self._cleanup_temps)
         removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:
             log.info("removed stale temp files", count=removed)
+        choice = await anyio.to_thread.run_sync(
+            watchmode.choose, self.config.detect.watch, self.root
+        )
+        self.watch_choice = choice
+        self.watcher.watch_root = choice.mode == "inotify"
         self.watcher.start()
+        if choice.mode == "poll":
+            self._polling.set()
+        log.info("watching", root=str(self.root), mode=choice.mode, why=choice.why)
         changed = await anyio.to_thread.run_sync(self.index.scan)
         known = await self.store.known_chats()
         now = time.monotonic()
@@ -278,6 +306,7 @@ class Service:
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
                 tg.start_soon(self._rescan_loop)
+                tg.start_soon(self._poll_loop)
                 tg.start_soon(self._drop_loop)
                 tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
@@ -342,6 +371,7 @@ class Service:
 
     def _take(self, hint: Hint) -> None:
         if hint.kind is HintKind.CHAT and hint.chat is not None:
+            self._hinted.add(hint.chat.rel)
             if self._wanted(hint.chat):
                 self.saved_at[hint.chat.rel] = hint.at or time.monotonic()
                 self.settler.touch(hint.chat, time.monotonic())
@@ -381,11 +411,17 @@ class Service:
                 await self.process_chat(chat)
 
     async def _rescan_loop(self) -> None:
-        while True:
+        while not self._polling.is_set():
             with anyio.move_on_after(self.config.detect.rescan_seconds):
                 await self._rescan.wait()
+            if self._polling.is_set():
+                return  # the poll loop walks the tree from now on
             self._rescan = anyio.Event()
+            overflowed = self.watcher.rescan_needed
             self.watcher.clear_rescan()
+            hinted, self._hinted = self._hinted, set()
+            known = set(self.index.rels())
+            started = time.time()
             try:
                 changed = await anyio.to_thread.run_sync(self.index.scan)
             except Exception:  # the next rescan tries again; the daemon keeps serving
@@ -397,6 +433,56 @@ class Service:
             if changed:
                 log.debug("rescan found changes", count=len(changed))
                 self._hint.set()
+            if not overflowed and self.config.detect.watch == "auto":
+                self._check_missed(changed, known, hinted, started)
+            self.rescans += 1
+
+    def _check_missed(
+        self, changed: list[str], known: set[str], hinted: set[str], started: float
+    ) -> None:
+        """A known chat changed well before this rescan and no event said so: inotify does not
+        see this folder's writes (a share written from elsewhere). Poll from now on."""
+        quiet_before_ns = int((started - MISSED_CHANGE_AGE) * 1e9)
+        missed = [
+            rel
+            for rel in changed
+            if rel in known
+            and rel not in hinted
+            and (self.index.mtime_ns(rel) or quiet_before_ns) < quiet_before_ns
+        ]
+        if not missed:
+            return
+        why = f"a change of {missed[0]} raised no inotify event"
+        self.watch_choice = watchmode.WatchChoice("poll", why)
+        self.watcher.stop_root()
+        self._polling.set()
+        log.warning("switching to polling", root=str(self.root), mode="poll", why=why)
+
+    async def _poll_loop(self) -> None:
+        """The data root by stat (no inotify there): recently saved chats every 0.5 s, the
+        rest every few seconds (:mod:`daemon.engine.intake.poll`)."""
+        await self._polling.wait()
+        poller = self.poller
+        while True:
+            try:
+                changed = await anyio.to_thread.run_sync(poller.poll, time.monotonic())
+            except Exception:  # the next beat tries again; the daemon keeps serving
+                log.exception("poll failed")
+                changed = []
+            now = time.monotonic()
+            for rel in changed:
+                chat = self.index.ref(rel)
+                if self._wanted(chat):
+                    self.saved_at[rel] = now
+                    self.settler.touch(chat, now)
+            if changed:
+                self._hint.set()
+            wait = max(0.0, poller.next_at(now) - time.monotonic())
+            with anyio.move_on_after(wait):
+                await self._rescan.wait()
+            if self._rescan.is_set():
+                self._rescan = anyio.Event()
+                poller.full_due()
 
     async def _drop_loop(self) -> None:
         """Drop folders, when the watcher reports a move into one (and once at start); a folder
