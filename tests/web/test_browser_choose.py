@@ -142,11 +142,12 @@ async def test_grid_viewer_group_names_and_phone(
         await page.keyboard.press(" ")
         await expect(viewer.locator('[data-vact="pick"]')).to_have_attribute("aria-pressed", "true")
         await page.keyboard.press("a")
-        done = await inbox.wait_state(jobs[1].id, JobState.COMMITTED)
-        assert len(done.meta["committed_files"]) == 1
+        done = await inbox.wait_state(jobs[1].id, JobState.ACCEPTED, JobState.COMMITTED)
+        assert done.images == (jobs[1].images[2],)
         await expect(viewer.locator(".v-who")).not_to_have_text(f"Bob #{jobs[1].message_index}")
         await page.keyboard.press("Escape")
         await expect(viewer).to_be_hidden()
+        await inbox.wait_state(jobs[1].id, JobState.COMMITTED, within=30.0)
         await expect(page.locator("#toast")).to_contain_text(
             f"1 image added after Bob's #{jobs[1].message_index}", timeout=LIVE_WITHIN_MS
         )
