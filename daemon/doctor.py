@@ -37,6 +37,7 @@ from daemon.errors import (
 from daemon.providers.backend import ImageBackend
 from daemon.providers.factory import make_image_backend
 from daemon.providers.http import RetryPolicy, make_client
+from daemon.providers.pricing import price_per_image
 from daemon.providers.registry import backend_info, check_settings, image_api_url
 from daemon.providers.text import PromptWriter
 from daemon.tavern.layout import (
@@ -489,6 +490,30 @@ def check_image_api(config: Config, *, skip: bool) -> CheckResult:
     return result
 
 
+def check_spend(config: Config) -> CheckResult | None:
+    """What one image costs, as the spend caps will count it; None when there is no cap and
+    nothing to say. A cap that cannot count a paid model's price is a warning: it would let
+    every job through."""
+    limits = config.limits
+    capped = limits.daily_budget is not None or limits.monthly_budget is not None
+    try:
+        price = price_per_image(config.image, config.image.model, config.prices)
+    except ConfigError:
+        return None  # check_image_api says so
+    if price.source == "free":
+        return _pass("spend", "images from this backend cost no money") if capped else None
+    if not price.known:
+        if not capped:
+            return None
+        model = config.image.model or "the default model"
+        return _warn(
+            "spend",
+            f"no price is known for {model}: the budget cannot count what its images cost",
+            f'add it under [prices] ("{config.image.model or "model"}" = USD per image)',
+        )
+    return _pass("spend", f"about {price.usd:.3f} USD per image ({price.source})")
+
+
 def check_backend_config(config: Config) -> Iterator[CheckResult]:
     """The backend's own configuration (e.g. a workflow file), as the backend judges it."""
     try:
@@ -559,6 +584,8 @@ def iter_checks(
     yield check_prompt_api(config)
     yield from check_backend_config(config)
     yield check_image_api(config, skip=skip_image)
+    if (spend := check_spend(config)) is not None:
+        yield spend
     yield check_extension(config)
 
 

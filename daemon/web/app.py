@@ -8,7 +8,7 @@ from pathlib import Path
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
@@ -51,6 +51,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return pages.not_found_page(request.url.path)
 
 
+async def _gone(request: Request, exc: Exception) -> Response:
+    """The client left while its body was read: nobody to answer, nothing to log."""
+    return Response(status_code=400)
+
+
 async def _crash(request: Request, exc: Exception) -> Response:
     log.exception("web request failed", path=request.url.path, exc_info=exc)
     return api.error_response(500, "internal", "the daemon hit an internal error (see its log)")
@@ -75,6 +80,7 @@ def build_app(
         exception_handlers={
             api.ApiError: _api_error,
             HTTPException: _http_error,
+            ClientDisconnect: _gone,
             Exception: _crash,
         },
     )

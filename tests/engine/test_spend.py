@@ -243,3 +243,21 @@ async def test_status_show_and_spend_say_what_was_spent_and_what_waits(
         assert approved.meta["budget_approved"] is True
         with pytest.raises(JobStateError, match="not held"):
             await engine.approve_spend(first.id)
+
+
+async def test_generate_wait_says_why_a_job_waits(opened: Opened, fake_api: FakeAPI) -> None:
+    import io
+
+    from daemon.cli.generate import _Progress
+
+    clock = Clock(NOON)
+    async with opened(clock, daily_budget=0.0) as deps:
+        (job,) = await _jobs(deps, "wait", 1)
+        held = await run_job_once(job, deps)
+        out, err = io.StringIO(), io.StringIO()
+        progress = _Progress(out, err, job)
+        progress.watch(held)
+        progress.watch(held)  # said once, not at every look
+        said = err.getvalue()
+        assert said.count("waits: daily budget reached: 0.00 of 0.00 USD") == 1
+        assert "spend approve" in said
