@@ -131,11 +131,7 @@ def image_names(job: Job) -> list[str]:
 def chat_title(root: Path | None, job: Job) -> str:
     """What the user calls the chat: the group's name for group chats (its id when the group
     file is gone), else the character folder; the chat file follows."""
-    chat_file, chat_folder = _chat_parts(job.chat)
-    if not job.is_group:
-        return f"{chat_folder or job.character} · {chat_file}"
-    name = group_name(root, job)
-    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+    return layout.chat_title(root, job.chat)
 
 
 def group_name(root: Path | None, job: Job) -> str:
