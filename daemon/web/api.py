@@ -322,6 +322,9 @@ async def status(request: Request) -> Response:
         chats_watched=data["chats"],
         paused=paused.to_json(),
     )
+    # So is the spend: an image made a moment ago counts at once (two sums over an index).
+    spend = await ctx.engine.spend()
+    data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
