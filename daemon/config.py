@@ -184,7 +184,7 @@ class ImageSettings(_Section):
     backend: str = Field(
         default="openai",
         description="openai (images/generations) | a1111 (A1111, Forge, SD.Next) | comfyui | "
-        "openrouter | gemini | novelai | horde | fal (`st-imagegen doctor` lists them)",
+        "openrouter | gemini | novelai | horde | fal | replicate | bfl",
     )
     api_url: str = Field(
         default="",

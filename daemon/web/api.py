@@ -74,16 +74,20 @@ PROGRESS_TEXT = {
 class ApiError(Exception):
     """An answer ``{"error": {"code", "message"}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.key = key  # the setting an "invalid" answer is about
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+def error_response(status: int, code: str, message: str, key: str | None = None) -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if key:
+        error["key"] = key
     return JSONResponse(
-        {"error": {"code": code, "message": message}},
+        {"error": error},
         status_code=status,
         headers={"Cache-Control": "no-store"},
     )
@@ -333,8 +337,15 @@ async def status(request: Request) -> Response:
         cache["data"] = report.to_json()
     data = dict(cache["data"])  # type: ignore[call-overload]
     who = caller(request)
+    # Live, not cached: a save on the settings page must show at once.
+    state = ctx.engine.config_state()
+    data["setup_needed"] = state["setup_needed"]
+    data["setup_url"] = (ctx.url or "/") + "setup" if state["setup_needed"] else None
+    data["restart_pending"] = state["restart_pending"]
+    data["config_problem"] = state["problem"]
     if not who.admin:
         data = await _status_for_user(ctx, who, data)
+        data["config_problem"] = None  # the file's path and contents are the admin's
     # Job counts change with every event the page gets: always fresh from the store.
     counts = {s.value: n for s, n in (await ctx.engine.counts(users=who.handles)).items()}
     paused = await ctx.engine.paused()
@@ -369,6 +380,7 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         data_root=None,
         data_root_error=None,
         state_dir="",
+        config_error=None,
         errors=[e for e in data.get("errors", []) if str(e.get("chat", "")).startswith(own)],
         waiting_chats=[c for c in data.get("waiting_chats", []) if str(c).startswith(own)],
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],

@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from daemon.config import Config
 from daemon.engine.front import Engine
-from daemon.web import api, pages
+from daemon.web import api, pages, settings_api
 from daemon.web.access import UserTokens
 from daemon.web.context import WebContext
 from daemon.web.events import EventHub
@@ -41,7 +41,7 @@ def make_context(config: Config, root: Path, engine: Engine) -> WebContext:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, api.ApiError)
-    return api.error_response(exc.status, exc.code, exc.message)
+    return api.error_response(exc.status, exc.code, exc.message, exc.key)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -138,6 +138,7 @@ def build_app(
     app = Starlette(
         routes=[
             *api.routes(),
+            *settings_api.routes(),
             *pages.routes(),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ],

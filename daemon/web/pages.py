@@ -67,6 +67,9 @@ def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 async def inbox(request: Request) -> Response:
     ctx = _ctx(request)
     who = caller(request)
+    if who.admin and ctx.live is not None and ctx.live.setup_needed:
+        # Nothing can be drawn yet: the first screen is the setup, not an empty inbox.
+        return RedirectResponse("/setup", status_code=303)
     query = request.query_params
     chat = query.get("chat") or None
     character = query.get("character") or None
@@ -216,9 +219,21 @@ def not_found_page(path: str) -> HTMLResponse:
     return _render("not_found.html", status=404, page="", version="", path=path)
 
 
+async def setup(request: Request) -> Response:
+    ctx = _ctx(request)
+    return _render("setup.html", page="setup", version=ctx.version)
+
+
+async def settings(request: Request) -> Response:
+    ctx = _ctx(request)
+    return _render("settings.html", page="settings", version=ctx.version)
+
+
 def routes() -> list[Route]:
     return [
         Route("/", inbox, methods=["GET"]),
+        Route("/setup", setup, methods=["GET"]),
+        Route("/settings", settings, methods=["GET"]),
         Route("/history", history, methods=["GET"]),
         Route("/jobs/{job_id}", job_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
