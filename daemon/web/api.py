@@ -136,11 +136,7 @@ def image_names(job: Job) -> list[str]:
 def chat_title(root: Path | None, job: Job) -> str:
     """What the user calls the chat: the group's name for group chats (its id when the group
     file is gone), else the character folder; the chat file follows."""
-    chat_file, chat_folder = _chat_parts(job.chat)
-    if not job.is_group:
-        return f"{chat_folder or job.character} · {chat_file}"
-    name = group_name(root, job)
-    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+    return layout.chat_title(root, job.chat)
 
 
 def group_name(root: Path | None, job: Job) -> str:
@@ -356,6 +352,9 @@ async def status(request: Request) -> Response:
         chats_watched=data["chats"],
         paused=paused.to_json(),
     )
+    # So is the spend: an image made a moment ago counts at once (two sums over an index).
+    spend = await ctx.engine.spend()
+    data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
