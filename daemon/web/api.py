@@ -350,11 +350,13 @@ async def status(request: Request) -> Response:
         counts=counts,
         version=ctx.version,
         chats_watched=data["chats"],
-        paused=paused.to_json(),
+        paused=_pause_for(who, paused.to_json()),
     )
     # So is the spend: an image made a moment ago counts at once (two sums over an index).
-    spend = await ctx.engine.spend()
-    data["spend"] = {**spend.to_json(), "line": spend.line()}
+    # It is everyone's together: the admin's to see.
+    if who.admin:
+        spend = await ctx.engine.spend()
+        data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -385,6 +387,9 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
+    data["held"] = [h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)]
+    data.pop("spend", None)  # everyone's together: the admin's
+    data["config_error"] = None
     return data
 
 
