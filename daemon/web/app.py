@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from daemon.config import Config
 from daemon.engine.front import Engine
-from daemon.web import api, pages, settings_api
+from daemon.web import api, characters_api, pages, settings_api
 from daemon.web.access import UserTokens
 from daemon.web.context import WebContext
 from daemon.web.events import EventHub
@@ -139,6 +139,7 @@ def build_app(
         routes=[
             *api.routes(),
             *settings_api.routes(),
+            *characters_api.routes(),
             *pages.routes(),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ],
