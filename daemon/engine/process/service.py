@@ -73,6 +73,13 @@ IDLE_WAKE_SECONDS = 3600.0
 """Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
 
 
+RETENTION_FIRST = 60.0
+"""Seconds after start before the first retention pass (not during the start's own work)."""
+
+RETENTION_EVERY = 86400.0
+"""The retention tick: daily."""
+
+
 @dataclass(frozen=True)
 class ServiceTimings:
     """Intervals the tests shorten; production uses the defaults."""
@@ -81,6 +88,8 @@ class ServiceTimings:
     poll: float = POLL_INTERVAL
     drain_grace: float | None = None  # None: limits.drain_seconds
     drop_settle: float = DROP_SETTLE
+    retention_first: float = RETENTION_FIRST  # after start
+    retention_every: float = RETENTION_EVERY
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -310,6 +319,7 @@ class Service:
                 tg.start_soon(self._drop_loop)
                 tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self._retention_loop)
                 tg.start_soon(self._config_loop)
                 self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
@@ -526,6 +536,19 @@ class Service:
                 since = max(since, changed[-1].updated_at)
             while len(self._announced) > _ANNOUNCED_KEPT:
                 self._announced.pop(next(iter(self._announced)))
+
+    async def _retention_loop(self) -> None:
+        """Prune the state dir at start (after a moment) and then daily
+        (:mod:`daemon.engine.process.retention`)."""
+        from daemon.engine.process.retention import prune_state
+
+        await anyio.sleep(self.timings.retention_first)
+        while True:
+            try:
+                await prune_state(self.config, self.store, self.deps.approval)
+            except (StoreError, OSError) as exc:
+                log.warning("retention pass failed; next one tomorrow", error=str(exc))
+            await anyio.sleep(self.timings.retention_every)
 
     async def _heartbeat_loop(self) -> None:
         ping = self.notifier.watchdog_interval
