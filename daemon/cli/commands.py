@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -18,8 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from daemon.config import Config, ConfigSource
-    from daemon.engine.front import Engine, Job
+    from daemon.engine.front import Engine
 
+from daemon.cli.jobview import print_job, print_jobs
 from daemon.configure.example import config_example
 
 __all__ = ["build_parser", "config_example", "main"]
@@ -326,6 +326,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
 
     command: str = args.command
+    if command in ("list", "show"):
+        from daemon.cli.quick import overrides_of, quick
+
+        done = quick(args)
+        if done is not None:
+            return done
+        from daemon.configure import locate
+
+        before = locate.snapshot(args.config, os.environ, overrides_of(args))
     if command == "status":
         # A broken file must not hide the daemon's state: status says what is wrong with it.
         source = _source(args)
@@ -379,10 +388,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.cli.characters import cmd_character, cmd_style
 
         return (cmd_character if command == "character" else cmd_style)(config, args)
-    if command == "list":
-        return _with_engine(config, lambda engine: _cmd_list(engine, args))
-    if command == "show":
-        return _with_engine(config, lambda engine: _cmd_show(engine, args))
+    if command in ("list", "show"):
+        run = _cmd_list if command == "list" else _cmd_show
+        code = _with_engine(config, lambda engine: run(engine, args))
+        # The config validated: the next list or show may skip building it (daemon.cli.quick).
+        locate.remember(before, config.state_dir)
+        return code
     if command == "accept":
         return _with_engine(config, lambda engine: _cmd_accept(engine, args))
     if command == "reject":
@@ -437,92 +448,17 @@ def _with_engine(config: Config, action: Callable[[Engine], Awaitable[int]]) -> 
 # --- job commands ------------------------------------------------------------------------------
 
 
-def _job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "user": job.user,
-        "chat": job.chat,
-        "character": job.character,
-        "is_group": job.is_group,
-        "speaker": job.speaker,
-        "mesid": job.message_index,
-        "revision": job.revision,
-        "source": job.source,
-        "attempts": job.attempts,
-        "last_error": job.last_error,
-        "prompt": job.prompt,
-        "images": list(job.images),
-        "excerpt": job.excerpt,
-        "created_at": job.created_at.isoformat(),
-        "updated_at": job.updated_at.isoformat(),
-        "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
-        "meta": job.meta,
-    }
-
-
-def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
     from daemon.engine.front import JobState
 
     states = [JobState(args.state)] if args.state else []
-    jobs = await engine.jobs(states=states, limit=max(1, args.limit))
-    if args.json:
-        print(json.dumps([_job_dict(j) for j in jobs], ensure_ascii=False, indent=2))
-        return 0
-    if not jobs:
-        print("no jobs" + (f" in state {args.state}" if args.state else ""))
-        return 0
-    print(f"{'JOB':<12} {'STATE':<10} {'CREATED':<16} {'MES':>5}  {'CHAT':<28} INFO")
-    for job in jobs:
-        created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
-        chat = _one_line(f"{job.character or job.speaker}/{Path(job.chat).stem}", 28)
-        info = job.last_error if job.last_error else (job.prompt or job.excerpt)
-        print(
-            f"{job.id[:12]:<12} {job.state.value:<10} {created:<16} {job.message_index:>5}  "
-            f"{chat:<28} {_one_line(info or '', 60)}"
-        )
-    return 0
+    return print_jobs(await engine.jobs(states=states, limit=max(1, args.limit)), args)
 
 
 async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.job(args.job)
     found = await engine.job_folder(job.id)  # pending/, or a drop folder it was moved into
-    folder = found if found is not None else engine.config.pending_dir / job.id
-    if args.json:
-        record = _job_dict(job)
-        record["folder"] = str(found) if found is not None else None
-        print(json.dumps(record, ensure_ascii=False, indent=2))
-        return 0
-    rows = [
-        ("job", job.id),
-        ("state", job.state.value),
-        ("chat", f"{job.user}/{job.chat}" if not job.chat.startswith(job.user) else job.chat),
-        ("character", job.character + (" (group)" if job.is_group else "")),
-        ("speaker", job.speaker),
-        ("message", f"#{job.message_index}: {_one_line(job.excerpt, 100)}"),
-        ("source", job.source),
-        ("created", job.created_at.astimezone().isoformat(timespec="seconds")),
-        ("updated", job.updated_at.astimezone().isoformat(timespec="seconds")),
-        ("attempts", str(job.attempts)),
-    ]
-    if job.next_attempt_at and job.state.value == "queued":
-        rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
-    if job.last_error:
-        rows.append(("last error", job.last_error))
-    rows.append(("prompt", job.prompt or "(not written yet)"))
-    for key, value in rows:
-        print(f"{key + ':':<12} {value}")
-    if job.images:
-        print("images:")
-        for n, name in enumerate(job.images, 1):
-            path = folder / name
-            print(f"  {n}. {path if path.exists() else name}")
-    return 0
+    return print_job(job, found, engine.config.pending_dir, args)
 
 
 async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
