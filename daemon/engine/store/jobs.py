@@ -266,14 +266,17 @@ class Jobs(Database):
 
         return await self._run(_list, write=False)
 
-    async def due_jobs(self, now: datetime, limit: int) -> list[Job]:
-        """Queued jobs whose next_attempt_at is due, oldest first."""
+    async def due_jobs(self, now: datetime, limit: int, *, newest: bool = False) -> list[Job]:
+        """Queued jobs whose next_attempt_at is due, oldest first (``newest``: the newest
+        ``limit`` of them, newest first)."""
         at = stamp(now)
+        direction = "DESC" if newest else "ASC"
 
         def _due(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
+                f"AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id {direction} "
+                "LIMIT ?",
                 (at, limit),
             ).fetchall()
             return [_job_from_row(r) for r in rows]
