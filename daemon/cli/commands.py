@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -17,9 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from daemon.config import Config, ConfigSource
-    from daemon.engine.front import Engine
+    from daemon.engine.front import Engine, Job
 
-from daemon.cli.jobview import print_job, print_jobs
+from daemon.cli.jobview import job_dict as _job_dict
+from daemon.cli.jobview import one_line as _one_line
+from daemon.cli.jobview import print_jobs
 from daemon.configure.example import config_example
 
 __all__ = ["build_parser", "config_example", "main"]
@@ -130,12 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
     show.add_argument("--json", action="store_true", help="JSON output")
 
+    spend = sub.add_parser("spend", parents=[common], help="today's and this month's spend")
+    spend.add_argument("action", nargs="?", choices=["approve"], help="approve: allow a held job")
+    spend.add_argument("job", nargs="?", metavar="JOB", help="the held job to allow once")
+    spend.add_argument("--json", action="store_true", help="JSON output")
+
     acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
     acc.add_argument("job", metavar="JOB")
     acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
 
     rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
     rej.add_argument("job", metavar="JOB")
+
+    restore = sub.add_parser("restore", parents=[common], help="undo a reject (from the trash)")
+    restore.add_argument("job", metavar="JOB")
+
+    cancel = sub.add_parser("cancel", parents=[common], help="stop a queued or running job")
+    cancel.add_argument("job", metavar="JOB", nargs="?", help="the job (or --all-queued)")
+    cancel.add_argument("--all-queued", action="store_true", help="every queued job")
+    cancel.add_argument("--chat", help="with --all-queued: only this chat's")
+
+    for name, text in (("pause", "start no new jobs until resumed"), ("resume", "end a pause")):
+        switch = sub.add_parser(name, parents=[common], help=text)
+        switch.add_argument("--chat", help="only this chat (default: every chat)")
 
     regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
     regen.add_argument("job", metavar="JOB")
@@ -326,7 +346,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
 
     command: str = args.command
-    if command in ("list", "show"):
+    if command == "list":
         from daemon.cli.quick import overrides_of, quick
 
         done = quick(args)
@@ -388,18 +408,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.cli.characters import cmd_character, cmd_style
 
         return (cmd_character if command == "character" else cmd_style)(config, args)
-    if command in ("list", "show"):
-        run = _cmd_list if command == "list" else _cmd_show
-        code = _with_engine(config, lambda engine: run(engine, args))
-        # The config validated: the next list or show may skip building it (daemon.cli.quick).
+    if command == "list":
+        code = _with_engine(config, lambda engine: _cmd_list(engine, args))
+        # The config validated: the next list may skip building it (daemon.cli.quick).
         locate.remember(before, config.state_dir)
         return code
+    if command == "show":
+        return _with_engine(config, lambda engine: _cmd_show(engine, args))
+    if command == "spend":
+        return _with_engine(config, lambda engine: _cmd_spend(engine, args))
     if command == "accept":
         return _with_engine(config, lambda engine: _cmd_accept(engine, args))
     if command == "reject":
         return _with_engine(config, lambda engine: _cmd_reject(engine, args))
     if command == "regen":
         return _with_engine(config, lambda engine: _cmd_regen(engine, args))
+    if command == "restore":
+        return _with_engine(config, lambda engine: _cmd_restore(engine, args))
+    if command == "cancel":
+        return _with_engine(config, lambda engine: _cmd_cancel(engine, args))
+    if command in ("pause", "resume"):
+        return _with_engine(config, lambda engine: _cmd_pause(engine, args, command == "pause"))
     raise CommandError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 
@@ -452,13 +481,88 @@ async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
     from daemon.engine.front import JobState
 
     states = [JobState(args.state)] if args.state else []
-    return print_jobs(await engine.jobs(states=states, limit=max(1, args.limit)), args)
+    jobs = await engine.jobs(states=states, limit=max(1, args.limit))
+    titles = {chat: await engine.chat_title(chat) for chat in {j.chat for j in jobs}}
+    return print_jobs(jobs, args, titles)
+
+
+async def _cmd_spend(engine: Engine, args: argparse.Namespace) -> int:
+    if args.action == "approve":
+        if not args.job:
+            raise CommandError("spend approve needs the held job's id (see status)")
+        job = await engine.approve_spend(args.job)
+        print(f"job {job.id} may make its call once; it runs now")
+        return 0
+    summary = await engine.spend()
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return 0
+    print(summary.line())
+    return 0
 
 
 async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.job(args.job)
     found = await engine.job_folder(job.id)  # pending/, or a drop folder it was moved into
-    return print_job(job, found, engine.config.pending_dir, args)
+    folder = found if found is not None else engine.config.pending_dir / job.id
+    if args.json:
+        record = _job_dict(job)
+        record["folder"] = str(found) if found is not None else None
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+        return 0
+    rows = [
+        ("job", job.id),
+        ("state", job.state.value),
+        ("chat", f"{job.user}/{job.chat}" if not job.chat.startswith(job.user) else job.chat),
+        ("chat name", await engine.chat_title(job.chat)),
+        ("character", job.character + (" (group id)" if job.is_group else "")),
+        ("speaker", job.speaker),
+        ("message", f"#{job.message_index}: {_one_line(job.excerpt, 100)}"),
+        ("source", job.source),
+        ("created", job.created_at.astimezone().isoformat(timespec="seconds")),
+        ("updated", job.updated_at.astimezone().isoformat(timespec="seconds")),
+        ("attempts", str(job.attempts)),
+    ]
+    if job.next_attempt_at and job.state.value == "queued":
+        rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
+    if job.last_error:
+        rows.append(("last error", job.last_error))
+    if job.state.value == "queued" and job.meta.get("held"):
+        rows.append(("held", f"{job.meta['held']}; {job.meta.get('held_fix') or ''}"))
+    if job.meta.get("cost"):
+        rows.append(("cost", str(job.meta["cost"])))
+    rows.append(("spend", (await engine.spend()).line()))
+    rows.append(("prompt", job.prompt or "(not written yet)"))
+    rows.extend(_look_rows(job))
+    for key, value in rows:
+        print(f"{key + ':':<12} {value}")
+    if job.images:
+        print("images:")
+        for n, name in enumerate(job.images, 1):
+            path = folder / name
+            print(f"  {n}. {path if path.exists() else name}")
+    return 0
+
+
+def _look_rows(job: Job) -> list[tuple[str, str]]:
+    """What made the picture besides the prompt: negative prompt, style, seed, references."""
+    meta = job.meta
+    rows: list[tuple[str, str]] = []
+    if isinstance(meta.get("negative"), str) and meta["negative"]:
+        rows.append(("negative", str(meta["negative"])))
+    if meta.get("style"):
+        source = f" (from {meta['style_from']})" if meta.get("style_from") else ""
+        rows.append(("style", f"{meta['style']}{source}"))
+    if meta.get("seed") is not None:
+        rows.append(("seed", str(meta["seed"])))
+    references = meta.get("references")
+    if isinstance(references, list) and references:
+        rows.append(("references", ", ".join(str(r) for r in references)))
+    if meta.get("regen_of"):
+        rows.append(("regen of", str(meta["regen_of"])))
+    if meta.get("cancelled") is True:
+        rows.append(("cancelled", "yes (stopped before its images were on offer)"))
+    return rows
 
 
 async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
@@ -469,7 +573,55 @@ async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
 
 async def _cmd_reject(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.reject(args.job)
-    print(f"rejected {job.id}")
+    days = engine.config.limits.trash_days
+    if job.images:
+        print(
+            f"rejected {job.id}; its images stay in the trash for {days:g} days "
+            f"(st-imagegen restore {job.short_id})"
+        )
+    else:
+        print(f"rejected {job.id}")
+    return 0
+
+
+async def _cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.restore(args.job)
+    print(f"restored {job.id}: {job.state.value} again ({len(job.images)} images)")
+    return 0
+
+
+async def _cmd_cancel(engine: Engine, args: argparse.Namespace) -> int:
+    if args.all_queued == (args.job is not None):
+        raise CommandError("give a JOB or --all-queued (not both)")
+    if args.chat is not None and not args.all_queued:
+        raise CommandError("--chat goes with --all-queued")
+    if args.job is not None:
+        job = await engine.cancel(args.job)
+        print(f"cancelled {job.id} (no image will be made for it)")
+        return 0
+    import anyio.to_thread
+
+    chat = await anyio.to_thread.run_sync(engine.find_chat, args.chat) if args.chat else None
+    done = await engine.cancel_queued(chat=chat)
+    where = f" in {await engine.chat_title(chat)}" if chat else ""
+    print(f"cancelled {len(done)} queued job{'s' if len(done) != 1 else ''}{where}")
+    for job in done:
+        print(f"  {job.id}  {job.speaker} #{job.message_index}")
+    return 0
+
+
+async def _cmd_pause(engine: Engine, args: argparse.Namespace, paused: bool) -> int:
+    import anyio.to_thread
+
+    chat = await anyio.to_thread.run_sync(engine.find_chat, args.chat) if args.chat else None
+    after = await engine.pause(paused, chat)
+    if after.everything:
+        print("paused: no new job starts in any chat (st-imagegen resume)")
+    elif after.chats:
+        titles = [await engine.chat_title(c) for c in sorted(after.chats)]
+        print("paused chats: " + "; ".join(titles))
+    else:
+        print("not paused: jobs start as usual")
     return 0
 
 

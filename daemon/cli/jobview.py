@@ -1,17 +1,17 @@
-"""How the command line prints jobs (``list``, ``show``), for the full path and the quick one."""
+"""How the command line prints jobs (``list``, ``show``); ``list`` for the full path and the
+quick one (``titles``: chat path -> what the user calls it, ``layout.chat_title``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from daemon.engine.store.model import Job
 
-__all__ = ["job_dict", "one_line", "print_job", "print_jobs"]
+__all__ = ["job_dict", "one_line", "print_jobs"]
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def one_line(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def print_jobs(jobs: Sequence[Job], args: argparse.Namespace) -> int:
+def print_jobs(jobs: Sequence[Job], args: argparse.Namespace, titles: Mapping[str, str]) -> int:
     """``list``'s output (also :mod:`daemon.cli.quick`'s)."""
     if args.json:
         print(json.dumps([job_dict(j) for j in jobs], ensure_ascii=False, indent=2))
@@ -54,45 +54,10 @@ def print_jobs(jobs: Sequence[Job], args: argparse.Namespace) -> int:
     print(f"{'JOB':<12} {'STATE':<10} {'CREATED':<16} {'MES':>5}  {'CHAT':<28} INFO")
     for job in jobs:
         created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
-        chat = one_line(f"{job.character or job.speaker}/{Path(job.chat).stem}", 28)
+        chat = one_line(titles[job.chat], 28)
         info = job.last_error if job.last_error else (job.prompt or job.excerpt)
         print(
             f"{job.id[:12]:<12} {job.state.value:<10} {created:<16} {job.message_index:>5}  "
             f"{chat:<28} {one_line(info or '', 60)}"
         )
-    return 0
-
-
-def print_job(job: Job, found: Path | None, pending_dir: Path, args: argparse.Namespace) -> int:
-    """``show``'s output (also :mod:`daemon.cli.quick`'s): ``found`` is the job's folder."""
-    folder = found if found is not None else pending_dir / job.id
-    if args.json:
-        record = job_dict(job)
-        record["folder"] = str(found) if found is not None else None
-        print(json.dumps(record, ensure_ascii=False, indent=2))
-        return 0
-    rows = [
-        ("job", job.id),
-        ("state", job.state.value),
-        ("chat", f"{job.user}/{job.chat}" if not job.chat.startswith(job.user) else job.chat),
-        ("character", job.character + (" (group)" if job.is_group else "")),
-        ("speaker", job.speaker),
-        ("message", f"#{job.message_index}: {one_line(job.excerpt, 100)}"),
-        ("source", job.source),
-        ("created", job.created_at.astimezone().isoformat(timespec="seconds")),
-        ("updated", job.updated_at.astimezone().isoformat(timespec="seconds")),
-        ("attempts", str(job.attempts)),
-    ]
-    if job.next_attempt_at and job.state.value == "queued":
-        rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
-    if job.last_error:
-        rows.append(("last error", job.last_error))
-    rows.append(("prompt", job.prompt or "(not written yet)"))
-    for key, value in rows:
-        print(f"{key + ':':<12} {value}")
-    if job.images:
-        print("images:")
-        for n, name in enumerate(job.images, 1):
-            path = folder / name
-            print(f"  {n}. {path if path.exists() else name}")
     return 0

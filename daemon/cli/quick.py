@@ -1,4 +1,4 @@
-"""``list`` and ``show`` at the speed of one SQLite query.
+"""``list`` at the speed of one SQLite query.
 
 A one-shot query used to pay for the whole engine at start-up (pydantic building the config,
 anyio, structlog, the async store): about a second, for one ``SELECT``. Here, when the config is
@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["overrides_of", "quick"]
-
-DROP_FOLDERS = ("accepted", "rejected", "regenerate")
-"""Where a job's folder may be besides pending/ (``approval.DROP_FOLDERS``; a test checks)."""
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -51,35 +48,39 @@ def _connect(db: Path) -> sqlite3.Connection | None:
     return conn
 
 
-def _folder(state_dir: Path, job_id: str) -> Path | None:
-    for name in ("pending", *DROP_FOLDERS):
-        path = state_dir / name / job_id
-        if path.is_dir() and not path.is_symlink():
-            return path
-    return None
+def _titles(chats: set[str], data_root: Path | None) -> dict[str, str]:
+    """What the user calls each chat (as ``Engine.chat_title``: a group chat by its group's
+    name, read from the data root; the path's own parts when the data root is unusable)."""
+    from daemon.errors import StImagegenError
+    from daemon.tavern import layout
+
+    root: Path | None = None
+    if data_root is not None and any(chat.split("/")[1:2] != [layout.CHATS_DIR] for chat in chats):
+        with contextlib.suppress(StImagegenError, OSError):
+            root = layout.resolve_data_root(data_root)
+    return {chat: layout.chat_title(root, chat) for chat in chats}
 
 
 def quick(args: argparse.Namespace) -> int | None:
-    """Run ``list`` or ``show`` without the engine; ``None`` when this cannot (see above)."""
-    from daemon.configure.locate import checked_state_dir
+    """Run ``list`` without the engine; ``None`` when this cannot (see above)."""
+    from daemon.configure.locate import checked_paths
 
-    state_dir = checked_state_dir(args.config, os.environ, overrides_of(args))
-    if state_dir is None:
+    found = checked_paths(args.config, os.environ, overrides_of(args))
+    if found is None:
         return None
+    state_dir, data_root = found
     conn = _connect(state_dir / "state.db")
     if conn is None:
         return None
-    from daemon.cli.jobview import print_job, print_jobs
+    from daemon.cli.jobview import print_jobs
     from daemon.engine.store.model import JobState
-    from daemon.engine.store.reads import find_job, select_jobs
+    from daemon.engine.store.reads import select_jobs
 
     with contextlib.closing(conn):
         try:
-            if args.command == "list":
-                states = [JobState(args.state)] if args.state else []
-                jobs = select_jobs(conn, states=states, limit=max(1, args.limit))
-                return print_jobs(jobs, args)
-            job = find_job(conn, args.job)
+            states = [JobState(args.state)] if args.state else []
+            jobs = select_jobs(conn, states=states, limit=max(1, args.limit))
         except sqlite3.Error:
             return None  # locked past the timeout, damaged: the full path says what it is
-    return print_job(job, _folder(state_dir, job.id), state_dir / "pending", args)
+    titles = {} if args.json else _titles({job.chat for job in jobs}, data_root)
+    return print_jobs(jobs, args, titles)

@@ -1,11 +1,11 @@
 """Where the config file is, and the state dir of a config already found valid, without
 building the config (pydantic is most of a one-shot command's start-up).
 
-:func:`remember` stamps a config that validated (the file's bytes, the ``ST_IMAGEGEN_*``
-environment, the command line's overrides and this version) into its state dir;
-:func:`checked_state_dir` gives that state dir back while the same stamp still matches, so a
-read-only command (``list``, ``show``) can skip validation and still refuse exactly what the
-full config would refuse: anything changed means a full load (and its error, if any).
+:func:`remember` stamps a config that validated (a digest of the file's bytes, the
+``ST_IMAGEGEN_*`` environment, the command line's overrides and this version) into its state
+dir; :func:`checked_paths` gives that state dir (and the data root) back while the same stamp
+still matches, so a read-only command (``list``) can skip validation and still refuse exactly
+what the full config would refuse: anything changed means a full load (and its error, if any).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ __all__ = [
     "APP_NAME",
     "CONFIG_ENV",
     "ENV_PREFIX",
-    "checked_state_dir",
+    "checked_paths",
     "config_file",
     "default_config_path",
     "default_state_dir",
@@ -98,11 +98,11 @@ def _read(path: Path, explicit: bool) -> bytes | None:
         return None
 
 
-def checked_state_dir(
+def checked_paths(
     path: Path | None, env: Mapping[str, str], overrides: Mapping[str, Any]
-) -> Path | None:
-    """The state dir of this config when :func:`remember` stamped exactly this config (file,
-    environment, overrides, version); ``None`` otherwise (load it fully)."""
+) -> tuple[Path, Path | None] | None:
+    """``(state_dir, data_root)`` of this config when :func:`remember` stamped exactly this
+    config (file, environment, overrides, version); ``None`` otherwise (load it fully)."""
     file, explicit = config_file(path, env)
     content = _read(file, explicit)
     if content is None:
@@ -119,7 +119,20 @@ def checked_state_dir(
         stamped = (state_dir / STAMP_FILE).read_bytes()
     except OSError:
         return None
-    return state_dir if stamped == _stamp(content, scoped, overrides) else None
+    if stamped != _stamp(content, scoped, overrides):
+        return None
+    return state_dir, _data_root_of(table, scoped, overrides)
+
+
+def _data_root_of(
+    table: Mapping[str, object], env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> Path | None:
+    # As the config: the environment, then the command line, then the file.
+    for key, value in env.items():
+        if key.upper() == ENV_PREFIX + "DATA_ROOT":
+            return Path(value)
+    named = overrides.get("data_root", table.get("data_root"))
+    return Path(named) if isinstance(named, str | Path) else None
 
 
 def snapshot(
@@ -134,7 +147,7 @@ def snapshot(
 
 def remember(before: tuple[Path, bool, bytes | None, bytes], state_dir: Path) -> None:
     """Stamp the config of ``before`` (:func:`snapshot`), which just validated and names
-    ``state_dir``, for :func:`checked_state_dir`; only when the file did not change during the
+    ``state_dir``, for :func:`checked_paths`; only when the file did not change during the
     load. Best effort: a state dir that cannot be written just means full loads every time."""
     file, explicit, content, stamp = before
     if content is None or _read(file, explicit) != content or not state_dir.is_dir():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from daemon.config import Config
 from daemon.engine.intake.why import Explanation, explain
 from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
+from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, SpendSummary, spend_summary
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
 from daemon.engine.look.styles import Style, all_styles, check_style
 from daemon.engine.process.pause import Paused, read_pause, set_pause
@@ -299,6 +301,15 @@ class Engine:
         approval = await self.approval()
         return await anyio.to_thread.run_sync(approval.find, job_id)
 
+    async def chat_title(self, chat: str) -> str:
+        """What the user calls ``chat``: a group chat by its group's name (see
+        ``layout.chat_title``); the path's own parts when the data root is not usable."""
+        try:
+            root: Path | None = await self.root()
+        except (ConfigError, StImagegenError, OSError):
+            root = None
+        return await anyio.to_thread.run_sync(layout.chat_title, root, chat)
+
     async def trash_folder(self, job_id: str) -> Path:
         """Where a rejected job's images wait for a restore (may be gone)."""
         return (await self.approval()).trash_path(job_id)
@@ -443,6 +454,31 @@ class Engine:
         new = await regen_job(await self.store(), await self.approval(), ref, prompt)
         self.wake()
         return new
+
+    async def spend(self) -> SpendSummary:
+        """Today's and this month's spend and images, with the caps."""
+        return await spend_summary(self.config, await self.store(), datetime.now(UTC))
+
+    async def approve_spend(self, ref: str) -> Job:
+        """Let one job held by a spend cap make its call now, once (the caps stay)."""
+        store = await self.store()
+        job = await store.get_job(ref)
+        if job.state is not JobState.QUEUED or not job.meta.get(HELD_KEY):
+            raise JobStateError(
+                f"job {job.id} is not held by a spend cap (it is {job.state.value})"
+            )
+        moved = await store.transition(
+            job.id,
+            JobState.QUEUED,
+            JobState.QUEUED,
+            next_attempt_at=datetime.now(UTC),
+            meta_update={APPROVED_KEY: True},
+        )
+        if moved is None:
+            now = await store.get_job(job.id)
+            raise JobStateError(f"job {now.id} is no longer held (it is {now.state.value})")
+        self.wake()
+        return moved
 
     async def cancel(self, ref: str) -> Job:
         """A queued or running job -> REJECTED (``meta["cancelled"]``), before any image is

@@ -14,6 +14,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from daemon.errors import (
 from daemon.tavern import layout
 from daemon.web.access import Caller, UserTokens, is_token_id
 from daemon.web.context import WebContext
-from daemon.web.events import stream_events
+from daemon.web.events import Event, stream_events
 from daemon.web.security import CALLER
 
 __all__ = ["ApiError", "job_json", "routes"]
@@ -68,16 +69,20 @@ PROGRESS_TEXT = {
 class ApiError(Exception):
     """An answer ``{"error": {"code", "message"}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.key = key  # the setting an "invalid" answer is about
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+def error_response(status: int, code: str, message: str, key: str | None = None) -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if key:
+        error["key"] = key
     return JSONResponse(
-        {"error": {"code": code, "message": message}},
+        {"error": error},
         status_code=status,
         headers={"Cache-Control": "no-store"},
     )
@@ -126,11 +131,7 @@ def image_names(job: Job) -> list[str]:
 def chat_title(root: Path | None, job: Job) -> str:
     """What the user calls the chat: the group's name for group chats (its id when the group
     file is gone), else the character folder; the chat file follows."""
-    chat_file, chat_folder = _chat_parts(job.chat)
-    if not job.is_group:
-        return f"{chat_folder or job.character} · {chat_file}"
-    name = group_name(root, job)
-    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+    return layout.chat_title(root, job.chat)
 
 
 def group_name(root: Path | None, job: Job) -> str:
@@ -302,8 +303,15 @@ async def status(request: Request) -> Response:
         cache["data"] = report.to_json()
     data = dict(cache["data"])  # type: ignore[call-overload]
     who = caller(request)
+    # Live, not cached: a save on the settings page must show at once.
+    state = ctx.engine.config_state()
+    data["setup_needed"] = state["setup_needed"]
+    data["setup_url"] = (ctx.url or "/") + "setup" if state["setup_needed"] else None
+    data["restart_pending"] = state["restart_pending"]
+    data["config_problem"] = state["problem"]
     if not who.admin:
         data = await _status_for_user(ctx, who, data)
+        data["config_problem"] = None  # the file's path and contents are the admin's
     # Job counts change with every event the page gets: always fresh from the store.
     counts = {s.value: n for s, n in (await ctx.engine.counts(users=who.handles)).items()}
     paused = await ctx.engine.paused()
@@ -338,8 +346,10 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         data_root=None,
         data_root_error=None,
         state_dir="",
+        config_error=None,
         errors=[e for e in data.get("errors", []) if str(e.get("chat", "")).startswith(own)],
         waiting_chats=[c for c in data.get("waiting_chats", []) if str(c).startswith(own)],
+        held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
     return data
@@ -537,12 +547,35 @@ async def cancel_queued(request: Request) -> Response:
     return JSONResponse({"cancelled": [j.id for j in done]})
 
 
+def _pause_for(who: Caller, state: dict[str, Any]) -> dict[str, Any]:
+    """The pause switch as a user sees it: only their own chats named."""
+    if who.admin:
+        return state
+    chats = [c for c in state.get("chats", []) if who.sees(str(c).split("/", 1)[0])]
+    return {**state, "chats": chats}
+
+
+def _event_for(who: Caller, event: Event) -> Event | None:
+    """What ``who`` gets of ``event``: another user's job event is nothing; the pause switch
+    names only their own chats."""
+    if who.admin:
+        return event
+    if event.user is not None:
+        return event if who.sees(event.user) else None
+    if event.name == "pause":
+        data = _pause_for(who, json.loads(event.data))
+        return Event(event.seq, event.name, json.dumps(data, ensure_ascii=False))
+    return event
+
+
 async def pause(request: Request) -> Response:
     """``GET``: the pause switch. ``POST {"paused": bool, "chat"?: path}``: set it."""
     ctx = _ctx(request)
+    who = caller(request)
     if request.method == "GET":
         now = await ctx.engine.paused()
-        return JSONResponse(now.to_json(), headers={"Cache-Control": "no-store"})
+        data = _pause_for(who, now.to_json())
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
     _check_actions(request)
     data = await _body(request)
     paused = data.get("paused")
@@ -551,11 +584,13 @@ async def pause(request: Request) -> Response:
         raise ApiError(422, "invalid", "paused is true or false")
     if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
         raise ApiError(422, "invalid", "chat must be a chat path")
-    if not caller(request).admin and chat is None:
+    if not who.admin and chat is None:
         raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
+    if chat is not None and not who.sees(chat.split("/", 1)[0]):
+        raise ApiError(404, "not_found", "no such chat")
     after = await ctx.engine.pause(paused, chat)
     ctx.hub.publish("pause", after.to_json())
-    return JSONResponse(after.to_json())
+    return JSONResponse(_pause_for(who, after.to_json()))
 
 
 async def regen(request: Request) -> Response:
@@ -615,13 +650,26 @@ async def generate(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     ctx = _ctx(request)
+    who = caller(request)
+    cap = ctx.config.web.max_streams_per_token
+    if ctx.streams.get(who.token_id, 0) >= cap:
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"this token has {cap} event streams open already (web.max_streams_per_token); "
+            "close a tab",
+        )
     hello = {"version": ctx.version, "api": 1}
-    body = stream_events(
-        ctx.hub,
-        request.headers.get("last-event-id"),
-        hello,
-        ping_seconds=ctx.ping_seconds,
-        sees=caller(request).sees,
+    body = _counted(
+        ctx.streams,
+        who.token_id,
+        stream_events(
+            ctx.hub,
+            request.headers.get("last-event-id"),
+            hello,
+            ping_seconds=ctx.ping_seconds,
+            view=lambda event: _event_for(who, event),
+        ),
     )
     return StreamingResponse(
         body,
@@ -678,6 +726,22 @@ async def revoke_user_token(request: Request) -> Response:
     if gone is None:
         raise ApiError(404, "not_found", f"no user token {token_id}")
     return JSONResponse({**gone.to_json(), "revoked": True})
+
+
+async def _counted(
+    streams: dict[str, int], key: str, body: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """``body``, counted in ``streams[key]`` while it runs."""
+    streams[key] = streams.get(key, 0) + 1
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        left = streams.get(key, 1) - 1
+        if left > 0:
+            streams[key] = left
+        else:
+            streams.pop(key, None)
 
 
 def routes() -> list[Route]:

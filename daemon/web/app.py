@@ -8,14 +8,14 @@ from pathlib import Path
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from daemon.config import Config
 from daemon.engine.front import Engine
-from daemon.web import api, pages
+from daemon.web import api, pages, settings_api
 from daemon.web.access import UserTokens
 from daemon.web.context import WebContext
 from daemon.web.events import EventHub
@@ -40,7 +40,7 @@ def make_context(config: Config, root: Path, engine: Engine) -> WebContext:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, api.ApiError)
-    return api.error_response(exc.status, exc.code, exc.message)
+    return api.error_response(exc.status, exc.code, exc.message, exc.key)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -49,6 +49,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         slug = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         return api.error_response(exc.status_code, slug, str(exc.detail))
     return pages.not_found_page(request.url.path)
+
+
+async def _gone(request: Request, exc: Exception) -> Response:
+    """The client left while its body was read: nobody to answer, nothing to log."""
+    return Response(status_code=400)
 
 
 async def _crash(request: Request, exc: Exception) -> Response:
@@ -69,12 +74,14 @@ def build_app(
     app = Starlette(
         routes=[
             *api.routes(),
+            *settings_api.routes(),
             *pages.routes(),
             Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
         ],
         exception_handlers={
             api.ApiError: _api_error,
             HTTPException: _http_error,
+            ClientDisconnect: _gone,
             Exception: _crash,
         },
     )

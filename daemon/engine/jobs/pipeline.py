@@ -28,6 +28,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from daemon.config import Config
 from daemon.configure.ready import setup_missing
 from daemon.engine.jobs.approval import TRASH_DAYS, Approval
+from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, Budget, Hold
 from daemon.engine.jobs.order import Attention, order
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
@@ -59,6 +60,7 @@ from daemon.providers.backend import (
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
+from daemon.providers.pricing import Charge, charge_for, price_per_image
 from daemon.providers.registry import capabilities
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
@@ -124,6 +126,14 @@ class JobDeps:
     clock: Callable[[], datetime] = _now
     rng: random.Random = field(default_factory=random.Random)
     client: httpx.AsyncClient | None = None  # shared by the providers; rebuilt ones reuse it
+    # Made on first use and kept by with_config: the reservations of running calls span
+    # configuration changes (each check reads the caps of the job's own config).
+    budget: Budget | None = None
+
+    def spend_budget(self) -> Budget:
+        if self.budget is None:
+            self.budget = Budget(self.store, self.clock)
+        return self.budget
 
     def with_config(self, config: Config) -> JobDeps:
         """The same store, folders and client with providers built for ``config``; raises
@@ -131,7 +141,9 @@ class JobDeps:
         if self.client is None:
             raise ConfigError("these job dependencies cannot be rebuilt (no shared client)")
         prompts, images = build_providers(config, self.client)
-        return dataclasses.replace(self, config=config, prompts=prompts, images=images)
+        return dataclasses.replace(
+            self, config=config, prompts=prompts, images=images, budget=self.spend_budget()
+        )
 
 
 class NotSetUp:
@@ -432,7 +444,35 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
             references=references,
             characters=scene_characters(current.meta.get("appearance")),
         )
-        generated = await deps.images.generate(request, progress=_progress_writer(current, deps))
+        price = price_per_image(
+            deps.config.image, request.model or deps.config.image.model, deps.config.prices
+        )
+        wanted = deps.config.image.n
+        reserved = await deps.spend_budget().reserve(
+            current, price.usd * wanted, wanted, deps.config.limits
+        )
+        if isinstance(reserved, Hold):
+            return await _hold(current, reserved, deps, started)
+        charge: Charge | None = None
+        try:
+            generated = await deps.images.generate(
+                request, progress=_progress_writer(current, deps)
+            )
+            charge = charge_for(generated, price)
+        finally:
+            with anyio.CancelScope(shield=True):
+                if charge is not None:
+                    await store.record_spend(
+                        current.id,
+                        current.user,
+                        current.chat,
+                        usd=charge.usd,
+                        images=charge.images,
+                        estimated=charge.estimated,
+                        units=charge.units,
+                        now=deps.clock(),
+                    )
+                await deps.spend_budget().release(reserved)
         if not generated:
             raise PermanentProviderError("the image API returned no images")
         generated = await anyio.to_thread.run_sync(
@@ -460,6 +500,9 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
                 "image_prompts": [*[current.prompt] * len(generated), *earlier_prompts],
                 "earlier_count": len(earlier),
                 "seed": seed,
+                "cost": charge.describe() if charge is not None else None,
+                HELD_KEY: None,
+                APPROVED_KEY: None,  # approval covers one call
             },
         )
         if moved is None:
@@ -505,6 +548,20 @@ async def _pipeline(job: Job, deps: JobDeps) -> Job:
         log.exception("job crashed", job=job.id, during=step)
         reason = f"{step}: internal error: {exc!r}"
         return await _failed(job.id, step, reason, started, store, "error")
+
+
+async def _hold(job: Job, hold: Hold, deps: JobDeps, started: float) -> Job:
+    """Back to the queue until the cap's window ends, saying why (no call was made)."""
+    moved = await deps.store.transition(
+        job.id,
+        JobState.IMAGING,
+        JobState.QUEUED,
+        next_attempt_at=hold.until,
+        meta_update={HELD_KEY: hold.reason, "held_fix": hold.fix, "progress": None},
+    )
+    after = moved or await deps.store.get_job(job.id)
+    job_log(after, "held", started=started, logger=log, reason=hold.reason, until=str(hold.until))
+    return after
 
 
 async def _failed(
@@ -786,7 +843,7 @@ class Runner:
         self._idle = anyio.Event()
         self._draining = False
         self._tg: TaskGroup | None = None
-        self.held: str | None = None  # why no job may start now ("not set up yet")
+        self.setup_hold: str | None = None  # why no job may start now ("not set up yet")
         self.started = 0
         self.max_in_flight = 0
 
@@ -826,7 +883,7 @@ class Runner:
         """Until the next job is due (a retry's time), at most the safety-net poll interval.
         A due job that could not start (limits, a busy chat) waits for a running one's end,
         which wakes the runner."""
-        if self.held is not None:
+        if self.setup_hold is not None:
             return self.poll_interval  # released by a wake() when the hold ends
         try:
             when = await self.deps.store.next_wake_at()
@@ -842,7 +899,7 @@ class Runner:
 
     async def fill(self) -> int:
         """Start as many due jobs as the limits allow; returns how many started."""
-        if self._draining or self._tg is None or self.held is not None:
+        if self._draining or self._tg is None or self.setup_hold is not None:
             return 0
         free = self.deps.config.limits.concurrency - len(self._running)
         if free <= 0:

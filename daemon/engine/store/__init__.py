@@ -7,8 +7,8 @@ transaction.
 
 Each table's rules live in its own class over that one connection: :class:`Jobs` (``jobs.py``),
 :class:`Cursors` (``cursors.py``), :class:`Ledger` (``ledger.py``), :class:`OurWrites`
-(``writes.py``); the schema and every migration live in ``schema.py``. :class:`Store` is all of
-them on one connection.
+(``writes.py``), :class:`Spend` (``spend.py``); the schema and every migration live in
+``schema.py``. :class:`Store` is all of them on one connection.
 
 Jobs may run twice: every state change is guarded by the expected current state(s), and a job's
 idempotency ``key`` is UNIQUE, so a duplicate event, a rescan or a restart never makes a second job.
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         new_job_id,
     )
     from daemon.engine.store.schema import BUSY_TIMEOUT_MS, MIGRATIONS
+    from daemon.engine.store.spend import Spend, SpendTotal
     from daemon.engine.store.store import Store
     from daemon.engine.store.writes import OUR_WRITES_KEPT, OurWrites
 
@@ -62,6 +63,8 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "OurWrites",
+    "Spend",
+    "SpendTotal",
     "States",
     "Store",
     "job_key",
@@ -78,6 +81,8 @@ _HOME = {
     "Store": "store",
     "OUR_WRITES_KEPT": "writes",
     "OurWrites": "writes",
+    "Spend": "spend",
+    "SpendTotal": "spend",
 }
 """Where each name lives (the rest: ``model``). Imported on first use, so a read-only command
 that needs only the records (``model``, ``reads``) does not load the async store."""
