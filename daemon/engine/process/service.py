@@ -32,6 +32,7 @@ from daemon.engine.front import Engine
 from daemon.engine.intake import detect, watchmode
 from daemon.engine.intake.poll import Poller
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
+from daemon.engine.jobs.order import Attention
 from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
 from daemon.engine.process.lock import hold_state_lock
@@ -73,6 +74,13 @@ IDLE_WAKE_SECONDS = 3600.0
 """Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
 
 
+RETENTION_FIRST = 60.0
+"""Seconds after start before the first retention pass (not during the start's own work)."""
+
+RETENTION_EVERY = 86400.0
+"""The retention tick: daily."""
+
+
 @dataclass(frozen=True)
 class ServiceTimings:
     """Intervals the tests shorten; production uses the defaults."""
@@ -81,6 +89,8 @@ class ServiceTimings:
     poll: float = POLL_INTERVAL
     drain_grace: float | None = None  # None: limits.drain_seconds
     drop_settle: float = DROP_SETTLE
+    retention_first: float = RETENTION_FIRST  # after start
+    retention_every: float = RETENTION_EVERY
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -142,7 +152,8 @@ class Service:
         self._hinted: set[str] = set()  # chats hinted since the last rescan
         self.settler = Settler()
         self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
-        self.runner = Runner(deps, poll_interval=self.timings.poll)
+        self.attention = Attention()
+        self.runner = Runner(deps, poll_interval=self.timings.poll, attention=self.attention)
         self.engine = Engine(
             config,
             store=deps.store,
@@ -152,6 +163,7 @@ class Service:
             stop_running=self.runner.cancel,
         )
         self.engine.live = live
+        self.engine.attention = self.attention
         self.exit_code = 0
         self.processed = 0
         self.rescans = 0
@@ -343,6 +355,7 @@ class Service:
                 tg.start_soon(self._drop_loop)
                 tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self._retention_loop)
                 tg.start_soon(self._config_loop)
                 self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
@@ -407,6 +420,7 @@ class Service:
             self._hinted.add(hint.chat.rel)
             if self._wanted(hint.chat):
                 self.saved_at[hint.chat.rel] = hint.at or time.monotonic()
+                self.attention.saved(hint.chat.rel, hint.at or None)
                 self.settler.touch(hint.chat, time.monotonic())
                 self._hint.set()
         elif hint.kind is HintKind.DROP:
@@ -507,6 +521,7 @@ class Service:
                 chat = self.index.ref(rel)
                 if self._wanted(chat):
                     self.saved_at[rel] = now
+                    self.attention.saved(rel, now)
                     self.settler.touch(chat, now)
             if changed:
                 self._hint.set()
@@ -559,6 +574,19 @@ class Service:
                 since = max(since, changed[-1].updated_at)
             while len(self._announced) > _ANNOUNCED_KEPT:
                 self._announced.pop(next(iter(self._announced)))
+
+    async def _retention_loop(self) -> None:
+        """Prune the state dir at start (after a moment) and then daily
+        (:mod:`daemon.engine.process.retention`)."""
+        from daemon.engine.process.retention import prune_state
+
+        await anyio.sleep(self.timings.retention_first)
+        while True:
+            try:
+                await prune_state(self.config, self.store, self.deps.approval)
+            except (StoreError, OSError) as exc:
+                log.warning("retention pass failed; next one tomorrow", error=str(exc))
+            await anyio.sleep(self.timings.retention_every)
 
     async def _heartbeat_loop(self) -> None:
         ping = self.notifier.watchdog_interval
