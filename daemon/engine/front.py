@@ -52,6 +52,7 @@ from daemon.tavern import layout
 
 if TYPE_CHECKING:
     from daemon.configure.live import LiveConfig
+    from daemon.engine.jobs.order import Attention
 
 __all__ = [
     "ACTIVE_STATES",
@@ -112,6 +113,8 @@ class Engine:
         self._characters: CharacterStore | None = None
         self._lock = anyio.Lock()
         self.live: LiveConfig | None = None  # the daemon's: config changed by file or page
+        # The daemon's: which chats a person is looking at (the runner serves them first).
+        self.attention: Attention | None = None
         self._config_listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @classmethod
@@ -297,6 +300,15 @@ class Engine:
         """The job's image folder wherever it is now (pending/ or a drop folder), or None."""
         approval = await self.approval()
         return await anyio.to_thread.run_sync(approval.find, job_id)
+
+    async def chat_title(self, chat: str) -> str:
+        """What the user calls ``chat``: a group chat by its group's name (see
+        ``layout.chat_title``); the path's own parts when the data root is not usable."""
+        try:
+            root: Path | None = await self.root()
+        except (ConfigError, StImagegenError, OSError):
+            root = None
+        return await anyio.to_thread.run_sync(layout.chat_title, root, chat)
 
     async def trash_folder(self, job_id: str) -> Path:
         """Where a rejected job's images wait for a restore (may be gone)."""

@@ -8,11 +8,10 @@ server-internal ``_*`` folders. Inside a user folder: ``chats/<card stem>/*.json
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ __all__ = [
     "PathKind",
     "card_path",
     "chat_ref",
+    "chat_title",
     "classify",
     "describe_data_root",
     "fallback_folder_name",
@@ -419,6 +419,23 @@ def group_for_chat(root: Path, user: str, chat_id: str) -> GroupInfo | None:
     return None
 
 
+def chat_title(root: Path | None, chat: str) -> str:
+    """What the user calls chat ``chat`` (relative to the data root): ``Bob · Bob - harbour``
+    for a character chat, the group's own name (``Lighthouse Garden · 1795473024643``) for a
+    group chat, ``group · <id>`` when its group file is gone. Blocking (reads group files)."""
+    parts = chat.split("/")
+    stem = parts[-1].removesuffix(".jsonl")
+    if len(parts) == 4 and parts[1] == CHATS_DIR:
+        return f"{parts[2]} · {stem}"
+    info: GroupInfo | None = None
+    if root is not None and parts[0]:
+        with contextlib.suppress(UnsafePathError, OSError):
+            info = group_for_chat(root, parts[0], stem)
+    if info is not None and info.name:
+        return f"{info.name} · {stem}" if info.name != stem else info.name
+    return f"group · {stem}"
+
+
 _ILLEGAL = re.compile(r'[/?<>\\:*|"]')
 _CONTROL = re.compile(r"[\x00-\x1f\x80-\x9f]")
 _RESERVED = re.compile(r"^\.+$")
@@ -455,6 +472,8 @@ def sanitize_filename(name: str) -> str:
 def fallback_folder_name(name: str) -> str:
     """A safe image folder name for a character whose names sanitize to nothing ("con",
     "aux", "..."): the same for the same character on every commit, distinct between them."""
+    import hashlib  # here: a one-shot command that only names chats never loads OpenSSL
+
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     readable = sanitize_filename(f"{name}-{digest}").strip(" .-")
     return readable if readable and readable != digest else f"st-imagegen-{digest}"
@@ -471,6 +490,8 @@ def image_folder(root: Path, user: str, folder: str) -> Path:
 
 def our_temp_name(target: Path) -> Path:
     """A temp path next to ``target`` that ST ignores: ``.<name>.st-imagegen.<rand>.tmp``."""
+    import secrets
+
     rand = secrets.token_hex(6)
     extra = len(f".{OUR_TEMP_TAG}{rand}{OUR_TEMP_SUFFIX}".encode())
     name = target.name

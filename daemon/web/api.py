@@ -9,6 +9,7 @@ does not allow the action) 409, which is what the loser of two clients acting at
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from daemon.errors import (
     NotFoundError,
     UnsafePathError,
 )
+from daemon.providers.decode import ImageRejected
 from daemon.tavern import layout
 from daemon.web.access import Caller, UserTokens, is_token_id
 from daemon.web.context import WebContext
@@ -42,6 +44,9 @@ from daemon.web.events import Event, stream_events
 from daemon.web.security import CALLER
 
 __all__ = ["ApiError", "job_json", "routes"]
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A write failed for lack of room."""
 
 MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
@@ -131,11 +136,7 @@ def image_names(job: Job) -> list[str]:
 def chat_title(root: Path | None, job: Job) -> str:
     """What the user calls the chat: the group's name for group chats (its id when the group
     file is gone), else the character folder; the chat file follows."""
-    chat_file, chat_folder = _chat_parts(job.chat)
-    if not job.is_group:
-        return f"{chat_folder or job.character} · {chat_file}"
-    name = group_name(root, job)
-    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+    return layout.chat_title(root, job.chat)
 
 
 def group_name(root: Path | None, job: Job) -> str:
@@ -193,6 +194,9 @@ def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, An
     progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
         progress = {"step": job.state.value, "fraction": None, "text": PROGRESS_TEXT[job.state]}
+        held = job.meta.get("held")  # why a queued job waits (a spend cap, limits.max_pending)
+        if job.state is JobState.QUEUED and isinstance(held, str) and held:
+            progress["text"] = held
         told = job.meta.get("progress")  # what an A1111/ComfyUI backend last reported
         if job.state is JobState.IMAGING and isinstance(told, dict):
             fraction = told.get("fraction")
@@ -274,7 +278,32 @@ async def _body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
+    if _unencodable(data):
+        raise ApiError(
+            422,
+            "unencodable",
+            "the body holds text that cannot be stored (a lone surrogate such as \\ud800: half "
+            "of an emoji cut in two?)",
+        )
     return data
+
+
+def _unencodable(data: Any) -> bool:
+    """Does any text in ``data`` (keys too) hold a lone surrogate, which no file takes?"""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def _check_actions(request: Request) -> WebContext:
@@ -324,8 +353,13 @@ async def status(request: Request) -> Response:
         counts=counts,
         version=ctx.version,
         chats_watched=data["chats"],
-        paused=paused.to_json(),
+        paused=_pause_for(who, paused.to_json()),
     )
+    # So is the spend: an image made a moment ago counts at once (two sums over an index).
+    # It is everyone's together: the admin's to see.
+    if who.admin:
+        spend = await ctx.engine.spend()
+        data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -356,6 +390,7 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
+    data.pop("spend", None)  # everyone's together: the admin's
     return data
 
 
@@ -380,6 +415,8 @@ async def list_jobs(request: Request) -> Response:
     before = query.get("before")
     if before is not None and not _JOB_REF.match(before):
         raise ApiError(400, "bad_id", "before must be a job id")
+    if (opened := query.get("chat_file")) and ctx.engine.attention is not None:
+        ctx.engine.attention.viewed(opened)  # the extension's tab has this chat open
     jobs = await ctx.engine.jobs(
         states=states,
         chat=query.get("chat") or None,
@@ -459,9 +496,15 @@ async def image(request: Request) -> Response:
     cache = {"Cache-Control": "private, max-age=3600"}
     if size == "thumb":
         try:
-            thumb = await anyio.to_thread.run_sync(ctx.thumbs.get, path)
-        except (OSError, ValueError, SyntaxError):
-            raise ApiError(415, "not_an_image", f"image {raw} cannot be read") from None
+            thumb = await anyio.to_thread.run_sync(
+                ctx.thumbs.get, path, ctx.config.image.max_pixels
+            )
+        except ImageRejected as exc:
+            raise ApiError(415, "not_an_image", f"image {raw} has no thumbnail: {exc}") from None
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise  # the state dir is full: the app's answer for that (507)
+            raise ApiError(404, "not_found", f"image {raw} cannot be read") from None
         return FileResponse(thumb, media_type=ctx.thumbs.media_type, headers=cache)
     ext = path.suffix.lstrip(".").lower()
     return FileResponse(path, media_type=_MEDIA.get(ext, "application/octet-stream"), headers=cache)

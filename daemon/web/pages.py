@@ -14,7 +14,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from daemon.engine.front import JobState
-from daemon.errors import JobError, UnsafePathError
+from daemon.errors import JobError
 from daemon.tavern import layout
 from daemon.web.access import Caller
 from daemon.web.api import ApiError, caller, job_json
@@ -138,18 +138,7 @@ async def _chat_choices(
 
 def chat_label(root: Path, chat: str) -> str:
     """``Bob · chat file`` for a character chat, the group's own name for a group chat."""
-    parts = chat.split("/")
-    stem = parts[-1].removesuffix(".jsonl")
-    if len(parts) == 4:
-        return f"{parts[2]} · {stem}"
-    user = parts[0] if parts else ""
-    try:
-        group = layout.group_for_chat(root, user, stem)
-    except (UnsafePathError, OSError):
-        group = None
-    if group is not None and group.name:
-        return f"{group.name} · {stem}" if group.name != stem else group.name
-    return f"group · {stem}"
+    return layout.chat_title(root, chat)
 
 
 async def history(request: Request) -> Response:
