@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config, ConfigSource, SystemdEnv
 from daemon.configure.live import LiveConfig
@@ -174,6 +174,7 @@ class Service:
         self._drop = anyio.Event()
         self._woken = anyio.Event()
         self._config_hint = anyio.Event()
+        self._tg: TaskGroup | None = None
         self._dead = False
         self._counts_stale = True
         self._announced: dict[str, datetime] = {}
@@ -208,8 +209,39 @@ class Service:
         was_held, self.runner.setup_hold = self.runner.setup_hold, _hold_reason(new)
         if was_held and self.runner.setup_hold is None:
             log.info("set up: jobs start now")
+            if self._tg is not None:
+                # Held a moment more: the catch-up rule goes over the waiting jobs first.
+                self.runner.setup_hold = _CATCHING_UP
+                self._tg.start_soon(self._expire_before_setup, new.detect.catchup_max_age)
         self.runner.wake()
         self._rescan.set()  # the rescan interval may have changed
+
+    async def _expire_before_setup(self, max_age: float) -> None:
+        """The catch-up rule for replies seen while the daemon was not set up: those older
+        than ``detect.catchup_max_age`` are not drawn now (as after downtime); the ones asked
+        for by hand (``generate``) are."""
+        cutoff = _now() - timedelta(seconds=max_age)
+        try:
+            waiting = await self.store.jobs_in([JobState.QUEUED], limit=10_000)
+            for job in waiting:
+                if job.source == "manual" or job.created_at >= cutoff:
+                    continue
+                reason = "seen before the setup, older than detect.catchup_max_age"
+                gone = await self.store.transition(
+                    job.id,
+                    JobState.QUEUED,
+                    JobState.SUPERSEDED,
+                    last_error=reason,
+                    next_attempt_at=None,
+                )
+                if gone is not None:
+                    job_log(gone, "superseded", logger=log, reason=reason)
+        except StoreError as exc:
+            log.warning("store error while expiring jobs seen before the setup", error=str(exc))
+        finally:
+            if self.runner.setup_hold == _CATCHING_UP:
+                self.runner.setup_hold = _hold_reason(self.config)
+            self.runner.wake()
 
     def _config_state_changed(self) -> None:
         self._counts_stale = True
@@ -238,7 +270,7 @@ class Service:
                     # A raised spend cap lets held jobs through now, not at the window's end.
                     released = await self.store.release_held()
                     if released:
-                        log.info("jobs held by a spend cap are checked again", count=released)
+                        log.info("held jobs are checked again", count=released)
                         self.runner.wake()
 
     # --- start ---------------------------------------------------------------------------
@@ -249,7 +281,7 @@ class Service:
             log.info("resumed jobs left running by a crash", count=resumed)
         held = await self.store.release_held()
         if held:
-            log.info("jobs held by a spend cap are checked again", count=held)
+            log.info("held jobs are checked again", count=held)
         removed = await anyio.to_thread.run_sync(self._cleanup_temps)
         removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:
@@ -309,6 +341,7 @@ class Service:
         try:
             async with anyio.create_task_group() as tg:
                 self._cancel = tg.cancel_scope
+                self._tg = tg
                 tg.start_soon(self._signal_loop, tg.cancel_scope)  # SIGTERM during start drains
                 await tg.start(self.runner.run)
                 await self.start()
@@ -764,6 +797,9 @@ class Service:
             return False
         same = await self.store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
         return any(other.meta.get("regen_of") == job.id for other in same)
+
+
+_CATCHING_UP = "applying the catch-up rule to replies seen before the setup"
 
 
 def _hold_reason(config: Config) -> str | None:
