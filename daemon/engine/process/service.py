@@ -270,7 +270,7 @@ class Service:
                     # A raised spend cap lets held jobs through now, not at the window's end.
                     released = await self.store.release_held()
                     if released:
-                        log.info("jobs held by a spend cap are checked again", count=released)
+                        log.info("held jobs are checked again", count=released)
                         self.runner.wake()
 
     # --- start ---------------------------------------------------------------------------
@@ -281,7 +281,7 @@ class Service:
             log.info("resumed jobs left running by a crash", count=resumed)
         held = await self.store.release_held()
         if held:
-            log.info("jobs held by a spend cap are checked again", count=held)
+            log.info("held jobs are checked again", count=held)
         removed = await anyio.to_thread.run_sync(self._cleanup_temps)
         removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:
