@@ -9,6 +9,7 @@ does not allow the action) 409, which is what the loser of two clients acting at
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from daemon.errors import (
     NotFoundError,
     UnsafePathError,
 )
+from daemon.providers.decode import ImageRejected
 from daemon.tavern import layout
 from daemon.web.access import Caller, UserTokens, is_token_id
 from daemon.web.context import WebContext
@@ -42,6 +44,9 @@ from daemon.web.events import Event, stream_events
 from daemon.web.security import CALLER
 
 __all__ = ["ApiError", "job_json", "routes"]
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A write failed for lack of room."""
 
 MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
@@ -270,7 +275,32 @@ async def _body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
+    if _unencodable(data):
+        raise ApiError(
+            422,
+            "unencodable",
+            "the body holds text that cannot be stored (a lone surrogate such as \\ud800: half "
+            "of an emoji cut in two?)",
+        )
     return data
+
+
+def _unencodable(data: Any) -> bool:
+    """Does any text in ``data`` (keys too) hold a lone surrogate, which no file takes?"""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def _check_actions(request: Request) -> WebContext:
@@ -320,8 +350,13 @@ async def status(request: Request) -> Response:
         counts=counts,
         version=ctx.version,
         chats_watched=data["chats"],
-        paused=paused.to_json(),
+        paused=_pause_for(who, paused.to_json()),
     )
+    # So is the spend: an image made a moment ago counts at once (two sums over an index).
+    # It is everyone's together: the admin's to see.
+    if who.admin:
+        spend = await ctx.engine.spend()
+        data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -352,6 +387,9 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
+    data["held"] = [h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)]
+    data.pop("spend", None)  # everyone's together: the admin's
+    data["config_error"] = None
     return data
 
 
@@ -455,9 +493,15 @@ async def image(request: Request) -> Response:
     cache = {"Cache-Control": "private, max-age=3600"}
     if size == "thumb":
         try:
-            thumb = await anyio.to_thread.run_sync(ctx.thumbs.get, path)
-        except (OSError, ValueError, SyntaxError):
-            raise ApiError(415, "not_an_image", f"image {raw} cannot be read") from None
+            thumb = await anyio.to_thread.run_sync(
+                ctx.thumbs.get, path, ctx.config.image.max_pixels
+            )
+        except ImageRejected as exc:
+            raise ApiError(415, "not_an_image", f"image {raw} has no thumbnail: {exc}") from None
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise  # the state dir is full: the app's answer for that (507)
+            raise ApiError(404, "not_found", f"image {raw} cannot be read") from None
         return FileResponse(thumb, media_type=ctx.thumbs.media_type, headers=cache)
     ext = path.suffix.lstrip(".").lower()
     return FileResponse(path, media_type=_MEDIA.get(ext, "application/octet-stream"), headers=cache)

@@ -288,6 +288,10 @@ async def test_the_pause_switch_names_only_the_callers_own_chats(two: Two) -> No
         assert paused.status_code == 200 and two.bob_chat in paused.text
         seen = (await alice.get("/api/v1/pause")).json()
         assert seen["chats"] == [] and "cellar" not in json.dumps(seen)
+        status = (await alice.get("/api/v1/status")).json()
+        text = json.dumps(status)
+        assert "cellar" not in text, text[max(0, text.find("cellar") - 300) :][:400]
+        assert "spend" not in status
         theirs = await alice.post("/api/v1/pause", json={"paused": False, "chat": two.bob_chat})
         assert theirs.status_code == 404
         everything = await alice.post("/api/v1/pause", json={"paused": True})

@@ -86,7 +86,12 @@
       const spend = s.spend || {};
       if (spend.today_images || spend.month_images) {
         const cap = spend.daily_budget != null ? ` of ${spend.daily_budget.toFixed(2)}` : "";
-        parts.push(`spent today ${Number(spend.today_usd).toFixed(2)}${cap} USD, month ${Number(spend.month_usd).toFixed(2)}`);
+        const est = spend.estimated ? " (est.)" : "";
+        parts.push(
+          `today ${spend.today_images} image${spend.today_images === 1 ? "" : "s"}, ` +
+          `${Number(spend.today_usd).toFixed(2)}${cap} USD${est}; ` +
+          `month ${spend.month_images}, ${Number(spend.month_usd).toFixed(2)} USD`
+        );
       }
       const text = strip.querySelector(".status-text");
       text.textContent = parts.join(" · ");

@@ -374,6 +374,90 @@
     say(restart, state.restart_pending.length ? `Restart pending: ${state.restart_pending.join(", ")} changed in the file; restart the daemon to apply.` : "", "");
   };
 
+  // --- characters ------------------------------------------------------------------------
+
+  const FROM = { profile: "set here", "st-settings": "SillyTavern's prompt for the card", card: "the card", none: "none" };
+
+  const characterItem = (c, styleNames) => {
+    const id = `c-${c.user}-${c.stem}`.replace(/[^A-Za-z0-9_-]/g, "_");
+    const appearance = el("input", { id: `${id}-appearance`, placeholder: "tags, e.g. red hair, green eyes" });
+    appearance.value = c.appearance_from === "profile" ? c.appearance || "" : "";
+    const negative = el("input", { id: `${id}-negative` });
+    negative.value = c.negative_from === "profile" ? c.negative || "" : "";
+    const style = el("select", { id: `${id}-style` });
+    style.append(el("option", { value: "", text: "(the default)" }));
+    for (const name of [...styleNames, "none"]) style.append(el("option", { value: name, text: name }));
+    style.value = c.style_from === "character" ? c.style : "";
+    const refs = el("select", { id: `${id}-refs` });
+    for (const [value, label] of [["default", "as the image service setting"], ["on", "on"], ["off", "off"]]) refs.append(el("option", { value, text: label }));
+    const file = el("input", { type: "file", accept: "image/png,image/jpeg,image/webp", id: `${id}-upload` });
+    const result = el("span", { class: "result", role: "status", "aria-live": "polite" });
+    const save = el("button", { type: "button", class: "primary", text: "Save" });
+    const clear = el("button", { type: "button", class: "danger", text: "Remove reference images" });
+    const now = el("p", { class: "hint" });
+    const describe = (d) => {
+      const tags = d.appearance ? `${d.appearance} (from ${FROM[d.appearance_from] || d.appearance_from})` : "no appearance tags";
+      const look = d.style && d.style !== "none" ? `style ${d.style} (from the ${d.style_from})` : "no style";
+      const count = Array.isArray(d.references) ? d.references.length : d.references;
+      now.textContent = `Next picture: ${tags}; ${look}; references ${d.use_references ? "on" : "off"} (${count} image${count === 1 ? "" : "s"} chosen).`;
+    };
+    describe(c);
+    const target = `/api/v1/characters/${encodeURIComponent(c.stem)}`;
+    save.addEventListener("click", async () => {
+      try {
+        const d = await api("POST", target, { appearance: appearance.value, negative: negative.value, style: style.value, references: refs.value });
+        describe(d);
+        say(result, "Saved: the next picture uses it.", "ok");
+      } catch (error) { say(result, error.message, "fail"); }
+    });
+    file.addEventListener("change", () => {
+      const chosen = file.files && file.files[0];
+      if (!chosen) return;
+      const reader = new FileReader();
+      reader.onload = async () => {
+        const data = String(reader.result).split(",", 2)[1] || "";
+        try {
+          const d = await api("POST", `${target}/references`, { data_base64: data });
+          describe(d);
+          say(result, "Reference image kept.", "ok");
+        } catch (error) { say(result, error.message, "fail"); }
+        file.value = "";
+      };
+      reader.readAsDataURL(chosen);
+    });
+    clear.addEventListener("click", async () => {
+      try {
+        await api("POST", `${target}/references/clear`, {});
+        describe({ ...c, references: [] });
+        say(result, "Reference images removed.", "ok");
+      } catch (error) { say(result, error.message, "fail"); }
+    });
+    return el("li", { class: "char", "data-character": c.stem },
+      el("img", { class: "avatar", src: c.avatar, alt: "", width: 64, height: 64, loading: "lazy" }),
+      el("div", { class: "char-body" },
+        el("h3", { text: c.name || c.stem }),
+        now,
+        el("label", { class: "row" }, el("span", { text: "Appearance" }), appearance),
+        el("label", { class: "row" }, el("span", { text: "Never" }), negative),
+        el("label", { class: "row" }, el("span", { text: "Style" }), style),
+        el("label", { class: "row" }, el("span", { text: "References" }), refs),
+        el("label", { class: "row" }, el("span", { text: "Add a reference" }), file),
+        el("div", { class: "actions" }, save, clear, result)));
+  };
+
+  const renderCharacters = async (view) => {
+    const list = document.getElementById("char-list");
+    if (!list) return;
+    try {
+      const answer = await api("GET", "/api/v1/characters");
+      const names = view.styles.map((s) => s.name);
+      list.replaceChildren(...answer.characters.map((c) => characterItem(c, names)));
+      if (!answer.characters.length) list.append(el("li", { class: "hint", text: "No character cards in the data root yet." }));
+    } catch (error) {
+      list.replaceChildren(el("li", { class: "error", text: error.message }));
+    }
+  };
+
   const render = (view) => {
     renderState(view);
     renderGroups(view);
@@ -391,6 +475,7 @@
       return;
     }
     render(view);
+    renderCharacters(view);
     const form = document.getElementById("style-edit");
     for (const name of ["prefix", "suffix", "negative"]) form.elements[name].addEventListener("input", preview);
     document.getElementById("style-new").addEventListener("click", () => editStyle(null));
