@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,10 +26,21 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.configure.locate import (
+    APP_NAME,
+    CONFIG_ENV,
+    ENV_PREFIX,
+    config_file,
+    default_config_path,
+    default_state_dir,
+    scoped_env,
+)
 from daemon.errors import ConfigError
 
 __all__ = [
     "APP_NAME",
+    "CONFIG_ENV",
+    "ENV_PREFIX",
     "CommitSettings",
     "Config",
     "ConfigSource",
@@ -49,9 +59,6 @@ __all__ = [
     "systemd_env",
 ]
 
-APP_NAME = "st-imagegen"
-ENV_PREFIX = "ST_IMAGEGEN_"
-CONFIG_ENV = "ST_IMAGEGEN_CONFIG"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
@@ -443,16 +450,6 @@ class WebSettings(_Section):
     )
 
 
-def default_state_dir() -> Path:
-    """The platform state dir (``~/.local/state/st-imagegen`` on Linux)."""
-    return Path(platformdirs.user_state_dir(APP_NAME))
-
-
-def default_config_path() -> Path:
-    """The platform config file (``~/.config/st-imagegen/config.toml`` on Linux)."""
-    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
-
-
 class Config(BaseSettings):
     """Everything the daemon and the commands need, validated once."""
 
@@ -615,13 +612,8 @@ class ConfigSource:
         overrides: Mapping[str, Any] | None = None,
     ) -> ConfigSource:
         env = os.environ if environ is None else environ
-        explicit = path is not None or bool(env.get(CONFIG_ENV))
-        file_path = path or (
-            Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else default_config_path()
-        )
-        scoped = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
-        scoped.pop(CONFIG_ENV, None)
-        return cls(file_path, explicit, scoped, dict(overrides or {}))
+        file_path, explicit = config_file(path, env)
+        return cls(file_path, explicit, scoped_env(env), dict(overrides or {}))
 
     def load(self) -> Config:
         """Read and validate (ConfigError on any problem, with the file's line when known)."""

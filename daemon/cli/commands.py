@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from daemon.config import Config, ConfigSource
     from daemon.engine.front import Engine, Job
 
+from daemon.cli.jobview import job_dict as _job_dict
+from daemon.cli.jobview import one_line as _one_line
+from daemon.cli.jobview import print_jobs
 from daemon.configure.example import config_example
 
 __all__ = ["build_parser", "config_example", "main"]
@@ -343,6 +346,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
 
     command: str = args.command
+    if command == "list":
+        from daemon.cli.quick import overrides_of, quick
+
+        done = quick(args)
+        if done is not None:
+            return done
+        from daemon.configure import locate
+
+        before = locate.snapshot(args.config, os.environ, overrides_of(args))
     if command == "status":
         # A broken file must not hide the daemon's state: status says what is wrong with it.
         source = _source(args)
@@ -397,7 +409,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return (cmd_character if command == "character" else cmd_style)(config, args)
     if command == "list":
-        return _with_engine(config, lambda engine: _cmd_list(engine, args))
+        code = _with_engine(config, lambda engine: _cmd_list(engine, args))
+        # The config validated: the next list may skip building it (daemon.cli.quick).
+        locate.remember(before, config.state_dir)
+        return code
     if command == "show":
         return _with_engine(config, lambda engine: _cmd_show(engine, args))
     if command == "spend":
@@ -462,57 +477,13 @@ def _with_engine(config: Config, action: Callable[[Engine], Awaitable[int]]) -> 
 # --- job commands ------------------------------------------------------------------------------
 
 
-def _job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "user": job.user,
-        "chat": job.chat,
-        "character": job.character,
-        "is_group": job.is_group,
-        "speaker": job.speaker,
-        "mesid": job.message_index,
-        "revision": job.revision,
-        "source": job.source,
-        "attempts": job.attempts,
-        "last_error": job.last_error,
-        "prompt": job.prompt,
-        "images": list(job.images),
-        "excerpt": job.excerpt,
-        "created_at": job.created_at.isoformat(),
-        "updated_at": job.updated_at.isoformat(),
-        "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
-        "meta": job.meta,
-    }
-
-
-def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
     from daemon.engine.front import JobState
 
     states = [JobState(args.state)] if args.state else []
     jobs = await engine.jobs(states=states, limit=max(1, args.limit))
-    if args.json:
-        print(json.dumps([_job_dict(j) for j in jobs], ensure_ascii=False, indent=2))
-        return 0
-    if not jobs:
-        print("no jobs" + (f" in state {args.state}" if args.state else ""))
-        return 0
     titles = {chat: await engine.chat_title(chat) for chat in {j.chat for j in jobs}}
-    print(f"{'JOB':<12} {'STATE':<10} {'CREATED':<16} {'MES':>5}  {'CHAT':<28} INFO")
-    for job in jobs:
-        created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
-        chat = _one_line(titles[job.chat], 28)
-        info = job.last_error if job.last_error else (job.prompt or job.excerpt)
-        print(
-            f"{job.id[:12]:<12} {job.state.value:<10} {created:<16} {job.message_index:>5}  "
-            f"{chat:<28} {_one_line(info or '', 60)}"
-        )
-    return 0
+    return print_jobs(jobs, args, titles)
 
 
 async def _cmd_spend(engine: Engine, args: argparse.Namespace) -> int:

@@ -52,6 +52,7 @@ from daemon.tavern import layout
 
 if TYPE_CHECKING:
     from daemon.configure.live import LiveConfig
+    from daemon.engine.jobs.order import Attention
 
 __all__ = [
     "ACTIVE_STATES",
@@ -112,6 +113,8 @@ class Engine:
         self._characters: CharacterStore | None = None
         self._lock = anyio.Lock()
         self.live: LiveConfig | None = None  # the daemon's: config changed by file or page
+        # The daemon's: which chats a person is looking at (the runner serves them first).
+        self.attention: Attention | None = None
         self._config_listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @classmethod

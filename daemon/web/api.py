@@ -414,6 +414,8 @@ async def list_jobs(request: Request) -> Response:
     before = query.get("before")
     if before is not None and not _JOB_REF.match(before):
         raise ApiError(400, "bad_id", "before must be a job id")
+    if (opened := query.get("chat_file")) and ctx.engine.attention is not None:
+        ctx.engine.attention.viewed(opened)  # the extension's tab has this chat open
     jobs = await ctx.engine.jobs(
         states=states,
         chat=query.get("chat") or None,

@@ -32,6 +32,7 @@ from daemon.engine.front import Engine
 from daemon.engine.intake import detect, watchmode
 from daemon.engine.intake.poll import Poller
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
+from daemon.engine.jobs.order import Attention
 from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
 from daemon.engine.process.lock import hold_state_lock
@@ -143,7 +144,8 @@ class Service:
         self._hinted: set[str] = set()  # chats hinted since the last rescan
         self.settler = Settler()
         self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
-        self.runner = Runner(deps, poll_interval=self.timings.poll)
+        self.attention = Attention()
+        self.runner = Runner(deps, poll_interval=self.timings.poll, attention=self.attention)
         self.engine = Engine(
             config,
             store=deps.store,
@@ -153,6 +155,7 @@ class Service:
             stop_running=self.runner.cancel,
         )
         self.engine.live = live
+        self.engine.attention = self.attention
         self.pusher: Pusher | None = None  # with notify.urls: messages to the user's phone
         self.exit_code = 0
         self.processed = 0
@@ -380,6 +383,7 @@ class Service:
             self._hinted.add(hint.chat.rel)
             if self._wanted(hint.chat):
                 self.saved_at[hint.chat.rel] = hint.at or time.monotonic()
+                self.attention.saved(hint.chat.rel, hint.at or None)
                 self.settler.touch(hint.chat, time.monotonic())
                 self._hint.set()
         elif hint.kind is HintKind.DROP:
@@ -480,6 +484,7 @@ class Service:
                 chat = self.index.ref(rel)
                 if self._wanted(chat):
                     self.saved_at[rel] = now
+                    self.attention.saved(rel, now)
                     self.settler.touch(chat, now)
             if changed:
                 self._hint.set()
