@@ -357,6 +357,20 @@ class LimitsSettings(_Section):
         le=3650,
         description="how long a rejected job's images are kept for Undo and Restore in History",
     )
+    max_pending: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="images waiting for a decision before new jobs wait too (no paid call, no "
+        "folder until some are accepted or rejected); 0 = no cap",
+    )
+    keep_history_days: float = Field(
+        default=180.0,
+        ge=1,
+        le=36500,
+        description="finished jobs' rows, superseded folders and thumbnails older than this are "
+        "pruned daily (the images committed into ST's folders are ST's, never touched)",
+    )
 
 
 class LogSettings(_Section):

@@ -194,6 +194,9 @@ def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, An
     progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
         progress = {"step": job.state.value, "fraction": None, "text": PROGRESS_TEXT[job.state]}
+        held = job.meta.get("held")  # why a queued job waits (a spend cap, limits.max_pending)
+        if job.state is JobState.QUEUED and isinstance(held, str) and held:
+            progress["text"] = held
         told = job.meta.get("progress")  # what an A1111/ComfyUI backend last reported
         if job.state is JobState.IMAGING and isinstance(told, dict):
             fraction = told.get("fraction")
@@ -387,9 +390,7 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
-    data["held"] = [h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)]
     data.pop("spend", None)  # everyone's together: the admin's
-    data["config_error"] = None
     return data
 
 

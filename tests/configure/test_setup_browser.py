@@ -127,6 +127,15 @@ async def test_setup_then_steer_from_the_browser_with_no_restart(
             1, timeout=UI_TIMEOUT_MS
         )
         await page.select_option("#text-model", "fake-llm")
+        # Test: success, then a clear failure once the key is wrong.
+        await page.click("#text-test")
+        text_result = page.locator("#text-result")
+        await expect(text_result).to_have_attribute("data-kind", "ok", timeout=UI_TIMEOUT_MS)
+        await page.fill("#text-key", WRONG_KEY)
+        await page.click("#text-test")
+        await expect(text_result).to_have_attribute("data-kind", "fail", timeout=UI_TIMEOUT_MS)
+        await expect(text_result).to_contain_text("refused the key")
+        await page.fill("#text-key", GOOD_KEY)
         await page.check('input[name="approval"][value="manual"]')
         await page.click("#save-setup")
         await expect(page.locator("#save-result")).to_have_attribute(

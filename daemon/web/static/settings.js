@@ -127,7 +127,9 @@
       load.disabled = true;
       try {
         const answer = await api("POST", "/api/v1/settings/models", { section, changes: changes(), secrets: secrets() });
-        const wanted = modelText.value.trim() || (step.preset && step.preset.values[`${section}.model`]);
+        // Keep what is chosen (a reload of the list must not change the model under the user).
+        const picked = model.value && model.value !== "__other__" ? model.value : "";
+        const wanted = picked || modelText.value.trim() || (step.preset && step.preset.values[`${section}.model`]);
         fillModels(answer.models, wanted);
       } catch (error) {
         if (!quiet) say(result, `No model list: ${error.message}`, "fail");
