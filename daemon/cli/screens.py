@@ -60,7 +60,7 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"spend: {report.spend['line']}")
     if report.held:
         n = len(report.held)
-        lines.append(f"held by a spend cap: {n} job{'s' if n != 1 else ''}")
+        lines.append(f"held back: {n} job{'s' if n != 1 else ''} (no call until allowed)")
         for row in report.held:
             lines.append(f"  {row['job'][:10]}  {row['chat']}: {row['reason']}; {row['fix']}")
     if report.waiting_messages:
