@@ -391,6 +391,7 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
     )
     data["waiting_messages"] = len(data["waiting_chats"])
     data.pop("spend", None)  # everyone's together: the admin's
+    data["state_dir_bytes"] = None
     return data
 
 
@@ -600,6 +601,13 @@ def _pause_for(who: Caller, state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "chats": chats}
 
 
+def _still_valid(ctx: WebContext, who: Caller) -> bool:
+    """Is ``who``'s token still good (a user token may have been revoked since)?"""
+    if who.admin or ctx.users is None:
+        return True
+    return any(t.id == who.token_id for t in ctx.users.tokens())
+
+
 def _event_for(who: Caller, event: Event) -> Event | None:
     """What ``who`` gets of ``event``: another user's job event is nothing; the pause switch
     names only their own chats."""
@@ -724,6 +732,7 @@ async def events(request: Request) -> Response:
             hello,
             ping_seconds=ctx.ping_seconds,
             view=lambda event: _event_for(who, event),
+            alive=lambda: _still_valid(ctx, who),
         ),
     )
     return StreamingResponse(
