@@ -635,6 +635,16 @@ async def pause(request: Request) -> Response:
     chat = data.get("chat")
     if not isinstance(paused, bool):
         raise ApiError(422, "invalid", "paused is true or false")
+    chat_file = data.get("chat_file")  # ST's chat id (the extension knows the open chat so)
+    if chat is None and chat_file is not None:
+        if not isinstance(chat_file, str) or not chat_file or len(chat_file) > 1000:
+            raise ApiError(422, "invalid", "chat_file must be a chat id")
+        try:
+            chat = await ctx.engine.chat_for_file(chat_file, users=who.handles)
+        except NotFoundError:
+            raise ApiError(404, "not_found", "no such chat") from None
+        except AmbiguousError as exc:
+            raise ApiError(400, "ambiguous_chat", str(exc)) from None
     if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
         raise ApiError(422, "invalid", "chat must be a chat path")
     if not who.admin and chat is None:
