@@ -315,3 +315,29 @@ async def test_a_revoked_tokens_open_event_stream_ends(two: Two) -> None:
                 async for _line in lines:
                     pass  # ends: the server closed the stream
     assert not two.inbox.ctx.streams
+
+
+async def test_the_admin_makes_and_revokes_a_token_on_the_settings_page(two: Two) -> None:
+    from tests.web.test_browser import browser
+
+    async with browser() as b:
+        page = await b.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{two.inbox.url}/settings?token={two.admin}")
+        box = page.locator("#users-box")
+        await box.locator('input[name="handles"]').fill("bob")
+        await box.locator('input[name="label"]').fill("bob's phone")
+        await box.locator('button[type="submit"]').click()
+        token_input = page.locator("#user-token")
+        await page.wait_for_function("document.getElementById('user-token').value.length > 20")
+        token = await token_input.input_value()
+        row = box.locator("#user-list li", has_text="bob's phone")
+        await row.wait_for()
+        async with two.client(token) as phone:
+            listed = (await phone.get("/api/v1/jobs")).json()["jobs"]
+            assert [j["id"] for j in listed] == [two.bob_job.id]
+            await row.locator("button", has_text="Revoke").click()
+            await row.wait_for(state="detached")
+            assert (await phone.get("/api/v1/jobs")).status_code == 401
+        assert not errors, errors
