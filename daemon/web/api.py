@@ -536,7 +536,9 @@ async def accept(request: Request) -> Response:
         ):
             raise ApiError(422, "invalid", "keep is a list of image numbers, like [1, 3]")
         bad = [n for n in keep if not 1 <= n <= len(job.images)]
-        if bad and job.images:
+        # Only a pending job's numbers are the user's mistake: a job another client accepted a
+        # moment ago holds only the images it kept, and the engine answers its state (409).
+        if bad and job.images and job.state is JobState.PENDING:
             raise ApiError(
                 422, "invalid", f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]}"
             )
