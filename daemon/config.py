@@ -382,6 +382,44 @@ class LogSettings(_Section):
     )
 
 
+_QUIET = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def _check_quiet_hours(value: object) -> object:
+    if isinstance(value, str) and value.strip():
+        found = _QUIET.match(value)
+        if not found or any(
+            int(h) > 23 or int(m) > 59 for h, m in (found.group(1, 2), found.group(3, 4))
+        ):
+            raise ValueError(f"quiet_hours {value!r} is not like 22:00-07:00 (local time)")
+    return value
+
+
+class NotifySettings(_Section):
+    """Push messages to a phone when pictures wait for a decision (Apprise URLs)."""
+
+    urls: list[SecretStr] = Field(
+        default=[],
+        description="Apprise URLs (ntfy://…, tgram://…, discord://…, pover://…, mailto://…); "
+        "they hold tokens: treated as secrets, never logged",
+    )
+    quiet_hours: Annotated[str, BeforeValidator(_check_quiet_hours)] = Field(
+        default="",
+        description='no push in these local hours, e.g. "22:00-07:00"; what waits is sent after',
+    )
+    batch_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="one message for every job that became ready within this time",
+    )
+    failed: bool = Field(default=True, description="also tell when a job failed")
+    link_url: str = Field(
+        default="",
+        description="the inbox's address in messages (default: the daemon's own web address)",
+    )
+
+
 class WebSettings(_Section):
     """The web inbox and its JSON API (served by `run`)."""
 
@@ -454,6 +492,7 @@ class Config(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default={},
         description="[prices] model = USD per image, for spend estimates where the service does "

@@ -37,6 +37,7 @@ from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_j
 from daemon.engine.look.styles import check_default_style
 from daemon.engine.process.lock import hold_state_lock
 from daemon.engine.process.notify import Heartbeat, Notifier
+from daemon.engine.process.push import Pusher, push_link
 from daemon.engine.process.wake import WAKE_DIR
 from daemon.engine.store import Job, JobState, Store, job_key
 from daemon.engine.store.schema import damaged_message
@@ -164,6 +165,7 @@ class Service:
         )
         self.engine.live = live
         self.engine.attention = self.attention
+        self.pusher: Pusher | None = None  # with notify.urls: messages to the user's phone
         self.exit_code = 0
         self.processed = 0
         self.rescans = 0
@@ -357,6 +359,10 @@ class Service:
                 tg.start_soon(self._heartbeat_loop)
                 tg.start_soon(self._retention_loop)
                 tg.start_soon(self._config_loop)
+                if self.config.notify.urls:
+                    self.pusher = Pusher(self.config.notify, push_link(self.config), self.root)
+                    self.engine.on_job_changed(self.pusher.job_changed)
+                    tg.start_soon(self.pusher.run)
                 self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
                 log.info("ready", chats=len(self.index), pid=os.getpid())
