@@ -319,6 +319,14 @@ async def test_daemon_stopped_under_an_open_page(
         await page.keyboard.press("a")
         await expect(page.locator("#toast")).to_contain_text("not reachable")
         assert "Failed to fetch" not in (await page.locator("#toast").text_content() or "")
+        # The daemon comes back on the same address: the page reconnects by itself.
+        port = int(inbox.url.rsplit(":", 1)[1])
+        again = config.model_copy(update={"web": config.web.model_copy(update={"port": port})})
+        async with inbox_for(again):
+            await expect(page.locator("#live")).to_have_text("connected", timeout=20000)
+            await expect(card.locator('button[data-act="accept"]')).to_be_enabled()
+            await card.locator('button[data-act="accept"]').click()
+            await expect(card).to_have_count(0, timeout=LIVE_WITHIN_MS)
 
 
 async def test_installable_and_notifies_while_in_the_background(
