@@ -5,6 +5,7 @@ import { createApi, normaliseBase, tokenHint } from './lib/api.js';
 import { Controller } from './lib/controller.js';
 import { ConnectionNotices, EventStreamClient } from './lib/events.js';
 import { appendMessage, editing, insertMessageAt } from './lib/render.js';
+import { openChatOf } from './lib/protocol.js';
 import { loadSettings } from './lib/settings.js';
 import { ALIASES, COMMAND, HELP, parseGenimageArgs } from './lib/slash.js';
 import { BUTTON_CLASS, addMessageButtons, createPreview, createSettingsPanel, createToasts } from './lib/ui.js';
@@ -20,6 +21,7 @@ function registerCommand(ctx, controller, toasts) {
             toasts.error(error.message);
             return '';
         }
+        if (args.cancel) return String(await controller.cancelTracked());
         const job = await controller.generate(args.mesid, { force: args.force });
         return job?.id ?? '';
     };
@@ -34,6 +36,10 @@ function registerCommand(ctx, controller, toasts) {
             }));
             named.push(ctx.SlashCommandNamedArgument.fromProps({
                 name: 'force', description: 'a new job even if the reply already has one',
+                typeList: [type.BOOLEAN ?? 'bool'], isRequired: false, defaultValue: 'false',
+            }));
+            named.push(ctx.SlashCommandNamedArgument.fromProps({
+                name: 'cancel', description: 'stop the jobs this tab started that are still queued or running',
                 typeList: [type.BOOLEAN ?? 'bool'], isRequired: false, defaultValue: 'false',
             }));
         }
@@ -73,8 +79,8 @@ function init() {
         onEvent: ({ type, data }) => {
             // A restarted daemon's stream starts over, and `reset` says events were lost: both
             // mean catching up from the job list.
-            if (type === 'hello' || type === 'reset' || type === 'config') {
-                if (type !== 'config') controller.connected();
+            if (type === 'hello' || type === 'reset' || type === 'config' || type === 'pause') {
+                if (type === 'hello' || type === 'reset') controller.connected();
                 // Not set up yet, and the essentials' values: the panel shows them.
                 api.status().then(status => panel.setDaemon(status), () => {});
             }
@@ -87,6 +93,7 @@ function init() {
     });
     const panel = createSettingsPanel({
         settings, save, api,
+        openChat: () => openChatOf(getContext()),
         reconnect: () => {
             stream.restart();
             controller.chatChanged();
@@ -107,6 +114,7 @@ function init() {
     ctx.eventSource.on(events.CHAT_CHANGED, () => {
         addMessageButtons();
         controller.chatChanged();
+        api.status().then(status => panel.setDaemon(status), () => {}); // this chat's pause
     });
     for (const name of ['CHARACTER_MESSAGE_RENDERED', 'USER_MESSAGE_RENDERED', 'MORE_MESSAGES_LOADED']) {
         if (events[name]) ctx.eventSource.on(events[name], () => addMessageButtons());

@@ -48,7 +48,9 @@ def render_status(report: StatusReport) -> str:
     lines.append(f"mode: {report.mode}, approval: {report.approval}")
     if report.image_backend:
         lines.append(f"image backend: {_backend_line(report.image_backend)}")
-    lines.append(f"state dir: {report.state_dir}")
+    size = report.state_dir_bytes
+    megabytes = f" ({size / 1e6:.1f} MB)" if size is not None else ""
+    lines.append(f"state dir: {report.state_dir}{megabytes}")
     if report.store_error:
         lines.append(f"jobs: {report.store_error}")
     else:
@@ -58,7 +60,7 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"spend: {report.spend['line']}")
     if report.held:
         n = len(report.held)
-        lines.append(f"held by a spend cap: {n} job{'s' if n != 1 else ''}")
+        lines.append(f"held back: {n} job{'s' if n != 1 else ''} (no call until allowed)")
         for row in report.held:
             lines.append(f"  {row['job'][:10]}  {row['chat']}: {row['reason']}; {row['fix']}")
     if report.waiting_messages:
@@ -116,8 +118,10 @@ async def _status(config: Config, config_error: str | None) -> StatusReport:
         return await engine.status(config_error=config_error)
 
 
-def render_why(found: Explanation) -> str:
-    where = f"message {found.mesid} ({found.speaker or 'no name'}) in {found.chat}"
+def render_why(found: Explanation, title: str = "") -> str:
+    """``title``: what the user calls the chat (a group chat's group name), shown beside it."""
+    named = f" ({title})" if title and title.split(" · ")[0] not in found.chat else ""
+    where = f"message {found.mesid} ({found.speaker or 'no name'}) in {found.chat}{named}"
     if not found.jobs:
         return (
             f"{where}: no job: {found.reason}\n"
@@ -136,11 +140,12 @@ def cmd_why(
     config: Config, spec: str | None, mesid: int | None, *, out: TextIO | None = None
 ) -> int:
     """Print why the message has or has no job; 0 always (the answer is the output)."""
-    found = anyio.run(_why, config, spec, mesid)
-    (out or sys.stdout).write(render_why(found))
+    found, title = anyio.run(_why, config, spec, mesid)
+    (out or sys.stdout).write(render_why(found, title))
     return 0
 
 
-async def _why(config: Config, spec: str | None, mesid: int | None) -> Explanation:
+async def _why(config: Config, spec: str | None, mesid: int | None) -> tuple[Explanation, str]:
     async with Engine.open(config) as engine:
-        return await engine.why(spec, mesid)
+        found = await engine.why(spec, mesid)
+        return found, await engine.chat_title(found.chat)

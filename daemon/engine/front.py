@@ -195,6 +195,14 @@ class Engine:
 
         return clear_references(self.characters, name)
 
+    async def chat_for_file(self, chat_file: str, *, users: Collection[str] | None = None) -> str:
+        """The chat path of ST's chat id ``chat_file`` (NotFoundError, AmbiguousError), among
+        ``users``' chats (None: everyone's)."""
+        root = await self.root()
+        listed = layout.list_users(root, self.config.detect.users)
+        visible = [u for u in listed if users is None or u in users]
+        return await anyio.to_thread.run_sync(_chat_by_file, root, visible, chat_file)
+
     def find_chat(self, spec: str | None) -> str:
         """The chat ``spec`` names (``generate --chat`` forms), relative to the data root
         (blocking: lists the chats)."""

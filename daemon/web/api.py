@@ -194,6 +194,9 @@ def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, An
     progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
         progress = {"step": job.state.value, "fraction": None, "text": PROGRESS_TEXT[job.state]}
+        held = job.meta.get("held")  # why a queued job waits (a spend cap, limits.max_pending)
+        if job.state is JobState.QUEUED and isinstance(held, str) and held:
+            progress["text"] = held
         told = job.meta.get("progress")  # what an A1111/ComfyUI backend last reported
         if job.state is JobState.IMAGING and isinstance(told, dict):
             fraction = told.get("fraction")
@@ -387,9 +390,8 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
-    data["held"] = [h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)]
     data.pop("spend", None)  # everyone's together: the admin's
-    data["config_error"] = None
+    data["state_dir_bytes"] = None
     return data
 
 
@@ -534,7 +536,9 @@ async def accept(request: Request) -> Response:
         ):
             raise ApiError(422, "invalid", "keep is a list of image numbers, like [1, 3]")
         bad = [n for n in keep if not 1 <= n <= len(job.images)]
-        if bad and job.images:
+        # Only a pending job's numbers are the user's mistake: a job another client accepted a
+        # moment ago holds only the images it kept, and the engine answers its state (409).
+        if bad and job.images and job.state is JobState.PENDING:
             raise ApiError(
                 422, "invalid", f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]}"
             )
@@ -599,6 +603,13 @@ def _pause_for(who: Caller, state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "chats": chats}
 
 
+def _still_valid(ctx: WebContext, who: Caller) -> bool:
+    """Is ``who``'s token still good (a user token may have been revoked since)?"""
+    if who.admin or ctx.users is None:
+        return True
+    return any(t.id == who.token_id for t in ctx.users.tokens())
+
+
 def _event_for(who: Caller, event: Event) -> Event | None:
     """What ``who`` gets of ``event``: another user's job event is nothing; the pause switch
     names only their own chats."""
@@ -626,6 +637,16 @@ async def pause(request: Request) -> Response:
     chat = data.get("chat")
     if not isinstance(paused, bool):
         raise ApiError(422, "invalid", "paused is true or false")
+    chat_file = data.get("chat_file")  # ST's chat id (the extension knows the open chat so)
+    if chat is None and chat_file is not None:
+        if not isinstance(chat_file, str) or not chat_file or len(chat_file) > 1000:
+            raise ApiError(422, "invalid", "chat_file must be a chat id")
+        try:
+            chat = await ctx.engine.chat_for_file(chat_file, users=who.handles)
+        except NotFoundError:
+            raise ApiError(404, "not_found", "no such chat") from None
+        except AmbiguousError as exc:
+            raise ApiError(400, "ambiguous_chat", str(exc)) from None
     if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
         raise ApiError(422, "invalid", "chat must be a chat path")
     if not who.admin and chat is None:
@@ -713,6 +734,7 @@ async def events(request: Request) -> Response:
             hello,
             ping_seconds=ctx.ping_seconds,
             view=lambda event: _event_for(who, event),
+            alive=lambda: _still_valid(ctx, who),
         ),
     )
     return StreamingResponse(

@@ -122,10 +122,13 @@ export function createApi({ base, token, fetch: fetchImpl, timeoutMs = REQUEST_T
         message: (id) => send('GET', `/api/v1/jobs/${encodeURIComponent(id)}/message`),
         accept: (id, keep) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/accept`, keep && keep.length ? { keep } : {}),
         reject: (id) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/reject`, {}),
+        cancel: (id) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/cancel`, {}),
         regen: (id, prompt) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/regen`, prompt ? { prompt } : {}),
         generate: (body) => send('POST', '/api/v1/generate', body),
         /** Change daemon settings (the admin's token only), e.g. `{mode: 'manual'}`: applied at once. */
         saveSettings: (changes) => send('POST', '/api/v1/settings', { changes }),
+        /** Pause (or resume) illustrating one chat, named by ST's chat id. */
+        pauseChat: (chatFile, paused) => send('POST', '/api/v1/pause', { paused, chat_file: chatFile }),
         /**
          * An image of a job as an object URL: fetched with the token, since an <img> cannot send
          * an Authorization header. The caller revokes it.

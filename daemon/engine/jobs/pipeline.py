@@ -383,11 +383,55 @@ def _progress_writer(job: Job, deps: JobDeps) -> ProgressCallback:
     return report
 
 
+PENDING_RECHECK = timedelta(seconds=15)
+"""How soon a job held by ``limits.max_pending`` looks again (a decision also wakes the runner)."""
+
+TOO_MANY_PENDING = "paused: too many images waiting for a decision"
+
+
+async def _too_many_pending(job: Job, deps: JobDeps) -> Job | None:
+    """``job`` held back (still queued, nothing paid) while ``limits.max_pending`` images wait
+    for a decision; None when it may go on."""
+    cap = deps.config.limits.max_pending
+    if cap <= 0:
+        return None
+    waiting = (await deps.store.counts()).get(JobState.PENDING, 0)
+    if waiting < cap:
+        return None
+    reason = f"{TOO_MANY_PENDING} ({waiting} of limits.max_pending = {cap})"
+    already = str(job.meta.get(HELD_KEY) or "").startswith(TOO_MANY_PENDING)
+    moved = await deps.store.transition(
+        job.id,
+        JobState.QUEUED,
+        JobState.QUEUED,
+        next_attempt_at=datetime.now(UTC) + PENDING_RECHECK,
+        meta_update={
+            HELD_KEY: reason,
+            "held_fix": "accept or reject some in the inbox (or raise limits.max_pending)",
+        },
+    )
+    after = moved or await deps.store.get_job(job.id)
+    if not already:  # once per job, not at every look
+        job_log(after, "held", logger=log, reason=reason)
+    return after
+
+
 async def _pipeline(job: Job, deps: JobDeps) -> Job:
     store = deps.store
     current: Job = job
     step = "prompt"
     started = time.monotonic()
+    held = await _too_many_pending(job, deps)
+    if held is not None:
+        return held
+    if str(job.meta.get(HELD_KEY) or "").startswith(TOO_MANY_PENDING):
+        job = (
+            await store.transition(
+                job.id, JobState.QUEUED, JobState.QUEUED, meta_update={HELD_KEY: None}
+            )
+            or job
+        )
+        current = job
     try:
         if job.prompt is None:
             moved = await store.transition(job.id, JobState.QUEUED, JobState.PROMPTING)
