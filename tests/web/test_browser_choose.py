@@ -271,6 +271,15 @@ async def test_cancel_queued_and_running_pause_and_bulk_reject(
         await inbox.wait_state(first.id, JobState.PENDING)
         await inbox.wait_state(more.id, JobState.PENDING)
         await expect(page.locator("#grid .card")).to_have_count(2)
+
+        # Bulk accept of the selected: the check boxes pick the jobs, one button accepts them.
+        for job in (first, more):
+            await page.locator(f'.card[data-id="{job.id}"] .select input').check()
+        await expect(page.locator("#bulk-count")).to_have_text("2 selected")
+        await page.locator('button[data-bulk="accept"]').click()
+        for job in (first, more):
+            await inbox.wait_state(job.id, JobState.ACCEPTED, JobState.COMMITTED)
+        await expect(page.locator("#grid .card")).to_have_count(0, timeout=LIVE_WITHIN_MS)
         assert page.errors == []  # type: ignore[attr-defined]
 
 
