@@ -144,7 +144,7 @@ class Service:
             root,
             [config.state_dir / name for name in ("accepted", "rejected", "regenerate")],
             wake_dirs=[config.state_dir / WAKE_DIR],
-            config_files=[live.source.path] if live is not None else [],
+            config_files=live.watched_files() if live is not None else [],
         )
         self.index = StatIndex(root, config.detect.users)
         self.poller = Poller(self.index)
