@@ -24,7 +24,7 @@ from daemon.config import LogSettings
 
 if TYPE_CHECKING:
     from daemon.config import Config
-    from daemon.engine.store import Job
+    from daemon.jobstate import Job
 
 __all__ = [
     "REDACTED",

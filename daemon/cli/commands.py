@@ -34,6 +34,8 @@ STATES = (
     "superseded",
     "failed",
 )
+"""The job states ``list --state`` takes: spelled out so ``--help`` stays fast (no import of
+the engine); ``tests/ops/test_structure.py`` holds it to :class:`daemon.jobstate.JobState`."""
 
 T = TypeVar("T")
 

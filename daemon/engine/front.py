@@ -31,13 +31,7 @@ from daemon.engine.look.appearance import CharacterProfile, CharacterStore
 from daemon.engine.look.styles import Style, all_styles, check_style
 from daemon.engine.process.status import StatusReport, daemon_status, gather_status, plain_age
 from daemon.engine.process.wake import notify_daemon
-from daemon.engine.store import (
-    ACTIVE_STATES,
-    FINAL_STATES,
-    Job,
-    JobState,
-    Store,
-)
+from daemon.engine.store import Store
 from daemon.errors import (
     AmbiguousError,
     ConfigError,
@@ -45,11 +39,28 @@ from daemon.errors import (
     NotFoundError,
     StImagegenError,
 )
+from daemon.jobstate import (
+    ACTIVE_STATES,
+    CANCELLABLE_STATES,
+    FINAL_STATES,
+    HISTORY_STATES,
+    INBOX_STATES,
+    PROGRESS_TEXT,
+    WAIT_STOP_STATES,
+    Job,
+    JobState,
+    vocabulary,
+)
 from daemon.tavern import layout
 
 __all__ = [
     "ACTIVE_STATES",
+    "CANCELLABLE_STATES",
     "FINAL_STATES",
+    "HISTORY_STATES",
+    "INBOX_STATES",
+    "PROGRESS_TEXT",
+    "WAIT_STOP_STATES",
     "CharacterProfile",
     "Engine",
     "Explanation",
@@ -59,13 +70,11 @@ __all__ = [
     "JobState",
     "StatusReport",
     "plain_age",
+    "vocabulary",
 ]
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change this process makes or learns of."""
-
-CANCELLABLE = ACTIVE_STATES
-"""Where :meth:`Engine.cancel` may stop a job: queued or running, before images are on offer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,14 +371,14 @@ class Engine:
         stops at its next step and drops the result (its state no longer allows it)."""
         store = await self.store()
         job = await store.get_job(ref)
-        if job.state not in CANCELLABLE:
+        if job.state not in CANCELLABLE_STATES:
             raise JobStateError(
                 f"cannot cancel job {job.id}: it is {job.state.value} "
                 "(only queued and running jobs can be cancelled)"
             )
         moved = await store.transition(
             job.id,
-            CANCELLABLE,
+            CANCELLABLE_STATES,
             JobState.REJECTED,
             last_error="cancelled",
             next_attempt_at=None,

@@ -24,7 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.config import Config
-from daemon.engine.front import Job, JobState
+from daemon.engine.front import PROGRESS_TEXT, Job, JobState, vocabulary
 from daemon.errors import (
     AmbiguousError,
     ChatReadError,
@@ -57,12 +57,6 @@ _MEDIA = {
     "avif": "image/avif",
 }
 _FOLDER_STATES = (JobState.PENDING, JobState.ACCEPTED)
-PROGRESS_TEXT = {
-    JobState.QUEUED: "waiting for its turn",
-    JobState.PROMPTING: "writing the prompt",
-    JobState.IMAGING: "drawing",
-    JobState.ACCEPTED: "writing into the chat",
-}
 
 
 class ApiError(Exception):
@@ -272,6 +266,12 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
     )
     data["waiting_messages"] = len(data["waiting_chats"])
     return data
+
+
+async def meta(request: Request) -> Response:
+    """The job vocabulary every client uses (daemon/jobstate.py): states, groups, labels."""
+    data = {"api": 1, "version": _ctx(request).version, **vocabulary()}
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
 async def list_jobs(request: Request) -> Response:
@@ -542,6 +542,7 @@ def routes() -> list[Route]:
     job = "/api/v1/jobs/{job_id}"
     return [
         Route("/api/v1/status", status, methods=["GET"]),
+        Route("/api/v1/meta", meta, methods=["GET"]),
         Route("/api/v1/jobs", list_jobs, methods=["GET"]),
         Route(job, one_job, methods=["GET"]),
         Route(job + "/images/{n}", image, methods=["GET"]),

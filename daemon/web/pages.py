@@ -13,22 +13,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.engine.front import JobState
+from daemon.engine.front import HISTORY_STATES, INBOX_STATES, JobState, vocabulary
 from daemon.web.api import ApiError, caller, job_json
 from daemon.web.context import WebContext
 
 __all__ = ["HISTORY_STATES", "INBOX_STATES", "routes"]
 
 TEMPLATES = Path(__file__).parent / "templates"
-INBOX_STATES = (
-    JobState.QUEUED,
-    JobState.PROMPTING,
-    JobState.IMAGING,
-    JobState.PENDING,
-    JobState.ACCEPTED,
-    JobState.FAILED,
-)
-HISTORY_STATES = (JobState.COMMITTED, JobState.REJECTED, JobState.FAILED, JobState.SUPERSEDED)
 INBOX_LIMIT = 500
 HISTORY_PAGE = 60
 
@@ -52,7 +43,8 @@ def _safe_json(value: Any) -> str:
 
 
 def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    html = _env.get_template(name).render(**values)
+    # Every page carries the job vocabulary (GET /api/v1/meta) for its scripts.
+    html = _env.get_template(name).render(meta=_safe_json(vocabulary()), **values)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 

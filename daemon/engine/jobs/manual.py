@@ -46,7 +46,7 @@ import anyio.to_thread
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.process.status import daemon_status
-from daemon.engine.store import FINAL_STATES, Job, JobState, Store, job_key
+from daemon.engine.store import Job, JobState, Store, job_key
 from daemon.errors import (
     AmbiguousError,
     CardError,
@@ -57,6 +57,7 @@ from daemon.errors import (
     StImagegenError,
     UnsafePathError,
 )
+from daemon.jobstate import WAIT_STOP_STATES
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, read_chat
 from daemon.tavern.layout import ChatRef
@@ -84,7 +85,7 @@ RETRY_CHECK_SECONDS = 5.0
 _LIST_MAX = 12
 """At most this many candidates are listed in an error."""
 
-STOP_STATES = frozenset(FINAL_STATES | {JobState.PENDING})
+STOP_STATES = WAIT_STOP_STATES
 """Where ``--wait`` stops: the images wait for the user, or the job is done."""
 
 

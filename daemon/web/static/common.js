@@ -37,7 +37,9 @@
     toastTimer = setTimeout(() => { box.hidden = true; }, 5000);
   };
 
-  const STATE_ORDER = ["pending", "queued", "prompting", "imaging", "accepted", "failed"];
+  // The job vocabulary (states, groups, labels) from the daemon: GET /api/v1/meta, in the page.
+  const meta = JSON.parse(document.getElementById("st-meta").textContent);
+  const STATE_ORDER = ["pending", ...meta.groups.inbox.filter((s) => s !== "pending")];
   let statusBusy = false;
   const refreshStatus = async () => {
     if (statusBusy) return;
@@ -83,7 +85,7 @@
     statusSoon = setTimeout(refreshStatus, 400);
   };
 
-  window.stImagegen = { api, ago, toast, refreshStatus, statusLater };
+  window.stImagegen = { api, ago, toast, refreshStatus, statusLater, meta };
   document.addEventListener("DOMContentLoaded", () => {
     refreshStatus();
     setInterval(refreshStatus, 15000);

@@ -3,7 +3,7 @@
 "use strict";
 (() => {
   const S = window.stImagegen;
-  const INBOX = new Set(["queued", "prompting", "imaging", "pending", "accepted", "failed"]);
+  const INBOX = new Set(S.meta.groups.inbox);
   const initial = JSON.parse(document.getElementById("initial").textContent);
   const jobs = new Map();
   const cards = new Map(); // id -> {el, stamp}
