@@ -10,7 +10,14 @@ from typing import Protocol
 
 from daemon.providers.decode import GeneratedImage
 
-__all__ = ["ImageBackend", "ImageRequest", "Progress", "ProgressCallback", "ReferenceImage"]
+__all__ = [
+    "ImageBackend",
+    "ImageRequest",
+    "Progress",
+    "ProgressCallback",
+    "ReferenceImage",
+    "SceneCharacter",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +30,15 @@ class ReferenceImage:
 
     def __repr__(self) -> str:
         return f"ReferenceImage({self.name!r}, {self.mime}, {len(self.data)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class SceneCharacter:
+    """A character in the picture, for backends that caption each one (NovelAI V4+)."""
+
+    name: str
+    tags: str  # appearance tags
+    negative: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +55,7 @@ class ImageRequest:
     n: int | None = None
     seed: int | None = None  # None: the backend picks one (and reports it if it can)
     references: tuple[ReferenceImage, ...] = field(default=())
+    characters: tuple[SceneCharacter, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)

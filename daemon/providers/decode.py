@@ -38,6 +38,8 @@ class GeneratedImage:
     width: int
     height: int
     mime: str
+    cost: float | None = None  # what making it cost, where the service reports or prices it
+    cost_unit: str = "USD"  # "USD", "kudos" (AI Horde), "Anlas" (NovelAI)
 
     @property
     def ext(self) -> str:

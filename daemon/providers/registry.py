@@ -20,7 +20,7 @@ import httpx
 
 from daemon.config import ImageSettings, LimitsSettings
 from daemon.errors import ConfigError
-from daemon.providers import a1111, comfyui, images
+from daemon.providers import a1111, comfyui, gemini, images, novelai, openrouter, queued
 from daemon.providers.backend import ImageBackend
 from daemon.providers.capabilities import Capabilities
 from daemon.providers.http import Clock, RetryPolicy
@@ -52,6 +52,10 @@ BACKENDS: Mapping[str, BackendInfo] = _table(
     images.INFO,
     a1111.INFO,
     comfyui.INFO,
+    openrouter.INFO,
+    gemini.INFO,
+    novelai.INFO,
+    *queued.INFOS,
 )
 
 

@@ -43,7 +43,13 @@ from daemon.errors import (
 )
 from daemon.jobstate import REJECTABLE_STATES, RUNNING_STATES
 from daemon.logs import job_log
-from daemon.providers.backend import ImageBackend, ImageRequest, Progress, ProgressCallback
+from daemon.providers.backend import (
+    ImageBackend,
+    ImageRequest,
+    Progress,
+    ProgressCallback,
+    SceneCharacter,
+)
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
@@ -274,6 +280,20 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
     return current
 
 
+def scene_characters(appearance: Any) -> tuple[SceneCharacter, ...]:
+    """The characters of a job's look (``meta["appearance"]``), for backends that caption
+    each character (their tags) apart from the scene."""
+    out = []
+    for look in appearance if isinstance(appearance, list) else ():
+        if isinstance(look, dict) and look.get("name"):
+            out.append(
+                SceneCharacter(
+                    str(look["name"]), str(look.get("tags") or ""), str(look.get("negative") or "")
+                )
+            )
+    return tuple(out)
+
+
 def _progress_writer(job: Job, deps: JobDeps) -> ProgressCallback:
     """Stores a backend's progress as ``meta["progress"]`` (``generate --wait``, the inbox)."""
     last = -PROGRESS_WRITE_INTERVAL
@@ -398,6 +418,7 @@ async def _image_step(job: Job, deps: JobDeps) -> _Made:
         model=str(job.meta.get("style_model") or "") or None,
         seed=seed,
         references=references,
+        characters=scene_characters(job.meta.get("appearance")),
     )
     generated = await deps.images.generate(request, progress=_progress_writer(job, deps))
     if not generated:
