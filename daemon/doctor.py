@@ -23,8 +23,7 @@ import anyio
 import httpx
 
 from daemon.config import Config
-from daemon.engine.process.status import HEARTBEAT_STALE_SECONDS, daemon_status
-from daemon.engine.store.schema import damage_found
+from daemon.engine.front import HEARTBEAT_STALE_SECONDS, daemon_status, damage_found
 from daemon.errors import (
     AuthError,
     ConfigError,
@@ -152,7 +151,7 @@ def _sample(items: Sequence[str]) -> str:
 
 
 def check_config(config: Config) -> CheckResult:
-    from daemon.engine.look.styles import check_default_style
+    from daemon.engine.front import check_default_style
 
     if config.data_root is None:
         return _fail(

@@ -293,27 +293,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "run":
         return _cmd_run(config)
     _setup_logging(config, quiet=True)
+    jobs: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
+        "list": _cmd_list,
+        "show": _cmd_show,
+        "accept": _cmd_accept,
+        "reject": _cmd_reject,
+        "regen": _cmd_regen,
+    }
+    action = jobs.get(command)
+    if action is not None:
+        return _with_engine(config, lambda engine: action(engine, args))
+    return _tool_command(command, config, args)
+
+
+def _tool_command(command: str, config: Config, args: argparse.Namespace) -> int:
+    """The commands that are not one job action (each imports what it needs)."""
     if command in ("generate", "genimage"):
         from daemon.cli.generate import cmd_generate
 
         return cmd_generate(
             config, args.chat, args.mesid, args.wait, force=args.force, timeout=args.timeout
         )
-    if command == "status":
-        from daemon.cli.screens import cmd_status
+    if command in ("status", "why"):
+        from daemon.cli.screens import cmd_status, cmd_why
 
-        return cmd_status(config, args.json)
-    if command == "why":
-        from daemon.cli.screens import cmd_why
-
+        if command == "status":
+            return cmd_status(config, args.json)
         return cmd_why(config, args.chat, args.mesid)
-    if command == "doctor":
-        from daemon.doctor import cmd_doctor
+    if command in ("doctor", "healthcheck"):
+        from daemon.doctor import cmd_doctor, cmd_healthcheck
 
-        return cmd_doctor(config, args.skip_image)
-    if command == "healthcheck":
-        from daemon.doctor import cmd_healthcheck
-
+        if command == "doctor":
+            return cmd_doctor(config, args.skip_image)
         return cmd_healthcheck(config)
     if command == "web-url":
         return _cmd_web_url(config)
@@ -335,16 +346,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.cli.characters import cmd_character, cmd_style
 
         return (cmd_character if command == "character" else cmd_style)(config, args)
-    if command == "list":
-        return _with_engine(config, lambda engine: _cmd_list(engine, args))
-    if command == "show":
-        return _with_engine(config, lambda engine: _cmd_show(engine, args))
-    if command == "accept":
-        return _with_engine(config, lambda engine: _cmd_accept(engine, args))
-    if command == "reject":
-        return _with_engine(config, lambda engine: _cmd_reject(engine, args))
-    if command == "regen":
-        return _with_engine(config, lambda engine: _cmd_regen(engine, args))
     raise CommandError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 

@@ -28,10 +28,18 @@ from daemon.engine.intake.why import Explanation, explain
 from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
-from daemon.engine.look.styles import Style, all_styles, check_style
-from daemon.engine.process.status import StatusReport, daemon_status, gather_status, plain_age
+from daemon.engine.look.styles import Style, all_styles, check_default_style, check_style
+from daemon.engine.process.lock import daemon_running
+from daemon.engine.process.status import (
+    HEARTBEAT_STALE_SECONDS,
+    StatusReport,
+    daemon_status,
+    gather_status,
+    plain_age,
+)
 from daemon.engine.process.wake import notify_daemon
 from daemon.engine.store import Store
+from daemon.engine.store.schema import damage_found
 from daemon.errors import (
     AmbiguousError,
     ConfigError,
@@ -57,6 +65,7 @@ __all__ = [
     "ACTIVE_STATES",
     "CANCELLABLE_STATES",
     "FINAL_STATES",
+    "HEARTBEAT_STALE_SECONDS",
     "HISTORY_STATES",
     "INBOX_STATES",
     "PROGRESS_TEXT",
@@ -69,9 +78,17 @@ __all__ = [
     "JobListener",
     "JobState",
     "StatusReport",
+    "check_default_style",
+    "daemon_running",
+    "daemon_status",
+    "damage_found",
     "plain_age",
     "vocabulary",
 ]
+
+# The health checks the faces and the doctor read without acting on jobs (re-exported above):
+# ``daemon_status`` (the heartbeat), ``daemon_running`` (the state dir's lock),
+# ``damage_found`` (the store file), ``check_default_style`` (the config's style).
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change this process makes or learns of."""

@@ -138,7 +138,7 @@ def web_url(config: Config) -> tuple[str, bool]:
     """The address to open (``?token=`` added when one is needed) and whether the daemon's
     inbox is up (its ``web.json`` exists and a daemon holds the state dir: a file left by a
     killed daemon is not believed); else the configured address."""
-    from daemon.engine.process.lock import daemon_running
+    from daemon.engine.front import daemon_running
 
     found = read_address(config.state_dir) if daemon_running(config.state_dir) else None
     if found is not None:

@@ -258,33 +258,37 @@ def resolve_chat_spec(root: Path, users: Sequence[str], spec: str | None) -> Cha
         splits.append((text[:i], text[i + 1 :]))
     for name, chat in splits:
         found = _match_targets(targets, name.strip())
-        if not found:
-            continue
-        if chat is None:
-            if len(found) > 1:
-                raise AmbiguousError(
-                    f"{name!r} is ambiguous: {_listing([t.label for t in found])}; "
-                    "give the chat path relative to the data root instead"
-                )
-            return _newest(found[0].chats)
-        matches: list[ChatRef] = []
-        errors: list[JobError] = []
-        for target in found:
-            try:
-                matches.append(_match_chat(target, chat.strip()))
-            except JobError as exc:
-                errors.append(exc)
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise AmbiguousError(
-                f"{text!r} is ambiguous: {_listing([m.rel for m in matches])}; "
-                "give the chat path relative to the data root instead"
-            )
-        raise errors[0]
+        if found:
+            return _chat_of(found, name, chat, text)
     names = sorted({t.names[-1] for t in targets})
     hint = f"; known: {_listing(names)}" if names else "; no characters or groups found"
     raise NotFoundError(f"no character, group or chat file matches {spec!r}{hint}")
+
+
+def _chat_of(found: Sequence[_Target], name: str, chat: str | None, text: str) -> ChatRef:
+    """The chat ``chat`` (None: the newest) of the one target among ``found``."""
+    if chat is None:
+        if len(found) > 1:
+            raise AmbiguousError(
+                f"{name!r} is ambiguous: {_listing([t.label for t in found])}; "
+                "give the chat path relative to the data root instead"
+            )
+        return _newest(found[0].chats)
+    matches: list[ChatRef] = []
+    errors: list[JobError] = []
+    for target in found:
+        try:
+            matches.append(_match_chat(target, chat.strip()))
+        except JobError as exc:
+            errors.append(exc)
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise AmbiguousError(
+            f"{text!r} is ambiguous: {_listing([m.rel for m in matches])}; "
+            "give the chat path relative to the data root instead"
+        )
+    raise errors[0]
 
 
 # --- choosing the message ----------------------------------------------------------------------

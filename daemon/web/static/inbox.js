@@ -115,8 +115,21 @@
     return card;
   };
 
-  const stampOf = (job) => [job.updated_at, job.state, [...(picked.get(job.id) || [])].join(","),
-    drafts.has(job.id) ? "edit" : "", busy.has(job.id) ? "busy" : "", cursor.get(job.id) || ""].join("|");
+  // Picks and the keyboard cursor are painted on the card in place, never by rebuilding it: a
+  // card replaced between a click's mousedown and mouseup loses that click (seen under load).
+  const paintPicks = (el, job) => {
+    const chosen = picked.get(job.id) || new Set();
+    for (const thumb of el.querySelectorAll(".thumb")) {
+      const n = Number(thumb.dataset.n);
+      thumb.setAttribute("aria-pressed", String(chosen.has(n)));
+      thumb.classList.toggle("cursor", cursor.get(job.id) === n);
+    }
+    const accept = el.querySelector('button[data-act="accept"]');
+    if (accept) accept.textContent = acceptLabel(job);
+  };
+
+  const stampOf = (job) => [job.updated_at, job.state,
+    drafts.has(job.id) ? "edit" : "", busy.has(job.id) ? "busy" : ""].join("|");
 
   const render = () => {
     renderQueued = false;
@@ -148,6 +161,7 @@
           entry = { el: fresh, stamp };
           cards.set(job.id, entry);
         }
+        paintPicks(entry.el, job);
         entry.el.classList.toggle("focused", focusId === job.id);
         holder.append(entry.el);
       }
@@ -208,6 +222,8 @@
     if (chosen.has(n)) chosen.delete(n); else chosen.add(n);
     picked.set(id, chosen);
     cursor.set(id, n);
+    const entry = cards.get(id);
+    if (entry) paintPicks(entry.el, job); // at once, on the card the user clicked
     schedule();
   };
 
