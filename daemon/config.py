@@ -33,6 +33,7 @@ __all__ = [
     "APP_NAME",
     "CommitSettings",
     "Config",
+    "ConfigSource",
     "DetectSettings",
     "ImageSettings",
     "LimitsSettings",
@@ -44,6 +45,7 @@ __all__ = [
     "default_config_path",
     "default_state_dir",
     "load_config",
+    "read_config_file",
     "systemd_env",
 ]
 
@@ -113,6 +115,11 @@ class DetectSettings(_Section):
     )
     rescan_seconds: float = Field(
         default=60.0, gt=0, description="safety-net rescan interval (stat only)"
+    )
+    watch: Literal["auto", "inotify", "poll"] = Field(
+        default="auto",
+        description="how saves are noticed: auto (inotify, or a stat poll where its events do "
+        "not arrive: network shares, WSL2 /mnt/c, Docker Desktop folders) | inotify | poll",
     )
     backfill: bool = Field(
         default=False, description="on first sight of a chat, illustrate its last reply too"
@@ -325,6 +332,12 @@ class LimitsSettings(_Section):
         description="on SIGTERM, how long running steps may finish before they are cancelled "
         "and requeued (fits Docker's 10 s stop timeout)",
     )
+    trash_days: float = Field(
+        default=7.0,
+        ge=0,
+        le=3650,
+        description="how long a rejected job's images are kept for Undo and Restore in History",
+    )
 
 
 class LogSettings(_Section):
@@ -447,6 +460,159 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     return f"invalid configuration ({source}): " + "; ".join(lines)
 
 
+_NAMED_KEY = re.compile(r"unknown key '([A-Za-z0-9_.]+)'")
+_TOML_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
+def toml_error(path: Path, text: str, exc: tomllib.TOMLDecodeError) -> ConfigError:
+    """A TOML syntax error that names the line, and shows it, so it can be found at once."""
+    message = str(exc)
+    match = _TOML_AT.search(message)
+    if match is None:
+        return ConfigError(f"config file {str(path)!r} is not valid TOML: {message}")
+    line = int(match.group(1))
+    what = message[: match.start()].strip()
+    lines = text.splitlines()
+    shown = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    where = f"line {line}" + (f" ({shown[:120]})" if shown else "")
+    return ConfigError(f"config file {str(path)!r} is not valid TOML: {where}: {what}", line=line)
+
+
+_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_ASSIGN = re.compile(r"^\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+
+
+def _dotted(text: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in text.split("."))
+
+
+def key_line(text: str, key: str) -> int | None:
+    """The line (1-based) of a config file that sets the dotted ``key`` (``image.size``), or
+    its table's header; ``None`` when not found (it comes from the environment, say). A plain
+    line scan: good for the files people write, where errors are looked for."""
+    table = ""
+    header_line: int | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if match := _HEADER.match(line):
+            table = _dotted(match.group(1))
+            if table == key or key.startswith(table + "."):
+                header_line = header_line or number
+            continue
+        if match := _ASSIGN.match(line):
+            full = _dotted(match.group(1))
+            full = f"{table}.{full}" if table else full
+            if full == key or key.startswith(full + "."):
+                return number
+    return header_line
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The TOML table of ``path``; ConfigError (with the line, for a syntax error) otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory") from None
+    except PermissionError:
+        raise ConfigError(f"config file {str(path)!r} is not readable") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text: {exc.reason}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise toml_error(path, text, exc) from None
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a config comes from: the file (and whether it was named), the ``ST_IMAGEGEN_*``
+    environment, the command line's overrides. Kept so the daemon can load it again."""
+
+    path: Path
+    explicit: bool
+    env: Mapping[str, str]
+    overrides: Mapping[str, Any]
+
+    @classmethod
+    def find(
+        cls,
+        path: Path | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> ConfigSource:
+        env = os.environ if environ is None else environ
+        explicit = path is not None or bool(env.get(CONFIG_ENV))
+        file_path = path or (
+            Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else default_config_path()
+        )
+        scoped = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
+        scoped.pop(CONFIG_ENV, None)
+        return cls(file_path, explicit, scoped, dict(overrides or {}))
+
+    def load(self) -> Config:
+        """Read and validate (ConfigError on any problem, with the file's line when known)."""
+        if not (self.explicit or self.path.exists()):
+            return self.build({})
+        data = read_config_file(self.path)
+        try:
+            return self.build(data)
+        except ConfigError as exc:
+            if exc.key is None:
+                raise
+            try:
+                line = key_line(self.path.read_text(encoding="utf-8"), exc.key)
+            except OSError:
+                raise exc from None
+            if line is None:
+                raise
+            raise ConfigError(f"{exc} (line {line})", line=line, key=exc.key) from None
+
+    def build(self, data: Mapping[str, Any]) -> Config:
+        """Validate ``data`` (a config file's table) with this environment and overrides."""
+        source = str(self.path) if data else "defaults and environment"
+        _check_env_keys(self.env)
+        merged = dict(data)
+        for key, value in self.overrides.items():
+            merged[key] = value
+        try:
+            return _build(merged, self.env)
+        except ValidationError as exc:
+            errors = exc.errors()
+            key = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+            if errors and (named := _NAMED_KEY.search(str(errors[0].get("msg", "")))):
+                key = named.group(1)  # a section's validator naming the key it refuses
+            raise ConfigError(_format_validation_error(exc, source), key=key or None) from None
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration ({source}): {exc}") from None
+
+    def fallback(self) -> Config:
+        """A config for reporting when the file is unusable: the environment and overrides,
+        with the file's ``data_root`` and ``state_dir`` when it can be read at all (so
+        ``status`` still finds the daemon)."""
+        data: dict[str, Any] = {}
+        try:
+            table = read_config_file(self.path)
+            data = {k: table[k] for k in ("data_root", "state_dir") if k in table}
+        except ConfigError:
+            pass
+        try:
+            return self.build(data)
+        except ConfigError:
+            return self.build({})
+
+    def pinned(self) -> dict[str, str]:
+        """Keys the environment (or a command-line flag) sets: dotted key -> who sets it."""
+        out: dict[str, str] = {}
+        for var in self.env:
+            name = var[len(ENV_PREFIX) :].lower()
+            out[".".join(name.split("__"))] = var.upper()
+        for key in self.overrides:
+            out[key] = f"--{key.replace('_', '-')}"
+        return out
+
+
 def load_config(
     path: Path | None = None,
     *,
@@ -458,34 +624,7 @@ def load_config(
     A missing default file is fine (defaults and environment apply); a missing explicit file is
     an error. ``overrides`` (from command-line flags) win over everything.
     """
-    env = os.environ if environ is None else environ
-    explicit = path is not None or bool(env.get(CONFIG_ENV))
-    file_path = path or (Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else default_config_path())
-    data: dict[str, Any] = {}
-    if file_path.exists() or explicit:
-        try:
-            with file_path.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {str(file_path)!r} does not exist") from None
-        except IsADirectoryError:
-            raise ConfigError(f"config file {str(file_path)!r} is a directory") from None
-        except PermissionError:
-            raise ConfigError(f"config file {str(file_path)!r} is not readable") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(file_path)!r} is not valid TOML: {exc}") from None
-    source = str(file_path) if data else "defaults and environment"
-    scoped_env = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
-    scoped_env.pop(CONFIG_ENV, None)
-    _check_env_keys(scoped_env)
-    for key, value in (overrides or {}).items():
-        data[key] = value
-    try:
-        return _build(data, scoped_env)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, source)) from None
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration ({source}): {exc}") from None
+    return ConfigSource.find(path, environ=environ, overrides=overrides).load()
 
 
 _TOP_KEYS = {"data_root", "state_dir", "mode", "approval", "default_style"}

@@ -351,6 +351,19 @@ def check_inotify(root: Path, watches_file: Path = INOTIFY_WATCHES_FILE) -> Chec
     return _pass("watch limit", f"{needed} folders to watch, limit {limit}")
 
 
+def check_watch(config: Config, root: Path) -> CheckResult:
+    """inotify or polling for this data root, and why (the daemon decides the same way)."""
+    from daemon.engine.front import watch_mode
+
+    choice = watch_mode(config.detect.watch, root)
+    if choice.mode == "inotify":
+        return _pass("file watching", f"inotify ({choice.why})")
+    return _pass(
+        "file watching",
+        f"polling: recently saved chats every 0.5 s, all every few seconds ({choice.why})",
+    )
+
+
 # --- the two APIs ------------------------------------------------------------------------------
 
 
@@ -541,6 +554,7 @@ def iter_checks(
         if root is None
         else check_inotify(root, watches_file)
     )
+    yield _skip("file watching", "needs a data root") if root is None else check_watch(config, root)
     yield check_prompt_api(config)
     yield from check_backend_config(config)
     yield check_image_api(config, skip=skip_image)

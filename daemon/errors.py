@@ -62,7 +62,13 @@ class StImagegenError(Exception):
 
 
 class ConfigError(StImagegenError):
-    """The configuration is invalid; the message names the key."""
+    """The configuration is invalid; the message names the key (and ``line``, the config
+    file's line, when a TOML syntax error is at a known place)."""
+
+    def __init__(self, message: str, *, line: int | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.key = key
 
 
 class TavernError(StImagegenError):

@@ -20,6 +20,7 @@ from daemon.tavern.chat import MessageIdentity
 __all__ = [
     "ACTIVE_STATES",
     "CANCELLABLE_STATES",
+    "CHOICE_STATES",
     "FAILING_STATES",
     "FINAL_STATES",
     "GROUPS",
@@ -34,6 +35,7 @@ __all__ = [
     "SUPERSEDABLE_STATES",
     "TRANSITIONS",
     "WAIT_STOP_STATES",
+    "WORKING_STATES",
     "IllegalMoveError",
     "Job",
     "JobState",
@@ -101,6 +103,12 @@ INBOX_STATES = (_S.QUEUED, _S.PROMPTING, _S.IMAGING, _S.PENDING, _S.ACCEPTED, _S
 HISTORY_STATES = (_S.COMMITTED, _S.REJECTED, _S.FAILED, _S.SUPERSEDED)
 """What the history page lists."""
 
+CHOICE_STATES = (_S.PENDING, _S.FAILED)
+"""The inbox's grid: jobs waiting for the user's decision."""
+
+WORKING_STATES = (_S.QUEUED, _S.PROMPTING, _S.IMAGING, _S.ACCEPTED)
+"""The inbox's strip above the grid: jobs under way."""
+
 GROUPS: Mapping[str, frozenset[JobState] | tuple[JobState, ...]] = {
     "active": ACTIVE_STATES,
     "running": RUNNING_STATES,
@@ -113,6 +121,8 @@ GROUPS: Mapping[str, frozenset[JobState] | tuple[JobState, ...]] = {
     "failing": FAILING_STATES,
     "wait_stop": WAIT_STOP_STATES,
     "inbox": INBOX_STATES,
+    "choice": CHOICE_STATES,
+    "working": WORKING_STATES,
     "history": HISTORY_STATES,
 }
 
@@ -138,7 +148,8 @@ TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     # committable (the reply changed: superseded; or failed)
     _S.ACCEPTED: frozenset({_S.ACCEPTED, _S.COMMITTED, _S.REJECTED, _S.SUPERSEDED, _S.FAILED}),
     _S.COMMITTED: frozenset(),  # more images of it are a new (variant) job
-    _S.REJECTED: frozenset({_S.SUPERSEDED}),  # regenerated
+    # regenerated; restored from the trash (undo): to pending, or failed for a dismissed one
+    _S.REJECTED: frozenset({_S.SUPERSEDED, _S.PENDING, _S.FAILED}),
     # a swipe back: its images return from the shelf (pending), or it runs again (queued)
     _S.SUPERSEDED: frozenset({_S.PENDING, _S.QUEUED}),
     _S.FAILED: frozenset({_S.REJECTED, _S.SUPERSEDED}),  # rejected, or regenerated

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from daemon.config import Config
+    from daemon.config import Config, ConfigSource
     from daemon.engine.front import Engine, Job
+
+from daemon.configure.example import config_example
 
 __all__ = ["build_parser", "config_example", "main"]
 
@@ -187,7 +189,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="configuration helpers")
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
-    cfg_sub.add_parser("example", help="print a complete commented config.toml")
+    example = cfg_sub.add_parser("example", help="print a complete commented config.toml")
+    example.add_argument(
+        "--write",
+        action="store_true",
+        help="write it to the config file (--config, $ST_IMAGEGEN_CONFIG or the default); "
+        "never overwrites one",
+    )
+    example.add_argument("--config", type=Path, metavar="PATH", help="the file --write writes")
+    get = cfg_sub.add_parser("get", help="one setting's value (keys show only set / not set)")
+    get.add_argument("key", metavar="KEY", help="dotted key, e.g. image.model")
+    get.add_argument("--config", type=Path, metavar="PATH", help="the config file")
+    put = cfg_sub.add_parser(
+        "set", help="change one setting in the config file (checked first; comments kept)"
+    )
+    put.add_argument("key", metavar="KEY", help="dotted key, e.g. image.model")
+    put.add_argument("value", metavar="VALUE", help="the new value (TOML or plain text)")
+    put.add_argument("--config", type=Path, metavar="PATH", help="the config file")
     return parser
 
 
@@ -209,11 +227,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     if args.command == "config":
-        if args.config_command != "example":
-            print(f"{PROG} config: choose an action: example", file=sys.stderr)
+        if args.config_command not in ("example", "get", "set"):
+            print(
+                f"{PROG} config: choose an action: example | get KEY | set KEY VALUE",
+                file=sys.stderr,
+            )
             return 2
-        sys.stdout.write(config_example())
-        return 0
+        if args.config_command == "example" and not args.write:
+            sys.stdout.write(config_example())
+            return 0
+        from daemon.cli.config_cmd import cmd_config
+
+        try:
+            return cmd_config(args, example=config_example())
+        except BaseException as exc:
+            return _exit_for(exc)
     try:
         return _dispatch(args)
     except BaseException as exc:  # every failure becomes one line (or a traceback with --debug)
@@ -287,11 +315,33 @@ def _setup_logging(config: Config, *, quiet: bool = False) -> None:
     configure_logging(settings, secrets=(config.text.api_key, config.image.api_key))
 
 
+def _source(args: argparse.Namespace) -> ConfigSource:
+    from daemon.config import ConfigSource
+
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_root", None) is not None:
+        overrides["data_root"] = args.data_root
+    return ConfigSource.find(args.config, overrides=overrides)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    from daemon.errors import ConfigError
+
     command: str = args.command
+    if command == "status":
+        # A broken file must not hide the daemon's state: status says what is wrong with it.
+        source = _source(args)
+        try:
+            config, problem = source.load(), None
+        except ConfigError as exc:
+            config, problem = source.fallback(), str(exc)
+        _setup_logging(config, quiet=True)
+        from daemon.cli.screens import cmd_status
+
+        return cmd_status(config, args.json, config_error=problem)
     config = _load(args)
     if command == "run":
-        return _cmd_run(config)
+        return _cmd_run(config, _source(args))
     _setup_logging(config, quiet=True)
     jobs: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
         "list": _cmd_list,
@@ -314,11 +364,9 @@ def _tool_command(command: str, config: Config, args: argparse.Namespace) -> int
         return cmd_generate(
             config, args.chat, args.mesid, args.wait, force=args.force, timeout=args.timeout
         )
-    if command in ("status", "why"):
-        from daemon.cli.screens import cmd_status, cmd_why
+    if command == "why":
+        from daemon.cli.screens import cmd_why
 
-        if command == "status":
-            return cmd_status(config, args.json)
         return cmd_why(config, args.chat, args.mesid)
     if command in ("doctor", "healthcheck"):
         from daemon.doctor import cmd_doctor, cmd_healthcheck
@@ -349,7 +397,7 @@ def _tool_command(command: str, config: Config, args: argparse.Namespace) -> int
     raise CommandError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 
-def _cmd_run(config: Config) -> int:
+def _cmd_run(config: Config, source: ConfigSource) -> int:
     import anyio
 
     from daemon.config import systemd_env
@@ -361,7 +409,7 @@ def _cmd_run(config: Config) -> int:
 
     async def _main() -> int:
         # Composed here, from the top: the daemon knows nothing of the web layer it serves.
-        return await serve(config, systemd=systemd, web=serve_web)
+        return await serve(config, systemd=systemd, web=serve_web, source=source)
 
     return anyio.run(_main)
 
@@ -498,105 +546,6 @@ async def _cmd_regen(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.regen(args.job, args.prompt)
     print(f"queued {job.id} (regenerating {job.meta.get('regen_of', args.job)})")
     return 0
-
-
-# --- config example ----------------------------------------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, Path):
-        return json.dumps(str(value), ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
-        return "{" + (" " + inner + " " if inner else "") + "}"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def _default_of(field: Any) -> Any:
-    from pydantic import SecretStr
-    from pydantic_core import PydanticUndefined
-
-    if field.default is not PydanticUndefined:
-        value = field.default
-    elif field.default_factory is not None:
-        value = field.default_factory()
-    else:  # pragma: no cover - every key has a default
-        value = None
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    return value
-
-
-def _env_name(section: str | None, key: str) -> str:
-    from daemon.config import ENV_PREFIX
-
-    name = f"{section}__{key}" if section else key
-    return ENV_PREFIX + name.upper()
-
-
-def _key_lines(section: str | None, key: str, field: Any) -> list[str]:
-    from pydantic import BaseModel
-
-    lines: list[str] = []
-    description = field.description or ""
-    default = _default_of(field)
-    if isinstance(default, BaseModel):  # pragma: no cover - sections handled by the caller
-        return lines
-    env = _env_name(section, key)
-    if description:
-        lines.append(f"# {description}")
-    lines.append(f"# env: {env}")
-    if default is None and key == "data_root":
-        lines.append('# data_root = "/path/to/SillyTavern"   (required; or --data-root)')
-    elif default is None:
-        lines.append(f'# {key} = ""   (not set)')
-    elif key == "state_dir" and section is None:
-        lines.append(f"# default: the platform state dir, here {_toml_value(default)}")
-        lines.append(f"# {key} = {_toml_value(default)}")
-    else:
-        text = _toml_value(default)
-        if "\n" in text:  # pragma: no cover - json.dumps escapes newlines
-            text = text.replace("\n", "\\n")
-        lines.append(f"{key} = {text}")
-    return lines
-
-
-def config_example() -> str:
-    """A complete commented ``config.toml``: every key with its default and description."""
-    from pydantic import BaseModel
-
-    from daemon.config import Config
-
-    out = [
-        "# st-imagegen configuration. Every key shows its default; delete what you do not change.",
-        "# Each key can also be set by an environment variable (shown as `env:`); for API keys",
-        "# prefer api_key_file (a file holding only the key, e.g. a Docker secret).",
-        "",
-    ]
-    sections: list[tuple[str, Any]] = []
-    for key, field in Config.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            sections.append((key, field))
-            continue
-        out.extend(_key_lines(None, key, field))
-        out.append("")
-    for name, field in sections:
-        model = field.annotation
-        doc = (model.__doc__ or "").strip().splitlines()
-        out.append(f"[{name}]" + (f"  # {doc[0]}" if doc else ""))
-        for key, sub in model.model_fields.items():
-            out.extend(_key_lines(name, key, sub))
-        out.append("")
-    return "\n".join(out).rstrip("\n") + "\n"
 
 
 if __name__ == "__main__":

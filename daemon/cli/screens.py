@@ -18,6 +18,23 @@ __all__ = ["cmd_status", "cmd_why", "render_status", "render_why"]
 def render_status(report: StatusReport) -> str:
     """The plain-text form of the report."""
     lines = [f"daemon: {report.daemon.detail}"]
+    if report.setup:
+        lines.append(f"setup: {report.setup}")
+    if report.config_problem:
+        where = report.config_problem.get("file", "")
+        line = report.config_problem.get("line")
+        at = f"{where}, line {line}" if line else where
+        lines.append(
+            f"config: NOT APPLIED ({at}): {report.config_problem.get('message')}; the daemon "
+            "keeps running with the last good configuration"
+        )
+    elif report.config_error:
+        lines.append(f"config: problem: {report.config_error}")
+    if report.restart_pending:
+        lines.append(
+            f"config: restart pending ({', '.join(report.restart_pending)} changed: restart "
+            "the daemon to apply)"
+        )
     if report.data_root_error:
         lines.append(f"data root: problem: {report.data_root_error}")
     else:
@@ -53,10 +70,13 @@ def render_status(report: StatusReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cmd_status(config: Config, as_json: bool, *, out: TextIO | None = None) -> int:
-    """Print the status (``--json``: one JSON object). Exit 0 whenever it could be gathered."""
+def cmd_status(
+    config: Config, as_json: bool, *, out: TextIO | None = None, config_error: str | None = None
+) -> int:
+    """Print the status (``--json``: one JSON object). Exit 0 whenever it could be gathered;
+    ``config_error``: the config file is unusable (``config`` then holds what could be read)."""
     stream = out or sys.stdout
-    report = anyio.run(_status, config)
+    report = anyio.run(_status, config, config_error)
     if as_json:
         stream.write(json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n")
     else:
@@ -64,9 +84,9 @@ def cmd_status(config: Config, as_json: bool, *, out: TextIO | None = None) -> i
     return 0
 
 
-async def _status(config: Config) -> StatusReport:
+async def _status(config: Config, config_error: str | None) -> StatusReport:
     async with Engine.open(config) as engine:
-        return await engine.status()
+        return await engine.status(config_error=config_error)
 
 
 def render_why(found: Explanation) -> str:

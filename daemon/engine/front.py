@@ -18,18 +18,20 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from daemon.config import Config
+from daemon.engine.intake.watchmode import choose as watch_mode
 from daemon.engine.intake.why import Explanation, explain
 from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
 from daemon.engine.look.styles import Style, all_styles, check_default_style, check_style
 from daemon.engine.process.lock import daemon_running
+from daemon.engine.process.pause import Paused, read_pause, set_pause
 from daemon.engine.process.status import (
     HEARTBEAT_STALE_SECONDS,
     StatusReport,
@@ -50,26 +52,33 @@ from daemon.errors import (
 from daemon.jobstate import (
     ACTIVE_STATES,
     CANCELLABLE_STATES,
+    CHOICE_STATES,
     FINAL_STATES,
     HISTORY_STATES,
     INBOX_STATES,
     PROGRESS_TEXT,
     WAIT_STOP_STATES,
+    WORKING_STATES,
     Job,
     JobState,
     vocabulary,
 )
 from daemon.tavern import layout
 
+if TYPE_CHECKING:
+    from daemon.configure.live import LiveConfig
+
 __all__ = [
     "ACTIVE_STATES",
     "CANCELLABLE_STATES",
+    "CHOICE_STATES",
     "FINAL_STATES",
     "HEARTBEAT_STALE_SECONDS",
     "HISTORY_STATES",
     "INBOX_STATES",
     "PROGRESS_TEXT",
     "WAIT_STOP_STATES",
+    "WORKING_STATES",
     "CharacterProfile",
     "Engine",
     "Explanation",
@@ -77,6 +86,7 @@ __all__ = [
     "Job",
     "JobListener",
     "JobState",
+    "Paused",
     "StatusReport",
     "check_default_style",
     "daemon_running",
@@ -84,11 +94,13 @@ __all__ = [
     "damage_found",
     "plain_age",
     "vocabulary",
+    "watch_mode",
 ]
 
 # The health checks the faces and the doctor read without acting on jobs (re-exported above):
 # ``daemon_status`` (the heartbeat), ``daemon_running`` (the state dir's lock),
-# ``damage_found`` (the store file), ``check_default_style`` (the config's style).
+# ``damage_found`` (the store file), ``check_default_style`` (the config's style),
+# ``watch_mode`` (inotify or polling for a data root, as the daemon decides).
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change this process makes or learns of."""
@@ -130,6 +142,8 @@ class Engine:
         self._stop_running = stop_running
         self._characters: CharacterStore | None = None
         self._lock = anyio.Lock()
+        self.live: LiveConfig | None = None  # the daemon's: config changed by file or page
+        self._config_listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -227,6 +241,33 @@ class Engine:
         else:
             notify_daemon(self.config.state_dir)
 
+    def on_config_changed(self, listener: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        """Call ``listener`` with the config state (problem, restart pending, setup) after
+        every reload attempt of the daemon's config file; returns remove."""
+        self._config_listeners.append(listener)
+        return lambda: self._config_listeners.remove(listener)
+
+    def config_changed(self) -> None:
+        """The daemon's config was reloaded (applied or refused): tell the listeners."""
+        state = self.config_state()
+        for listener in list(self._config_listeners):
+            listener(state)
+
+    def config_state(self) -> dict[str, Any]:
+        """The config file's state: its path, a problem with it (file, line, message), the
+        keys waiting for a restart, what is not set up yet."""
+        from daemon.configure.ready import setup_missing
+
+        if self.live is not None:
+            return self.live.state()
+        return {
+            "file": None,
+            "problem": None,
+            "restart_pending": [],
+            "setup_needed": setup_missing(self.config),
+            "reloads": 0,
+        }
+
     def on_job_changed(self, listener: JobListener) -> Callable[[], None]:
         """Call ``listener`` after every job change (needs the store open); returns remove."""
         if self._store is None:
@@ -250,9 +291,10 @@ class Engine:
         users: Collection[str] | None = None,
         before: str | None = None,
         limit: int = 50,
+        character: str | None = None,
     ) -> list[Job]:
         """Jobs newest first, filtered (any of ``states``; all when empty); ``users``: only
-        these ST handles' jobs (a web user's view)."""
+        these ST handles' jobs (a web user's view); ``character``: a card stem or group id."""
         store = await self.store()
         return await store.query_jobs(
             states=states,
@@ -262,7 +304,14 @@ class Engine:
             users=users,
             before=before,
             limit=limit,
+            character=character,
         )
+
+    async def chat_counts(
+        self, states: Iterable[JobState], *, users: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """How many jobs in ``states`` each chat has (for the inbox's chat filter)."""
+        return await (await self.store()).chat_counts(states, users=users)
 
     async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
         return await (await self.store()).counts(users=users)
@@ -280,15 +329,20 @@ class Engine:
         approval = await self.approval()
         return await anyio.to_thread.run_sync(approval.find, job_id)
 
-    async def status(self) -> StatusReport:
-        """Daemon, chats and jobs. With no store yet none is created (the report says so)."""
+    async def trash_folder(self, job_id: str) -> Path:
+        """Where a rejected job's images wait for a restore (may be gone)."""
+        return (await self.approval()).trash_path(job_id)
+
+    async def status(self, *, config_error: str | None = None) -> StatusReport:
+        """Daemon, chats and jobs. With no store yet none is created (the report says so);
+        ``config_error``: why the config file could not be used by this process."""
         store, error = self._store, None
         if store is None and await anyio.to_thread.run_sync(self.config.db_path.exists):
             try:
                 store = await self.store()
             except StImagegenError as exc:
                 error = str(exc)
-        return await gather_status(self.config, store, store_error=error)
+        return await gather_status(self.config, store, store_error=error, config_error=config_error)
 
     async def daemon_running(self) -> bool:
         found = await anyio.to_thread.run_sync(daemon_status, self.config.heartbeat_path)
@@ -370,9 +424,47 @@ class Engine:
         """PENDING, ACCEPTED (not yet committed) or FAILED -> REJECTED; the images go."""
         from daemon.engine.jobs.pipeline import reject_job
 
-        done = await reject_job(await self.store(), await self.approval(), ref)
+        done = await reject_job(
+            await self.store(),
+            await self.approval(),
+            ref,
+            trash_days=self.config.limits.trash_days,
+        )
         self.wake()
         return done
+
+    async def restore(self, ref: str) -> Job:
+        """Undo a reject: back to PENDING with its images from the trash (see ``restore_job``)."""
+        from daemon.engine.jobs.pipeline import restore_job
+
+        done = await restore_job(await self.store(), await self.approval(), ref)
+        self.wake()
+        return done
+
+    async def cancel_queued(
+        self, *, chat: str | None = None, users: Collection[str] | None = None
+    ) -> list[Job]:
+        """Cancel every queued job (of one ``chat``); running ones go on. Returns the cancelled."""
+        store = await self.store()
+        done: list[Job] = []
+        for job in await store.query_jobs(
+            states=[JobState.QUEUED], chat=chat, users=users, limit=100_000
+        ):
+            try:
+                done.append(await self.cancel(job.id))
+            except JobStateError:
+                continue  # it started or finished meanwhile
+        return done
+
+    async def paused(self) -> Paused:
+        """The pause switch: no new job starts in a paused chat (or anywhere)."""
+        return await anyio.to_thread.run_sync(read_pause, self.config.state_dir)
+
+    async def pause(self, paused: bool, chat: str | None = None) -> Paused:
+        """Pause (or resume) every chat, or one ``chat``; a resume wakes the runner."""
+        after = await anyio.to_thread.run_sync(set_pause, self.config.state_dir, paused, chat)
+        self.wake()
+        return after
 
     async def regen(self, ref: str, prompt: str | None = None) -> Job:
         """A new job for the job's reply (its prompt, or ``prompt``); see ``regen_job``."""

@@ -1012,8 +1012,12 @@ def build_image_message(
     negative: str = "",
     force_avatar: str | None = None,
     original_avatar: str | None = None,
+    titles: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The image message in the shape every ST version renders (1.12 to 1.18).
+
+    ``titles``: each image's own prompt (a regeneration offers the earlier set beside the new
+    one); ``prompt`` for every image when not given.
 
     ``extra.image`` (first URL) for ST up to 1.13, ``extra.media`` (all URLs) for 1.14+,
     ``inline_image: false`` (hides the caption in both), ``extra.title`` = the prompt, and the
@@ -1027,8 +1031,9 @@ def build_image_message(
     if not job_id:
         raise ValueError("an image message needs a job id (the marker)")
     media: list[dict[str, Any]] = []
-    for url in urls:
-        item: dict[str, Any] = {"url": url, "type": "image", "title": prompt, "source": "generated"}
+    for n, url in enumerate(urls):
+        title = titles[n] if titles is not None and n < len(titles) and titles[n] else prompt
+        item: dict[str, Any] = {"url": url, "type": "image", "title": title, "source": "generated"}
         if negative:
             item["negative"] = negative
         media.append(item)

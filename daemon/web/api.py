@@ -109,18 +109,75 @@ def image_names(job: Job) -> list[str]:
     """What ``images/{n}`` can serve: the pending folder's images, or the committed files."""
     if job.state in (JobState.PENDING, JobState.ACCEPTED):
         return list(job.images)
+    if job.state is JobState.REJECTED and job.meta.get("trashed_at"):
+        return list(job.images)  # in the trash for a while: History shows them (Restore)
     if job.state is JobState.COMMITTED:
         files = job.meta.get("committed_files")
         return [Path(str(f)).name for f in files] if isinstance(files, list) else []
     return []
 
 
-def job_json(job: Job, config: Config) -> dict[str, Any]:
+def chat_title(root: Path | None, job: Job) -> str:
+    """What the user calls the chat: the group's name for group chats (its id when the group
+    file is gone), else the character folder; the chat file follows."""
+    chat_file, chat_folder = _chat_parts(job.chat)
+    if not job.is_group:
+        return f"{chat_folder or job.character} · {chat_file}"
+    name = group_name(root, job)
+    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+
+
+def group_name(root: Path | None, job: Job) -> str:
+    """The group's own name (``groups/<id>.json``), or "" when it cannot be read."""
+    if root is None or not job.is_group:
+        return ""
+    try:
+        info = layout.group_for_chat(root, job.user, _chat_parts(job.chat)[0])
+    except (UnsafePathError, OSError):
+        return ""
+    return info.name if info is not None and info.name else ""
+
+
+def _image_sets(job: Job, names: list[str]) -> list[dict[str, Any]]:
+    """Which images a regeneration brought over from the job before (``earlier``), each with
+    the prompt that made it: the inbox marks them and does not pick them by default."""
+    prompts = job.meta.get("image_prompts")
+    own = [str(p) for p in prompts] if isinstance(prompts, list) else []
+    earlier = job.meta.get("earlier_count")
+    count = earlier if isinstance(earlier, int) and not isinstance(earlier, bool) else 0
+    out: list[dict[str, Any]] = []
+    for i, _ in enumerate(names):  # the new images come first, the earlier ones after them
+        prompt = own[i] if i < len(own) else (job.prompt or "")
+        out.append({"earlier": i >= len(names) - count, "prompt": prompt})
+    return out
+
+
+_REGENERATED = re.compile(r"^regenerated as job ([0-9A-Z]{26})$")
+
+
+def _regenerated_as(job: Job) -> str | None:
+    """The job that replaced this one by a regenerate (a link in History, not an error)."""
+    if job.state is not JobState.SUPERSEDED or not job.last_error:
+        return None
+    found = _REGENERATED.match(job.last_error)
+    return found.group(1) if found else None
+
+
+def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, Any]:
     chat_file, chat_folder = _chat_parts(job.chat)
     base = f"/api/v1/jobs/{job.id}/images"
+    names = image_names(job)
+    sets = _image_sets(job, names) if job.state is JobState.PENDING else [{}] * len(names)
     images = [
-        {"index": n, "name": name, "thumb": f"{base}/{n}?size=thumb", "full": f"{base}/{n}"}
-        for n, name in enumerate(image_names(job), 1)
+        {
+            "index": n,
+            "name": name,
+            "thumb": f"{base}/{n}?size=thumb",
+            "full": f"{base}/{n}",
+            "earlier": bool(sets[n - 1].get("earlier")),
+            "prompt": sets[n - 1].get("prompt") or job.prompt or "",
+        }
+        for n, name in enumerate(names, 1)
     ]
     progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
@@ -142,6 +199,8 @@ def job_json(job: Job, config: Config) -> dict[str, Any]:
         "chat_file": chat_file,
         "chat_folder": chat_folder,
         "is_group": job.is_group,
+        "chat_name": chat_title(root, job),
+        "group_name": group_name(root, job) or None,
         "character": job.character,
         "speaker": job.speaker,
         "mesid": job.message_index,
@@ -157,6 +216,11 @@ def job_json(job: Job, config: Config) -> dict[str, Any]:
         "images": images,
         "not_kept": not_kept if isinstance(not_kept, list) else [],
         "regen_of": job.meta.get("regen_of"),
+        "regenerated_as": _regenerated_as(job),
+        "cancelled": job.meta.get("cancelled") is True,
+        "restorable": job.state is JobState.REJECTED
+        and bool(job.meta.get("trashed_at"))
+        and job.meta.get("cancelled") is not True,
         "progress": progress,
         "st_url": config.web.sillytavern_url or None,
     }
@@ -236,7 +300,14 @@ async def status(request: Request) -> Response:
         data = await _status_for_user(ctx, who, data)
     # Job counts change with every event the page gets: always fresh from the store.
     counts = {s.value: n for s, n in (await ctx.engine.counts(users=who.handles)).items()}
-    data.update(jobs=counts, counts=counts, version=ctx.version, chats_watched=data["chats"])
+    paused = await ctx.engine.paused()
+    data.update(
+        jobs=counts,
+        counts=counts,
+        version=ctx.version,
+        chats_watched=data["chats"],
+        paused=paused.to_json(),
+    )
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -301,19 +372,23 @@ async def list_jobs(request: Request) -> Response:
         chat_file=query.get("chat_file") or None,
         user=query.get("user") or None,
         users=caller(request).handles,
+        character=query.get("character") or None,
         before=before.upper() if before else None,
         limit=limit,
     )
     next_id = jobs[-1].id if len(jobs) == limit else None
     return JSONResponse(
-        {"jobs": [job_json(j, ctx.config) for j in jobs], "next": next_id},
+        {"jobs": [job_json(j, ctx.config, ctx.root) for j in jobs], "next": next_id},
         headers={"Cache-Control": "no-store"},
     )
 
 
 async def one_job(request: Request) -> Response:
     job = await _job(request)
-    return JSONResponse(job_json(job, _ctx(request).config), headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        job_json(job, _ctx(request).config, _ctx(request).root),
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 def _regular_file(path: Path) -> bool:
@@ -327,6 +402,13 @@ def _image_path(ctx: WebContext, job: Job, n: int, folder: Path | None) -> Path 
     """The file of image ``n`` of ``job`` (blocking); only its ``folder`` (pending/ or a drop
     folder) and committed files."""
     if job.state in (JobState.PENDING, JobState.ACCEPTED):
+        if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
+            return None
+        if folder is None:
+            return None
+        path = folder / job.images[n - 1]
+        return path if _regular_file(path) else None
+    if job.state is JobState.REJECTED:
         if not 1 <= n <= len(job.images) or not _IMAGE_NAME.match(job.images[n - 1]):
             return None
         if folder is None:
@@ -355,6 +437,8 @@ async def image(request: Request) -> Response:
     if size not in ("thumb", "full"):
         raise ApiError(422, "invalid", "size is thumb or full")
     folder = await ctx.engine.job_folder(job.id) if job.state in _FOLDER_STATES else None
+    if job.state is JobState.REJECTED:
+        folder = await ctx.engine.trash_folder(job.id)
     path = await anyio.to_thread.run_sync(_image_path, ctx, job, int(raw), folder)
     if path is None:
         raise ApiError(404, "not_found", f"job {job.id} has no image {raw} to show")
@@ -402,7 +486,7 @@ async def accept(request: Request) -> Response:
         done = await ctx.engine.accept(job.id, keep)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config))
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
 
 
 async def reject(request: Request) -> Response:
@@ -413,7 +497,63 @@ async def reject(request: Request) -> Response:
         done = await ctx.engine.reject(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config))
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def restore(request: Request) -> Response:
+    """Undo a reject: the job is back in the inbox with its images from the trash."""
+    ctx = _check_actions(request)
+    job = await _job(request)
+    await _body(request)
+    try:
+        done = await ctx.engine.restore(job.id)
+    except JobError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def cancel(request: Request) -> Response:
+    """Stop a queued or running job (no image is made, or the one being made is dropped)."""
+    ctx = _check_actions(request)
+    job = await _job(request)
+    await _body(request)
+    try:
+        done = await ctx.engine.cancel(job.id)
+    except JobError as exc:
+        raise ApiError(409, "conflict", str(exc)) from None
+    return JSONResponse(job_json(done, ctx.config, ctx.root))
+
+
+async def cancel_queued(request: Request) -> Response:
+    """Cancel every queued job (of one chat with ``{"chat": path}``); running ones go on."""
+    ctx = _check_actions(request)
+    data = await _body(request)
+    chat = data.get("chat")
+    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
+        raise ApiError(422, "invalid", "chat must be a chat path")
+    done = await ctx.engine.cancel_queued(chat=chat, users=caller(request).handles)
+    return JSONResponse({"cancelled": [j.id for j in done]})
+
+
+async def pause(request: Request) -> Response:
+    """``GET``: the pause switch. ``POST {"paused": bool, "chat"?: path}``: set it."""
+    ctx = _ctx(request)
+    if request.method == "GET":
+        now = await ctx.engine.paused()
+        return JSONResponse(now.to_json(), headers={"Cache-Control": "no-store"})
+    _check_actions(request)
+    data = await _body(request)
+    paused = data.get("paused")
+    chat = data.get("chat")
+    if not isinstance(paused, bool):
+        raise ApiError(422, "invalid", "paused is true or false")
+    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
+        raise ApiError(422, "invalid", "chat must be a chat path")
+    if not caller(request).admin and chat is None:
+        raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
+    after = await ctx.engine.pause(paused, chat)
+    ctx.hub.publish("pause", after.to_json())
+    return JSONResponse(after.to_json())
 
 
 async def regen(request: Request) -> Response:
@@ -430,7 +570,7 @@ async def regen(request: Request) -> Response:
         new = await ctx.engine.regen(job.id, prompt)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(new, ctx.config), status_code=201)
+    return JSONResponse(job_json(new, ctx.config, ctx.root), status_code=201)
 
 
 async def generate(request: Request) -> Response:
@@ -468,7 +608,7 @@ async def generate(request: Request) -> Response:
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     status = 201 if made.created else 200
-    return JSONResponse(job_json(made.job, ctx.config), status_code=status)
+    return JSONResponse(job_json(made.job, ctx.config, ctx.root), status_code=status)
 
 
 async def events(request: Request) -> Response:
@@ -550,6 +690,10 @@ def routes() -> list[Route]:
         Route(job + "/accept", accept, methods=["POST"]),
         Route(job + "/reject", reject, methods=["POST"]),
         Route(job + "/regen", regen, methods=["POST"]),
+        Route(job + "/restore", restore, methods=["POST"]),
+        Route(job + "/cancel", cancel, methods=["POST"]),
+        Route("/api/v1/cancel", cancel_queued, methods=["POST"]),
+        Route("/api/v1/pause", pause, methods=["GET", "POST"]),
         Route("/api/v1/generate", generate, methods=["POST"]),
         Route("/api/v1/events", events, methods=["GET"]),
         Route("/api/v1/users", list_user_tokens, methods=["GET"]),

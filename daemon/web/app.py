@@ -33,9 +33,9 @@ def make_context(config: Config, root: Path, engine: Engine) -> WebContext:
     """The routes' shared state; the caller attaches ``ctx.hub.job_changed`` to the engine."""
     from daemon import __version__
 
-    hub = EventHub(lambda job: api.job_json(job, config))
+    hub = EventHub(lambda job: api.job_json(job, engine.config, root))
     thumbs = Thumbs(config.state_dir / "thumbs")
-    return WebContext(config, root, engine, hub, thumbs, __version__)
+    return WebContext(root, engine, hub, thumbs, __version__)
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -6,12 +6,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.config import Config
 from daemon.engine.front import Engine
 from daemon.web.access import UserTokens
 from daemon.web.events import EventHub
 from daemon.web.thumbs import Thumbs
+
+if TYPE_CHECKING:
+    from daemon.configure.live import LiveConfig
 
 __all__ = ["WebContext"]
 
@@ -22,7 +26,6 @@ def _never() -> bool:
 
 @dataclass
 class WebContext:
-    config: Config
     root: Path  # the resolved data root
     engine: Engine  # the daemon's own: its job changes feed ``hub``
     hub: EventHub
@@ -32,3 +35,14 @@ class WebContext:
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)
     users: UserTokens | None = None  # the user tokens (the admin's API manages them)
+    url: str = ""  # the inbox's own address, once it listens
+
+    @property
+    def config(self) -> Config:
+        """The configuration in effect: the engine's, which follows the config file."""
+        return self.engine.config
+
+    @property
+    def live(self) -> LiveConfig | None:
+        """The daemon's config holder (the settings pages), when it watches a file."""
+        return self.engine.live

@@ -13,14 +13,26 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.engine.front import HISTORY_STATES, INBOX_STATES, JobState, vocabulary
+from daemon.engine.front import (
+    CHOICE_STATES,
+    HISTORY_STATES,
+    INBOX_STATES,
+    WORKING_STATES,
+    JobState,
+    vocabulary,
+)
+from daemon.errors import JobError, UnsafePathError
+from daemon.tavern import layout
+from daemon.web.access import Caller
 from daemon.web.api import ApiError, caller, job_json
 from daemon.web.context import WebContext
 
 __all__ = ["HISTORY_STATES", "INBOX_STATES", "routes"]
 
 TEMPLATES = Path(__file__).parent / "templates"
-INBOX_LIMIT = 500
+INBOX_PAGE = 48
+"""Cards in the first paint; "Show more" fetches the next page (the count says what is left)."""
+STRIP_LIMIT = 200
 HISTORY_PAGE = 60
 
 _env = Environment(
@@ -51,24 +63,86 @@ def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 async def inbox(request: Request) -> Response:
     ctx = _ctx(request)
     who = caller(request)
-    jobs = await ctx.engine.jobs(states=INBOX_STATES, users=who.handles, limit=INBOX_LIMIT)
+    query = request.query_params
+    chat = query.get("chat") or None
+    character = query.get("character") or None
+    choice = await ctx.engine.jobs(
+        states=CHOICE_STATES, chat=chat, character=character, users=who.handles, limit=INBOX_PAGE
+    )
+    working = await ctx.engine.jobs(
+        states=WORKING_STATES,
+        chat=chat,
+        character=character,
+        users=who.handles,
+        limit=STRIP_LIMIT,
+    )
+    per_chat = await ctx.engine.chat_counts(CHOICE_STATES, users=who.handles)
+    total = sum(
+        n
+        for c, n in per_chat.items()
+        if (chat is None or c == chat) and (character is None or _character_of(c) == character)
+    )
+    chats = await _chat_choices(ctx, per_chat, chat, who)
     data = {
-        "jobs": [job_json(j, ctx.config) for j in jobs],
+        "jobs": [job_json(j, ctx.config, ctx.root) for j in (*choice, *working)],
+        "total": total,
+        "more": choice[-1].id if len(choice) == INBOX_PAGE else None,
+        "page": INBOX_PAGE,
+        "filter": {"chat": chat, "character": character},
         "sillytavern_url": ctx.config.web.sillytavern_url or None,
     }
+    characters = sorted({str(c["character"]) for c in chats if c["character"]})
     return _render(
         "inbox.html",
         page="inbox",
         version=ctx.version,
         data=_safe_json(data),
+        chats=chats,
+        characters=characters,
+        chat=chat or "",
+        character=character or "",
     )
 
 
-def _chat_label(chat: str) -> str:
+def _character_of(chat: str) -> str:
+    """The card stem of a character chat (``user/chats/<stem>/<file>``); "" for groups."""
+    parts = chat.split("/")
+    return parts[2] if len(parts) == 4 and parts[1] == "chats" else ""
+
+
+async def _chat_choices(
+    ctx: WebContext, per_chat: dict[str, int], chosen: str | None, who: Caller
+) -> list[dict[str, Any]]:
+    """The chat filter's options: every chat with jobs, named as the user knows it."""
+    every = await ctx.engine.known_chats() | set(per_chat) | ({chosen} if chosen else set())
+    known = {c for c in every if who.sees(c.split("/", 1)[0])}
+    out = [
+        {
+            "chat": chat,
+            "name": chat_label(ctx.root, chat),
+            "character": _character_of(chat),
+            "waiting": per_chat.get(chat, 0),
+        }
+        for chat in known
+    ]
+    out.sort(key=lambda c: (not per_chat.get(str(c["chat"])), str(c["name"]).lower()))
+    return out
+
+
+def chat_label(root: Path, chat: str) -> str:
+    """``Bob · chat file`` for a character chat, the group's own name for a group chat."""
     parts = chat.split("/")
     stem = parts[-1].removesuffix(".jsonl")
-    owner = parts[2] if len(parts) == 4 else "group"
-    return f"{owner} · {stem}"
+    if len(parts) == 4:
+        return f"{parts[2]} · {stem}"
+    user = parts[0] if parts else ""
+    try:
+        group = layout.group_for_chat(root, user, stem)
+    except (UnsafePathError, OSError):
+        group = None
+    if group is not None and group.name:
+        return f"{group.name} · {stem}" if group.name != stem else group.name
+    return f"group · {stem}"
 
 
 async def history(request: Request) -> Response:
@@ -83,13 +157,21 @@ async def history(request: Request) -> Response:
         raise ApiError(400, "bad_id", "before must be a job id")
     states = [JobState(state)] if state else list(HISTORY_STATES)
     who = caller(request)
-    jobs = await ctx.engine.jobs(
-        states=states,
-        chat=chat or None,
-        users=who.handles,
-        before=before or None,
-        limit=HISTORY_PAGE,
-    )
+    one = query.get("job", "")
+    if one:
+        try:
+            found = await ctx.engine.job(one, users=who.handles) if one.isalnum() else None
+        except JobError:
+            found = None
+        jobs = [found] if found is not None and len(one) <= 26 else []
+    else:
+        jobs = await ctx.engine.jobs(
+            states=states,
+            chat=chat or None,
+            users=who.handles,
+            before=before or None,
+            limit=HISTORY_PAGE,
+        )
     known = await ctx.engine.known_chats() | ({chat} if chat else set())
     chats = sorted(c for c in known if who.sees(c.split("/", 1)[0]))
     older = jobs[-1].id if len(jobs) == HISTORY_PAGE else None
@@ -97,14 +179,29 @@ async def history(request: Request) -> Response:
         "history.html",
         page="history",
         version=ctx.version,
-        jobs=[job_json(j, ctx.config) for j in jobs],
-        chats=[(c, _chat_label(c)) for c in chats],
+        jobs=[job_json(j, ctx.config, ctx.root) for j in jobs],
+        chats=[(c, chat_label(ctx.root, c)) for c in chats],
         states=[s.value for s in HISTORY_STATES],
         chat=chat,
         state=state,
         older=older,
         sillytavern_url=ctx.config.web.sillytavern_url or None,
     )
+
+
+async def job_page(request: Request) -> Response:
+    """Where one job is shown: its card in the inbox while open, else its History row."""
+    ctx = _ctx(request)
+    ref = request.path_params["job_id"]
+    if not isinstance(ref, str) or not ref.isalnum() or len(ref) > 26:
+        raise ApiError(400, "bad_id", "not a job id")
+    try:
+        job = await ctx.engine.job(ref, users=caller(request).handles)
+    except JobError:
+        return not_found_page(request.url.path)
+    if job.state in INBOX_STATES:
+        return RedirectResponse(f"/#job-{job.id}", status_code=303)
+    return RedirectResponse(f"/history?job={job.id}#job-{job.id}", status_code=303)
 
 
 async def favicon(request: Request) -> Response:
@@ -119,5 +216,6 @@ def routes() -> list[Route]:
     return [
         Route("/", inbox, methods=["GET"]),
         Route("/history", history, methods=["GET"]),
+        Route("/jobs/{job_id}", job_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
     ]

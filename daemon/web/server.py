@@ -195,6 +195,7 @@ async def serve_web(
     engine: Engine,
     *,
     draining: Callable[[], bool],
+    stop_running: Callable[[str, str], bool] | None = None,
     ping_seconds: float = 15.0,
     task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -252,8 +253,15 @@ async def serve_web(
         bound_port,
         needs_token(web, handle_count),
     )
+    ctx.url = address.url
     url_file = config.state_dir / URL_FILE
     remove_listener = engine.on_job_changed(ctx.hub.job_changed)
+
+    def config_changed(state: dict[str, Any]) -> None:
+        ctx.status_cache.clear()
+        ctx.hub.publish("config", state)
+
+    remove_config_listener = engine.on_config_changed(config_changed)
 
     async def _run() -> None:
         with anyio.CancelScope(shield=True):  # stopped through should_exit, never mid-request
@@ -273,6 +281,7 @@ async def serve_web(
                 await anyio.sleep_forever()
             finally:
                 remove_listener()
+                remove_config_listener()
                 ctx.hub.close()
                 server.should_exit = True
     finally:

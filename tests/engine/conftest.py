@@ -79,6 +79,9 @@ class FakeAPI:
     # Status codes to answer with before succeeding, per route ("text" / "image"), consumed.
     fail_text: list[int] = field(default_factory=list)
     fail_image: list[int] = field(default_factory=list)
+    picture: Callable[[int], bytes] | None = None  # image i of a call (default: tiny_png)
+    fail_message: str = "fake failure {status}"  # the error body's message ({status} filled)
+    text_suffix: str = ""  # appended to every chat completion (e.g. markup for escaping tests)
     requests: list[FakeRequest] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
@@ -168,11 +171,12 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
                     api.image_gate.wait(GATE_TIMEOUT)
                 time.sleep(api.image_delay if is_image else api.text_delay)
                 if status != 200:
-                    self._send(status, {"error": {"message": f"fake failure {status}"}})
+                    message = api.fail_message.replace("{status}", str(status))
+                    self._send(status, {"error": {"message": message}})
                 elif is_text:
-                    self._send(200, _completion(body))
+                    self._send(200, _completion(body, api.text_suffix))
                 elif is_image:
-                    self._send(200, _images(body, api.images_per_call))
+                    self._send(200, _images(body, api.images_per_call, api.picture))
                 else:
                     self._send(404, {"error": {"message": "no such route"}})
             finally:
@@ -192,7 +196,7 @@ def _handler(api: FakeAPI) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _completion(body: dict[str, Any]) -> dict[str, Any]:
+def _completion(body: dict[str, Any], suffix: str = "") -> dict[str, Any]:
     messages = body.get("messages") or [{}]
     text = str(messages[-1].get("content", ""))
     # The prompt is the illustrated message itself, so tests can tell which reply it came from.
@@ -205,19 +209,24 @@ def _completion(body: dict[str, Any]) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": f"a picture of {reply}"},
+                "message": {"role": "assistant", "content": f"a picture of {reply}{suffix}"},
                 "finish_reason": "stop",
             }
         ],
     }
 
 
-def _images(body: dict[str, Any], count: int) -> dict[str, Any]:
+def _images(
+    body: dict[str, Any], count: int, picture: Callable[[int], bytes] | None = None
+) -> dict[str, Any]:
     n = max(1, int(body.get("n") or count))
-    shades = [(40 * i % 255, 120, 200) for i in range(n)]
+    if picture is not None:
+        made = [picture(i) for i in range(n)]
+    else:
+        made = [tiny_png((40 * i % 255, 120, 200)) for i in range(n)]
     return {
         "created": int(time.time()),
-        "data": [{"b64_json": base64.b64encode(tiny_png(c)).decode()} for c in shades],
+        "data": [{"b64_json": base64.b64encode(data).decode()} for data in made],
     }
 
 

@@ -264,20 +264,6 @@ def test_log_lines_never_carry_the_api_keys(
         assert text_key not in err and image_key not in err
 
 
-def test_run_without_api_urls_refuses_to_start(
-    tmp_path: Path, st_root_latest: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text(
-        f"data_root = {json.dumps(str(st_root_latest))}\n"
-        f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n",
-        encoding="utf-8",
-    )
-    code, out, err = cli(capsys, "run", "--config", str(path))
-    assert code == 1 and out == ""
-    assert err.startswith("st-imagegen: error:") and "api_url" in err
-
-
 def test_list_into_a_closed_pipe_exits_quietly(cfg_path: Path) -> None:
     """Regression: `st-imagegen list | head -1` printed "error: Broken pipe"."""
     make_jobs(cfg_path, 3)

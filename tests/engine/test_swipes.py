@@ -131,13 +131,18 @@ async def test_end_to_end_tags_style_regen_and_swipes(
         second = await regen_job(deps.store, deps.approval, first.id, "a lantern, night sea")
         second = await run_job_once(second, deps)
         assert second.state is JobState.PENDING and len(second.images) == 2
-        assert second.meta["image_prompts"] == [first.prompt, "a lantern, night sea"]
-        assert (deps.approval.pending_path(second.id) / "image-1.png").read_bytes() == png
+        # The new image first, the earlier one after it with its own prompt.
+        assert second.meta["image_prompts"] == ["a lantern, night sea", first.prompt]
+        assert second.meta["earlier_count"] == 1
+        assert (deps.approval.pending_path(second.id) / "image-2.png").read_bytes() == png
         accepted = await accept_job(deps.store, deps.approval, second.id)
         committed = await run_job_once(accepted, deps)
         assert committed.state is JobState.COMMITTED
         (message,) = image_messages(path)
         assert len(message["extra"]["media"]) == 2
+        # Each image keeps the prompt that made it (the caption: the first kept image's).
+        titles = [m["title"] for m in message["extra"]["media"]]
+        assert titles == ["a lantern, night sea", first.prompt]
 
         # A variant of the committed job becomes a swipe of the same message.
         variant = await regen_job(deps.store, deps.approval, committed.id)
@@ -162,6 +167,9 @@ async def test_end_to_end_tags_style_regen_and_swipes(
         stale_tab.send_user("And then?").save()
         (message,) = image_messages(path)
         assert len(message["extra"]["media"]) == 2
+        # Each image keeps the prompt that made it (the caption: the first kept image's).
+        titles = [m["title"] for m in message["extra"]["media"]]
+        assert titles == ["a lantern, night sea", first.prompt]
         assert deps.committer is not None
         assert await deps.committer.reconcile_chat(rel) == 1
         (message,) = image_messages(path)

@@ -142,9 +142,12 @@ async def test_reject_and_regenerate_with_an_edited_prompt(inbox: Inbox, fake_ap
         assert new["regen_of"] == other.id
         assert (await inbox.job(other.id)).state is JobState.SUPERSEDED
         done = await inbox.wait_state(new["id"], JobState.PENDING)
-        # The earlier images stay on offer next to the new ones (issue 12), first.
+        # The earlier images stay on offer after the new ones (issues 12, 24), marked as such.
         assert len(done.images) == 2 * IMAGES
-        assert done.meta["image_prompts"][IMAGES:] == ["a lighthouse at dawn, oil paint"] * IMAGES
+        assert done.meta["image_prompts"][:IMAGES] == ["a lighthouse at dawn, oil paint"] * IMAGES
+        shown = (await c.get(f"/api/v1/jobs/{new['id']}")).json()["images"]
+        assert [i["earlier"] for i in shown] == [False] * IMAGES + [True] * IMAGES
+        assert {i["prompt"] for i in shown[IMAGES:]} == {other.prompt}
         assert fake_api.prompts()[-1].startswith("a lighthouse at dawn, oil paint")
 
         same = await c.post(f"/api/v1/jobs/{new['id']}/regen", json={})

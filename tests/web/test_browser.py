@@ -75,7 +75,7 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         await expect(first_card.locator(".excerpt")).to_have_text(
             "The harbour <b>lights</b> come on."
         )
-        await expect(page.locator("#live")).to_have_text("live")
+        await expect(page.locator("#live")).to_have_text("connected")
         await expect(page.locator("#status .status-text")).to_contain_text("1 pending")
         await page.evaluate("window.__sameDocument = true")
 
@@ -84,9 +84,9 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         second_card = page.locator(f'.card[data-id="{second.id}"]')
         await expect(second_card).to_be_visible(timeout=LIVE_WITHIN_MS)
         assert await page.evaluate("window.__sameDocument") is True
-        groups = page.locator("section.group h2")
-        await expect(groups).to_have_count(2)
-        await expect(groups.first).to_contain_text("Alice - tower")  # newest chat first
+        names = page.locator("#grid .card .chatname")
+        await expect(names).to_have_count(2)
+        await expect(names.first).to_contain_text("Alice - tower")  # newest first
 
         await expect(page.locator("#status .status-text")).to_contain_text("2 pending")
         await expect(page.locator("#pending-count")).to_have_text("2")
@@ -98,17 +98,23 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
             with Image.open(tmp_path / name) as shot:
                 assert shot.size[0] == width
 
-        # Pick images 1 and 3 of the second job and accept exactly those.
+        # Pick images 1 and 3 of the second job and accept exactly those. A thumbnail shows
+        # its image on the card; only the ✓ picks it (looking never picks).
         wanted = [_bytes(inbox, second, 1), _bytes(inbox, second, 3)]
         thumbs = second_card.locator(".thumb")
+        pick = second_card.locator(".cover .pick")
         await thumbs.nth(0).click()
+        await expect(thumbs.nth(0)).to_have_attribute("aria-pressed", "false")
+        await pick.click()
         await thumbs.nth(2).click()
+        await pick.click()
         await thumbs.nth(1).click()
-        await thumbs.nth(1).click()  # toggled off again
+        await pick.click()
+        await pick.click()  # toggled off again
         await expect(thumbs.nth(0)).to_have_attribute("aria-pressed", "true")
         await expect(thumbs.nth(1)).to_have_attribute("aria-pressed", "false")
         accept = second_card.locator('button[data-act="accept"]')
-        await expect(accept).to_have_text(f"Accept 2 of {IMAGES}")
+        await expect(accept).to_have_text("Accept picked (2)")
         await accept.click()
         done = await inbox.wait_state(second.id, JobState.COMMITTED)
         await expect(second_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
@@ -131,18 +137,30 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         new_id = await new_card.get_attribute("data-id")
         assert new_id is not None and new_id != first.id
         await inbox.wait_state(new_id, JobState.PENDING)
-        # The first job's images stay on offer beside the new ones (image swipes, issue 12).
+        # The first job's images stay on offer after the new ones (image swipes, issue 12),
+        # marked as the earlier set and not picked.
         await expect(new_card.locator(".thumb")).to_have_count(2 * IMAGES, timeout=LIVE_WITHIN_MS)
+        await expect(new_card.locator(".thumb.old")).to_have_count(IMAGES)
         await expect(new_card.locator(".thumb img").first).to_have_js_property("complete", True)
+        await expect(new_card.locator('button[data-act="accept"]')).to_have_text(
+            f"Accept picked ({IMAGES})"
+        )
         assert "a harbour at night, lanterns, watercolour" in fake_api.prompts()[-1]
         assert (await inbox.job(first.id)).state is JobState.SUPERSEDED
 
-        # Keyboard: the regenerated card has the focus; r rejects it.
+        # Keyboard: the regenerated card has the focus; r rejects it, Undo brings it back.
         await expect(new_card).to_be_focused()
         await page.keyboard.press("r")
         await inbox.wait_state(new_id, JobState.REJECTED)
         await expect(new_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
         await expect(page.locator("#empty")).to_be_visible()
+        await page.locator("#toast .toast-action").click()
+        back = await inbox.wait_state(new_id, JobState.PENDING)
+        assert len(back.images) == 2 * IMAGES
+        await expect(new_card.locator(".thumb")).to_have_count(2 * IMAGES, timeout=LIVE_WITHIN_MS)
+        await expect(new_card).to_be_focused()
+        await page.keyboard.press("r")
+        await inbox.wait_state(new_id, JobState.REJECTED)
         assert page.errors == []  # type: ignore[attr-defined]
 
 
@@ -162,12 +180,11 @@ async def test_phone_width_keys_progress_failure_and_escaping(
         box = await job_card.locator('button[data-act="accept"]').bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390
 
-        # Arrow keys and digits: focus the card, pick image 2 with →→ space, accept with a.
+        # Arrow keys and digits: focus the card, pick image 2 with → space, accept with a.
         wanted = _bytes(inbox, job, 2)
         await page.locator("body").click(position={"x": 5, "y": 400})
         await page.keyboard.press("ArrowDown")
         await expect(job_card).to_be_focused()
-        await page.keyboard.press("ArrowRight")
         await page.keyboard.press("ArrowRight")
         await page.keyboard.press(" ")
         await expect(job_card.locator(".thumb").nth(1)).to_have_attribute("aria-pressed", "true")
@@ -178,8 +195,9 @@ async def test_phone_width_keys_progress_failure_and_escaping(
         # A slow image shows the job in progress, live.
         fake_api.image_delay = 1.5
         path_job = await _queued(inbox, "slow")
+        slow_chip = page.locator(f'#strip .chip[data-id="{path_job.id}"]')
+        await expect(slow_chip.locator(".progress")).to_contain_text("drawing")
         slow_card = page.locator(f'.card[data-id="{path_job.id}"]')
-        await expect(slow_card.locator(".progress")).to_contain_text("drawing")
         await expect(slow_card.locator(".thumb")).to_have_count(IMAGES, timeout=LIVE_WITHIN_MS)
         fake_api.image_delay = 0.0
 

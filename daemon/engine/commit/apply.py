@@ -138,6 +138,18 @@ def message_urls(message: Mapping[str, Any]) -> list[str]:
     return [image] if isinstance(image, str) and image else []
 
 
+def image_titles(job: Job, names: Sequence[str]) -> list[str]:
+    """Each kept image's own prompt (``meta["image_prompts"]`` follows ``job.images``): an image
+    a regeneration carried over keeps the prompt that made it."""
+    prompts = job.meta.get("image_prompts")
+    own = [str(p) for p in prompts] if isinstance(prompts, list) else []
+    out: list[str] = []
+    for name in names:
+        i = job.images.index(name) if name in job.images else -1
+        out.append(own[i] if 0 <= i < len(own) and own[i] else job.prompt or "")
+    return out
+
+
 def render_caption(template: str, *, char: str, prompt: str) -> str:
     """``{{char}}`` and ``{{prompt}}`` (case-insensitive, like ST's macros) in the caption.
 
@@ -477,7 +489,8 @@ class Committer:
         files = await anyio.to_thread.run_sync(
             _write_images, folder, self.root, job.id, list(kept), now
         )
-        prompt = job.prompt or ""
+        titles = image_titles(job, [p.name for p in kept])
+        prompt = titles[0] if titles else job.prompt or ""  # the caption: the first image's
         negative = job.meta.get("negative")
         data = reply.data
         force_avatar = data.get("force_avatar") if job.is_group else None
@@ -493,6 +506,7 @@ class Committer:
             negative=negative if isinstance(negative, str) else "",
             force_avatar=force_avatar if isinstance(force_avatar, str) else None,
             original_avatar=original_avatar if isinstance(original_avatar, str) else None,
+            titles=titles,
         )
         return await self._ledger_add(job, message)
 

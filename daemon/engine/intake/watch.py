@@ -36,7 +36,7 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 from daemon.errors import TavernError
 from daemon.tavern import layout
@@ -84,6 +84,7 @@ class HintKind(StrEnum):
     RESCAN = "rescan"  # a folder appeared (new user, character, group chats), or events lost
     WAKE = "wake"  # another process changed jobs (the CLI touched the wake folder)
     DEAD = "dead"  # watchdog's observer or one of its emitters died: the daemon is deaf
+    CONFIG = "config"  # the config file (or a key file next to it) was written
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +110,12 @@ class EventBridge(FileSystemEventHandler):
         drop_dirs: Sequence[Path],
         buffer: int,
         wake_dirs: Sequence[Path] = (),
+        config_files: Sequence[Path] = (),
     ) -> None:
         self.root = root
         self.drop_dirs = tuple(str(d) for d in drop_dirs)
         self.wake_dirs = tuple(str(d) for d in wake_dirs)
+        self.config_files = tuple(str(f) for f in config_files)
         self.queue: queue.Queue[Hint] = queue.Queue(maxsize=buffer)
         self.rescan_needed = threading.Event()
         self.errors = 0
@@ -147,6 +150,11 @@ class EventBridge(FileSystemEventHandler):
     def _hints(self, event: FileSystemEvent) -> Iterable[Hint]:
         now = time.monotonic()
         src = _as_str(event.src_path)
+        if self.config_files and not event.is_directory:
+            dest = _as_str(getattr(event, "dest_path", "") or "")
+            if src in self.config_files or dest in self.config_files:
+                yield Hint(HintKind.CONFIG, at=now)
+                return
         if self.wake_dirs and _under_any(src, self.wake_dirs):
             yield Hint(HintKind.WAKE, at=now)
             return
@@ -235,28 +243,45 @@ class Watcher:
         drop_dirs: Sequence[Path] = (),
         *,
         wake_dirs: Sequence[Path] = (),
+        config_files: Sequence[Path] = (),
         buffer: int = DEFAULT_BUFFER,
         observer: BaseObserver | None = None,
+        watch_root: bool = True,
     ) -> None:
         self.root = root
+        self.watch_root = watch_root
         self.drop_dirs = tuple(drop_dirs)
         self.wake_dirs = tuple(wake_dirs)
+        self.config_files = tuple(config_files)
         send, receive = anyio.create_memory_object_stream[Hint](STREAM_BUFFER)
         self._send = send
         self.receive: MemoryObjectReceiveStream[Hint] = receive
         self._observer: BaseObserver = observer if observer is not None else Observer()
-        self.bridge = EventBridge(root, self.drop_dirs, buffer, self.wake_dirs)
+        self.bridge = EventBridge(
+            root, self.drop_dirs, buffer, self.wake_dirs, [f.absolute() for f in config_files]
+        )
         self._started = False
         self._stopping = False
         self._dead_reported = False
+        self._root_watch: ObservedWatch | None = None
 
     def start(self) -> None:
-        """Schedule and start watchdog's threads; :class:`TavernError` when that fails."""
+        """Schedule and start watchdog's threads; :class:`TavernError` when that fails.
+
+        Without ``watch_root`` only the drop and wake folders are watched (the data root is
+        polled: :mod:`daemon.engine.intake.poll`)."""
         try:
-            self._observer.schedule(
-                self.bridge, str(self.root), recursive=True, event_filter=WATCHED_EVENTS
-            )
+            if self.watch_root:
+                self._root_watch = self._observer.schedule(
+                    self.bridge, str(self.root), recursive=True, event_filter=WATCHED_EVENTS
+                )
             for folder in (*self.drop_dirs, *self.wake_dirs):
+                folder.mkdir(parents=True, exist_ok=True)
+                self._observer.schedule(
+                    self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
+                )
+            # The config file's folder, not the file: editors and our writer replace the file.
+            for folder in {f.absolute().parent for f in self.config_files}:
                 folder.mkdir(parents=True, exist_ok=True)
                 self._observer.schedule(
                     self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
@@ -275,7 +300,15 @@ class Watcher:
                 name="st-imagegen-watch-guard",
                 daemon=True,
             ).start()
-        log.info("watching", root=str(self.root), drop_dirs=[str(d) for d in self.drop_dirs])
+        log.debug("observer started", root=str(self.root), watch_root=self.watch_root)
+
+    def stop_root(self) -> None:
+        """Stop watching the data root (the daemon switched to polling it)."""
+        watch, self._root_watch = self._root_watch, None
+        self.watch_root = False
+        if watch is not None:
+            with contextlib.suppress(KeyError, OSError):
+                self._observer.unschedule(watch)
 
     def _report_death(self, thread: threading.Thread) -> None:
         thread.join()
@@ -417,6 +450,10 @@ class StatIndex:
     def __contains__(self, rel: object) -> bool:
         return rel in self._seen
 
+    def rels(self) -> list[str]:
+        """Every known chat's ``rel``."""
+        return list(self._seen)
+
     def scan(self) -> list[str]:
         """Walk the tree; return the ``rel`` of every chat new or changed since the last scan.
 
@@ -471,6 +508,24 @@ class StatIndex:
                 del seen[rel]
                 where.pop(rel, None)
         return changed
+
+    def restat(self, rel: str) -> bool:
+        """Stat one known chat again; whether its signature changed (it is recorded)."""
+        where = self._where.get(rel)
+        if where is None:
+            return False
+        user, owner, name = where
+        base = self.root / user
+        folder = base / layout.GROUP_CHATS_DIR if owner is None else base / layout.CHATS_DIR / owner
+        try:
+            st = (folder / name).lstat()
+        except OSError:
+            return False  # gone (or unreadable): the next full scan drops it
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._seen.get(rel) == signature:
+            return False
+        self._seen[rel] = signature
+        return True
 
     def ref(self, rel: str) -> ChatRef:
         """The :class:`ChatRef` of a chat found by :meth:`scan`."""

@@ -65,6 +65,10 @@ SHELF_NAME = ".superseded"
 SHELF_SECONDS = 7 * 86400.0
 """How long a superseded job's images wait on the shelf for a swipe back to their text."""
 
+TRASH_NAME = ".trash"
+TRASH_DAYS = 7.0
+"""How long a rejected job's images wait in the trash for Undo / Restore (``limits.trash_days``)."""
+
 _JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _IMAGE = re.compile(r"^image-(\d{1,4})\.([a-z0-9]{1,5})$")
 
@@ -505,17 +509,53 @@ class Approval:
 
     def prune_shelf(self, *, older_than: float = SHELF_SECONDS) -> int:
         """Remove shelved folders older than ``older_than`` seconds."""
-        limit = time.time() - older_than
-        removed = 0
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.shelf_dir) as entries:
-            for entry in entries:
-                with contextlib.suppress(OSError):
-                    if entry.is_dir(follow_symlinks=False) and (
-                        entry.stat(follow_symlinks=False).st_mtime < limit
-                    ):
-                        _remove_tree(Path(entry.path))
-                        removed += 1
-        return removed
+        return _prune(self.shelf_dir, older_than)
+
+    # --- the trash: a rejected job's images, for Undo and Restore ----------------------------
+
+    @property
+    def trash_dir(self) -> Path:
+        return self.state_dir / TRASH_NAME
+
+    def trash_path(self, job_id: str) -> Path:
+        return self.trash_dir / _check_id(job_id)
+
+    def trash(self, job_id: str, *, days: float = TRASH_DAYS) -> bool:
+        """Move a rejected job's folder (pending or a drop folder) to the trash, where it waits
+        ``days`` for a restore; older trashed folders go. True if a folder was trashed."""
+        source = self.find(job_id)
+        trashed = False
+        if source is not None:
+            self.trash_dir.mkdir(exist_ok=True)
+            target = self.trash_path(job_id)
+            if _is_real_dir(target):
+                _remove_tree(target)
+            try:
+                source.rename(target)
+                os.utime(target)  # the trash's clock starts now
+                trashed = True
+            except FileNotFoundError:
+                pass
+        self.finish(job_id)  # drop-folder copies and leftovers
+        self.prune_trash(older_than=days * 86400.0)
+        return trashed
+
+    def untrash(self, job_id: str) -> bool:
+        """Put a trashed folder back in ``pending/``; False if it is gone (or one is there)."""
+        source = self.trash_path(job_id)
+        target = self.pending_path(job_id)
+        if not _is_real_dir(source) or os.path.lexists(target):
+            return False
+        try:
+            source.rename(target)
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.pending_dir)
+        return True
+
+    def prune_trash(self, *, older_than: float = TRASH_DAYS * 86400.0) -> int:
+        """Remove trashed folders older than ``older_than`` seconds."""
+        return _prune(self.trash_dir, older_than)
 
     # --- finishing ----------------------------------------------------------------------------
 
@@ -559,6 +599,21 @@ class Approval:
                     _remove_tree(Path(entry.path))
                     removed += 1
         return removed
+
+
+def _prune(folder: Path, older_than: float) -> int:
+    """Remove the folders in ``folder`` last touched more than ``older_than`` seconds ago."""
+    limit = time.time() - older_than
+    removed = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False) and (
+                    entry.stat(follow_symlinks=False).st_mtime < limit
+                ):
+                    _remove_tree(Path(entry.path))
+                    removed += 1
+    return removed
 
 
 def _is_real_dir(path: Path) -> bool:

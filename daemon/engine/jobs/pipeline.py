@@ -10,29 +10,35 @@ are marked failed with the reason.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
-from daemon.engine.jobs.approval import Approval
+from daemon.configure.ready import setup_missing
+from daemon.engine.jobs.approval import TRASH_DAYS, Approval
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
 from daemon.engine.look.references import load_references
+from daemon.engine.process.pause import read_pause
 from daemon.engine.store import ACTIVE_STATES, Job, JobState, States, Store
 from daemon.errors import (
     CardError,
     ChatConflictError,
     ChatReadError,
     ChatWriteError,
+    ConfigError,
     JobError,
     JobStateError,
     MessageNotFoundError,
@@ -100,7 +106,10 @@ def _now() -> datetime:
 
 @dataclass
 class JobDeps:
-    """What running a job needs; built by :func:`open_job_deps` (or by tests)."""
+    """What running a job needs; built by :func:`open_job_deps` (or by tests).
+
+    A new configuration makes a new ``JobDeps`` (:meth:`with_config`): a job keeps the one it
+    started with, so a change never reaches a job half way through."""
 
     config: Config
     root: Path
@@ -111,6 +120,47 @@ class JobDeps:
     committer: Committer | None = None
     clock: Callable[[], datetime] = _now
     rng: random.Random = field(default_factory=random.Random)
+    client: httpx.AsyncClient | None = None  # shared by the providers; rebuilt ones reuse it
+
+    def with_config(self, config: Config) -> JobDeps:
+        """The same store, folders and client with providers built for ``config``; raises
+        ConfigError (and changes nothing) when they cannot be built."""
+        if self.client is None:
+            raise ConfigError("these job dependencies cannot be rebuilt (no shared client)")
+        prompts, images = build_providers(config, self.client)
+        return dataclasses.replace(self, config=config, prompts=prompts, images=images)
+
+
+class NotSetUp:
+    """The image backend until an image service is configured: the runner holds every job
+    meanwhile, so this only answers a direct call (``generate --wait`` with no daemon)."""
+
+    async def generate(
+        self, request: ImageRequest, *, progress: ProgressCallback | None = None
+    ) -> list[GeneratedImage]:
+        raise PermanentProviderError(NOT_SET_UP)
+
+    async def check(self) -> str | None:
+        raise ConfigError(NOT_SET_UP)
+
+
+NOT_SET_UP = "not set up yet: open the inbox's setup screen (st-imagegen web-url)"
+
+
+def build_providers(config: Config, client: httpx.AsyncClient) -> tuple[PromptWriter, ImageBackend]:
+    """The prompt writer and image backend for ``config``; placeholders for what is not set up
+    (a template writer, :class:`NotSetUp`) so an unconfigured daemon still starts."""
+    missing = setup_missing(config)
+    text = config.text
+    if "prompt writer" in missing:
+        text = text.model_copy(update={"mode": "template"})
+    prompts = PromptWriter(text, client, limits=config.limits)
+    images: ImageBackend
+    if "image service" in missing:
+        images = NotSetUp()
+    else:
+        images = make_image_backend(config.image, client, limits=config.limits)
+    return prompts, images
 
 
 @contextlib.asynccontextmanager
@@ -119,7 +169,6 @@ async def open_job_deps(
 ) -> AsyncIterator[JobDeps]:
     """Open the store (unless given), one shared HTTP client, both providers and the committer."""
     from daemon.engine.commit.apply import Committer
-    from daemon.errors import ConfigError
     from daemon.providers.http import make_client
 
     if root is None:
@@ -134,13 +183,15 @@ async def open_job_deps(
         client = make_client()
         stack.push_async_callback(client.aclose)
         approval = Approval(config.state_dir)
+        prompts, images = build_providers(config, client)
         deps = JobDeps(
             config=config,
             root=root,
             store=store,
             approval=approval,
-            prompts=PromptWriter(config.text, client, limits=config.limits),
-            images=make_image_backend(config.image, client, limits=config.limits),
+            prompts=prompts,
+            images=images,
+            client=client,
         )
         deps.committer = Committer(config, store, approval, root)
         yield deps
@@ -434,7 +485,8 @@ async def _offer_step(job: Job, made: _Made, deps: JobDeps, started: float) -> J
     earlier, earlier_prompts = await anyio.to_thread.run_sync(
         earlier_images, deps.approval, job, deps.config.image.max_pixels
     )
-    folder = await _write_pending(job, [*earlier, *made.images], deps)
+    # New images first: the user looks at what they asked for; the earlier set follows.
+    folder = await _write_pending(job, [*made.images, *earlier], deps)
     kept = await anyio.to_thread.run_sync(deps.approval.kept_images, job.id)
     names = tuple(p.name for p in kept)
     target = JobState.ACCEPTED if deps.config.approval == "auto" else JobState.PENDING
@@ -448,7 +500,8 @@ async def _offer_step(job: Job, made: _Made, deps: JobDeps, started: float) -> J
         meta_update={
             "image_model": deps.config.image.model,
             "text_model": deps.config.text.model,
-            "image_prompts": [*earlier_prompts, *[job.prompt] * len(made.images)],
+            "image_prompts": [*[job.prompt] * len(made.images), *earlier_prompts],
+            "earlier_count": len(earlier),
             "seed": made.seed,
         },
     )
@@ -593,12 +646,18 @@ async def accept_job(
             _raise_state(current, "accept")
         raise JobError(f"job {job.id} has no images left to accept (reject it instead)")
     not_kept = [name for name in dict.fromkeys((*job.images, *present)) if name not in chosen]
+    meta: dict[str, Any] = {"not_kept": not_kept}
+    prompts = job.meta.get("image_prompts")
+    if isinstance(prompts, list):  # each kept image keeps the prompt that made it
+        own = {name: prompts[i] for i, name in enumerate(job.images) if i < len(prompts)}
+        meta["image_prompts"] = [own.get(name, job.prompt) for name in chosen]
+        meta["earlier_count"] = 0
     moved = await store.transition(
         job.id,
         JobState.PENDING,
         JobState.ACCEPTED,
         images=tuple(chosen),
-        meta_update={"not_kept": not_kept},
+        meta_update=meta,
         next_attempt_at=None,
         last_error=None,
     )
@@ -608,8 +667,11 @@ async def accept_job(
     return moved
 
 
-async def reject_job(store: Store, approval: Approval, job_ref: str) -> Job:
-    """PENDING (or ACCEPTED, not yet committed) -> REJECTED; the pending folder goes."""
+async def reject_job(
+    store: Store, approval: Approval, job_ref: str, *, trash_days: float = TRASH_DAYS
+) -> Job:
+    """PENDING (or ACCEPTED, not yet committed, or FAILED) -> REJECTED; the images go to the
+    trash for ``trash_days`` (:func:`restore_job` brings the job back)."""
     job = await store.get_job(job_ref)
     if job.state not in REJECTABLE_STATES:
         _check_actionable(job, "reject")
@@ -618,10 +680,43 @@ async def reject_job(store: Store, approval: Approval, job_ref: str) -> Job:
         REJECTABLE_STATES,
         JobState.REJECTED,
         next_attempt_at=None,
+        meta_update={"rejected_from": job.state.value, "trashed_at": _now().isoformat()},
     )
     if moved is None:
         return _raise_state(await store.get_job(job.id), "reject")
-    await anyio.to_thread.run_sync(approval.finish, job.id)
+    await anyio.to_thread.run_sync(partial(approval.trash, job.id, days=trash_days))
+    return moved
+
+
+async def restore_job(store: Store, approval: Approval, job_ref: str) -> Job:
+    """Undo a reject: REJECTED -> PENDING with its images from the trash (FAILED for a
+    dismissed failed job). Refused when the images are gone or the job was cancelled."""
+    job = await store.get_job(job_ref)
+    if job.state is not JobState.REJECTED:
+        raise JobError(f"cannot restore job {job.id}: it is {job.state.value}, not rejected")
+    back = job.meta.get("rejected_from")
+    if back == JobState.FAILED.value:
+        moved = await store.transition(
+            job.id, JobState.REJECTED, JobState.FAILED, meta_update={"trashed_at": None}
+        )
+        return moved or _raise_state(await store.get_job(job.id), "restore")
+    if back not in (JobState.PENDING.value, JobState.ACCEPTED.value):
+        raise JobError(f"cannot restore job {job.id}: it was not rejected from the inbox")
+    if not await anyio.to_thread.run_sync(approval.untrash, job.id):
+        raise JobError(f"cannot restore job {job.id}: its images are no longer in the trash")
+    present = [p.name for p in await anyio.to_thread.run_sync(approval.kept_images, job.id)]
+    images = tuple(n for n in job.images if n in present) or tuple(present)
+    moved = await store.transition(
+        job.id,
+        JobState.REJECTED,
+        JobState.PENDING,
+        images=images,
+        last_error=None,
+        meta_update={"trashed_at": None},
+    )
+    if moved is None:
+        await anyio.to_thread.run_sync(partial(approval.trash, job.id))
+        return _raise_state(await store.get_job(job.id), "restore")
     return moved
 
 
@@ -737,6 +832,7 @@ class Runner:
         self._idle = anyio.Event()
         self._draining = False
         self._tg: TaskGroup | None = None
+        self.held: str | None = None  # why no job may start now ("not set up yet")
         self.started = 0
         self.max_in_flight = 0
 
@@ -776,6 +872,8 @@ class Runner:
         """Until the next job is due (a retry's time), at most the safety-net poll interval.
         A due job that could not start (limits, a busy chat) waits for a running one's end,
         which wakes the runner."""
+        if self.held is not None:
+            return self.poll_interval  # released by a wake() when the hold ends
         try:
             when = await self.deps.store.next_wake_at()
         except StoreError:
@@ -790,7 +888,7 @@ class Runner:
 
     async def fill(self) -> int:
         """Start as many due jobs as the limits allow; returns how many started."""
-        if self._draining or self._tg is None:
+        if self._draining or self._tg is None or self.held is not None:
             return 0
         free = self.deps.config.limits.concurrency - len(self._running)
         if free <= 0:
@@ -802,7 +900,9 @@ class Runner:
             candidates.extend(
                 j for j in accepted if j.next_attempt_at is None or j.next_attempt_at <= now
             )
-        candidates.extend(await self.deps.store.due_jobs(now, limit=200))
+        due = await self.deps.store.due_jobs(now, limit=200)
+        paused = await anyio.to_thread.run_sync(read_pause, self.deps.config.state_dir)
+        candidates.extend(j for j in due if not paused.holds(j.chat))  # commits still go
         candidates.sort(key=lambda j: j.id)
         started = 0
         for job in candidates:

@@ -25,9 +25,12 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from daemon.config import Config, SystemdEnv
+from daemon.config import Config, ConfigSource, SystemdEnv
+from daemon.configure.live import LiveConfig
+from daemon.configure.ready import setup_missing
 from daemon.engine.front import Engine
-from daemon.engine.intake import detect
+from daemon.engine.intake import detect, watchmode
+from daemon.engine.intake.poll import Poller
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
 from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
@@ -58,6 +61,13 @@ DROP_SETTLE = 2.0
 
 _WAKE_OVERLAP = timedelta(seconds=2)  # clocks of two processes, stamps of one transaction
 _ANNOUNCED_KEPT = 2000
+
+MISSED_CHANGE_AGE = 5.0
+"""Seconds a change must predate a rescan to count as missed by inotify (not in flight)."""
+
+CONFIG_SETTLE = 0.2
+"""Seconds the config file must be quiet before it is read again (an editor's save may be
+several writes; our own writer's is one rename)."""
 
 IDLE_WAKE_SECONDS = 3600.0
 """Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
@@ -107,10 +117,12 @@ class Service:
         notifier: Notifier | None = None,
         timings: ServiceTimings | None = None,
         web: Face | None = None,
+        live: LiveConfig | None = None,
     ) -> None:
         from daemon import __version__
 
-        self.config = config
+        self._config = config
+        self.live = live
         self.root = root
         self.deps = deps
         self.store: Store = deps.store
@@ -121,8 +133,13 @@ class Service:
             root,
             [config.state_dir / name for name in ("accepted", "rejected", "regenerate")],
             wake_dirs=[config.state_dir / WAKE_DIR],
+            config_files=[live.source.path] if live is not None else [],
         )
         self.index = StatIndex(root, config.detect.users)
+        self.poller = Poller(self.index)
+        self.watch_choice: watchmode.WatchChoice | None = None
+        self._polling = anyio.Event()
+        self._hinted: set[str] = set()  # chats hinted since the last rescan
         self.settler = Settler()
         self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
         self.runner = Runner(deps, poll_interval=self.timings.poll)
@@ -134,14 +151,17 @@ class Service:
             wake=self.runner.wake,
             stop_running=self.runner.cancel,
         )
+        self.engine.live = live
         self.exit_code = 0
         self.processed = 0
+        self.rescans = 0
         self._startup: set[str] = set()
         self._catching_up: set[str] = set()  # changed while we were down, not read yet
         self._hint = anyio.Event()
         self._rescan = anyio.Event()
         self._drop = anyio.Event()
         self._woken = anyio.Event()
+        self._config_hint = anyio.Event()
         self._dead = False
         self._counts_stale = True
         self._announced: dict[str, datetime] = {}
@@ -150,6 +170,56 @@ class Service:
         self._cancel: anyio.CancelScope | None = None
         self._web_face = web
         self.web: Any = None  # what the web face reported when it started (its context)
+        self.runner.held = _hold_reason(config)
+        if live is not None:
+            live.on_apply(self._apply_config)
+            live.on_state(self._config_state_changed)
+
+    @property
+    def config(self) -> Config:
+        """The configuration in effect (the live one: it changes when the file does)."""
+        return self.live.current if self.live is not None else self._config
+
+    # --- configuration -------------------------------------------------------------------
+
+    def _apply_config(self, new: Config, old: Config) -> None:
+        """Switch to ``new`` for everything that starts from now on; running jobs keep the
+        dependencies they started with. Raises ConfigError (changing nothing) when the new
+        providers cannot be built."""
+        deps = self.deps.with_config(new) if self.deps.client is not None else None
+        if deps is not None:
+            self.deps = deps
+            self.runner.deps = deps
+        if self.deps.committer is not None:
+            self.deps.committer.config = new
+        self.engine.config = new
+        held, self.runner.held = self.runner.held, _hold_reason(new)
+        if held and self.runner.held is None:
+            log.info("set up: jobs start now")
+        self.runner.wake()
+        self._rescan.set()  # the rescan interval may have changed
+
+    def _config_state_changed(self) -> None:
+        self._counts_stale = True
+        self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
+        self.engine.config_changed()
+
+    def _heartbeat_extra(self) -> dict[str, Any]:
+        return {"config": self.live.state()} if self.live is not None else {}
+
+    async def _config_loop(self) -> None:
+        """Reload the config file when it is written (after a short quiet time: an editor's
+        save is often several writes)."""
+        live = self.live
+        if live is None:
+            return
+        while True:
+            await self._config_hint.wait()
+            await anyio.sleep(CONFIG_SETTLE)
+            self._config_hint = anyio.Event()
+            result = await anyio.to_thread.run_sync(live.read)
+            if result is not None:
+                live.take(result)
 
     # --- start ---------------------------------------------------------------------------
 
@@ -161,7 +231,15 @@ class Service:
         removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:
             log.info("removed stale temp files", count=removed)
+        choice = await anyio.to_thread.run_sync(
+            watchmode.choose, self.config.detect.watch, self.root
+        )
+        self.watch_choice = choice
+        self.watcher.watch_root = choice.mode == "inotify"
         self.watcher.start()
+        if choice.mode == "poll":
+            self._polling.set()
+        log.info("watching", root=str(self.root), mode=choice.mode, why=choice.why)
         changed = await anyio.to_thread.run_sync(self.index.scan)
         known = await self.store.known_chats()
         now = time.monotonic()
@@ -217,12 +295,21 @@ class Service:
                 tg.start_soon(self._pump)
                 tg.start_soon(self._settle_loop)
                 tg.start_soon(self._rescan_loop)
+                tg.start_soon(self._poll_loop)
                 tg.start_soon(self._drop_loop)
                 tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
-                self.heartbeat.write(watching=len(self.index))
+                tg.start_soon(self._config_loop)
+                self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
                 log.info("ready", chats=len(self.index), pid=os.getpid())
+                if self.runner.held is not None:
+                    log.warning(
+                        "not set up yet: replies are noted, no image is made until the image "
+                        "service is set up",
+                        missing=setup_missing(self.config),
+                        open=getattr(self.web, "url", None),
+                    )
                 if ready is not None:
                     ready()
         finally:
@@ -273,6 +360,7 @@ class Service:
 
     def _take(self, hint: Hint) -> None:
         if hint.kind is HintKind.CHAT and hint.chat is not None:
+            self._hinted.add(hint.chat.rel)
             if self._wanted(hint.chat):
                 self.saved_at[hint.chat.rel] = hint.at or time.monotonic()
                 self.settler.touch(hint.chat, time.monotonic())
@@ -281,6 +369,8 @@ class Service:
             self._drop.set()
         elif hint.kind is HintKind.WAKE:
             self._woken.set()
+        elif hint.kind is HintKind.CONFIG:
+            self._config_hint.set()
         elif hint.kind is HintKind.DEAD:
             if not self._stopping and self._cancel is not None:
                 log.error(
@@ -310,12 +400,17 @@ class Service:
                 await self.process_chat(chat)
 
     async def _rescan_loop(self) -> None:
-        interval = self.config.detect.rescan_seconds
-        while True:
-            with anyio.move_on_after(interval):
+        while not self._polling.is_set():
+            with anyio.move_on_after(self.config.detect.rescan_seconds):
                 await self._rescan.wait()
+            if self._polling.is_set():
+                return  # the poll loop walks the tree from now on
             self._rescan = anyio.Event()
+            overflowed = self.watcher.rescan_needed
             self.watcher.clear_rescan()
+            hinted, self._hinted = self._hinted, set()
+            known = set(self.index.rels())
+            started = time.time()
             try:
                 changed = await anyio.to_thread.run_sync(self.index.scan)
             except Exception:  # the next rescan tries again; the daemon keeps serving
@@ -327,6 +422,56 @@ class Service:
             if changed:
                 log.debug("rescan found changes", count=len(changed))
                 self._hint.set()
+            if not overflowed and self.config.detect.watch == "auto":
+                self._check_missed(changed, known, hinted, started)
+            self.rescans += 1
+
+    def _check_missed(
+        self, changed: list[str], known: set[str], hinted: set[str], started: float
+    ) -> None:
+        """A known chat changed well before this rescan and no event said so: inotify does not
+        see this folder's writes (a share written from elsewhere). Poll from now on."""
+        quiet_before_ns = int((started - MISSED_CHANGE_AGE) * 1e9)
+        missed = [
+            rel
+            for rel in changed
+            if rel in known
+            and rel not in hinted
+            and (self.index.mtime_ns(rel) or quiet_before_ns) < quiet_before_ns
+        ]
+        if not missed:
+            return
+        why = f"a change of {missed[0]} raised no inotify event"
+        self.watch_choice = watchmode.WatchChoice("poll", why)
+        self.watcher.stop_root()
+        self._polling.set()
+        log.warning("switching to polling", root=str(self.root), mode="poll", why=why)
+
+    async def _poll_loop(self) -> None:
+        """The data root by stat (no inotify there): recently saved chats every 0.5 s, the
+        rest every few seconds (:mod:`daemon.engine.intake.poll`)."""
+        await self._polling.wait()
+        poller = self.poller
+        while True:
+            try:
+                changed = await anyio.to_thread.run_sync(poller.poll, time.monotonic())
+            except Exception:  # the next beat tries again; the daemon keeps serving
+                log.exception("poll failed")
+                changed = []
+            now = time.monotonic()
+            for rel in changed:
+                chat = self.index.ref(rel)
+                if self._wanted(chat):
+                    self.saved_at[rel] = now
+                    self.settler.touch(chat, now)
+            if changed:
+                self._hint.set()
+            wait = max(0.0, poller.next_at(now) - time.monotonic())
+            with anyio.move_on_after(wait):
+                await self._rescan.wait()
+            if self._rescan.is_set():
+                self._rescan = anyio.Event()
+                poller.full_due()
 
     async def _drop_loop(self) -> None:
         """Drop folders, when the watcher reports a move into one (and once at start); a folder
@@ -384,7 +529,9 @@ class Service:
                     # Only after a job changed: an idle daemon runs no query at all.
                     self._counts_stale = False
                     counts = await self._safe_counts()
-                self.heartbeat.write(watching=len(self.index), jobs=counts)
+                self.heartbeat.write(
+                    watching=len(self.index), jobs=counts, **self._heartbeat_extra()
+                )
                 last_beat = now
                 jobs = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
                 status = f"watching {len(self.index)} chats; jobs: {jobs}"
@@ -580,6 +727,11 @@ class Service:
         return any(other.meta.get("regen_of") == job.id for other in same)
 
 
+def _hold_reason(config: Config) -> str | None:
+    missing = setup_missing(config)
+    return f"not set up yet ({', '.join(missing)})" if missing else None
+
+
 def _log_skips(chat: str, skipped: list[tuple[int, detect.Skip]]) -> None:
     """One ``skipped`` line per message that got no job; the history a chat had when first
     seen is one line for all of it (a chat may hold thousands)."""
@@ -604,6 +756,7 @@ async def serve(
     systemd: SystemdEnv | None = None,
     timings: ServiceTimings | None = None,
     web: Face | None = None,
+    source: ConfigSource | None = None,
 ) -> int:
     """Run the daemon until SIGTERM/SIGINT (0) or a fatal problem (1); ``web``: the inbox,
     served beside it when ``web.enabled``."""
@@ -623,5 +776,8 @@ async def serve(
             # A damaged file is found here, before any job runs, not as odd failures mid-run.
             if problems := await deps.store.integrity_problems():
                 raise StoreError(damaged_message(config.db_path, problems))
-            service = Service(config, root, deps, notifier=notifier, timings=timings, web=web)
+            live = LiveConfig(source, config) if source is not None else None
+            service = Service(
+                config, root, deps, notifier=notifier, timings=timings, web=web, live=live
+            )
             return await service.run(ready=ready)

@@ -8,6 +8,7 @@ missing state dir or store is reported, not created.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,6 +52,7 @@ class DaemonStatus:
     watching: int | None = None
     version: str | None = None
     pid_alive: bool | None = None  # None: unknown (no pid, or another pid namespace)
+    config: dict[str, Any] | None = None  # the daemon's config state (problem, restart, setup)
 
 
 def _pid_alive(pid: int) -> bool | None:
@@ -104,6 +106,8 @@ def daemon_status(
     watching = watching_value if isinstance(watching_value, int) else None
     version_value = record.get("version")
     version = version_value if isinstance(version_value, str) else None
+    config_value = record.get("config")
+    config_state = config_value if isinstance(config_value, dict) else None
     if not isinstance(when, (int, float)) or isinstance(when, bool):
         return DaemonStatus(False, "not running (heartbeat without a time)", pid=pid)
     age = (time.time() if now is None else now) - float(when)
@@ -115,6 +119,7 @@ def daemon_status(
         "watching": watching,
         "version": version,
         "pid_alive": alive,
+        "config": config_state,
     }
     if age > stale_after:
         return DaemonStatus(False, f"not running (last heartbeat {plain_age(age)} ago)", **common)
@@ -150,6 +155,10 @@ class StatusReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     waiting_messages: int = 0  # committed, not yet in any version ST saved (ledger open)
     waiting_chats: list[str] = field(default_factory=list)
+    config_error: str | None = None  # the config file cannot be used (this command's reading)
+    setup: str | None = None  # "not set up yet: open <address>"
+    restart_pending: list[str] = field(default_factory=list)
+    config_problem: dict[str, Any] | None = None  # the running daemon's view of the file
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -169,12 +178,40 @@ def _error_row(job: Job, now: datetime) -> dict[str, Any]:
     }
 
 
+def _inbox_url(state_dir: Path) -> str | None:
+    """The running inbox's address from ``<state_dir>/web.json`` (written by the web server)."""
+    try:
+        data = json.loads((state_dir / "web.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    url = data.get("url") if isinstance(data, dict) else None
+    return url if isinstance(url, str) else None
+
+
+def _config_lines(config: Config, report: StatusReport) -> None:
+    """Setup, restart and file problems: the running daemon's word when it runs, else this
+    command's own reading of the config."""
+    from daemon.configure.ready import setup_missing
+
+    state = report.daemon.config if report.daemon.running else None
+    missing = state.get("setup_needed") if state else setup_missing(config)
+    if missing:
+        found = _inbox_url(config.state_dir) if report.daemon.running else None
+        where = found or "the address `st-imagegen web-url` prints"
+        report.setup = f"not set up yet ({', '.join(missing)}): open {where}"
+    if state:
+        report.restart_pending = [str(k) for k in state.get("restart_pending") or []]
+        problem = state.get("problem")
+        report.config_problem = problem if isinstance(problem, dict) else None
+
+
 async def gather_status(
     config: Config,
     store: Store | None,
     *,
     store_error: str | None = None,
     now: datetime | None = None,
+    config_error: str | None = None,
 ) -> StatusReport:
     """Collect the report from ``store`` (None: there is none yet, or it could not be opened:
     ``store_error``); problems (no data root, no store) are reported, not raised."""
@@ -184,7 +221,9 @@ async def gather_status(
         mode=config.mode,
         approval=config.approval,
         state_dir=str(config.state_dir),
+        config_error=config_error,
     )
+    await anyio.to_thread.run_sync(_config_lines, config, report)
     await anyio.to_thread.run_sync(_gather_chats, config, report)
     if store is None:
         if store_error is not None:

@@ -285,11 +285,16 @@ class Jobs(Database):
         users: Collection[str] | None = None,
         before: str | None = None,
         limit: int = 50,
+        character: str | None = None,
     ) -> list[Job]:
         """Jobs newest first, filtered (the web API's list): any of ``states`` (all when
         empty), one chat path, or the chats whose file stem is ``chat_file`` (ST's chatId), one
-        user, only the ST handles in ``users`` (a web user's view), ids below ``before``."""
+        user, only the ST handles in ``users`` (a web user's view), one character (card stem or
+        group id), ids below ``before``."""
         where, args = [], []
+        if character is not None:
+            where.append("character = ?")
+            args.append(character)
         wanted = states_list(states)
         if wanted:
             where.append(f"state IN ({marks(len(wanted))})")
@@ -682,6 +687,27 @@ class Jobs(Database):
             return cur.rowcount
 
         return await self._run(_resume, write=True)
+
+    async def chat_counts(
+        self, states: Iterable[JobState], *, users: Collection[str] | None = None
+    ) -> dict[str, int]:
+        """How many jobs in any of ``states`` each chat has (chats with none left out);
+        ``users``: only theirs."""
+        wanted = states_list(states)
+        only, only_args = "", tuple[str, ...]()
+        if users is not None:
+            mine = sorted(users)
+            only, only_args = f"AND user IN ({marks(len(mine))}) ", tuple(mine)
+
+        def _counts(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                f"SELECT chat, COUNT(*) FROM jobs WHERE state IN ({marks(len(wanted))}) "
+                f"{only}GROUP BY chat",
+                (*wanted, *only_args),
+            )
+            return {str(row[0]): int(row[1]) for row in rows}
+
+        return await self._run(_counts, write=False)
 
     async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
         """Jobs per state (every state present, zeros included); ``users``: only theirs."""

@@ -7,7 +7,15 @@
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetch(path, init);
+    let response;
+    try {
+      response = await fetch(path, init);
+    } catch (_) {
+      // The browser's own words ("Failed to fetch") tell the user nothing.
+      const error = new Error("The daemon is not reachable (stopped?); this page reconnects by itself.");
+      error.status = 0;
+      throw error;
+    }
     let data = null;
     try { data = await response.json(); } catch (_) { data = null; }
     if (!response.ok) {
@@ -28,13 +36,31 @@
   };
 
   let toastTimer = 0;
-  const toast = (text) => {
+  // One message at a time; with an action (Undo) or a link, for a few seconds.
+  const toast = (text, options = {}) => {
     const box = document.getElementById("toast");
     if (!box) return;
-    box.textContent = text;
+    const parts = [Object.assign(document.createElement("span"), { textContent: text })];
+    if (options.action) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "toast-action";
+      button.textContent = options.action.label;
+      button.addEventListener("click", () => { box.hidden = true; options.action.run(); });
+      parts.push(button);
+    }
+    if (options.link) {
+      const link = document.createElement("a");
+      link.href = options.link.href;
+      link.target = "_blank";
+      link.rel = "noopener";
+      link.textContent = options.link.text;
+      parts.push(link);
+    }
+    box.replaceChildren(...parts);
     box.hidden = false;
     clearTimeout(toastTimer);
-    toastTimer = setTimeout(() => { box.hidden = true; }, 5000);
+    toastTimer = setTimeout(() => { box.hidden = true; }, options.ms || 5000);
   };
 
   // The job vocabulary (states, groups, labels) from the daemon: GET /api/v1/meta, in the page.
@@ -51,6 +77,9 @@
       strip.dataset.state = !running ? "down" : (s.daemon.state === "draining" ? "draining" : "running");
       const parts = [running ? (s.daemon.state === "draining" ? "stopping" : "running") : "daemon not running"];
       parts.push(`${s.chats_watched} chat${s.chats_watched === 1 ? "" : "s"} watched`);
+      if (s.paused && (s.paused.all || (s.paused.chats || []).length)) {
+        parts.push(s.paused.all ? "paused" : `${s.paused.chats.length} chat(s) paused`);
+      }
       for (const state of STATE_ORDER) {
         const n = (s.counts || {})[state] || 0;
         if (n) parts.push(`${n} ${state}`);

@@ -4,6 +4,22 @@
 (() => {
   const { api, toast } = window.stImagegen;
   document.addEventListener("click", async (event) => {
+    const back = event.target.closest('button[data-act="restore"]');
+    if (back) {
+      back.disabled = true;
+      try {
+        const job = await api("POST", `/api/v1/jobs/${encodeURIComponent(back.dataset.id)}/restore`, {});
+        const row = back.closest(".hcard");
+        back.remove();
+        const badge = row && row.querySelector(".badge");
+        if (badge) { badge.textContent = job.state; badge.className = `badge badge-${job.state}`; }
+        toast(`Back in the inbox: ${job.speaker || job.character}'s #${job.mesid}.`);
+      } catch (error) {
+        back.disabled = false;
+        toast(error.message);
+      }
+      return;
+    }
     const button = event.target.closest('button[data-act="variants"]');
     if (!button) return;
     button.disabled = true;

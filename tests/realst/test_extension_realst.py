@@ -1,0 +1,213 @@
+"""The extension in a real SillyTavern (1.19.0 and 1.12.14 from npm), driven in Chromium: ST's
+chat backend is a local fake OpenAI-compatible server set through ST's own connection panel,
+so pressing Send makes a real ST generation; the daemon runs for real over ST's data root, the
+fake prompt and image API at the network boundary.
+
+Each test runs once per pinned ST version; the servers are shared by the session (conftest)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from daemon import __version__
+from daemon.cli import main
+from daemon.engine.store import JobState
+from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
+from tests.realst import stpage
+from tests.realst.conftest import shot_path
+from tests.realst.stserver import STServer
+from tests.web.conftest import Inbox, inbox_for
+from tests.web.test_browser import browser
+
+# The first test also waits for the session's ST servers to boot (minutes on a busy machine).
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(900)]
+
+LIVE_MS = 20_000
+"""A daemon event reaching the tab and the tab acting on it (about a second when idle)."""
+
+JOB_S = 60.0
+"""A job run by the daemon through the fake APIs (detect, settle, prompt, image)."""
+
+HOSTILE = '<img src=x onerror="window.__pwned=(window.__pwned||0)+1">'
+"""Markup that runs a script if any text reaches the page as HTML."""
+
+
+def file_markers(path: Path) -> list[str | None]:
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
+    return [(m.get("extra") or {}).get("st_imagegen_job") for m in lines[1:]]
+
+
+def chat_file(st: STServer, avatar: str, page_chat_id: str) -> Path:
+    return st.user_dir / "chats" / avatar.removesuffix(".png") / f"{page_chat_id}.jsonl"
+
+
+async def cli(config_file: Path, *args: str) -> int:
+    code: int = await anyio.to_thread.run_sync(main, [*args, "--config", str(config_file)])
+    return code
+
+
+@asynccontextmanager
+async def daemon_for(
+    st: STServer, make_config: MakeConfig, tmp_path: Path, **web: Any
+) -> AsyncIterator[tuple[Inbox, Path]]:
+    """The daemon over ST's data root (auto mode, manual approval), its web API on a free
+    port that allows ST's origin; the extension installed with the CLI once it runs."""
+    config = make_config(
+        st.data_root,
+        web={"port": 0, "allowed_origins": [st.url], **web},
+        detect={"settle_seconds": 0.5, "rescan_seconds": 30.0},
+    )
+    config_file = tmp_path / "config.toml"
+    async with inbox_for(config) as inbox:
+        assert await cli(config_file, "extension", "install", "--user", "default-user") == 0
+        yield inbox, config_file
+
+
+async def st_page(b: Browser, st: STServer, fake_api: FakeAPI, errors: list[str]) -> Page:
+    page = await b.new_page(viewport={"width": 1280, "height": 900})
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await stpage.open_st(page, st.url)
+    await stpage.connect_chat_api(page, fake_api.base_url)
+    return page
+
+
+async def job_for_reply(inbox: Inbox, chat: str, mesid: int, *states: JobState) -> Any:
+    async def found() -> Any:
+        jobs = await inbox.service.store.query_jobs(states=states)
+        return next(
+            (j for j in jobs if j.chat.endswith(f"{chat}.jsonl") and j.message_index == mesid), None
+        )
+
+    return await async_wait_for(found, within=JOB_S)
+
+
+def image_under(page: Page, mesid: int) -> Any:
+    """The image of the image message shown as message ``mesid`` (1.12: .mes_img; 1.19: the
+    media gallery; both an <img> served from /user/images/)."""
+    return page.locator(f'#chat .mes[mesid="{mesid}"] img[src*="/user/images/"]').first
+
+
+async def test_send_popup_accept_live_save_reload_genimage_hostile(
+    st: STServer, make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """The headline path in a real ST, on both versions: install with the CLI; Send; the
+    popup; Accept; the image under the reply without reload; ST's next own save keeps it once;
+    reload shows it once; /genimage on a reply whose job was rejected makes a new one; hostile
+    text (a reply, a prompt, an API error body) never runs."""
+    errors: list[str] = []
+    timings: dict[str, float] = {}
+    name = f"Mira{st.version.replace('.', '')}"
+    async with daemon_for(st, make_config, tmp_path) as (inbox, _), browser() as b:
+        page = await st_page(b, st, fake_api, errors)
+        await page.evaluate("window.__sameDocument = true")
+
+        # The installed copy knows the daemon's real address: connected without typing.
+        state = page.locator("#st_imagegen_state")
+        await expect(state).to_have_text(f"connected · daemon {__version__}", timeout=LIVE_MS)
+        await expect(page.locator("#st_imagegen_address")).to_have_value(inbox.url)
+
+        avatar = await stpage.create_character(page, name, f"*{name} waves.* Hello!")
+        chat_id: str = await page.evaluate("SillyTavern.getContext().getCurrentChatId()")
+        path = chat_file(st, avatar, chat_id)
+
+        # 1. Send → ST's real reply → the daemon's job → the popup, live. The fake API puts
+        # markup into ST's reply and into the daemon's prompt.
+        fake_api.text_suffix = f" {HOSTILE}"
+        reply = await stpage.send_message(page, "Describe the harbour.")
+        shown = time.monotonic()
+        first = await job_for_reply(inbox, chat_id, reply, JobState.PENDING)
+        preview = page.locator(f'.st-imagegen-preview[data-job="{first.id}"]')
+        await expect(preview).to_be_visible(timeout=LIVE_MS)
+        timings["reply shown → popup shown (s)"] = round(time.monotonic() - shown, 2)
+        await expect(preview.locator('img[src^="blob:"]').first).to_be_visible(timeout=LIVE_MS)
+        await expect(preview.locator(".st-imagegen-prompt")).to_have_value(first.prompt)
+        assert HOSTILE in first.prompt  # the markup really travelled into the popup
+        await page.screenshot(path=str(shot_path(tmp_path, f"realst-{st.version}-popup.png")))
+
+        # 2. Accept → the image under the reply in this tab, without reload.
+        clicked = time.monotonic()
+        await preview.locator('[data-action="accept"]').click()
+        await expect(image_under(page, reply + 1)).to_be_visible(timeout=LIVE_MS)
+        timings["Accept click → image visible (s)"] = round(time.monotonic() - clicked, 2)
+        assert await page.evaluate("window.__sameDocument") is True
+        await inbox.wait_state(first.id, JobState.COMMITTED, within=JOB_S)
+        assert (await stpage.chat_markers(page)).count(first.id) == 1
+        await page.screenshot(path=str(shot_path(tmp_path, f"realst-{st.version}-inserted.png")))
+
+        # 3. ST's next own save (the next Send) keeps the image message exactly once, and
+        # ST's integrity check accepts it (no "chat was modified" refusal).
+        second_reply = await stpage.send_message(page, "And the lighthouse?")
+        assert second_reply == reply + 3
+
+        async def saved_with_next_reply() -> bool:
+            return len(file_markers(path)) >= second_reply
+
+        await async_wait_for(saved_with_next_reply, within=JOB_S)
+        assert file_markers(path).count(first.id) == 1
+        assert (await stpage.chat_markers(page)).count(first.id) == 1
+        assert not await page.locator("dialog[open]:has-text('modified')").count()
+
+        # 4. /genimage on a reply whose job the user rejected: a new job, not "rejected".
+        auto = await job_for_reply(inbox, chat_id, second_reply, JobState.PENDING)
+        preview = page.locator(f'.st-imagegen-preview[data-job="{auto.id}"]')
+        await expect(preview).to_be_visible(timeout=LIVE_MS)
+        await preview.locator('[data-action="reject"]').click()
+        await inbox.wait_state(auto.id, JobState.REJECTED, within=JOB_S)
+        await expect(preview).to_have_count(0, timeout=LIVE_MS)
+        await stpage.slash(page, f"/genimage mesid={second_reply}")
+
+        async def new_job() -> Any:
+            jobs = await inbox.service.store.query_jobs()
+            return next(
+                (
+                    j
+                    for j in jobs
+                    if j.chat.endswith(f"{chat_id}.jsonl")
+                    and j.message_index == second_reply
+                    and j.id != auto.id
+                ),
+                None,
+            )
+
+        again = await async_wait_for(new_job, within=JOB_S)
+        await inbox.wait_state(again.id, JobState.PENDING, within=JOB_S)
+        preview = page.locator(f'.st-imagegen-preview[data-job="{again.id}"]')
+        await expect(preview).to_be_visible(timeout=LIVE_MS)
+        await preview.locator('[data-action="accept"]').click()
+        await expect(image_under(page, second_reply + 1)).to_be_visible(timeout=LIVE_MS)
+
+        # 5. An API error body with markup, in a toast (a forced job that fails).
+        fake_api.fail_image = [400] * 10
+        fake_api.fail_message = f"bad request {HOSTILE}"
+        await stpage.slash(page, f"/genimage mesid={reply} force=true")
+        failed = page.locator("#toast-container .toast-error", has_text="bad request <img")
+        await expect(failed.first).to_be_visible(timeout=JOB_S * 1000)
+        fake_api.fail_image = []
+
+        # 6. Reload: the images are read from the file, each once.
+        await page.reload()
+        await stpage.open_st(page, st.url)
+        await stpage.open_character(page, avatar)
+        await expect(image_under(page, reply + 1)).to_be_visible(timeout=LIVE_MS)
+        markers = await stpage.chat_markers(page)
+        assert markers.count(first.id) == 1 and markers.count(again.id) == 1
+        assert file_markers(path).count(first.id) == 1
+
+        # Nothing daemon- or user-supplied ever ran as HTML in ST's page.
+        assert await page.evaluate("window.__pwned === undefined")
+        assert not await page.locator("#toast-container img").count()
+        assert not [e for e in errors if "st-imagegen" in e or "__pwned" in e], errors
+    print(f"\nSillyTavern {st.version}: {timings}", file=sys.stderr)
+    for key, value in timings.items():
+        assert re.match(r"^[^:]+$", key) and value >= 0
