@@ -226,6 +226,24 @@ class ReplyKey:
     date: str  # MessageIdentity.first_date
     revision: str  # str(Revision)
 
+    @classmethod
+    def of(cls, fields: Mapping[str, Any]) -> ReplyKey:
+        """From a job's fields (``user``, ``chat``, ``identity_name``, ``identity_date``,
+        ``revision``: what ``store.create_job`` takes)."""
+        return cls(
+            str(fields["user"]),
+            str(fields["chat"]),
+            str(fields["identity_name"]),
+            str(fields["identity_date"]),
+            str(fields["revision"]),
+        )
+
+    def key(self, regen: int = 0) -> str:
+        """The job's idempotency key; ``|`` inside parts is escaped so keys never collide."""
+        parts = (self.user, self.chat, self.name, self.date, self.revision)
+        base = "|".join(p.replace("\\", "\\\\").replace("|", "\\|") for p in parts)
+        return f"{base}|regen:{regen}" if regen else base
+
 
 @dataclass(frozen=True, slots=True)
 class Job:

@@ -14,8 +14,9 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -36,6 +37,16 @@ from daemon.errors import (
 )
 from daemon.tavern import layout
 from daemon.web.access import Caller, UserTokens, is_token_id
+from daemon.web.bodies import (
+    AcceptBody,
+    BodyError,
+    CancelQueuedBody,
+    EmptyBody,
+    GenerateBody,
+    PauseBody,
+    RegenBody,
+    UserTokenBody,
+)
 from daemon.web.context import WebContext
 from daemon.web.events import stream_events
 from daemon.web.security import CALLER
@@ -44,7 +55,6 @@ __all__ = ["ApiError", "job_json", "routes"]
 
 MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
-MAX_PROMPT = 8000
 STATUS_CACHE_SECONDS = 5.0
 _JOB_REF = re.compile(r"^[0-9A-Za-z]{1,26}$")
 _IMAGE_NAME = re.compile(r"^image-\d{1,4}\.[a-z0-9]{1,5}$")
@@ -59,14 +69,10 @@ _MEDIA = {
 _FOLDER_STATES = (JobState.PENDING, JobState.ACCEPTED)
 
 
-class ApiError(Exception):
-    """An answer ``{"error": {"code", "message"}}`` with ``status``."""
+T = TypeVar("T")
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+ApiError = BodyError
+"""An answer ``{"error": {"code", "message"}}`` with ``status`` (the bodies' own error type)."""
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -273,13 +279,9 @@ def _check_actions(request: Request) -> WebContext:
     return ctx
 
 
-def _int_field(data: dict[str, Any], key: str) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(422, "invalid", f"{key} must be a whole number")
-    return value
+async def _parsed(request: Request, parse: Callable[[dict[str, Any]], T]) -> T:
+    """The route's typed body (415, 413, 400 for the envelope; the type's own 422s)."""
+    return parse(await _body(request))
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -468,22 +470,10 @@ async def message(request: Request) -> Response:
 async def accept(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    data = await _body(request)
-    keep = data.get("keep")
-    if keep is not None:
-        if (
-            not isinstance(keep, list)
-            or not keep
-            or any(isinstance(n, bool) or not isinstance(n, int) for n in keep)
-        ):
-            raise ApiError(422, "invalid", "keep is a list of image numbers, like [1, 3]")
-        bad = [n for n in keep if not 1 <= n <= len(job.images)]
-        if bad and job.images:
-            raise ApiError(
-                422, "invalid", f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]}"
-            )
+    body = await _parsed(request, AcceptBody.parse)
+    body.check_against(job.id, len(job.images))
     try:
-        done = await ctx.engine.accept(job.id, keep)
+        done = await ctx.engine.accept(job.id, body.keep)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return JSONResponse(job_json(done, ctx.config, ctx.root))
@@ -492,7 +482,7 @@ async def accept(request: Request) -> Response:
 async def reject(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    await _body(request)
+    await _parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.reject(job.id)
     except JobError as exc:
@@ -504,7 +494,7 @@ async def restore(request: Request) -> Response:
     """Undo a reject: the job is back in the inbox with its images from the trash."""
     ctx = _check_actions(request)
     job = await _job(request)
-    await _body(request)
+    await _parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.restore(job.id)
     except JobError as exc:
@@ -516,7 +506,7 @@ async def cancel(request: Request) -> Response:
     """Stop a queued or running job (no image is made, or the one being made is dropped)."""
     ctx = _check_actions(request)
     job = await _job(request)
-    await _body(request)
+    await _parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.cancel(job.id)
     except JobError as exc:
@@ -527,11 +517,8 @@ async def cancel(request: Request) -> Response:
 async def cancel_queued(request: Request) -> Response:
     """Cancel every queued job (of one chat with ``{"chat": path}``); running ones go on."""
     ctx = _check_actions(request)
-    data = await _body(request)
-    chat = data.get("chat")
-    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
-        raise ApiError(422, "invalid", "chat must be a chat path")
-    done = await ctx.engine.cancel_queued(chat=chat, users=caller(request).handles)
+    body = await _parsed(request, CancelQueuedBody.parse)
+    done = await ctx.engine.cancel_queued(chat=body.chat, users=caller(request).handles)
     return JSONResponse({"cancelled": [j.id for j in done]})
 
 
@@ -542,16 +529,10 @@ async def pause(request: Request) -> Response:
         now = await ctx.engine.paused()
         return JSONResponse(now.to_json(), headers={"Cache-Control": "no-store"})
     _check_actions(request)
-    data = await _body(request)
-    paused = data.get("paused")
-    chat = data.get("chat")
-    if not isinstance(paused, bool):
-        raise ApiError(422, "invalid", "paused is true or false")
-    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
-        raise ApiError(422, "invalid", "chat must be a chat path")
-    if not caller(request).admin and chat is None:
+    body = await _parsed(request, PauseBody.parse)
+    if not caller(request).admin and body.chat is None:
         raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
-    after = await ctx.engine.pause(paused, chat)
+    after = await ctx.engine.pause(body.paused, body.chat)
     ctx.hub.publish("pause", after.to_json())
     return JSONResponse(after.to_json())
 
@@ -559,15 +540,9 @@ async def pause(request: Request) -> Response:
 async def regen(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    data = await _body(request)
-    prompt = data.get("prompt")
-    if prompt is not None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ApiError(422, "invalid", "prompt must be a non-empty text")
-        if len(prompt) > MAX_PROMPT:
-            raise ApiError(422, "invalid", f"prompt is longer than {MAX_PROMPT} characters")
+    body = await _parsed(request, RegenBody.parse)
     try:
-        new = await ctx.engine.regen(job.id, prompt)
+        new = await ctx.engine.regen(job.id, body.prompt)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return JSONResponse(job_json(new, ctx.config, ctx.root), status_code=201)
@@ -575,25 +550,14 @@ async def regen(request: Request) -> Response:
 
 async def generate(request: Request) -> Response:
     ctx = _check_actions(request)
-    data = await _body(request)
-    chat = data.get("chat")
-    chat_file = data.get("chat_file")
-    for key, value in (("chat", chat), ("chat_file", chat_file)):
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ApiError(422, "invalid", f"{key} must be a non-empty text")
-        if isinstance(value, str) and ("\x00" in value or len(value) > 1000):
-            raise ApiError(400, "bad_chat", f"{key} is not a chat name")
-    mesid = _int_field(data, "mesid")
-    if mesid is not None and mesid < 0:
-        raise ApiError(422, "invalid", "mesid starts at 0")
-    force = data.get("force", False)
-    if not isinstance(force, bool):
-        raise ApiError(422, "invalid", "force is true or false")
-    if isinstance(chat, str) and (Path(chat).is_absolute() or chat.startswith(("~", "."))):
-        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
+    body = await _parsed(request, GenerateBody.parse)
     try:
         made = await ctx.engine.generate(
-            chat, mesid, chat_file=chat_file, force=force, users=caller(request).handles
+            body.chat,
+            body.mesid,
+            chat_file=body.chat_file,
+            force=body.force,
+            users=caller(request).handles,
         )
     except UnsafePathError as exc:
         raise ApiError(400, "bad_chat", str(exc)) from None
@@ -650,17 +614,11 @@ async def list_user_tokens(request: Request) -> Response:
 
 async def create_user_token(request: Request) -> Response:
     users = _admin_tokens(request)
-    data = await _body(request)
-    handles = data.get("handles")
-    if isinstance(handles, str):
-        handles = [handles]
-    if not isinstance(handles, list) or not handles or not all(isinstance(h, str) for h in handles):
-        raise ApiError(422, "invalid", "handles is a list of SillyTavern user handles")
-    label = data.get("label", "")
-    if not isinstance(label, str):
-        raise ApiError(422, "invalid", "label is a text")
+    body = await _parsed(request, UserTokenBody.parse)
     try:
-        record, secret = await anyio.to_thread.run_sync(users.create, handles, label)
+        record, secret = await anyio.to_thread.run_sync(
+            users.create, list(body.handles), body.label
+        )
     except ConfigError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
     answer = {**record.to_json(), "token": secret}

@@ -140,3 +140,19 @@ def test_the_vocabulary_is_one_json_object_and_the_cli_spells_the_same_states() 
     assert data["groups"]["history"] == ["committed", "rejected", "failed", "superseded"]
     assert set(data["labels"]) == set(data["states"]) == set(data["transitions"])
     assert list(CLI_STATES) == data["states"]  # spelled out there to keep --help fast
+
+
+def test_a_reply_key_is_the_jobs_idempotency_key() -> None:
+    from daemon.engine.store import job_key
+    from daemon.jobstate import ReplyKey
+
+    fields = job_fields()
+    reply = ReplyKey.of(fields)
+    assert reply.key() == job_key(
+        fields["user"],
+        fields["chat"],
+        fields["identity_name"],
+        fields["identity_date"],
+        fields["revision"],
+    )
+    assert ReplyKey("u", "a|b", "c", "d", "r").key(2) == "u|a\\|b|c|d|r|regen:2"

@@ -46,7 +46,7 @@ import anyio.to_thread
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.process.status import daemon_status
-from daemon.engine.store import Job, JobState, Store, job_key
+from daemon.engine.store import Job, JobState, Store
 from daemon.errors import (
     AmbiguousError,
     CardError,
@@ -57,7 +57,7 @@ from daemon.errors import (
     StImagegenError,
     UnsafePathError,
 )
-from daemon.jobstate import WAIT_STOP_STATES
+from daemon.jobstate import WAIT_STOP_STATES, ReplyKey
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, read_chat
 from daemon.tavern.layout import ChatRef
@@ -385,8 +385,8 @@ async def create_for(
     job = await store.create_job(**fields)
     if job is not None:
         return job, True
-    key = job_key(sel.chat.user, sel.chat.rel, identity.name, identity.first_date, revision)
-    existing = await store.find_job(key)
+    reply = ReplyKey(sel.chat.user, sel.chat.rel, identity.name, identity.first_date, revision)
+    existing = await store.find_job(reply.key())
     if not force:
         if existing is None:  # pragma: no cover - a key conflict implies the row exists
             raise JobError("the job store refused the job and holds none for this reply")
@@ -397,7 +397,7 @@ async def create_for(
             if revived is not None:
                 return revived, True
         return existing, False
-    same = await store.jobs_for_reply(sel.chat.rel, identity.name, identity.first_date)
+    same = await store.jobs_for(reply)
     regen = 1 + max((j.regen for j in same if j.revision == revision), default=0)
     job = await store.create_job(**fields, regen=regen)
     if job is None:

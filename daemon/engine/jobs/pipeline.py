@@ -756,7 +756,7 @@ async def revive_job(
     """
     if job.state is not JobState.SUPERSEDED:
         return None
-    same = await store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
+    same = await store.jobs_for(job.reply)
     if any(other.meta.get("regen_of") == job.id for other in same):
         return None
     restored = await anyio.to_thread.run_sync(approval.unshelve, job.id)

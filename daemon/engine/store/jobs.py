@@ -39,7 +39,7 @@ from daemon.engine.store.model import (
     to_json,
 )
 from daemon.errors import AmbiguousError, JobError, NotFoundError
-from daemon.jobstate import RUNNING_STATES, check_move
+from daemon.jobstate import RUNNING_STATES, ReplyKey, check_move
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change; see :meth:`Jobs.add_job_listener`."""
@@ -340,6 +340,10 @@ class Jobs(Database):
             return [_job_from_row(r) for r in rows]
 
         return await self._run(_list, write=False)
+
+    async def jobs_for(self, reply: ReplyKey) -> list[Job]:
+        """Every job of ``reply``'s message in its chat, whatever the revision."""
+        return await self.jobs_for_reply(reply.chat, reply.name, reply.date)
 
     async def jobs_for_reply(self, chat: str, identity_name: str, identity_date: str) -> list[Job]:
         """Every job of one reply (any revision, any state), oldest first."""

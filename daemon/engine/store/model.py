@@ -21,6 +21,7 @@ from daemon.jobstate import (
     SUPERSEDABLE_STATES,
     Job,
     JobState,
+    ReplyKey,
     States,
 )
 from daemon.tavern.chat import Cursor
@@ -36,6 +37,7 @@ __all__ = [
     "Job",
     "JobState",
     "LedgerEntry",
+    "ReplyKey",
     "States",
     "aware_utc",
     "job_key",
@@ -107,16 +109,11 @@ def new_job_id(now_ms: int | None = None) -> str:
     return "".join(reversed(chars))
 
 
-def _escape(part: str) -> str:
-    return part.replace("\\", "\\\\").replace("|", "\\|")
-
-
 def job_key(
     user: str, chat: str, identity_name: str, identity_date: str, revision: str, regen: int = 0
 ) -> str:
-    """The idempotency key of a job; ``|`` inside parts is escaped so keys never collide."""
-    base = "|".join(_escape(p) for p in (user, chat, identity_name, identity_date, revision))
-    return f"{base}|regen:{regen}" if regen else base
+    """The idempotency key of a job (:meth:`daemon.jobstate.ReplyKey.key`)."""
+    return ReplyKey(user, chat, identity_name, identity_date, revision).key(regen)
 
 
 def aware_utc(when: datetime) -> datetime:
