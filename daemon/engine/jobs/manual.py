@@ -429,7 +429,9 @@ async def follow(
         deps: JobDeps | None = None
         if not running.running:
             # Opened here, not in the task: a configuration error reaches the user as itself.
-            deps = await stack.enter_async_context(open_job_deps(config, store=store, root=root))
+            deps = await stack.enter_async_context(
+                open_job_deps(config, store=store, root=root, strict=True)
+            )
             if running_here is not None:
                 running_here()
         current = job

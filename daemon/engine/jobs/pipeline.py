@@ -165,9 +165,12 @@ def build_providers(config: Config, client: httpx.AsyncClient) -> tuple[PromptWr
 
 @contextlib.asynccontextmanager
 async def open_job_deps(
-    config: Config, *, store: Store | None = None, root: Path | None = None
+    config: Config, *, store: Store | None = None, root: Path | None = None, strict: bool = False
 ) -> AsyncIterator[JobDeps]:
-    """Open the store (unless given), one shared HTTP client, both providers and the committer."""
+    """Open the store (unless given), one shared HTTP client, both providers and the committer.
+
+    ``strict``: what is not set up is a ConfigError naming it (a job run here and now, as by
+    ``generate --wait`` with no daemon), not a placeholder that holds the daemon's jobs."""
     from daemon.engine.commit.apply import Committer
     from daemon.providers.http import make_client
 
@@ -183,7 +186,11 @@ async def open_job_deps(
         client = make_client()
         stack.push_async_callback(client.aclose)
         approval = Approval(config.state_dir)
-        prompts, images = build_providers(config, client)
+        if strict:
+            prompts = PromptWriter(config.text, client, limits=config.limits)
+            images = make_image_backend(config.image, client, limits=config.limits)
+        else:
+            prompts, images = build_providers(config, client)
         deps = JobDeps(
             config=config,
             root=root,
