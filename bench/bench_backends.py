@@ -1,5 +1,5 @@
-"""The daemon's overhead per image job on the native backends (AUTOMATIC1111, ComfyUI), against
-the fake server's own latency measured in the same run.
+"""The daemon's overhead per image job on each backend (AUTOMATIC1111, ComfyUI, OpenRouter,
+Gemini, NovelAI, AI Horde, fal), against the fake server's own latency measured in the same run.
 
 Each fake renders for about 50 ms and answers one realistic 512x512 PNG (noise, about 770 kB).
 Baselines, per backend: the bare protocol with no checks (A1111: one POST, the body read;
@@ -9,7 +9,13 @@ A1111, then Pillow's full check). The backend's time minus both is what st-image
 building the request, parsing and checking the answer, the download guard, loading and filling
 the workflow, the progress callback.
 
-Target: that overhead <= 20 ms per job (issue 13), for each backend. Medians of alternating runs.
+The hosted services' fakes answer at once: their bare protocol is the same requests made with
+the bare client (OpenRouter and Gemini: one POST; NovelAI: one POST answering a ZIP; the queues:
+submit, one "waiting" poll and one "done" poll with the same poll interval, the result, the
+image URL). Their decode is base64 (OpenRouter, Gemini) or none (ZIP, URLs) plus Pillow's check.
+
+Target: that overhead <= 20 ms per job (issues 13 and 22), for each backend. Medians of
+alternating runs.
 """
 
 from __future__ import annotations
@@ -38,8 +44,14 @@ from daemon.providers.backend import ImageRequest, Progress
 from daemon.providers.comfyui import ComfyUIBackend
 from daemon.providers.decode import check_image
 from daemon.providers.http import RetryPolicy, make_client
+from daemon.providers.registry import make_backend
 from tests.providers.fake_a1111 import FakeA1111, serve_a1111
 from tests.providers.fake_comfyui import CHECKPOINTS, FakeComfy, serve_comfy
+from tests.providers.fake_gemini import FakeGemini
+from tests.providers.fake_novelai import FakeNovelAI
+from tests.providers.fake_openrouter import FakeOpenRouter
+from tests.providers.fake_queues import FakeFal, FakeHorde
+from tests.providers.fake_service import FakeService, serve
 
 RUNS = 25
 STEPS = 10
@@ -148,6 +160,167 @@ async def _comfy(png: bytes) -> tuple[float, float]:
             return await _alternate(raw, ours)
 
 
+QUEUE_POLL = 0.005  # seconds between the queues' polls, the same for both sides
+
+
+async def _hosted(
+    fake: FakeService, image: dict[str, Any], raw_calls: Callable[[Any, str], Awaitable[None]]
+) -> tuple[float, float]:
+    """Bare requests against ``fake`` versus the backend ``image`` configures."""
+    with serve(fake) as api:
+        settings = ImageSettings.model_validate(
+            {
+                k: (v.replace("{url}", api.url) if isinstance(v, str) else v)
+                for k, v in image.items()
+            }
+        )
+        request = ImageRequest(prompt="a lighthouse at dusk", negative="blurry", seed=1)
+        async with make_client() as client:
+            backend = make_backend(settings, client, retry=RetryPolicy(attempts=1))
+
+            async def raw() -> None:
+                await raw_calls(client, api.url)
+
+            async def ours() -> None:
+                images = await backend.generate(request, progress=_noop)
+                assert len(images) == 1
+
+            return await _alternate(raw, ours)
+
+
+def _hosted_cases(
+    png: bytes,
+) -> list[tuple[str, Callable[[], Awaitable[tuple[float, float]]], bool]]:
+    router = FakeOpenRouter(image=png)
+    gemini = FakeGemini(image=png, thought_first=False)
+    nai = FakeNovelAI(image=png)
+    horde = FakeHorde(image=png, waits=1)
+    fal = FakeFal(image=png, waits=1)
+
+    async def router_raw(client: Any, url: str) -> None:
+        body = {
+            "model": "google/gemini-2.5-flash-image",
+            "messages": [{"role": "user", "content": "a lighthouse at dusk"}],
+            "modalities": ["image", "text"],
+            "image_config": {"aspect_ratio": "1:1"},
+        }
+        headers = {"Authorization": f"Bearer {router.key}"}
+        answer = await client.post(url + "/api/v1/chat/completions", json=body, headers=headers)
+        answer.raise_for_status()
+        answer.json()
+
+    async def gemini_raw(client: Any, url: str) -> None:
+        body = {
+            "contents": [{"parts": [{"text": "a lighthouse at dusk"}]}],
+            "generationConfig": {"responseModalities": ["TEXT", "IMAGE"]},
+        }
+        answer = await client.post(
+            url + "/v1beta/models/gemini-2.5-flash-image:generateContent",
+            json=body,
+            headers={"x-goog-api-key": gemini.key},
+        )
+        answer.raise_for_status()
+        answer.json()
+
+    async def nai_raw(client: Any, url: str) -> None:
+        params = {"width": SIDE, "height": SIDE, "n_samples": 1}
+        body = {"input": "a lighthouse", "model": "nai-diffusion-4-5-full", "parameters": params}
+        headers = {"Authorization": f"Bearer {nai.key}"}
+        answer = await client.post(url + "/ai/generate-image", json=body, headers=headers)
+        answer.raise_for_status()
+
+    async def horde_raw(client: Any, url: str) -> None:
+        headers = {"apikey": horde.key}
+        body = {"prompt": "a lighthouse", "params": {"n": 1, "width": SIDE, "height": SIDE}}
+        ticket = (
+            await client.post(url + "/api/v2/generate/async", json=body, headers=headers)
+        ).json()
+        check = f"{url}/api/v2/generate/check/{ticket['id']}"
+        while True:
+            if (await client.get(check, headers=headers)).json()["done"]:
+                break
+            await anyio.sleep(QUEUE_POLL)
+        status_url = f"{url}/api/v2/generate/status/{ticket['id']}"
+        status = await client.get(status_url, headers=headers)
+        for gen in status.json()["generations"]:
+            (await client.get(gen["img"])).raise_for_status()
+
+    async def fal_raw(client: Any, url: str) -> None:
+        headers = {"Authorization": f"Key {fal.key}"}
+        body = {"prompt": "a lighthouse", "image_size": {"width": SIDE, "height": SIDE}}
+        ticket = (
+            await client.post(url + "/fal-ai/flux/schnell", json=body, headers=headers)
+        ).json()
+        while True:
+            state = (await client.get(ticket["status_url"], headers=headers)).json()["status"]
+            if state == "COMPLETED":
+                break
+            await anyio.sleep(QUEUE_POLL)
+        result = (await client.get(ticket["response_url"], headers=headers)).json()
+        for image in result["images"]:
+            (await client.get(image["url"])).raise_for_status()
+
+    size = f"{SIDE}x{SIDE}"
+    return [
+        (
+            "OpenRouter",
+            lambda: _hosted(
+                router,
+                {"backend": "openrouter", "api_url": "{url}/api/v1", "api_key": router.key},
+                router_raw,
+            ),
+            True,
+        ),
+        (
+            "Gemini",
+            lambda: _hosted(
+                gemini,
+                {"backend": "gemini", "api_url": "{url}/v1beta", "api_key": gemini.key},
+                gemini_raw,
+            ),
+            True,
+        ),
+        (
+            "NovelAI",
+            lambda: _hosted(
+                nai,
+                {"backend": "novelai", "api_url": "{url}", "api_key": nai.key, "size": size},
+                nai_raw,
+            ),
+            False,
+        ),
+        (
+            "AI Horde",
+            lambda: _hosted(
+                horde,
+                {
+                    "backend": "horde",
+                    "api_url": "{url}/api",
+                    "size": size,
+                    "horde": {"poll_seconds": QUEUE_POLL},
+                },
+                horde_raw,
+            ),
+            False,
+        ),
+        (
+            "fal",
+            lambda: _hosted(
+                fal,
+                {
+                    "backend": "fal",
+                    "api_url": "{url}",
+                    "api_key": fal.key,
+                    "size": size,
+                    "fal": {"poll_seconds": QUEUE_POLL},
+                },
+                fal_raw,
+            ),
+            False,
+        ),
+    ]
+
+
 def _bare_workflow() -> dict[str, Any]:
     from daemon.providers.comfyui import fill_workflow, load_workflow
 
@@ -184,8 +357,13 @@ def _run() -> int:
         f"{STEPS} x {STEP_SECONDS * 1e3:.0f} ms; {RUNS} alternating runs each, medians"
     )
     ok = True
-    for name, run, b64 in (("A1111", _a1111, True), ("ComfyUI", _comfy, False)):
-        raw, ours = anyio.run(run, png)
+    cases: list[tuple[str, Callable[[], Awaitable[tuple[float, float]]], bool]] = [
+        ("A1111", lambda: _a1111(png), True),
+        ("ComfyUI", lambda: _comfy(png), False),
+        *_hosted_cases(png),
+    ]
+    for name, run, b64 in cases:
+        raw, ours = anyio.run(run)
         decode = _decode_time(png, b64)
         overhead = ours - raw - decode
         print(f"  {name} bare protocol (the fake's own latency)   {fmt_time(raw):>10}")

@@ -325,6 +325,18 @@ class LimitsSettings(_Section):
     min_interval_seconds: float = Field(
         default=0.0, ge=0, description="minimum time between image API calls"
     )
+    daily_budget: float | None = Field(
+        default=None,
+        ge=0,
+        description="most USD spent on images per day (local time); a job that would cross it "
+        "waits; empty = no cap",
+    )
+    monthly_budget: float | None = Field(
+        default=None, ge=0, description="most USD spent on images per calendar month; empty: none"
+    )
+    chat_daily_images: int | None = Field(
+        default=None, ge=1, description="most images made per chat per day; empty = no cap"
+    )
     drain_seconds: float = Field(
         default=7.0,
         ge=0,
@@ -415,6 +427,11 @@ class Config(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    prices: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default={},
+        description="[prices] model = USD per image, for spend estimates where the service does "
+        "not report its cost (adds to or overrides the shipped estimates)",
+    )
     default_style: str = Field(
         default="", description="style of chats and characters without their own; empty = none"
     )
@@ -632,7 +649,7 @@ _TOP_KEYS = {"data_root", "state_dir", "mode", "approval", "default_style"}
 
 def _check_env_keys(env: Mapping[str, str]) -> None:
     """Refuse misspelled top-level environment variables (nested ones are checked by pydantic)."""
-    sections = {"detect", "text", "image", "commit", "limits", "log", "web", "styles"}
+    sections = {"detect", "text", "image", "commit", "limits", "log", "web", "styles", "prices"}
     for key in env:
         name = key[len(ENV_PREFIX) :].lower()
         head = name.split("__", 1)[0]

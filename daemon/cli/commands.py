@@ -71,6 +71,34 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The commands on jobs: list, show, spend, accept, reject, regen."""
+    lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
+    lst.add_argument("--state", choices=STATES, help="only jobs in this state")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    lst.add_argument("--limit", type=int, default=50, help="at most this many jobs (50)")
+
+    show = sub.add_parser("show", parents=[common], help="one job in detail")
+    show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
+    show.add_argument("--json", action="store_true", help="JSON output")
+
+    spend = sub.add_parser("spend", parents=[common], help="today's and this month's spend")
+    spend.add_argument("action", nargs="?", choices=["approve"], help="approve: allow a held job")
+    spend.add_argument("job", nargs="?", metavar="JOB", help="the held job to allow once")
+    spend.add_argument("--json", action="store_true", help="JSON output")
+
+    acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
+    acc.add_argument("job", metavar="JOB")
+    acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
+
+    rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
+    rej.add_argument("job", metavar="JOB")
+
+    regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
+    regen.add_argument("job", metavar="JOB")
+    regen.add_argument("--prompt", help="use this prompt instead of the job's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -123,25 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="a new job even if this reply already has one (like regen)",
         )
 
-    lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
-    lst.add_argument("--state", choices=STATES, help="only jobs in this state")
-    lst.add_argument("--json", action="store_true", help="JSON output")
-    lst.add_argument("--limit", type=int, default=50, help="at most this many jobs (50)")
-
-    show = sub.add_parser("show", parents=[common], help="one job in detail")
-    show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
-    show.add_argument("--json", action="store_true", help="JSON output")
-
-    acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
-    acc.add_argument("job", metavar="JOB")
-    acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
-
-    rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
-    rej.add_argument("job", metavar="JOB")
-
-    regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
-    regen.add_argument("job", metavar="JOB")
-    regen.add_argument("--prompt", help="use this prompt instead of the job's")
+    _add_job_parsers(sub, common)
 
     status = sub.add_parser("status", parents=[common], help="daemon, chats and jobs")
     status.add_argument("--json", action="store_true", help="JSON output")
@@ -346,6 +356,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     jobs: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
         "list": _cmd_list,
         "show": _cmd_show,
+        "spend": _cmd_spend,
         "accept": _cmd_accept,
         "reject": _cmd_reject,
         "regen": _cmd_regen,
@@ -494,6 +505,21 @@ async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_spend(engine: Engine, args: argparse.Namespace) -> int:
+    if args.action == "approve":
+        if not args.job:
+            raise CommandError("spend approve needs the held job's id (see status)")
+        job = await engine.approve_spend(args.job)
+        print(f"job {job.id} may make its call once; it runs now")
+        return 0
+    summary = await engine.spend()
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+        return 0
+    print(summary.line())
+    return 0
+
+
 async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.job(args.job)
     found = await engine.job_folder(job.id)  # pending/, or a drop folder it was moved into
@@ -519,6 +545,11 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
         rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
     if job.last_error:
         rows.append(("last error", job.last_error))
+    if job.state.value == "queued" and job.meta.get("held"):
+        rows.append(("held", f"{job.meta['held']}; {job.meta.get('held_fix') or ''}"))
+    if job.meta.get("cost"):
+        rows.append(("cost", str(job.meta["cost"])))
+    rows.append(("spend", (await engine.spend()).line()))
     rows.append(("prompt", job.prompt or "(not written yet)"))
     for key, value in rows:
         print(f"{key + ':':<12} {value}")

@@ -40,6 +40,7 @@ class _Progress:
         self._drawn = False
         self._started = time.monotonic()
         self._last = first.state
+        self._held: object = None
 
     def say(self, text: str) -> None:
         self.clear()
@@ -50,6 +51,11 @@ class _Progress:
         if job.state is not self._last:
             self.say(f"job {job.short_id}: {self._last.value} -> {job.state.value}")
             self._last = job.state
+        held = job.meta.get("held") if job.state is JobState.QUEUED else None
+        if held and held != self._held:
+            # A spend cap: no call is made until it allows one; say why and what to do.
+            self.say(f"job {job.short_id} waits: {held}; {job.meta.get('held_fix') or ''}")
+        self._held = held
         self.tick(job.state, job.meta.get("progress"))
 
     def tick(self, state: JobState, told: object = None) -> None:

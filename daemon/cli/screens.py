@@ -52,6 +52,13 @@ def render_status(report: StatusReport) -> str:
     else:
         shown = [f"{n} {state}" for state, n in report.jobs.items() if n]
         lines.append(f"jobs: {', '.join(shown) if shown else 'none yet'}")
+    if report.spend:
+        lines.append(f"spend: {report.spend['line']}")
+    if report.held:
+        n = len(report.held)
+        lines.append(f"held by a spend cap: {n} job{'s' if n != 1 else ''}")
+        for row in report.held:
+            lines.append(f"  {row['job'][:10]}  {row['chat']}: {row['reason']}; {row['fix']}")
     if report.waiting_messages:
         n, c = report.waiting_messages, len(report.waiting_chats)
         lines.append(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from daemon.engine.intake.watchmode import choose as watch_mode
 from daemon.engine.intake.why import Explanation, explain
 from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
+from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, SpendSummary, spend_summary
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
 from daemon.engine.look.styles import Style, all_styles, check_default_style, check_style
 from daemon.engine.process.lock import daemon_running
@@ -473,6 +475,31 @@ class Engine:
         new = await regen_job(await self.store(), await self.approval(), ref, prompt)
         self.wake()
         return new
+
+    async def spend(self) -> SpendSummary:
+        """Today's and this month's spend and images, with the caps."""
+        return await spend_summary(self.config, await self.store(), datetime.now(UTC))
+
+    async def approve_spend(self, ref: str) -> Job:
+        """Let one job held by a spend cap make its call now, once (the caps stay)."""
+        store = await self.store()
+        job = await store.get_job(ref)
+        if job.state is not JobState.QUEUED or not job.meta.get(HELD_KEY):
+            raise JobStateError(
+                f"job {job.id} is not held by a spend cap (it is {job.state.value})"
+            )
+        moved = await store.transition(
+            job.id,
+            JobState.QUEUED,
+            JobState.QUEUED,
+            next_attempt_at=datetime.now(UTC),
+            meta_update={APPROVED_KEY: True},
+        )
+        if moved is None:
+            now = await store.get_job(job.id)
+            raise JobStateError(f"job {now.id} is no longer held (it is {now.state.value})")
+        self.wake()
+        return moved
 
     async def cancel(self, ref: str) -> Job:
         """A queued or running job -> REJECTED (``meta["cancelled"]``), before any image is

@@ -336,6 +336,7 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         state_dir="",
         errors=[e for e in data.get("errors", []) if str(e.get("chat", "")).startswith(own)],
         waiting_chats=[c for c in data.get("waiting_chats", []) if str(c).startswith(own)],
+        held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
     return data

@@ -101,6 +101,7 @@ _OWN_TABLES = {
     "cursors.py": {"cursors"},
     "ledger.py": {"ledger", "jobs"},  # ledger_add checks the job exists (the foreign key's rule)
     "writes.py": {"our_writes"},
+    "spend.py": {"spend"},
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tests.providers.fake_service import FakeService, Reply, Seen, b64png
+from tests.providers.fake_service import FakeService, Reply, Seen
 
 __all__ = ["FakeGemini"]
 
@@ -66,7 +66,7 @@ class FakeGemini(FakeService):
         finish = self.block or "STOP"
         if not self.block:
             parts.append({"text": "Here is your image."})
-            parts.append({"inlineData": {"mimeType": "image/png", "data": b64png(16, 9)}})
+            parts.append({"inlineData": {"mimeType": "image/png", "data": self.b64picture(16, 9)}})
         return Reply.of(
             {
                 "candidates": [

@@ -16,7 +16,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 
-from tests.providers.fake_service import FakeService, Reply, Seen, png
+from tests.providers.fake_service import FakeService, Reply, Seen
 
 __all__ = ["FakeNovelAI", "zip_of"]
 
@@ -51,7 +51,7 @@ class FakeNovelAI(FakeService):
         if (seen.method, seen.path) == ("POST", "/ai/generate-image"):
             params = seen.json["parameters"]
             files = {
-                f"image_{i}.png": png(params["width"] // 64, params["height"] // 64)
+                f"image_{i}.png": self.picture(params["width"] // 64, params["height"] // 64)
                 for i in range(params["n_samples"])
             }
             return Reply(200, zip_of(files), {"Content-Type": "application/x-zip-compressed"})

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tests.providers.fake_service import FakeService, Reply, Seen, b64png
+from tests.providers.fake_service import FakeService, Reply, Seen
 
 __all__ = ["FakeOpenRouter"]
 
@@ -45,7 +45,7 @@ class FakeOpenRouter(FakeService):
         if route == ("POST", "/api/v1/images"):
             body = seen.json
             n = int(body.get("n") or 1)
-            data = [{"b64_json": b64png(), "media_type": "image/png"} for _ in range(n)]
+            data = [{"b64_json": self.b64picture(), "media_type": "image/png"} for _ in range(n)]
             return Reply.of({"created": 1, "data": data, "usage": {"cost": self.cost * n}})
         return super().answer(seen)
 
@@ -56,10 +56,13 @@ class FakeOpenRouter(FakeService):
         if self.text_only:
             message["content"] = "I can only describe it: a cat on a mat."
         elif self.content_only == "markdown":
-            message["content"] = f"Here it is: ![image](data:image/png;base64,{b64png()})"
+            message["content"] = f"Here it is: ![image](data:image/png;base64,{self.b64picture()})"
         else:
             message["images"] = [
-                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64png()}"}}
+                {
+                    "type": "image_url",
+                    "image_url": {"url": f"data:image/png;base64,{self.b64picture()}"},
+                }
             ]
         return Reply.of(
             {

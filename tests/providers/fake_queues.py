@@ -22,7 +22,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.providers.fake_service import FakeService, Reply, Seen, png
+from tests.providers.fake_service import FakeService, Reply, Seen
 
 __all__ = ["FakeFal", "FakeHorde"]
 
@@ -49,7 +49,7 @@ class FakeHorde(FakeService):
         if seen.path.startswith("/r2/"):
             if self.expired_images:
                 return Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", {})
-            return Reply(200, png(12, 18), {"Content-Type": "image/png"})
+            return Reply(200, self.picture(12, 18), {"Content-Type": "image/png"})
         if seen.headers.get("apikey") != self.key:
             return Reply.of({"message": "No user matching sent API Key."}, 401)
         if (seen.method, seen.path) == ("GET", "/api/v2/find_user"):
@@ -113,7 +113,7 @@ class FakeFal(FakeService):
 
     def answer(self, seen: Seen) -> Reply:
         if seen.path.startswith("/files/"):
-            return Reply(200, png(10, 10), {"Content-Type": "image/png"})
+            return Reply(200, self.picture(10, 10), {"Content-Type": "image/png"})
         if seen.headers.get("authorization") != f"Key {self.key}":
             return Reply.of({"detail": "Unauthorized"}, 401)
         app = "/fal-ai/flux/schnell"

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import io
 import json
+import socket
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -69,6 +70,13 @@ class FakeService:
     requests: list[Seen] = field(default_factory=list)
     script: dict[str, list[Reply]] = field(default_factory=lambda: defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    image: bytes = b""  # the picture every answer carries (a benchmark's); empty: a tiny PNG
+
+    def picture(self, width: int = 8, height: int = 8) -> bytes:
+        return self.image or png(width, height)
+
+    def b64picture(self, width: int = 8, height: int = 8) -> str:
+        return base64.b64encode(self.picture(width, height)).decode()
 
     @property
     def url(self) -> str:
@@ -95,6 +103,8 @@ def _handler(fake: FakeService) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def _serve(self) -> None:
+            # Without it, delayed ACKs add 40 ms to each small answer: a fake must be quick.
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
             parts = urlsplit(self.path)

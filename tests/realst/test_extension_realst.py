@@ -74,9 +74,31 @@ async def daemon_for(
         yield inbox, config_file
 
 
+TOAST_LOG = """
+window.__toasts = [];
+new MutationObserver(records => {
+    for (const r of records) for (const node of r.addedNodes) {
+        if (node.nodeType === 1 && node.classList.contains('toast')) {
+            window.__toasts.push({ kind: node.className, text: node.textContent });
+        }
+    }
+}).observe(document, { childList: true, subtree: true });
+"""
+"""Every toast the page shows, recorded as it appears (ST's toasts vanish after seconds)."""
+
+
+async def toast_seen(page: Page, kind: str, text: str, within_ms: float = LIVE_MS) -> None:
+    await page.wait_for_function(
+        "([k, t]) => window.__toasts.some(x => x.kind.includes(k) && x.text.includes(t))",
+        arg=[kind, text],
+        timeout=within_ms,
+    )
+
+
 async def st_page(b: Browser, st: STServer, fake_api: FakeAPI, errors: list[str]) -> Page:
     page = await b.new_page(viewport={"width": 1280, "height": 900})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.add_init_script(TOAST_LOG)
     await stpage.open_st(page, st.url)
     await stpage.connect_chat_api(page, fake_api.base_url)
     return page
@@ -191,8 +213,7 @@ async def test_send_popup_accept_live_save_reload_genimage_hostile(
         fake_api.fail_image = [400] * 10
         fake_api.fail_message = f"bad request {HOSTILE}"
         await stpage.slash(page, f"/genimage mesid={reply} force=true")
-        failed = page.locator("#toast-container .toast-error", has_text="bad request <img")
-        await expect(failed.first).to_be_visible(timeout=JOB_S * 1000)
+        await toast_seen(page, "toast-error", "bad request <img", within_ms=JOB_S * 1000)
         fake_api.fail_image = []
 
         # 6. Reload: the images are read from the file, each once.
@@ -207,7 +228,106 @@ async def test_send_popup_accept_live_save_reload_genimage_hostile(
         # Nothing daemon- or user-supplied ever ran as HTML in ST's page.
         assert await page.evaluate("window.__pwned === undefined")
         assert not await page.locator("#toast-container img").count()
+        assert await page.evaluate(
+            "window.__toasts.every(t => !/HTTP 401|01[A-Z0-9]{24}/.test(t.text))"
+        )
         assert not [e for e in errors if "st-imagegen" in e or "__pwned" in e], errors
     print(f"\nSillyTavern {st.version}: {timings}", file=sys.stderr)
     for key, value in timings.items():
         assert re.match(r"^[^:]+$", key) and value >= 0
+
+
+async def close_popup(page: Page, job_id: str) -> None:
+    """The user closes the preview popup (its Close button), e.g. to swipe."""
+    dialog = page.locator(f'dialog[open]:has(.st-imagegen-preview[data-job="{job_id}"])')
+    await dialog.locator(".popup-button-ok").click(timeout=LIVE_MS)
+    await expect(dialog).to_have_count(0, timeout=LIVE_MS)
+
+
+async def test_token_swipe_back_cli_accept_and_menu_button(
+    st: STServer, make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """A token-protected daemon (the tab says what to paste where; pasted, it connects); a
+    popup closed to swipe right comes back after swiping back; an accept on the command line
+    appears live; the message menu's button asks for an image."""
+    from daemon.web.security import load_token
+
+    errors: list[str] = []
+    name = f"Noor{st.version.replace('.', '')}"
+    async with (
+        daemon_for(st, make_config, tmp_path, require_token=True) as (inbox, config_file),
+        browser() as b,
+    ):
+        page = await st_page(b, st, fake_api, errors)
+        await page.evaluate("window.__sameDocument = true")
+
+        # Token mode: the install gave this user's copy its own token, so it connects as is;
+        # with the token field emptied, the tab says what to paste where (not "HTTP 401"), and
+        # the token `st-imagegen web-url` shows, pasted, connects again.
+        state = page.locator("#st_imagegen_state")
+        await expect(state).to_have_text(f"connected · daemon {__version__}", timeout=LIVE_MS)
+        await page.locator("#extensions-settings-button .drawer-toggle").click()
+        await page.locator(".st-imagegen-settings .inline-drawer-toggle").click()
+        token_box = page.locator("#st_imagegen_token")
+        await expect(token_box).to_be_visible(timeout=LIVE_MS)
+        await token_box.fill("")
+        hint = "this daemon needs a token: run `st-imagegen web-url`"
+        await toast_seen(page, "toast-warning", hint)
+        await expect(page.locator("#st_imagegen_error")).to_contain_text(hint)
+        await token_box.fill(load_token(inbox.config, create=False))
+        await expect(state).to_have_text(f"connected · daemon {__version__}", timeout=LIVE_MS)
+        panel = page.locator(".st-imagegen-settings")
+        await panel.screenshot(path=str(shot_path(tmp_path, f"realst-{st.version}-settings.png")))
+        await page.locator("#extensions-settings-button .drawer-toggle").click()
+
+        avatar = await stpage.create_character(page, name, f"*{name} nods.* Welcome.")
+        chat_id: str = await page.evaluate("SillyTavern.getContext().getCurrentChatId()")
+        path = chat_file(st, avatar, chat_id)
+
+        # Swipe right and back: the first job's popup, closed to swipe, is offered again.
+        reply = await stpage.send_message(page, "Tell me about the market.")
+        first = await job_for_reply(inbox, chat_id, reply, JobState.PENDING)
+        await expect(page.locator(f'[data-job="{first.id}"]')).to_be_visible(timeout=LIVE_MS)
+        await close_popup(page, first.id)
+        await page.locator(f'#chat .mes[mesid="{reply}"] .swipe_right').click()
+        await page.wait_for_function(
+            "(i) => SillyTavern.getContext().chat[i].swipe_id === 1",
+            arg=reply,
+            timeout=stpage.REPLY_MS,
+        )
+        await stpage.wait_reply(page, reply)
+        await inbox.wait_state(first.id, JobState.SUPERSEDED, within=JOB_S)
+
+        async def second_swipe_job() -> Any:
+            jobs = await inbox.service.store.query_jobs(states=[JobState.PENDING])
+            return next((j for j in jobs if j.id != first.id and j.message_index == reply), None)
+
+        second = await async_wait_for(second_swipe_job, within=JOB_S)
+        await expect(page.locator(f'[data-job="{second.id}"]')).to_be_visible(timeout=LIVE_MS)
+        await close_popup(page, second.id)
+        await page.locator(f'#chat .mes[mesid="{reply}"] .swipe_left').click()
+        await inbox.wait_state(first.id, JobState.PENDING, within=JOB_S)
+        back = page.locator(f'.st-imagegen-preview[data-job="{first.id}"]')
+        await expect(back).to_be_visible(timeout=LIVE_MS)
+        await expect(back.locator('img[src^="blob:"]').first).to_be_visible(timeout=LIVE_MS)
+
+        # Accepted on the command line: live in the tab, under the reply, the popup gone.
+        assert await cli(config_file, "accept", first.id) == 0
+        await expect(image_under(page, reply + 1)).to_be_visible(timeout=LIVE_MS)
+        await expect(back).to_have_count(0, timeout=LIVE_MS)
+        assert await page.evaluate("window.__sameDocument") is True
+        assert file_markers(path).count(first.id) == 1
+        assert (await stpage.chat_markers(page)).count(first.id) == 1
+
+        # The message menu's button (not ST's paintbrush): a job for the greeting.
+        greeting = page.locator('#chat .mes[mesid="0"]')
+        await greeting.hover()
+        await greeting.locator(".extraMesButtonsHint").click()
+        button = greeting.locator(".st-imagegen-gen")
+        await expect(button).to_be_visible(timeout=LIVE_MS)
+        assert "fa-paintbrush" not in (await button.get_attribute("class") or "")
+        await button.click()
+        made = await job_for_reply(inbox, chat_id, 0)
+        assert made.source == "manual"
+        await expect(page.locator(f'[data-job="{made.id}"]')).to_be_visible(timeout=JOB_S * 1000)
+        assert not [e for e in errors if "st-imagegen" in e], errors

@@ -363,6 +363,9 @@ async def test_status_has_the_same_facts_as_the_cli(inbox: Inbox) -> None:
     assert status["counts"]["pending"] == 1 and status["jobs"]["pending"] == 1
     assert status["chats_watched"] == 1 and status["version"]
     assert isinstance(status["errors"], list)
+    # The inbox's strip shows the spend: the images made (no price known for the fake model).
+    assert status["spend"]["today_images"] == IMAGES and status["spend"]["today_usd"] == 0
+    assert status["held"] == []
 
 
 async def test_keys_never_reach_an_answer(

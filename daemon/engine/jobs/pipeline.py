@@ -28,6 +28,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from daemon.config import Config
 from daemon.configure.ready import setup_missing
 from daemon.engine.jobs.approval import TRASH_DAYS, Approval
+from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, Budget, Hold
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
 from daemon.engine.look.references import load_references
@@ -59,6 +60,7 @@ from daemon.providers.backend import (
 from daemon.providers.factory import make_image_backend
 from daemon.providers.images import GeneratedImage
 from daemon.providers.native import pick_seed
+from daemon.providers.pricing import Charge, charge_for, price_per_image
 from daemon.providers.registry import capabilities
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.tavern import cards, layout
@@ -121,6 +123,14 @@ class JobDeps:
     clock: Callable[[], datetime] = _now
     rng: random.Random = field(default_factory=random.Random)
     client: httpx.AsyncClient | None = None  # shared by the providers; rebuilt ones reuse it
+    # Made on first use and kept by with_config: the reservations of running calls span
+    # configuration changes (each check reads the caps of the job's own config).
+    budget: Budget | None = None
+
+    def spend_budget(self) -> Budget:
+        if self.budget is None:
+            self.budget = Budget(self.store, self.clock)
+        return self.budget
 
     def with_config(self, config: Config) -> JobDeps:
         """The same store, folders and client with providers built for ``config``; raises
@@ -128,7 +138,9 @@ class JobDeps:
         if self.client is None:
             raise ConfigError("these job dependencies cannot be rebuilt (no shared client)")
         prompts, images = build_providers(config, self.client)
-        return dataclasses.replace(self, config=config, prompts=prompts, images=images)
+        return dataclasses.replace(
+            self, config=config, prompts=prompts, images=images, budget=self.spend_budget()
+        )
 
 
 class NotSetUp:
@@ -398,6 +410,7 @@ class _Made:
     images: list[GeneratedImage]
     request: ImageRequest
     seed: int | None
+    charge: Charge | None  # what the call cost (None: nothing known)
 
 
 async def _pipeline(job: Job, deps: JobDeps) -> Job:
@@ -478,11 +491,46 @@ async def _image_step(job: Job, deps: JobDeps) -> _Made:
         references=references,
         characters=scene_characters(job.meta.get("appearance")),
     )
-    generated = await deps.images.generate(request, progress=_progress_writer(job, deps))
+    generated, charge = await _paid_call(job, request, deps)
     if not generated:
         raise PermanentProviderError("the image API returned no images")
     stamped = await anyio.to_thread.run_sync(stamp_images, generated, job, deps.config, request)
-    return _Made(list(stamped), request, seed)
+    return _Made(list(stamped), request, seed, charge)
+
+
+async def _paid_call(
+    job: Job, request: ImageRequest, deps: JobDeps
+) -> tuple[list[GeneratedImage], Charge | None]:
+    """The image call within the spend caps: its cost reserved first (a cap that does not allow
+    it holds the job, :class:`_Moved`), recorded after, whatever happens."""
+    image = deps.config.image
+    price = price_per_image(image, request.model or image.model, deps.config.prices)
+    wanted = image.n
+    reserved = await deps.spend_budget().reserve(
+        job, price.usd * wanted, wanted, deps.config.limits
+    )
+    if isinstance(reserved, Hold):
+        await _hold(job, reserved, deps, time.monotonic())
+        raise _Moved(job.id)
+    charge: Charge | None = None
+    try:
+        generated = await deps.images.generate(request, progress=_progress_writer(job, deps))
+        charge = charge_for(generated, price)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if charge is not None:
+                await deps.store.record_spend(
+                    job.id,
+                    job.user,
+                    job.chat,
+                    usd=charge.usd,
+                    images=charge.images,
+                    estimated=charge.estimated,
+                    units=charge.units,
+                    now=deps.clock(),
+                )
+            await deps.spend_budget().release(reserved)
+    return list(generated), charge
 
 
 async def _offer_step(job: Job, made: _Made, deps: JobDeps, started: float) -> Job:
@@ -510,6 +558,9 @@ async def _offer_step(job: Job, made: _Made, deps: JobDeps, started: float) -> J
             "image_prompts": [*[job.prompt] * len(made.images), *earlier_prompts],
             "earlier_count": len(earlier),
             "seed": made.seed,
+            "cost": made.charge.describe() if made.charge is not None else None,
+            HELD_KEY: None,
+            APPROVED_KEY: None,  # approval covers one call
         },
     )
     if moved is None:
@@ -563,6 +614,20 @@ async def _retry_later(job_id: str, step: _Step, exc: Exception, deps: JobDeps) 
         error=reason,
         retry_in=retry_in,
     )
+    return after
+
+
+async def _hold(job: Job, hold: Hold, deps: JobDeps, started: float) -> Job:
+    """Back to the queue until the cap's window ends, saying why (no call was made)."""
+    moved = await deps.store.transition(
+        job.id,
+        JobState.IMAGING,
+        JobState.QUEUED,
+        next_attempt_at=hold.until,
+        meta_update={HELD_KEY: hold.reason, "held_fix": hold.fix, "progress": None},
+    )
+    after = moved or await deps.store.get_job(job.id)
+    job_log(after, "held", started=started, logger=log, reason=hold.reason, until=str(hold.until))
     return after
 
 

@@ -220,7 +220,15 @@ class Service:
             self._config_hint = anyio.Event()
             result = await anyio.to_thread.run_sync(live.read)
             if result is not None:
+                before = self.config
                 live.take(result)
+                after = self.config
+                if (before.limits, before.prices) != (after.limits, after.prices):
+                    # A raised spend cap lets held jobs through now, not at the window's end.
+                    released = await self.store.release_held()
+                    if released:
+                        log.info("jobs held by a spend cap are checked again", count=released)
+                        self.runner.wake()
 
     # --- start ---------------------------------------------------------------------------
 
@@ -228,6 +236,9 @@ class Service:
         resumed = await self.store.resume_after_crash()
         if resumed:
             log.info("resumed jobs left running by a crash", count=resumed)
+        held = await self.store.release_held()
+        if held:
+            log.info("jobs held by a spend cap are checked again", count=held)
         removed = await anyio.to_thread.run_sync(self._cleanup_temps)
         removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:

@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from daemon.config import Config
+from daemon.engine.jobs.budget import HELD_KEY, spend_summary
 from daemon.engine.process.notify import read_heartbeat
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import StImagegenError
@@ -155,6 +156,8 @@ class StatusReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     waiting_messages: int = 0  # committed, not yet in any version ST saved (ledger open)
     waiting_chats: list[str] = field(default_factory=list)
+    spend: dict[str, Any] = field(default_factory=dict)  # SpendSummary.to_json(), and "line"
+    held: list[dict[str, str]] = field(default_factory=list)  # jobs waiting for a spend cap
     config_error: str | None = None  # the config file cannot be used (this command's reading)
     setup: str | None = None  # "not set up yet: open <address>"
     restart_pending: list[str] = field(default_factory=list)
@@ -235,6 +238,18 @@ async def gather_status(
     try:
         report.jobs = {s.value: n for s, n in (await store.counts()).items()}
         report.errors = [_error_row(j, at) for j in await store.recent_errors(RECENT_ERRORS)]
+        summary = await spend_summary(config, store, at)
+        report.spend = {**summary.to_json(), "line": summary.line()}
+        for job in await store.jobs_in([JobState.QUEUED]):
+            if job.meta.get(HELD_KEY):
+                report.held.append(
+                    {
+                        "job": job.id,
+                        "chat": job.chat,
+                        "reason": str(job.meta[HELD_KEY]),
+                        "fix": str(job.meta.get("held_fix") or ""),
+                    }
+                )
         for chat in sorted(await store.chats_with_open_ledger()):
             count = len(await store.ledger_for_chat(chat, open_only=True))
             if count:

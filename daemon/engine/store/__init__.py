@@ -7,8 +7,8 @@ transaction.
 
 Each table's rules live in its own class over that one connection: :class:`Jobs` (``jobs.py``),
 :class:`Cursors` (``cursors.py``), :class:`Ledger` (``ledger.py``), :class:`OurWrites`
-(``writes.py``); the schema and every migration live in ``schema.py``. :class:`Store` is all of
-them on one connection.
+(``writes.py``), :class:`Spend` (``spend.py``); the schema and every migration live in
+``schema.py``. :class:`Store` is all of them on one connection.
 
 Jobs may run twice: every state change is guarded by the expected current state(s), and a job's
 idempotency ``key`` is UNIQUE, so a duplicate event, a rescan or a restart never makes a second job.
@@ -37,6 +37,7 @@ from daemon.engine.store.model import (
     new_job_id,
 )
 from daemon.engine.store.schema import BUSY_TIMEOUT_MS, MIGRATIONS
+from daemon.engine.store.spend import Spend, SpendTotal
 from daemon.engine.store.writes import OUR_WRITES_KEPT, OurWrites
 
 __all__ = [
@@ -57,6 +58,8 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "OurWrites",
+    "Spend",
+    "SpendTotal",
     "States",
     "Store",
     "job_key",
@@ -64,5 +67,5 @@ __all__ = [
 ]
 
 
-class Store(Jobs, Cursors, Ledger, OurWrites):
+class Store(Jobs, Cursors, Ledger, OurWrites, Spend):
     """Every table on one connection. Open with :meth:`open`; close with :meth:`close`."""

@@ -692,6 +692,22 @@ class Jobs(Database):
 
         return await self._run(_resume, write=True)
 
+    async def release_held(self, *, now: datetime | None = None) -> int:
+        """Queued jobs held by a spend cap (meta ``held``) become due now, so a cap raised
+        while the daemon was stopped takes effect at once (a job still over a cap is held
+        again); returns how many. Only the daemon calls this, at start."""
+        at = stamp(now or now_utc())
+
+        def _release(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE jobs SET next_attempt_at = ? WHERE state = 'queued' "
+                "AND json_extract(meta, '$.held') IS NOT NULL",
+                (at,),
+            )
+            return cur.rowcount
+
+        return await self._run(_release, write=True)
+
     async def chat_counts(
         self, states: Iterable[JobState], *, users: Collection[str] | None = None
     ) -> dict[str, int]:

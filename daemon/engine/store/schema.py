@@ -81,6 +81,22 @@ MIGRATIONS: Sequence[str] = (
     );
     CREATE INDEX our_writes_chat ON our_writes (chat, id);
     """,
+    # 2: what each image call cost (kept when its job is gone: it was paid for)
+    """
+    CREATE TABLE spend (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        usd REAL NOT NULL,
+        images INTEGER NOT NULL,
+        estimated INTEGER NOT NULL,
+        units TEXT NOT NULL DEFAULT '{}',
+        at TEXT NOT NULL
+    );
+    CREATE INDEX spend_at ON spend (at);
+    CREATE INDEX spend_job ON spend (job_id);
+    """,
 )
 """Ordered schema migrations; migration N (1-based) brings ``user_version`` from N-1 to N."""
 

@@ -84,8 +84,20 @@
         const n = (s.counts || {})[state] || 0;
         if (n) parts.push(`${n} ${state}`);
       }
+      const spend = s.spend || {};
+      if (spend.today_images || spend.month_images) {
+        const cap = spend.daily_budget != null ? ` of ${spend.daily_budget.toFixed(2)}` : "";
+        parts.push(`spent today ${Number(spend.today_usd).toFixed(2)}${cap} USD, month ${Number(spend.month_usd).toFixed(2)}`);
+      }
       const text = strip.querySelector(".status-text");
       text.textContent = parts.join(" · ");
+      const held = s.held || [];
+      if (held.length) {
+        const note = document.createElement("span");
+        note.className = "err";
+        note.textContent = ` · ${held.length} held: ${held[0].reason} (${held[0].fix})`;
+        text.appendChild(note);
+      }
       const errors = s.errors || [];
       if (errors.length) {
         const err = document.createElement("span");
