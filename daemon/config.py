@@ -184,7 +184,7 @@ class ImageSettings(_Section):
     backend: str = Field(
         default="openai",
         description="openai (images/generations) | a1111 (A1111, Forge, SD.Next) | comfyui | "
-        "openrouter | gemini | novelai | horde | fal (`st-imagegen doctor` lists them)",
+        "openrouter | gemini | novelai | horde | fal | replicate | bfl",
     )
     api_url: str = Field(
         default="",
@@ -386,6 +386,22 @@ class WebSettings(_Section):
     )
     sillytavern_url: str = Field(
         default="", description="SillyTavern's address, for links from the history page"
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=8,
+        le=65536,
+        description="connections held at once (never more than the descriptor limit minus a "
+        "reserve for the engine); at the cap the oldest idle one is closed",
+    )
+    header_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="a connection that has not sent its request head by then is closed",
+    )
+    max_streams_per_token: int = Field(
+        default=8, ge=1, le=1000, description="open event streams per token (browser tabs)"
     )
 
 

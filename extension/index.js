@@ -75,7 +75,11 @@ function init() {
             // A restarted daemon's stream starts over, and `reset` says events were lost: both
             // mean catching up from the job list.
             if (type === 'hello') api.meta().then(useVocabulary).catch(() => {}); // the daemon's words
-            if (type === 'hello' || type === 'reset') controller.connected();
+            if (type === 'hello' || type === 'reset' || type === 'config') {
+                if (type !== 'config') controller.connected();
+                // Not set up yet, and the essentials' values: the panel shows them.
+                api.status().then(status => panel.setDaemon(status), () => {});
+            }
             else if (type === 'job' && data && typeof data === 'object') controller.jobEvent(data.job);
         },
         onState: (state, detail) => {

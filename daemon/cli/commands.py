@@ -72,7 +72,8 @@ def _non_negative(text: str) -> int:
 
 
 def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """The commands on jobs: list, show, spend, accept, reject, regen."""
+    """The commands on jobs: list, show, spend, accept, reject, restore, cancel, pause, resume,
+    regen."""
     lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
     lst.add_argument("--state", choices=STATES, help="only jobs in this state")
     lst.add_argument("--json", action="store_true", help="JSON output")
@@ -93,6 +94,18 @@ def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
     rej.add_argument("job", metavar="JOB")
+
+    restore = sub.add_parser("restore", parents=[common], help="undo a reject (from the trash)")
+    restore.add_argument("job", metavar="JOB")
+
+    cancel = sub.add_parser("cancel", parents=[common], help="stop a queued or running job")
+    cancel.add_argument("job", metavar="JOB", nargs="?", help="the job (or --all-queued)")
+    cancel.add_argument("--all-queued", action="store_true", help="every queued job")
+    cancel.add_argument("--chat", help="with --all-queued: only this chat's")
+
+    for name, text in (("pause", "start no new jobs until resumed"), ("resume", "end a pause")):
+        switch = sub.add_parser(name, parents=[common], help=text)
+        switch.add_argument("--chat", help="only this chat (default: every chat)")
 
     regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
     regen.add_argument("job", metavar="JOB")
@@ -360,10 +373,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         "accept": _cmd_accept,
         "reject": _cmd_reject,
         "regen": _cmd_regen,
+        "restore": _cmd_restore,
+        "cancel": _cmd_cancel,
     }
     action = jobs.get(command)
     if action is not None:
         return _with_engine(config, lambda engine: action(engine, args))
+    if command in ("pause", "resume"):
+        return _with_engine(config, lambda engine: _cmd_pause(engine, args, command == "pause"))
     return _tool_command(command, config, args)
 
 
@@ -493,10 +510,11 @@ async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
     if not jobs:
         print("no jobs" + (f" in state {args.state}" if args.state else ""))
         return 0
+    titles = {chat: await engine.chat_title(chat) for chat in {j.chat for j in jobs}}
     print(f"{'JOB':<12} {'STATE':<10} {'CREATED':<16} {'MES':>5}  {'CHAT':<28} INFO")
     for job in jobs:
         created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
-        chat = _one_line(f"{job.character or job.speaker}/{Path(job.chat).stem}", 28)
+        chat = _one_line(titles[job.chat], 28)
         info = job.last_error if job.last_error else (job.prompt or job.excerpt)
         print(
             f"{job.id[:12]:<12} {job.state.value:<10} {created:<16} {job.message_index:>5}  "
@@ -533,7 +551,8 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
         ("job", job.id),
         ("state", job.state.value),
         ("chat", f"{job.user}/{job.chat}" if not job.chat.startswith(job.user) else job.chat),
-        ("character", job.character + (" (group)" if job.is_group else "")),
+        ("chat name", await engine.chat_title(job.chat)),
+        ("character", job.character + (" (group id)" if job.is_group else "")),
         ("speaker", job.speaker),
         ("message", f"#{job.message_index}: {_one_line(job.excerpt, 100)}"),
         ("source", job.source),
@@ -551,6 +570,7 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
         rows.append(("cost", str(job.meta["cost"])))
     rows.append(("spend", (await engine.spend()).line()))
     rows.append(("prompt", job.prompt or "(not written yet)"))
+    rows.extend(_look_rows(job))
     for key, value in rows:
         print(f"{key + ':':<12} {value}")
     if job.images:
@@ -561,6 +581,27 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
     return 0
 
 
+def _look_rows(job: Job) -> list[tuple[str, str]]:
+    """What made the picture besides the prompt: negative prompt, style, seed, references."""
+    meta = job.meta
+    rows: list[tuple[str, str]] = []
+    if isinstance(meta.get("negative"), str) and meta["negative"]:
+        rows.append(("negative", str(meta["negative"])))
+    if meta.get("style"):
+        source = f" (from {meta['style_from']})" if meta.get("style_from") else ""
+        rows.append(("style", f"{meta['style']}{source}"))
+    if meta.get("seed") is not None:
+        rows.append(("seed", str(meta["seed"])))
+    references = meta.get("references")
+    if isinstance(references, list) and references:
+        rows.append(("references", ", ".join(str(r) for r in references)))
+    if meta.get("regen_of"):
+        rows.append(("regen of", str(meta["regen_of"])))
+    if meta.get("cancelled") is True:
+        rows.append(("cancelled", "yes (stopped before its images were on offer)"))
+    return rows
+
+
 async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.accept(args.job, args.keep)
     print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
@@ -569,7 +610,55 @@ async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
 
 async def _cmd_reject(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.reject(args.job)
-    print(f"rejected {job.id}")
+    days = engine.config.limits.trash_days
+    if job.images:
+        print(
+            f"rejected {job.id}; its images stay in the trash for {days:g} days "
+            f"(st-imagegen restore {job.short_id})"
+        )
+    else:
+        print(f"rejected {job.id}")
+    return 0
+
+
+async def _cmd_restore(engine: Engine, args: argparse.Namespace) -> int:
+    job = await engine.restore(args.job)
+    print(f"restored {job.id}: {job.state.value} again ({len(job.images)} images)")
+    return 0
+
+
+async def _cmd_cancel(engine: Engine, args: argparse.Namespace) -> int:
+    if args.all_queued == (args.job is not None):
+        raise CommandError("give a JOB or --all-queued (not both)")
+    if args.chat is not None and not args.all_queued:
+        raise CommandError("--chat goes with --all-queued")
+    if args.job is not None:
+        job = await engine.cancel(args.job)
+        print(f"cancelled {job.id} (no image will be made for it)")
+        return 0
+    import anyio.to_thread
+
+    chat = await anyio.to_thread.run_sync(engine.find_chat, args.chat) if args.chat else None
+    done = await engine.cancel_queued(chat=chat)
+    where = f" in {await engine.chat_title(chat)}" if chat else ""
+    print(f"cancelled {len(done)} queued job{'s' if len(done) != 1 else ''}{where}")
+    for job in done:
+        print(f"  {job.id}  {job.speaker} #{job.message_index}")
+    return 0
+
+
+async def _cmd_pause(engine: Engine, args: argparse.Namespace, paused: bool) -> int:
+    import anyio.to_thread
+
+    chat = await anyio.to_thread.run_sync(engine.find_chat, args.chat) if args.chat else None
+    after = await engine.pause(paused, chat)
+    if after.everything:
+        print("paused: no new job starts in any chat (st-imagegen resume)")
+    elif after.chats:
+        titles = [await engine.chat_title(c) for c in sorted(after.chats)]
+        print("paused chats: " + "; ".join(titles))
+    else:
+        print("not paused: jobs start as usual")
     return 0
 
 

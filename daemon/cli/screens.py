@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import anyio
 
@@ -46,6 +46,8 @@ def render_status(report: StatusReport) -> str:
             f"({report.group_chats} group chat{'s' if report.group_chats != 1 else ''})"
         )
     lines.append(f"mode: {report.mode}, approval: {report.approval}")
+    if report.image_backend:
+        lines.append(f"image backend: {_backend_line(report.image_backend)}")
     lines.append(f"state dir: {report.state_dir}")
     if report.store_error:
         lines.append(f"jobs: {report.store_error}")
@@ -75,6 +77,24 @@ def render_status(report: StatusReport) -> str:
                 f"({age} ago)"
             )
     return "\n".join(lines) + "\n"
+
+
+def _backend_line(backend: dict[str, Any]) -> str:
+    """``"OpenRouter (aspect ratios, 1 image per call, references up to 4, cost reported)"``."""
+    if "error" in backend:
+        return f"problem: {backend['error']}"
+    caps = backend["capabilities"]
+    said = ["aspect ratios" if caps["size_mode"] == "aspect" else "any size"]
+    per_call = caps["max_n_per_call"]
+    said.append(f"{per_call} image{'s' if per_call != 1 else ''} per call")
+    said += [name for name in ("negative_prompt", "seed", "steps") if caps[name]]
+    if caps["max_references"]:
+        said.append(f"references up to {caps['max_references']}")
+    said += [name for name in ("progress", "cancel") if caps[name]]
+    said.append(
+        {"free": "free", "reported": "cost reported", "estimated": "cost estimated"}[caps["cost"]]
+    )
+    return f"{backend['title']} ({', '.join(s.replace('_', ' ') for s in said)})"
 
 
 def cmd_status(

@@ -62,8 +62,14 @@ def _key_lines(section: str | None, key: str, field: Any) -> list[str]:
     lines.append(f"# env: {env}")
     if default is None and key == "data_root":
         lines.append('# data_root = "/path/to/SillyTavern"   (required; or --data-root)')
+    elif default is None and str(field.annotation) in ("float | None", "int | None"):
+        lines.append(f"# {key} = 2   (an example; not set: no limit)")  # a number that loads
     elif default is None:
         lines.append(f'# {key} = ""   (not set)')
+    elif key == "prices" and section is None:
+        # A table of numbers, not of tables: one line per model.
+        lines.append("# [prices]")
+        lines.append('# "gpt-image-1" = 0.042   (USD per image; one line per model)')
     elif isinstance(default, dict) and not default and section is None:
         # A table of tables ([styles.<name>]): an empty `styles = {}` line here would make a
         # later [styles.noir] table a TOML error ("cannot declare twice"), so only an example.

@@ -66,6 +66,15 @@ def field_for(key: str) -> FieldInfo | None:
     return field
 
 
+def _table_key(key: str, value: Any) -> bool:
+    """A whole style removed (``styles.<name>`` = None), or a key of a backend's own table
+    (``image.<backend>.<key>``: its model checks it when the config is validated)."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "styles":
+        return value is None
+    return len(parts) == 3 and parts[0] == "image" and field_for(".".join(parts[:2])) is None
+
+
 def _is_text(field: FieldInfo) -> bool:
     return _text_type(field.annotation)
 
@@ -153,7 +162,7 @@ def plan(
         if key in SECRET_FILES:
             if key not in secrets_given:
                 raise ConfigError(f"{key} is a secret: it is given as a key, never as a value")
-        elif field_for(key) is None:
+        elif field_for(key) is None and not _table_key(key, changes.get(key)):
             raise ConfigError(f"unknown key {key!r}")
         if not allow_file_only and file_only(key):
             raise ConfigError(f"{key} can only be changed in the config file ({source.path})")
@@ -193,8 +202,10 @@ def plan(
                 raise ConfigError(f"{secret}: that does not look like a key (one line, please)")
             _set(doc, file_key, str(path))
             key_files[str(path)] = value.strip()
-            check[section][name] = value.strip()  # validated as given: the file is not there yet
-            check[section].pop(file_key.split(".")[1], None)
+            # Validated with the key as given (the file is not written yet; a key given inline
+            # wins over its file), naming the file it will be in.
+            check[section][name] = value.strip()
+            check[section][file_key.split(".")[1]] = str(path)
         else:
             _set(doc, file_key, None)
             check[section].pop(file_key.split(".")[1], None)

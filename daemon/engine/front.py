@@ -331,6 +331,15 @@ class Engine:
         approval = await self.approval()
         return await anyio.to_thread.run_sync(approval.find, job_id)
 
+    async def chat_title(self, chat: str) -> str:
+        """What the user calls ``chat``: a group chat by its group's name (see
+        ``layout.chat_title``); the path's own parts when the data root is not usable."""
+        try:
+            root: Path | None = await self.root()
+        except (ConfigError, StImagegenError, OSError):
+            root = None
+        return await anyio.to_thread.run_sync(layout.chat_title, root, chat)
+
     async def trash_folder(self, job_id: str) -> Path:
         """Where a rejected job's images wait for a restore (may be gone)."""
         return (await self.approval()).trash_path(job_id)

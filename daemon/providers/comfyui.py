@@ -397,9 +397,12 @@ class ComfyUIBackend:
 
     async def _queue(self, nodes: dict[str, Any], client_id: str) -> str:
         body = {"prompt": nodes, "client_id": client_id}
-        answer = await self._api.call(
-            "POST", "/prompt", body=body, timeout=CALL_TIMEOUT, explain=self._refused
-        )
+        # Shielded (CALL_TIMEOUT bounds it): a job given up while this POST is in flight must
+        # still learn the prompt_id, or its run stays on ComfyUI's queue with nobody to cancel it.
+        with anyio.CancelScope(shield=True):
+            answer = await self._api.call(
+                "POST", "/prompt", body=body, timeout=CALL_TIMEOUT, explain=self._refused
+            )
         prompt_id = _prompt_id(answer)
         if not prompt_id:
             raise self._api.bad("POST /prompt gave no prompt_id", json.dumps(answer)[:300])

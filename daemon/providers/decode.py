@@ -7,13 +7,23 @@ the file extension) comes from the bytes, never from a header or a request.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["FORMATS", "GeneratedImage", "ImageRejected", "check_image", "sniff_format"]
+__all__ = [
+    "FORMATS",
+    "GeneratedImage",
+    "ImageRejected",
+    "check_image",
+    "open_checked",
+    "sniff_format",
+]
 
 # Pillow format name -> (our format name, file extension, MIME type)
 FORMATS: dict[str, tuple[str, str, str]] = {
@@ -102,6 +112,32 @@ def check_image(data: bytes, max_pixels: int) -> GeneratedImage:
     if name != sniffed:
         raise ImageRejected(f"the image's bytes say {sniffed} but it decodes as {name}")
     return GeneratedImage(data=data, format=name, width=width, height=height, mime=mime)
+
+
+@contextlib.contextmanager
+def open_checked(source: Path, max_pixels: int) -> Iterator[Image.Image]:
+    """``source`` opened with Pillow once its header says it is a PNG, JPEG, WebP or GIF within
+    ``max_pixels`` (nothing is decoded before that); :class:`ImageRejected` otherwise, and for
+    any decoding failure inside the block (a decompression bomb included). The same rules as
+    :func:`check_image`, for files already on disk (thumbnails of ST's own images)."""
+    try:
+        with open(source, "rb") as handle:
+            if sniff_format(handle.read(16)) is None:
+                raise ImageRejected("the file is not a PNG, JPEG, WebP or GIF image")
+            handle.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(handle) as image:
+                    _check_size(*image.size, max_pixels)
+                    yield image
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise ImageRejected(
+            "the image is a decompression bomb (far more pixels than its size suggests)"
+        ) from None
+    except ImageRejected:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageRejected(f"the image cannot be decoded ({type(exc).__name__})") from None
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:

@@ -38,6 +38,7 @@ from daemon.errors import (
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "BearerAuth",
+    "BodyTooLarge",
     "Clock",
     "Endpoint",
     "IntervalGate",
@@ -53,6 +54,7 @@ __all__ = [
     "make_client",
     "parse_retry_after",
     "read_capped",
+    "read_within",
     "redact",
     "scrubbed",
     "with_retries",
@@ -259,15 +261,35 @@ def error_from_transport(endpoint: Endpoint, exc: Exception) -> TransientProvide
 
 
 async def read_capped(response: httpx.Response, limit: int) -> bytes:
-    """The body of a streamed response, at most ``limit`` bytes (longer bodies are cut)."""
-    chunks: list[bytes] = []
-    size = 0
+    """The body of a streamed response, at most ``limit`` bytes (longer bodies are cut). For
+    small bodies (error answers); a large one is read with :func:`read_within`."""
+    body = bytearray()
     async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= limit:
+        body += chunk
+        if len(body) >= limit:
+            del body[limit:]
             break
-    return b"".join(chunks)[:limit]
+    return bytes(body)
+
+
+class BodyTooLarge(Exception):
+    """A streamed body went over its cap (nothing of it is kept)."""
+
+
+async def read_within(response: httpx.Response, cap: int) -> bytearray:
+    """The body of a streamed response of at most ``cap`` bytes; :class:`BodyTooLarge` past it.
+
+    One growing buffer, never a list of chunks joined (and copied) at the end, and dropped the
+    moment the cap is passed: a 1 GiB answer against a 200 MB cap costs about the cap in
+    memory, not three times it. The buffer itself is returned (``json.loads`` takes it), so an
+    answer just under the cap is not copied either."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        if len(body) + len(chunk) > cap:
+            del body[:]
+            raise BodyTooLarge(f"the answer went over {cap} bytes")
+        body += chunk
+    return body
 
 
 def call_timeout(seconds: float) -> httpx.Timeout:

@@ -45,6 +45,7 @@ from daemon.providers.download import DownloadPolicy, Resolver, download_image, 
 from daemon.providers.http import (
     ERROR_BODY_LIMIT,
     BearerAuth,
+    BodyTooLarge,
     Clock,
     Endpoint,
     RetryPolicy,
@@ -56,6 +57,7 @@ from daemon.providers.http import (
     image_pacing,
     looks_like_policy,
     read_capped,
+    read_within,
     redact,
     scrubbed,
     with_retries,
@@ -540,23 +542,27 @@ class ImageGenerator:
 
     async def _read_json(self, response: httpx.Response) -> list[ResultItem]:
         cap = self._settings.max_response_bytes
-        raw = await read_capped(response, cap + 1)
-        if len(raw) > cap:
-            raise self._bad(f"the answer is over {cap} bytes ([image] max_response_bytes)")
+        try:
+            raw = await read_within(response, cap)
+        except BodyTooLarge:
+            raise self._bad(
+                f"the answer is over {cap} bytes ([image] max_response_bytes)"
+            ) from None
         try:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise self._bad(
-                "the answer is not JSON: check [image] api_url points at an images API", raw[:300]
+                "the answer is not JSON: check [image] api_url points at an images API",
+                bytes(raw[:300]),
             ) from None
+        head = bytes(raw[:300])
         if isinstance(payload, dict) and payload.get("error") and not payload.get("data"):
-            message, code, _param = error_fields(raw)
-            raise self._failure(f"{code} {message}".strip() or "error", raw[:300])
+            message, code, _param = error_fields(bytes(raw))
+            raise self._failure(f"{code} {message}".strip() or "error", head)
+        del raw  # the parsed answer is all that is needed from here
         items = items_from_payload(payload)
         if not items:
-            raise self._bad(
-                "the answer holds no image (no data[].url or data[].b64_json)", raw[:300]
-            )
+            raise self._bad("the answer holds no image (no data[].url or data[].b64_json)", head)
         return items
 
     def _failure(self, message: str, body: str | bytes | None = None) -> ProviderError:

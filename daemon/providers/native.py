@@ -28,12 +28,14 @@ from daemon.providers.download import DownloadPolicy
 from daemon.providers.http import (
     ERROR_BODY_LIMIT,
     BearerAuth,
+    BodyTooLarge,
     Clock,
     Endpoint,
     call_timeout,
     error_from_response,
     error_from_transport,
     read_capped,
+    read_within,
     redact,
 )
 
@@ -275,16 +277,20 @@ class NativeAPI:
                         raw = await read_capped(response, ERROR_BODY_LIMIT)
                         told = explain(status, raw) if explain is not None else None
                         raise told or self.error(status, raw, response.headers)
-                    raw = await read_capped(response, cap + 1)
+                    try:
+                        body = await read_within(response, cap)
+                    except BodyTooLarge:
+                        raise self.bad(
+                            f"the answer to {path} is over {cap} bytes ([image] max_response_bytes)"
+                        ) from None
         except (TimeoutError, httpx.TransportError) as exc:
             raise error_from_transport(self.endpoint, exc) from exc
-        if len(raw) > cap:
-            raise self.bad(f"the answer to {path} is over {cap} bytes ([image] max_response_bytes)")
-        if not raw.strip():
+        if not body or body.isspace():
             return None
         try:
-            return json.loads(raw)
+            return json.loads(body)
         except (ValueError, UnicodeDecodeError):
             raise self.bad(
-                f"the answer to {path} is not JSON: check [image] api_url and backend", raw[:300]
+                f"the answer to {path} is not JSON: check [image] api_url and backend",
+                bytes(body[:300]),
             ) from None

@@ -41,7 +41,7 @@ from daemon.providers.http import (
     with_retries,
 )
 from daemon.providers.info import BackendInfo, Preset, backend_options
-from daemon.providers.native import parse_size, pick_seed
+from daemon.providers.native import MAX_SEED, parse_size, pick_seed
 from daemon.providers.service import ServiceAPI
 
 __all__ = [
@@ -274,7 +274,7 @@ class NovelAIBackend:
         with scrubbed(self._api.secret):
             for index, count in enumerate(batches(request.n or self._settings.n, per_call)):
                 body = build_payload(
-                    self._settings, self._options, request, model, seed + index, count
+                    self._settings, self._options, request, model, (seed + index) % MAX_SEED, count
                 )
                 try:
                     images.extend(await self._call(body))

@@ -5,8 +5,8 @@ One mechanism (:class:`QueuedBackend`) with the poll interval and deadline of
 the provider when the job is given up (superseded, the daemon stopping, the deadline passing).
 What differs per service is a small :class:`QueueService`: where to submit and in what shape,
 how to read the ticket, a status and a result, and how to cancel. Shipped for AI Horde (free,
-anonymous key ``0000000000``; kudos as the cost) and fal's queue; Replicate and BFL follow the
-same steps (docs/backends.md shows them as further services).
+anonymous key ``0000000000``; kudos as the cost), fal's queue, Replicate's predictions and
+BFL's FLUX API.
 """
 
 from __future__ import annotations
@@ -28,24 +28,42 @@ from daemon.errors import (
     TransientProviderError,
 )
 from daemon.providers.backend import ImageRequest, Progress, ProgressCallback
-from daemon.providers.capabilities import Capabilities, CostReport, SizeMode
+from daemon.providers.capabilities import (
+    COMMON_ASPECT_RATIOS,
+    Capabilities,
+    CostReport,
+    SizeMode,
+    nearest_aspect_ratio,
+)
 from daemon.providers.decode import GeneratedImage
-from daemon.providers.http import Clock, RetryPolicy, image_pacing, scrubbed, with_retries
+from daemon.providers.http import (
+    BearerAuth,
+    Clock,
+    RetryPolicy,
+    image_pacing,
+    looks_like_policy,
+    scrubbed,
+    with_retries,
+)
 from daemon.providers.info import BackendInfo, Preset, backend_options
 from daemon.providers.native import parse_size
 from daemon.providers.service import HeaderAuth, ServiceAPI, with_cost
 
 __all__ = [
+    "BFL",
     "CANCEL_TIMEOUT",
     "FAL",
     "HORDE",
     "INFOS",
+    "REPLICATE",
+    "BFLService",
     "FalService",
     "HordeService",
     "Poll",
     "QueueOptions",
     "QueueService",
     "QueuedBackend",
+    "ReplicateService",
     "Result",
     "Ticket",
 ]
@@ -324,8 +342,129 @@ class FalService:
         return f"/{model.strip('/')}/requests/00000000-0000-0000-0000-000000000000/status"
 
 
+class ReplicateService:
+    """Replicate: ``POST /v1/models/{owner}/{model}/predictions`` → poll ``urls.get``."""
+
+    name = "replicate"
+    poll_seconds = 1.0
+    deadline_seconds = 600.0
+
+    def auth(self, key: SecretStr) -> httpx.Auth:
+        return BearerAuth(key)
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def submit(
+        self, settings: ImageSettings, options: QueueOptions, request: ImageRequest, model: str
+    ) -> tuple[str, dict[str, Any]]:
+        # Most image models there take these inputs; extra_body adds or overrides any.
+        inputs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "aspect_ratio": nearest_aspect_ratio(request.size or settings.size or "1:1"),
+            "num_outputs": request.n or settings.n,
+            "output_format": "png",
+        }
+        if request.seed is not None:
+            inputs["seed"] = request.seed
+        if request.negative:
+            inputs["negative_prompt"] = request.negative
+        inputs.update(settings.extra_body)
+        return f"/models/{model.strip('/')}/predictions", {"input": inputs}
+
+    def ticket(self, payload: Any, base: str) -> Ticket:
+        urls = payload.get("urls") if isinstance(payload, dict) else None
+        if not isinstance(urls, dict) or not isinstance(urls.get("get"), str):
+            raise ValueError("no urls.get in the answer")
+        return Ticket(
+            id=str(payload.get("id") or ""),
+            status_url=urls["get"],
+            result_url=urls["get"],
+            cancel_url=str(urls.get("cancel") or ""),
+            cancel_method="POST",
+        )
+
+    def read_status(self, payload: Any) -> Poll:
+        if not isinstance(payload, dict):
+            raise ValueError("the prediction is not a JSON object")
+        status = str(payload.get("status") or "")
+        if status == "succeeded":
+            return Poll("done")
+        if status in ("failed", "canceled"):
+            error = str(payload.get("error") or status)
+            return Poll("failed", message=error, refused=looks_like_policy(error))
+        return Poll("waiting" if status == "starting" else "running")
+
+    def read_result(self, payload: Any) -> Result:
+        output = payload.get("output") if isinstance(payload, dict) else None
+        urls = [output] if isinstance(output, str) else output if isinstance(output, list) else []
+        return Result([("url", u) for u in urls if isinstance(u, str)])
+
+    def check_path(self, model: str) -> str:
+        return "/account"
+
+
+class BFLService:
+    """Black Forest Labs' FLUX API: ``POST /v1/{model}`` → poll ``polling_url`` → ``sample``."""
+
+    name = "bfl"
+    poll_seconds = 1.0
+    deadline_seconds = 300.0
+
+    def auth(self, key: SecretStr) -> httpx.Auth:
+        return HeaderAuth(key, "x-key")
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def submit(
+        self, settings: ImageSettings, options: QueueOptions, request: ImageRequest, model: str
+    ) -> tuple[str, dict[str, Any]]:
+        width, height = parse_size(request.size or settings.size)
+        body: dict[str, Any] = {
+            "prompt": request.prompt,
+            "width": max(256, width // 32 * 32),
+            "height": max(256, height // 32 * 32),
+            "output_format": "png",
+        }
+        if request.seed is not None:
+            body["seed"] = request.seed
+        body.update(settings.extra_body)
+        return "/" + model.strip("/"), body
+
+    def ticket(self, payload: Any, base: str) -> Ticket:
+        ident = payload.get("id") if isinstance(payload, dict) else None
+        if not isinstance(ident, str) or not ident:
+            raise ValueError("no id in the answer")
+        polling = payload.get("polling_url")
+        url = polling if isinstance(polling, str) and polling else f"{base}/get_result?id={ident}"
+        return Ticket(id=ident, status_url=url, result_url=url, cancel_url="")
+
+    def read_status(self, payload: Any) -> Poll:
+        if not isinstance(payload, dict):
+            raise ValueError("the result is not a JSON object")
+        status = str(payload.get("status") or "")
+        if status == "Ready":
+            return Poll("done")
+        if "Moderated" in status:
+            return Poll("failed", message=f"{status} (BFL's moderation)", refused=True)
+        if status in ("Pending", "Processing", "Queued"):
+            return Poll("running" if status == "Processing" else "waiting")
+        return Poll("failed", message=status or "unknown status")
+
+    def read_result(self, payload: Any) -> Result:
+        result = payload.get("result") if isinstance(payload, dict) else None
+        sample = result.get("sample") if isinstance(result, dict) else None
+        return Result([("url", sample)] if isinstance(sample, str) else [])
+
+    def check_path(self, model: str) -> str:
+        return "/get_result?id=00000000-0000-0000-0000-000000000000"
+
+
 HORDE = HordeService()
 FAL = FalService()
+REPLICATE = ReplicateService()
+BFL = BFLService()
 
 
 class QueuedBackend:
@@ -443,6 +582,8 @@ class QueuedBackend:
         return TransientProviderError(text, provider=self._api.label)
 
     async def _cancel(self, ticket: Ticket) -> None:
+        if not ticket.cancel_url:
+            return  # the service has no cancel (BFL): the request runs out on its own
         try:
             await self._api.json(ticket.cancel_method, ticket.cancel_url, timeout=CANCEL_TIMEOUT)
             log.info("queue_cancelled", service=self.service.name, id=ticket.id)
@@ -559,6 +700,65 @@ INFOS: tuple[BackendInfo, ...] = (
                 {"backend": "fal", "model": "fal-ai/flux/schnell", "size": "1024x768"},
                 "about 0.003 USD a megapixel",
                 "https://fal.ai/dashboard/keys",
+            ),
+        ),
+    ),
+)
+
+INFOS += (
+    BackendInfo(
+        name="replicate",
+        title="Replicate",
+        summary="POST /v1/models/{owner}/{model}/predictions, polled until it succeeds",
+        create=_factory(REPLICATE),
+        capabilities=Capabilities(
+            size_mode=SizeMode.ASPECT,
+            aspect_ratios=COMMON_ASPECT_RATIOS,
+            max_n_per_call=4,
+            negative_prompt=True,
+            seed=True,
+            progress=True,
+            cancel=True,
+            cost=CostReport.ESTIMATED,
+        ),
+        url_hint="https://api.replicate.com/v1 (or leave api_url empty); model is owner/name",
+        default_url="https://api.replicate.com/v1",
+        default_model="black-forest-labs/flux-schnell",
+        options=QueueOptions,
+        presets=(
+            Preset(
+                "replicate-flux-schnell",
+                "Replicate: FLUX.1 [schnell]",
+                {"backend": "replicate", "model": "black-forest-labs/flux-schnell"},
+                "inputs other models need go in [image] extra_body",
+                "https://replicate.com/account/api-tokens",
+            ),
+        ),
+    ),
+    BackendInfo(
+        name="bfl",
+        title="Black Forest Labs (FLUX API)",
+        summary="POST /v1/{model} with x-key, polled at polling_url until Ready",
+        create=_factory(BFL),
+        capabilities=Capabilities(
+            size_mode=SizeMode.PIXELS,
+            size_multiple=32,
+            max_n_per_call=1,
+            seed=True,
+            progress=True,
+            cost=CostReport.ESTIMATED,
+        ),
+        url_hint="https://api.bfl.ai/v1 (or leave api_url empty); model e.g. flux-pro-1.1",
+        default_url="https://api.bfl.ai/v1",
+        default_model="flux-pro-1.1",
+        options=QueueOptions,
+        presets=(
+            Preset(
+                "bfl-flux-pro",
+                "BFL: FLUX 1.1 [pro]",
+                {"backend": "bfl", "model": "flux-pro-1.1", "size": "832x1216"},
+                "about 0.04 USD an image; its result URLs expire in minutes (fetched at once)",
+                "https://api.bfl.ai",
             ),
         ),
     ),

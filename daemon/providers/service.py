@@ -23,6 +23,7 @@ from daemon.providers.decode import GeneratedImage, ImageRejected
 from daemon.providers.download import DownloadPolicy, Resolver, download_image, system_resolve
 from daemon.providers.http import (
     ERROR_BODY_LIMIT,
+    BodyTooLarge,
     Clock,
     Endpoint,
     RetryPolicy,
@@ -30,6 +31,7 @@ from daemon.providers.http import (
     error_from_response,
     error_from_transport,
     read_capped,
+    read_within,
     redact,
     with_retries,
 )
@@ -158,13 +160,16 @@ class ServiceAPI:
                         raise told or error_from_response(
                             self.endpoint, status, raw, response.headers, self.clock
                         )
-                    raw = await read_capped(response, cap + 1)
+                    try:
+                        body = await read_within(response, cap)
+                    except BodyTooLarge:
+                        raise self.bad(
+                            f"the answer is over {cap} bytes ([image] max_response_bytes)"
+                        ) from None
                     got = response.headers
         except (TimeoutError, httpx.TransportError) as exc:
             raise error_from_transport(self.endpoint, exc) from exc
-        if len(raw) > cap:
-            raise self.bad(f"the answer is over {cap} bytes ([image] max_response_bytes)")
-        return raw, got
+        return bytes(body), got
 
     async def json(
         self,

@@ -8,6 +8,7 @@ server-internal ``_*`` folders. Inside a user folder: ``chats/<card stem>/*.json
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ __all__ = [
     "PathKind",
     "card_path",
     "chat_ref",
+    "chat_title",
     "classify",
     "describe_data_root",
     "fallback_folder_name",
@@ -417,6 +419,23 @@ def group_for_chat(root: Path, user: str, chat_id: str) -> GroupInfo | None:
         if info is not None and chat_id in chats:
             return info
     return None
+
+
+def chat_title(root: Path | None, chat: str) -> str:
+    """What the user calls chat ``chat`` (relative to the data root): ``Bob · Bob - harbour``
+    for a character chat, the group's own name (``Lighthouse Garden · 1795473024643``) for a
+    group chat, ``group · <id>`` when its group file is gone. Blocking (reads group files)."""
+    parts = chat.split("/")
+    stem = parts[-1].removesuffix(".jsonl")
+    if len(parts) == 4 and parts[1] == CHATS_DIR:
+        return f"{parts[2]} · {stem}"
+    info: GroupInfo | None = None
+    if root is not None and parts[0]:
+        with contextlib.suppress(UnsafePathError, OSError):
+            info = group_for_chat(root, parts[0], stem)
+    if info is not None and info.name:
+        return f"{info.name} · {stem}" if info.name != stem else info.name
+    return f"group · {stem}"
 
 
 _ILLEGAL = re.compile(r'[/?<>\\:*|"]')

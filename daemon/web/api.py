@@ -9,12 +9,13 @@ does not allow the action) 409, which is what the loser of two clients acting at
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from daemon.errors import (
     NotFoundError,
     UnsafePathError,
 )
+from daemon.providers.decode import ImageRejected
 from daemon.tavern import layout
 from daemon.web.access import Caller, UserTokens, is_token_id
 from daemon.web.bodies import (
@@ -48,10 +50,13 @@ from daemon.web.bodies import (
     UserTokenBody,
 )
 from daemon.web.context import WebContext
-from daemon.web.events import stream_events
+from daemon.web.events import Event, stream_events
 from daemon.web.security import CALLER
 
 __all__ = ["ApiError", "job_json", "routes"]
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A write failed for lack of room."""
 
 MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
@@ -72,12 +77,16 @@ _FOLDER_STATES = (JobState.PENDING, JobState.ACCEPTED)
 T = TypeVar("T")
 
 ApiError = BodyError
-"""An answer ``{"error": {"code", "message"}}`` with ``status`` (the bodies' own error type)."""
+"""An answer ``{"error": {"code", "message"}}`` with ``status`` (the bodies' own error type;
+``key``: the setting an "invalid" answer is about)."""
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
+def error_response(status: int, code: str, message: str, key: str | None = None) -> JSONResponse:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if key:
+        error["key"] = key
     return JSONResponse(
-        {"error": {"code": code, "message": message}},
+        {"error": error},
         status_code=status,
         headers={"Cache-Control": "no-store"},
     )
@@ -126,11 +135,7 @@ def image_names(job: Job) -> list[str]:
 def chat_title(root: Path | None, job: Job) -> str:
     """What the user calls the chat: the group's name for group chats (its id when the group
     file is gone), else the character folder; the chat file follows."""
-    chat_file, chat_folder = _chat_parts(job.chat)
-    if not job.is_group:
-        return f"{chat_folder or job.character} · {chat_file}"
-    name = group_name(root, job)
-    return f"{name} · {chat_file}" if name and name != chat_file else (name or f"group {chat_file}")
+    return layout.chat_title(root, job.chat)
 
 
 def group_name(root: Path | None, job: Job) -> str:
@@ -269,7 +274,32 @@ async def _body(request: Request) -> dict[str, Any]:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError(400, "bad_json", "the body must be a JSON object")
+    if _unencodable(data):
+        raise ApiError(
+            422,
+            "unencodable",
+            "the body holds text that cannot be stored (a lone surrogate such as \\ud800: half "
+            "of an emoji cut in two?)",
+        )
     return data
+
+
+def _unencodable(data: Any) -> bool:
+    """Does any text in ``data`` (keys too) hold a lone surrogate, which no file takes?"""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def _check_actions(request: Request) -> WebContext:
@@ -298,8 +328,15 @@ async def status(request: Request) -> Response:
         cache["data"] = report.to_json()
     data = dict(cache["data"])  # type: ignore[call-overload]
     who = caller(request)
+    # Live, not cached: a save on the settings page must show at once.
+    state = ctx.engine.config_state()
+    data["setup_needed"] = state["setup_needed"]
+    data["setup_url"] = (ctx.url or "/") + "setup" if state["setup_needed"] else None
+    data["restart_pending"] = state["restart_pending"]
+    data["config_problem"] = state["problem"]
     if not who.admin:
         data = await _status_for_user(ctx, who, data)
+        data["config_problem"] = None  # the file's path and contents are the admin's
     # Job counts change with every event the page gets: always fresh from the store.
     counts = {s.value: n for s, n in (await ctx.engine.counts(users=who.handles)).items()}
     paused = await ctx.engine.paused()
@@ -308,8 +345,13 @@ async def status(request: Request) -> Response:
         counts=counts,
         version=ctx.version,
         chats_watched=data["chats"],
-        paused=paused.to_json(),
+        paused=_pause_for(who, paused.to_json()),
     )
+    # So is the spend: an image made a moment ago counts at once (two sums over an index).
+    # It is everyone's together: the admin's to see.
+    if who.admin:
+        spend = await ctx.engine.spend()
+        data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -334,11 +376,15 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         data_root=None,
         data_root_error=None,
         state_dir="",
+        config_error=None,
         errors=[e for e in data.get("errors", []) if str(e.get("chat", "")).startswith(own)],
         waiting_chats=[c for c in data.get("waiting_chats", []) if str(c).startswith(own)],
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
+    data["held"] = [h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)]
+    data.pop("spend", None)  # everyone's together: the admin's
+    data["config_error"] = None
     return data
 
 
@@ -448,9 +494,15 @@ async def image(request: Request) -> Response:
     cache = {"Cache-Control": "private, max-age=3600"}
     if size == "thumb":
         try:
-            thumb = await anyio.to_thread.run_sync(ctx.thumbs.get, path)
-        except (OSError, ValueError, SyntaxError):
-            raise ApiError(415, "not_an_image", f"image {raw} cannot be read") from None
+            thumb = await anyio.to_thread.run_sync(
+                ctx.thumbs.get, path, ctx.config.image.max_pixels
+            )
+        except ImageRejected as exc:
+            raise ApiError(415, "not_an_image", f"image {raw} has no thumbnail: {exc}") from None
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise  # the state dir is full: the app's answer for that (507)
+            raise ApiError(404, "not_found", f"image {raw} cannot be read") from None
         return FileResponse(thumb, media_type=ctx.thumbs.media_type, headers=cache)
     ext = path.suffix.lstrip(".").lower()
     return FileResponse(path, media_type=_MEDIA.get(ext, "application/octet-stream"), headers=cache)
@@ -523,19 +575,44 @@ async def cancel_queued(request: Request) -> Response:
     return JSONResponse({"cancelled": [j.id for j in done]})
 
 
+def _pause_for(who: Caller, state: dict[str, Any]) -> dict[str, Any]:
+    """The pause switch as a user sees it: only their own chats named."""
+    if who.admin:
+        return state
+    chats = [c for c in state.get("chats", []) if who.sees(str(c).split("/", 1)[0])]
+    return {**state, "chats": chats}
+
+
+def _event_for(who: Caller, event: Event) -> Event | None:
+    """What ``who`` gets of ``event``: another user's job event is nothing; the pause switch
+    names only their own chats."""
+    if who.admin:
+        return event
+    if event.user is not None:
+        return event if who.sees(event.user) else None
+    if event.name == "pause":
+        data = _pause_for(who, json.loads(event.data))
+        return Event(event.seq, event.name, json.dumps(data, ensure_ascii=False))
+    return event
+
+
 async def pause(request: Request) -> Response:
     """``GET``: the pause switch. ``POST {"paused": bool, "chat"?: path}``: set it."""
     ctx = _ctx(request)
+    who = caller(request)
     if request.method == "GET":
         now = await ctx.engine.paused()
-        return JSONResponse(now.to_json(), headers={"Cache-Control": "no-store"})
+        data = _pause_for(who, now.to_json())
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
     _check_actions(request)
     body = await _parsed(request, PauseBody.parse)
-    if not caller(request).admin and body.chat is None:
+    if not who.admin and body.chat is None:
         raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
+    if body.chat is not None and not who.sees(body.chat.split("/", 1)[0]):
+        raise ApiError(404, "not_found", "no such chat")
     after = await ctx.engine.pause(body.paused, body.chat)
     ctx.hub.publish("pause", after.to_json())
-    return JSONResponse(after.to_json())
+    return JSONResponse(_pause_for(who, after.to_json()))
 
 
 async def regen(request: Request) -> Response:
@@ -578,13 +655,26 @@ async def generate(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     ctx = _ctx(request)
+    who = caller(request)
+    cap = ctx.config.web.max_streams_per_token
+    if ctx.streams.get(who.token_id, 0) >= cap:
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"this token has {cap} event streams open already (web.max_streams_per_token); "
+            "close a tab",
+        )
     hello = {"version": ctx.version, "api": 1}
-    body = stream_events(
-        ctx.hub,
-        request.headers.get("last-event-id"),
-        hello,
-        ping_seconds=ctx.ping_seconds,
-        sees=caller(request).sees,
+    body = _counted(
+        ctx.streams,
+        who.token_id,
+        stream_events(
+            ctx.hub,
+            request.headers.get("last-event-id"),
+            hello,
+            ping_seconds=ctx.ping_seconds,
+            view=lambda event: _event_for(who, event),
+        ),
     )
     return StreamingResponse(
         body,
@@ -635,6 +725,22 @@ async def revoke_user_token(request: Request) -> Response:
     if gone is None:
         raise ApiError(404, "not_found", f"no user token {token_id}")
     return JSONResponse({**gone.to_json(), "revoked": True})
+
+
+async def _counted(
+    streams: dict[str, int], key: str, body: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """``body``, counted in ``streams[key]`` while it runs."""
+    streams[key] = streams.get(key, 0) + 1
+    try:
+        async for chunk in body:
+            yield chunk
+    finally:
+        left = streams.get(key, 1) - 1
+        if left > 0:
+            streams[key] = left
+        else:
+            streams.pop(key, None)
 
 
 def routes() -> list[Route]:

@@ -28,11 +28,12 @@ MAX_CHAT = 1000
 class BodyError(Exception):
     """A body the route cannot take: answered as ``{"error": {"code", "message"}}``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *, key: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.key = key  # the setting an "invalid" answer is about
 
 
 def _invalid(message: str) -> BodyError:

@@ -12,6 +12,7 @@ from daemon.config import Config
 from daemon.engine.front import Engine
 from daemon.web.access import UserTokens
 from daemon.web.events import EventHub
+from daemon.web.gate import Gate
 from daemon.web.thumbs import Thumbs
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ class WebContext:
     ping_seconds: float = 15.0
     status_cache: dict[str, object] = field(default_factory=dict)
     users: UserTokens | None = None  # the user tokens (the admin's API manages them)
+    gate: Gate | None = None  # the connections held (for status and tests)
+    streams: dict[str, int] = field(default_factory=dict)  # open event streams per token
     url: str = ""  # the inbox's own address, once it listens
 
     @property

@@ -132,13 +132,10 @@ async def stream_events(
     hello: dict[str, Any],
     *,
     ping_seconds: float = 15.0,
-    sees: Callable[[str], bool] = lambda _user: True,
+    view: Callable[[Event], Event | None] = lambda event: event,
 ) -> AsyncIterator[bytes]:
-    """The body of ``GET /api/v1/events``; ``sees`` says which users' events this caller
-    gets (another user's event never reaches the stream, replayed or live)."""
-
-    def _shown(event: Event) -> bool:
-        return event.user is None or sees(event.user)
+    """The body of ``GET /api/v1/events``; ``view`` is what this caller may see of an event
+    (None: nothing; another user's event never reaches the stream, replayed or live)."""
 
     async with hub.subscribe() as receive:
         # Subscribed, then the replay read and ``seen`` fixed with no await in between: every
@@ -150,7 +147,8 @@ async def stream_events(
             if missed is None:
                 first.append(sse_format(Event(hub.seq, "reset", json.dumps({"type": "reset"}))))
             else:
-                first.extend(sse_format(event) for event in missed if _shown(event))
+                shown = (view(event) for event in missed)
+                first.extend(sse_format(event) for event in shown if event is not None)
         seen = hub.seq
         for chunk in first:
             yield chunk
@@ -162,8 +160,9 @@ async def stream_events(
                     return
                 if event.seq > seen:
                     seen = event.seq
-                    if _shown(event):
-                        yield sse_format(event)
+                    seen_as = view(event)
+                    if seen_as is not None:
+                        yield sse_format(seen_as)
                 continue
             yield sse_format(comment="ping")
 

@@ -21,7 +21,7 @@ from daemon.engine.front import (
     JobState,
     vocabulary,
 )
-from daemon.errors import JobError, UnsafePathError
+from daemon.errors import JobError
 from daemon.tavern import layout
 from daemon.web.access import Caller
 from daemon.web.api import ApiError, caller, job_json
@@ -63,6 +63,9 @@ def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
 async def inbox(request: Request) -> Response:
     ctx = _ctx(request)
     who = caller(request)
+    if who.admin and ctx.live is not None and ctx.live.setup_needed:
+        # Nothing can be drawn yet: the first screen is the setup, not an empty inbox.
+        return RedirectResponse("/setup", status_code=303)
     query = request.query_params
     chat = query.get("chat") or None
     character = query.get("character") or None
@@ -131,18 +134,7 @@ async def _chat_choices(
 
 def chat_label(root: Path, chat: str) -> str:
     """``Bob · chat file`` for a character chat, the group's own name for a group chat."""
-    parts = chat.split("/")
-    stem = parts[-1].removesuffix(".jsonl")
-    if len(parts) == 4:
-        return f"{parts[2]} · {stem}"
-    user = parts[0] if parts else ""
-    try:
-        group = layout.group_for_chat(root, user, stem)
-    except (UnsafePathError, OSError):
-        group = None
-    if group is not None and group.name:
-        return f"{group.name} · {stem}" if group.name != stem else group.name
-    return f"group · {stem}"
+    return layout.chat_title(root, chat)
 
 
 async def history(request: Request) -> Response:
@@ -212,9 +204,21 @@ def not_found_page(path: str) -> HTMLResponse:
     return _render("not_found.html", status=404, page="", version="", path=path)
 
 
+async def setup(request: Request) -> Response:
+    ctx = _ctx(request)
+    return _render("setup.html", page="setup", version=ctx.version)
+
+
+async def settings(request: Request) -> Response:
+    ctx = _ctx(request)
+    return _render("settings.html", page="settings", version=ctx.version)
+
+
 def routes() -> list[Route]:
     return [
         Route("/", inbox, methods=["GET"]),
+        Route("/setup", setup, methods=["GET"]),
+        Route("/settings", settings, methods=["GET"]),
         Route("/history", history, methods=["GET"]),
         Route("/jobs/{job_id}", job_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),

@@ -9,6 +9,7 @@ owns SIGTERM), and its access log too (a ``?token=`` link must never reach a log
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -34,6 +35,12 @@ from daemon.tavern import layout
 from daemon.web.access import UserTokens
 from daemon.web.app import build_app, make_context
 from daemon.web.context import WebContext
+from daemon.web.gate import (
+    Gate,
+    connection_cap,
+    limit_noisy_loggers,
+    protocol_class,
+)
 from daemon.web.security import load_token, needs_token, token_required
 
 __all__ = ["URL_FILE", "WebAddress", "bind_socket", "serve_web", "web_url"]
@@ -191,18 +198,9 @@ def _quiet_uvicorn() -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-async def serve_web(
-    engine: Engine,
-    *,
-    draining: Callable[[], bool],
-    stop_running: Callable[[str, str], bool] | None = None,
-    ping_seconds: float = 15.0,
-    task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the inbox over ``engine`` until cancelled (then stop it within
-    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
-    config = engine.config
-    root = await engine.root()
+async def _prepare_access(config: Config, root: Path) -> tuple[str, UserTokens, _HandleCount, int]:
+    """The admin's token, the user tokens and how many ST users are watched (said in the log
+    when that makes loopback ask for a token)."""
     web = config.web
     # The admin's token always exists: loopback may need it as soon as a second ST user appears.
     token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
@@ -218,6 +216,23 @@ async def serve_web(
             "one; web.require_token = false shares one inbox for a household)",
             users=handle_count,
         )
+    return token, users, handles, handle_count
+
+
+async def serve_web(
+    engine: Engine,
+    *,
+    draining: Callable[[], bool],
+    stop_running: Callable[[str, str], bool] | None = None,
+    ping_seconds: float = 15.0,
+    task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the inbox over ``engine`` until cancelled (then stop it within
+    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
+    config = engine.config
+    root = await engine.root()
+    web = config.web
+    token, users, handles, handle_count = await _prepare_access(config, root)
     try:
         sock = bind_socket(web.host, web.port)
     except OSError as exc:
@@ -233,9 +248,14 @@ async def serve_web(
     ctx.draining, ctx.ping_seconds = draining, ping_seconds
     await anyio.to_thread.run_sync(ctx.thumbs.sweep)
     _quiet_uvicorn()
+    limit_noisy_loggers()
+    gate = Gate(connection_cap(web.max_connections), web.header_timeout_seconds)
+    ctx.gate = gate
     server = _Server(
         uvicorn.Config(
             build_app(ctx, token, users=users, open_door=handles.open_door),
+            http=protocol_class(gate),
+            timeout_keep_alive=int(max(1, web.header_timeout_seconds)),
             log_config=None,
             access_log=False,
             lifespan="off",
@@ -274,12 +294,29 @@ async def serve_web(
                 if server.should_exit:  # startup failed
                     break
                 await anyio.sleep(0.01)
+            if server.started:
+                protocol = server.config.http_protocol_class
+
+                def factory() -> asyncio.Protocol:
+                    return protocol(  # type: ignore[call-arg]
+                        config=server.config,
+                        server_state=server.server_state,
+                        app_state=server.lifespan.state,
+                    )
+
+                gate.serve(asyncio.get_running_loop(), sock, factory)
             await anyio.to_thread.run_sync(_write_address, url_file, address)
-            log.info("web inbox", url=address.url, token=address.token_required)
+            log.info(
+                "web inbox",
+                url=address.url,
+                token=address.token_required,
+                max_connections=gate.cap,
+            )
             task_status.started(ctx)
             try:
                 await anyio.sleep_forever()
             finally:
+                gate.close()
                 remove_listener()
                 remove_config_listener()
                 ctx.hub.close()

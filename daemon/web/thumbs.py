@@ -3,6 +3,12 @@
 The cache name holds the source's size and modification time, so a job folder swapped in again
 (a job run twice) gets fresh thumbnails; stale ones are swept at start. Blocking: run in a
 worker thread.
+
+A source is decoded through the same checks as a downloaded image
+(:func:`daemon.providers.decode.open_checked`: the format from its bytes, its size from its
+header against ``image.max_pixels`` before anything is decoded, a decompression bomb refused),
+and one thumbnail is rendered at a time: six 12000x12000 uploads asked for at once cost one
+render's memory, not six.
 """
 
 from __future__ import annotations
@@ -10,10 +16,13 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
 
-from PIL import Image, ImageOps, features
+from PIL import ImageOps, features
+
+from daemon.providers.decode import open_checked
 
 __all__ = ["THUMB_PX", "Thumbs"]
 
@@ -30,10 +39,12 @@ class Thumbs:
         self.size = size
         self.webp = features.check("webp")
         self.media_type = "image/webp" if self.webp else "image/jpeg"
+        self._render = threading.Lock()
 
-    def get(self, source: Path) -> Path:
-        """The cached thumbnail of ``source`` (made now if missing). OSError/ValueError when
-        the source is not a readable image."""
+    def get(self, source: Path, max_pixels: int) -> Path:
+        """The cached thumbnail of ``source`` (made now if missing). ImageRejected (a
+        ValueError) when the source is not an image we decode, or too large; OSError when it
+        cannot be read or the thumbnail not written."""
         info = source.stat()
         key = hashlib.sha256(
             f"{source}|{info.st_size}|{info.st_mtime_ns}|{self.size}".encode()
@@ -43,7 +54,14 @@ class Thumbs:
             os.utime(target)  # remembered as used, for the sweep
             return target
         self.folder.mkdir(parents=True, exist_ok=True)
-        with Image.open(source) as image:
+        with self._render:
+            if target.is_file():  # made by the render this one waited for
+                return target
+            self._make(source, target, max_pixels)
+        return target
+
+    def _make(self, source: Path, target: Path, max_pixels: int) -> None:
+        with open_checked(source, max_pixels) as image:
             image.draft("RGB", (self.size, self.size))  # JPEG: decode at a smaller scale
             thumb = ImageOps.exif_transpose(image)
             thumb.thumbnail((self.size, self.size))
@@ -51,16 +69,17 @@ class Thumbs:
                 thumb = thumb.convert("RGBA" if "A" in thumb.getbands() else "RGB")
             if not self.webp and thumb.mode == "RGBA":
                 thumb = thumb.convert("RGB")
-            temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
-            try:
-                if self.webp:
-                    thumb.save(temp, format="WEBP", quality=80, method=4)
-                else:
-                    thumb.save(temp, format="JPEG", quality=82)
-                temp.replace(target)
-            finally:
-                temp.unlink(missing_ok=True)
-        return target
+            thumb.load()
+        # Written outside the decoding block: a full disk is an OSError, not "not an image".
+        temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        try:
+            if self.webp:
+                thumb.save(temp, format="WEBP", quality=80, method=4)
+            else:
+                thumb.save(temp, format="JPEG", quality=82)
+            temp.replace(target)
+        finally:
+            temp.unlink(missing_ok=True)
 
     def sweep(self, *, older_than: float = KEEP_SECONDS) -> int:
         """Remove thumbnails unused for ``older_than`` seconds; returns how many."""

@@ -125,6 +125,8 @@ export function createApi({ base, token, fetch: fetchImpl, timeoutMs = REQUEST_T
         reject: (id) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/reject`, {}),
         regen: (id, prompt) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/regen`, prompt ? { prompt } : {}),
         generate: (body) => send('POST', '/api/v1/generate', body),
+        /** Change daemon settings (the admin's token only), e.g. `{mode: 'manual'}`: applied at once. */
+        saveSettings: (changes) => send('POST', '/api/v1/settings', { changes }),
         /**
          * An image of a job as an object URL: fetched with the token, since an <img> cannot send
          * an Authorization header. The caller revokes it.

@@ -57,3 +57,16 @@ export function inboxUrl(settings, normalise) {
     if (!base) return '';
     return settings.token ? `${base}/?token=${encodeURIComponent(settings.token)}` : `${base}/`;
 }
+
+/**
+ * An address on the daemon's own pages (``/settings``, ``/setup``); with a token, through the
+ * login link (``?token=`` sets the cookie and redirects to the same page without it).
+ * @param {{address: string, token: string}} settings
+ * @param {(text: string) => string} normalise
+ * @param {string} page e.g. '/settings'
+ */
+export function pageUrl(settings, normalise, page) {
+    const base = normalise(settings.address);
+    if (!base) return '';
+    return settings.token ? `${base}${page}?token=${encodeURIComponent(settings.token)}` : `${base}${page}`;
+}

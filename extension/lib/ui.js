@@ -3,7 +3,7 @@
 
 import { ApiError, normaliseBase } from './api.js';
 import { messageLabel, plainExcerpt } from './text.js';
-import { inboxUrl } from './settings.js';
+import { inboxUrl, pageUrl } from './settings.js';
 
 /** The class of our button in each message's action menu (`.extraMesButtons`). */
 export const BUTTON_CLASS = 'st-imagegen-gen';
@@ -335,6 +335,33 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
             if (url) globalThis.open(url, '_blank', 'noopener');
         },
     });
+    const openSettings = el(doc, 'div', {
+        class: 'menu_button', id: 'st_imagegen_open_settings', role: 'button', text: 'Open st-imagegen settings',
+        onclick: () => {
+            const url = pageUrl(settings, normaliseBase, '/settings');
+            if (url) globalThis.open(url, '_blank', 'noopener');
+        },
+    });
+    // Not set up yet: the daemon draws nothing until its setup screen is filled in.
+    const setupLink = el(doc, 'a', { id: 'st_imagegen_setup_link', target: '_blank', rel: 'noopener', text: 'open the setup' });
+    const setup = el(doc, 'div', { id: 'st_imagegen_setup', class: 'st-imagegen-error', hidden: true },
+        el(doc, 'span', { text: 'st-imagegen is not set up yet: ' }), setupLink);
+    // The essentials, inline (the daemon applies them at once; the admin's token only).
+    const daemonMode = el(doc, 'select', { id: 'st_imagegen_daemon_mode', class: 'text_pole', disabled: true },
+        el(doc, 'option', { value: 'auto', text: 'every new reply' }), el(doc, 'option', { value: 'manual', text: 'only the ones I ask for' }));
+    const approval = el(doc, 'select', { id: 'st_imagegen_approval', class: 'text_pole', disabled: true },
+        el(doc, 'option', { value: 'manual', text: 'I accept each picture first' }), el(doc, 'option', { value: 'auto', text: 'straight into the chat' }));
+    const essentialsNote = el(doc, 'div', { id: 'st_imagegen_essentials_note', class: 'st-imagegen-error' });
+    const saveEssential = async (key, select) => {
+        try {
+            await api.saveSettings({ [key]: select.value });
+            essentialsNote.textContent = '';
+        } catch (error) {
+            essentialsNote.textContent = error instanceof ApiError ? error.message : String(error);
+        }
+    };
+    daemonMode.addEventListener('change', () => saveEssential('mode', daemonMode));
+    approval.addEventListener('change', () => saveEssential('approval', approval));
     const row = (...children) => el(doc, 'div', { class: 'st-imagegen-row' }, ...children);
     const root = el(doc, 'div', { class: 'st-imagegen-settings' },
         el(doc, 'div', { class: 'inline-drawer' },
@@ -344,8 +371,11 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
             el(doc, 'div', { class: 'inline-drawer-content' },
                 el(doc, 'label', { for: 'st_imagegen_address', text: 'Daemon address' }), address,
                 el(doc, 'label', { for: 'st_imagegen_token', text: 'Token' }), token,
-                row(dot, state), lastError,
-                row(test, inbox),
+                row(dot, state), lastError, setup,
+                row(test, inbox, openSettings),
+                row(el(doc, 'label', { for: 'st_imagegen_daemon_mode', text: 'Illustrate' }), daemonMode),
+                row(el(doc, 'label', { for: 'st_imagegen_approval', text: 'Approval' }), approval),
+                essentialsNote,
                 row(live, el(doc, 'label', { for: 'st_imagegen_live', text: 'Live preview of new images' })),
                 row(el(doc, 'label', { for: 'st_imagegen_mode', text: 'Show the preview as' }), mode),
                 row(toasts, el(doc, 'label', { for: 'st_imagegen_toasts', text: 'Progress toasts for images I start' })),
@@ -371,6 +401,23 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
                 lastError.textContent = `last error: ${message}`;
             } else {
                 state.textContent = 'not connected';
+            }
+        },
+        /**
+         * What the daemon's status says: not set up yet (with the way to its setup screen), and
+         * the essentials' current values.
+         * @param {Record<string, any>} status the answer of GET /api/v1/status
+         */
+        setDaemon(status) {
+            const needed = Array.isArray(status?.setup_needed) ? status.setup_needed : [];
+            setup.hidden = needed.length === 0;
+            setupLink.href = pageUrl(settings, normaliseBase, '/setup');
+            setupLink.textContent = `open ${normaliseBase(settings.address)}/setup`;
+            for (const [select, value] of [[daemonMode, status?.mode], [approval, status?.approval]]) {
+                if (typeof value === 'string') {
+                    select.value = value;
+                    select.disabled = false;
+                }
             }
         },
     };

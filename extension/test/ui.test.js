@@ -80,3 +80,41 @@ describe('preview popup', () => {
         assert.equal(preview.shown, null);
     });
 });
+
+describe('settings panel: the daemon\'s setup and essentials', () => {
+    const find = (node, id) => {
+        if (node.attributes?.id === id) return node;
+        for (const child of node.children ?? []) {
+            const found = typeof child === 'object' ? find(child, id) : null;
+            if (found) return found;
+        }
+        return null;
+    };
+
+    it('says "not set up yet" with the setup address, and shows the daemon\'s mode and approval', async () => {
+        const { createSettingsPanel } = await import('../lib/ui.js');
+        const settings = { address: 'http://127.0.0.1:8765/', token: 'tok en', user: '', livePreview: true, progressToasts: true, previewMode: 'popup' };
+        const panel = createSettingsPanel({ settings, save() {}, reconnect() {}, api: {}, doc: fakeDocument });
+        const setup = find(panel.root, 'st_imagegen_setup');
+        assert.equal(setup.attributes.hidden, '');
+        panel.setDaemon({ setup_needed: ['image service'], mode: 'manual', approval: 'auto' });
+        assert.equal(setup.hidden, false);
+        const link = find(panel.root, 'st_imagegen_setup_link');
+        assert.equal(link.href, 'http://127.0.0.1:8765/setup?token=tok%20en');
+        assert.equal(link.textContent, 'open http://127.0.0.1:8765/setup');
+        const mode = find(panel.root, 'st_imagegen_daemon_mode');
+        assert.equal(mode.value, 'manual');
+        assert.equal(mode.disabled, false);
+        assert.equal(find(panel.root, 'st_imagegen_approval').value, 'auto');
+        panel.setDaemon({ setup_needed: [], mode: 'auto', approval: 'manual' });
+        assert.equal(setup.hidden, true);
+    });
+
+    it('opens the settings page through the login link when a token is set', async () => {
+        const { pageUrl } = await import('../lib/settings.js');
+        const { normaliseBase } = await import('../lib/api.js');
+        assert.equal(pageUrl({ address: 'http://h:1', token: '' }, normaliseBase, '/settings'), 'http://h:1/settings');
+        assert.equal(pageUrl({ address: 'http://h:1', token: 'x' }, normaliseBase, '/settings'), 'http://h:1/settings?token=x');
+        assert.equal(pageUrl({ address: '', token: 'x' }, normaliseBase, '/settings'), '');
+    });
+});

@@ -177,7 +177,7 @@ async def test_unconfigured_daemon_notes_replies_and_runs_them_once_set_up(
         encoding="utf-8",
     )
     async with live_service(path) as service:
-        assert service.runner.held is not None
+        assert service.runner.setup_hold is not None
         capsys.readouterr()
         await anyio.to_thread.run_sync(cmd_status, service.config, False)
         out = capsys.readouterr().out
@@ -197,4 +197,4 @@ async def test_unconfigured_daemon_notes_replies_and_runs_them_once_set_up(
         writer.apply({"image.api_url": fake_api.base_url, "image.response_format": "b64_json"})
         writer.apply({"text.api_url": fake_api.base_url, "text.model": "fake-llm"})
         done = await wait_state(service, job.id, JobState.PENDING, within=RELOAD_TIMEOUT)
-        assert done.images and service.runner.held is None
+        assert done.images and service.runner.setup_hold is None

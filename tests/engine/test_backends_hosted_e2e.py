@@ -15,7 +15,7 @@ from tests.engine.test_backends_e2e import _assert_in_chat, _reply_to_commit
 from tests.providers.fake_gemini import FakeGemini
 from tests.providers.fake_novelai import FakeNovelAI
 from tests.providers.fake_openrouter import FakeOpenRouter
-from tests.providers.fake_queues import FakeFal, FakeHorde
+from tests.providers.fake_queues import FakeBFL, FakeFal, FakeHorde, FakeReplicate
 from tests.providers.fake_service import FakeService, Seen, serve
 
 pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
@@ -72,10 +72,32 @@ def _fal(fake: Any) -> dict[str, Any]:
     }
 
 
+def _replicate(fake: Any) -> dict[str, Any]:
+    return {
+        "backend": "replicate",
+        "api_url": fake.url + "/v1",
+        "api_key": fake.key,
+        "model": "black-forest-labs/flux-schnell",
+        "replicate": {"poll_seconds": 0.01},
+    }
+
+
+def _bfl(fake: Any) -> dict[str, Any]:
+    return {
+        "backend": "bfl",
+        "api_url": fake.url + "/v1",
+        "api_key": fake.key,
+        "model": "flux-pro-1.1",
+        "bfl": {"poll_seconds": 0.01},
+    }
+
+
 def _prompt_sent(seen: Seen) -> str:
     body = seen.json
     if "messages" in body:
         return str(body["messages"][0]["content"])
+    if "input" in body and isinstance(body["input"], dict):
+        return str(body["input"]["prompt"])
     if "contents" in body:
         return str(body["contents"][0]["parts"][0]["text"])
     return str(body.get("input") or body.get("prompt"))
@@ -87,6 +109,12 @@ CASES: dict[str, tuple[Callable[[], FakeService], Callable[[Any], dict[str, Any]
     "novelai": (FakeNovelAI, _novelai, "/ai/generate-image"),
     "horde": (FakeHorde, _horde, "/api/v2/generate/async"),
     "fal": (FakeFal, _fal, "/fal-ai/flux/schnell"),
+    "replicate": (
+        FakeReplicate,
+        _replicate,
+        "/v1/models/black-forest-labs/flux-schnell/predictions",
+    ),
+    "bfl": (FakeBFL, _bfl, "/v1/flux-pro-1.1"),
 }
 
 

@@ -17,7 +17,7 @@ from daemon.cli.commands import config_example, main
 from daemon.config import Config, load_config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
-from tests.engine.conftest import FakeAPI, config_toml, tiny_png
+from tests.engine.conftest import FakeAPI, config_toml, tiny_png, write_chat
 
 
 @dataclass(frozen=True)
@@ -222,6 +222,10 @@ def test_every_command_has_config(capsys: pytest.CaptureFixture[str]) -> None:
         "accept": ["J"],
         "reject": ["J"],
         "regen": ["J"],
+        "restore": ["J"],
+        "cancel": ["J"],
+        "pause": [],
+        "resume": [],
         "status": [],
         "doctor": [],
         "healthcheck": [],
@@ -310,3 +314,90 @@ def test_a_known_error_inside_a_task_group_is_its_own_line(
     code, _, err = cli(capsys, "list", "--config", str(cfg_path))
     assert code == 1
     assert err == "st-imagegen: error: the disk is gone\n"
+
+
+def make_queued(cfg_path: Path, count: int, chat: str = "Alice - cli") -> list[Job]:
+    """``count`` queued jobs in one chat (no daemon runs them)."""
+    config = load_config(cfg_path, environ={})
+
+    async def _make() -> list[Job]:
+        store = await Store.open(config.db_path)
+        made = []
+        try:
+            for n in range(count):
+                job = await store.create_job(
+                    user="default-user",
+                    chat=f"default-user/chats/Alice/{chat}.jsonl",
+                    character="Alice",
+                    is_group=False,
+                    speaker="Alice",
+                    message_index=2 * n + 1,
+                    identity_name="Alice",
+                    identity_date=f"2026-11-24T12:00:{n:02d}.000Z",
+                    revision="0:abc",
+                    excerpt=f"queued reply {n}",
+                )
+                assert job is not None
+                made.append(job)
+        finally:
+            await store.close()
+        return made
+
+    return anyio.run(_make)
+
+
+def test_cancel_restore_pause_and_show_details(
+    cfg_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    c = ["--config", str(cfg_path)]
+    config = load_config(cfg_path, environ={})
+    pending = make_jobs(cfg_path, 1)[0]
+    here = make_queued(cfg_path, 2)
+    there = make_queued(cfg_path, 1, chat="Alice - elsewhere")
+    assert config.data_root is not None
+    for name in ("cli", "elsewhere"):  # --chat names a chat that exists
+        write_chat(Path(config.data_root), name, ["A reply."])
+
+    # A reject goes to the trash; restore brings the job back with its images.
+    code, out, _ = cli(capsys, "reject", *c, pending.id)
+    assert code == 0 and f"st-imagegen restore {pending.short_id}" in out
+    assert (config.state_dir / ".trash" / pending.id / "image-1.png").is_file()
+    code, out, _ = cli(capsys, "restore", *c, pending.id[:12])
+    assert code == 0 and "pending again (2 images)" in out
+    back = get_job(cfg_path, pending.id)
+    assert back.state is JobState.PENDING and back.images == ("image-1.png", "image-2.png")
+    assert (config.pending_dir / pending.id / "image-2.png").is_file()
+    code, _, err = cli(capsys, "restore", *c, pending.id)
+    assert code == 1 and "not rejected" in err
+
+    # Cancel one job; then every queued job of one chat; the other chat's stays queued.
+    code, out, _ = cli(capsys, "cancel", *c, here[0].id)
+    assert code == 0 and "cancelled" in out
+    cancelled = get_job(cfg_path, here[0].id)
+    assert cancelled.state is JobState.REJECTED and cancelled.meta["cancelled"] is True
+    code, _, err = cli(capsys, "cancel", *c, pending.id)
+    assert code == 1 and "only queued and running jobs" in err
+    code, _, err = cli(capsys, "cancel", *c)
+    assert code == 1 and "--all-queued" in err
+    code, out, err = cli(capsys, "cancel", *c, "--all-queued", "--chat", "Alice/Alice - cli")
+    assert code == 0, err
+    assert "cancelled 1 queued job in Alice · Alice - cli" in out
+    assert get_job(cfg_path, here[1].id).state is JobState.REJECTED
+    assert get_job(cfg_path, there[0].id).state is JobState.QUEUED
+    code, out, _ = cli(capsys, "cancel", *c, "--all-queued")
+    assert code == 0 and "cancelled 1 queued job" in out
+    assert get_job(cfg_path, there[0].id).state is JobState.REJECTED
+
+    # Pause and resume, all chats or one.
+    code, out, _ = cli(capsys, "pause", *c)
+    assert code == 0 and "no new job starts in any chat" in out
+    assert json.loads((config.state_dir / "paused.json").read_text())["all"] is True
+    code, out, _ = cli(capsys, "resume", *c)
+    assert code == 0 and "not paused" in out
+    code, out, _ = cli(capsys, "pause", *c, "--chat", "Alice/Alice - elsewhere")
+    assert code == 0 and "paused chats: Alice · Alice - elsewhere" in out
+    code, out, _ = cli(capsys, "resume", *c, "--chat", "Alice/Alice - elsewhere")
+    assert code == 0 and "not paused" in out
+
+    code, out, _ = cli(capsys, "show", *c, cancelled.id)
+    assert "cancelled:" in out and "chat name:   Alice · Alice - cli" in out

@@ -236,6 +236,10 @@ async def test_status_show_and_spend_say_what_was_spent_and_what_waits(
         assert "spend: today 0.50 USD (1 images) of 0.50" in text
         assert "held by a spend cap: 1 job" in text and held.id[:10] in text
         assert report.to_json()["held"][0]["reason"].startswith("daily budget reached")
+        # The backend as it describes itself (the fake API is a generic OpenAI-compatible one).
+        assert report.image_backend["capabilities"]["cost"] == "estimated"
+        assert "image backend: OpenAI-compatible images API (any size, 10 images per call, " in text
+        assert text.rstrip().count("cost estimated") == 1
         config = deps.config
     async with Engine.open(config) as engine:
         assert (await engine.spend()).today.usd == PRICE
@@ -261,3 +265,29 @@ async def test_generate_wait_says_why_a_job_waits(opened: Opened, fake_api: Fake
         said = err.getvalue()
         assert said.count("waits: daily budget reached: 0.00 of 0.00 USD") == 1
         assert "spend approve" in said
+
+
+def test_the_config_example_shows_caps_and_prices_that_load(tmp_path: Path) -> None:
+    from daemon.config import load_config
+    from daemon.configure.example import config_example
+
+    def uncommented(start: str) -> str:
+        (line,) = [x for x in config_example().splitlines() if x.startswith(start)]
+        return line.removeprefix("# ").split("   (")[0]
+
+    assert "# [prices]" in config_example().splitlines()  # a table of numbers, not of tables
+    path = tmp_path / "caps.toml"
+    path.write_text(
+        "[limits]\n"
+        + uncommented("# daily_budget =")
+        + "\n"
+        + uncommented("# chat_daily_images =")
+        + "\n"
+        + "[prices]\n"
+        + uncommented('# "gpt-image-1" =')
+        + "\n",
+        encoding="utf-8",
+    )
+    config = load_config(path, environ={})
+    assert config.limits.daily_budget == 2 and config.limits.chat_daily_images == 2
+    assert config.prices == {"gpt-image-1": 0.042}

@@ -85,3 +85,23 @@ def test_an_unknown_backend_or_section(st_root_latest: Path, tmp_path: Path, api
     config_file.write_text(config_file.read_text() + "[image.openroutr]\nendpoint = 'chat'\n")
     code, output = _doctor(load_config(config_file, environ={}))
     assert code == 1 and "image.openroutr" in _line(output, "image API")
+
+
+def test_spend_line_names_the_price_the_caps_count(
+    st_root_latest: Path, tmp_path: Path, api: FakeAPI
+) -> None:
+    from daemon.doctor import check_spend
+
+    config = _config(tmp_path, st_root_latest, api, {"model": "gpt-image-1", "profile": "openai"})
+    result = check_spend(config)
+    assert result is not None and result.status == "PASS" and "0.042 USD" in result.detail
+    config_file = tmp_path / "config.toml"
+    _config(tmp_path, st_root_latest, api, {"model": "mystery-model"})
+    config_file.write_text(config_file.read_text() + "[limits]\ndaily_budget = 2.0\n")
+    capped = check_spend(load_config(config_file, environ={}))
+    assert capped is not None and capped.status == "WARN" and "[prices]" in capped.fix
+    config_file.write_text(config_file.read_text() + '[prices]\n"mystery-model" = 0.07\n')
+    priced = check_spend(load_config(config_file, environ={}))
+    assert priced is not None and "0.070 USD per image (config)" in priced.detail
+    local = _config(tmp_path, st_root_latest, api, {"backend": "a1111"})
+    assert check_spend(local) is None  # no cap, nothing paid: nothing to say

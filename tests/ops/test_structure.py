@@ -146,7 +146,7 @@ async def test_each_table_class_works_alone_over_its_own_connection(tmp_path: Pa
 
 BACKEND_NAMES = re.compile(
     r"\b(openai|a1111|comfyui|openrouter|gemini|novelai|horde|pollinations|together|nanogpt|"
-    r"deepinfra|xai|fal)\b"
+    r"deepinfra|xai|fal|replicate|bfl)\b"
 )
 
 

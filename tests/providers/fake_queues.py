@@ -155,3 +155,89 @@ class FakeFal(FakeService):
                 {"images": images, "seed": 99, "has_nsfw_concepts": [self.nsfw] * job.n}
             )
         return super().answer(seen)
+
+
+@dataclass
+class FakeReplicate(FakeService):
+    """Replicate's predictions API (replicate.com/docs/reference/http: ``POST
+    /v1/models/{owner}/{name}/predictions`` with Bearer → ``{id, status: "starting", urls: {get,
+    cancel}}``; ``GET urls.get`` → ``status`` ``processing`` / ``succeeded`` (``output``: URLs) /
+    ``failed`` (``error``); ``POST urls.cancel``)."""
+
+    key: str = "r8_test"
+    waits: int = 2
+    error: str = ""  # fail every prediction with this error
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def answer(self, seen: Seen) -> Reply:
+        if seen.path.startswith("/files/"):
+            return Reply(200, self.picture(9, 9), {"Content-Type": "image/png"})
+        if seen.headers.get("authorization") != f"Bearer {self.key}":
+            return Reply.of({"title": "Unauthenticated", "status": 401}, 401)
+        if (seen.method, seen.path) == ("GET", "/v1/account"):
+            return Reply.of({"type": "user", "username": "alice"})
+        if seen.method == "POST" and seen.path.endswith("/predictions"):
+            ident = f"p{next(self.ids)}"
+            self.jobs[ident] = _Job(self.waits, int(seen.json["input"].get("num_outputs", 1)))
+            return Reply.of(self._prediction(ident, "starting"), 201)
+        ident = seen.path.removeprefix("/v1/predictions/").removesuffix("/cancel")
+        job = self.jobs.get(ident)
+        if job is None:
+            return Reply.of({"detail": "Not found."}, 404)
+        if seen.method == "POST" and seen.path.endswith("/cancel"):
+            job.cancelled = True
+            return Reply.of(self._prediction(ident, "canceled"))
+        if job.checks_left > 0:
+            job.checks_left -= 1
+            return Reply.of(self._prediction(ident, "processing"))
+        if self.error:
+            return Reply.of({**self._prediction(ident, "failed"), "error": self.error})
+        output = [f"{self.url}/files/{ident}-{i}.png" for i in range(job.n)]
+        return Reply.of({**self._prediction(ident, "succeeded"), "output": output})
+
+    def _prediction(self, ident: str, status: str) -> dict[str, Any]:
+        base = f"{self.url}/v1/predictions/{ident}"
+        return {
+            "id": ident,
+            "status": status,
+            "urls": {"get": base, "cancel": f"{base}/cancel"},
+            "output": None,
+            "error": None,
+        }
+
+
+@dataclass
+class FakeBFL(FakeService):
+    """BFL's FLUX API (docs.bfl.ai: ``POST /v1/{model}`` with ``x-key`` → ``{id,
+    polling_url}``; ``GET polling_url`` → ``{id, status: "Pending" | "Ready" | "Content
+    Moderated" | "Error", result: {sample}}``, the sample a signed URL)."""
+
+    key: str = "bfl-key"
+    waits: int = 1
+    moderated: bool = False
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    def answer(self, seen: Seen) -> Reply:
+        if seen.path.startswith("/delivery/"):
+            return Reply(200, self.picture(11, 7), {"Content-Type": "image/png"})
+        if seen.headers.get("x-key") != self.key:
+            return Reply.of({"detail": "Not authenticated"}, 403)
+        if seen.method == "POST" and seen.path.startswith("/v1/flux"):
+            ident = f"b{next(self.ids)}"
+            self.jobs[ident] = _Job(self.waits, 1)
+            return Reply.of({"id": ident, "polling_url": f"{self.url}/v1/get_result?id={ident}"})
+        if (seen.method, seen.path) == ("GET", "/v1/get_result"):
+            ident = seen.query.get("id", [""])[0]
+            job = self.jobs.get(ident)
+            if job is None:
+                return Reply.of({"id": ident, "status": "Task not found"}, 404)
+            if job.checks_left > 0:
+                job.checks_left -= 1
+                return Reply.of({"id": ident, "status": "Pending", "result": None})
+            if self.moderated:
+                return Reply.of({"id": ident, "status": "Content Moderated", "result": None})
+            sample = f"{self.url}/delivery/{ident}/sample.png?se=signed"
+            return Reply.of({"id": ident, "status": "Ready", "result": {"sample": sample}})
+        return super().answer(seen)

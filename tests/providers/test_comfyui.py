@@ -337,9 +337,11 @@ async def test_cancelling_a_queued_job_deletes_it_and_spares_the_running_one(
     comfy: FakeComfy, client: httpx.AsyncClient
 ) -> None:
     comfy.step_seconds = 0.05
+    # Theirs must still be running when ours is cancelled, however slow the machine: at 0.05 s
+    # a step, 100,000 steps outlast any test (the fake stops with the test's server).
     other = await client.post(
         comfy.url + "/prompt",
-        json={"prompt": fill_nodes(steps=100), "client_id": "sillytavern"},
+        json={"prompt": fill_nodes(steps=100_000), "client_id": "sillytavern"},
     )
     theirs = other.json()["prompt_id"]
     await wait_until(lambda: comfy.running_id() == theirs)

@@ -22,7 +22,7 @@ from daemon.errors import (
 from daemon.providers.backend import ImageRequest, Progress
 from daemon.providers.registry import make_backend
 from tests.providers.conftest import FakeClock, no_jitter_policy
-from tests.providers.fake_queues import FakeFal, FakeHorde
+from tests.providers.fake_queues import FakeBFL, FakeFal, FakeHorde, FakeReplicate
 from tests.providers.fake_service import Reply, serve
 
 pytestmark = pytest.mark.anyio
@@ -165,3 +165,48 @@ async def test_checks(
     assert await make("fal", fal.url, client, clock, api_key=fal.key).check() is None
     with pytest.raises(AuthError):
         await make("fal", fal.url, client, clock, api_key="nope").check()
+
+
+async def test_replicate_predictions(client: httpx.AsyncClient, clock: FakeClock) -> None:
+    with serve(FakeReplicate()) as rep:
+        gen = make(
+            "replicate", rep.url + "/v1", client, clock, api_key=rep.key, size="1216x832", n=2
+        )
+        images = await gen.generate(ImageRequest("a lighthouse", seed=5))
+        assert len(images) == 2
+        (submit,) = rep.seen("POST", "/v1/models/black-forest-labs/flux-schnell/predictions")
+        assert submit.json["input"]["aspect_ratio"] == "3:2"
+        assert submit.json["input"]["num_outputs"] == 2 and submit.json["input"]["seed"] == 5
+        rep.error = "NSFW content detected. Try running it again, or try a different prompt."
+        with pytest.raises(ContentRefusedError, match="NSFW"):
+            await gen.generate(ImageRequest("x"))
+        rep.error, rep.waits = "", 10_000
+        timed = make(
+            "replicate",
+            rep.url + "/v1",
+            client,
+            clock,
+            api_key=rep.key,
+            replicate={"deadline_seconds": 5},
+        )
+        with pytest.raises(TransientProviderError, match="queue timeout"):
+            await timed.generate(ImageRequest("x"))
+        assert rep.seen("POST", "/v1/predictions/p3/cancel") and rep.jobs["p3"].cancelled
+        assert await gen.check() is None
+
+
+async def test_bfl_polling_and_moderation(client: httpx.AsyncClient, clock: FakeClock) -> None:
+    with serve(FakeBFL()) as bfl:
+        gen = make("bfl", bfl.url + "/v1", client, clock, api_key=bfl.key, size="1000x700")
+        (image,) = await gen.generate(ImageRequest("a lighthouse"))
+        assert (image.width, image.height) == (11, 7)
+        (submit,) = bfl.seen("POST", "/v1/flux-pro-1.1")
+        assert (submit.json["width"], submit.json["height"]) == (992, 672)  # multiples of 32
+        bfl.moderated = True
+        with pytest.raises(ContentRefusedError, match="Moderated"):
+            await gen.generate(ImageRequest("x"))
+        with pytest.raises(AuthError):
+            await make("bfl", bfl.url + "/v1", client, clock, api_key="no").generate(
+                ImageRequest("x")
+            )
+        assert await gen.check() is None

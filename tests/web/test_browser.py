@@ -77,6 +77,10 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         )
         await expect(page.locator("#live")).to_have_text("connected")
         await expect(page.locator("#status .status-text")).to_contain_text("1 pending")
+        # The spend of the day (no price is known for the fake model: 0.00 USD).
+        await expect(page.locator("#status .status-text")).to_contain_text(
+            f"today {IMAGES} images, 0.00 USD"
+        )
         await page.evaluate("window.__sameDocument = true")
 
         # A new job appears by itself (event stream, no reload).

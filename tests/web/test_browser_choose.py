@@ -1,11 +1,13 @@
 """The inbox as a place to look and choose (issue 24), in a real browser: the grid across chats,
 the viewer, undo and restore, cancel and pause, bulk reject, keyboard triage, touch targets,
-the daemon stopping under an open page. Screenshots go to docs/ (looked at by hand)."""
+the daemon stopping under an open page. Screenshots go to docs/ with ST_IMAGEGEN_SCREENSHOTS
+set (looked at by hand)."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,15 @@ from tests.web.test_browser import LIVE_WITHIN_MS, browser, open_page
 pytestmark = pytest.mark.anyio
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+SHOTS_ENV = "ST_IMAGEGEN_SCREENSHOTS"
+"""Set (to anything) to write the screenshots into docs/; by default they go to tmp_path, so a
+test run does not change tracked files."""
+
+
+def shots(tmp_path: Path) -> Path:
+    return DOCS if os.environ.get(SHOTS_ENV) else tmp_path
+
+
 COLOURS = [(214, 120, 72), (72, 140, 200), (120, 180, 96), (180, 96, 170)]
 
 
@@ -122,7 +133,7 @@ async def test_grid_viewer_group_names_and_phone(
         # Sized to the picture's aspect (portrait 512 × 704), not cropped to a square.
         assert abs(box["height"] / box["width"] - 704 / 512) < 0.05
         await page.wait_for_timeout(200)  # let the thumbnails paint for the screenshot
-        await page.screenshot(path=str(DOCS / "inbox-desktop.png"))
+        await page.screenshot(path=str(shots(tmp_path) / "inbox-desktop.png"))
 
         # The viewer: click opens it on that image; → walks the images, then the next job.
         await harbour.locator(".cover .look").click()
@@ -137,16 +148,17 @@ async def test_grid_viewer_group_names_and_phone(
         await page.keyboard.press("ArrowLeft")
         await expect(viewer.locator(".v-count")).to_have_text("image 3 of 3 · job 3 of 4")
         await expect(viewer.locator(".v-who")).to_have_text(f"Bob #{jobs[1].message_index}")
-        await page.screenshot(path=str(DOCS / "inbox-viewer-desktop.png"))
+        await page.screenshot(path=str(shots(tmp_path) / "inbox-viewer-desktop.png"))
         # Pick inside the viewer and accept: only that image is kept; the viewer moves on.
         await page.keyboard.press(" ")
         await expect(viewer.locator('[data-vact="pick"]')).to_have_attribute("aria-pressed", "true")
         await page.keyboard.press("a")
-        done = await inbox.wait_state(jobs[1].id, JobState.COMMITTED)
-        assert len(done.meta["committed_files"]) == 1
+        done = await inbox.wait_state(jobs[1].id, JobState.ACCEPTED, JobState.COMMITTED)
+        assert done.images == (jobs[1].images[2],)
         await expect(viewer.locator(".v-who")).not_to_have_text(f"Bob #{jobs[1].message_index}")
         await page.keyboard.press("Escape")
         await expect(viewer).to_be_hidden()
+        await inbox.wait_state(jobs[1].id, JobState.COMMITTED, within=30.0)
         await expect(page.locator("#toast")).to_contain_text(
             f"1 image added after Bob's #{jobs[1].message_index}", timeout=LIVE_WITHIN_MS
         )
@@ -158,7 +170,7 @@ async def test_grid_viewer_group_names_and_phone(
         assert await small_targets(page, "#grid") == []
         assert await small_targets(page, ".tools") == []
         assert await small_targets(page, ".tabs") == []
-        await page.screenshot(path=str(DOCS / "inbox-phone.png"))
+        await page.screenshot(path=str(shots(tmp_path) / "inbox-phone.png"))
         await group_card.locator(".cover .look").click()
         await expect(viewer.locator(".v-count")).to_have_text("image 1 of 3 · job 1 of 3")
         assert await small_targets(page, "#viewer") == []
@@ -170,7 +182,7 @@ async def test_grid_viewer_group_names_and_phone(
         await page.mouse.move(stage["x"] + 60, y, steps=5)
         await page.mouse.up()
         await expect(viewer.locator(".v-count")).to_have_text("image 2 of 3 · job 1 of 3")
-        await page.screenshot(path=str(DOCS / "inbox-viewer-phone.png"))
+        await page.screenshot(path=str(shots(tmp_path) / "inbox-viewer-phone.png"))
         await page.keyboard.press("Escape")
         assert page.errors == []  # type: ignore[attr-defined]
 

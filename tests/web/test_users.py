@@ -280,3 +280,22 @@ async def test_one_user_on_loopback_needs_no_token(inbox: Inbox) -> None:
     job = await inbox.pending()
     async with inbox.client() as c:
         assert (await c.get(f"/api/v1/jobs/{job.id}")).status_code == 200
+
+
+async def test_the_pause_switch_names_only_the_callers_own_chats(two: Two) -> None:
+    async with two.client(two.admin) as admin, two.client(two.alice) as alice:
+        paused = await admin.post("/api/v1/pause", json={"paused": True, "chat": two.bob_chat})
+        assert paused.status_code == 200 and two.bob_chat in paused.text
+        seen = (await alice.get("/api/v1/pause")).json()
+        assert seen["chats"] == [] and "cellar" not in json.dumps(seen)
+        status = (await alice.get("/api/v1/status")).json()
+        text = json.dumps(status)
+        assert "cellar" not in text, text[max(0, text.find("cellar") - 300) :][:400]
+        assert "spend" not in status
+        theirs = await alice.post("/api/v1/pause", json={"paused": False, "chat": two.bob_chat})
+        assert theirs.status_code == 404
+        everything = await alice.post("/api/v1/pause", json={"paused": True})
+        assert everything.status_code == 403
+        mine = await alice.post("/api/v1/pause", json={"paused": True, "chat": two.alice_job.chat})
+        assert mine.status_code == 200 and mine.json()["chats"] == [two.alice_job.chat]
+        assert two.bob_chat in (await admin.get("/api/v1/pause")).text

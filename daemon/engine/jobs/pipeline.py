@@ -904,7 +904,7 @@ class Runner:
         self._idle = anyio.Event()
         self._draining = False
         self._tg: TaskGroup | None = None
-        self.held: str | None = None  # why no job may start now ("not set up yet")
+        self.setup_hold: str | None = None  # why no job may start now ("not set up yet")
         self.started = 0
         self.max_in_flight = 0
 
@@ -944,7 +944,7 @@ class Runner:
         """Until the next job is due (a retry's time), at most the safety-net poll interval.
         A due job that could not start (limits, a busy chat) waits for a running one's end,
         which wakes the runner."""
-        if self.held is not None:
+        if self.setup_hold is not None:
             return self.poll_interval  # released by a wake() when the hold ends
         try:
             when = await self.deps.store.next_wake_at()
@@ -960,7 +960,7 @@ class Runner:
 
     async def fill(self) -> int:
         """Start as many due jobs as the limits allow; returns how many started."""
-        if self._draining or self._tg is None or self.held is not None:
+        if self._draining or self._tg is None or self.setup_hold is not None:
             return 0
         free = self.deps.config.limits.concurrency - len(self._running)
         if free <= 0:

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+import structlog
+
 from daemon.config import Config, StyleSettings
 from daemon.engine.look.appearance import CharacterStore
 from daemon.errors import ConfigError
@@ -31,6 +33,8 @@ __all__ = [
     "check_style",
     "choose",
 ]
+
+log = structlog.get_logger("st_imagegen.styles")
 
 NO_STYLE = "none"
 
@@ -147,7 +151,8 @@ def choose(
     """The style for a job in ``chat`` spoken by ``characters`` (card stem, display name).
 
     A choice naming a style that no longer exists is skipped (a style removed from the config
-    must not stop every job of that chat); ``default_style`` is checked when the daemon starts.
+    must not stop every job of that chat), with a warning saying so: never silently;
+    ``default_style`` is checked whenever the config is loaded.
     """
     styles = all_styles(config)
     profile = store.get(*characters)
@@ -163,4 +168,13 @@ def choose(
             return ChosenStyle(None, source)
         if name in styles:
             return ChosenStyle(styles[name], source)
+        log.warning(
+            "style not found: skipped",
+            style=name,
+            chosen_for=source,
+            chat=chat,
+            known=sorted(styles),
+            fix="add [styles.<name>] to the config (or the settings page), or choose another "
+            "with `st-imagegen style use`",
+        )
     return ChosenStyle(None, "none")

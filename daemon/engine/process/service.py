@@ -171,7 +171,7 @@ class Service:
         self._cancel: anyio.CancelScope | None = None
         self._web_face = web
         self.web: Any = None  # what the web face reported when it started (its context)
-        self.runner.held = _hold_reason(config)
+        self.runner.setup_hold = _hold_reason(config)
         if live is not None:
             live.on_apply(self._apply_config)
             live.on_state(self._config_state_changed)
@@ -194,8 +194,8 @@ class Service:
         if self.deps.committer is not None:
             self.deps.committer.config = new
         self.engine.config = new
-        held, self.runner.held = self.runner.held, _hold_reason(new)
-        if held and self.runner.held is None:
+        was_held, self.runner.setup_hold = self.runner.setup_hold, _hold_reason(new)
+        if was_held and self.runner.setup_hold is None:
             log.info("set up: jobs start now")
         self.runner.wake()
         self._rescan.set()  # the rescan interval may have changed
@@ -315,7 +315,7 @@ class Service:
                 self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
                 log.info("ready", chats=len(self.index), pid=os.getpid())
-                if self.runner.held is not None:
+                if self.runner.setup_hold is not None:
                     log.warning(
                         "not set up yet: replies are noted, no image is made until the image "
                         "service is set up",

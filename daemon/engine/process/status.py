@@ -156,6 +156,7 @@ class StatusReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     waiting_messages: int = 0  # committed, not yet in any version ST saved (ledger open)
     waiting_chats: list[str] = field(default_factory=list)
+    image_backend: dict[str, Any] = field(default_factory=dict)  # name, title, capabilities
     spend: dict[str, Any] = field(default_factory=dict)  # SpendSummary.to_json(), and "line"
     held: list[dict[str, str]] = field(default_factory=list)  # jobs waiting for a spend cap
     config_error: str | None = None  # the config file cannot be used (this command's reading)
@@ -228,6 +229,7 @@ async def gather_status(
     )
     await anyio.to_thread.run_sync(_config_lines, config, report)
     await anyio.to_thread.run_sync(_gather_chats, config, report)
+    report.image_backend = _backend(config)
     if store is None:
         if store_error is not None:
             report.store_error = store_error
@@ -258,6 +260,18 @@ async def gather_status(
     except StImagegenError as exc:
         report.store_error = str(exc)
     return report
+
+
+def _backend(config: Config) -> dict[str, Any]:
+    """The configured image backend as it describes itself (for the inbox and the CLI)."""
+    from daemon.providers.registry import backend_info, capabilities
+
+    try:
+        info = backend_info(config.image.backend)
+        caps = capabilities(config.image)
+    except StImagegenError as exc:
+        return {"name": config.image.backend, "error": str(exc)}
+    return {"name": info.name, "title": info.title, "capabilities": caps.as_dict()}
 
 
 def _gather_chats(config: Config, report: StatusReport) -> None:

@@ -22,6 +22,7 @@
       const message = data && data.error ? data.error.message : `HTTP ${response.status}`;
       const error = new Error(message);
       error.status = response.status;
+      error.key = data && data.error ? data.error.key : undefined;
       throw error;
     }
     return data;
@@ -87,10 +88,32 @@
       const spend = s.spend || {};
       if (spend.today_images || spend.month_images) {
         const cap = spend.daily_budget != null ? ` of ${spend.daily_budget.toFixed(2)}` : "";
-        parts.push(`spent today ${Number(spend.today_usd).toFixed(2)}${cap} USD, month ${Number(spend.month_usd).toFixed(2)}`);
+        const est = spend.estimated ? " (est.)" : "";
+        parts.push(
+          `today ${spend.today_images} image${spend.today_images === 1 ? "" : "s"}, ` +
+          `${Number(spend.today_usd).toFixed(2)}${cap} USD${est}; ` +
+          `month ${spend.month_images}, ${Number(spend.month_usd).toFixed(2)} USD`
+        );
       }
       const text = strip.querySelector(".status-text");
       text.textContent = parts.join(" · ");
+      if (s.setup_needed && s.setup_needed.length) {
+        // Nothing is drawn until an image service is set up: say so first, with the way there.
+        strip.dataset.state = "setup";
+        text.replaceChildren("not set up yet: ", Object.assign(document.createElement("a"), { href: "/setup", textContent: "open the setup" }));
+      }
+      if (s.config_problem) {
+        const bad = document.createElement("span");
+        bad.className = "err";
+        const line = s.config_problem.line ? ` (line ${s.config_problem.line})` : "";
+        bad.textContent = ` · config file not applied${line}: ${s.config_problem.message}`;
+        text.appendChild(bad);
+      } else if (s.restart_pending && s.restart_pending.length) {
+        const note = document.createElement("span");
+        note.className = "err";
+        note.textContent = ` · restart pending (${s.restart_pending.join(", ")})`;
+        text.appendChild(note);
+      }
       const held = s.held || [];
       if (held.length) {
         const note = document.createElement("span");

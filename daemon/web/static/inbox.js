@@ -314,20 +314,11 @@
       return result;
     } catch (error) {
       busy.delete(id);
-      committedFirst.delete(id);
       S.toast(error.message);
       try { put(await S.api("GET", `/api/v1/jobs/${id}`)); } catch (_) { /* the stream tells */ }
       schedule();
       return null;
     }
-  };
-
-  // The commit's event can arrive before the accept's own answer: either order ends with
-  // the "added" toast, never with "writing them into the chat…" left standing.
-  const committedFirst = new Set();
-  const added = (job, n) => {
-    const link = job.st_url ? { href: job.st_url, text: "Open SillyTavern" } : null;
-    S.toast(`${n} image${n === 1 ? "" : "s"} added after ${label(job)}.`, { link, ms: 8000 });
   };
 
   const told = (action, job, result) => {
@@ -336,12 +327,18 @@
         { action: { label: "Undo", run: () => restore([job.id]) }, ms: 9000 });
     } else if (action === "accept") {
       const n = result.images.length;
-      if (committedFirst.delete(job.id)) { added(job, n); return; } // the event beat this answer
+      if (committed.has(job.id)) { addedToast(committed.get(job.id), n); return; } // the stream was first
       accepting.set(job.id, n);
       S.toast(`Accepted ${n} image${n === 1 ? "" : "s"} for ${label(job)}: writing them into the chat…`);
     } else if (action === "cancel") {
       S.toast(`Cancelled ${label(job)}: no picture will be made for it.`);
     }
+  };
+
+  const committed = new Map(); // id -> job, committed before this page heard its accept answer
+  const addedToast = (job, n) => {
+    const link = job.st_url ? { href: job.st_url, text: "Open SillyTavern" } : null;
+    S.toast(`${n} image${n === 1 ? "" : "s"} added after ${label(job)}.`, { link, ms: 8000 });
   };
 
   const restore = async (ids) => {
@@ -716,11 +713,11 @@
       const data = JSON.parse(event.data);
       const job = data.job;
       if (job.state === "committed" && accepting.has(job.id)) {
-        const n = accepting.get(job.id);
+        addedToast(job, accepting.get(job.id));
         accepting.delete(job.id);
-        added(job, n);
-      } else if (job.state === "committed" && busy.has(job.id)) {
-        committedFirst.add(job.id); // our accept's answer is still on its way (a busy machine)
+      } else if (job.state === "committed") {
+        committed.set(job.id, job);
+        if (committed.size > 200) committed.delete(committed.keys().next().value);
       }
       put(job);
       schedule();

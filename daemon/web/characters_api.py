@@ -1,0 +1,200 @@
+"""The settings page's characters (admin only, same rules as the rest of ``/api/v1``): each
+character of the data root with its avatar, the appearance tags the next job uses and where they
+come from, its style and reference images; changed through the engine's character store (the
+same as ``st-imagegen character set``). Uploaded reference images come as JSON (base64), capped
+in bytes and pixels and decoded before they are kept."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from daemon.errors import ConfigError, JobError
+from daemon.tavern import layout
+from daemon.web.api import ApiError, _body, _ctx, caller
+from daemon.web.context import WebContext
+
+__all__ = ["MAX_UPLOAD_BYTES", "routes"]
+
+MAX_CHARACTERS = 300
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+"""Largest reference image accepted from the browser (its base64 is a third larger)."""
+_NAME = re.compile(r"^[^/\\\x00]{1,200}$")
+_HANDLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def _admin(request: Request) -> WebContext:
+    if not caller(request).admin:
+        raise ApiError(403, "admin_only", "only the admin's token changes the characters")
+    return _ctx(request)
+
+
+def _cards(ctx: WebContext) -> list[tuple[str, str]]:
+    """``(user, stem)`` of every character card, sorted, at most :data:`MAX_CHARACTERS`."""
+    out: list[tuple[str, str]] = []
+    for user in layout.list_users(ctx.root, ctx.config.detect.users):
+        folder = ctx.root / user / "characters"
+        try:
+            stems = sorted(p.stem for p in folder.glob("*.png") if p.is_file())
+        except OSError:
+            continue
+        out.extend((user, stem) for stem in stems)
+    return out[:MAX_CHARACTERS]
+
+
+def _describe_all(ctx: WebContext) -> list[dict[str, Any]]:
+    rows = []
+    for user, stem in _cards(ctx):
+        described = ctx.engine.describe_character(stem)
+        described["user"] = user
+        described["stem"] = stem
+        described["avatar"] = f"/api/v1/characters/{user}/{stem}/avatar"
+        described["references"] = len(described.get("references") or [])
+        rows.append(described)
+    return rows
+
+
+async def list_characters(request: Request) -> Response:
+    ctx = _admin(request)
+    rows = await anyio.to_thread.run_sync(_describe_all, ctx)
+    return JSONResponse({"characters": rows}, headers={"Cache-Control": "no-store"})
+
+
+async def avatar(request: Request) -> Response:
+    ctx = _admin(request)
+    user = str(request.path_params["user"])
+    stem = str(request.path_params["stem"])
+    if not _HANDLE.match(user) or not _NAME.match(stem) or stem.startswith("."):
+        raise ApiError(400, "bad_name", "not a character")
+    path = layout.card_path(ctx.root, user, stem)
+    if (user, stem) not in await anyio.to_thread.run_sync(_cards, ctx) or not path.is_file():
+        raise ApiError(404, "not_found", f"no character {stem!r}")
+    try:
+        thumb = await anyio.to_thread.run_sync(ctx.thumbs.get, path)
+    except (OSError, ValueError, SyntaxError):
+        raise ApiError(415, "not_an_image", "the card cannot be read as an image") from None
+    return FileResponse(
+        thumb, media_type=ctx.thumbs.media_type, headers={"Cache-Control": "private, max-age=60"}
+    )
+
+
+def _text(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 4000:
+        raise ApiError(422, "invalid", f"{key} is a text of at most 4000 characters")
+    return value
+
+
+async def update_character(request: Request) -> Response:
+    ctx = _admin(request)
+    name = str(request.path_params["name"])
+    if not _NAME.match(name):
+        raise ApiError(400, "bad_name", "not a character name")
+    data = await _body(request)
+    changes: dict[str, Any] = {}
+    for key in ("appearance", "negative"):
+        value = _text(data, key)
+        if value is not None:
+            changes[key] = value
+    style = _text(data, "style")
+    if style is not None:
+        try:
+            changes["style"] = ctx.engine.check_style(style) if style.strip() else ""
+        except ConfigError as exc:
+            raise ApiError(422, "invalid", str(exc), key="style") from None
+    refs = data.get("references")
+    if refs is not None:
+        if refs not in ("on", "off", "default"):
+            raise ApiError(422, "invalid", "references is on, off or default")
+        changes["use_references"] = None if refs == "default" else refs == "on"
+    try:
+        await anyio.to_thread.run_sync(lambda: ctx.engine.characters.update(name, **changes))
+    except JobError as exc:
+        raise ApiError(422, "invalid", str(exc)) from None
+    described = await anyio.to_thread.run_sync(ctx.engine.describe_character, name)
+    return JSONResponse(described)
+
+
+async def _big_json(request: Request) -> dict[str, Any]:
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, "json_required", "send the body as application/json")
+    limit = MAX_UPLOAD_BYTES * 4 // 3 + 4096
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > limit:
+            raise ApiError(413, "too_large", f"the image is larger than {MAX_UPLOAD_BYTES} bytes")
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    return data
+
+
+async def add_reference(request: Request) -> Response:
+    """``{"data_base64": "…"}``: one reference image, checked (bytes, pixels, decodes) and kept
+    in the character's reference folder."""
+    ctx = _admin(request)
+    name = str(request.path_params["name"])
+    if not _NAME.match(name):
+        raise ApiError(400, "bad_name", "not a character name")
+    data = await _big_json(request)
+    encoded = data.get("data_base64")
+    if not isinstance(encoded, str):
+        raise ApiError(422, "invalid", "data_base64 holds the image")
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid", "data_base64 is not base64") from None
+    if len(raw) > MAX_UPLOAD_BYTES:
+        raise ApiError(413, "too_large", f"the image is larger than {MAX_UPLOAD_BYTES} bytes")
+
+    def keep() -> str:
+        with tempfile.TemporaryDirectory(dir=ctx.config.state_dir) as folder:
+            upload = Path(folder) / "upload"
+            upload.write_bytes(raw)
+            return ctx.engine.add_reference(name, upload).name
+
+    try:
+        kept = await anyio.to_thread.run_sync(keep)
+    except JobError as exc:
+        raise ApiError(422, "not_an_image", str(exc).replace("'upload' ", "the image ")) from None
+    described = await anyio.to_thread.run_sync(ctx.engine.describe_character, name)
+    return JSONResponse({"kept": kept, **described}, status_code=201)
+
+
+async def clear_references(request: Request) -> Response:
+    ctx = _admin(request)
+    name = str(request.path_params["name"])
+    if not _NAME.match(name):
+        raise ApiError(400, "bad_name", "not a character name")
+    await _body(request)
+    removed = await anyio.to_thread.run_sync(ctx.engine.clear_references, name)
+    return JSONResponse({"removed": removed})
+
+
+def routes() -> list[Route]:
+    base = "/api/v1/characters"
+    return [
+        Route(base, list_characters, methods=["GET"]),
+        Route(base + "/{user}/{stem}/avatar", avatar, methods=["GET"]),
+        Route(base + "/{name}", update_character, methods=["POST"]),
+        Route(base + "/{name}/references", add_reference, methods=["POST"]),
+        Route(base + "/{name}/references/clear", clear_references, methods=["POST"]),
+    ]

@@ -1,0 +1,226 @@
+"""The settings API under ``/api/v1/settings`` (the admin only; the same token, Origin, Host and
+JSON-body rules as the rest of the API). Every change goes through the one checked writer
+(:mod:`daemon.configure.writer`) and is applied at once; secrets are accepted, never returned.
+The web server's own protection (``web.*``), the state and data folders and the files the
+daemon reads stay file-only."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from daemon.config import Config
+from daemon.configure.fields import settings_view
+from daemon.configure.keys import SECRET_FILES
+from daemon.configure.live import LiveConfig
+from daemon.configure.writer import ConfigWriter, plan
+from daemon.engine.look.styles import SHIPPED, all_styles
+from daemon.errors import ConfigError
+from daemon.providers.presets import image_presets, text_presets
+from daemon.web.api import ApiError, _body, _ctx, caller
+
+__all__ = ["routes"]
+
+MAX_CHANGES = 200
+MAX_VALUE_CHARS = 20_000
+SAMPLE_REPLY = (
+    "*She pushes the heavy door open and steps into the rain-soaked alley, lantern raised.* "
+    "Stay close. Whatever left those tracks is still out here."
+)
+
+
+def _live(request: Request) -> LiveConfig:
+    if not caller(request).admin:
+        raise ApiError(403, "admin_only", "only the admin's token changes the settings")
+    live = _ctx(request).live
+    if live is None:
+        raise ApiError(503, "no_config_file", "this daemon was started without a config file")
+    return live
+
+
+def _changes(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    changes = data.get("changes", {})
+    secrets = data.get("secrets", {})
+    if not isinstance(changes, dict) or not isinstance(secrets, dict):
+        raise ApiError(422, "invalid", "changes and secrets are JSON objects")
+    if len(changes) + len(secrets) > MAX_CHANGES:
+        raise ApiError(413, "too_large", f"at most {MAX_CHANGES} changes at once")
+    for key, value in [*changes.items(), *secrets.items()]:
+        if not isinstance(key, str) or len(key) > 200:
+            raise ApiError(422, "invalid", "keys are dotted names like image.model")
+        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+            raise ApiError(422, "invalid", f"{key} is longer than {MAX_VALUE_CHARS} characters")
+    for key, value in secrets.items():
+        if key not in SECRET_FILES or not isinstance(value, str):
+            raise ApiError(422, "invalid", f"{key} is not a key that can be given here")
+    return changes, secrets
+
+
+def _invalid(exc: ConfigError) -> ApiError:
+    return ApiError(422, "invalid", str(exc), key=exc.key)
+
+
+def _styles(config: Config) -> list[dict[str, Any]]:
+    own = {k.strip().lower() for k in config.styles}
+    return [
+        {
+            "name": name,
+            "origin": "config" if name in own else "shipped",
+            "overrides_shipped": name in own and name in SHIPPED,
+            "prefix": style.prefix,
+            "suffix": style.suffix,
+            "negative": style.negative,
+            "size": style.size,
+            "model": style.model,
+            "default": name == config.default_style.strip().lower(),
+        }
+        for name, style in sorted(all_styles(config).items())
+    ]
+
+
+def _view(live: LiveConfig) -> dict[str, Any]:
+    from daemon.providers.registry import BACKENDS
+
+    config = live.current
+    return {
+        **settings_view(
+            config,
+            live.source,
+            backends=list(BACKENDS),
+            styles=sorted(all_styles(config)),
+        ),
+        "state": live.state(),
+        "styles": _styles(config),
+        "presets": {
+            "image": [p.as_dict() for p in image_presets()],
+            "text": [p.as_dict() for p in text_presets()],
+        },
+    }
+
+
+async def get_settings(request: Request) -> Response:
+    live = _live(request)
+    view = await anyio.to_thread.run_sync(_view, live)
+    return JSONResponse(view, headers={"Cache-Control": "no-store"})
+
+
+async def save_settings(request: Request) -> Response:
+    live = _live(request)
+    changes, secrets = _changes(await _body(request))
+    writer = ConfigWriter(live.source)
+    try:
+        change = await anyio.to_thread.run_sync(
+            functools.partial(writer.apply, changes, secrets_given=secrets)
+        )
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+    except OSError as exc:
+        message = f"the config file cannot be written: {exc.strerror}"
+        raise ApiError(500, "not_written", message) from None
+    # Applied now (the file watcher would too, a moment later): the next job uses it.
+    live.adopt(change.config)
+    view = await anyio.to_thread.run_sync(_view, live)
+    return JSONResponse({"saved": list(change.changed), **view})
+
+
+def _candidate(live: LiveConfig, changes: dict[str, Any], secrets: dict[str, str]) -> Config:
+    """The config these unsaved changes would make (nothing written)."""
+    return plan(live.source, changes, secrets_given=secrets)[3]
+
+
+async def test_settings(request: Request) -> Response:
+    """The same checks as ``doctor`` for one section, on the form's unsaved values."""
+    from daemon.apicheck import check_image_api, check_prompt_api
+
+    live = _live(request)
+    data = await _body(request)
+    section = data.get("section")
+    if section not in ("image", "text"):
+        raise ApiError(422, "invalid", "section is image or text")
+    changes, secrets = _changes(data)
+    try:
+        config = await anyio.to_thread.run_sync(_candidate, live, changes, secrets)
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+    if section == "image":
+        result = await anyio.to_thread.run_sync(
+            functools.partial(check_image_api, config, skip=False)
+        )
+    else:
+        result = await anyio.to_thread.run_sync(check_prompt_api, config)
+    return JSONResponse(
+        {"status": result.status, "ok": result.ok, "detail": result.detail, "fix": result.fix}
+    )
+
+
+async def list_models(request: Request) -> Response:
+    from daemon.providers.http import make_client
+    from daemon.providers.models import ModelsError, image_models, text_models
+
+    live = _live(request)
+    data = await _body(request)
+    section = data.get("section")
+    if section not in ("image", "text"):
+        raise ApiError(422, "invalid", "section is image or text")
+    changes, secrets = _changes(data)
+    try:
+        config = await anyio.to_thread.run_sync(_candidate, live, changes, secrets)
+    except ConfigError as exc:
+        raise _invalid(exc) from None
+    try:
+        async with make_client() as client:
+            if section == "image":
+                models = await image_models(config.image, client)
+            else:
+                models = await text_models(config.text, client)
+    except (ModelsError, ConfigError) as exc:
+        raise ApiError(502, "no_models", str(exc)) from None
+    return JSONResponse({"models": models})
+
+
+async def preview(request: Request) -> Response:
+    """The exact prompt and negative prompt a style gives for a sample reply (the prompt
+    writer's own words stand in as a marked placeholder when an LLM writes them)."""
+    from daemon.providers.http import make_client
+    from daemon.providers.text import PromptInput, PromptWriter
+
+    live = _live(request)
+    data = await _body(request)
+    style = data.get("style") or {}
+    reply = data.get("reply") or SAMPLE_REPLY
+    if not isinstance(style, dict) or not isinstance(reply, str) or len(reply) > 4000:
+        raise ApiError(422, "invalid", "style is an object, reply a text of at most 4000")
+    fields = {k: str(style.get(k) or "").strip() for k in ("prefix", "suffix", "negative")}
+    config = live.current
+    llm = config.text.mode == "llm"
+    settings = config.text.model_copy(
+        update={"mode": "template", "template": "⟨the scene, described by the prompt writer⟩"}
+        if llm
+        else {"mode": "template"}
+    )
+    item = PromptInput(
+        reply=reply,
+        speaker="Alice",
+        style_prefix=fields["prefix"],
+        style_suffix=fields["suffix"],
+        negative=fields["negative"],
+    )
+    async with make_client() as client:
+        written = await PromptWriter(settings, client).write(item)
+    return JSONResponse({"prompt": written.prompt, "negative": written.negative, "llm": llm})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/api/v1/settings", get_settings, methods=["GET"]),
+        Route("/api/v1/settings", save_settings, methods=["POST"]),
+        Route("/api/v1/settings/test", test_settings, methods=["POST"]),
+        Route("/api/v1/settings/models", list_models, methods=["POST"]),
+        Route("/api/v1/settings/preview", preview, methods=["POST"]),
+    ]

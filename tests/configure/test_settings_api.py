@@ -1,0 +1,134 @@
+"""The settings and characters API of a running daemon: the same rules as the rest of /api/v1,
+checked writes, keys never returned, file-only and pinned keys refused, uploads capped and
+decoded."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from daemon.engine.process.service import Service
+from tests.configure.conftest import live_service
+from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, tiny_png
+
+pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
+
+KEY = "sk-api-test-0123456789abcdef-LAST"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def write(tmp_path: Path, root: Path, api: FakeAPI) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "# mine\n"
+        f"data_root = {json.dumps(str(root))}\n"
+        f"state_dir = {json.dumps(str(tmp_path / 'state'))}\n"
+        f'[text]\napi_url = "{api.base_url}"\n'
+        f'[image]\napi_url = "{api.base_url}"\nresponse_format = "b64_json"\n'
+        "[web]\nport = 0\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def client(service: Service) -> httpx.AsyncClient:
+    assert service.web is not None
+    return httpx.AsyncClient(base_url=service.web.url.rstrip("/"), timeout=30.0)
+
+
+async def test_settings_round_trip_and_refusals(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI
+) -> None:
+    path = write(tmp_path, st_root_latest, fake_api)
+    async with live_service(path) as service, client(service) as http:
+        view = (await http.get("/api/v1/settings")).json()
+        fields = {f["key"]: f for g in view["groups"] for f in g["fields"]}
+        assert fields["image.api_key"]["value"] == {"set": False, "last4": ""}
+        assert {p["name"] for p in view["presets"]["text"]} >= {"openai", "template"}
+        saved = await http.post(
+            "/api/v1/settings",
+            json={"changes": {"detect.every_nth": 2}, "secrets": {"image.api_key": KEY}},
+        )
+        assert saved.status_code == 200, saved.text
+        assert KEY not in saved.text and '"last4":"LAST"' in saved.text.replace(" ", "")
+        assert service.config.detect.every_nth == 2  # applied at once
+        assert service.config.image.api_key.get_secret_value() == KEY
+        assert KEY not in path.read_text(encoding="utf-8")
+        # Refused, nothing written: a bad value (named), the web server's own keys, a folder.
+        before = path.read_bytes()
+        for change, key in (
+            ({"detect.every_nth": 0}, "detect.every_nth"),
+            ({"web.host": "0.0.0.0"}, None),
+            ({"web.require_token": False}, None),
+            ({"state_dir": "/tmp/elsewhere"}, None),
+        ):
+            answer = await http.post("/api/v1/settings", json={"changes": change})
+            assert answer.status_code == 422, change
+            assert answer.json()["error"].get("key") == key or key is None
+        assert path.read_bytes() == before
+        # Same rules as the rest of the API: JSON only, a foreign Origin refused.
+        form = await http.post("/api/v1/settings", content=b"mode=manual")
+        assert form.status_code == 415
+        foreign = await http.post(
+            "/api/v1/settings",
+            json={"changes": {"mode": "manual"}},
+            headers={"Origin": "http://evil.example"},
+        )
+        assert foreign.status_code == 403 and service.config.mode == "auto"
+        # Test and models on unsaved values: the key given in the form is used, not returned.
+        tested = await http.post(
+            "/api/v1/settings/test", json={"section": "text", "changes": {"text.model": "x"}}
+        )
+        assert tested.json()["ok"] is True
+        models = await http.post("/api/v1/settings/models", json={"section": "text"})
+        assert models.json()["models"] == sorted(fake_api.models)
+        preview = await http.post(
+            "/api/v1/settings/preview", json={"style": {"prefix": "ink wash", "negative": "x"}}
+        )
+        assert preview.json()["prompt"].startswith("ink wash, ")
+
+
+async def test_characters_with_avatars_tags_and_checked_uploads(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI
+) -> None:
+    path = write(tmp_path, st_root_latest, fake_api)
+    async with live_service(path) as service, client(service) as http:
+        listed = (await http.get("/api/v1/characters")).json()["characters"]
+        assert {c["stem"] for c in listed} == {"Alice", "Bob"}
+        alice = next(c for c in listed if c["stem"] == "Alice")
+        avatar = await http.get(alice["avatar"])
+        assert avatar.status_code == 200 and avatar.headers["content-type"].startswith("image/")
+        assert (await http.get("/api/v1/characters/default-user/..%2Fx/avatar")).status_code in (
+            400,
+            404,
+        )
+        saved = await http.post(
+            "/api/v1/characters/Alice",
+            json={"appearance": "red hair, green eyes", "style": "anime", "references": "on"},
+        )
+        assert saved.status_code == 200, saved.text
+        body = saved.json()
+        assert body["appearance"].startswith("red hair") and body["appearance_from"] == "profile"
+        assert body["style"] == "anime" and body["use_references"] is True
+        bad_style = await http.post("/api/v1/characters/Alice", json={"style": "noir"})
+        assert bad_style.status_code == 422 and "anime" in bad_style.json()["error"]["message"]
+        png = base64.b64encode(tiny_png(size=16)).decode()
+        kept = await http.post("/api/v1/characters/Alice/references", json={"data_base64": png})
+        assert kept.status_code == 201 and len(kept.json()["references"]) == 1
+        junk = base64.b64encode(b"not an image at all" * 10).decode()
+        refused = await http.post("/api/v1/characters/Alice/references", json={"data_base64": junk})
+        assert refused.status_code == 422
+        huge = base64.b64encode(b"\0" * (8 * 1024 * 1024 + 1)).decode()
+        too_big = await http.post("/api/v1/characters/Alice/references", json={"data_base64": huge})
+        assert too_big.status_code == 413
+        cleared = await http.post("/api/v1/characters/Alice/references/clear", json={})
+        assert cleared.json()["removed"] == 1
+        assert service.engine.characters.get("Alice") is not None
