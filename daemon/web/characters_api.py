@@ -81,8 +81,8 @@ async def avatar(request: Request) -> Response:
     if (user, stem) not in await anyio.to_thread.run_sync(_cards, ctx) or not path.is_file():
         raise ApiError(404, "not_found", f"no character {stem!r}")
     try:
-        thumb = await anyio.to_thread.run_sync(ctx.thumbs.get, path)
-    except (OSError, ValueError, SyntaxError):
+        thumb = await anyio.to_thread.run_sync(ctx.thumbs.get, path, ctx.config.image.max_pixels)
+    except (OSError, ValueError):  # ImageRejected is a ValueError
         raise ApiError(415, "not_an_image", "the card cannot be read as an image") from None
     return FileResponse(
         thumb, media_type=ctx.thumbs.media_type, headers={"Cache-Control": "private, max-age=60"}

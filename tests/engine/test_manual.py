@@ -294,15 +294,19 @@ def test_cli_generate_and_alias(
 def test_wait_without_daemon_and_without_api_says_so(
     root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Running the job here needs the APIs: a missing URL is one clear line, exit 1."""
+    """Running the job here needs the APIs: what is missing is one clear line, exit 1, and the
+    job stays queued for the daemon (not failed)."""
     cfg = tmp_path / "bare.toml"
     cfg.write_text(f'data_root = "{root}"\nstate_dir = "{tmp_path / "bare-state"}"\n')
     assert main(["generate", "--config", str(cfg), "--chat", "Alice", "--wait"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
-        "st-imagegen: error: [text] api_url is empty: "
-        "set it in the config file or in ST_IMAGEGEN_TEXT__API_URL"
+        "st-imagegen: error: not set up yet (image service, prompt writer): start the daemon "
+        "(st-imagegen run) and open its address, or set them in the config file"
     )
+    assert main(["list", "--config", str(cfg), "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert listed["state"] == "queued"
     assert "Traceback" not in "\n".join(err)
 
 

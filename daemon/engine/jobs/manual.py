@@ -44,6 +44,7 @@ import anyio
 import anyio.to_thread
 
 from daemon.config import Config
+from daemon.configure.ready import setup_missing
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.process.status import daemon_status
 from daemon.engine.store import Job, JobState, Store
@@ -51,6 +52,7 @@ from daemon.errors import (
     AmbiguousError,
     CardError,
     ChatReadError,
+    ConfigError,
     JobError,
     MessageNotFoundError,
     NotFoundError,
@@ -428,6 +430,13 @@ async def follow(
     async with contextlib.AsyncExitStack() as stack:
         deps: JobDeps | None = None
         if not running.running:
+            missing = setup_missing(config)
+            if missing:
+                # The job stays queued for the daemon; running it here could only fail it.
+                raise ConfigError(
+                    f"not set up yet ({', '.join(missing)}): start the daemon "
+                    "(st-imagegen run) and open its address, or set them in the config file"
+                )
             # Opened here, not in the task: a configuration error reaches the user as itself.
             deps = await stack.enter_async_context(
                 open_job_deps(config, store=store, root=root, strict=True)
