@@ -31,6 +31,7 @@ from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, SpendSummary, spend_summary
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
+from daemon.engine.look.styles import SHIPPED as SHIPPED_STYLES
 from daemon.engine.look.styles import Style, all_styles, check_default_style, check_style
 from daemon.engine.process.lock import daemon_running
 from daemon.engine.process.pause import Paused, read_pause, set_pause
@@ -79,6 +80,7 @@ __all__ = [
     "HISTORY_STATES",
     "INBOX_STATES",
     "PROGRESS_TEXT",
+    "SHIPPED_STYLES",
     "WAIT_STOP_STATES",
     "WORKING_STATES",
     "CharacterProfile",
@@ -90,6 +92,7 @@ __all__ = [
     "JobState",
     "Paused",
     "StatusReport",
+    "all_styles",
     "check_default_style",
     "daemon_running",
     "daemon_status",
