@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import platformdirs
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,10 +26,21 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.configure.locate import (
+    APP_NAME,
+    CONFIG_ENV,
+    ENV_PREFIX,
+    config_file,
+    default_config_path,
+    default_state_dir,
+    scoped_env,
+)
 from daemon.errors import ConfigError
 
 __all__ = [
     "APP_NAME",
+    "CONFIG_ENV",
+    "ENV_PREFIX",
     "CommitSettings",
     "Config",
     "ConfigSource",
@@ -49,9 +59,6 @@ __all__ = [
     "systemd_env",
 ]
 
-APP_NAME = "st-imagegen"
-ENV_PREFIX = "ST_IMAGEGEN_"
-CONFIG_ENV = "ST_IMAGEGEN_CONFIG"
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, None: 1.0}
@@ -350,6 +357,20 @@ class LimitsSettings(_Section):
         le=3650,
         description="how long a rejected job's images are kept for Undo and Restore in History",
     )
+    max_pending: int = Field(
+        default=100,
+        ge=0,
+        le=100_000,
+        description="images waiting for a decision before new jobs wait too (no paid call, no "
+        "folder until some are accepted or rejected); 0 = no cap",
+    )
+    keep_history_days: float = Field(
+        default=180.0,
+        ge=1,
+        le=36500,
+        description="finished jobs' rows, superseded folders and thumbnails older than this are "
+        "pruned daily (the images committed into ST's folders are ST's, never touched)",
+    )
 
 
 class LogSettings(_Section):
@@ -358,6 +379,44 @@ class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="")
     format: Literal["auto", "console", "json"] = Field(
         default="auto", description="auto: console on a terminal, JSON otherwise"
+    )
+
+
+_QUIET = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def _check_quiet_hours(value: object) -> object:
+    if isinstance(value, str) and value.strip():
+        found = _QUIET.match(value)
+        if not found or any(
+            int(h) > 23 or int(m) > 59 for h, m in (found.group(1, 2), found.group(3, 4))
+        ):
+            raise ValueError(f"quiet_hours {value!r} is not like 22:00-07:00 (local time)")
+    return value
+
+
+class NotifySettings(_Section):
+    """Push messages to a phone when pictures wait for a decision (Apprise URLs)."""
+
+    urls: list[SecretStr] = Field(
+        default=[],
+        description="Apprise URLs (ntfy://…, tgram://…, discord://…, pover://…, mailto://…); "
+        "they hold tokens: treated as secrets, never logged",
+    )
+    quiet_hours: Annotated[str, BeforeValidator(_check_quiet_hours)] = Field(
+        default="",
+        description='no push in these local hours, e.g. "22:00-07:00"; what waits is sent after',
+    )
+    batch_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="one message for every job that became ready within this time",
+    )
+    failed: bool = Field(default=True, description="also tell when a job failed")
+    link_url: str = Field(
+        default="",
+        description="the inbox's address in messages (default: the daemon's own web address)",
     )
 
 
@@ -405,16 +464,6 @@ class WebSettings(_Section):
     )
 
 
-def default_state_dir() -> Path:
-    """The platform state dir (``~/.local/state/st-imagegen`` on Linux)."""
-    return Path(platformdirs.user_state_dir(APP_NAME))
-
-
-def default_config_path() -> Path:
-    """The platform config file (``~/.config/st-imagegen/config.toml`` on Linux)."""
-    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
-
-
 class Config(BaseSettings):
     """Everything the daemon and the commands need, validated once."""
 
@@ -443,6 +492,7 @@ class Config(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     prices: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default={},
         description="[prices] model = USD per image, for spend estimates where the service does "
@@ -576,13 +626,8 @@ class ConfigSource:
         overrides: Mapping[str, Any] | None = None,
     ) -> ConfigSource:
         env = os.environ if environ is None else environ
-        explicit = path is not None or bool(env.get(CONFIG_ENV))
-        file_path = path or (
-            Path(env[CONFIG_ENV]) if env.get(CONFIG_ENV) else default_config_path()
-        )
-        scoped = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
-        scoped.pop(CONFIG_ENV, None)
-        return cls(file_path, explicit, scoped, dict(overrides or {}))
+        file_path, explicit = config_file(path, env)
+        return cls(file_path, explicit, scoped_env(env), dict(overrides or {}))
 
     def load(self) -> Config:
         """Read and validate (ConfigError on any problem, with the file's line when known)."""

@@ -2,8 +2,9 @@
 allowed between them, the words shown for them, and :class:`Job`, the record every room passes.
 
 It sits below the store and the logs (both use it) and above nothing but the chat's identity
-type. The store refuses a move the table does not allow (:func:`check_move`); the clients
-(the inbox, the extension) get the same names, groups and labels from ``GET /api/v1/meta``
+type (imported only when a job's identity is asked for: short commands stay light). The store
+refuses a move the table does not allow (:func:`check_move`); the clients (the inbox, the
+extension) get the same names, groups and labels from ``GET /api/v1/meta``
 (:func:`vocabulary`), not from copies of their own.
 """
 
@@ -13,9 +14,10 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.tavern.chat import MessageIdentity
+if TYPE_CHECKING:
+    from daemon.tavern.chat import MessageIdentity
 
 __all__ = [
     "ACTIVE_STATES",
@@ -278,6 +280,8 @@ class Job:
     @property
     def identity(self) -> MessageIdentity:
         """The reply this job illustrates (the index is the detection-time hint)."""
+        from daemon.tavern.chat import MessageIdentity
+
         return MessageIdentity(self.message_index, self.identity_name, self.identity_date)
 
     @property

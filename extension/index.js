@@ -5,7 +5,7 @@ import { createApi, normaliseBase, tokenHint } from './lib/api.js';
 import { Controller } from './lib/controller.js';
 import { ConnectionNotices, EventStreamClient } from './lib/events.js';
 import { appendMessage, editing, insertMessageAt } from './lib/render.js';
-import { useVocabulary } from './lib/protocol.js';
+import { openChatOf, useVocabulary } from './lib/protocol.js';
 import { loadSettings } from './lib/settings.js';
 import { ALIASES, COMMAND, HELP, parseGenimageArgs } from './lib/slash.js';
 import { BUTTON_CLASS, addMessageButtons, createPreview, createSettingsPanel, createToasts } from './lib/ui.js';
@@ -75,8 +75,8 @@ function init() {
             // A restarted daemon's stream starts over, and `reset` says events were lost: both
             // mean catching up from the job list.
             if (type === 'hello') api.meta().then(useVocabulary).catch(() => {}); // the daemon's words
-            if (type === 'hello' || type === 'reset' || type === 'config') {
-                if (type !== 'config') controller.connected();
+            if (type === 'hello' || type === 'reset' || type === 'config' || type === 'pause') {
+                if (type === 'hello' || type === 'reset') controller.connected();
                 // Not set up yet, and the essentials' values: the panel shows them.
                 api.status().then(status => panel.setDaemon(status), () => {});
             }
@@ -89,6 +89,7 @@ function init() {
     });
     const panel = createSettingsPanel({
         settings, save, api,
+        openChat: () => openChatOf(getContext()),
         reconnect: () => {
             stream.restart();
             controller.chatChanged();
@@ -109,6 +110,7 @@ function init() {
     ctx.eventSource.on(events.CHAT_CHANGED, () => {
         addMessageButtons();
         controller.chatChanged();
+        api.status().then(status => panel.setDaemon(status), () => {}); // this chat's pause
     });
     for (const name of ['CHARACTER_MESSAGE_RENDERED', 'USER_MESSAGE_RENDERED', 'MORE_MESSAGES_LOADED']) {
         if (events[name]) ctx.eventSource.on(events[name], () => addMessageButtons());

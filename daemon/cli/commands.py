@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from daemon.config import Config, ConfigSource
     from daemon.engine.front import Engine, Job
 
+from daemon.cli.jobview import job_dict as _job_dict
+from daemon.cli.jobview import one_line as _one_line
+from daemon.cli.jobview import print_jobs
 from daemon.configure.example import config_example
 
 __all__ = ["build_parser", "config_example", "main"]
@@ -351,6 +354,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from daemon.errors import ConfigError
 
     command: str = args.command
+    if command == "list":
+        return _list_command(args)
     if command == "status":
         # A broken file must not hide the daemon's state: status says what is wrong with it.
         source = _source(args)
@@ -367,7 +372,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _cmd_run(config, _source(args))
     _setup_logging(config, quiet=True)
     jobs: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
-        "list": _cmd_list,
         "show": _cmd_show,
         "spend": _cmd_spend,
         "accept": _cmd_accept,
@@ -382,6 +386,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command in ("pause", "resume"):
         return _with_engine(config, lambda engine: _cmd_pause(engine, args, command == "pause"))
     return _tool_command(command, config, args)
+
+
+def _list_command(args: argparse.Namespace) -> int:
+    """``list``: answered from the store alone when the config is known valid (daemon.cli.quick),
+    else through the engine like every job command."""
+    from daemon.cli.quick import overrides_of, quick
+    from daemon.configure import locate
+
+    done = quick(args)
+    if done is not None:
+        return done
+    before = locate.snapshot(args.config, os.environ, overrides_of(args))
+    config = _load(args)
+    _setup_logging(config, quiet=True)
+    code = _with_engine(config, lambda engine: _cmd_list(engine, args))
+    # The config validated: the next list may skip building it (daemon.cli.quick).
+    locate.remember(before, config.state_dir)
+    return code
 
 
 def _tool_command(command: str, config: Config, args: argparse.Namespace) -> int:
@@ -470,57 +492,13 @@ def _with_engine(config: Config, action: Callable[[Engine], Awaitable[int]]) -> 
 # --- job commands ------------------------------------------------------------------------------
 
 
-def _job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "state": job.state.value,
-        "user": job.user,
-        "chat": job.chat,
-        "character": job.character,
-        "is_group": job.is_group,
-        "speaker": job.speaker,
-        "mesid": job.message_index,
-        "revision": job.revision,
-        "source": job.source,
-        "attempts": job.attempts,
-        "last_error": job.last_error,
-        "prompt": job.prompt,
-        "images": list(job.images),
-        "excerpt": job.excerpt,
-        "created_at": job.created_at.isoformat(),
-        "updated_at": job.updated_at.isoformat(),
-        "next_attempt_at": job.next_attempt_at.isoformat() if job.next_attempt_at else None,
-        "meta": job.meta,
-    }
-
-
-def _one_line(text: str, width: int) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 async def _cmd_list(engine: Engine, args: argparse.Namespace) -> int:
     from daemon.engine.front import JobState
 
     states = [JobState(args.state)] if args.state else []
     jobs = await engine.jobs(states=states, limit=max(1, args.limit))
-    if args.json:
-        print(json.dumps([_job_dict(j) for j in jobs], ensure_ascii=False, indent=2))
-        return 0
-    if not jobs:
-        print("no jobs" + (f" in state {args.state}" if args.state else ""))
-        return 0
     titles = {chat: await engine.chat_title(chat) for chat in {j.chat for j in jobs}}
-    print(f"{'JOB':<12} {'STATE':<10} {'CREATED':<16} {'MES':>5}  {'CHAT':<28} INFO")
-    for job in jobs:
-        created = job.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
-        chat = _one_line(titles[job.chat], 28)
-        info = job.last_error if job.last_error else (job.prompt or job.excerpt)
-        print(
-            f"{job.id[:12]:<12} {job.state.value:<10} {created:<16} {job.message_index:>5}  "
-            f"{chat:<28} {_one_line(info or '', 60)}"
-        )
-    return 0
+    return print_jobs(jobs, args, titles)
 
 
 async def _cmd_spend(engine: Engine, args: argparse.Namespace) -> int:

@@ -48,7 +48,9 @@ def render_status(report: StatusReport) -> str:
     lines.append(f"mode: {report.mode}, approval: {report.approval}")
     if report.image_backend:
         lines.append(f"image backend: {_backend_line(report.image_backend)}")
-    lines.append(f"state dir: {report.state_dir}")
+    size = report.state_dir_bytes
+    megabytes = f" ({size / 1e6:.1f} MB)" if size is not None else ""
+    lines.append(f"state dir: {report.state_dir}{megabytes}")
     if report.store_error:
         lines.append(f"jobs: {report.store_error}")
     else:
@@ -58,7 +60,7 @@ def render_status(report: StatusReport) -> str:
         lines.append(f"spend: {report.spend['line']}")
     if report.held:
         n = len(report.held)
-        lines.append(f"held by a spend cap: {n} job{'s' if n != 1 else ''}")
+        lines.append(f"held back: {n} job{'s' if n != 1 else ''} (no call until allowed)")
         for row in report.held:
             lines.append(f"  {row['job'][:10]}  {row['chat']}: {row['reason']}; {row['fix']}")
     if report.waiting_messages:

@@ -11,11 +11,12 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.config import Config
 from daemon.errors import ConfigError
-from daemon.web.access import UserTokens
+
+if TYPE_CHECKING:
+    from daemon.config import Config
 
 __all__ = ["add_parser", "cmd_users"]
 
@@ -36,6 +37,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_users(config: Config, args: argparse.Namespace) -> int:
+    from daemon.web.access import UserTokens  # only when the command runs: --help stays fast
+
     tokens = UserTokens(config.state_dir)
     action = getattr(args, "users_command", None)
     if action == "token":

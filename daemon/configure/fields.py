@@ -91,7 +91,7 @@ GROUPS: tuple[tuple[str, str, tuple[Setting, ...]], ...] = (
     ),
     (
         "styles",
-        "Styles",
+        "Default style",
         (Setting("default_style", "Style of chats and characters without their own", "choice"),),
     ),
 )

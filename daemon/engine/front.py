@@ -70,6 +70,7 @@ from daemon.tavern import layout
 
 if TYPE_CHECKING:
     from daemon.configure.live import LiveConfig
+    from daemon.engine.jobs.order import Attention
 
 __all__ = [
     "ACTIVE_STATES",
@@ -148,6 +149,8 @@ class Engine:
         self._characters: CharacterStore | None = None
         self._lock = anyio.Lock()
         self.live: LiveConfig | None = None  # the daemon's: config changed by file or page
+        # The daemon's: which chats a person is looking at (the runner serves them first).
+        self.attention: Attention | None = None
         self._config_listeners: list[Callable[[dict[str, Any]], None]] = []
 
     @classmethod
@@ -227,6 +230,14 @@ class Engine:
         from daemon.engine.look.references import clear_references
 
         return clear_references(self.characters, name)
+
+    async def chat_for_file(self, chat_file: str, *, users: Collection[str] | None = None) -> str:
+        """The chat path of ST's chat id ``chat_file`` (NotFoundError, AmbiguousError), among
+        ``users``' chats (None: everyone's)."""
+        root = await self.root()
+        listed = layout.list_users(root, self.config.detect.users)
+        visible = [u for u in listed if users is None or u in users]
+        return await anyio.to_thread.run_sync(_chat_by_file, root, visible, chat_file)
 
     def find_chat(self, spec: str | None) -> str:
         """The chat ``spec`` names (``generate --chat`` forms), relative to the data root

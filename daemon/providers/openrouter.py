@@ -121,6 +121,7 @@ def chat_body(
         "model": model,
         "messages": [{"role": "user", "content": content}],
         "modalities": _modalities(model, options),
+        "usage": {"include": True},  # usage accounting: the answer's usage.cost, in USD
     }
     image_config: dict[str, Any] = {}
     size = request.size or settings.aspect_ratio or settings.size

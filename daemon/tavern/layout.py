@@ -9,11 +9,9 @@ server-internal ``_*`` folders. Inside a user folder: ``chats/<card stem>/*.json
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -474,6 +472,8 @@ def sanitize_filename(name: str) -> str:
 def fallback_folder_name(name: str) -> str:
     """A safe image folder name for a character whose names sanitize to nothing ("con",
     "aux", "..."): the same for the same character on every commit, distinct between them."""
+    import hashlib  # here: a one-shot command that only names chats never loads OpenSSL
+
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     readable = sanitize_filename(f"{name}-{digest}").strip(" .-")
     return readable if readable and readable != digest else f"st-imagegen-{digest}"
@@ -490,6 +490,8 @@ def image_folder(root: Path, user: str, folder: str) -> Path:
 
 def our_temp_name(target: Path) -> Path:
     """A temp path next to ``target`` that ST ignores: ``.<name>.st-imagegen.<rand>.tmp``."""
+    import secrets
+
     rand = secrets.token_hex(6)
     extra = len(f".{OUR_TEMP_TAG}{rand}{OUR_TEMP_SUFFIX}".encode())
     name = target.name

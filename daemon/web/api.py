@@ -193,6 +193,9 @@ def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, An
     progress: dict[str, Any] | None = None
     if job.state in PROGRESS_TEXT:
         progress = {"step": job.state.value, "fraction": None, "text": PROGRESS_TEXT[job.state]}
+        held = job.meta.get("held")  # why a queued job waits (a spend cap, limits.max_pending)
+        if job.state is JobState.QUEUED and isinstance(held, str) and held:
+            progress["text"] = held
         told = job.meta.get("progress")  # what an A1111/ComfyUI backend last reported
         if job.state is JobState.IMAGING and isinstance(told, dict):
             fraction = told.get("fraction")
@@ -382,9 +385,8 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
-    data["held"] = [h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)]
     data.pop("spend", None)  # everyone's together: the admin's
-    data["config_error"] = None
+    data["state_dir_bytes"] = None
     return data
 
 
@@ -415,6 +417,8 @@ async def list_jobs(request: Request) -> Response:
     before = query.get("before")
     if before is not None and not _JOB_REF.match(before):
         raise ApiError(400, "bad_id", "before must be a job id")
+    if (opened := query.get("chat_file")) and ctx.engine.attention is not None:
+        ctx.engine.attention.viewed(opened)  # the extension's tab has this chat open
     jobs = await ctx.engine.jobs(
         states=states,
         chat=query.get("chat") or None,
@@ -583,6 +587,13 @@ def _pause_for(who: Caller, state: dict[str, Any]) -> dict[str, Any]:
     return {**state, "chats": chats}
 
 
+def _still_valid(ctx: WebContext, who: Caller) -> bool:
+    """Is ``who``'s token still good (a user token may have been revoked since)?"""
+    if who.admin or ctx.users is None:
+        return True
+    return any(t.id == who.token_id for t in ctx.users.tokens())
+
+
 def _event_for(who: Caller, event: Event) -> Event | None:
     """What ``who`` gets of ``event``: another user's job event is nothing; the pause switch
     names only their own chats."""
@@ -606,11 +617,19 @@ async def pause(request: Request) -> Response:
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
     _check_actions(request)
     body = await _parsed(request, PauseBody.parse)
-    if not who.admin and body.chat is None:
+    chat = body.chat
+    if chat is None and body.chat_file is not None:  # ST's chat id (the extension knows it so)
+        try:
+            chat = await ctx.engine.chat_for_file(body.chat_file, users=who.handles)
+        except NotFoundError:
+            raise ApiError(404, "not_found", "no such chat") from None
+        except AmbiguousError as exc:
+            raise ApiError(400, "ambiguous_chat", str(exc)) from None
+    if not who.admin and chat is None:
         raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
-    if body.chat is not None and not who.sees(body.chat.split("/", 1)[0]):
+    if chat is not None and not who.sees(chat.split("/", 1)[0]):
         raise ApiError(404, "not_found", "no such chat")
-    after = await ctx.engine.pause(body.paused, body.chat)
+    after = await ctx.engine.pause(body.paused, chat)
     ctx.hub.publish("pause", after.to_json())
     return JSONResponse(_pause_for(who, after.to_json()))
 
@@ -674,6 +693,7 @@ async def events(request: Request) -> Response:
             hello,
             ping_seconds=ctx.ping_seconds,
             view=lambda event: _event_for(who, event),
+            alive=lambda: _still_valid(ctx, who),
         ),
     )
     return StreamingResponse(

@@ -149,17 +149,25 @@ class CancelQueuedBody:
 
 @dataclass(frozen=True, slots=True)
 class PauseBody:
-    """``{"paused": bool, "chat"?: path}``: the pause switch, for every chat or one."""
+    """``{"paused": bool, "chat"?: path, "chat_file"?: ST's chat id}``: the pause switch, for
+    every chat or one (named by its path, or by the id the extension knows)."""
 
     paused: bool
     chat: str | None
+    chat_file: str | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> PauseBody:
         paused = data.get("paused")
         if not isinstance(paused, bool):
             raise _invalid("paused is true or false")
-        return cls(paused, _chat_path(data))
+        chat = _chat_path(data)
+        chat_file = data.get("chat_file")
+        if chat is None and chat_file is not None:
+            if not isinstance(chat_file, str) or not chat_file or len(chat_file) > MAX_CHAT:
+                raise _invalid("chat_file must be a chat id")
+            return cls(paused, None, chat_file)
+        return cls(paused, chat)
 
 
 @dataclass(frozen=True, slots=True)

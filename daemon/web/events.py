@@ -133,6 +133,7 @@ async def stream_events(
     *,
     ping_seconds: float = 15.0,
     view: Callable[[Event], Event | None] = lambda event: event,
+    alive: Callable[[], bool] = lambda: True,
 ) -> AsyncIterator[bytes]:
     """The body of ``GET /api/v1/events``; ``view`` is what this caller may see of an event
     (None: nothing; another user's event never reaches the stream, replayed or live)."""
@@ -164,6 +165,8 @@ async def stream_events(
                     if seen_as is not None:
                         yield sse_format(seen_as)
                 continue
+            if not alive():
+                return  # the caller's token was revoked: its stream ends with it
             yield sse_format(comment="ping")
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from daemon.engine.front import (
@@ -30,6 +30,7 @@ from daemon.web.context import WebContext
 __all__ = ["HISTORY_STATES", "INBOX_STATES", "routes"]
 
 TEMPLATES = Path(__file__).parent / "templates"
+STATIC = Path(__file__).parent / "static"
 INBOX_PAGE = 48
 """Cards in the first paint; "Show more" fetches the next page (the count says what is left)."""
 STRIP_LIMIT = 200
@@ -196,6 +197,15 @@ async def job_page(request: Request) -> Response:
     return RedirectResponse(f"/history?job={job.id}#job-{job.id}", status_code=303)
 
 
+async def service_worker(request: Request) -> Response:
+    """The service worker, served from the root so it may act for every page (notifications)."""
+    return FileResponse(
+        STATIC / "sw.js",
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"},
+    )
+
+
 async def favicon(request: Request) -> Response:
     return RedirectResponse("/static/icon.svg", status_code=308)
 
@@ -222,4 +232,5 @@ def routes() -> list[Route]:
         Route("/history", history, methods=["GET"]),
         Route("/jobs/{job_id}", job_page, methods=["GET"]),
         Route("/favicon.ico", favicon, methods=["GET"]),
+        Route("/sw.js", service_worker, methods=["GET"]),
     ]

@@ -127,6 +127,8 @@ export function createApi({ base, token, fetch: fetchImpl, timeoutMs = REQUEST_T
         generate: (body) => send('POST', '/api/v1/generate', body),
         /** Change daemon settings (the admin's token only), e.g. `{mode: 'manual'}`: applied at once. */
         saveSettings: (changes) => send('POST', '/api/v1/settings', { changes }),
+        /** Pause (or resume) illustrating one chat, named by ST's chat id. */
+        pauseChat: (chatFile, paused) => send('POST', '/api/v1/pause', { paused, chat_file: chatFile }),
         /**
          * An image of a job as an object URL: fetched with the token, since an <img> cannot send
          * an Authorization header. The caller revokes it.

@@ -21,6 +21,8 @@ import { messageLabel } from './text.js';
 
 /** At most this many jobs are listed per request (the API's own cap). */
 export const LIST_LIMIT = 500;
+/** Jobs whose newest event is remembered (see Controller.seen). */
+export const SEEN_LIMIT = 500;
 /** How often a deferred insert is tried again. */
 export const RETRY_MS = 1500;
 
@@ -60,6 +62,12 @@ export class Controller {
          * @type {Map<string, {key: string, shown: string|null}>}
          */
         this.tracked = new Map();
+        /**
+         * The newest event seen per job (any chat), so a job whose events overtook the answer
+         * that made it (a fast failure before `generate` returned) is followed from where it is.
+         * @type {Map<string, any>}
+         */
+        this.seen = new Map();
         /** @type {Map<string, string>} the last state seen per job of the open chat */
         this.lastState = new Map();
         /** @type {Set<string>} jobs whose "reload to see it" toast was shown */
@@ -157,6 +165,7 @@ export class Controller {
     /** One `job` event of the stream. */
     async jobEvent(job) {
         if (!job || typeof job.id !== 'string') return;
+        this.remember(job);
         this.progress(job);
         await this.chatReady;
         const open = this.open();
@@ -177,10 +186,19 @@ export class Controller {
         }
     }
 
+    remember(job) {
+        this.seen.delete(job.id);
+        this.seen.set(job.id, job);
+        if (this.seen.size > SEEN_LIMIT) this.seen.delete(this.seen.keys().next().value);
+    }
+
     /** Follow `job` (started from this tab) with one toast, under `key` (default: its id). */
     track(job, key = job.id) {
         this.tracked.set(job.id, { key, shown: null });
-        this.progress(job);
+        const seen = this.seen.get(job.id);
+        // ISO times compare as text; an event newer than the answer is where the job is now.
+        const newer = seen && String(seen.updated_at ?? '') > String(job.updated_at ?? '');
+        this.progress(newer ? seen : job);
     }
 
     progress(job) {

@@ -276,9 +276,10 @@ export function createToasts(toastr) {
  * @param {() => void} deps.save `saveSettingsDebounced`
  * @param {() => void} deps.reconnect settings that change the connection were edited
  * @param {ReturnType<import('./api.js').createApi>} deps.api
+ * @param {() => ({chatFile: string}|null)} [deps.openChat] the chat open in the tab
  * @param {Document} [deps.doc]
  */
-export function createSettingsPanel({ settings, save, reconnect, api, doc = globalThis.document }) {
+export function createSettingsPanel({ settings, save, reconnect, api, openChat = () => null, doc = globalThis.document }) {
     const address = el(doc, 'input', { id: 'st_imagegen_address', class: 'text_pole', type: 'text', placeholder: 'http://127.0.0.1:8765' });
     address.value = settings.address;
     const token = el(doc, 'input', { id: 'st_imagegen_token', class: 'text_pole', type: 'password', autocomplete: 'off', placeholder: 'only when the daemon asks for one' });
@@ -360,6 +361,20 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
             essentialsNote.textContent = error instanceof ApiError ? error.message : String(error);
         }
     };
+    // Pause this chat: its chat id comes from the open chat (deps.openChat), the switch's
+    // state from the daemon's status (paused.chats holds chat paths).
+    const pauseChat = el(doc, 'input', { id: 'st_imagegen_pause_chat', type: 'checkbox', disabled: true });
+    pauseChat.addEventListener('change', async () => {
+        const open = openChat();
+        if (!open) return;
+        try {
+            await api.pauseChat(open.chatFile, pauseChat.checked);
+            essentialsNote.textContent = '';
+        } catch (error) {
+            pauseChat.checked = !pauseChat.checked;
+            essentialsNote.textContent = error instanceof ApiError ? error.message : String(error);
+        }
+    });
     daemonMode.addEventListener('change', () => saveEssential('mode', daemonMode));
     approval.addEventListener('change', () => saveEssential('approval', approval));
     const row = (...children) => el(doc, 'div', { class: 'st-imagegen-row' }, ...children);
@@ -375,6 +390,7 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
                 row(test, inbox, openSettings),
                 row(el(doc, 'label', { for: 'st_imagegen_daemon_mode', text: 'Illustrate' }), daemonMode),
                 row(el(doc, 'label', { for: 'st_imagegen_approval', text: 'Approval' }), approval),
+                row(pauseChat, el(doc, 'label', { for: 'st_imagegen_pause_chat', text: 'Pause illustrating this chat' })),
                 essentialsNote,
                 row(live, el(doc, 'label', { for: 'st_imagegen_live', text: 'Live preview of new images' })),
                 row(el(doc, 'label', { for: 'st_imagegen_mode', text: 'Show the preview as' }), mode),
@@ -413,6 +429,10 @@ export function createSettingsPanel({ settings, save, reconnect, api, doc = glob
             setup.hidden = needed.length === 0;
             setupLink.href = pageUrl(settings, normaliseBase, '/setup');
             setupLink.textContent = `open ${normaliseBase(settings.address)}/setup`;
+            const open = openChat();
+            const chats = Array.isArray(status?.paused?.chats) ? status.paused.chats : [];
+            pauseChat.disabled = !open;
+            pauseChat.checked = Boolean(open && chats.some(c => String(c).endsWith(`/${open.chatFile}.jsonl`)));
             for (const [select, value] of [[daemonMode, status?.mode], [approval, status?.approval]]) {
                 if (typeof value === 'string') {
                     select.value = value;

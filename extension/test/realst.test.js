@@ -222,6 +222,20 @@ describe('6. one toast per user action, no raw ids, plain words', () => {
         assert.ok(!t.toasts.some(x => /01J|superseded|regenerated as/.test(x[2])));
     });
 
+    it('a job whose failure overtook the answer that made it still ends its toast', async () => {
+        // Seen on a loaded machine: the image API refused at once, the `failed` event arrived
+        // before POST /generate answered, and the toast said "queued" for good.
+        const made = job('FAST', { state: 'queued', updated_at: '2026-12-07T16:41:43.200Z' });
+        const t = setup({ generate: async () => {
+            await t.controller.jobEvent(job('FAST', { state: 'failed', last_error: 'image: answered 400 (bad request)', updated_at: '2026-12-07T16:41:43.264Z' }));
+            return made;
+        } });
+        await t.controller.chatChanged();
+        await t.controller.generate(2, { force: true });
+        assert.deepEqual(t.toasts.at(-1), ['error', 'FAST', 'Image for message #2 failed: image: answered 400 (bad request)']);
+        assert.ok(!t.toasts.some(x => x[0] === 'progress'));
+    });
+
     it('401: names the token and where to paste it, not "HTTP 401"', async () => {
         const api = createApi({
             base: () => 'http://127.0.0.1:9', token: () => '',

@@ -94,11 +94,12 @@ describe('settings panel: the daemon\'s setup and essentials', () => {
     it('says "not set up yet" with the setup address, and shows the daemon\'s mode and approval', async () => {
         const { createSettingsPanel } = await import('../lib/ui.js');
         const settings = { address: 'http://127.0.0.1:8765/', token: 'tok en', user: '', livePreview: true, progressToasts: true, previewMode: 'popup' };
-        const panel = createSettingsPanel({ settings, save() {}, reconnect() {}, api: {}, doc: fakeDocument });
+        const panel = createSettingsPanel({ settings, save() {}, reconnect() {}, api: {}, openChat: () => ({ chatFile: 'Alice - one' }), doc: fakeDocument });
         const setup = find(panel.root, 'st_imagegen_setup');
         assert.equal(setup.attributes.hidden, '');
-        panel.setDaemon({ setup_needed: ['image service'], mode: 'manual', approval: 'auto' });
+        panel.setDaemon({ setup_needed: ['image service'], mode: 'manual', approval: 'auto', paused: { chats: ['default-user/chats/Alice/Alice - one.jsonl'] } });
         assert.equal(setup.hidden, false);
+        assert.equal(find(panel.root, 'st_imagegen_pause_chat').checked, true);
         const link = find(panel.root, 'st_imagegen_setup_link');
         assert.equal(link.href, 'http://127.0.0.1:8765/setup?token=tok%20en');
         assert.equal(link.textContent, 'open http://127.0.0.1:8765/setup');
@@ -106,8 +107,9 @@ describe('settings panel: the daemon\'s setup and essentials', () => {
         assert.equal(mode.value, 'manual');
         assert.equal(mode.disabled, false);
         assert.equal(find(panel.root, 'st_imagegen_approval').value, 'auto');
-        panel.setDaemon({ setup_needed: [], mode: 'auto', approval: 'manual' });
+        panel.setDaemon({ setup_needed: [], mode: 'auto', approval: 'manual', paused: { chats: ['default-user/chats/Bob/Alice - one2.jsonl'] } });
         assert.equal(setup.hidden, true);
+        assert.equal(find(panel.root, 'st_imagegen_pause_chat').checked, false);
     });
 
     it('opens the settings page through the login link when a token is set', async () => {

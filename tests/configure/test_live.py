@@ -198,3 +198,84 @@ async def test_unconfigured_daemon_notes_replies_and_runs_them_once_set_up(
         writer.apply({"text.api_url": fake_api.base_url, "text.model": "fake-llm"})
         done = await wait_state(service, job.id, JobState.PENDING, within=RELOAD_TIMEOUT)
         assert done.images and service.runner.setup_hold is None
+
+
+async def test_replies_seen_before_the_setup_follow_the_catch_up_rule(
+    tmp_path: Path, root: Path, fake_api: FakeAPI
+) -> None:
+    """Replies older than detect.catchup_max_age when the setup is saved are not drawn (as
+    after downtime); the newer ones are."""
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"data_root = {json.dumps(str(root))}\nstate_dir = {json.dumps(str(tmp_path / 'state'))}\n"
+        '[detect]\nsettle_seconds = 0.2\ncatchup_max_age = "1s"\n[web]\nport = 0\n',
+        encoding="utf-8",
+    )
+    async with live_service(path) as service:
+        chat = new_chat(root)
+        tab = await started_chat(service, chat, character="Alice")
+        tab.send_user("Hello?").save()
+        tab.reply("Alice", "*She waves from the pier.* Over here!").save()
+
+        async def queued() -> object:
+            jobs = await jobs_of(service, chat)
+            return jobs and jobs[0]
+
+        old = await async_wait_for(queued, within=RELOAD_TIMEOUT)
+        await anyio.sleep(1.2)  # the reply ages past catchup_max_age (time passing, not a wait)
+        writer = ConfigWriter(ConfigSource.find(path, environ={}))
+        writer.apply(
+            {
+                "image.api_url": fake_api.base_url,
+                "image.response_format": "b64_json",
+                "text.api_url": fake_api.base_url,
+            }
+        )
+        gone = await wait_state(service, old.id, JobState.SUPERSEDED, within=RELOAD_TIMEOUT)
+        assert gone.last_error and "catchup_max_age" in gone.last_error
+        assert fake_api.count("images/generations") == 0
+        tab.send_user("And now?").save()
+        tab.reply("Alice", "*She laughs.* Now you are set up.").save()
+
+        async def second() -> object:
+            jobs = await jobs_of(service, chat)
+            return len(jobs) > 1 and jobs[1]
+
+        new = await async_wait_for(second, within=RELOAD_TIMEOUT)
+        await wait_state(service, new.id, JobState.PENDING, within=RELOAD_TIMEOUT)
+
+
+async def test_a_filter_change_applies_to_the_next_reply(
+    tmp_path: Path, root: Path, fake_api: FakeAPI
+) -> None:
+    path = write_config(tmp_path, root, fake_api)
+    async with live_service(path) as service:
+        chat = new_chat(root)
+        tab = await started_chat(service, chat, character="Alice")
+        ConfigWriter(ConfigSource.find(path, environ={})).apply({"detect.min_length": 500})
+        await reloaded(service, 1)
+        assert service.config.detect.min_length == 500
+        before = service.processed
+        tab.send_user("Short?").save()
+        tab.reply("Alice", "Yes.").save()
+
+        rel = chat.relative_to(root).as_posix()
+
+        async def read() -> bool:  # the daemon has read the chat up to its end
+            record = await service.store.get_chat(rel)
+            done = record is not None and record.cursor.size == chat.stat().st_size
+            return service.processed > before and done
+
+        await async_wait_for(read, within=RELOAD_TIMEOUT)
+        assert await jobs_of(service, chat) == []  # too short under the new rule
+        ConfigWriter(ConfigSource.find(path, environ={})).apply({"detect.min_length": 0})
+        await reloaded(service, 2)
+        tab.send_user("And this?").save()
+        tab.reply("Alice", "Fine.").save()
+
+        async def made() -> object:
+            jobs = await jobs_of(service, chat)
+            return jobs and jobs[0]
+
+        job = await async_wait_for(made, within=RELOAD_TIMEOUT)
+        assert job.excerpt.startswith("Fine")

@@ -132,3 +132,21 @@ async def test_characters_with_avatars_tags_and_checked_uploads(
         cleared = await http.post("/api/v1/characters/Alice/references/clear", json={})
         assert cleared.json()["removed"] == 1
         assert service.engine.characters.get("Alice") is not None
+
+
+async def test_pause_one_chat_by_its_st_chat_id(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI
+) -> None:
+    """The extension knows the open chat by ST's chat id: the pause switch takes that too."""
+    path = write(tmp_path, st_root_latest, fake_api)
+    chat = next((st_root_latest / "default-user" / "chats" / "Alice").glob("*.jsonl"))
+    rel = chat.relative_to(st_root_latest).as_posix()
+    async with live_service(path) as service, client(service) as http:
+        paused = await http.post("/api/v1/pause", json={"paused": True, "chat_file": chat.stem})
+        assert paused.status_code == 200 and paused.json()["chats"] == [rel]
+        status = (await http.get("/api/v1/status")).json()
+        assert status["paused"]["chats"] == [rel]
+        resumed = await http.post("/api/v1/pause", json={"paused": False, "chat_file": chat.stem})
+        assert resumed.json()["chats"] == []
+        missing = await http.post("/api/v1/pause", json={"paused": True, "chat_file": "nope"})
+        assert missing.status_code == 404

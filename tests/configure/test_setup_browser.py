@@ -127,6 +127,15 @@ async def test_setup_then_steer_from_the_browser_with_no_restart(
             1, timeout=UI_TIMEOUT_MS
         )
         await page.select_option("#text-model", "fake-llm")
+        # Test: success, then a clear failure once the key is wrong.
+        await page.click("#text-test")
+        text_result = page.locator("#text-result")
+        await expect(text_result).to_have_attribute("data-kind", "ok", timeout=UI_TIMEOUT_MS)
+        await page.fill("#text-key", WRONG_KEY)
+        await page.click("#text-test")
+        await expect(text_result).to_have_attribute("data-kind", "fail", timeout=UI_TIMEOUT_MS)
+        await expect(text_result).to_contain_text("refused the key")
+        await page.fill("#text-key", GOOD_KEY)
         await page.check('input[name="approval"][value="manual"]')
         await page.click("#save-setup")
         await expect(page.locator("#save-result")).to_have_attribute(
@@ -227,3 +236,38 @@ async def test_setup_then_steer_from_the_browser_with_no_restart(
             assert GOOD_KEY not in text and WRONG_KEY not in text, where
             assert GOOD_KEY[-8:] not in text or where == "API answer", where
     assert any('"last4"' in a for a in answers)
+
+
+async def test_characters_are_picked_with_their_avatars_and_saved_live(
+    tmp_path: Path, st_root_latest: Path, keyed_api: FakeAPI
+) -> None:
+    from tests.configure.test_settings_api import write
+
+    path = write(tmp_path, st_root_latest, keyed_api)
+    async with live_service(path) as service, browser() as b:
+        assert service.web is not None
+        page = await b.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(service.web.url + "settings")
+        await expect(page.locator(".char")).to_have_count(2, timeout=UI_TIMEOUT_MS)
+        excluded = page.locator('[data-key="detect.exclude_characters"]')
+        chip = excluded.locator('.pick-char[data-name="Bob"]')
+        await expect(chip.locator("img")).to_have_attribute(
+            "src", "/api/v1/characters/default-user/Bob/avatar"
+        )
+        await chip.click()
+        await expect(chip).to_have_attribute("aria-pressed", "true")
+        await expect(excluded.locator("input")).to_have_value("Bob")
+        group = page.locator('form[data-group="detect"]')
+        await group.locator('button[type="submit"]').click()
+        await expect(group.locator(".result")).to_have_attribute(
+            "data-kind", "ok", timeout=UI_TIMEOUT_MS
+        )
+        assert service.config.detect.exclude_characters == ["Bob"]
+        # Alice's fixed look, saved from her card row, is what the next job would use.
+        alice = page.locator('.char[data-character="Alice"]')
+        await alice.locator("input").first.fill("silver hair, blue cloak")
+        await alice.locator("button.primary").click()
+        await expect(alice.locator(".hint").first).to_contain_text(
+            "silver hair, blue cloak (from set here)", timeout=UI_TIMEOUT_MS
+        )
+        await shots(page, tmp_path, "characters")

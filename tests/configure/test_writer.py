@@ -192,3 +192,21 @@ def test_a_chosen_style_that_no_longer_exists_is_said_not_silently_skipped(
     record = json.loads(out.getvalue().splitlines()[-1])
     assert record["event"] == "style not found: skipped" and record["style"] == "noir"
     assert "anime" in record["known"] and record["chosen_for"] == "character"
+
+
+def test_the_settings_view_shows_pinned_keys_and_never_a_secret(tmp_path: Path) -> None:
+    from daemon.configure.fields import settings_view
+
+    key = "sk-view-test-abcdefghijklmnop-WXYZ"
+    path = tmp_path / "config.toml"
+    path.write_text("# empty\n", encoding="utf-8")
+    pinned = source(path, ST_IMAGEGEN_IMAGE__MODEL="env-model", ST_IMAGEGEN_TEXT__API_KEY=key)
+    view = settings_view(pinned.load(), pinned, backends=["openai"], styles=["anime"])
+    fields = {f["key"]: f for g in view["groups"] for f in g["fields"]}
+    assert fields["image.model"]["pinned_by"] == "ST_IMAGEGEN_IMAGE__MODEL"
+    assert fields["image.model"]["value"] == "env-model"
+    assert fields["text.api_key"]["pinned_by"] == "ST_IMAGEGEN_TEXT__API_KEY"
+    assert fields["text.api_key"]["value"] == {"set": True, "last4": "WXYZ"}
+    assert key not in json.dumps(view)
+    advanced = {row["key"]: row for row in view["advanced"]}
+    assert advanced["web.host"]["file_only"] and advanced["web.port"]["restart"]

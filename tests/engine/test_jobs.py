@@ -322,7 +322,8 @@ async def test_runner_bounds_concurrency_and_keeps_chat_order(
         assert fake_api.max_image_in_flight >= 2  # it did run in parallel
         for chat in {j.chat for j in jobs}:
             done = [job_id for c, job_id in order if c == chat]
-            assert done == sorted(j.id for j in jobs if j.chat == chat)
+            # Newest first within a chat (daemon.engine.jobs.order): the reply on screen first.
+            assert done == sorted((j.id for j in jobs if j.chat == chat), reverse=True)
 
 
 async def test_runner_cancel_and_drain_requeue(deps: JobDeps, fake_api: FakeAPI) -> None:

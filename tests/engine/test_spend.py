@@ -234,7 +234,7 @@ async def test_status_show_and_spend_say_what_was_spent_and_what_waits(
         report = await gather_status(deps.config, deps.store, now=clock())
         text = render_status(report)
         assert "spend: today 0.50 USD (1 images) of 0.50" in text
-        assert "held by a spend cap: 1 job" in text and held.id[:10] in text
+        assert "held back: 1 job" in text and held.id[:10] in text
         assert report.to_json()["held"][0]["reason"].startswith("daily budget reached")
         # The backend as it describes itself (the fake API is a generic OpenAI-compatible one).
         assert report.image_backend["capabilities"]["cost"] == "estimated"

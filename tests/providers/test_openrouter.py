@@ -60,7 +60,7 @@ async def test_chat_image_mode_request_answer_and_cost(
     assert len(calls) == 2  # n = 2 is two calls: one image per chat answer
     body = calls[0].json
     assert body["model"] == "google/gemini-2.5-flash-image"  # the default model
-    assert body["modalities"] == ["image", "text"]
+    assert body["modalities"] == ["image", "text"] and body["usage"] == {"include": True}
     assert body["image_config"] == {"aspect_ratio": "2:3"}
     parts = body["messages"][0]["content"]
     assert parts[0] == {"type": "text", "text": "a lighthouse at dusk"}

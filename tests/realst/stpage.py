@@ -147,3 +147,47 @@ async def slash(page: Page, command: str) -> Any:
     await page.locator("#send_textarea").fill(command, timeout=STEP_MS)
     await page.locator("#send_but").click(timeout=STEP_MS)
     return None
+
+
+async def create_group(page: Page, name: str, members: list[str]) -> str:
+    """A group of ``members`` (avatar file names) made through ST's group endpoint, every
+    member replying in list order; opened after a reload (connect the chat API again after
+    this). Returns the group id."""
+    group_id: str = await page.evaluate(
+        """async ([name, members]) => {
+            const ctx = SillyTavern.getContext();
+            const answer = await fetch('/api/groups/create', {
+                method: 'POST', headers: ctx.getRequestHeaders(),
+                body: JSON.stringify({
+                    name, members, avatar_url: '', allow_self_responses: false,
+                    activation_strategy: 1, generation_mode: 0, disabled_members: [],
+                    chat_metadata: {}, fav: false,
+                }),
+            });
+            if (!answer.ok) throw new Error(`group create: HTTP ${answer.status}`);
+            return String((await answer.json()).id);
+        }""",
+        [name, members],
+    )
+    # ST reads its groups at startup: reload, then pick the group in the character list.
+    await page.reload(timeout=LOAD_MS)
+    await open_st(page, page.url)
+    await page.wait_for_function(
+        '(id) => !!document.querySelector(`.group_select[data-grid="${id}"]`)',
+        arg=group_id,
+        timeout=STEP_MS,
+    )
+    await page.evaluate(
+        "(id) => window.jQuery(`.group_select[data-grid=\"${id}\"]`).first().trigger('click')",
+        group_id,
+    )
+    await page.wait_for_function(
+        """(id) => {
+            const ctx = SillyTavern.getContext();
+            return String(ctx.groupId) === id && ctx.chat.length > 0
+                && document.querySelectorAll('#chat .mes').length === ctx.chat.length;
+        }""",
+        arg=group_id,
+        timeout=STEP_MS,
+    )
+    return group_id

@@ -12,6 +12,7 @@ and environment (``SILLYTAVERN_<KEY>``): nothing in the install is edited.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -55,6 +56,16 @@ def server_dir(cache: Path, version: str) -> Path:
     """``<cache>/<version>/sillytavern`` (unpacked from npm, its dependencies installed inside:
     the layout of a git checkout, which ST 1.12's file-URL fetch guard needs)."""
     return cache / version / "sillytavern"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies (a killed pytest must not
+    leave ST servers behind; they run in their own session, out of its process group)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port() -> int:
@@ -109,6 +120,7 @@ class STServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() ends node's children too
+            preexec_fn=_die_with_parent,  # only prctl before exec (thread-safe enough)
         )
         log.close()
 

@@ -7,6 +7,7 @@ Each test runs once per pinned ST version; the servers are shared by the session
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sys
@@ -18,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+from PIL import Image, ImageDraw
 from playwright.async_api import Browser, Page, expect
 
 from daemon import __version__
@@ -43,9 +45,27 @@ HOSTILE = '<img src=x onerror="window.__pwned=(window.__pwned||0)+1">'
 """Markup that runs a script if any text reaches the page as HTML."""
 
 
+def scene(index: int) -> bytes:
+    """A 320×240 PNG: sky, sea and a sun (the fake image API's answer, visible in shots)."""
+    image = Image.new("RGB", (320, 240), (40, 70, 120))
+    draw = ImageDraw.Draw(image)
+    for y in range(240):
+        shade = (60 + y // 3, 90 + y // 4, 160 - y // 4) if y < 150 else (20, 60 + y // 6, 110)
+        draw.line([(0, y), (320, y)], fill=shade)
+    x = 80 + 60 * index
+    draw.ellipse([x, 60, x + 50, 110], fill=(250, 210, 120))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
 def file_markers(path: Path) -> list[str | None]:
+    """The marker of each message in the file (the header line, where there is one, left out:
+    1.12.14's group chat files have none)."""
     lines = [json.loads(x) for x in path.read_text(encoding="utf-8").split("\n") if x.strip()]
-    return [(m.get("extra") or {}).get("st_imagegen_job") for m in lines[1:]]
+    if lines and "mes" not in lines[0] and ("chat_metadata" in lines[0] or "user_name" in lines[0]):
+        lines = lines[1:]
+    return [(m.get("extra") or {}).get("st_imagegen_job") for m in lines]
 
 
 def chat_file(st: STServer, avatar: str, page_chat_id: str) -> Path:
@@ -96,6 +116,7 @@ async def toast_seen(page: Page, kind: str, text: str, within_ms: float = LIVE_M
 
 
 async def st_page(b: Browser, st: STServer, fake_api: FakeAPI, errors: list[str]) -> Page:
+    fake_api.picture = scene  # an image one can see in the screenshots
     page = await b.new_page(viewport={"width": 1280, "height": 900})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.add_init_script(TOAST_LOG)
@@ -330,4 +351,55 @@ async def test_token_swipe_back_cli_accept_and_menu_button(
         made = await job_for_reply(inbox, chat_id, 0)
         assert made.source == "manual"
         await expect(page.locator(f'[data-job="{made.id}"]')).to_be_visible(timeout=JOB_S * 1000)
+        assert not [e for e in errors if "st-imagegen" in e], errors
+
+
+async def test_group_chat_of_two_characters(
+    st: STServer, make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """A group of two characters (ST's list activation: both reply): each reply's popup in
+    turn, each image live under its own reply, ST's next group save keeps both once."""
+    errors: list[str] = []
+    tag = st.version.replace(".", "")
+    async with daemon_for(st, make_config, tmp_path) as (inbox, _), browser() as b:
+        page = await st_page(b, st, fake_api, errors)
+        first = await stpage.create_character(page, f"Ada{tag}", "*Ada nods.*")
+        second = await stpage.create_character(page, f"Bo{tag}", "*Bo grins.*")
+        group_id = await stpage.create_group(page, f"Crew{tag}", [first, second])
+        await stpage.connect_chat_api(page, fake_api.base_url)
+        chat_id: str = await page.evaluate("SillyTavern.getContext().getCurrentChatId()")
+        path = st.user_dir / "group chats" / f"{chat_id}.jsonl"
+        assert group_id
+
+        before: int = await page.evaluate("SillyTavern.getContext().chat.length")
+        await page.locator("#send_textarea").fill("What do you both see?")
+        await page.locator("#send_but").click()
+        await stpage.wait_reply(page, before + 2)  # user message, then two replies
+        replies = [before + 1, before + 2]
+        jobs = [await job_for_reply(inbox, chat_id, r, JobState.PENDING) for r in replies]
+        for job in jobs:
+            preview = page.locator(f'.st-imagegen-preview[data-job="{job.id}"]')
+            await expect(preview).to_be_visible(timeout=LIVE_MS)
+            assert job.is_group and job.speaker in (f"Ada{tag}", f"Bo{tag}")
+            await preview.locator('[data-action="accept"]').click()
+            await inbox.wait_state(job.id, JobState.COMMITTED, within=JOB_S)
+            await expect(preview).to_have_count(0, timeout=LIVE_MS)
+        await page.wait_for_function(
+            """(ids) => ids.every(id => SillyTavern.getContext().chat
+                .filter(m => m?.extra?.st_imagegen_job === id).length === 1)""",
+            arg=[j.id for j in jobs],
+            timeout=LIVE_MS,
+        )
+        markers = await stpage.chat_markers(page)
+        # Each image right after its own reply (the second shifted by the first insert).
+        assert markers[replies[0] + 1] == jobs[0].id and markers[replies[1] + 2] == jobs[1].id
+        await expect(image_under(page, replies[1] + 2)).to_be_visible(timeout=LIVE_MS)
+
+        await stpage.slash(page, "/comment a note, saved by ST with the group chat")
+
+        async def saved() -> bool:
+            found = file_markers(path)
+            return len(found) >= len(markers) + 1 and all(found.count(j.id) == 1 for j in jobs)
+
+        await async_wait_for(saved, within=JOB_S)
         assert not [e for e in errors if "st-imagegen" in e], errors

@@ -319,3 +319,52 @@ async def test_daemon_stopped_under_an_open_page(
         await page.keyboard.press("a")
         await expect(page.locator("#toast")).to_contain_text("not reachable")
         assert "Failed to fetch" not in (await page.locator("#toast").text_content() or "")
+
+
+async def test_installable_and_notifies_while_in_the_background(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    config = web_config(make_config, tmp_path, fake_api)
+    async with inbox_for(config) as inbox, browser() as b:
+        page = await open_page(b, inbox, width=1440)
+        await page.context.grant_permissions(["notifications"], origin=inbox.url)
+        manifest = await page.evaluate(
+            "fetch(document.querySelector('link[rel=manifest]').href).then(r => r.json())"
+        )
+        assert manifest["start_url"] == "/" and manifest["display"] == "standalone"
+        for icon in manifest["icons"][:2]:
+            size = int(icon["sizes"].split("x")[0])
+            loaded = await page.evaluate(
+                """src => new Promise(ok => { const i = new Image(); i.onload = () =>
+                   ok(i.naturalWidth); i.onerror = () => ok(0); i.src = src; })""",
+                icon["src"],
+            )
+            assert loaded == size
+        worker = await page.evaluate("navigator.serviceWorker.ready.then(r => r.active.scriptURL)")
+        assert worker == f"{inbox.url}/sw.js"
+        # In the background (another tab in front): a notification, through the worker.
+        await page.evaluate(
+            """() => {
+              window.__notes = [];
+              ServiceWorkerRegistration.prototype.showNotification = function (title, o) {
+                window.__notes.push({ title, body: o.body, url: o.data.url });
+                return Promise.resolve();
+              };
+              Object.defineProperty(document, "visibilityState", { get: () => "hidden" });
+            }"""
+        )
+        job = await pending_in(inbox, "away", "While you were away.")
+
+        async def told() -> list[dict[str, str]] | None:
+            found: list[dict[str, str]] = await page.evaluate("window.__notes")
+            return found or None
+
+        notes = await async_wait_for(told, within=LIVE_WITHIN_MS / 1000)
+        assert notes == [
+            {
+                "title": f"{IMAGES} pictures for Alice's #{job.message_index}",
+                "body": f"Alice's #{job.message_index} · Alice · Alice - away",
+                "url": f"/jobs/{job.id}",
+            }
+        ]
+        assert page.errors == []  # type: ignore[attr-defined]

@@ -299,3 +299,45 @@ async def test_the_pause_switch_names_only_the_callers_own_chats(two: Two) -> No
         mine = await alice.post("/api/v1/pause", json={"paused": True, "chat": two.alice_job.chat})
         assert mine.status_code == 200 and mine.json()["chats"] == [two.alice_job.chat]
         assert two.bob_chat in (await admin.get("/api/v1/pause")).text
+
+
+async def test_a_revoked_tokens_open_event_stream_ends(two: Two) -> None:
+    two.inbox.ctx.ping_seconds = 0.2  # the check runs at each ping
+    async with two.client(two.admin) as admin:
+        listed = (await admin.get("/api/v1/users")).json()["tokens"]
+        alice_id = next(t["id"] for t in listed if t["handles"] == ["alice"])
+        async with two.client(two.alice) as alice, alice.stream("GET", "/api/v1/events") as s:
+            assert s.status_code == 200
+            lines = s.aiter_lines()
+            assert (await anext(lines)).startswith("id:")
+            assert (await admin.post(f"/api/v1/users/{alice_id}/revoke")).status_code == 200
+            with anyio.fail_after(STREAM_WITHIN):
+                async for _line in lines:
+                    pass  # ends: the server closed the stream
+    assert not two.inbox.ctx.streams
+
+
+async def test_the_admin_makes_and_revokes_a_token_on_the_settings_page(two: Two) -> None:
+    from tests.web.test_browser import browser
+
+    async with browser() as b:
+        page = await b.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{two.inbox.url}/settings?token={two.admin}")
+        box = page.locator("#users-box")
+        await box.locator('input[name="handles"]').fill("bob")
+        await box.locator('input[name="label"]').fill("bob's phone")
+        await box.locator('button[type="submit"]').click()
+        token_input = page.locator("#user-token")
+        await page.wait_for_function("document.getElementById('user-token').value.length > 20")
+        token = await token_input.input_value()
+        row = box.locator("#user-list li", has_text="bob's phone")
+        await row.wait_for()
+        async with two.client(token) as phone:
+            listed = (await phone.get("/api/v1/jobs")).json()["jobs"]
+            assert [j["id"] for j in listed] == [two.bob_job.id]
+            await row.locator("button", has_text="Revoke").click()
+            await row.wait_for(state="detached")
+            assert (await phone.get("/api/v1/jobs")).status_code == 401
+        assert not errors, errors

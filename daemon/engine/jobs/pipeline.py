@@ -29,6 +29,7 @@ from daemon.config import Config
 from daemon.configure.ready import setup_missing
 from daemon.engine.jobs.approval import TRASH_DAYS, Approval
 from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, Budget, Hold
+from daemon.engine.jobs.order import Attention, order
 from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_job
 from daemon.engine.look.consistency import plan_look, stamp_images
 from daemon.engine.look.references import load_references
@@ -89,6 +90,9 @@ DRAIN_TIMEOUT = 7.0
 """Default seconds running steps may take to finish on shutdown before they are cancelled (and
 requeued); the daemon uses ``limits.drain_seconds``, sized to fit the service manager's stop
 timeout."""
+
+LAST_STARTED_KEPT = 4096
+"""Chats whose last start time the runner remembers (for the round-robin)."""
 
 POLL_INTERVAL = 300.0
 """Seconds between the runner's safety-net store polls. It is woken directly otherwise: by the
@@ -385,6 +389,39 @@ def _progress_writer(job: Job, deps: JobDeps) -> ProgressCallback:
     return report
 
 
+PENDING_RECHECK = timedelta(seconds=15)
+"""How soon a job held by ``limits.max_pending`` looks again (a decision also wakes the runner)."""
+
+TOO_MANY_PENDING = "paused: too many images waiting for a decision"
+
+
+async def _too_many_pending(job: Job, deps: JobDeps) -> Job | None:
+    """``job`` held back (still queued, nothing paid) while ``limits.max_pending`` images wait
+    for a decision; None when it may go on."""
+    cap = deps.config.limits.max_pending
+    if cap <= 0:
+        return None
+    waiting = (await deps.store.counts()).get(JobState.PENDING, 0)
+    if waiting < cap:
+        return None
+    reason = f"{TOO_MANY_PENDING} ({waiting} of limits.max_pending = {cap})"
+    already = str(job.meta.get(HELD_KEY) or "").startswith(TOO_MANY_PENDING)
+    moved = await deps.store.transition(
+        job.id,
+        JobState.QUEUED,
+        JobState.QUEUED,
+        next_attempt_at=datetime.now(UTC) + PENDING_RECHECK,
+        meta_update={
+            HELD_KEY: reason,
+            "held_fix": "accept or reject some in the inbox (or raise limits.max_pending)",
+        },
+    )
+    after = moved or await deps.store.get_job(job.id)
+    if not already:  # once per job, not at every look
+        job_log(after, "held", logger=log, reason=reason)
+    return after
+
+
 @dataclass
 class _Step:
     """Where one run of the pipeline is: its step's name and start, the job as last moved."""
@@ -416,6 +453,14 @@ class _Made:
 async def _pipeline(job: Job, deps: JobDeps) -> Job:
     """QUEUED -> (PROMPTING ->) IMAGING -> PENDING (or ACCEPTED), one function per step; a
     failure of any step is judged by :func:`_after_failure`."""
+    held = await _too_many_pending(job, deps)
+    if held is not None:
+        return held
+    if str(job.meta.get(HELD_KEY) or "").startswith(TOO_MANY_PENDING):
+        cleared = await deps.store.transition(
+            job.id, JobState.QUEUED, JobState.QUEUED, meta_update={HELD_KEY: None}
+        )
+        job = cleared or job
     step = _Step(job)
     try:
         step.job = await _prompt_step(job, deps, step.started)
@@ -878,7 +923,9 @@ class _Running:
 
 
 class Runner:
-    """Runs due jobs: at most ``limits.concurrency`` at once, one per chat, oldest first.
+    """Runs due jobs: at most ``limits.concurrency`` at once, one per chat; commits first, then
+    queued jobs in :func:`daemon.engine.jobs.order.order`'s order (the chat a person is looking
+    at first, newest first, round-robin across chats, none waiting past ``STARVE_AFTER``).
 
     A job waiting out a retry backoff does not hold back the later jobs of its chat: each job
     illustrates its own reply, so order only matters between jobs that are due.
@@ -894,8 +941,12 @@ class Runner:
         *,
         poll_interval: float = POLL_INTERVAL,
         on_done: Callable[[Job], None] | None = None,
+        attention: Attention | None = None,
     ) -> None:
         self.deps = deps
+        self.attention = attention or Attention()
+        self._last_started: dict[str, float] = {}  # chat -> time.monotonic() of its last start
+        self.order = order  # the bench swaps in the old first-in-first-out order to compare
         self.poll_interval = poll_interval
         self.on_done = on_done
         self._running: dict[str, _Running] = {}
@@ -972,10 +1023,21 @@ class Runner:
             candidates.extend(
                 j for j in accepted if j.next_attempt_at is None or j.next_attempt_at <= now
             )
-        due = await self.deps.store.due_jobs(now, limit=200)
-        paused = await anyio.to_thread.run_sync(read_pause, self.deps.config.state_dir)
-        candidates.extend(j for j in due if not paused.holds(j.chat))  # commits still go
         candidates.sort(key=lambda j: j.id)
+        # The newest due jobs (the ones a person waits for) and the oldest (none starves).
+        queued = {j.id: j for j in await self.deps.store.due_jobs(now, limit=500, newest=True)}
+        for job in await self.deps.store.due_jobs(now, limit=50):
+            queued.setdefault(job.id, job)
+        paused = await anyio.to_thread.run_sync(read_pause, self.deps.config.state_dir)
+        attention, clock = self.attention, time.monotonic()
+        candidates.extend(  # commits still go while paused
+            self.order(
+                [j for j in queued.values() if not paused.holds(j.chat)],
+                now=now,
+                looked_at=lambda chat: attention.looked_at(chat, clock),
+                last_started=self._last_started,
+            )
+        )
         started = 0
         for job in candidates:
             if started >= free or self._draining:
@@ -991,6 +1053,10 @@ class Runner:
         scope = anyio.CancelScope()
         self._running[job.id] = _Running(job, scope)
         self._busy_chats.add(job.chat)
+        self._last_started.pop(job.chat, None)
+        self._last_started[job.chat] = time.monotonic()
+        while len(self._last_started) > LAST_STARTED_KEPT:
+            self._last_started.pop(next(iter(self._last_started)))
         self.started += 1
         self.max_in_flight = max(self.max_in_flight, len(self._running))
         self._idle = anyio.Event()

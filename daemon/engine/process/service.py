@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config, ConfigSource, SystemdEnv
 from daemon.configure.live import LiveConfig
@@ -32,10 +32,12 @@ from daemon.engine.front import Engine
 from daemon.engine.intake import detect, watchmode
 from daemon.engine.intake.poll import Poller
 from daemon.engine.intake.watch import Hint, HintKind, Settler, StatIndex, Watcher
+from daemon.engine.jobs.order import Attention
 from daemon.engine.jobs.pipeline import POLL_INTERVAL, JobDeps, Runner, revive_job
 from daemon.engine.look.styles import check_default_style
 from daemon.engine.process.lock import hold_state_lock
 from daemon.engine.process.notify import Heartbeat, Notifier
+from daemon.engine.process.push import Pusher, push_link
 from daemon.engine.process.wake import WAKE_DIR
 from daemon.engine.store import Job, JobState, Store
 from daemon.engine.store.schema import damaged_message
@@ -74,6 +76,13 @@ IDLE_WAKE_SECONDS = 3600.0
 """Longest the settle loop sleeps with no chat waiting (a hint wakes it at once)."""
 
 
+RETENTION_FIRST = 60.0
+"""Seconds after start before the first retention pass (not during the start's own work)."""
+
+RETENTION_EVERY = 86400.0
+"""The retention tick: daily."""
+
+
 @dataclass(frozen=True)
 class ServiceTimings:
     """Intervals the tests shorten; production uses the defaults."""
@@ -82,6 +91,8 @@ class ServiceTimings:
     poll: float = POLL_INTERVAL
     drain_grace: float | None = None  # None: limits.drain_seconds
     drop_settle: float = DROP_SETTLE
+    retention_first: float = RETENTION_FIRST  # after start
+    retention_every: float = RETENTION_EVERY
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -143,7 +154,8 @@ class Service:
         self._hinted: set[str] = set()  # chats hinted since the last rescan
         self.settler = Settler()
         self.saved_at: dict[str, float] = {}  # chat rel -> time.monotonic() of its latest save
-        self.runner = Runner(deps, poll_interval=self.timings.poll)
+        self.attention = Attention()
+        self.runner = Runner(deps, poll_interval=self.timings.poll, attention=self.attention)
         self.engine = Engine(
             config,
             store=deps.store,
@@ -153,6 +165,8 @@ class Service:
             stop_running=self.runner.cancel,
         )
         self.engine.live = live
+        self.engine.attention = self.attention
+        self.pusher: Pusher | None = None  # with notify.urls: messages to the user's phone
         self.exit_code = 0
         self.processed = 0
         self.rescans = 0
@@ -163,6 +177,7 @@ class Service:
         self._drop = anyio.Event()
         self._woken = anyio.Event()
         self._config_hint = anyio.Event()
+        self._tg: TaskGroup | None = None
         self._dead = False
         self._counts_stale = True
         self._announced: dict[str, datetime] = {}
@@ -197,8 +212,39 @@ class Service:
         was_held, self.runner.setup_hold = self.runner.setup_hold, _hold_reason(new)
         if was_held and self.runner.setup_hold is None:
             log.info("set up: jobs start now")
+            if self._tg is not None:
+                # Held a moment more: the catch-up rule goes over the waiting jobs first.
+                self.runner.setup_hold = _CATCHING_UP
+                self._tg.start_soon(self._expire_before_setup, new.detect.catchup_max_age)
         self.runner.wake()
         self._rescan.set()  # the rescan interval may have changed
+
+    async def _expire_before_setup(self, max_age: float) -> None:
+        """The catch-up rule for replies seen while the daemon was not set up: those older
+        than ``detect.catchup_max_age`` are not drawn now (as after downtime); the ones asked
+        for by hand (``generate``) are."""
+        cutoff = _now() - timedelta(seconds=max_age)
+        try:
+            waiting = await self.store.jobs_in([JobState.QUEUED], limit=10_000)
+            for job in waiting:
+                if job.source == "manual" or job.created_at >= cutoff:
+                    continue
+                reason = "seen before the setup, older than detect.catchup_max_age"
+                gone = await self.store.transition(
+                    job.id,
+                    JobState.QUEUED,
+                    JobState.SUPERSEDED,
+                    last_error=reason,
+                    next_attempt_at=None,
+                )
+                if gone is not None:
+                    job_log(gone, "superseded", logger=log, reason=reason)
+        except StoreError as exc:
+            log.warning("store error while expiring jobs seen before the setup", error=str(exc))
+        finally:
+            if self.runner.setup_hold == _CATCHING_UP:
+                self.runner.setup_hold = _hold_reason(self.config)
+            self.runner.wake()
 
     def _config_state_changed(self) -> None:
         self._counts_stale = True
@@ -227,7 +273,7 @@ class Service:
                     # A raised spend cap lets held jobs through now, not at the window's end.
                     released = await self.store.release_held()
                     if released:
-                        log.info("jobs held by a spend cap are checked again", count=released)
+                        log.info("held jobs are checked again", count=released)
                         self.runner.wake()
 
     # --- start ---------------------------------------------------------------------------
@@ -238,7 +284,7 @@ class Service:
             log.info("resumed jobs left running by a crash", count=resumed)
         held = await self.store.release_held()
         if held:
-            log.info("jobs held by a spend cap are checked again", count=held)
+            log.info("held jobs are checked again", count=held)
         removed = await anyio.to_thread.run_sync(self._cleanup_temps)
         removed += await anyio.to_thread.run_sync(self.deps.approval.cleanup_temps)
         if removed:
@@ -298,6 +344,7 @@ class Service:
         try:
             async with anyio.create_task_group() as tg:
                 self._cancel = tg.cancel_scope
+                self._tg = tg
                 tg.start_soon(self._signal_loop, tg.cancel_scope)  # SIGTERM during start drains
                 await tg.start(self.runner.run)
                 await self.start()
@@ -311,7 +358,12 @@ class Service:
                 tg.start_soon(self._drop_loop)
                 tg.start_soon(self._wake_loop, tg.cancel_scope)
                 tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self._retention_loop)
                 tg.start_soon(self._config_loop)
+                if self.config.notify.urls:
+                    self.pusher = Pusher(self.config.notify, push_link(self.config), self.root)
+                    self.engine.on_job_changed(self.pusher.job_changed)
+                    tg.start_soon(self.pusher.run)
                 self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
                 self.notifier.ready(f"watching {len(self.index)} chats")
                 log.info("ready", chats=len(self.index), pid=os.getpid())
@@ -375,6 +427,7 @@ class Service:
             self._hinted.add(hint.chat.rel)
             if self._wanted(hint.chat):
                 self.saved_at[hint.chat.rel] = hint.at or time.monotonic()
+                self.attention.saved(hint.chat.rel, hint.at or None)
                 self.settler.touch(hint.chat, time.monotonic())
                 self._hint.set()
         elif hint.kind is HintKind.DROP:
@@ -475,6 +528,7 @@ class Service:
                 chat = self.index.ref(rel)
                 if self._wanted(chat):
                     self.saved_at[rel] = now
+                    self.attention.saved(rel, now)
                     self.settler.touch(chat, now)
             if changed:
                 self._hint.set()
@@ -527,6 +581,19 @@ class Service:
                 since = max(since, changed[-1].updated_at)
             while len(self._announced) > _ANNOUNCED_KEPT:
                 self._announced.pop(next(iter(self._announced)))
+
+    async def _retention_loop(self) -> None:
+        """Prune the state dir at start (after a moment) and then daily
+        (:mod:`daemon.engine.process.retention`)."""
+        from daemon.engine.process.retention import prune_state
+
+        await anyio.sleep(self.timings.retention_first)
+        while True:
+            try:
+                await prune_state(self.config, self.store, self.deps.approval)
+            except (StoreError, OSError) as exc:
+                log.warning("retention pass failed; next one tomorrow", error=str(exc))
+            await anyio.sleep(self.timings.retention_every)
 
     async def _heartbeat_loop(self) -> None:
         ping = self.notifier.watchdog_interval
@@ -730,6 +797,9 @@ class Service:
             return False
         same = await self.store.jobs_for(job.reply)
         return any(other.meta.get("regen_of") == job.id for other in same)
+
+
+_CATCHING_UP = "applying the catch-up rule to replies seen before the setup"
 
 
 def _hold_reason(config: Config) -> str | None:

@@ -151,6 +151,7 @@ class StatusReport:
     chats: int = 0
     group_chats: int = 0
     state_dir: str = ""
+    state_dir_bytes: int | None = None  # everything the daemon keeps there
     store_error: str | None = None
     jobs: dict[str, int] = field(default_factory=dict)
     errors: list[dict[str, Any]] = field(default_factory=list)
@@ -229,6 +230,9 @@ async def gather_status(
     )
     await anyio.to_thread.run_sync(_config_lines, config, report)
     await anyio.to_thread.run_sync(_gather_chats, config, report)
+    from daemon.engine.process.retention import state_dir_size
+
+    report.state_dir_bytes = await anyio.to_thread.run_sync(state_dir_size, config.state_dir)
     report.image_backend = _backend(config)
     if store is None:
         if store_error is not None:

@@ -18,27 +18,32 @@ All datetimes are timezone-aware UTC. Naive datetimes are refused.
 
 from __future__ import annotations
 
-from daemon.engine.store.cursors import Cursors
-from daemon.engine.store.db import Database
-from daemon.engine.store.jobs import Jobs
-from daemon.engine.store.ledger import Ledger
-from daemon.engine.store.model import (
-    ACTIVE_STATES,
-    FINAL_STATES,
-    OPEN_STATES,
-    REGEN_FROM_STATES,
-    SUPERSEDABLE_STATES,
-    ChatRecord,
-    Job,
-    JobState,
-    LedgerEntry,
-    States,
-    job_key,
-    new_job_id,
-)
-from daemon.engine.store.schema import BUSY_TIMEOUT_MS, MIGRATIONS
-from daemon.engine.store.spend import Spend, SpendTotal
-from daemon.engine.store.writes import OUR_WRITES_KEPT, OurWrites
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.engine.store.cursors import Cursors
+    from daemon.engine.store.db import Database
+    from daemon.engine.store.jobs import Jobs
+    from daemon.engine.store.ledger import Ledger
+    from daemon.engine.store.model import (
+        ACTIVE_STATES,
+        FINAL_STATES,
+        OPEN_STATES,
+        REGEN_FROM_STATES,
+        SUPERSEDABLE_STATES,
+        ChatRecord,
+        Job,
+        JobState,
+        LedgerEntry,
+        States,
+        job_key,
+        new_job_id,
+    )
+    from daemon.engine.store.schema import BUSY_TIMEOUT_MS, MIGRATIONS
+    from daemon.engine.store.spend import Spend, SpendTotal
+    from daemon.engine.store.store import Store
+    from daemon.engine.store.writes import OUR_WRITES_KEPT, OurWrites
 
 __all__ = [
     "ACTIVE_STATES",
@@ -66,6 +71,27 @@ __all__ = [
     "new_job_id",
 ]
 
+_HOME = {
+    "Cursors": "cursors",
+    "Database": "db",
+    "Jobs": "jobs",
+    "Ledger": "ledger",
+    "BUSY_TIMEOUT_MS": "schema",
+    "MIGRATIONS": "schema",
+    "Store": "store",
+    "OUR_WRITES_KEPT": "writes",
+    "OurWrites": "writes",
+    "Spend": "spend",
+    "SpendTotal": "spend",
+}
+"""Where each name lives (the rest: ``model``). Imported on first use, so a read-only command
+that needs only the records (``model``, ``reads``) does not load the async store."""
 
-class Store(Jobs, Cursors, Ledger, OurWrites, Spend):
-    """Every table on one connection. Open with :meth:`open`; close with :meth:`close`."""
+
+def __getattr__(name: str) -> Any:
+    if name not in __all__:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{_HOME.get(name, 'model')}")
+    value = getattr(module, name)
+    globals()[name] = value
+    return value

@@ -9,6 +9,7 @@ duplicate event, a rescan or a restart never makes a second job.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -19,7 +20,6 @@ import structlog
 
 from daemon.engine.store.db import Database
 from daemon.engine.store.model import (
-    _CROCKFORD_ALIASES,
     ACTIVE_STATES,
     FAILING_STATES,
     OPEN_STATES,
@@ -38,17 +38,14 @@ from daemon.engine.store.model import (
     states_list,
     to_json,
 )
-from daemon.errors import AmbiguousError, JobError, NotFoundError
+from daemon.engine.store.reads import JOB_COLUMNS, find_job, job_from_row, select_jobs
+from daemon.errors import JobError
 from daemon.jobstate import RUNNING_STATES, ReplyKey, check_move
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change; see :meth:`Jobs.add_job_listener`."""
 
-_JOB_COLUMNS = (
-    "id, key, user, chat, character, is_group, speaker, message_index, identity_name, "
-    "identity_date, revision, regen, excerpt, source, state, attempts, last_error, prompt, "
-    "images, meta, created_at, updated_at, next_attempt_at"
-)
+_JOB_COLUMNS = JOB_COLUMNS
 
 _CREATE_REQUIRED = frozenset(
     {
@@ -93,32 +90,7 @@ _TRANSITION_FIELDS = frozenset(
 )
 
 
-def _job_from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        key=row["key"],
-        user=row["user"],
-        chat=row["chat"],
-        character=row["character"],
-        is_group=bool(row["is_group"]),
-        speaker=row["speaker"],
-        message_index=row["message_index"],
-        identity_name=row["identity_name"],
-        identity_date=row["identity_date"],
-        revision=row["revision"],
-        excerpt=row["excerpt"],
-        source=row["source"],
-        state=JobState(row["state"]),
-        attempts=row["attempts"],
-        last_error=row["last_error"],
-        prompt=row["prompt"],
-        images=tuple(json.loads(row["images"])),
-        created_at=parse_stamp(row["created_at"]),
-        updated_at=parse_stamp(row["updated_at"]),
-        next_attempt_at=parse_stamp(row["next_attempt_at"]) if row["next_attempt_at"] else None,
-        meta=json.loads(row["meta"]),
-        regen=row["regen"],
-    )
+_job_from_row = job_from_row
 
 
 def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
@@ -227,46 +199,12 @@ class Jobs(Database):
         return await self._run(_find, write=False)
 
     async def get_job(self, job_id_or_prefix: str, *, users: Collection[str] | None = None) -> Job:
-        """By id or unique prefix; JobError when unknown or ambiguous.
-
-        Prefixes are case-insensitive and read the way Crockford base32 is (O as 0, I and L
-        as 1), so an id copied by hand still matches. ``users``: only jobs of these ST
-        handles exist (a web user's view: another user's job is "no job", never ambiguous)."""
-        raw = job_id_or_prefix.strip()
-        if not raw:
-            raise JobError("no job id given")
-        prefix = raw.upper().translate(_CROCKFORD_ALIASES)
-        only, only_args = "", tuple[str, ...]()
-        if users is not None:
-            wanted = sorted(users)
-            only, only_args = f" AND user IN ({marks(len(wanted))})", tuple(wanted)
-
-        def _get(conn: sqlite3.Connection) -> list[Job]:
-            for exact_id in dict.fromkeys((raw, prefix)):
-                exact = conn.execute(
-                    f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?{only}", (exact_id, *only_args)
-                ).fetchone()
-                if exact:
-                    return [_job_from_row(exact)]
-            # A range, not LIKE: no wildcard characters to escape in what the user typed.
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ?{only} "
-                "ORDER BY id LIMIT 6",
-                (prefix, prefix + "\U0010ffff", *only_args),
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
-
-        found = await self._run(_get, write=False)
-        if not found:
-            raise NotFoundError(f"no job {job_id_or_prefix!r} (see `st-imagegen list`)")
-        if len(found) > 1:
-            shown = ", ".join(j.id for j in found[:5])
-            more = "" if len(found) <= 5 else ", …"
-            raise AmbiguousError(
-                f"job id {job_id_or_prefix!r} is ambiguous: it starts {shown}{more}; "
-                "give more characters"
-            )
-        return found[0]
+        """By id or unique prefix; JobError when unknown or ambiguous (see
+        :func:`~daemon.engine.store.reads.find_job`)."""
+        return await self._run(
+            functools.partial(find_job, job_id_or_prefix=job_id_or_prefix, users=users),
+            write=False,
+        )
 
     async def list_jobs(
         self, *, state: JobState | None = None, limit: int = 100, chat: str | None = None
@@ -287,45 +225,20 @@ class Jobs(Database):
         limit: int = 50,
         character: str | None = None,
     ) -> list[Job]:
-        """Jobs newest first, filtered (the web API's list): any of ``states`` (all when
-        empty), one chat path, or the chats whose file stem is ``chat_file`` (ST's chatId), one
-        user, only the ST handles in ``users`` (a web user's view), one character (card stem or
-        group id), ids below ``before``."""
-        where, args = [], []
-        if character is not None:
-            where.append("character = ?")
-            args.append(character)
-        wanted = states_list(states)
-        if wanted:
-            where.append(f"state IN ({marks(len(wanted))})")
-            args.extend(wanted)
-        if chat is not None:
-            where.append("chat = ?")
-            args.append(chat)
-        if chat_file is not None:
-            suffix = f"/{chat_file}.jsonl"  # exact and case-sensitive, unlike LIKE
-            where.append("substr(chat, -length(?)) = ?")
-            args.extend((suffix, suffix))
-        if user is not None:
-            where.append("user = ?")
-            args.append(user)
-        if users is not None:
-            wanted_users = sorted(users)
-            where.append(f"user IN ({marks(len(wanted_users))})")
-            args.extend(wanted_users)
-        if before is not None:
-            where.append("id < ?")
-            args.append(before)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-
-        def _list(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
-                (*args, limit),
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
-
-        return await self._run(_list, write=False)
+        """Jobs newest first, filtered (the web API's list; see
+        :func:`~daemon.engine.store.reads.select_jobs`)."""
+        query = functools.partial(
+            select_jobs,
+            states=tuple(states),
+            chat=chat,
+            chat_file=chat_file,
+            user=user,
+            users=users,
+            before=before,
+            limit=limit,
+            character=character,
+        )
+        return await self._run(query, write=False)
 
     async def jobs_in(self, states: Iterable[JobState], *, limit: int = 1000) -> list[Job]:
         """Jobs in any of ``states``, oldest first."""
@@ -358,14 +271,17 @@ class Jobs(Database):
 
         return await self._run(_list, write=False)
 
-    async def due_jobs(self, now: datetime, limit: int) -> list[Job]:
-        """Queued jobs whose next_attempt_at is due, oldest first."""
+    async def due_jobs(self, now: datetime, limit: int, *, newest: bool = False) -> list[Job]:
+        """Queued jobs whose next_attempt_at is due, oldest first (``newest``: the newest
+        ``limit`` of them, newest first)."""
         at = stamp(now)
+        direction = "DESC" if newest else "ASC"
 
         def _due(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'queued' "
-                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id LIMIT ?",
+                f"AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY id {direction} "
+                "LIMIT ?",
                 (at, limit),
             ).fetchall()
             return [_job_from_row(r) for r in rows]

@@ -12,7 +12,16 @@ from datetime import datetime
 from typing import Any
 
 from daemon.engine.store.db import Database
-from daemon.engine.store.model import LedgerEntry, now_utc, parse_stamp, stamp, to_json
+from daemon.engine.store.model import (
+    JobState,
+    LedgerEntry,
+    marks,
+    now_utc,
+    parse_stamp,
+    stamp,
+    states_list,
+    to_json,
+)
 from daemon.errors import StoreError
 
 
@@ -136,3 +145,33 @@ class Ledger(Database):
             }
 
         return await self._run(_chats, write=False)
+
+    async def prune_finished(self, before: datetime, *, limit: int = 5000) -> int:
+        """Delete finished jobs last changed before ``before`` (``limits.keep_history_days``):
+        rejected, superseded and failed ones, and committed ones whose ledger entry is closed
+        (ST saved the message; an open entry is still needed to repair a chat). Here, not in
+        ``jobs.py``, because it reads the ledger to know which committed jobs may go. At most
+        ``limit`` per call; returns how many went. The images committed into ST's folders are
+        not the store's and are not touched."""
+        finished = states_list((JobState.REJECTED, JobState.SUPERSEDED, JobState.FAILED))
+        committed = JobState.COMMITTED.value
+        cutoff = stamp(before)
+
+        def _prune(conn: sqlite3.Connection) -> int:
+            ids = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM jobs WHERE updated_at < ? AND (state IN "
+                    f"({marks(len(finished))}) OR (state = ? AND NOT EXISTS (SELECT 1 FROM "
+                    "ledger WHERE ledger.job_id = jobs.id AND ledger.acknowledged = 0 AND "
+                    "ledger.retired IS NULL))) LIMIT ?",
+                    (cutoff, *finished, committed, limit),
+                )
+            ]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                conn.execute(f"DELETE FROM ledger WHERE job_id IN ({marks(len(chunk))})", chunk)
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({marks(len(chunk))})", chunk)
+            return len(ids)
+
+        return await self._run(_prune, write=True)

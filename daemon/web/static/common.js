@@ -149,7 +149,26 @@
     statusSoon = setTimeout(refreshStatus, 400);
   };
 
-  window.stImagegen = { api, ago, toast, refreshStatus, statusLater, meta };
+  window.stImagegen = { api, ago, toast, refreshStatus, statusLater, meta, notify: (...a) => notify(...a) };
+  // The service worker only opens the job when a notification is tapped (and makes the inbox
+  // installable); it needs a secure context (localhost, or HTTPS behind a proxy).
+  const worker = ("serviceWorker" in navigator && window.isSecureContext)
+    ? navigator.serviceWorker.register("/sw.js", { scope: "/" }).catch(() => null)
+    : Promise.resolve(null);
+  // A notification from the open page (with permission): through the worker where there is
+  // one (phones need it), else the page's own.
+  const notify = async (title, body, url, tag) => {
+    if (!("Notification" in window) || Notification.permission !== "granted") return false;
+    const options = { body, tag, renotify: true, icon: "/static/icon-192.png", data: { url } };
+    const registration = await worker;
+    if (registration && registration.showNotification) {
+      await registration.showNotification(title, options);
+    } else {
+      const note = new Notification(title, options);
+      note.onclick = () => { window.focus(); location.href = url; note.close(); };
+    }
+    return true;
+  };
   document.addEventListener("DOMContentLoaded", () => {
     refreshStatus();
     setInterval(refreshStatus, 15000);

@@ -739,6 +739,39 @@
     };
   };
 
+  // --- notifications: pictures arrived while the page is in the background -----------------
+
+  const notifyButton = document.getElementById("notify");
+  const showNotifyButton = () => {
+    const can = "Notification" in window && Notification.permission === "default";
+    notifyButton.hidden = !can;
+  };
+  notifyButton.addEventListener("click", async () => {
+    const answer = await Notification.requestPermission();
+    showNotifyButton();
+    if (answer === "granted") S.toast("You will be told when pictures wait (while this page is open).");
+    else S.toast("Notifications are off for this page (the browser's site settings turn them on).");
+  });
+  showNotifyButton();
+  let arrived = [];
+  let arrivedTimer = 0;
+  window.addEventListener("st-imagegen:waiting", (event) => {
+    if (document.visibilityState === "visible") return;
+    arrived.push(event.detail);
+    clearTimeout(arrivedTimer);
+    // One notification for what arrives together (a regen of several, a burst of replies).
+    arrivedTimer = setTimeout(() => {
+      const batch = arrived;
+      arrived = [];
+      const pictures = batch.reduce((n, job) => n + job.images.length, 0);
+      const first = batch[0];
+      const title = batch.length === 1 ? `${pictures} picture${pictures === 1 ? "" : "s"} for ${label(first)}`
+        : `${pictures} pictures wait in ${batch.length} jobs`;
+      const body = batch.slice(0, 4).map((job) => `${label(job)} · ${job.chat_name}`).join("\n");
+      S.notify(title, body, batch.length === 1 ? `/jobs/${first.id}` : "/", "st-imagegen-waiting").catch(() => {});
+    }, 1500);
+  });
+
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && online) reload().catch(() => {});
   });

@@ -127,7 +127,9 @@
       load.disabled = true;
       try {
         const answer = await api("POST", "/api/v1/settings/models", { section, changes: changes(), secrets: secrets() });
-        const wanted = modelText.value.trim() || (step.preset && step.preset.values[`${section}.model`]);
+        // Keep what is chosen (a reload of the list must not change the model under the user).
+        const picked = model.value && model.value !== "__other__" ? model.value : "";
+        const wanted = picked || modelText.value.trim() || (step.preset && step.preset.values[`${section}.model`]);
         fillModels(answer.models, wanted);
       } catch (error) {
         if (!quiet) say(result, `No model list: ${error.message}`, "fail");
@@ -445,6 +447,39 @@
         el("div", { class: "actions" }, save, clear, result)));
   };
 
+  // Included / excluded characters: picked from the data root's cards (avatars), not typed.
+  const addPickers = (characters) => {
+    for (const key of ["detect.include_characters", "detect.exclude_characters"]) {
+      const input = document.querySelector(`[data-key="${key}"] input`);
+      if (!input || input.disabled) continue;
+      const row = input.closest(".field");
+      row.querySelector(".picker")?.remove();
+      const picker = el("div", { class: "picker", role: "group", "aria-label": "characters" });
+      const chosen = () => input.value.split(",").map((t) => t.trim()).filter(Boolean);
+      const sync = () => {
+        const now = new Set(chosen().map((t) => t.toLowerCase()));
+        for (const b of picker.children) b.setAttribute("aria-pressed", now.has(b.dataset.name.toLowerCase()) ? "true" : "false");
+      };
+      for (const c of characters) {
+        const name = c.stem;
+        picker.append(el("button", {
+          type: "button", class: "pick-char", "data-name": name, "aria-pressed": "false",
+          onclick: () => {
+            const names = chosen();
+            const at = names.findIndex((t) => t.toLowerCase() === name.toLowerCase());
+            if (at >= 0) names.splice(at, 1); else names.push(name);
+            input.value = names.join(", ");
+            input.form.dataset.dirty = "1";
+            sync();
+          },
+        }, el("img", { src: c.avatar, alt: "", width: 24, height: 24 }), el("span", { text: c.name || name })));
+      }
+      input.addEventListener("input", sync);
+      row.append(picker);
+      sync();
+    }
+  };
+
   const renderCharacters = async (view) => {
     const list = document.getElementById("char-list");
     if (!list) return;
@@ -452,17 +487,21 @@
       const answer = await api("GET", "/api/v1/characters");
       const names = view.styles.map((s) => s.name);
       list.replaceChildren(...answer.characters.map((c) => characterItem(c, names)));
+      knownCharacters = answer.characters;
+      addPickers(answer.characters);
       if (!answer.characters.length) list.append(el("li", { class: "hint", text: "No character cards in the data root yet." }));
     } catch (error) {
       list.replaceChildren(el("li", { class: "error", text: error.message }));
     }
   };
 
+  let knownCharacters = null;
   const render = (view) => {
     renderState(view);
     renderGroups(view);
     renderStyles(view);
     renderAdvanced(view);
+    if (knownCharacters) addPickers(knownCharacters);
   };
 
   const settingsPage = async () => {

@@ -1,0 +1,161 @@
+"""Where the config file is, and the state dir of a config already found valid, without
+building the config (pydantic is most of a one-shot command's start-up).
+
+:func:`remember` stamps a config that validated (a digest of the file's bytes, the
+``ST_IMAGEGEN_*`` environment, the command line's overrides and this version) into its state
+dir; :func:`checked_paths` gives that state dir (and the data root) back while the same stamp
+still matches, so a read-only command (``list``) can skip validation and still refuse exactly
+what the full config would refuse: anything changed means a full load (and its error, if any).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "APP_NAME",
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "checked_paths",
+    "config_file",
+    "default_config_path",
+    "default_state_dir",
+    "remember",
+    "scoped_env",
+    "snapshot",
+]
+
+APP_NAME = "st-imagegen"
+ENV_PREFIX = "ST_IMAGEGEN_"
+CONFIG_ENV = "ST_IMAGEGEN_CONFIG"
+STAMP_FILE = "config-checked"
+
+
+def default_state_dir() -> Path:
+    """The platform state dir (``~/.local/state/st-imagegen`` on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir(APP_NAME))
+
+
+def default_config_path() -> Path:
+    """The platform config file (``~/.config/st-imagegen/config.toml`` on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+def config_file(path: Path | None, env: Mapping[str, str]) -> tuple[Path, bool]:
+    """The config file to read and whether it was named (``--config`` or the environment)."""
+    named = env.get(CONFIG_ENV)
+    explicit = path is not None or bool(named)
+    return (path or (Path(named) if named else default_config_path())), explicit
+
+
+def scoped_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The ``ST_IMAGEGEN_*`` variables that configure (the config file's own variable aside)."""
+    scoped = {k: v for k, v in env.items() if k.upper().startswith(ENV_PREFIX)}
+    scoped.pop(CONFIG_ENV, None)
+    return scoped
+
+
+def _stamp(content: bytes, env: Mapping[str, str], overrides: Mapping[str, Any]) -> bytes:
+    """A digest of everything a load depends on (never the values themselves: the file and the
+    environment may hold API keys)."""
+    # BLAKE2 straight from CPython's own module: hashlib would load OpenSSL at start-up.
+    from _blake2 import blake2b
+
+    from daemon import __version__
+
+    digest = blake2b(__version__.encode(), digest_size=32)
+    texts = [f"{key}={env[key]}" for key in sorted(env)]
+    texts += [f"--{key}={overrides[key]}" for key in sorted(overrides)]
+    for data in (content, *(text.encode(errors="surrogateescape") for text in texts)):
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest().encode() + b"\n"
+
+
+def _state_dir_of(table: Mapping[str, object], env: Mapping[str, str]) -> Path | None:
+    for key, value in env.items():  # the environment wins over the file
+        if key.upper() == ENV_PREFIX + "STATE_DIR":
+            return Path(value)
+    named = table.get("state_dir")
+    if named is None:
+        return default_state_dir()
+    return Path(named) if isinstance(named, str) else None
+
+
+def _read(path: Path, explicit: bool) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None if explicit else b""  # no platform file: defaults and environment
+    except OSError:
+        return None
+
+
+def checked_paths(
+    path: Path | None, env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> tuple[Path, Path | None] | None:
+    """``(state_dir, data_root)`` of this config when :func:`remember` stamped exactly this
+    config (file, environment, overrides, version); ``None`` otherwise (load it fully)."""
+    file, explicit = config_file(path, env)
+    content = _read(file, explicit)
+    if content is None:
+        return None
+    try:
+        table = tomllib.loads(content.decode("utf-8")) if content else {}
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    scoped = scoped_env(env)
+    state_dir = _state_dir_of(table, scoped)
+    if state_dir is None:
+        return None
+    try:
+        stamped = (state_dir / STAMP_FILE).read_bytes()
+    except OSError:
+        return None
+    if stamped != _stamp(content, scoped, overrides):
+        return None
+    return state_dir, _data_root_of(table, scoped, overrides)
+
+
+def _data_root_of(
+    table: Mapping[str, object], env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> Path | None:
+    # As the config: the environment, then the command line, then the file.
+    for key, value in env.items():
+        if key.upper() == ENV_PREFIX + "DATA_ROOT":
+            return Path(value)
+    named = overrides.get("data_root", table.get("data_root"))
+    return Path(named) if isinstance(named, str | Path) else None
+
+
+def snapshot(
+    path: Path | None, env: Mapping[str, str], overrides: Mapping[str, Any]
+) -> tuple[Path, bool, bytes | None, bytes]:
+    """What a full load is about to read: the file, whether named, its bytes and the stamp of
+    those bytes with this environment and these overrides (taken before the load)."""
+    file, explicit = config_file(path, env)
+    content = _read(file, explicit)
+    return file, explicit, content, _stamp(content or b"", scoped_env(env), overrides)
+
+
+def remember(before: tuple[Path, bool, bytes | None, bytes], state_dir: Path) -> None:
+    """Stamp the config of ``before`` (:func:`snapshot`), which just validated and names
+    ``state_dir``, for :func:`checked_paths`; only when the file did not change during the
+    load. Best effort: a state dir that cannot be written just means full loads every time."""
+    file, explicit, content, stamp = before
+    if content is None or _read(file, explicit) != content or not state_dir.is_dir():
+        return
+    target = state_dir / STAMP_FILE
+    temp = state_dir / f".{STAMP_FILE}.{os.getpid()}"
+    try:
+        temp.write_bytes(stamp)
+        temp.replace(target)
+    except OSError:
+        temp.unlink(missing_ok=True)

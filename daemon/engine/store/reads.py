@@ -1,0 +1,149 @@
+"""Read-only queries on the ``jobs`` table, on any sqlite3 connection (no async, no logging).
+
+The store runs them in its worker thread; a read-only command (``list``, ``show``) runs them on
+a read-only connection of its own without loading the async store.
+"""
+
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Collection, Iterable
+
+from daemon.engine.store.model import (
+    _CROCKFORD_ALIASES,
+    Job,
+    JobState,
+    marks,
+    parse_stamp,
+    states_list,
+)
+from daemon.errors import AmbiguousError, JobError, NotFoundError
+
+__all__ = ["JOB_COLUMNS", "find_job", "job_from_row", "select_jobs"]
+
+JOB_COLUMNS = (
+    "id, key, user, chat, character, is_group, speaker, message_index, identity_name, "
+    "identity_date, revision, regen, excerpt, source, state, attempts, last_error, prompt, "
+    "images, meta, created_at, updated_at, next_attempt_at"
+)
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        id=row["id"],
+        key=row["key"],
+        user=row["user"],
+        chat=row["chat"],
+        character=row["character"],
+        is_group=bool(row["is_group"]),
+        speaker=row["speaker"],
+        message_index=row["message_index"],
+        identity_name=row["identity_name"],
+        identity_date=row["identity_date"],
+        revision=row["revision"],
+        excerpt=row["excerpt"],
+        source=row["source"],
+        state=JobState(row["state"]),
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        prompt=row["prompt"],
+        images=tuple(json.loads(row["images"])),
+        created_at=parse_stamp(row["created_at"]),
+        updated_at=parse_stamp(row["updated_at"]),
+        next_attempt_at=parse_stamp(row["next_attempt_at"]) if row["next_attempt_at"] else None,
+        meta=json.loads(row["meta"]),
+        regen=row["regen"],
+    )
+
+
+def select_jobs(
+    conn: sqlite3.Connection,
+    *,
+    states: Iterable[JobState] = (),
+    chat: str | None = None,
+    chat_file: str | None = None,
+    user: str | None = None,
+    users: Collection[str] | None = None,
+    before: str | None = None,
+    limit: int = 50,
+    character: str | None = None,
+) -> list[Job]:
+    """Jobs newest first, filtered: any of ``states`` (all when empty), one chat path, or the
+    chats whose file stem is ``chat_file`` (ST's chatId), one user, only the ST handles in
+    ``users`` (a web user's view), one character (card stem or group id), ids below
+    ``before``."""
+    where, args = [], []
+    if character is not None:
+        where.append("character = ?")
+        args.append(character)
+    wanted = states_list(states)
+    if wanted:
+        where.append(f"state IN ({marks(len(wanted))})")
+        args.extend(wanted)
+    if chat is not None:
+        where.append("chat = ?")
+        args.append(chat)
+    if chat_file is not None:
+        suffix = f"/{chat_file}.jsonl"  # exact and case-sensitive, unlike LIKE
+        where.append("substr(chat, -length(?)) = ?")
+        args.extend((suffix, suffix))
+    if user is not None:
+        where.append("user = ?")
+        args.append(user)
+    if users is not None:
+        wanted_users = sorted(users)
+        where.append(f"user IN ({marks(len(wanted_users))})")
+        args.extend(wanted_users)
+    if before is not None:
+        where.append("id < ?")
+        args.append(before)
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    return [job_from_row(r) for r in rows]
+
+
+def find_job(
+    conn: sqlite3.Connection, job_id_or_prefix: str, *, users: Collection[str] | None = None
+) -> Job:
+    """By id or unique prefix; JobError when unknown or ambiguous.
+
+    Prefixes are case-insensitive and read the way Crockford base32 is (O as 0, I and L as 1),
+    so an id copied by hand still matches. ``users``: only jobs of these ST handles exist (a
+    web user's view: another user's job is "no job", never ambiguous)."""
+    raw = job_id_or_prefix.strip()
+    if not raw:
+        raise JobError("no job id given")
+    prefix = raw.upper().translate(_CROCKFORD_ALIASES)
+    only, only_args = "", tuple[str, ...]()
+    if users is not None:
+        wanted = sorted(users)
+        only, only_args = f" AND user IN ({marks(len(wanted))})", tuple(wanted)
+    found: list[Job] = []
+    for exact_id in dict.fromkeys((raw, prefix)):
+        exact = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{only}", (exact_id, *only_args)
+        ).fetchone()
+        if exact:
+            return job_from_row(exact)
+    # A range, not LIKE: no wildcard characters to escape in what the user typed.
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE id >= ? AND id < ?{only} ORDER BY id LIMIT 6",
+        (prefix, prefix + "\U0010ffff", *only_args),
+    ).fetchall()
+    found = [job_from_row(r) for r in rows]
+    if not found:
+        raise NotFoundError(f"no job {job_id_or_prefix!r} (see `st-imagegen list`)")
+    if len(found) > 1:
+        shown = ", ".join(j.id for j in found[:5])
+        more = "" if len(found) <= 5 else ", …"
+        raise AmbiguousError(
+            f"job id {job_id_or_prefix!r} is ambiguous: it starts {shown}{more}; "
+            "give more characters"
+        )
+    return found[0]
