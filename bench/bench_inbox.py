@@ -4,9 +4,11 @@
    its card is visible in an open inbox page (the event stream), against the same pending
    folder's arrival seen by a bare watchdog handler in this process (the floor). Target: the
    card at most 1 s after the floor (the issue's "within a second"), median of the rounds.
-2. Page load with 200 pending jobs of 3 images each: first contentful paint (target: under
-   300 ms on this machine), and how many thumbnails the first load fetches (lazy: only those
-   near the viewport, not all 600).
+2. Page load with 50 and then with 1,000 pending jobs: first contentful paint (target: the
+   paint with 1,000 within 1.2x of the paint with 50, since only the first page renders; and
+   under 300 ms), and how many thumbnails the first load fetches (lazy: not all of them).
+3. The viewer: a click on a card's picture until the full picture (a 1.4 MB PNG, from loopback)
+   is decoded and shown (target: under 150 ms, median of the rounds).
 
 Run: ``python -m bench inbox``.
 """
@@ -31,12 +33,17 @@ from bench.bench_engine import build_tree
 from bench.common import stop, workdir
 from tests.ops.fakeapi import GOOD_KEY, fake_api
 
-PENDING_JOBS = 200
-IMAGES_PER_JOB = 3
+FEW_JOBS = 50
+PENDING_JOBS = 1000
+IMAGES_PER_JOB = 2
 ROUNDS = 8
-LOADS = 5
+LOADS = 7
+VIEWS = 7
 LATENCY_TARGET = 1.0  # seconds above the floor
 PAINT_TARGET = 0.300  # seconds
+PAINT_RATIO_TARGET = 1.2  # paint with 1,000 pending / paint with 50
+VIEWER_TARGET = 0.150  # seconds: click to the full picture shown
+BIG_PNG_BYTES = 1_400_000
 START_TIMEOUT = 60.0
 STEP_TIMEOUT = 20.0
 CHROMIUM = "/usr/bin/chromium"
@@ -57,6 +64,18 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
+def _big_png(seed: int) -> bytes:
+    """A PNG of about 1.4 MB (noise does not compress), as a real 832x1216 render weighs."""
+    side = 700
+    while True:
+        noise = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+        buf = io.BytesIO()
+        noise.save(buf, format="PNG")
+        if buf.tell() >= BIG_PNG_BYTES or side > 2000:
+            return buf.getvalue()
+        side += 40
+
+
 class _Img:
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -64,18 +83,23 @@ class _Img:
         self.width = self.height = 512
 
 
-def _pending_jobs(state: Path, chat: str, count: int) -> None:
-    """``count`` pending jobs with their folders, through the real store and approval code."""
+def _pending_jobs(
+    state: Path, chat: str, count: int, *, first: int = 0, big: bool = False
+) -> list[str]:
+    """``count`` pending jobs with their folders, through the real store and approval code;
+    ``big``: 1.4 MB pictures (the viewer's test). Returns their ids."""
     import anyio
 
     from daemon.engine.jobs.approval import Approval
     from daemon.engine.store import JobState, Store
 
+    made: list[str] = []
+
     async def make() -> None:
         store = await Store.open(state / "state.db")
         approval = Approval(state)
         try:
-            for n in range(count):
+            for n in range(first, first + count):
                 job = await store.create_job(
                     user="default-user",
                     chat=chat,
@@ -84,7 +108,7 @@ def _pending_jobs(state: Path, chat: str, count: int) -> None:
                     speaker="Alice",
                     message_index=1000 + n,
                     identity_name="Alice",
-                    identity_date=f"2025-01-01T00:00:{n % 60:02d}.{n:03d}Z",
+                    identity_date=f"2025-01-01T00:{n // 60 % 60:02d}:{n % 60:02d}.{n:04d}Z",
                     revision="0:abc",
                     excerpt=f"Reply number {n}: the lantern over the pier glows.",
                     prompt=f"a lantern over a pier, variant {n}",
@@ -92,14 +116,17 @@ def _pending_jobs(state: Path, chat: str, count: int) -> None:
                 assert job is not None
                 moved = await store.transition(job.id, JobState.QUEUED, JobState.IMAGING)
                 assert moved is not None
-                images = [_Img(_png(n * IMAGES_PER_JOB + i)) for i in range(IMAGES_PER_JOB)]
+                maker = _big_png if big else _png
+                images = [_Img(maker(n * IMAGES_PER_JOB + i)) for i in range(IMAGES_PER_JOB)]
                 approval.write_pending(moved, images, {})
                 names = tuple(p.name for p in approval.kept_images(job.id))
                 await store.transition(job.id, JobState.IMAGING, JobState.PENDING, images=names)
+                made.append(job.id)
         finally:
             await store.close()
 
     anyio.run(make)
+    return made
 
 
 def _config(root: Path, state: Path, api_url: str) -> str:
@@ -191,10 +218,13 @@ def _latency(page: Any, base: str, chat: str, pending: Path) -> list[float]:
                 answer.raise_for_status()
                 job_id = answer.json()["id"]
                 floor = arrivals.wait(job_id)
-                page.wait_for_function(
-                    f"() => '{job_id}' in window.__cards", timeout=STEP_TIMEOUT * 1000
-                )
-                shown = float(page.evaluate(f"() => window.__cards['{job_id}']"))
+                deadline = time.monotonic() + STEP_TIMEOUT
+                # Polled from here: the page's CSP refuses the eval wait_for_function needs.
+                while (shown := page.evaluate("id => window.__cards[id]", job_id)) is None:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"job {job_id} never showed in the inbox")
+                    time.sleep(0.005)
+                shown = float(shown)
                 out.append(shown - floor)
     finally:
         arrivals.stop()
@@ -216,6 +246,60 @@ def _load(browser: Any, url: str) -> tuple[float, int]:
     return float(paint or "nan") / 1000, fetched
 
 
+_VIEW_SCRIPT = """
+async (id) => {
+  const card = document.querySelector(`.card[data-id="${id}"] .cover .look`);
+  const img = document.querySelector("#viewer .v-img");
+  img.removeAttribute("src"); img.dataset.src = "";
+  const started = performance.now();
+  const shown = new Promise((ok) => img.addEventListener("load", () => ok(), { once: true }));
+  card.click();
+  await shown;
+  await img.decode();
+  await new Promise((ok) => requestAnimationFrame(() => ok()));
+  const took = performance.now() - started;
+  document.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
+  return took;
+}
+"""
+
+
+def _served(url: str) -> float:
+    """The inbox page's answer time from the daemon (best of 10), to tell server from browser."""
+    best = float("inf")
+    with httpx.Client(timeout=STEP_TIMEOUT) as client:
+        for _ in range(10):
+            started = time.perf_counter()
+            client.get(url).raise_for_status()
+            best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _settled(state: Path, url: str) -> None:
+    """Until the daemon has digested the folders just written (its watcher sees every one):
+    the page's answer time stops falling."""
+    last = float("inf")
+    for _ in range(30):
+        time.sleep(1.0)
+        now = _served(url)
+        if now >= last * 0.9:
+            return
+        last = now
+
+
+def _viewer(browser: Any, url: str, job_id: str) -> list[float]:
+    """Click to full picture, ``VIEWS`` times; the browser cache is off (a fresh fetch each)."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    client = context.new_cdp_session(page)
+    client.send("Network.setCacheDisabled", {"cacheDisabled": True})
+    page.goto(url, wait_until="load")
+    page.wait_for_selector(f'.card[data-id="{job_id}"] .cover .look')
+    out = [float(page.evaluate(_VIEW_SCRIPT, job_id)) / 1000 for _ in range(VIEWS)]
+    context.close()
+    return out
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
@@ -225,7 +309,8 @@ def main() -> int:
         chat = path.relative_to(root).as_posix()
         state = tmp / "state"
         state.mkdir()
-        _pending_jobs(state, chat, PENDING_JOBS)
+        _pending_jobs(state, chat, FEW_JOBS - 1)
+        (big,) = _pending_jobs(state, chat, 1, first=FEW_JOBS, big=True)  # the newest card
         cfg = tmp / "config.toml"
         cfg.write_text(_config(root, state, api.base_url), encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ST_IMAGEGEN_", "NOTIFY_"))}
@@ -246,11 +331,12 @@ def main() -> int:
                     return 1
                 time.sleep(0.1)
             url = str(address["url"])
+            _settled(state, url)
+            served_few = _served(url)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                loads = [_load(browser, url) for _ in range(LOADS)]
-                paint = min(p for p, _ in loads)
-                fetched = min(f for _, f in loads)
+                few = [_load(browser, url) for _ in range(LOADS)]
+                views = _viewer(browser, url, big)
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 page = context.new_page()
                 page.goto(url, wait_until="load")
@@ -258,23 +344,43 @@ def main() -> int:
                 latencies = _latency(page, url, chat, state / "pending")
                 context.close()
                 browser.close()
+            # 950 more: the first page is still one page of cards, the rest only counted.
+            _pending_jobs(state, chat, PENDING_JOBS - FEW_JOBS, first=FEW_JOBS + 1)
+            _settled(state, url)
+            served_many = _served(url)
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                many = [_load(browser, url) for _ in range(LOADS)]
+                browser.close()
         finally:
             stop(proc)
             log.close()
     median = statistics.median(latencies)
+    paint_few = min(p for p, _ in few)
+    paint = min(p for p, _ in many)
+    fetched = min(f for _, f in many)
+    viewer = statistics.median(views)
     print(
         f"  card visible after the pending folder's arrival (event stream), {ROUNDS} rounds: "
         f"median {median * 1000:.0f} ms, worst {max(latencies) * 1000:.0f} ms"
     )
     print(
-        f"  inbox with {PENDING_JOBS} pending jobs ({PENDING_JOBS * IMAGES_PER_JOB} thumbnails): "
-        f"first contentful paint {paint * 1000:.0f} ms (best of {LOADS}); "
-        f"thumbnails fetched by the first load: {fetched}"
+        f"  first contentful paint (best of {LOADS}): {FEW_JOBS} pending {paint_few * 1000:.0f} "
+        f"ms, {PENDING_JOBS} pending {paint * 1000:.0f} ms; thumbnails fetched by the first "
+        f"load: {fetched} of {PENDING_JOBS * IMAGES_PER_JOB}; the page's answer from the daemon "
+        f"{served_few * 1000:.0f} ms and {served_many * 1000:.0f} ms"
+    )
+    print(
+        f"  viewer: click to the full {BIG_PNG_BYTES / 1e6:.1f} MB PNG shown, {VIEWS} rounds "
+        f"(no browser cache): median {viewer * 1000:.0f} ms, worst {max(views) * 1000:.0f} ms"
     )
     ok = True
+    ratio = paint / paint_few if paint_few > 0 else float("inf")
     for label, value, target in (
         ("card after the floor (s)", median, LATENCY_TARGET),
-        ("first contentful paint (s)", paint, PAINT_TARGET),
+        (f"first paint with {PENDING_JOBS} pending (s)", paint, PAINT_TARGET),
+        (f"paint {PENDING_JOBS} / paint {FEW_JOBS}", ratio, PAINT_RATIO_TARGET),
+        ("viewer open to full picture (s)", viewer, VIEWER_TARGET),
     ):
         met = value <= target
         ok &= met

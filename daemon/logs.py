@@ -63,9 +63,11 @@ def register_secret(value: str | SecretStr | None) -> None:
 
 
 def register_config_secrets(config: Config) -> None:
-    """Register the API keys of ``config`` (call once at start, before anything logs)."""
+    """Register the API keys of ``config`` (at start, and for every config applied live,
+    before anything logs)."""
     register_secret(config.text.api_key)
     register_secret(config.image.api_key)
+    register_secret(config.image.api_auth)
 
 
 def _forget_secrets() -> None:

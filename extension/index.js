@@ -21,6 +21,7 @@ function registerCommand(ctx, controller, toasts) {
             toasts.error(error.message);
             return '';
         }
+        if (args.cancel) return String(await controller.cancelTracked());
         const job = await controller.generate(args.mesid, { force: args.force });
         return job?.id ?? '';
     };
@@ -35,6 +36,10 @@ function registerCommand(ctx, controller, toasts) {
             }));
             named.push(ctx.SlashCommandNamedArgument.fromProps({
                 name: 'force', description: 'a new job even if the reply already has one',
+                typeList: [type.BOOLEAN ?? 'bool'], isRequired: false, defaultValue: 'false',
+            }));
+            named.push(ctx.SlashCommandNamedArgument.fromProps({
+                name: 'cancel', description: 'stop the jobs this tab started that are still queued or running',
                 typeList: [type.BOOLEAN ?? 'bool'], isRequired: false, defaultValue: 'false',
             }));
         }

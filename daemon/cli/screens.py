@@ -118,8 +118,10 @@ async def _status(config: Config, config_error: str | None) -> StatusReport:
         return await engine.status(config_error=config_error)
 
 
-def render_why(found: Explanation) -> str:
-    where = f"message {found.mesid} ({found.speaker or 'no name'}) in {found.chat}"
+def render_why(found: Explanation, title: str = "") -> str:
+    """``title``: what the user calls the chat (a group chat's group name), shown beside it."""
+    named = f" ({title})" if title and title.split(" · ")[0] not in found.chat else ""
+    where = f"message {found.mesid} ({found.speaker or 'no name'}) in {found.chat}{named}"
     if not found.jobs:
         return (
             f"{where}: no job: {found.reason}\n"
@@ -138,11 +140,12 @@ def cmd_why(
     config: Config, spec: str | None, mesid: int | None, *, out: TextIO | None = None
 ) -> int:
     """Print why the message has or has no job; 0 always (the answer is the output)."""
-    found = anyio.run(_why, config, spec, mesid)
-    (out or sys.stdout).write(render_why(found))
+    found, title = anyio.run(_why, config, spec, mesid)
+    (out or sys.stdout).write(render_why(found, title))
     return 0
 
 
-async def _why(config: Config, spec: str | None, mesid: int | None) -> Explanation:
+async def _why(config: Config, spec: str | None, mesid: int | None) -> tuple[Explanation, str]:
     async with Engine.open(config) as engine:
-        return await engine.why(spec, mesid)
+        found = await engine.why(spec, mesid)
+        return found, await engine.chat_title(found.chat)

@@ -9,6 +9,7 @@ append their own maps to the list, so only the first ``n`` are kept.
 from __future__ import annotations
 
 import json
+import secrets
 from functools import partial
 from typing import Any
 
@@ -47,6 +48,8 @@ PROGRESS_INTERVAL = 1.0
 
 PROGRESS_TIMEOUT = 5.0
 """Longest wait for one progress answer (a busy server may be slow; the next poll tries again)."""
+CANCEL_TIMEOUT = 5.0
+"""Longest a cancelled job spends asking the server to interrupt its run."""
 
 CHECK_TIMEOUT = 30.0
 """Longest wait for each of doctor's requests."""
@@ -166,10 +169,18 @@ class A1111Backend:
         if request.references:
             log.info("references_not_supported", backend="a1111", count=len(request.references))
         body = build_payload(self._settings, request)
+        # Our own task id (A1111 1.6+, Forge): a cancel interrupts the run only when the one
+        # running is ours; older servers ignore the field (and are left alone on a cancel).
+        task = f"task(st-imagegen-{secrets.token_hex(6)})"
+        body["force_task_id"] = task
 
         async def attempt(n: int) -> Any:
             await self._gate.wait()
-            return await self._txt2img(body, progress)
+            try:
+                return await self._txt2img(body, progress)
+            except anyio.get_cancelled_exc_class():
+                await self._interrupt_if_ours(task)
+                raise
 
         with scrubbed(self._api.secret):
             log.info(
@@ -198,6 +209,25 @@ class A1111Backend:
 
         poll = None if progress is None else partial(self._poll_progress, progress)
         return await while_running(post, poll)
+
+    async def _interrupt_if_ours(self, task: str) -> None:
+        """Best effort, shielded, at most CANCEL_TIMEOUT: interrupt the server's run when the
+        running task is ours (a cancelled job); another client's run is never interrupted."""
+        with anyio.move_on_after(CANCEL_TIMEOUT, shield=True) as scope:
+            try:
+                now = await self._api.call(
+                    "GET",
+                    "/sdapi/v1/progress",
+                    params={"skip_current_image": "true"},
+                    timeout=CANCEL_TIMEOUT,
+                )
+                if isinstance(now, dict) and now.get("current_task") == task:
+                    await self._api.call("POST", "/sdapi/v1/interrupt", timeout=CANCEL_TIMEOUT)
+                    log.info("a1111_cancelled", task=task, how="interrupted")
+            except ProviderError as exc:
+                log.warning("a1111_cancel_failed", task=task, error=str(exc))
+        if scope.cancelled_caught:
+            log.warning("a1111_cancel_failed", task=task, error="timed out")
 
     def _explain(self, exc: PermanentProviderError) -> PermanentProviderError:
         """404 means two things here: no API at all (no ``--api``) or an unknown sampler."""
@@ -349,6 +379,7 @@ INFO = BackendInfo(
         steps=True,
         sampler=True,
         progress=True,
+        cancel=True,
         cost=CostReport.FREE,
     ),
     url_hint="the web UI's address, e.g. http://127.0.0.1:7860, started with --api",

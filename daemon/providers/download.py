@@ -173,28 +173,28 @@ async def _body(response: httpx.Response, policy: DownloadPolicy, label: str) ->
             provider=label,
             status=status,
         )
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()  # one buffer, dropped at the cap (no list of chunks joined at the end)
     checked = False
     async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > policy.max_bytes:
+        if len(body) + len(chunk) > policy.max_bytes:
+            del body[:]
             raise BadResponseError(
                 f"{label} went over the limit of {policy.max_bytes} bytes "
                 "([image] max_download_bytes)",
                 provider=label,
                 status=status,
             )
-        if not checked and size >= 16:
+        body += chunk
+        if not checked and len(body) >= 16:
             checked = True
-            if sniff_format(b"".join(chunks)[:16]) is None:
+            if sniff_format(bytes(body[:16])) is None:
                 raise BadResponseError(
                     f"{label} is not a PNG, JPEG, WebP or GIF image (wrong magic bytes)",
                     provider=label,
                     status=status,
                 )
-    data = b"".join(chunks)
+    data = bytes(body)
+    del body[:]
     if sniff_format(data[:16]) is None:
         raise BadResponseError(
             f"{label} is not a PNG, JPEG, WebP or GIF image", provider=label, status=status

@@ -73,6 +73,9 @@ def image_presets() -> list[SetupPreset]:
                     and str(values.get("image.api_url", "")).startswith("http://127."),
                 )
             )
+    # Free hosted services first (a first picture with nothing to sign up for), then the
+    # services that want a key, then servers on this machine.
+    out.sort(key=lambda p: (p.local, p.needs_key))
     out.append(
         SetupPreset(
             name="custom",

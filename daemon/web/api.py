@@ -528,7 +528,10 @@ async def accept(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
     body = await _parsed(request, AcceptBody.parse)
-    body.check_against(job.id, len(job.images))
+    # Only a pending job's numbers are the user's mistake: a job another client accepted a
+    # moment ago holds only the images it kept, and the engine answers its state (409).
+    if job.state is JobState.PENDING:
+        body.check_against(job.id, len(job.images))
     try:
         done = await ctx.engine.accept(job.id, body.keep)
     except JobError as exc:

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import resource
 import socket
 import struct
@@ -100,7 +101,9 @@ class Gate:
         self.timed_out = 0
         self.accept_errors = 0
         self._episode_errors = 0
-        self._last_error = -ERROR_EPISODE_GAP
+        self.episode_gap = ERROR_EPISODE_GAP
+        self.accept_pause = ACCEPT_PAUSE
+        self._last_error = -math.inf
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._factory: Callable[[], asyncio.Protocol] | None = None
@@ -278,7 +281,7 @@ class Gate:
     def _accept_failed(self, exc: OSError) -> None:
         now = time.monotonic()
         self.accept_errors += 1
-        if now - self._last_error > ERROR_EPISODE_GAP:
+        if now - self._last_error > self.episode_gap:
             self._episode_errors = 0
             log.error(
                 "web inbox cannot accept connections; pausing a moment (logged once per episode)",
@@ -288,14 +291,14 @@ class Gate:
         self._last_error = now
         if self._loop is not None and self._sock is not None:
             self._loop.remove_reader(self._sock.fileno())
-            self._loop.call_later(ACCEPT_PAUSE, self._resume)
+            self._loop.call_later(self.accept_pause, self._resume)
 
     def _resume(self) -> None:
         if self._loop is not None and self._sock is not None and self._sock.fileno() >= 0:
             self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def _accept_recovered(self) -> None:
-        if self._episode_errors and time.monotonic() - self._last_error > ERROR_EPISODE_GAP:
+        if self._episode_errors and time.monotonic() - self._last_error > self.episode_gap:
             log.warning("web inbox accepts again", failed_accepts=self._episode_errors)
             self._episode_errors = 0
 

@@ -135,10 +135,9 @@ def _candidate(live: LiveConfig, changes: dict[str, Any], secrets: dict[str, str
     return plan(live.source, changes, secrets_given=secrets)[3]
 
 
-async def test_settings(request: Request) -> Response:
-    """The same checks as ``doctor`` for one section, on the form's unsaved values."""
-    from daemon.apicheck import check_image_api, check_prompt_api
-
+async def _section_candidate(request: Request) -> tuple[str, Config]:
+    """``{"section": "image"|"text", "changes", "secrets"}``: the section and the config the
+    form's unsaved values would make (422 naming the key when they are invalid)."""
     live = _live(request)
     data = await _body(request)
     section = data.get("section")
@@ -149,6 +148,14 @@ async def test_settings(request: Request) -> Response:
         config = await anyio.to_thread.run_sync(_candidate, live, changes, secrets)
     except ConfigError as exc:
         raise _invalid(exc) from None
+    return str(section), config
+
+
+async def test_settings(request: Request) -> Response:
+    """The same checks as ``doctor`` for one section, on the form's unsaved values."""
+    from daemon.apicheck import check_image_api, check_prompt_api
+
+    section, config = await _section_candidate(request)
     if section == "image":
         result = await anyio.to_thread.run_sync(
             functools.partial(check_image_api, config, skip=False)
@@ -164,16 +171,7 @@ async def list_models(request: Request) -> Response:
     from daemon.providers.http import make_client
     from daemon.providers.models import ModelsError, image_models, text_models
 
-    live = _live(request)
-    data = await _body(request)
-    section = data.get("section")
-    if section not in ("image", "text"):
-        raise ApiError(422, "invalid", "section is image or text")
-    changes, secrets = _changes(data)
-    try:
-        config = await anyio.to_thread.run_sync(_candidate, live, changes, secrets)
-    except ConfigError as exc:
-        raise _invalid(exc) from None
+    section, config = await _section_candidate(request)
     try:
         async with make_client() as client:
             if section == "image":

@@ -123,6 +123,7 @@ export function createApi({ base, token, fetch: fetchImpl, timeoutMs = REQUEST_T
         message: (id) => send('GET', `/api/v1/jobs/${encodeURIComponent(id)}/message`),
         accept: (id, keep) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/accept`, keep && keep.length ? { keep } : {}),
         reject: (id) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/reject`, {}),
+        cancel: (id) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/cancel`, {}),
         regen: (id, prompt) => send('POST', `/api/v1/jobs/${encodeURIComponent(id)}/regen`, prompt ? { prompt } : {}),
         generate: (body) => send('POST', '/api/v1/generate', body),
         /** Change daemon settings (the admin's token only), e.g. `{mode: 'manual'}`: applied at once. */

@@ -325,6 +325,28 @@ export class Controller {
     }
 
     /**
+     * `/genimage cancel`: stop the jobs this tab started that are still queued or running
+     * (no image is made for them; a running call is dropped or interrupted by the daemon).
+     * @returns {Promise<number>} how many were cancelled
+     */
+    async cancelTracked() {
+        const { api, toasts } = this.deps;
+        let cancelled = 0;
+        for (const [id, entry] of [...this.tracked]) {
+            try {
+                await api.cancel(id);
+                this.tracked.delete(id);
+                toasts.finish(entry.key, 'info', 'Image cancelled: none will be made');
+                cancelled += 1;
+            } catch (error) {
+                if (error?.status !== 409) toasts.error(`st-imagegen: ${error?.message ?? error}`);
+            }
+        }
+        if (!cancelled) toasts.info('st-imagegen: nothing of this tab is queued or running');
+        return cancelled;
+    }
+
+    /**
      * /genimage and the message button: the daemon's manual mode for the open chat.
      * @param {number|null} mesid
      * @param {{force?: boolean}} [options]

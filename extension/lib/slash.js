@@ -4,7 +4,8 @@ export const COMMAND = 'genimage';
 export const ALIASES = Object.freeze(['generateimage', 'imggen']);
 export const HELP = 'Illustrates a reply of the open chat with st-imagegen (the daemon\'s manual mode). '
     + '<code>mesid=N</code> picks the message (first is 0; default: the last character reply); '
-    + '<code>force=true</code> makes a new job even if the reply already has one. '
+    + '<code>force=true</code> makes a new job even if the reply already has one; '
+    + '<code>/genimage cancel</code> stops the jobs this tab started that are still queued or running. '
     + 'Example: <code>/genimage mesid=5</code>';
 
 function truthy(value) {
@@ -17,7 +18,7 @@ function truthy(value) {
  * `mesid=5`.
  * @param {Record<string, any>} named
  * @param {any} unnamed
- * @returns {{mesid: number|null, force: boolean}}
+ * @returns {{mesid: number|null, force: boolean, cancel?: true}}
  * @throws {Error} with a sentence for the user on a bad value
  */
 export function parseGenimageArgs(named = {}, unnamed = '') {
@@ -29,12 +30,17 @@ export function parseGenimageArgs(named = {}, unnamed = '') {
         // win: ST fills a named argument left out with its default (force: 'false').
         const left = [];
         for (const token of rest.split(/\s+/)) {
-            const found = /^(mesid|force)=(.*)$/i.exec(token);
+            const found = /^(mesid|force|cancel)=(.*)$/i.exec(token);
             if (found) args[found[1].toLowerCase()] = found[2];
             else left.push(token);
         }
         rest = left.join(' ');
     }
+    if (typeof rest === 'string' && /^cancel$/i.test(rest)) {
+        args.cancel = 'true';
+        rest = '';
+    }
+    if (args.cancel !== undefined && truthy(args.cancel)) return { mesid: null, force: false, cancel: true };
     let raw = args.mesid;
     if ((raw === undefined || raw === null || raw === '') && rest !== '') raw = rest;
     let mesid = null;

@@ -116,7 +116,7 @@ export function createPreview({ getContext, api, settings, act, doc = globalThis
         root.dataset.job = job.id;
         const head = el(doc, 'div', { class: 'st-imagegen-head' },
             el(doc, 'b', { text: 'st-imagegen' }),
-            el(doc, 'span', { text: ` · ${job.speaker || job.character || ''} · ${messageLabel(job)}` }),
+            el(doc, 'span', { text: ` · ${job.speaker || job.character || ''}${job.group_name ? ` (${job.group_name})` : ''} · ${messageLabel(job)}` }),
             count > 1 ? el(doc, 'span', { class: 'st-imagegen-count', text: ` · 1 of ${count} pending` }) : null);
         const images = el(doc, 'div', { class: 'st-imagegen-images' });
         for (const image of job.images ?? []) {

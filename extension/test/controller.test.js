@@ -38,6 +38,11 @@ function fakeApi(jobs = []) {
         async accept(id, keep) { api.calls.push(['accept', id, keep]); return { ...api.store.get(id), state: 'accepted' }; },
         async reject(id) { api.calls.push(['reject', id]); return { ...api.store.get(id), state: 'rejected' }; },
         async regen(id, prompt) { api.calls.push(['regen', id, prompt]); return job('NEW', { state: 'queued' }); },
+        async cancel(id) {
+            api.calls.push(['cancel', id]);
+            if (id === 'DONE') throw Object.assign(new Error('cannot cancel job DONE: it is pending'), { status: 409 });
+            return { ...job(id), state: 'rejected', cancelled: true };
+        },
         async generate(body) {
             api.calls.push(['generate', body]);
             if (api.down) throw Object.assign(new Error('st-imagegen at http://127.0.0.1:8765 is not reachable'), { status: 0 });
@@ -288,5 +293,20 @@ describe('generate (/genimage and the message button)', () => {
         assert.equal(progressText(job('X', { state: 'imaging', mesid: 2, progress: { fraction: 0, text: 'drawing' } })), 'Image for message #2: drawing the image');
         assert.equal(progressText(job('X', { state: 'prompting', mesid: 2, progress: { fraction: 0, text: 'writing the prompt' } })), 'Image for message #2: writing the prompt');
         assert.equal(progressText(job('X', { state: 'queued', mesid: 2, progress: { fraction: 0, text: 'waiting for its turn' } })), 'Image for message #2: queued (waiting for its turn)');
+    });
+});
+
+describe('/genimage cancel', () => {
+    it('cancels what this tab started and is still running, and says so', async () => {
+        const t = setup();
+        await t.controller.chatChanged();
+        const made = await t.controller.generate(2);
+        assert.equal(made.id, 'GEN');
+        t.controller.track(job('DONE', { state: 'queued' }));
+        assert.equal(await t.controller.cancelTracked(), 1);
+        assert.deepEqual(t.api.calls.filter(c => c[0] === 'cancel'), [['cancel', 'GEN'], ['cancel', 'DONE']]);
+        assert.ok(t.toasts.some(x => x[0] === 'info' && x[1] === 'GEN' && /cancelled/.test(x[2])));
+        assert.equal(await t.controller.cancelTracked(), 0); // GEN is no longer followed
+        assert.ok(t.toasts.some(x => x[0] === 'info' && /nothing of this tab/.test(x[1])));
     });
 });

@@ -75,3 +75,12 @@ describe('api client', () => {
         await assert.rejects(none.status(), /no daemon address is set/);
     });
 });
+
+describe('/genimage cancel', () => {
+    it('asks to cancel, by word or named argument, and nothing else', () => {
+        assert.deepEqual(parseGenimageArgs({}, 'cancel'), { mesid: null, force: false, cancel: true });
+        assert.deepEqual(parseGenimageArgs({ cancel: 'true' }, ''), { mesid: null, force: false, cancel: true });
+        assert.deepEqual(parseGenimageArgs({}, '5 cancel=yes'), { mesid: null, force: false, cancel: true });
+        assert.deepEqual(parseGenimageArgs({ cancel: 'false' }, '4'), { mesid: 4, force: false });
+    });
+});

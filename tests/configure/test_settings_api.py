@@ -150,3 +150,35 @@ async def test_pause_one_chat_by_its_st_chat_id(
         assert resumed.json()["chats"] == []
         missing = await http.post("/api/v1/pause", json={"paused": True, "chat_file": "nope"})
         assert missing.status_code == 404
+
+
+async def test_only_the_admin_reads_or_changes_settings(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI
+) -> None:
+    from daemon.web.access import UserTokens
+
+    path = write(tmp_path, st_root_latest, fake_api)
+    (st_root_latest / "alice" / "chats").mkdir(parents=True)  # two users: tokens needed
+    _, alice = UserTokens(tmp_path / "state").create(["alice"], "alice's tab")
+    async with live_service(path) as service, client(service) as http:
+        admin = (tmp_path / "state" / "web-token").read_text(encoding="utf-8").strip()
+        assert (await http.get("/api/v1/settings")).status_code == 401
+        as_alice = {"Authorization": f"Bearer {alice}"}
+        for method, route, body in (
+            ("GET", "/api/v1/settings", None),
+            ("POST", "/api/v1/settings", {"changes": {"mode": "manual"}}),
+            ("POST", "/api/v1/settings/test", {"section": "text"}),
+            ("GET", "/api/v1/characters", None),
+            ("POST", "/api/v1/characters/Alice", {"appearance": "x"}),
+        ):
+            answer = await http.request(method, route, json=body, headers=as_alice)
+            assert answer.status_code == 403, route
+        assert service.config.mode == "auto"
+        as_admin = {"Authorization": f"Bearer {admin}"}
+        done = await http.post(
+            "/api/v1/settings", json={"changes": {"mode": "manual"}}, headers=as_admin
+        )
+        after = service.config  # read again: the page's save swapped it
+        assert done.status_code == 200 and after.mode == "manual"
+        status = (await http.get("/api/v1/status", headers=as_alice)).json()
+        assert status["config_problem"] is None and status["setup_needed"] == []

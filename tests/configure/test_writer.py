@@ -176,20 +176,18 @@ def test_a_toml_syntax_error_names_and_shows_the_line(tmp_path: Path) -> None:
 def test_a_chosen_style_that_no_longer_exists_is_said_not_silently_skipped(
     tmp_path: Path,
 ) -> None:
-    import io
+    from structlog.testing import capture_logs
 
-    from daemon.config import Config, LogSettings
+    from daemon.config import Config
     from daemon.engine.look.appearance import CharacterStore
     from daemon.engine.look.styles import choose
-    from daemon.logs import configure_logging
 
-    out = io.StringIO()
-    configure_logging(LogSettings(format="json"), stream=out)
     store = CharacterStore(tmp_path)
     store.update("Bob", style="noir")  # chosen while [styles.noir] existed
-    chosen = choose(Config(state_dir=tmp_path), store, chat="c.jsonl", characters=("Bob",))
+    with capture_logs() as logs:
+        chosen = choose(Config(state_dir=tmp_path), store, chat="c.jsonl", characters=("Bob",))
     assert chosen.style is None
-    record = json.loads(out.getvalue().splitlines()[-1])
+    record = logs[-1]
     assert record["event"] == "style not found: skipped" and record["style"] == "noir"
     assert "anime" in record["known"] and record["chosen_for"] == "character"
 

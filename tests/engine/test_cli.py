@@ -401,3 +401,11 @@ def test_cancel_restore_pause_and_show_details(
 
     code, out, _ = cli(capsys, "show", *c, cancelled.id)
     assert "cancelled:" in out and "chat name:   Alice · Alice - cli" in out
+
+
+def test_why_names_a_group_chat_by_its_group(
+    cfg_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cli(capsys, "why", "--config", str(cfg_path), "--chat", "Lighthouse Garden")
+    assert code == 0, err
+    assert "group chats/" in out and "(Lighthouse Garden · " in out.splitlines()[0]

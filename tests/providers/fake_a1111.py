@@ -119,7 +119,7 @@ class FakeA1111:
             },
             "current_image": None,
             "textinfo": None,
-            "current_task": "task(fake)" if running else None,
+            "current_task": str(state.get("task") or "task(fake)") if running else None,
         }
 
 
@@ -215,7 +215,12 @@ def _handler(api: FakeA1111) -> type[BaseHTTPRequestHandler]:
                 return
             steps = int(body.get("steps") or 20)
             with api.lock:
-                api._state = {"job_count": 1, "sampling_steps": steps, "sampling_step": 0}
+                api._state = {
+                    "job_count": 1,
+                    "sampling_steps": steps,
+                    "sampling_step": 0,
+                    "task": body.get("force_task_id"),
+                }
             try:
                 for step in range(1, steps + 1):
                     if api.stop.wait(api.step_seconds) if api.step_seconds else api.stop.is_set():

@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from PIL import Image
@@ -390,3 +391,45 @@ def test_config_keys_for_the_native_backends(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="api_auth_file"):
         ImageSettings(backend="a1111", api_auth_file=tmp_path / "missing")
     assert "secret-pw" not in repr(ImageSettings(backend="a1111", api_auth="me:secret-pw"))
+
+
+async def _until(predicate: Any) -> None:
+    """Poll the fake's state (it lives in another thread) until ``predicate()`` holds."""
+    with anyio.fail_after(20.0):
+        while True:
+            if predicate():
+                return
+            await anyio.sleep(0.01)
+
+
+def _running_task(api: FakeA1111) -> str | None:
+    task = api.progress_payload()["current_task"]
+    return str(task) if task else None
+
+
+async def test_cancelling_our_running_render_interrupts_it(
+    a1111: FakeA1111, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    a1111.step_seconds = 0.05
+    gen = backend(a1111, client, clock, steps=400)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gen.generate, ImageRequest(prompt="p"))
+        await _until(lambda: (_running_task(a1111) or "").startswith("task(st-imagegen-"))
+        tg.cancel_scope.cancel()  # the user cancelled the job: the runner cancels its task
+    assert a1111.interrupts == 1
+    (body,) = a1111.bodies()
+    assert body["force_task_id"].startswith("task(st-imagegen-")
+
+
+async def test_cancelling_leaves_another_clients_render_alone(
+    a1111: FakeA1111, client: httpx.AsyncClient, clock: FakeClock
+) -> None:
+    a1111.step_seconds = 0.05
+    gen = backend(a1111, client, clock, steps=400)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gen.generate, ImageRequest(prompt="p"))
+        await _until(lambda: _running_task(a1111) is not None)
+        with a1111.lock:  # the server now runs someone else's task (ours waits in its queue)
+            a1111._state["task"] = "task(theirs)"
+        tg.cancel_scope.cancel()
+    assert a1111.interrupts == 0

@@ -403,3 +403,55 @@ async def test_group_chat_of_two_characters(
 
         await async_wait_for(saved, within=JOB_S)
         assert not [e for e in errors if "st-imagegen" in e], errors
+
+
+RECONNECT_MS = 45_000
+"""The extension's back-off reaches 8–16 s after a few failed attempts; room for a busy machine."""
+
+
+async def test_daemon_stopped_and_restarted_under_the_open_tab(
+    st: STServer, make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """The daemon goes away under an open ST tab: one warning, ST keeps working (a Send
+    still makes a reply); the daemon comes back on the same address: "reconnected", and the
+    reply written meanwhile gets its popup and its image, live."""
+    from tests.realst.stserver import free_port
+
+    errors: list[str] = []
+    name = f"Ravi{st.version.replace('.', '')}"
+    port = free_port()  # the same address before and after the restart
+    config = make_config(
+        st.data_root,
+        web={"port": port, "allowed_origins": [st.url]},
+        detect={"settle_seconds": 0.5, "rescan_seconds": 30.0},
+    )
+    config_file = tmp_path / "config.toml"
+    async with browser() as b:
+        async with inbox_for(config):
+            assert await cli(config_file, "extension", "install", "--user", "default-user") == 0
+            page = await st_page(b, st, fake_api, errors)
+            state = page.locator("#st_imagegen_state")
+            await expect(state).to_have_text(f"connected · daemon {__version__}", timeout=LIVE_MS)
+            avatar = await stpage.create_character(page, name, f"*{name} bows.*")
+            chat_id: str = await page.evaluate("SillyTavern.getContext().getCurrentChatId()")
+        # Stopped: the tab warns once and ST works on.
+        await toast_seen(page, "toast-warning", "is not reachable", within_ms=RECONNECT_MS)
+        reply = await stpage.send_message(page, "Is anyone there?")
+        async with inbox_for(config) as inbox:
+            await toast_seen(
+                page, "toast-info", "reconnected to the daemon", within_ms=RECONNECT_MS
+            )
+            job = await job_for_reply(inbox, chat_id, reply, JobState.PENDING)
+            preview = page.locator(f'.st-imagegen-preview[data-job="{job.id}"]')
+            await expect(preview).to_be_visible(timeout=LIVE_MS)
+            await preview.locator('[data-action="accept"]').click()
+            await expect(image_under(page, reply + 1)).to_be_visible(timeout=LIVE_MS)
+            assert file_markers(chat_file(st, avatar, chat_id)).count(job.id) == 1
+            # One warning for the outage, not one per retry.
+            assert (
+                await page.evaluate(
+                    "window.__toasts.filter(t => t.text.includes('is not reachable')).length"
+                )
+                == 1
+            )
+        assert not [e for e in errors if "st-imagegen" in e], errors

@@ -291,12 +291,24 @@ async def test_two_clients_accepting_at_once_one_wins(inbox: Inbox) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(accept, [1])
         tg.start_soon(accept, [2, 3])
-    assert sorted(a.status_code for a in answers) == [200, 409]
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
     loser = next(a for a in answers if a.status_code == 409)
     assert f"cannot accept job {job.id}: it is" in loser.json()["error"]["message"]
     winner = next(a for a in answers if a.status_code == 200)
     done = await inbox.wait_state(job.id, JobState.COMMITTED)
     assert len(done.meta["committed_files"]) == len(winner.json()["images"])
+
+
+async def test_the_loser_of_an_accept_hears_the_state_not_its_numbers(inbox: Inbox) -> None:
+    """The race above, one step at a time: after an accept kept image 1 only, a late accept of
+    images 2 and 3 is a conflict (409, the job's state), not a bad request (422)."""
+    job = await inbox.pending("late")
+    async with inbox.client() as c:
+        first = await c.post(f"/api/v1/jobs/{job.id}/accept", json={"keep": [1]})
+        late = await c.post(f"/api/v1/jobs/{job.id}/accept", json={"keep": [2, 3]})
+    assert first.status_code == 200
+    assert late.status_code == 409, late.text
+    assert f"cannot accept job {job.id}: it is" in late.json()["error"]["message"]
 
 
 Events = list[tuple[str, str, dict[str, Any]]]

@@ -271,6 +271,15 @@ async def test_cancel_queued_and_running_pause_and_bulk_reject(
         await inbox.wait_state(first.id, JobState.PENDING)
         await inbox.wait_state(more.id, JobState.PENDING)
         await expect(page.locator("#grid .card")).to_have_count(2)
+
+        # Bulk accept of the selected: the check boxes pick the jobs, one button accepts them.
+        for job in (first, more):
+            await page.locator(f'.card[data-id="{job.id}"] .select input').check()
+        await expect(page.locator("#bulk-count")).to_have_text("2 selected")
+        await page.locator('button[data-bulk="accept"]').click()
+        for job in (first, more):
+            await inbox.wait_state(job.id, JobState.ACCEPTED, JobState.COMMITTED)
+        await expect(page.locator("#grid .card")).to_have_count(0, timeout=LIVE_WITHIN_MS)
         assert page.errors == []  # type: ignore[attr-defined]
 
 
@@ -319,6 +328,14 @@ async def test_daemon_stopped_under_an_open_page(
         await page.keyboard.press("a")
         await expect(page.locator("#toast")).to_contain_text("not reachable")
         assert "Failed to fetch" not in (await page.locator("#toast").text_content() or "")
+        # The daemon comes back on the same address: the page reconnects by itself.
+        port = int(inbox.url.rsplit(":", 1)[1])
+        again = config.model_copy(update={"web": config.web.model_copy(update={"port": port})})
+        async with inbox_for(again):
+            await expect(page.locator("#live")).to_have_text("connected", timeout=20000)
+            await expect(card.locator('button[data-act="accept"]')).to_be_enabled()
+            await card.locator('button[data-act="accept"]').click()
+            await expect(card).to_have_count(0, timeout=LIVE_WITHIN_MS)
 
 
 async def test_installable_and_notifies_while_in_the_background(

@@ -5,6 +5,7 @@ limits the units and the compose example set."""
 from __future__ import annotations
 
 import configparser
+import errno
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -183,3 +184,64 @@ async def test_a_client_that_leaves_mid_body_is_no_traceback(
         assert (await client.get("/api/v1/jobs")).status_code == 200
     assert "web request failed" not in caplog.text
     assert (await tight.job(job.id)).state.value == "pending"
+
+
+class _ShortOfDescriptors(socket.socket):
+    """A real listening socket whose next ``failures`` accepts fail the way they do when the
+    process is out of descriptors."""
+
+    failures = 0
+
+    def accept(self) -> tuple[socket.socket, object]:
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+async def test_accept_errors_are_logged_once_per_episode_with_their_count() -> None:
+    import asyncio
+    import io
+
+    from daemon.config import LogSettings
+    from daemon.logs import configure_logging
+    from daemon.web.gate import Gate
+
+    # Our own stream, whatever logging an earlier test in this process set up.
+    stream = io.StringIO()
+    configure_logging(LogSettings(level="info", format="json"), stream=stream)
+
+    listener = _ShortOfDescriptors(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.failures = 200
+    gate = Gate(cap=8, header_timeout=5.0)
+    gate.episode_gap, gate.accept_pause = 0.5, 0.005
+    gate.serve(asyncio.get_running_loop(), listener, asyncio.Protocol)
+    port = listener.getsockname()[1]
+    clients: list[socket.socket] = []
+    try:
+        clients.append(socket.create_connection(("127.0.0.1", port)))
+        await async_wait_for(lambda: _true(listener.failures == 0), within=CLOSED_WITHIN)
+        await async_wait_for(
+            lambda: _true(gate.arriving == 0 and len(gate.open) + len(gate.waiting) <= 1),
+            within=CLOSED_WITHIN,
+        )
+        await anyio.sleep(0.6)  # the episode is over: the next accept says how it went
+        clients.append(socket.create_connection(("127.0.0.1", port)))
+        out = ""
+
+        async def _told() -> bool:
+            nonlocal out
+            out = stream.getvalue()
+            return "accepts again" in out
+
+        await async_wait_for(_told, within=CLOSED_WITHIN)
+    finally:
+        gate.close()
+        listener.close()
+        for client in clients:
+            client.close()
+    assert gate.accept_errors == 200
+    assert out.count("cannot accept connections") == 1
+    assert '"failed_accepts": 200' in out
