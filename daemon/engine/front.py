@@ -499,9 +499,10 @@ class Engine:
         self.wake()
         return new
 
-    async def spend(self) -> SpendSummary:
-        """Today's and this month's spend and images, with the caps."""
-        return await spend_summary(self.config, await self.store(), datetime.now(UTC))
+    async def spend(self, users: Collection[str] | None = None) -> SpendSummary:
+        """Today's and this month's spend and images, with the caps; only in the chats of ST
+        handles ``users`` when given (a user's own, without the daemon's caps)."""
+        return await spend_summary(self.config, await self.store(), datetime.now(UTC), users=users)
 
     async def approve_spend(self, ref: str) -> Job:
         """Let one job held by a spend cap make its call now, once (the caps stay)."""

@@ -351,10 +351,9 @@ async def status(request: Request) -> Response:
         paused=_pause_for(who, paused.to_json()),
     )
     # So is the spend: an image made a moment ago counts at once (two sums over an index).
-    # It is everyone's together: the admin's to see.
-    if who.admin:
-        spend = await ctx.engine.spend()
-        data["spend"] = {**spend.to_json(), "line": spend.line()}
+    # A user sees the spend of their own chats only; the admin everyone's, with the caps.
+    spend = await ctx.engine.spend(users=who.handles)
+    data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -385,7 +384,7 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
-    data.pop("spend", None)  # everyone's together: the admin's
+    data.pop("spend", None)  # everyone's together: the caller's own is added by the route
     data["state_dir_bytes"] = None
     return data
 
