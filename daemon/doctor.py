@@ -28,8 +28,7 @@ from daemon.apicheck import (
     check_prompt_api,
 )
 from daemon.config import Config
-from daemon.engine.process.status import HEARTBEAT_STALE_SECONDS, daemon_status
-from daemon.engine.store.schema import damage_found
+from daemon.engine.front import HEARTBEAT_STALE_SECONDS, daemon_status, damage_found
 from daemon.errors import (
     ConfigError,
     NotADataRootError,
@@ -106,7 +105,7 @@ def _sample(items: Sequence[str]) -> str:
 
 
 def check_config(config: Config) -> CheckResult:
-    from daemon.engine.look.styles import check_default_style
+    from daemon.engine.front import check_default_style
 
     if config.data_root is None:
         return _fail(
@@ -308,9 +307,9 @@ def check_inotify(root: Path, watches_file: Path = INOTIFY_WATCHES_FILE) -> Chec
 
 def check_watch(config: Config, root: Path) -> CheckResult:
     """inotify or polling for this data root, and why (the daemon decides the same way)."""
-    from daemon.engine.intake import watchmode
+    from daemon.engine.front import watch_mode
 
-    choice = watchmode.choose(config.detect.watch, root)
+    choice = watch_mode(config.detect.watch, root)
     if choice.mode == "inotify":
         return _pass("file watching", f"inotify ({choice.why})")
     return _pass(

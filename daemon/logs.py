@@ -24,7 +24,7 @@ from daemon.config import LogSettings
 
 if TYPE_CHECKING:
     from daemon.config import Config
-    from daemon.engine.store import Job
+    from daemon.jobstate import Job
 
 __all__ = [
     "REDACTED",
@@ -187,7 +187,10 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = logging.StreamHandler(out)
+    # No stream given: whatever sys.stderr is when a record is written, not the object it was
+    # at set-up (a test's captured stderr is closed after it; a later log line then failed with
+    # "I/O operation on closed file").
+    handler = logging.StreamHandler(out) if stream is not None else _StderrHandler()
     handler.setFormatter(formatter)
     handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
@@ -206,6 +209,21 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that always writes to the current ``sys.stderr``."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass  # the current sys.stderr is always used
 
 
 def job_log(

@@ -5,7 +5,7 @@ import { createApi, normaliseBase, tokenHint } from './lib/api.js';
 import { Controller } from './lib/controller.js';
 import { ConnectionNotices, EventStreamClient } from './lib/events.js';
 import { appendMessage, editing, insertMessageAt } from './lib/render.js';
-import { openChatOf } from './lib/protocol.js';
+import { openChatOf, useVocabulary } from './lib/protocol.js';
 import { loadSettings } from './lib/settings.js';
 import { ALIASES, COMMAND, HELP, parseGenimageArgs } from './lib/slash.js';
 import { BUTTON_CLASS, addMessageButtons, createPreview, createSettingsPanel, createToasts } from './lib/ui.js';
@@ -79,6 +79,7 @@ function init() {
         onEvent: ({ type, data }) => {
             // A restarted daemon's stream starts over, and `reset` says events were lost: both
             // mean catching up from the job list.
+            if (type === 'hello') api.meta().then(useVocabulary).catch(() => {}); // the daemon's words
             if (type === 'hello' || type === 'reset' || type === 'config' || type === 'pause') {
                 if (type === 'hello' || type === 'reset') controller.connected();
                 // Not set up yet, and the essentials' values: the panel shows them.

@@ -22,65 +22,77 @@ __all__ = ["cmd_character", "cmd_style"]
 
 
 def cmd_character(config: Config, args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
-    engine = Engine(config)
-    store = engine.characters
-    action = args.character_command
-    if action == "set":
-        changes: dict[str, Any] = {}
-        for key in ("appearance", "negative"):
-            value = getattr(args, key)
-            if value is not None:
-                changes[key] = value
-        if args.style is not None:
-            changes["style"] = engine.check_style(args.style) if args.style.strip() else ""
-        if args.references is not None:
-            changes["use_references"] = SWITCH[args.references]
-        if not changes:
-            raise JobError("nothing to set: give --appearance, --negative, --style or --references")
-        profile = store.update(args.name, **changes)
-        print(f"saved {profile.name}: {_summary(profile)}", file=out)
+    actions = {
+        "set": _character_set,
+        "list": _character_list,
+        "show": _character_show,
+        "remove": _character_remove,
+        "ref": _character_ref,
+    }
+    action = actions.get(args.character_command)
+    if action is None:
+        raise ConfigError("choose an action: character set | list | show | remove | ref")
+    return action(Engine(config), args, out or sys.stdout)
+
+
+def _character_set(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    changes: dict[str, Any] = {}
+    for key in ("appearance", "negative"):
+        value = getattr(args, key)
+        if value is not None:
+            changes[key] = value
+    if args.style is not None:
+        changes["style"] = engine.check_style(args.style) if args.style.strip() else ""
+    if args.references is not None:
+        changes["use_references"] = SWITCH[args.references]
+    if not changes:
+        raise JobError("nothing to set: give --appearance, --negative, --style or --references")
+    profile = engine.characters.update(args.name, **changes)
+    print(f"saved {profile.name}: {_summary(profile)}", file=out)
+    return 0
+
+
+def _character_list(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    profiles = engine.characters.profiles()
+    if args.json:
+        print(json.dumps([p.to_json() for p in profiles], ensure_ascii=False, indent=2), file=out)
         return 0
-    if action == "list":
-        profiles = store.profiles()
-        if args.json:
-            print(
-                json.dumps([p.to_json() for p in profiles], ensure_ascii=False, indent=2), file=out
-            )
-            return 0
-        if not profiles:
-            print(
-                "no character profiles (st-imagegen character set NAME --appearance ...)", file=out
-            )
-        for p in profiles:
-            print(f"{p.name}: {_summary(p)}", file=out)
+    if not profiles:
+        print("no character profiles (st-imagegen character set NAME --appearance ...)", file=out)
+    for p in profiles:
+        print(f"{p.name}: {_summary(p)}", file=out)
+    return 0
+
+
+def _character_show(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    shown = engine.describe_character(args.name)
+    if args.json:
+        print(json.dumps(shown, ensure_ascii=False, indent=2), file=out)
         return 0
-    if action == "show":
-        shown = engine.describe_character(args.name)
-        if args.json:
-            print(json.dumps(shown, ensure_ascii=False, indent=2), file=out)
-            return 0
-        for key, value in shown.items():
-            if isinstance(value, list):
-                value = ", ".join(value) or "-"
-            print(f"{key:16} {value if value not in ('', None) else '-'}", file=out)
+    for key, value in shown.items():
+        if isinstance(value, list):
+            value = ", ".join(value) or "-"
+        print(f"{key:16} {value if value not in ('', None) else '-'}", file=out)
+    return 0
+
+
+def _character_remove(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    if not engine.characters.remove(args.name):
+        raise JobError(f"no profile for {args.name!r}")
+    print(f"removed the profile of {args.name}", file=out)
+    return 0
+
+
+def _character_ref(engine: Engine, args: argparse.Namespace, out: TextIO) -> int:
+    if args.ref_command == "add":
+        path = engine.add_reference(args.name, args.file)
+        print(f"added {path.name} as a reference of {args.name}", file=out)
         return 0
-    if action == "remove":
-        if not store.remove(args.name):
-            raise JobError(f"no profile for {args.name!r}")
-        print(f"removed the profile of {args.name}", file=out)
+    if args.ref_command == "clear":
+        count = engine.clear_references(args.name)
+        print(f"removed {count} reference image(s) of {args.name}", file=out)
         return 0
-    if action == "ref":
-        if args.ref_command == "add":
-            path = engine.add_reference(args.name, args.file)
-            print(f"added {path.name} as a reference of {args.name}", file=out)
-            return 0
-        if args.ref_command == "clear":
-            count = engine.clear_references(args.name)
-            print(f"removed {count} reference image(s) of {args.name}", file=out)
-            return 0
-        raise ConfigError("choose an action: character ref add NAME FILE | clear NAME")
-    raise ConfigError("choose an action: character set | list | show | remove | ref")
+    raise ConfigError("choose an action: character ref add NAME FILE | clear NAME")
 
 
 def _summary(profile: CharacterProfile) -> str:

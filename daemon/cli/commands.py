@@ -39,6 +39,8 @@ STATES = (
     "superseded",
     "failed",
 )
+"""The job states ``list --state`` takes: spelled out so ``--help`` stays fast (no import of
+the engine); ``tests/ops/test_structure.py`` holds it to :class:`daemon.jobstate.JobState`."""
 
 T = TypeVar("T")
 
@@ -70,6 +72,47 @@ def _non_negative(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"message numbers start at 0 (got {value})")
     return value
+
+
+def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The commands on jobs: list, show, spend, accept, reject, restore, cancel, pause, resume,
+    regen."""
+    lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
+    lst.add_argument("--state", choices=STATES, help="only jobs in this state")
+    lst.add_argument("--json", action="store_true", help="JSON output")
+    lst.add_argument("--limit", type=int, default=50, help="at most this many jobs (50)")
+
+    show = sub.add_parser("show", parents=[common], help="one job in detail")
+    show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
+    show.add_argument("--json", action="store_true", help="JSON output")
+
+    spend = sub.add_parser("spend", parents=[common], help="today's and this month's spend")
+    spend.add_argument("action", nargs="?", choices=["approve"], help="approve: allow a held job")
+    spend.add_argument("job", nargs="?", metavar="JOB", help="the held job to allow once")
+    spend.add_argument("--json", action="store_true", help="JSON output")
+
+    acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
+    acc.add_argument("job", metavar="JOB")
+    acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
+
+    rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
+    rej.add_argument("job", metavar="JOB")
+
+    restore = sub.add_parser("restore", parents=[common], help="undo a reject (from the trash)")
+    restore.add_argument("job", metavar="JOB")
+
+    cancel = sub.add_parser("cancel", parents=[common], help="stop a queued or running job")
+    cancel.add_argument("job", metavar="JOB", nargs="?", help="the job (or --all-queued)")
+    cancel.add_argument("--all-queued", action="store_true", help="every queued job")
+    cancel.add_argument("--chat", help="with --all-queued: only this chat's")
+
+    for name, text in (("pause", "start no new jobs until resumed"), ("resume", "end a pause")):
+        switch = sub.add_parser(name, parents=[common], help=text)
+        switch.add_argument("--chat", help="only this chat (default: every chat)")
+
+    regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
+    regen.add_argument("job", metavar="JOB")
+    regen.add_argument("--prompt", help="use this prompt instead of the job's")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,42 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="a new job even if this reply already has one (like regen)",
         )
 
-    lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
-    lst.add_argument("--state", choices=STATES, help="only jobs in this state")
-    lst.add_argument("--json", action="store_true", help="JSON output")
-    lst.add_argument("--limit", type=int, default=50, help="at most this many jobs (50)")
-
-    show = sub.add_parser("show", parents=[common], help="one job in detail")
-    show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
-    show.add_argument("--json", action="store_true", help="JSON output")
-
-    spend = sub.add_parser("spend", parents=[common], help="today's and this month's spend")
-    spend.add_argument("action", nargs="?", choices=["approve"], help="approve: allow a held job")
-    spend.add_argument("job", nargs="?", metavar="JOB", help="the held job to allow once")
-    spend.add_argument("--json", action="store_true", help="JSON output")
-
-    acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
-    acc.add_argument("job", metavar="JOB")
-    acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
-
-    rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
-    rej.add_argument("job", metavar="JOB")
-
-    restore = sub.add_parser("restore", parents=[common], help="undo a reject (from the trash)")
-    restore.add_argument("job", metavar="JOB")
-
-    cancel = sub.add_parser("cancel", parents=[common], help="stop a queued or running job")
-    cancel.add_argument("job", metavar="JOB", nargs="?", help="the job (or --all-queued)")
-    cancel.add_argument("--all-queued", action="store_true", help="every queued job")
-    cancel.add_argument("--chat", help="with --all-queued: only this chat's")
-
-    for name, text in (("pause", "start no new jobs until resumed"), ("resume", "end a pause")):
-        switch = sub.add_parser(name, parents=[common], help=text)
-        switch.add_argument("--chat", help="only this chat (default: every chat)")
-
-    regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
-    regen.add_argument("job", metavar="JOB")
-    regen.add_argument("--prompt", help="use this prompt instead of the job's")
+    _add_job_parsers(sub, common)
 
     status = sub.add_parser("status", parents=[common], help="daemon, chats and jobs")
     status.add_argument("--json", action="store_true", help="JSON output")
@@ -347,14 +355,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     command: str = args.command
     if command == "list":
-        from daemon.cli.quick import overrides_of, quick
-
-        done = quick(args)
-        if done is not None:
-            return done
-        from daemon.configure import locate
-
-        before = locate.snapshot(args.config, os.environ, overrides_of(args))
+        return _list_command(args)
     if command == "status":
         # A broken file must not hide the daemon's state: status says what is wrong with it.
         source = _source(args)
@@ -370,6 +371,43 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command == "run":
         return _cmd_run(config, _source(args))
     _setup_logging(config, quiet=True)
+    jobs: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
+        "show": _cmd_show,
+        "spend": _cmd_spend,
+        "accept": _cmd_accept,
+        "reject": _cmd_reject,
+        "regen": _cmd_regen,
+        "restore": _cmd_restore,
+        "cancel": _cmd_cancel,
+    }
+    action = jobs.get(command)
+    if action is not None:
+        return _with_engine(config, lambda engine: action(engine, args))
+    if command in ("pause", "resume"):
+        return _with_engine(config, lambda engine: _cmd_pause(engine, args, command == "pause"))
+    return _tool_command(command, config, args)
+
+
+def _list_command(args: argparse.Namespace) -> int:
+    """``list``: answered from the store alone when the config is known valid (daemon.cli.quick),
+    else through the engine like every job command."""
+    from daemon.cli.quick import overrides_of, quick
+    from daemon.configure import locate
+
+    done = quick(args)
+    if done is not None:
+        return done
+    before = locate.snapshot(args.config, os.environ, overrides_of(args))
+    config = _load(args)
+    _setup_logging(config, quiet=True)
+    code = _with_engine(config, lambda engine: _cmd_list(engine, args))
+    # The config validated: the next list may skip building it (daemon.cli.quick).
+    locate.remember(before, config.state_dir)
+    return code
+
+
+def _tool_command(command: str, config: Config, args: argparse.Namespace) -> int:
+    """The commands that are not one job action (each imports what it needs)."""
     if command in ("generate", "genimage"):
         from daemon.cli.generate import cmd_generate
 
@@ -380,13 +418,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.cli.screens import cmd_why
 
         return cmd_why(config, args.chat, args.mesid)
-    if command == "doctor":
-        from daemon.doctor import cmd_doctor
+    if command in ("doctor", "healthcheck"):
+        from daemon.doctor import cmd_doctor, cmd_healthcheck
 
-        return cmd_doctor(config, args.skip_image)
-    if command == "healthcheck":
-        from daemon.doctor import cmd_healthcheck
-
+        if command == "doctor":
+            return cmd_doctor(config, args.skip_image)
         return cmd_healthcheck(config)
     if command == "web-url":
         return _cmd_web_url(config)
@@ -408,27 +444,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         from daemon.cli.characters import cmd_character, cmd_style
 
         return (cmd_character if command == "character" else cmd_style)(config, args)
-    if command == "list":
-        code = _with_engine(config, lambda engine: _cmd_list(engine, args))
-        # The config validated: the next list may skip building it (daemon.cli.quick).
-        locate.remember(before, config.state_dir)
-        return code
-    if command == "show":
-        return _with_engine(config, lambda engine: _cmd_show(engine, args))
-    if command == "spend":
-        return _with_engine(config, lambda engine: _cmd_spend(engine, args))
-    if command == "accept":
-        return _with_engine(config, lambda engine: _cmd_accept(engine, args))
-    if command == "reject":
-        return _with_engine(config, lambda engine: _cmd_reject(engine, args))
-    if command == "regen":
-        return _with_engine(config, lambda engine: _cmd_regen(engine, args))
-    if command == "restore":
-        return _with_engine(config, lambda engine: _cmd_restore(engine, args))
-    if command == "cancel":
-        return _with_engine(config, lambda engine: _cmd_cancel(engine, args))
-    if command in ("pause", "resume"):
-        return _with_engine(config, lambda engine: _cmd_pause(engine, args, command == "pause"))
     raise CommandError(f"unknown command {command!r}")  # pragma: no cover - argparse checks
 
 

@@ -15,7 +15,7 @@ from typing import TextIO
 import anyio
 
 from daemon.config import Config
-from daemon.engine.front import FINAL_STATES, Engine, Job, JobState
+from daemon.engine.front import FINAL_STATES, WAIT_STOP_STATES, Engine, Job, JobState
 
 __all__ = ["DEFAULT_WAIT_SECONDS", "cmd_generate"]
 
@@ -26,7 +26,7 @@ SPINNER_SECONDS = 0.1
 WAIT_POLL_SECONDS = 0.25
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
-STOP_STATES = frozenset(FINAL_STATES | {JobState.PENDING})
+STOP_STATES = WAIT_STOP_STATES
 """Where ``--wait`` stops: the images wait for the user, or the job is done."""
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from daemon.engine.store.model import Job
+    from daemon.jobstate import Job
 
 __all__ = ["job_dict", "one_line", "print_jobs"]
 

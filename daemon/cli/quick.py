@@ -73,8 +73,8 @@ def quick(args: argparse.Namespace) -> int | None:
     if conn is None:
         return None
     from daemon.cli.jobview import print_jobs
-    from daemon.engine.store.model import JobState
     from daemon.engine.store.reads import select_jobs
+    from daemon.jobstate import JobState
 
     with contextlib.closing(conn):
         try:

@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from daemon.config import Config, ConfigSource
-from daemon.configure.keys import RESTART_KEYS
+from daemon.configure.keys import RESTART_KEYS, SECRET_FILES, key_file_path
 from daemon.configure.ready import setup_missing
 from daemon.engine.look.styles import check_default_style
 from daemon.errors import ConfigError
@@ -122,12 +123,32 @@ class LiveConfig:
         """``watcher`` is told after every reload attempt (applied or refused)."""
         self._watchers.append(watcher)
 
+    def key_files(self) -> list[Path]:
+        """The key files a hand edit of which changes the config: those the current config
+        names and the ones the settings page writes (``<config dir>/keys/<secret>``)."""
+        files = {key_file_path(self.source.path, secret) for secret in SECRET_FILES}
+        for key_file_key in SECRET_FILES.values():
+            named = _value(self._config, key_file_key)
+            if isinstance(named, Path):
+                files.add(named)
+        return sorted(files)
+
+    def watched_files(self) -> list[Path]:
+        """What the daemon watches to reload: the config file and its key files."""
+        return [self.source.path, *self.key_files()]
+
     def _file_digest(self) -> str:
-        try:
-            data = self.source.path.read_bytes()
-        except OSError:
-            return ""
-        return hashlib.sha256(data).hexdigest()
+        # The key files count: a key edited in place (no change to the TOML) must still reach
+        # the next job, and an unchanged digest would skip the reload.
+        digest = hashlib.sha256()
+        for path in self.watched_files():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b"\x00missing"
+            digest.update(str(path).encode("utf-8", "surrogateescape") + b"\x00")
+            digest.update(hashlib.sha256(data).digest())
+        return digest.hexdigest()
 
     def read(self, *, force: bool = False) -> Config | ConfigError | None:
         """Read and validate the file (blocking: call it from a worker thread): the new config,

@@ -25,28 +25,46 @@ import anyio
 import anyio.to_thread
 
 from daemon.config import Config
+from daemon.engine.intake.watchmode import choose as watch_mode
 from daemon.engine.intake.why import Explanation, explain
 from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, SpendSummary, spend_summary
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
-from daemon.engine.look.styles import Style, all_styles, check_style
+from daemon.engine.look.styles import SHIPPED as SHIPPED_STYLES
+from daemon.engine.look.styles import Style, all_styles, check_default_style, check_style
+from daemon.engine.process.lock import daemon_running
 from daemon.engine.process.pause import Paused, read_pause, set_pause
-from daemon.engine.process.status import StatusReport, daemon_status, gather_status, plain_age
-from daemon.engine.process.wake import notify_daemon
-from daemon.engine.store import (
-    ACTIVE_STATES,
-    FINAL_STATES,
-    Job,
-    JobState,
-    Store,
+from daemon.engine.process.status import (
+    HEARTBEAT_STALE_SECONDS,
+    StatusReport,
+    daemon_status,
+    gather_status,
+    plain_age,
 )
+from daemon.engine.process.wake import notify_daemon
+from daemon.engine.store import Store
+from daemon.engine.store.schema import damage_found
 from daemon.errors import (
     AmbiguousError,
     ConfigError,
     JobStateError,
     NotFoundError,
     StImagegenError,
+)
+from daemon.jobstate import (
+    ACTIVE_STATES,
+    CANCELLABLE_STATES,
+    CHOICE_STATES,
+    FINAL_STATES,
+    HISTORY_STATES,
+    INBOX_STATES,
+    PROGRESS_TEXT,
+    WAIT_STOP_STATES,
+    WORKING_STATES,
+    Job,
+    JobState,
+    vocabulary,
 )
 from daemon.tavern import layout
 
@@ -56,7 +74,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTIVE_STATES",
+    "CANCELLABLE_STATES",
+    "CHOICE_STATES",
     "FINAL_STATES",
+    "HEARTBEAT_STALE_SECONDS",
+    "HISTORY_STATES",
+    "INBOX_STATES",
+    "PROGRESS_TEXT",
+    "SHIPPED_STYLES",
+    "WAIT_STOP_STATES",
+    "WORKING_STATES",
     "CharacterProfile",
     "Engine",
     "Explanation",
@@ -66,14 +93,23 @@ __all__ = [
     "JobState",
     "Paused",
     "StatusReport",
+    "all_styles",
+    "check_default_style",
+    "daemon_running",
+    "daemon_status",
+    "damage_found",
     "plain_age",
+    "vocabulary",
+    "watch_mode",
 ]
+
+# The health checks the faces and the doctor read without acting on jobs (re-exported above):
+# ``daemon_status`` (the heartbeat), ``daemon_running`` (the state dir's lock),
+# ``damage_found`` (the store file), ``check_default_style`` (the config's style),
+# ``watch_mode`` (inotify or polling for a data root, as the daemon decides).
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change this process makes or learns of."""
-
-CANCELLABLE = ACTIVE_STATES
-"""Where :meth:`Engine.cancel` may stop a job: queued or running, before images are on offer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,9 +499,10 @@ class Engine:
         self.wake()
         return new
 
-    async def spend(self) -> SpendSummary:
-        """Today's and this month's spend and images, with the caps."""
-        return await spend_summary(self.config, await self.store(), datetime.now(UTC))
+    async def spend(self, users: Collection[str] | None = None) -> SpendSummary:
+        """Today's and this month's spend and images, with the caps; only in the chats of ST
+        handles ``users`` when given (a user's own, without the daemon's caps)."""
+        return await spend_summary(self.config, await self.store(), datetime.now(UTC), users=users)
 
     async def approve_spend(self, ref: str) -> Job:
         """Let one job held by a spend cap make its call now, once (the caps stay)."""
@@ -494,14 +531,14 @@ class Engine:
         stops at its next step and drops the result (its state no longer allows it)."""
         store = await self.store()
         job = await store.get_job(ref)
-        if job.state not in CANCELLABLE:
+        if job.state not in CANCELLABLE_STATES:
             raise JobStateError(
                 f"cannot cancel job {job.id}: it is {job.state.value} "
                 "(only queued and running jobs can be cancelled)"
             )
         moved = await store.transition(
             job.id,
-            CANCELLABLE,
+            CANCELLABLE_STATES,
             JobState.REJECTED,
             last_error="cancelled",
             next_attempt_at=None,

@@ -340,7 +340,11 @@ class ComfyUIBackend:
         try:
             with anyio.fail_after(self._settings.timeout_seconds):
                 async with self._socket(client_id) as ws:
-                    prompt_id = await self._queue(nodes, client_id)
+                    # Shielded (CALL_TIMEOUT bounds it): once the run is queued its id must be
+                    # known, or a job given up while the answer was on its way would leave the
+                    # run on the GPU with nothing to cancel it by.
+                    with anyio.CancelScope(shield=True):
+                        prompt_id = await self._queue(nodes, client_id)
                     outcome = _Outcome(False)
                     if ws is not None:
                         outcome = await self._follow(ws, prompt_id, progress)
@@ -438,18 +442,10 @@ class ComfyUIBackend:
         started = False
         try:
             async for message in ws:
-                if isinstance(message, bytes):
-                    continue  # a live preview image
-                try:
-                    event = json.loads(message)
-                except ValueError:
+                event = _our_event(message, prompt_id)
+                if event is None:
                     continue
-                if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
-                    continue
-                kind, data = event.get("type"), event["data"]
-                theirs = data.get("prompt_id")
-                if theirs is not None and theirs != prompt_id:
-                    continue  # another client's run (ST's own, the user's in the browser)
+                kind, data, theirs = event
                 if kind == "status" and not started and progress is not None:
                     queued = _dig(data, "status", "exec_info", "queue_remaining")
                     if isinstance(queued, int) and queued > 0:
@@ -741,3 +737,21 @@ INFO = BackendInfo(
         ),
     ),
 )
+
+
+def _our_event(message: str | bytes, prompt_id: str) -> tuple[Any, dict[str, Any], Any] | None:
+    """``(type, data, data's prompt_id)`` of a socket message about our run (or about no run
+    in particular); None for a preview image, a message that is not an event, another run's."""
+    if isinstance(message, bytes):
+        return None  # a live preview image
+    try:
+        event = json.loads(message)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+        return None
+    data: dict[str, Any] = event["data"]
+    theirs = data.get("prompt_id")
+    if theirs is not None and theirs != prompt_id:
+        return None  # another client's run (ST's own, the user's in the browser)
+    return event.get("type"), data, theirs

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,18 +194,8 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def extract_answer(payload: Any, endpoint: Endpoint, budget: str) -> str:
-    """The cleaned prompt from a chat completions answer, or a clear error.
-
-    ``budget`` describes the token budget ("max_tokens=300") for the "reasoning ate it" message.
-    """
-
-    def bad(text: str) -> BadResponseError:
-        return BadResponseError(
-            f"{endpoint.label}: {text}", provider=endpoint.label, status=200, body=raw
-        )
-
-    raw = json.dumps(payload)[:2000] if payload is not None else ""
+def _first_choice(payload: Any, bad: Callable[[str], BadResponseError]) -> dict[str, Any]:
+    """The first choice of a chat completions answer (some proxies wrap it in ``data``)."""
     if (
         isinstance(payload, dict)
         and "choices" not in payload
@@ -220,7 +210,23 @@ def extract_answer(payload: Any, endpoint: Endpoint, budget: str) -> str:
     choices = payload.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise bad("the answer has no choices")
-    choice = choices[0]
+    first: dict[str, Any] = choices[0]
+    return first
+
+
+def extract_answer(payload: Any, endpoint: Endpoint, budget: str) -> str:
+    """The cleaned prompt from a chat completions answer, or a clear error.
+
+    ``budget`` describes the token budget ("max_tokens=300") for the "reasoning ate it" message.
+    """
+
+    def bad(text: str) -> BadResponseError:
+        return BadResponseError(
+            f"{endpoint.label}: {text}", provider=endpoint.label, status=200, body=raw
+        )
+
+    raw = json.dumps(payload)[:2000] if payload is not None else ""
+    choice = _first_choice(payload, bad)
     message: Any = choice.get("message")
     if not isinstance(message, dict):
         message = {"content": choice.get("text")} if isinstance(choice.get("text"), str) else {}

@@ -15,9 +15,9 @@ import os
 import re
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.config import Config
-from daemon.engine.front import Job, JobState
+from daemon.engine.front import PROGRESS_TEXT, Job, JobState, vocabulary
 from daemon.errors import (
     AmbiguousError,
     ChatReadError,
@@ -39,6 +39,16 @@ from daemon.errors import (
 from daemon.providers.decode import ImageRejected
 from daemon.tavern import layout
 from daemon.web.access import Caller, UserTokens, is_token_id
+from daemon.web.bodies import (
+    AcceptBody,
+    BodyError,
+    CancelQueuedBody,
+    EmptyBody,
+    GenerateBody,
+    PauseBody,
+    RegenBody,
+    UserTokenBody,
+)
 from daemon.web.context import WebContext
 from daemon.web.events import Event, stream_events
 from daemon.web.security import CALLER
@@ -50,7 +60,6 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
-MAX_PROMPT = 8000
 STATUS_CACHE_SECONDS = 5.0
 _JOB_REF = re.compile(r"^[0-9A-Za-z]{1,26}$")
 _IMAGE_NAME = re.compile(r"^image-\d{1,4}\.[a-z0-9]{1,5}$")
@@ -63,23 +72,13 @@ _MEDIA = {
     "avif": "image/avif",
 }
 _FOLDER_STATES = (JobState.PENDING, JobState.ACCEPTED)
-PROGRESS_TEXT = {
-    JobState.QUEUED: "waiting for its turn",
-    JobState.PROMPTING: "writing the prompt",
-    JobState.IMAGING: "drawing",
-    JobState.ACCEPTED: "writing into the chat",
-}
 
 
-class ApiError(Exception):
-    """An answer ``{"error": {"code", "message"}}`` with ``status``."""
+T = TypeVar("T")
 
-    def __init__(self, status: int, code: str, message: str, *, key: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.key = key  # the setting an "invalid" answer is about
+ApiError = BodyError
+"""An answer ``{"error": {"code", "message"}}`` with ``status`` (the bodies' own error type;
+``key``: the setting an "invalid" answer is about)."""
 
 
 def error_response(status: int, code: str, message: str, key: str | None = None) -> JSONResponse:
@@ -313,13 +312,9 @@ def _check_actions(request: Request) -> WebContext:
     return ctx
 
 
-def _int_field(data: dict[str, Any], key: str) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(422, "invalid", f"{key} must be a whole number")
-    return value
+async def _parsed(request: Request, parse: Callable[[dict[str, Any]], T]) -> T:
+    """The route's typed body (415, 413, 400 for the envelope; the type's own 422s)."""
+    return parse(await _body(request))
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -356,10 +351,9 @@ async def status(request: Request) -> Response:
         paused=_pause_for(who, paused.to_json()),
     )
     # So is the spend: an image made a moment ago counts at once (two sums over an index).
-    # It is everyone's together: the admin's to see.
-    if who.admin:
-        spend = await ctx.engine.spend()
-        data["spend"] = {**spend.to_json(), "line": spend.line()}
+    # A user sees the spend of their own chats only; the admin everyone's, with the caps.
+    spend = await ctx.engine.spend(users=who.handles)
+    data["spend"] = {**spend.to_json(), "line": spend.line()}
     return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
@@ -390,9 +384,15 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
-    data.pop("spend", None)  # everyone's together: the admin's
+    data.pop("spend", None)  # everyone's together: the caller's own is added by the route
     data["state_dir_bytes"] = None
     return data
+
+
+async def meta(request: Request) -> Response:
+    """The job vocabulary every client uses (daemon/jobstate.py): states, groups, labels."""
+    data = {"api": 1, "version": _ctx(request).version, **vocabulary()}
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
 
 async def list_jobs(request: Request) -> Response:
@@ -526,24 +526,13 @@ async def message(request: Request) -> Response:
 async def accept(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    data = await _body(request)
-    keep = data.get("keep")
-    if keep is not None:
-        if (
-            not isinstance(keep, list)
-            or not keep
-            or any(isinstance(n, bool) or not isinstance(n, int) for n in keep)
-        ):
-            raise ApiError(422, "invalid", "keep is a list of image numbers, like [1, 3]")
-        bad = [n for n in keep if not 1 <= n <= len(job.images)]
-        # Only a pending job's numbers are the user's mistake: a job another client accepted a
-        # moment ago holds only the images it kept, and the engine answers its state (409).
-        if bad and job.images and job.state is JobState.PENDING:
-            raise ApiError(
-                422, "invalid", f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]}"
-            )
+    body = await _parsed(request, AcceptBody.parse)
+    # Only a pending job's numbers are the user's mistake: a job another client accepted a
+    # moment ago holds only the images it kept, and the engine answers its state (409).
+    if job.state is JobState.PENDING:
+        body.check_against(job.id, len(job.images))
     try:
-        done = await ctx.engine.accept(job.id, keep)
+        done = await ctx.engine.accept(job.id, body.keep)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return JSONResponse(job_json(done, ctx.config, ctx.root))
@@ -552,7 +541,7 @@ async def accept(request: Request) -> Response:
 async def reject(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    await _body(request)
+    await _parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.reject(job.id)
     except JobError as exc:
@@ -564,7 +553,7 @@ async def restore(request: Request) -> Response:
     """Undo a reject: the job is back in the inbox with its images from the trash."""
     ctx = _check_actions(request)
     job = await _job(request)
-    await _body(request)
+    await _parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.restore(job.id)
     except JobError as exc:
@@ -576,7 +565,7 @@ async def cancel(request: Request) -> Response:
     """Stop a queued or running job (no image is made, or the one being made is dropped)."""
     ctx = _check_actions(request)
     job = await _job(request)
-    await _body(request)
+    await _parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.cancel(job.id)
     except JobError as exc:
@@ -587,11 +576,8 @@ async def cancel(request: Request) -> Response:
 async def cancel_queued(request: Request) -> Response:
     """Cancel every queued job (of one chat with ``{"chat": path}``); running ones go on."""
     ctx = _check_actions(request)
-    data = await _body(request)
-    chat = data.get("chat")
-    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
-        raise ApiError(422, "invalid", "chat must be a chat path")
-    done = await ctx.engine.cancel_queued(chat=chat, users=caller(request).handles)
+    body = await _parsed(request, CancelQueuedBody.parse)
+    done = await ctx.engine.cancel_queued(chat=body.chat, users=caller(request).handles)
     return JSONResponse({"cancelled": [j.id for j in done]})
 
 
@@ -632,28 +618,20 @@ async def pause(request: Request) -> Response:
         data = _pause_for(who, now.to_json())
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
     _check_actions(request)
-    data = await _body(request)
-    paused = data.get("paused")
-    chat = data.get("chat")
-    if not isinstance(paused, bool):
-        raise ApiError(422, "invalid", "paused is true or false")
-    chat_file = data.get("chat_file")  # ST's chat id (the extension knows the open chat so)
-    if chat is None and chat_file is not None:
-        if not isinstance(chat_file, str) or not chat_file or len(chat_file) > 1000:
-            raise ApiError(422, "invalid", "chat_file must be a chat id")
+    body = await _parsed(request, PauseBody.parse)
+    chat = body.chat
+    if chat is None and body.chat_file is not None:  # ST's chat id (the extension knows it so)
         try:
-            chat = await ctx.engine.chat_for_file(chat_file, users=who.handles)
+            chat = await ctx.engine.chat_for_file(body.chat_file, users=who.handles)
         except NotFoundError:
             raise ApiError(404, "not_found", "no such chat") from None
         except AmbiguousError as exc:
             raise ApiError(400, "ambiguous_chat", str(exc)) from None
-    if chat is not None and (not isinstance(chat, str) or not chat or len(chat) > 1000):
-        raise ApiError(422, "invalid", "chat must be a chat path")
     if not who.admin and chat is None:
         raise ApiError(403, "forbidden", "only the admin pauses every chat; name your chat")
     if chat is not None and not who.sees(chat.split("/", 1)[0]):
         raise ApiError(404, "not_found", "no such chat")
-    after = await ctx.engine.pause(paused, chat)
+    after = await ctx.engine.pause(body.paused, chat)
     ctx.hub.publish("pause", after.to_json())
     return JSONResponse(_pause_for(who, after.to_json()))
 
@@ -661,15 +639,9 @@ async def pause(request: Request) -> Response:
 async def regen(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    data = await _body(request)
-    prompt = data.get("prompt")
-    if prompt is not None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ApiError(422, "invalid", "prompt must be a non-empty text")
-        if len(prompt) > MAX_PROMPT:
-            raise ApiError(422, "invalid", f"prompt is longer than {MAX_PROMPT} characters")
+    body = await _parsed(request, RegenBody.parse)
     try:
-        new = await ctx.engine.regen(job.id, prompt)
+        new = await ctx.engine.regen(job.id, body.prompt)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     return JSONResponse(job_json(new, ctx.config, ctx.root), status_code=201)
@@ -677,25 +649,14 @@ async def regen(request: Request) -> Response:
 
 async def generate(request: Request) -> Response:
     ctx = _check_actions(request)
-    data = await _body(request)
-    chat = data.get("chat")
-    chat_file = data.get("chat_file")
-    for key, value in (("chat", chat), ("chat_file", chat_file)):
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ApiError(422, "invalid", f"{key} must be a non-empty text")
-        if isinstance(value, str) and ("\x00" in value or len(value) > 1000):
-            raise ApiError(400, "bad_chat", f"{key} is not a chat name")
-    mesid = _int_field(data, "mesid")
-    if mesid is not None and mesid < 0:
-        raise ApiError(422, "invalid", "mesid starts at 0")
-    force = data.get("force", False)
-    if not isinstance(force, bool):
-        raise ApiError(422, "invalid", "force is true or false")
-    if isinstance(chat, str) and (Path(chat).is_absolute() or chat.startswith(("~", "."))):
-        raise ApiError(400, "bad_chat", "give the chat relative to the data root, or a name")
+    body = await _parsed(request, GenerateBody.parse)
     try:
         made = await ctx.engine.generate(
-            chat, mesid, chat_file=chat_file, force=force, users=caller(request).handles
+            body.chat,
+            body.mesid,
+            chat_file=body.chat_file,
+            force=body.force,
+            users=caller(request).handles,
         )
     except UnsafePathError as exc:
         raise ApiError(400, "bad_chat", str(exc)) from None
@@ -766,17 +727,11 @@ async def list_user_tokens(request: Request) -> Response:
 
 async def create_user_token(request: Request) -> Response:
     users = _admin_tokens(request)
-    data = await _body(request)
-    handles = data.get("handles")
-    if isinstance(handles, str):
-        handles = [handles]
-    if not isinstance(handles, list) or not handles or not all(isinstance(h, str) for h in handles):
-        raise ApiError(422, "invalid", "handles is a list of SillyTavern user handles")
-    label = data.get("label", "")
-    if not isinstance(label, str):
-        raise ApiError(422, "invalid", "label is a text")
+    body = await _parsed(request, UserTokenBody.parse)
     try:
-        record, secret = await anyio.to_thread.run_sync(users.create, handles, label)
+        record, secret = await anyio.to_thread.run_sync(
+            users.create, list(body.handles), body.label
+        )
     except ConfigError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
     answer = {**record.to_json(), "token": secret}
@@ -814,6 +769,7 @@ def routes() -> list[Route]:
     job = "/api/v1/jobs/{job_id}"
     return [
         Route("/api/v1/status", status, methods=["GET"]),
+        Route("/api/v1/meta", meta, methods=["GET"]),
         Route("/api/v1/jobs", list_jobs, methods=["GET"]),
         Route(job, one_job, methods=["GET"]),
         Route(job + "/images/{n}", image, methods=["GET"]),

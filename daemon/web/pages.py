@@ -13,7 +13,14 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from daemon.engine.front import JobState
+from daemon.engine.front import (
+    CHOICE_STATES,
+    HISTORY_STATES,
+    INBOX_STATES,
+    WORKING_STATES,
+    JobState,
+    vocabulary,
+)
 from daemon.errors import JobError
 from daemon.tavern import layout
 from daemon.web.access import Caller
@@ -24,18 +31,6 @@ __all__ = ["HISTORY_STATES", "INBOX_STATES", "routes"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
-INBOX_STATES = (
-    JobState.QUEUED,
-    JobState.PROMPTING,
-    JobState.IMAGING,
-    JobState.PENDING,
-    JobState.ACCEPTED,
-    JobState.FAILED,
-)
-CHOICE_STATES = (JobState.PENDING, JobState.FAILED)
-"""The grid: jobs waiting for the user's decision. The others are in the strip above it."""
-WORKING_STATES = (JobState.QUEUED, JobState.PROMPTING, JobState.IMAGING, JobState.ACCEPTED)
-HISTORY_STATES = (JobState.COMMITTED, JobState.REJECTED, JobState.FAILED, JobState.SUPERSEDED)
 INBOX_PAGE = 48
 """Cards in the first paint; "Show more" fetches the next page (the count says what is left)."""
 STRIP_LIMIT = 200
@@ -61,7 +56,8 @@ def _safe_json(value: Any) -> str:
 
 
 def _render(name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    html = _env.get_template(name).render(**values)
+    # Every page carries the job vocabulary (GET /api/v1/meta) for its scripts.
+    html = _env.get_template(name).render(meta=_safe_json(vocabulary()), **values)
     return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
 

@@ -145,7 +145,7 @@ def web_url(config: Config) -> tuple[str, bool]:
     """The address to open (``?token=`` added when one is needed) and whether the daemon's
     inbox is up (its ``web.json`` exists and a daemon holds the state dir: a file left by a
     killed daemon is not believed); else the configured address."""
-    from daemon.engine.process.lock import daemon_running
+    from daemon.engine.front import daemon_running
 
     found = read_address(config.state_dir) if daemon_running(config.state_dir) else None
     if found is not None:
@@ -198,18 +198,9 @@ def _quiet_uvicorn() -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-async def serve_web(
-    engine: Engine,
-    *,
-    draining: Callable[[], bool],
-    stop_running: Callable[[str, str], bool] | None = None,
-    ping_seconds: float = 15.0,
-    task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve the inbox over ``engine`` until cancelled (then stop it within
-    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
-    config = engine.config
-    root = await engine.root()
+async def _prepare_access(config: Config, root: Path) -> tuple[str, UserTokens, _HandleCount, int]:
+    """The admin's token, the user tokens and how many ST users are watched (said in the log
+    when that makes loopback ask for a token)."""
     web = config.web
     # The admin's token always exists: loopback may need it as soon as a second ST user appears.
     token = await anyio.to_thread.run_sync(load_token, config)  # ConfigError: refuse
@@ -225,6 +216,23 @@ async def serve_web(
             "one; web.require_token = false shares one inbox for a household)",
             users=handle_count,
         )
+    return token, users, handles, handle_count
+
+
+async def serve_web(
+    engine: Engine,
+    *,
+    draining: Callable[[], bool],
+    stop_running: Callable[[str, str], bool] | None = None,
+    ping_seconds: float = 15.0,
+    task_status: TaskStatus[WebContext | None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the inbox over ``engine`` until cancelled (then stop it within
+    :data:`SHUTDOWN_SECONDS`); the daemon's ``Face``, composed by the ``run`` command."""
+    config = engine.config
+    root = await engine.root()
+    web = config.web
+    token, users, handles, handle_count = await _prepare_access(config, root)
     try:
         sock = bind_socket(web.host, web.port)
     except OSError as exc:

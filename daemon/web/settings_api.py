@@ -20,7 +20,8 @@ from daemon.configure.fields import settings_view
 from daemon.configure.keys import SECRET_FILES
 from daemon.configure.live import LiveConfig
 from daemon.configure.writer import ConfigWriter, plan
-from daemon.engine.look.styles import SHIPPED, all_styles
+from daemon.engine.front import SHIPPED_STYLES as SHIPPED
+from daemon.engine.front import all_styles
 from daemon.errors import ConfigError
 from daemon.providers.presets import image_presets, text_presets
 from daemon.web.api import ApiError, _body, _ctx, caller

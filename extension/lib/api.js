@@ -117,6 +117,7 @@ export function createApi({ base, token, fetch: fetchImpl, timeoutMs = REQUEST_T
         url,
         headers,
         status: () => send('GET', '/api/v1/status'),
+        meta: () => send('GET', '/api/v1/meta'),
         jobs: (query) => send('GET', `/api/v1/jobs${jobsQuery(query)}`),
         job: (id) => send('GET', `/api/v1/jobs/${encodeURIComponent(id)}`),
         message: (id) => send('GET', `/api/v1/jobs/${encodeURIComponent(id)}/message`),

@@ -6,6 +6,7 @@ import {
     CommitLedger,
     FINAL_STATES,
     RUNNING_STATES,
+    STATE_LABELS,
     chatKeyOf,
     cloneMessage,
     findMarker,
@@ -25,13 +26,7 @@ export const SEEN_LIMIT = 500;
 /** How often a deferred insert is tried again. */
 export const RETRY_MS = 1500;
 
-const STEP_TEXT = {
-    queued: 'queued',
-    prompting: 'writing the prompt',
-    imaging: 'drawing the image',
-    pending: 'ready for review',
-    accepted: 'accepted, writing into the chat',
-};
+const STEP_TEXT = STATE_LABELS; // the daemon's words once connected (useVocabulary)
 
 /** The progress line of a job started from this tab. */
 export function progressText(job) {

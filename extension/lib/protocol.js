@@ -9,11 +9,42 @@
 /** Top-level `extra` key of every message the daemon writes; its value is the job id. */
 export const MARKER_KEY = 'st_imagegen_job';
 
-/** Job states in which a job still runs (progress toasts follow these). */
-export const RUNNING_STATES = Object.freeze(['queued', 'prompting', 'imaging']);
+/** Job states in which a job still runs (progress toasts follow these): the daemon's group
+ * `active`. Like the two below, replaced in place by the daemon's own vocabulary
+ * (`GET /api/v1/meta`) when the tab connects: see `useVocabulary`. */
+export const RUNNING_STATES = ['queued', 'prompting', 'imaging'];
 
-/** Job states after which nothing more happens to a job. */
-export const FINAL_STATES = Object.freeze(['committed', 'rejected', 'superseded', 'failed']);
+/** Job states after which nothing more happens to a job: the daemon's group `final`. */
+export const FINAL_STATES = ['committed', 'rejected', 'superseded', 'failed'];
+
+/** A few words for each state (the daemon's `labels`). */
+export const STATE_LABELS = {
+    queued: 'queued',
+    prompting: 'writing the prompt',
+    imaging: 'drawing the image',
+    pending: 'ready for review',
+    accepted: 'accepted, writing into the chat',
+};
+
+/**
+ * Take the daemon's job vocabulary (`GET /api/v1/meta`: states, groups, labels) in place of the
+ * defaults above, so the tab and the daemon never disagree on what a state means.
+ * @param {any} meta
+ * @returns {boolean} whether it was usable
+ */
+export function useVocabulary(meta) {
+    const groups = meta && typeof meta === 'object' ? meta.groups : null;
+    const words = (list) => Array.isArray(list) && list.every(s => typeof s === 'string');
+    if (!groups || !words(groups.active) || !words(groups.final)) return false;
+    RUNNING_STATES.splice(0, RUNNING_STATES.length, ...groups.active);
+    FINAL_STATES.splice(0, FINAL_STATES.length, ...groups.final);
+    if (meta.labels && typeof meta.labels === 'object') {
+        for (const [state, text] of Object.entries(meta.labels)) {
+            if (typeof text === 'string') STATE_LABELS[state] = text;
+        }
+    }
+    return true;
+}
 
 /**
  * Our job id if `message` was written by the daemon (top-level `extra` only: ST copies `extra`

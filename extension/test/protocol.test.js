@@ -5,7 +5,8 @@ import { describe, it } from 'node:test';
 import { aliceChat, imageMessage, job, reply, userMessage } from './helpers.js';
 import {
     CommitLedger, chatKeyOf, generateBody, cloneMessage, findMarker, findReply, firstDate, insertIndex,
-    jobInChat, markerOf, openChatOf, planInsert, revisionOf,
+    FINAL_STATES, RUNNING_STATES, STATE_LABELS, jobInChat, markerOf, openChatOf, planInsert, revisionOf,
+    useVocabulary,
 } from '../lib/protocol.js';
 
 const AFTER = { name: 'Alice', send_date: '2026-11-23T22:06:11.428Z', mesid: 2 };
@@ -172,5 +173,29 @@ describe('CommitLedger', () => {
         assert.equal(ledger.wants('c:B:b', 'NEW'), false); // another chat
         ledger.done('NEW');
         assert.equal(ledger.wants(key, 'NEW'), false);
+    });
+});
+
+describe('vocabulary', () => {
+    it('takes the daemon\'s states, groups and labels (GET /api/v1/meta) in place', () => {
+        const before = [[...RUNNING_STATES], [...FINAL_STATES], { ...STATE_LABELS }];
+        try {
+            assert.equal(useVocabulary(null), false);
+            assert.equal(useVocabulary({ groups: { active: 'queued' } }), false);
+            assert.deepEqual(RUNNING_STATES, before[0]); // a bad answer changes nothing
+            const meta = {
+                groups: { active: ['queued', 'prompting', 'imaging', 'waiting'], final: ['committed', 'gone'] },
+                labels: { waiting: 'waiting for a slot' },
+            };
+            assert.equal(useVocabulary(meta), true);
+            assert.deepEqual(RUNNING_STATES, ['queued', 'prompting', 'imaging', 'waiting']);
+            assert.deepEqual(FINAL_STATES, ['committed', 'gone']);
+            assert.equal(STATE_LABELS.waiting, 'waiting for a slot');
+        } finally {
+            RUNNING_STATES.splice(0, Infinity, ...before[0]);
+            FINAL_STATES.splice(0, Infinity, ...before[1]);
+            for (const key of Object.keys(STATE_LABELS)) delete STATE_LABELS[key];
+            Object.assign(STATE_LABELS, before[2]);
+        }
     });
 });

@@ -279,3 +279,48 @@ async def test_a_filter_change_applies_to_the_next_reply(
 
         job = await async_wait_for(made, within=RELOAD_TIMEOUT)
         assert job.excerpt.startswith("Fine")
+
+
+async def test_a_key_file_edited_in_place_reaches_the_next_job(
+    tmp_path: Path, root: Path, fake_api: FakeAPI
+) -> None:
+    """A key file (``<config dir>/keys/<secret>``, 0600) rewritten by hand in place, the TOML
+    untouched: the next job calls with the new key."""
+    old, new = "sk-old-key-0000000000000000", "sk-new-key-1111111111111111"
+    path = write_config(tmp_path, root, fake_api)
+    ConfigWriter(ConfigSource.find(path, environ={})).apply(
+        {}, secrets_given={"image.api_key": old, "text.api_key": old}
+    )
+    fake_api.key = old
+    toml_before = path.read_bytes()
+    async with live_service(path) as service:
+        assert service.config.image.api_key.get_secret_value() == old
+        fake_api.key = new  # the service's key was rotated: the old one is refused
+        for secret in ("image.api_key", "text.api_key"):
+            key_file = path.parent / "keys" / secret
+            inode = key_file.stat().st_ino
+            with key_file.open("r+", encoding="utf-8") as fh:  # in place, as an editor may
+                fh.truncate(0)
+                fh.write(new + "\n")
+            assert key_file.stat().st_ino == inode
+        assert path.read_bytes() == toml_before
+
+        async def both_keys_read() -> bool:
+            config = service.config
+            return (
+                config.image.api_key.get_secret_value() == new
+                and config.text.api_key.get_secret_value() == new
+            )
+
+        await async_wait_for(both_keys_read, within=RELOAD_TIMEOUT)
+        chat = new_chat(root)
+        tab = await started_chat(service, chat, character="Alice")
+        tab.send_user("Draw the harbour.").save()
+        tab.reply("Alice", "*She points at the boats.* The harbour, at dusk.").save()
+
+        async def pending() -> object:
+            jobs = await jobs_of(service, chat)
+            return jobs and jobs[0].state is JobState.PENDING and jobs[0]
+
+        await async_wait_for(pending, within=RELOAD_TIMEOUT)
+        assert fake_api.count("images/generations") == 1

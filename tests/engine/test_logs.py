@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from daemon import logs
 from daemon.config import LogSettings, load_config
-from daemon.engine.store import Job, JobState
+from daemon.jobstate import Job, JobState
 from daemon.logs import (
     REDACTED,
     configure_logging,
@@ -233,3 +233,18 @@ def test_job_log_one_line_per_step() -> None:
     assert first["state"] == "pending" and first["duration"] == 1.235 and first["images"] == 2
     assert second["level"] == "warning" and second["error"] == f"401 for key {REDACTED}"
     assert "duration" not in second
+
+
+def test_without_a_stream_it_writes_to_the_current_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Regression: the handler kept the stderr object of its set-up; once that was closed (a
+    test's captured stderr), every later line failed with "I/O operation on closed file"."""
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    configure_logging(LogSettings(level="info", format="json"))
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr("sys.stderr", second)
+    structlog.get_logger("st_imagegen.test").warning("still heard", card="Alice.png")
+    assert json.loads(second.getvalue())["event"] == "still heard"

@@ -184,3 +184,128 @@ def test_only_the_providers_and_the_config_name_a_backend() -> None:
 def test_the_backend_name_guard_sees_a_name_test() -> None:
     tree = ast.parse('"""About openai."""\nif backend != "openai":\n    pass\n')
     assert [text for _, text in _strings(tree)] == ["openai"]
+
+
+# --- the layer rules (docs/architecture.md) ------------------------------------------------------
+
+FACES = ("daemon.cli", "daemon.web")
+"""What a user acts through; ``daemon.doctor`` and ``daemon.extension`` are tools beside them."""
+
+ABOVE_THE_ENGINE = (*FACES, "daemon.doctor", "daemon.extension", "daemon.__main__")
+
+FRONT = "daemon.engine.front"
+SERVICE = "daemon.engine.process.service"
+
+DOOR_EXCEPTIONS = {
+    # The run command starts the daemon process with its web face.
+    ("daemon.cli.commands", SERVICE),
+    # `list`'s read-only fast path: one SELECT with the store's own query over a read-only
+    # sqlite3 connection, when the engine would cost a second to start (daemon/cli/quick.py).
+    ("daemon.cli.quick", "daemon.engine.store.reads"),
+    ("daemon.cli.quick", "daemon.engine.store.schema"),
+}
+"""The named ways past the front door; anything else is a failure of the rule."""
+
+
+def _within(module: str, *prefixes: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def _imports_of(*prefixes: str) -> dict[str, set[str]]:
+    """What each module under ``prefixes`` imports of the daemon (the root package's version
+    number aside)."""
+    graph = _graph()
+    return {
+        module: {m for m in imported if m != "daemon"}
+        for module, imported in graph.items()
+        if _within(module, *prefixes)
+    }
+
+
+def _offenders(modules: dict[str, set[str]], allowed: tuple[str, ...]) -> list[str]:
+    return sorted(
+        f"{module} imports {imported}"
+        for module, found in modules.items()
+        for imported in found
+        if not _within(imported, *allowed)
+    )
+
+
+def test_tavern_imports_nothing_above_it() -> None:
+    """The SillyTavern files (chats, cards, layout, writes) know nothing of jobs or services."""
+    assert _offenders(_imports_of("daemon.tavern"), ("daemon.tavern", "daemon.errors")) == []
+
+
+def test_providers_import_only_the_config_and_the_errors() -> None:
+    """An image or text backend is an HTTP client over the config: no job, store or chat."""
+    allowed = ("daemon.providers", "daemon.config", "daemon.errors")
+    assert _offenders(_imports_of("daemon.providers"), allowed) == []
+
+
+def test_the_job_vocabulary_sits_below_the_store_and_the_logs() -> None:
+    assert _offenders(_imports_of("daemon.jobstate"), ("daemon.tavern.chat",)) == []
+    logs = _imports_of("daemon.logs")
+    assert _offenders(logs, ("daemon.config", "daemon.jobstate", "daemon.errors")) == []
+
+
+def test_the_store_is_persistence_only() -> None:
+    """The store keeps rows: it imports no other room of the engine, no provider, no face."""
+    allowed = ("daemon.engine.store", "daemon.jobstate", "daemon.tavern", "daemon.errors")
+    assert _offenders(_imports_of("daemon.engine.store"), allowed) == []
+
+
+def test_no_upward_import() -> None:
+    """Nothing below the faces imports a face, the doctor or the extension installer; the
+    daemon process is composed with its web face from the top (the ``run`` command)."""
+    below = _imports_of(
+        "daemon.engine",
+        "daemon.tavern",
+        "daemon.providers",
+        "daemon.jobstate",
+        "daemon.logs",
+        "daemon.config",
+        "daemon.errors",
+    )
+    upward = sorted(
+        f"{module} imports {imported}"
+        for module, found in below.items()
+        for imported in found
+        if _within(imported, *ABOVE_THE_ENGINE)
+    )
+    assert upward == []
+
+
+def test_faces_use_only_the_front_door() -> None:
+    """The CLI, the web, the doctor and the extension installer reach the engine through
+    ``engine/front.py`` alone; the exceptions are named in :data:`DOOR_EXCEPTIONS` (the ``run``
+    command, which starts the daemon process with its web face, and ``list``'s read-only fast
+    path)."""
+    reached = sorted(
+        f"{module} imports {imported}"
+        for module, found in _imports_of(*ABOVE_THE_ENGINE).items()
+        for imported in found
+        if _within(imported, "daemon.engine") and imported != FRONT
+        if (module, imported) not in DOOR_EXCEPTIONS
+    )
+    assert reached == []
+
+
+def test_inside_the_engine_only_the_daemon_process_builds_on_the_front_door() -> None:
+    """The rooms along the job's journey (intake, look, jobs, commit, store) never import the
+    front door or the daemon process that sit on top of them."""
+    top = sorted(
+        f"{module} imports {imported}"
+        for module, found in _imports_of("daemon.engine").items()
+        for imported in found
+        if imported in (FRONT, SERVICE) and (module, imported) != (SERVICE, FRONT)
+        if module not in (FRONT, SERVICE)
+    )
+    assert top == []
+
+
+def test_the_rules_see_a_violation() -> None:
+    assert _offenders({"daemon.tavern.x": {"daemon.engine.store"}}, ("daemon.tavern",)) == [
+        "daemon.tavern.x imports daemon.engine.store"
+    ]
+    assert _within("daemon.engine.front", "daemon.engine")
+    assert not _within("daemon.engineering", "daemon.engine")

@@ -58,6 +58,10 @@ def _png(side: int, shade: int) -> bytes:
     return buf.getvalue()
 
 
+GATE_SECONDS = 30.0
+"""Longest POST /prompt holds its answer at a closed ``answer_gate``."""
+
+
 @dataclass
 class FakeComfy:
     """State shared with the server thread; set the knobs from the test at any time."""
@@ -73,6 +77,8 @@ class FakeComfy:
     fail_message: str = "Error while deserializing header: HeaderTooLarge"
     fail_type: str = "safetensors_rust.SafetensorsError"
     view: ViewAnswer | None = None  # a hostile /view
+    # When set, POST /prompt queues the run and then holds its answer until the gate opens.
+    answer_gate: threading.Event | None = None
     outputs_override: dict[str, Any] | None = None  # a hostile history "outputs"
     requests: list[tuple[str, str, Any]] = field(default_factory=list)
     prompts: dict[str, dict[str, Any]] = field(default_factory=dict)  # prompt_id -> workflow
@@ -328,6 +334,8 @@ def _app(api: FakeComfy) -> Starlette:
         assert api._wake is not None
         api._wake.set()
         await api._broadcast_status()
+        if api.answer_gate is not None:
+            await asyncio.to_thread(api.answer_gate.wait, GATE_SECONDS)
         return JSONResponse({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     async def history(request: Request) -> Response:

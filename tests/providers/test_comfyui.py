@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -309,6 +310,27 @@ async def test_cancelling_a_running_job_interrupts_it(
     assert comfy.seen("POST", "/interrupt") == [{"prompt_id": ours}]
     await wait_until(lambda: ours in comfy.history)
     assert comfy.history[ours]["status"]["status_str"] == "error"
+
+
+async def test_a_job_given_up_while_its_queue_answer_is_on_the_way_is_still_interrupted(
+    comfy: FakeComfy, client: httpx.AsyncClient
+) -> None:
+    """Regression (seen under load): the run was queued and running in ComfyUI, but the
+    answer naming it had not arrived when the job was cancelled, so nothing interrupted it."""
+    comfy.step_seconds = 0.05
+    comfy.answer_gate = threading.Event()
+    gen = backend(comfy, client, steps=200)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gen.generate, ImageRequest(prompt="p"))
+            await wait_until(lambda: comfy.running_id() is not None)
+            ours = comfy.running_id()
+            tg.cancel_scope.cancel()  # the answer to POST /prompt is still held
+            comfy.answer_gate.set()
+    finally:
+        comfy.answer_gate.set()
+    assert ours is not None
+    assert comfy.seen("POST", "/interrupt") == [{"prompt_id": ours}]
 
 
 async def test_cancelling_a_queued_job_deletes_it_and_spares_the_running_one(

@@ -230,6 +230,28 @@ async def test_generate_revives_a_job_swiped_away_and_back(
     assert fake_api.count("images/generations") == calls  # its own images, no new call
 
 
+async def test_meta_serves_the_one_job_vocabulary(inbox: Inbox) -> None:
+    from daemon.jobstate import vocabulary
+
+    async with inbox.client() as c:
+        got = await c.get("/api/v1/meta")
+        page = await c.get("/")
+    assert got.status_code == 200
+    data = got.json()
+    assert {k: v for k, v in data.items() if k not in ("api", "version")} == vocabulary()
+    assert data["groups"]["inbox"] == [
+        "queued",
+        "prompting",
+        "imaging",
+        "pending",
+        "accepted",
+        "failed",
+    ]
+    # The pages carry the same vocabulary for their scripts (common.js reads it).
+    assert '<script id="st-meta" type="application/json">' in page.text
+    assert '"cancellable":["queued","prompting","imaging"]' in page.text.replace(" ", "")
+
+
 async def test_errors_are_json_with_the_right_status(inbox: Inbox) -> None:
     job = await inbox.pending()
     async with inbox.client() as c:
@@ -390,7 +412,7 @@ async def test_keys_never_reach_an_answer(
 async def test_a_backends_progress_is_in_the_job_and_the_stream(inbox: Inbox) -> None:
     job = await inbox.pending("steps")
     store = inbox.service.store
-    await store.transition(job.id, JobState.PENDING, JobState.IMAGING)
+    await store.transition(job.id, JobState.PENDING, JobState.IMAGING, check=False)
     async with inbox.client() as c, c.stream("GET", "/api/v1/events") as stream:
         lines = stream.aiter_lines()
         await _events(lines, 1)  # hello

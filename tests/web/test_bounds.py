@@ -58,12 +58,21 @@ async def _still_held(inbox: Inbox, job_id: str) -> bool:
 
 
 async def test_retention_prunes_old_history_at_start_and_never_committed_images(
-    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI, capsys: pytest.CaptureFixture[str]
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
 ) -> None:
     import dataclasses
+    import io
     import os
     import sqlite3
     import time
+
+    from daemon.config import LogSettings
+    from daemon.logs import configure_logging
+
+    # The log goes where this test reads it, whatever an earlier test set up (in a whole run
+    # the last set-up was another test's: the line never reached this test's stdout).
+    logged = io.StringIO()
+    configure_logging(LogSettings(level="info", format="console"), stream=logged)
     from datetime import UTC, datetime, timedelta
 
     from daemon.engine.process.status import gather_status
@@ -120,7 +129,7 @@ async def test_retention_prunes_old_history_at_start_and_never_committed_images(
     assert not shelf.exists() and not (thumbs / "stale.webp").exists()
     assert (thumbs / "fresh.webp").exists()
     assert report.state_dir_bytes is not None and report.state_dir_bytes > 0
-    out = capsys.readouterr().out
+    out = logged.getvalue()
     lines = [line for line in out.splitlines() if "retention" in line and "job_rows" in line]
     assert len(lines) == 1 and "job_rows=2" in lines[0], lines
 

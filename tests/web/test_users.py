@@ -63,9 +63,14 @@ async def _pending(inbox: Inbox, user: str, name: str) -> Job:
 
 @contextlib.asynccontextmanager
 async def two_users(
-    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI, **web: Any
+    make_config: MakeConfig,
+    tmp_path: Path,
+    fake_api: FakeAPI,
+    prices: dict[str, float] | None = None,
+    **web: Any,
 ) -> AsyncIterator[Two]:
-    config = web_config(make_config, tmp_path, fake_api, web=web)
+    extra: dict[str, Any] = {"prices": prices} if prices else {}
+    config = web_config(make_config, tmp_path, fake_api, web=web, **extra)
     root = config.data_root
     assert root is not None
     for user in ("alice", "bob"):
@@ -291,7 +296,6 @@ async def test_the_pause_switch_names_only_the_callers_own_chats(two: Two) -> No
         status = (await alice.get("/api/v1/status")).json()
         text = json.dumps(status)
         assert "cellar" not in text, text[max(0, text.find("cellar") - 300) :][:400]
-        assert "spend" not in status
         theirs = await alice.post("/api/v1/pause", json={"paused": False, "chat": two.bob_chat})
         assert theirs.status_code == 404
         everything = await alice.post("/api/v1/pause", json={"paused": True})
@@ -341,3 +345,31 @@ async def test_the_admin_makes_and_revokes_a_token_on_the_settings_page(two: Two
             await row.wait_for(state="detached")
             assert (await phone.get("/api/v1/jobs")).status_code == 401
         assert not errors, errors
+
+
+async def test_each_user_sees_the_spend_of_their_own_chats_and_the_admin_all(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """The spend figures of ``status`` (the inbox header) are the caller's: Alice's share, not
+    the daemon's total, and without the daemon's caps; the admin sees the total and the caps."""
+    price = 0.25
+    async with two_users(make_config, tmp_path, fake_api, prices={"fake-image": price}) as two:
+        store = two.inbox.service.store
+        start, end = datetime(2000, 1, 1, tzinfo=UTC), datetime(3000, 1, 1, tzinfo=UTC)
+        everyone = await store.spend_between(start, end)
+        alices = await store.spend_between(start, end, users=["alice"])
+        assert everyone.images == 2 * alices.images > 0  # both calls recorded, one each
+        seen: dict[str, dict[str, Any]] = {}
+        for name, token in (("admin", two.admin), ("alice", two.alice), ("bob", two.bob)):
+            async with two.client(token) as c:
+                answer = await c.get("/api/v1/status")
+                assert answer.status_code == 200
+                seen[name] = answer.json()["spend"]
+        for user in ("alice", "bob"):
+            own = seen[user]
+            assert own["today_images"] == own["month_images"] == alices.images
+            assert own["today_usd"] == pytest.approx(price * alices.images)
+            assert own["daily_budget"] is None and own["monthly_budget"] is None
+            assert f"today {price * alices.images:.2f} USD" in own["line"]
+        assert seen["admin"]["today_images"] == everyone.images
+        assert seen["admin"]["today_usd"] == pytest.approx(price * everyone.images)

@@ -678,24 +678,11 @@ class Committer:
                 await self._check_images_of(entry)
             except _NotCommittable:
                 continue  # retired; look at the rest
-            try:
-                if replace:
-                    written = await self._rewrite(rel, path, plan, line, entry.message)
-                else:
-                    written = await self._write(
-                        rel, path, plan, plan.insert_position(), entry.message
-                    )
-            except TavernError as exc:
-                log.warning(
-                    "reconcile: re-insert failed", chat=rel, job=entry.job_id, error=str(exc)
-                )
+            written = await self._reinsert(rel, path, plan, entry, line, replace)
+            if written is None:
                 return inserted
             if written:
                 inserted += 1
-                if not replace:
-                    log.info(
-                        "image message re-inserted after a stale save", chat=rel, job=entry.job_id
-                    )
                 if len(todo) == 1:
                     return inserted  # nothing else was missing: no need to read it again
             else:
@@ -703,6 +690,29 @@ class Committer:
                 await anyio.sleep(_backoff(conflicts))
         log.warning("reconcile gave up for now: the chat kept changing", chat=rel)
         return inserted
+
+    async def _reinsert(
+        self,
+        rel: str,
+        path: Path,
+        plan: _Plan,
+        entry: LedgerEntry,
+        line: LineMessage,
+        replace: bool,
+    ) -> bool | None:
+        """Write ``entry``'s message into the chat again (in place of ``line`` when
+        ``replace``): True written, False a conflict (read again), None given up."""
+        try:
+            if replace:
+                written = await self._rewrite(rel, path, plan, line, entry.message)
+            else:
+                written = await self._write(rel, path, plan, plan.insert_position(), entry.message)
+        except TavernError as exc:
+            log.warning("reconcile: re-insert failed", chat=rel, job=entry.job_id, error=str(exc))
+            return None
+        if written and not replace:
+            log.info("image message re-inserted after a stale save", chat=rel, job=entry.job_id)
+        return written
 
     async def _judge(
         self,

@@ -42,8 +42,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from daemon.config import DetectSettings
-from daemon.engine.store import job_key
 from daemon.errors import UnsafePathError
+from daemon.jobstate import ReplyKey
 from daemon.tavern.chat import (
     Cursor,
     Message,
@@ -279,8 +279,13 @@ class JobSpec:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     @property
+    def reply(self) -> ReplyKey:
+        """Which reply, in which text, the job would illustrate."""
+        return ReplyKey(self.user, self.chat, self.identity_name, self.identity_date, self.revision)
+
+    @property
     def key(self) -> str:
-        return job_key(self.user, self.chat, self.identity_name, self.identity_date, self.revision)
+        return self.reply.key()
 
     @property
     def reason(self) -> str:

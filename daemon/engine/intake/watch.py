@@ -281,8 +281,9 @@ class Watcher:
                     self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
                 )
             # The config file's folder, not the file: editors and our writer replace the file.
+            # 0700: the key files' folder holds secrets (a config folder made here is private too).
             for folder in {f.absolute().parent for f in self.config_files}:
-                folder.mkdir(parents=True, exist_ok=True)
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
                 self._observer.schedule(
                     self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
                 )

@@ -11,7 +11,7 @@ never both call.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 
@@ -116,15 +116,24 @@ class SpendSummary:
 
 
 async def spend_summary(
-    config: Config, store: Store, now: datetime, tz: tzinfo | None = None
+    config: Config,
+    store: Store,
+    now: datetime,
+    tz: tzinfo | None = None,
+    *,
+    users: Collection[str] | None = None,
 ) -> SpendSummary:
+    """The daemon's spend and caps, or (``users`` given) only the spend in those ST handles'
+    chats: then without the caps, which are the whole daemon's and would compare one user's
+    share against everyone's budget."""
     day = day_window(now, tz)
     month = month_window(now, tz)
+    daemon_wide = users is None
     return SpendSummary(
-        today=await store.spend_between(*day),
-        month=await store.spend_between(*month),
-        daily_budget=config.limits.daily_budget,
-        monthly_budget=config.limits.monthly_budget,
+        today=await store.spend_between(*day, users=users),
+        month=await store.spend_between(*month, users=users),
+        daily_budget=config.limits.daily_budget if daemon_wide else None,
+        monthly_budget=config.limits.monthly_budget if daemon_wide else None,
     )
 
 

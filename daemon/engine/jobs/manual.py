@@ -47,7 +47,7 @@ from daemon.config import Config
 from daemon.configure.ready import setup_missing
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.process.status import daemon_status
-from daemon.engine.store import FINAL_STATES, Job, JobState, Store, job_key
+from daemon.engine.store import Job, JobState, Store
 from daemon.errors import (
     AmbiguousError,
     CardError,
@@ -59,6 +59,7 @@ from daemon.errors import (
     StImagegenError,
     UnsafePathError,
 )
+from daemon.jobstate import WAIT_STOP_STATES, ReplyKey
 from daemon.tavern import cards, layout
 from daemon.tavern.chat import Chat, Message, read_chat
 from daemon.tavern.layout import ChatRef
@@ -86,7 +87,7 @@ RETRY_CHECK_SECONDS = 5.0
 _LIST_MAX = 12
 """At most this many candidates are listed in an error."""
 
-STOP_STATES = frozenset(FINAL_STATES | {JobState.PENDING})
+STOP_STATES = WAIT_STOP_STATES
 """Where ``--wait`` stops: the images wait for the user, or the job is done."""
 
 
@@ -259,33 +260,37 @@ def resolve_chat_spec(root: Path, users: Sequence[str], spec: str | None) -> Cha
         splits.append((text[:i], text[i + 1 :]))
     for name, chat in splits:
         found = _match_targets(targets, name.strip())
-        if not found:
-            continue
-        if chat is None:
-            if len(found) > 1:
-                raise AmbiguousError(
-                    f"{name!r} is ambiguous: {_listing([t.label for t in found])}; "
-                    "give the chat path relative to the data root instead"
-                )
-            return _newest(found[0].chats)
-        matches: list[ChatRef] = []
-        errors: list[JobError] = []
-        for target in found:
-            try:
-                matches.append(_match_chat(target, chat.strip()))
-            except JobError as exc:
-                errors.append(exc)
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            raise AmbiguousError(
-                f"{text!r} is ambiguous: {_listing([m.rel for m in matches])}; "
-                "give the chat path relative to the data root instead"
-            )
-        raise errors[0]
+        if found:
+            return _chat_of(found, name, chat, text)
     names = sorted({t.names[-1] for t in targets})
     hint = f"; known: {_listing(names)}" if names else "; no characters or groups found"
     raise NotFoundError(f"no character, group or chat file matches {spec!r}{hint}")
+
+
+def _chat_of(found: Sequence[_Target], name: str, chat: str | None, text: str) -> ChatRef:
+    """The chat ``chat`` (None: the newest) of the one target among ``found``."""
+    if chat is None:
+        if len(found) > 1:
+            raise AmbiguousError(
+                f"{name!r} is ambiguous: {_listing([t.label for t in found])}; "
+                "give the chat path relative to the data root instead"
+            )
+        return _newest(found[0].chats)
+    matches: list[ChatRef] = []
+    errors: list[JobError] = []
+    for target in found:
+        try:
+            matches.append(_match_chat(target, chat.strip()))
+        except JobError as exc:
+            errors.append(exc)
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise AmbiguousError(
+            f"{text!r} is ambiguous: {_listing([m.rel for m in matches])}; "
+            "give the chat path relative to the data root instead"
+        )
+    raise errors[0]
 
 
 # --- choosing the message ----------------------------------------------------------------------
@@ -382,8 +387,8 @@ async def create_for(
     job = await store.create_job(**fields)
     if job is not None:
         return job, True
-    key = job_key(sel.chat.user, sel.chat.rel, identity.name, identity.first_date, revision)
-    existing = await store.find_job(key)
+    reply = ReplyKey(sel.chat.user, sel.chat.rel, identity.name, identity.first_date, revision)
+    existing = await store.find_job(reply.key())
     if not force:
         if existing is None:  # pragma: no cover - a key conflict implies the row exists
             raise JobError("the job store refused the job and holds none for this reply")
@@ -394,7 +399,7 @@ async def create_for(
             if revived is not None:
                 return revived, True
         return existing, False
-    same = await store.jobs_for_reply(sel.chat.rel, identity.name, identity.first_date)
+    same = await store.jobs_for(reply)
     regen = 1 + max((j.regen for j in same if j.revision == revision), default=0)
     job = await store.create_job(**fields, regen=regen)
     if job is None:
@@ -433,7 +438,9 @@ async def follow(
                     "(st-imagegen run) and open its address, or set them in the config file"
                 )
             # Opened here, not in the task: a configuration error reaches the user as itself.
-            deps = await stack.enter_async_context(open_job_deps(config, store=store, root=root))
+            deps = await stack.enter_async_context(
+                open_job_deps(config, store=store, root=root, strict=True)
+            )
             if running_here is not None:
                 running_here()
         current = job

@@ -34,7 +34,7 @@ from daemon.engine.jobs.swipes import carry_images, earlier_images, new_variant_
 from daemon.engine.look.consistency import plan_look, stamp_images
 from daemon.engine.look.references import load_references
 from daemon.engine.process.pause import read_pause
-from daemon.engine.store import ACTIVE_STATES, Job, JobState, Store
+from daemon.engine.store import ACTIVE_STATES, Job, JobState, States, Store
 from daemon.errors import (
     CardError,
     ChatConflictError,
@@ -49,6 +49,7 @@ from daemon.errors import (
     StoreError,
     TransientProviderError,
 )
+from daemon.jobstate import REJECTABLE_STATES, RUNNING_STATES
 from daemon.logs import job_log
 from daemon.providers.backend import (
     ImageBackend,
@@ -180,9 +181,12 @@ def build_providers(config: Config, client: httpx.AsyncClient) -> tuple[PromptWr
 
 @contextlib.asynccontextmanager
 async def open_job_deps(
-    config: Config, *, store: Store | None = None, root: Path | None = None
+    config: Config, *, store: Store | None = None, root: Path | None = None, strict: bool = False
 ) -> AsyncIterator[JobDeps]:
-    """Open the store (unless given), one shared HTTP client, both providers and the committer."""
+    """Open the store (unless given), one shared HTTP client, both providers and the committer.
+
+    ``strict``: what is not set up is a ConfigError naming it (a job run here and now, as by
+    ``generate --wait`` with no daemon), not a placeholder that holds the daemon's jobs."""
     from daemon.engine.commit.apply import Committer
     from daemon.providers.http import make_client
 
@@ -198,7 +202,11 @@ async def open_job_deps(
         client = make_client()
         stack.push_async_callback(client.aclose)
         approval = Approval(config.state_dir)
-        prompts, images = build_providers(config, client)
+        if strict:
+            prompts = PromptWriter(config.text, client, limits=config.limits)
+            images = make_image_backend(config.image, client, limits=config.limits)
+        else:
+            prompts, images = build_providers(config, client)
         deps = JobDeps(
             config=config,
             root=root,
@@ -330,9 +338,7 @@ async def run_job_once(job: Job, deps: JobDeps) -> Job:
         current = await _pipeline(job, deps)
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
-            back = await deps.store.transition(
-                job.id, {JobState.PROMPTING, JobState.IMAGING}, JobState.QUEUED
-            )
+            back = await deps.store.transition(job.id, RUNNING_STATES, JobState.QUEUED)
             if back is not None:
                 job_log(back, "requeued after cancel", logger=log)
             elif (await deps.store.get_job(job.id)).state in (
@@ -416,182 +422,244 @@ async def _too_many_pending(job: Job, deps: JobDeps) -> Job | None:
     return after
 
 
+@dataclass
+class _Step:
+    """Where one run of the pipeline is: its step's name and start, the job as last moved."""
+
+    job: Job
+    name: str = "prompt"
+    started: float = field(default_factory=time.monotonic)
+
+    def begin(self, name: str) -> None:
+        self.name = name
+        self.started = time.monotonic()
+
+
+class _Moved(Exception):
+    """The job left the state this step expects (superseded, cancelled, another process):
+    the run stops, leaving the job as it is."""
+
+
+@dataclass(frozen=True)
+class _Made:
+    """What the image step made, and with which request and seed."""
+
+    images: list[GeneratedImage]
+    request: ImageRequest
+    seed: int | None
+    charge: Charge | None  # what the call cost (None: nothing known)
+
+
 async def _pipeline(job: Job, deps: JobDeps) -> Job:
-    store = deps.store
-    current: Job = job
-    step = "prompt"
-    started = time.monotonic()
+    """QUEUED -> (PROMPTING ->) IMAGING -> PENDING (or ACCEPTED), one function per step; a
+    failure of any step is judged by :func:`_after_failure`."""
     held = await _too_many_pending(job, deps)
     if held is not None:
         return held
     if str(job.meta.get(HELD_KEY) or "").startswith(TOO_MANY_PENDING):
-        job = (
-            await store.transition(
-                job.id, JobState.QUEUED, JobState.QUEUED, meta_update={HELD_KEY: None}
-            )
-            or job
+        cleared = await deps.store.transition(
+            job.id, JobState.QUEUED, JobState.QUEUED, meta_update={HELD_KEY: None}
         )
-        current = job
+        job = cleared or job
+    step = _Step(job)
     try:
-        if job.prompt is None:
-            moved = await store.transition(job.id, JobState.QUEUED, JobState.PROMPTING)
-            if moved is None:
-                return await store.get_job(job.id)
-            current = moved
-            source = await anyio.to_thread.run_sync(_read_source, current, deps)
-            look = await anyio.to_thread.run_sync(
-                plan_look, current, source.message.mes, deps.config, deps.root
-            )
-            item = PromptInput(
-                reply=source.message.mes,
-                speaker=source.message.name or current.speaker,
-                card=source.card,
-                context=source.context,
-                **look.prompt_fields(),
-            )
-            written = await deps.prompts.write(item)
-            moved = await store.transition(
-                job.id,
-                JobState.PROMPTING,
-                JobState.IMAGING,
-                prompt=written.prompt,
-                meta_update={"negative": written.negative, "progress": None, **look.meta()},
-            )
-            if moved is None:
-                return await store.get_job(job.id)
-            current = moved
-            job_log(current, "prompt", started=started, logger=log)
-        else:
-            moved = await store.transition(
-                job.id, JobState.QUEUED, JobState.IMAGING, meta_update={"progress": None}
-            )
-            if moved is None:
-                return await store.get_job(job.id)
-            current = moved
-        step = "image"
-        started = time.monotonic()
-        assert current.prompt is not None
-        negative = str(current.meta.get("negative", deps.config.text.negative_prompt))
-        paths = [str(p) for p in current.meta.get("references") or () if isinstance(p, str)]
-        references = await anyio.to_thread.run_sync(load_references, paths) if paths else ()
-        seed: int | None = None
-        if capabilities(deps.config.image).seed:
-            # Chosen here rather than by the server, so the PNG text and the job can say which
-            # (a backend that takes no seed gets none, and none is recorded).
-            seed = pick_seed(None, deps.config.image.seed)
-        request = ImageRequest(
-            prompt=current.prompt,
-            negative=negative,
-            size=str(current.meta.get("style_size") or "") or None,
-            model=str(current.meta.get("style_model") or "") or None,
-            seed=seed,
-            references=references,
-            characters=scene_characters(current.meta.get("appearance")),
-        )
-        price = price_per_image(
-            deps.config.image, request.model or deps.config.image.model, deps.config.prices
-        )
-        wanted = deps.config.image.n
-        reserved = await deps.spend_budget().reserve(
-            current, price.usd * wanted, wanted, deps.config.limits
-        )
-        if isinstance(reserved, Hold):
-            return await _hold(current, reserved, deps, started)
-        charge: Charge | None = None
-        try:
-            generated = await deps.images.generate(
-                request, progress=_progress_writer(current, deps)
-            )
-            charge = charge_for(generated, price)
-        finally:
-            with anyio.CancelScope(shield=True):
-                if charge is not None:
-                    await store.record_spend(
-                        current.id,
-                        current.user,
-                        current.chat,
-                        usd=charge.usd,
-                        images=charge.images,
-                        estimated=charge.estimated,
-                        units=charge.units,
-                        now=deps.clock(),
-                    )
-                await deps.spend_budget().release(reserved)
-        if not generated:
-            raise PermanentProviderError("the image API returned no images")
-        generated = await anyio.to_thread.run_sync(
-            stamp_images, generated, current, deps.config, request
-        )
-        step = "pending"
-        earlier, earlier_prompts = await anyio.to_thread.run_sync(
-            earlier_images, deps.approval, current, deps.config.image.max_pixels
-        )
-        # New images first: the user looks at what they asked for; the earlier set follows.
-        folder = await _write_pending(current, [*generated, *earlier], deps)
-        kept = await anyio.to_thread.run_sync(deps.approval.kept_images, current.id)
-        names = tuple(p.name for p in kept)
-        target = JobState.ACCEPTED if deps.config.approval == "auto" else JobState.PENDING
-        moved = await store.transition(
-            job.id,
-            JobState.IMAGING,
-            target,
-            images=names,
-            last_error=None,
-            next_attempt_at=None,
-            meta_update={
-                "image_model": deps.config.image.model,
-                "text_model": deps.config.text.model,
-                "image_prompts": [*[current.prompt] * len(generated), *earlier_prompts],
-                "earlier_count": len(earlier),
-                "seed": seed,
-                "cost": charge.describe() if charge is not None else None,
-                HELD_KEY: None,
-                APPROVED_KEY: None,  # approval covers one call
-            },
-        )
-        if moved is None:
-            # Superseded while the image was being made: its pending folder must not linger.
-            await anyio.to_thread.run_sync(deps.approval.finish, job.id)
-            return await store.get_job(job.id)
-        job_log(moved, "images", started=started, logger=log, images=len(names), folder=str(folder))
-        return moved
-    except _Gone as exc:
-        gone = await store.transition(
-            job.id, ACTIVE_STATES, JobState.SUPERSEDED, last_error=str(exc), next_attempt_at=None
-        )
-        after = gone or await store.get_job(job.id)
-        job_log(after, "superseded", started=started, logger=log, during=step, reason=str(exc))
-        return after
-    except (TransientProviderError, ChatReadError, ChatWriteError, OSError) as exc:
-        delay = _retry_delay(current, exc, deps)
-        reason = f"{step}: {exc}"
-        again = await store.reschedule(
-            job.id, reason, delay, max_attempts=deps.config.limits.max_attempts
-        )
-        after = again or await store.get_job(job.id)
-        retry_in = round(delay, 1) if after.state is JobState.QUEUED else None
-        job_log(
-            after,
-            "step failed",
-            started=started,
-            level="warning",
-            logger=log,
-            during=step,
-            error=reason,
-            retry_in=retry_in,
-        )
-        return after
-    except PermanentProviderError as exc:
-        return await _failed(job.id, step, f"{step}: {exc}", started, store, "warning")
-    except StoreError:
-        raise
-    except anyio.get_cancelled_exc_class():
+        step.job = await _prompt_step(job, deps, step.started)
+        step.begin("image")
+        made = await _image_step(step.job, deps)
+        step.name = "pending"  # the images' log line times the image step and this one
+        return await _offer_step(step.job, made, deps, step.started)
+    except _Moved:
+        return await deps.store.get_job(job.id)
+    except (StoreError, anyio.get_cancelled_exc_class()):
         raise
     except Exception as exc:
-        # A bug, not the user's setup: fail the job visibly instead of retrying forever.
-        log.exception("job crashed", job=job.id, during=step)
-        reason = f"{step}: internal error: {exc!r}"
-        return await _failed(job.id, step, reason, started, store, "error")
+        return await _after_failure(job.id, step, exc, deps)
+
+
+async def _move(deps: JobDeps, job: Job, expected: States, new: JobState, **fields: Any) -> Job:
+    """The store's guarded move; :class:`_Moved` when the job is no longer in ``expected``."""
+    moved = await deps.store.transition(job.id, expected, new, **fields)
+    if moved is None:
+        raise _Moved(job.id)
+    return moved
+
+
+async def _prompt_step(job: Job, deps: JobDeps, started: float) -> Job:
+    """QUEUED -> PROMPTING -> IMAGING with the written prompt; a job that has one (a regen,
+    an edited prompt) goes straight to IMAGING."""
+    if job.prompt is not None:
+        return await _move(
+            deps, job, JobState.QUEUED, JobState.IMAGING, meta_update={"progress": None}
+        )
+    current = await _move(deps, job, JobState.QUEUED, JobState.PROMPTING)
+    source = await anyio.to_thread.run_sync(_read_source, current, deps)
+    look = await anyio.to_thread.run_sync(
+        plan_look, current, source.message.mes, deps.config, deps.root
+    )
+    item = PromptInput(
+        reply=source.message.mes,
+        speaker=source.message.name or current.speaker,
+        card=source.card,
+        context=source.context,
+        **look.prompt_fields(),
+    )
+    written = await deps.prompts.write(item)
+    current = await _move(
+        deps,
+        current,
+        JobState.PROMPTING,
+        JobState.IMAGING,
+        prompt=written.prompt,
+        meta_update={"negative": written.negative, "progress": None, **look.meta()},
+    )
+    job_log(current, "prompt", started=started, logger=log)
+    return current
+
+
+async def _image_step(job: Job, deps: JobDeps) -> _Made:
+    """The image call, with the job's prompt, style and references; the images stamped."""
+    assert job.prompt is not None
+    negative = str(job.meta.get("negative", deps.config.text.negative_prompt))
+    paths = [str(p) for p in job.meta.get("references") or () if isinstance(p, str)]
+    references = await anyio.to_thread.run_sync(load_references, paths) if paths else ()
+    seed: int | None = None
+    if capabilities(deps.config.image).seed:
+        # Chosen here rather than by the server, so the PNG text and the job can say which
+        # (a backend that takes no seed gets none, and none is recorded).
+        seed = pick_seed(None, deps.config.image.seed)
+    request = ImageRequest(
+        prompt=job.prompt,
+        negative=negative,
+        size=str(job.meta.get("style_size") or "") or None,
+        model=str(job.meta.get("style_model") or "") or None,
+        seed=seed,
+        references=references,
+        characters=scene_characters(job.meta.get("appearance")),
+    )
+    generated, charge = await _paid_call(job, request, deps)
+    if not generated:
+        raise PermanentProviderError("the image API returned no images")
+    stamped = await anyio.to_thread.run_sync(stamp_images, generated, job, deps.config, request)
+    return _Made(list(stamped), request, seed, charge)
+
+
+async def _paid_call(
+    job: Job, request: ImageRequest, deps: JobDeps
+) -> tuple[list[GeneratedImage], Charge | None]:
+    """The image call within the spend caps: its cost reserved first (a cap that does not allow
+    it holds the job, :class:`_Moved`), recorded after, whatever happens."""
+    image = deps.config.image
+    price = price_per_image(image, request.model or image.model, deps.config.prices)
+    wanted = image.n
+    reserved = await deps.spend_budget().reserve(
+        job, price.usd * wanted, wanted, deps.config.limits
+    )
+    if isinstance(reserved, Hold):
+        await _hold(job, reserved, deps, time.monotonic())
+        raise _Moved(job.id)
+    charge: Charge | None = None
+    try:
+        generated = await deps.images.generate(request, progress=_progress_writer(job, deps))
+        charge = charge_for(generated, price)
+    finally:
+        with anyio.CancelScope(shield=True):
+            if charge is not None:
+                await deps.store.record_spend(
+                    job.id,
+                    job.user,
+                    job.chat,
+                    usd=charge.usd,
+                    images=charge.images,
+                    estimated=charge.estimated,
+                    units=charge.units,
+                    now=deps.clock(),
+                )
+            await deps.spend_budget().release(reserved)
+    return list(generated), charge
+
+
+async def _offer_step(job: Job, made: _Made, deps: JobDeps, started: float) -> Job:
+    """The images into the job's pending folder (with earlier ones carried), then IMAGING ->
+    PENDING, or ACCEPTED with ``approval = "auto"``."""
+    assert job.prompt is not None
+    earlier, earlier_prompts = await anyio.to_thread.run_sync(
+        earlier_images, deps.approval, job, deps.config.image.max_pixels
+    )
+    # New images first: the user looks at what they asked for; the earlier set follows.
+    folder = await _write_pending(job, [*made.images, *earlier], deps)
+    kept = await anyio.to_thread.run_sync(deps.approval.kept_images, job.id)
+    names = tuple(p.name for p in kept)
+    target = JobState.ACCEPTED if deps.config.approval == "auto" else JobState.PENDING
+    moved = await deps.store.transition(
+        job.id,
+        JobState.IMAGING,
+        target,
+        images=names,
+        last_error=None,
+        next_attempt_at=None,
+        meta_update={
+            "image_model": deps.config.image.model,
+            "text_model": deps.config.text.model,
+            "image_prompts": [*[job.prompt] * len(made.images), *earlier_prompts],
+            "earlier_count": len(earlier),
+            "seed": made.seed,
+            "cost": made.charge.describe() if made.charge is not None else None,
+            HELD_KEY: None,
+            APPROVED_KEY: None,  # approval covers one call
+        },
+    )
+    if moved is None:
+        # Superseded or cancelled while the image was being made: its folder must not linger.
+        await anyio.to_thread.run_sync(deps.approval.finish, job.id)
+        raise _Moved(job.id)
+    job_log(moved, "images", started=started, logger=log, images=len(names), folder=str(folder))
+    return moved
+
+
+async def _after_failure(job_id: str, step: _Step, exc: Exception, deps: JobDeps) -> Job:
+    """A step failed: the reply is gone (superseded), a transient problem (retried later with
+    a backoff), a permanent one (failed), or a bug (failed, with its traceback logged)."""
+    store = deps.store
+    if isinstance(exc, _Gone):
+        gone = await store.transition(
+            job_id, ACTIVE_STATES, JobState.SUPERSEDED, last_error=str(exc), next_attempt_at=None
+        )
+        after = gone or await store.get_job(job_id)
+        job_log(
+            after, "superseded", started=step.started, logger=log, during=step.name, reason=str(exc)
+        )
+        return after
+    if isinstance(exc, TransientProviderError | ChatReadError | ChatWriteError | OSError):
+        return await _retry_later(job_id, step, exc, deps)
+    if isinstance(exc, PermanentProviderError):
+        return await _failed(
+            job_id, step.name, f"{step.name}: {exc}", step.started, store, "warning"
+        )
+    # A bug, not the user's setup: fail the job visibly instead of retrying forever.
+    log.error("job crashed", job=job_id, during=step.name, exc_info=exc)
+    reason = f"{step.name}: internal error: {exc!r}"
+    return await _failed(job_id, step.name, reason, step.started, store, "error")
+
+
+async def _retry_later(job_id: str, step: _Step, exc: Exception, deps: JobDeps) -> Job:
+    delay = _retry_delay(step.job, exc, deps)
+    reason = f"{step.name}: {exc}"
+    again = await deps.store.reschedule(
+        job_id, reason, delay, max_attempts=deps.config.limits.max_attempts
+    )
+    after = again or await deps.store.get_job(job_id)
+    retry_in = round(delay, 1) if after.state is JobState.QUEUED else None
+    job_log(
+        after,
+        "step failed",
+        started=step.started,
+        level="warning",
+        logger=log,
+        during=step.name,
+        error=reason,
+        retry_in=retry_in,
+    )
+    return after
 
 
 async def _hold(job: Job, hold: Hold, deps: JobDeps, started: float) -> Job:
@@ -722,11 +790,11 @@ async def reject_job(
     """PENDING (or ACCEPTED, not yet committed, or FAILED) -> REJECTED; the images go to the
     trash for ``trash_days`` (:func:`restore_job` brings the job back)."""
     job = await store.get_job(job_ref)
-    if job.state not in (JobState.PENDING, JobState.ACCEPTED, JobState.FAILED):
+    if job.state not in REJECTABLE_STATES:
         _check_actionable(job, "reject")
     moved = await store.transition(
         job.id,
-        {JobState.PENDING, JobState.ACCEPTED, JobState.FAILED},
+        REJECTABLE_STATES,
         JobState.REJECTED,
         next_attempt_at=None,
         meta_update={"rejected_from": job.state.value, "trashed_at": _now().isoformat()},
@@ -805,7 +873,7 @@ async def revive_job(
     """
     if job.state is not JobState.SUPERSEDED:
         return None
-    same = await store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
+    same = await store.jobs_for(job.reply)
     if any(other.meta.get("regen_of") == job.id for other in same):
         return None
     restored = await anyio.to_thread.run_sync(approval.unshelve, job.id)

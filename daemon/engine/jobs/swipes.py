@@ -105,7 +105,7 @@ async def new_variant_job(store: Store, job: Job, prompt: str | None = None) -> 
     """A queued job making more images for a committed job's message (its image swipes)."""
     if job.state is not JobState.COMMITTED:
         raise JobError(f"job {job.id} is {job.state.value}, not committed")
-    same = await store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
+    same = await store.jobs_for(job.reply)
     regen = max((j.regen for j in same), default=0) + 1
     meta = {k: v for k, v in job.meta.items() if k not in _NOT_CARRIED}
     for key in ("earlier_from", "earlier_prompts", "image_prompts"):

@@ -39,9 +39,10 @@ from daemon.engine.process.lock import hold_state_lock
 from daemon.engine.process.notify import Heartbeat, Notifier
 from daemon.engine.process.push import Pusher, push_link
 from daemon.engine.process.wake import WAKE_DIR
-from daemon.engine.store import Job, JobState, Store, job_key
+from daemon.engine.store import Job, JobState, Store
 from daemon.engine.store.schema import damaged_message
 from daemon.errors import ChatReadError, ConfigError, JobError, StImagegenError, StoreError
+from daemon.jobstate import ReplyKey
 from daemon.logs import job_log
 from daemon.tavern import layout, write
 from daemon.tavern.chat import Cursor
@@ -144,7 +145,7 @@ class Service:
             root,
             [config.state_dir / name for name in ("accepted", "rejected", "regenerate")],
             wake_dirs=[config.state_dir / WAKE_DIR],
-            config_files=[live.source.path] if live is not None else [],
+            config_files=live.watched_files() if live is not None else [],
         )
         self.index = StatIndex(root, config.detect.users)
         self.poller = Poller(self.index)
@@ -706,14 +707,7 @@ class Service:
 
     async def _revive(self, fields: dict[str, Any]) -> Job | None:
         """The job this reply's revision already had, back from superseded (a swipe back)."""
-        key = job_key(
-            fields["user"],
-            fields["chat"],
-            fields["identity_name"],
-            fields["identity_date"],
-            fields["revision"],
-        )
-        existing = await self.store.find_job(key)
+        existing = await self.store.find_job(ReplyKey.of(fields).key())
         if existing is None or existing.state is not JobState.SUPERSEDED:
             return None
         revived = await revive_job(
@@ -801,7 +795,7 @@ class Service:
     async def _regenerated(self, job: Job) -> bool:
         if job.state is not JobState.SUPERSEDED:
             return False
-        same = await self.store.jobs_for_reply(job.chat, job.identity_name, job.identity_date)
+        same = await self.store.jobs_for(job.reply)
         return any(other.meta.get("regen_of") == job.id for other in same)
 
 

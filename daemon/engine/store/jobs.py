@@ -40,6 +40,7 @@ from daemon.engine.store.model import (
 )
 from daemon.engine.store.reads import JOB_COLUMNS, find_job, job_from_row, select_jobs
 from daemon.errors import JobError
+from daemon.jobstate import RUNNING_STATES, ReplyKey, check_move
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change; see :meth:`Jobs.add_job_listener`."""
@@ -253,6 +254,10 @@ class Jobs(Database):
 
         return await self._run(_list, write=False)
 
+    async def jobs_for(self, reply: ReplyKey) -> list[Job]:
+        """Every job of ``reply``'s message in its chat, whatever the revision."""
+        return await self.jobs_for_reply(reply.chat, reply.name, reply.date)
+
     async def jobs_for_reply(self, chat: str, identity_name: str, identity_date: str) -> list[Job]:
         """Every job of one reply (any revision, any state), oldest first."""
 
@@ -330,18 +335,24 @@ class Jobs(Database):
         job_id: str,
         expected: States,
         new: JobState,
+        *,
+        check: bool = True,
         **fields: Any,
     ) -> Job | None:
         """Move a job to ``new`` only if its state is in ``expected``; ``None`` otherwise.
 
-        Fields: attempts, last_error, prompt, images, meta (replaces), meta_update (merged into
-        meta), next_attempt_at, message_index, now. ``None`` also for an unknown id.
+        The move must be one :data:`daemon.jobstate.TRANSITIONS` allows (IllegalMoveError
+        otherwise; ``check=False`` only for tests that build a job's state by hand). Fields:
+        attempts, last_error, prompt, images, meta (replaces), meta_update (merged into meta),
+        next_attempt_at, message_index, now. ``None`` also for an unknown id.
         """
         unknown = fields.keys() - _TRANSITION_FIELDS
         if unknown:
             raise TypeError(f"transition: unknown fields {sorted(unknown)}")
         wanted = states_list(expected)
         new_state = JobState(new)
+        if check:
+            check_move(expected, new_state)
         now = aware_utc(fields.pop("now", None) or now_utc())
         meta_update = fields.pop("meta_update", None)
         sets: dict[str, Any] = {"state": new_state.value, "updated_at": stamp(now)}
@@ -395,6 +406,9 @@ class Jobs(Database):
         With ``max_attempts``, the attempt that reaches it fails the job instead ("gave up after
         N attempts: <error>"). ``None`` if the job is not in ``expected``.
         """
+        check_move(expected, JobState.QUEUED)
+        if max_attempts is not None:
+            check_move(expected, JobState.FAILED)
         wanted = states_list(expected)
         at = aware_utc(now or now_utc())
         seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
@@ -458,6 +472,7 @@ class Jobs(Database):
         a job with a prompt skips the prompt step); the old one becomes SUPERSEDED ("regenerated
         as <id>"), atomically. JobError when the job is unknown or not in ``expected``.
         """
+        check_move(expected, JobState.SUPERSEDED)
         old = await self.get_job(job_id)
         wanted = states_list(expected)
         at = aware_utc(now or now_utc())
@@ -532,6 +547,7 @@ class Jobs(Database):
         """Supersede queued, running and pending jobs of that reply whose revision differs from
         ``keep_revision`` (all of them when it is ``None``). Accepted and final jobs are left
         alone: the committer checks the revision of accepted ones itself."""
+        check_move(SUPERSEDABLE_STATES, JobState.SUPERSEDED)
         at = stamp(now or now_utc())
         states = states_list(SUPERSEDABLE_STATES)
 
@@ -578,13 +594,15 @@ class Jobs(Database):
 
         Only the daemon calls this, once at start (a CLI process must not: the daemon may be
         running those jobs)."""
+        check_move(RUNNING_STATES, JobState.QUEUED)
         at = stamp(now or now_utc())
+        running = states_list(RUNNING_STATES)
 
         def _resume(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "UPDATE jobs SET state = 'queued', next_attempt_at = ?, updated_at = ? "
-                "WHERE state IN ('prompting', 'imaging')",
-                (at, at),
+                f"WHERE state IN ({marks(len(running))})",
+                (at, at, *running),
             )
             return cur.rowcount
 

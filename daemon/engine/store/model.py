@@ -1,94 +1,55 @@
-"""The store's records and vocabulary: job states, :class:`Job`, :class:`ChatRecord`,
-:class:`LedgerEntry`, job ids, idempotency keys and the store's time format."""
+"""The store's records: :class:`ChatRecord`, :class:`LedgerEntry`, job ids, idempotency keys and
+the store's time format. The job's vocabulary (states, groups, moves, :class:`Job`) lives in
+:mod:`daemon.jobstate`, below the store and the logs; it is re-exported here."""
 
 from __future__ import annotations
 
-import enum
 import json
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from daemon.tavern.chat import Cursor, MessageIdentity
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"  # waiting for a worker (also: waiting for a retry at next_attempt_at)
-    PROMPTING = "prompting"  # the prompt writer is running
-    IMAGING = "imaging"  # the image generator is running
-    PENDING = "pending"  # images in pending/<id>/, waiting for the user
-    ACCEPTED = "accepted"  # user (or approval=auto) accepted; waiting for commit
-    COMMITTED = "committed"  # hidden image message written into the chat
-    REJECTED = "rejected"  # user rejected
-    SUPERSEDED = "superseded"  # the reply changed (swipe/edit/regenerate/deleted) before commit
-    FAILED = "failed"  # permanent failure or attempts exhausted; last_error says why
-
-
-ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.PROMPTING, JobState.IMAGING})
-FINAL_STATES = frozenset(
-    {JobState.COMMITTED, JobState.REJECTED, JobState.SUPERSEDED, JobState.FAILED}
+from daemon.jobstate import (
+    ACTIVE_STATES,
+    FAILING_STATES,
+    FINAL_STATES,
+    OPEN_STATES,
+    REGEN_FROM_STATES,
+    SUPERSEDABLE_STATES,
+    Job,
+    JobState,
+    ReplyKey,
+    States,
 )
-OPEN_STATES = frozenset(set(JobState) - FINAL_STATES)
-"""Not final: queued, prompting, imaging, pending, accepted."""
 
-States = JobState | Iterable[JobState]
-"""One state, or any collection of them (set, frozenset, list)."""
+if TYPE_CHECKING:
+    from daemon.tavern.chat import Cursor
 
-SUPERSEDABLE_STATES = frozenset(ACTIVE_STATES | {JobState.PENDING})
-"""What a changed reply supersedes. Accepted jobs are left to the committer, which checks the
-revision itself and marks them with a reason the user can see."""
-
-REGEN_FROM_STATES = frozenset({JobState.PENDING, JobState.FAILED, JobState.REJECTED})
-
-FAILING_STATES = frozenset(ACTIVE_STATES | {JobState.ACCEPTED, JobState.FAILED})
-"""Where a ``last_error`` is a real failure (failed, or waiting to retry after one); in the other
-states it is history (why a job was superseded or not committed) or was overcome."""
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    id: str  # sortable unique id (time-ordered, ULID-like, 26 chars)
-    key: str  # idempotency key: user|chat|identity name|identity date|revision (+|regen:N)
-    user: str  # ST user handle
-    chat: str  # chat path relative to the data root, POSIX style
-    character: str  # card file stem, or group id for group chats
-    is_group: bool
-    speaker: str  # message name (display name of the character/member)
-    message_index: int  # ST mesid at detection (a hint)
-    identity_name: str
-    identity_date: str  # MessageIdentity.first_date
-    revision: str  # str(Revision)
-    excerpt: str  # first ~200 chars of the reply text
-    source: str  # "auto" | "manual" | "regen"
-    state: JobState
-    attempts: int
-    last_error: str | None
-    prompt: str | None  # the written prompt (or the user's edited prompt)
-    images: tuple[str, ...]  # file names in pending/<id>/ (kept ones after accept)
-    created_at: datetime
-    updated_at: datetime
-    next_attempt_at: datetime | None
-    meta: dict[str, Any]  # free-form: provider, model, commit info, ...
-    regen: int = 0  # 0 for the first job of a revision; N for its Nth regeneration
-
-    @property
-    def short_id(self) -> str:
-        return self.id[:10]
-
-    @property
-    def identity(self) -> MessageIdentity:
-        """The reply this job illustrates (the index is the detection-time hint)."""
-        from daemon.tavern.chat import MessageIdentity
-
-        return MessageIdentity(self.message_index, self.identity_name, self.identity_date)
-
-    @property
-    def is_final(self) -> bool:
-        return self.state in FINAL_STATES
+__all__ = [
+    "ACTIVE_STATES",
+    "FAILING_STATES",
+    "FINAL_STATES",
+    "OPEN_STATES",
+    "REGEN_FROM_STATES",
+    "SUPERSEDABLE_STATES",
+    "ChatRecord",
+    "Job",
+    "JobState",
+    "LedgerEntry",
+    "ReplyKey",
+    "States",
+    "aware_utc",
+    "job_key",
+    "marks",
+    "new_job_id",
+    "now_utc",
+    "parse_stamp",
+    "stamp",
+    "states_list",
+    "to_json",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,16 +115,11 @@ def new_job_id(now_ms: int | None = None) -> str:
     return "".join(reversed(chars))
 
 
-def _escape(part: str) -> str:
-    return part.replace("\\", "\\\\").replace("|", "\\|")
-
-
 def job_key(
     user: str, chat: str, identity_name: str, identity_date: str, revision: str, regen: int = 0
 ) -> str:
-    """The idempotency key of a job; ``|`` inside parts is escaped so keys never collide."""
-    base = "|".join(_escape(p) for p in (user, chat, identity_name, identity_date, revision))
-    return f"{base}|regen:{regen}" if regen else base
+    """The idempotency key of a job (:meth:`daemon.jobstate.ReplyKey.key`)."""
+    return ReplyKey(user, chat, identity_name, identity_date, revision).key(regen)
 
 
 def aware_utc(when: datetime) -> datetime:

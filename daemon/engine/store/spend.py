@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -53,11 +53,24 @@ class Spend(Database):
         await self._run(_record, write=True)
 
     async def spend_between(
-        self, start: datetime, end: datetime, *, chat: str | None = None, job_id: str | None = None
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        chat: str | None = None,
+        job_id: str | None = None,
+        users: Collection[str] | None = None,
     ) -> SpendTotal:
-        """The sum of the records in ``[start, end)``, of one chat or one job if given."""
+        """The sum of the records in ``[start, end)``, of one chat or one job if given, of the
+        chats of ST handles ``users`` if given (a user token's caller: none is nothing)."""
         where = "at >= ? AND at < ?"
         args: list[object] = [stamp(start), stamp(end)]
+        if users is not None:
+            handles = sorted(set(users))
+            if not handles:
+                return SpendTotal()
+            where += f" AND user IN ({', '.join('?' for _ in handles)})"
+            args.extend(handles)
         if chat is not None:
             where += " AND chat = ?"
             args.append(chat)

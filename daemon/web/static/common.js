@@ -64,7 +64,9 @@
     toastTimer = setTimeout(() => { box.hidden = true; }, options.ms || 5000);
   };
 
-  const STATE_ORDER = ["pending", "queued", "prompting", "imaging", "accepted", "failed"];
+  // The job vocabulary (states, groups, labels) from the daemon: GET /api/v1/meta, in the page.
+  const meta = JSON.parse(document.getElementById("st-meta").textContent);
+  const STATE_ORDER = ["pending", ...meta.groups.inbox.filter((s) => s !== "pending")];
   let statusBusy = false;
   const refreshStatus = async () => {
     if (statusBusy) return;
@@ -147,7 +149,7 @@
     statusSoon = setTimeout(refreshStatus, 400);
   };
 
-  window.stImagegen = { api, ago, toast, refreshStatus, statusLater, notify: (...a) => notify(...a) };
+  window.stImagegen = { api, ago, toast, refreshStatus, statusLater, meta, notify: (...a) => notify(...a) };
   // The service worker only opens the job when a notification is tapped (and makes the inbox
   // installable); it needs a secure context (localhost, or HTTPS behind a proxy).
   const worker = ("serviceWorker" in navigator && window.isSecureContext)

@@ -4,9 +4,10 @@
 "use strict";
 (() => {
   const S = window.stImagegen;
-  const CHOICE = new Set(["pending", "failed"]);
-  const WORKING = new Set(["queued", "prompting", "imaging", "accepted"]);
-  const CANCELLABLE = new Set(["queued", "prompting", "imaging"]);
+  // The state groups from the daemon's vocabulary (GET /api/v1/meta, embedded in the page).
+  const CHOICE = new Set(S.meta.groups.choice);
+  const WORKING = new Set(S.meta.groups.working);
+  const CANCELLABLE = new Set(S.meta.groups.cancellable);
   const initial = JSON.parse(document.getElementById("initial").textContent);
   const filter = initial.filter || {};
   const jobs = new Map();
@@ -209,6 +210,7 @@
 
   const render = () => {
     renderQueued = false;
+    if (pointerHeld) return; // drawn on release (below)
     const grid = document.getElementById("grid");
     const keep = new Set();
     const list = choiceJobs();
@@ -260,6 +262,13 @@
     if (viewer) drawViewer();
   };
   const schedule = () => { if (!renderQueued) { renderQueued = true; requestAnimationFrame(render); } };
+  // A card rebuilt between a click's mousedown and mouseup loses that click (its target is
+  // gone): while a pointer is down nothing is redrawn (seen under load, when a frame fell there).
+  let pointerHeld = false;
+  const release = () => { if (pointerHeld) { pointerHeld = false; schedule(); } };
+  document.addEventListener("pointerdown", () => { pointerHeld = true; }, true);
+  document.addEventListener("pointerup", release, true);
+  document.addEventListener("pointercancel", release, true);
 
   // --- actions ----------------------------------------------------------------------------
 
