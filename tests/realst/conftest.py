@@ -1,4 +1,4 @@
-"""Real SillyTavern servers for the session: every pinned version started once, in parallel,
+"""Real SillyTavern servers for tests/realst: every pinned version started once, in parallel,
 each on a free loopback port with a fresh data root, stopped at the end.
 
 Without ``REAL_SILLYTAVERN`` (set by ``.ci/run``, which installs the servers) the tests
@@ -38,7 +38,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/realst is done, not at the session's end
 def st_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, STServer]]:
     cache = cache_dir()
     assert cache is not None, f"{ENV_VAR} is not set"
