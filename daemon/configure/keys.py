@@ -92,13 +92,13 @@ def write_key_file(path: Path, value: str) -> None:
     temp = path.with_name(f".{path.name}.{_secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, (value.strip() + "\n").encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
+        try:
+            os.write(fd, (value.strip() + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         temp.replace(path)
-    except OSError:
+    except OSError:  # a full disk: no half-written temp file left behind
         temp.unlink(missing_ok=True)
         raise
 

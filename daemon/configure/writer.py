@@ -254,12 +254,12 @@ def write_text_atomic(path: Path, text: str) -> None:
         mode = 0o600
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(text.encode("utf-8"))
-        fh.flush()
-        os.fsync(fh.fileno())
     try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
         temp.replace(path)
-    except OSError:
+    except OSError:  # a full disk: no half-written temp file left behind
         temp.unlink(missing_ok=True)
         raise

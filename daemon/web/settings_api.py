@@ -24,7 +24,7 @@ from daemon.engine.front import SHIPPED_STYLES as SHIPPED
 from daemon.engine.front import all_styles
 from daemon.errors import ConfigError
 from daemon.providers.presets import image_presets, text_presets
-from daemon.web.api import ApiError, _body, _ctx, caller
+from daemon.web.api import FULL_ERRNOS, ApiError, _body, _ctx, caller
 
 __all__ = ["routes"]
 
@@ -122,8 +122,12 @@ async def save_settings(request: Request) -> Response:
     except ConfigError as exc:
         raise _invalid(exc) from None
     except OSError as exc:
+        # Nothing was written (temp file and rename): the file in effect is the old one.
+        if exc.errno in FULL_ERRNOS:
+            where = live.source.path.parent
+            raise ApiError(507, "disk_full", f"the disk is full: free space in {where}") from None
         message = f"the config file cannot be written: {exc.strerror}"
-        raise ApiError(500, "not_written", message) from None
+        raise ApiError(503, "not_written", message) from None
     # Applied now (the file watcher would too, a moment later): the next job uses it.
     live.adopt(change.config)
     view = await anyio.to_thread.run_sync(_view, live)

@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 from PIL import Image
 
 from daemon.engine.store import JobState
-from daemon.web import api, pages
-from tests.engine.conftest import FakeAPI, MakeConfig
+from daemon.web import api, characters_api, pages, settings_api
+from daemon.web.server import read_address
+from tests.engine.conftest import FakeAPI, MakeConfig, config_toml
 from tests.web.conftest import Inbox, inbox_for, web_config
 
 pytestmark = pytest.mark.anyio
@@ -201,3 +203,144 @@ async def test_a_full_state_dir_is_a_507_that_says_where(
 
 def test_errno_of_a_full_disk_is_known() -> None:
     assert errno.ENOSPC in api.FULL_ERRNOS and errno.EDQUOT in api.FULL_ERRNOS
+
+
+ADMIN_BODIES: list[tuple[str, bytes, str]] = [
+    *HOSTILE_BODIES,
+    ("surrogate value", b'{"changes": {"image.model": "\\ud800"}}', "application/json"),
+    ("surrogate secret", b'{"secrets": {"image.api_key": "k\\udfff"}}', "application/json"),
+    (
+        "surrogate style",
+        b'{"style": {"prefix": "\\ud83d"}, "reply": "\\ud800"}',
+        "application/json",
+    ),
+    ("surrogate section", b'{"section": "image", "changes": {"\\ud800": 1}}', "application/json"),
+    ("unknown key", b'{"changes": {"nope.nope": 1}}', "application/json"),
+    ("file-only key", b'{"changes": {"web.port": 1}}', "application/json"),
+    ("bad value", b'{"changes": {"image.n": "many"}, "section": "text"}', "application/json"),
+    ("base64", b'{"data_base64": "!!!", "appearance": 5, "references": "x"}', "application/json"),
+    ("not an image", b'{"data_base64": "aGVsbG8="}', "application/json"),
+]
+"""The probes plus what the settings and characters routes read."""
+
+
+def _admin_paths(route_path: str) -> list[str]:
+    filled: list[str] = []
+    for user in ("default-user", "..", "%00", "nobody"):
+        for name in ("Alice", "..%2F..", "%ED%A0%80", "x" * 300, ".hidden"):
+            filled.append(
+                route_path.replace("{user}", user).replace("{stem}", name).replace("{name}", name)
+            )
+    return sorted(set(filled))
+
+
+@contextlib.asynccontextmanager
+async def _live_inbox(tmp_path: Path, fake_api: FakeAPI, disk: Path | None = None) -> Any:
+    """A daemon with its config file watched (the settings routes need one); its state dir
+    and config file on ``disk`` when given."""
+    from tests.configure.conftest import live_service
+    from tests.engine.test_commit_support import new_data_root
+
+    root = new_data_root(tmp_path)
+    card = root / "default-user" / "characters" / "Alice.png"
+    Image.new("RGB", (8, 8)).save(card, format="PNG")
+    home = disk or tmp_path
+    path = home / "conf" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(config_toml(root, home / "state", fake_api), encoding="utf-8")
+    async with live_service(path) as service:
+        address = read_address(service.config.state_dir)
+        assert address is not None
+        yield service, str(address["url"]).rstrip("/")
+
+
+async def test_every_admin_route_answers_hostile_input_without_a_500(
+    tmp_path: Path, fake_api: FakeAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The settings and characters routes (admin only) walked like the others: the probes'
+    bodies, a lone surrogate anywhere (422), broken JSON (400), hostile names in the path."""
+    seen: list[tuple[str, str, int]] = []
+    async with _live_inbox(tmp_path, fake_api) as (service, url):
+        config_before = service.live.source.path.read_bytes()
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+            for route in [*settings_api.routes(), *characters_api.routes()]:
+                for method in sorted(route.methods or {"GET"}):
+                    if method == "HEAD":
+                        continue
+                    for path in _admin_paths(route.path):
+                        if method == "GET":
+                            answer = await client.get(path)
+                            seen.append((method, path, answer.status_code))
+                            assert answer.status_code < 500, (path, answer.text[:300])
+                            continue
+                        for name, body, kind in ADMIN_BODIES:
+                            answer = await client.post(
+                                path, content=body, headers={"Content-Type": kind}
+                            )
+                            seen.append((method, f"{path} {name}", answer.status_code))
+                            assert answer.status_code < 500, (path, name, answer.text[:300])
+                            if answer.status_code >= 400:
+                                assert answer.json()["error"]["message"], (path, name)
+                            if answer.status_code in (400, 404) and "bad_name" in answer.text:
+                                continue  # refused by its path before the body is read
+                            if answer.status_code == 404 and "Not Found" in answer.text:
+                                continue  # no such route (an encoded slash)
+                            if "surrogate" in name:
+                                assert answer.status_code == 422, (path, name, answer.text)
+                            if name == "not json":
+                                assert answer.status_code == 400, (path, answer.text)
+        assert service.live.source.path.read_bytes() == config_before  # nothing odd written
+    assert len(seen) > 300
+    assert "Traceback" not in caplog.text and "web request failed" not in caplog.text
+
+
+def _png() -> bytes:
+    import base64
+    import io
+
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue())
+
+
+async def test_a_full_disk_under_the_admin_routes_is_a_507_and_nothing_half_written(
+    tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """The settings save (config file), a character's change and a reference upload (state
+    dir) on a really full disk: 507 naming where, no temp file left, the same calls work once
+    there is room."""
+    disk = tmp_path / "disk"
+    with small_disk(disk, "24m"):
+        async with _live_inbox(tmp_path, fake_api, disk) as (service, url):
+            config_file = service.live.source.path
+            before = config_file.read_bytes()
+            calls: list[tuple[str, bytes]] = [
+                ("/api/v1/settings", b'{"changes": {"image.model": "other-image"}}'),
+                (
+                    "/api/v1/settings",
+                    b'{"secrets": {"image.api_key": "sk-full-disk-000000000000"}}',
+                ),
+                ("/api/v1/characters/Alice/references", b'{"data_base64": "' + _png() + b'"}'),
+            ]
+            filler = await anyio.to_thread.run_sync(_fill, disk)
+            answers = []
+            async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+                for path, body in calls:
+                    answer = await client.post(
+                        path, content=body, headers={"Content-Type": "application/json"}
+                    )
+                    answers.append((path, answer.status_code, answer.text[:300]))
+                assert all(a[1] == 507 for a in answers), answers
+                assert all("full" in a[2] and str(disk) in a[2] for a in answers), answers
+                assert config_file.read_bytes() == before
+                left = [p.name for p in config_file.parent.rglob(".*.tmp")]
+                assert left == [], left
+                await anyio.to_thread.run_sync(filler.unlink)
+                for extra in disk.glob("f*"):
+                    extra.unlink()
+                for path, body in calls:
+                    answer = await client.post(
+                        path, content=body, headers={"Content-Type": "application/json"}
+                    )
+                    assert answer.status_code in (200, 201), (path, answer.text)
+            assert service.config.image.model == "other-image"
