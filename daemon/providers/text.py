@@ -347,6 +347,35 @@ class PromptWriter:
             core = await self._ask(build_messages(self._settings, item))
         return self._finish(core, item)
 
+    @property
+    def llm(self) -> bool:
+        """Does an LLM write the prompts (else a template)?"""
+        return self._settings.mode == "llm"
+
+    @property
+    def max_prompt_chars(self) -> int:
+        return self._settings.max_prompt_chars
+
+    @property
+    def url(self) -> str:
+        """Where :meth:`write` posts (empty in template mode)."""
+        return self._url
+
+    def request_body(self, item: PromptInput) -> dict[str, Any]:
+        """The JSON body :meth:`write` posts to the prompt API for ``item`` (its first attempt:
+        a fallback learned from a 400 changes only the token-budget field or drops the
+        temperature). What the settings page's preview shows."""
+        return self._body(build_messages(self._settings, item), None)
+
+    def template_core(self, item: PromptInput) -> str:
+        """What template mode writes for ``item`` before :meth:`finish`."""
+        return self._from_template(item)
+
+    def finish(self, core: str, item: PromptInput) -> WrittenPrompt:
+        """The image prompt made of the prompt writer's ``core`` (an LLM's answer or the
+        template's text): prefixes, style, appearance tags, suffixes and the negative."""
+        return self._finish(core, item)
+
     async def check(self) -> None:
         """One tiny request (for ``doctor``); template mode needs no API and passes."""
         if self._settings.mode == "template":

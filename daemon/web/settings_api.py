@@ -7,6 +7,7 @@ daemon reads stay file-only."""
 from __future__ import annotations
 
 import functools
+from dataclasses import asdict
 from typing import Any
 
 import anyio
@@ -22,8 +23,9 @@ from daemon.configure.live import LiveConfig
 from daemon.configure.writer import ConfigWriter, plan
 from daemon.engine.front import SHIPPED_STYLES as SHIPPED
 from daemon.engine.front import all_styles
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, ProviderError
 from daemon.providers.presets import image_presets, text_presets
+from daemon.providers.text import CardInfo, PromptInput, PromptWriter
 from daemon.web.api import FULL_ERRNOS, ApiError, _body, _ctx, caller
 
 __all__ = ["routes"]
@@ -34,6 +36,18 @@ SAMPLE_REPLY = (
     "*She pushes the heavy door open and steps into the rain-soaked alley, lantern raised.* "
     "Stay close. Whatever left those tracks is still out here."
 )
+SAMPLE_CARD = CardInfo(
+    name="Mira",
+    description="{{char}} is a lamplighter of the old harbour town who keeps {{user}} safe.",
+    personality="wary, loyal, dry humour",
+    scenario="A rainy night; strange tracks lead from the docks into the alleys.",
+)
+SAMPLE_CONTEXT = (
+    ("You", "Did you hear that? Something moved behind the fish market."),
+    ("Mira", "*She lifts her lantern.* Tracks. Fresh ones. Keep your voice down."),
+)
+SAMPLE_PERSONA = "A tall traveller in a long grey coat, hood up against the rain."
+SAMPLE_APPEARANCE = "auburn braid, freckles, oilskin coat, brass lantern"
 
 
 def _live(request: Request) -> LiveConfig:
@@ -187,11 +201,65 @@ async def list_models(request: Request) -> Response:
     return JSONResponse({"models": models})
 
 
+ANSWER_MARK = "⟨the prompt writer's answer⟩"
+"""Where the LLM's answer goes in the previewed image prompt."""
+
+
+def sample_input(style: dict[str, str], reply: str) -> PromptInput:
+    """The sample reply the preview runs through the real prompt writer: a card, two earlier
+    messages, a persona and appearance tags, so every option the config sets (card on or off,
+    how many earlier messages, the style) shows in what is sent."""
+    return PromptInput(
+        reply=reply,
+        speaker=SAMPLE_CARD.name,
+        card=SAMPLE_CARD,
+        context=SAMPLE_CONTEXT,
+        user="You",
+        appearance=((SAMPLE_CARD.name, SAMPLE_APPEARANCE),),
+        persona=SAMPLE_PERSONA,
+        style_prefix=style.get("prefix", ""),
+        style_suffix=style.get("suffix", ""),
+        negative=style.get("negative", ""),
+    )
+
+
+def preview_of(writer: PromptWriter, item: PromptInput) -> dict[str, Any]:
+    """What the prompt writer ``writer`` sends for ``item``, made by its own code: the LLM
+    request's exact body, and the image prompt around the LLM's answer (or, for a template,
+    the whole image prompt); ProviderError when nothing usable comes out."""
+    if not writer.llm:
+        written = writer.finish(writer.template_core(item), item)
+        return {
+            "llm": False,
+            "prompt": written.prompt,
+            "before": written.prompt,
+            "after": "",
+            "answer_mark": None,
+            "answer_room": 0,
+            "negative": written.negative,
+            "request": None,
+        }
+    written = writer.finish(ANSWER_MARK, item)
+    before, mark, after = written.prompt.partition(ANSWER_MARK)
+    room = writer.max_prompt_chars - len(written.prompt) + len(ANSWER_MARK)
+    return {
+        "llm": True,
+        "prompt": written.prompt,
+        "before": before,
+        "after": after if mark else "",
+        "answer_mark": ANSWER_MARK,
+        "answer_room": max(room, 0),  # an answer longer than this is cut at a word
+        "negative": written.negative,
+        "request": {"url": writer.url, "body": writer.request_body(item)},
+    }
+
+
 async def preview(request: Request) -> Response:
-    """The exact prompt and negative prompt a style gives for a sample reply (the prompt
-    writer's own words stand in as a marked placeholder when an LLM writes them)."""
+    """What a style sends for a sample reply, made by the engine's own prompt writer: the exact
+    messages to the LLM and the image prompt around its answer, or (a template) the exact
+    image prompt."""
+    from daemon.engine.jobs.pipeline import prompt_writer
     from daemon.providers.http import make_client
-    from daemon.providers.text import PromptInput, PromptWriter
 
     live = _live(request)
     data = await _body(request)
@@ -201,22 +269,22 @@ async def preview(request: Request) -> Response:
         raise ApiError(422, "invalid", "style is an object, reply a text of at most 4000")
     fields = {k: str(style.get(k) or "").strip() for k in ("prefix", "suffix", "negative")}
     config = live.current
-    llm = config.text.mode == "llm"
-    settings = config.text.model_copy(
-        update={"mode": "template", "template": "⟨the scene, described by the prompt writer⟩"}
-        if llm
-        else {"mode": "template"}
-    )
-    item = PromptInput(
-        reply=reply,
-        speaker="Alice",
-        style_prefix=fields["prefix"],
-        style_suffix=fields["suffix"],
-        negative=fields["negative"],
-    )
-    async with make_client() as client:
-        written = await PromptWriter(settings, client).write(item)
-    return JSONResponse({"prompt": written.prompt, "negative": written.negative, "llm": llm})
+    item = sample_input(fields, reply)
+    async with make_client() as client:  # never used: nothing is called
+        writer = prompt_writer(config, client)  # the one jobs use for this config
+        try:
+            shown = preview_of(writer, item)
+        except ProviderError as exc:
+            raise ApiError(422, "empty_prompt", str(exc)) from None
+    shown["sample"] = {
+        "speaker": item.speaker,
+        "reply": item.reply,
+        "card": asdict(SAMPLE_CARD),
+        "context": [list(pair) for pair in item.context],
+        "persona": item.persona,
+        "appearance": [list(pair) for pair in item.appearance],
+    }
+    return JSONResponse(shown, headers={"Cache-Control": "no-store"})
 
 
 def routes() -> list[Route]:

@@ -13,7 +13,7 @@ import pytest
 
 from daemon.engine.process.service import Service
 from tests.configure.conftest import live_service
-from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, tiny_png
+from tests.engine.conftest import WATCHDOG_RACE, FakeAPI, config_toml, tiny_png
 
 pytestmark = [pytest.mark.anyio, WATCHDOG_RACE]
 
@@ -182,3 +182,66 @@ async def test_only_the_admin_reads_or_changes_settings(
         assert done.status_code == 200 and after.mode == "manual"
         status = (await http.get("/api/v1/status", headers=as_alice)).json()
         assert status["config_problem"] is None and status["setup_needed"] == []
+
+
+async def test_the_style_preview_is_what_the_pipeline_sends(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI
+) -> None:
+    """The preview's LLM request is the very body the jobs' prompt writer posts (captured by
+    the fake LLM), and its image prompt around the answer is what that writer makes of the
+    LLM's real answer; with a template, the whole image prompt is the one sent."""
+    from daemon.config import ConfigSource
+    from daemon.configure.writer import ConfigWriter
+    from daemon.engine.jobs.pipeline import prompt_writer
+    from daemon.web.settings_api import ANSWER_MARK, SAMPLE_REPLY, sample_input
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        config_toml(
+            st_root_latest,
+            tmp_path / "state",
+            fake_api,
+            {"text": {"prefix": "masterpiece", "suffix": "8k", "negative_prompt": "lowres"}},
+        ),
+        encoding="utf-8",
+    )
+    style = {"prefix": "ink wash", "suffix": "grainy", "negative": "colour"}
+    async with live_service(path) as service, client(service) as http:
+        answer = await http.post("/api/v1/settings/preview", json={"style": style})
+        assert answer.status_code == 200, answer.text
+        shown = answer.json()
+        assert shown["llm"] is True and shown["answer_mark"] == ANSWER_MARK
+        body = shown["request"]["body"]
+        assert [m["role"] for m in body["messages"]] == ["system", "user"]
+        assert body["messages"][0]["content"] == service.config.text.system_prompt
+        sent_text = body["messages"][1]["content"]
+        assert SAMPLE_REPLY.split("*")[1] in sent_text and "Character Information" in sent_text
+        # The pipeline's own writer, same inputs, against the fake LLM on loopback.
+        item = sample_input(style, SAMPLE_REPLY)
+        written = await service.deps.prompts.write(item)
+        posted = [r for r in fake_api.requests if r.path.endswith("chat/completions")]
+        assert posted and posted[-1].body == body
+        assert shown["request"]["url"] == fake_api.base_url + "/chat/completions"
+        llm_answer = written.prompt[
+            len(shown["before"]) : len(written.prompt) - len(shown["after"])
+        ]
+        assert llm_answer and shown["before"] + llm_answer + shown["after"] == written.prompt
+        assert llm_answer.startswith("a picture of ")  # the fake LLM's own words
+        assert shown["before"].startswith("ink wash, masterpiece, ")
+        assert shown["after"].endswith("8k, grainy") and shown["negative"] == written.negative
+        assert written.negative == "lowres, colour"
+        # A template prompt writer: the whole image prompt, no LLM request.
+        ConfigWriter(ConfigSource.find(path, environ={})).apply(
+            {"text.mode": "template", "text.template": "{{char}} in the rain: {{message}}"}
+        )
+        assert service.live is not None
+        service.live.reload(force=True)
+        templ = (await http.post("/api/v1/settings/preview", json={"style": style})).json()
+        assert templ["llm"] is False and templ["request"] is None
+        async with httpx.AsyncClient() as spare:
+            sent = await prompt_writer(service.config, spare).write(item)
+        assert templ["prompt"] == sent.prompt and templ["negative"] == sent.negative
+        assert (
+            templ["prompt"].startswith("ink wash, masterpiece, ")
+            and "Mira in the rain" in (templ["prompt"])
+        )

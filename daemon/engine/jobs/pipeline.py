@@ -163,14 +163,20 @@ class NotSetUp:
 NOT_SET_UP = "not set up yet: open the inbox's setup screen (st-imagegen web-url)"
 
 
+def prompt_writer(config: Config, client: httpx.AsyncClient) -> PromptWriter:
+    """The prompt writer jobs use for ``config`` (a template one until an LLM is set up); the
+    settings page's preview shows what this one sends."""
+    text = config.text
+    if "prompt writer" in setup_missing(config):
+        text = text.model_copy(update={"mode": "template"})
+    return PromptWriter(text, client, limits=config.limits)
+
+
 def build_providers(config: Config, client: httpx.AsyncClient) -> tuple[PromptWriter, ImageBackend]:
     """The prompt writer and image backend for ``config``; placeholders for what is not set up
     (a template writer, :class:`NotSetUp`) so an unconfigured daemon still starts."""
     missing = setup_missing(config)
-    text = config.text
-    if "prompt writer" in missing:
-        text = text.model_copy(update={"mode": "template"})
-    prompts = PromptWriter(text, client, limits=config.limits)
+    prompts = prompt_writer(config, client)
     images: ImageBackend
     if "image service" in missing:
         images = NotSetUp()

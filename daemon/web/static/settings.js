@@ -339,11 +339,23 @@
       const style = { prefix: form.elements.prefix.value, suffix: form.elements.suffix.value, negative: form.elements.negative.value };
       try {
         const answer = await api("POST", "/api/v1/settings/preview", { style });
-        box.replaceChildren(
-          el("p", { class: "hint", text: "Sent to the image service for a sample reply:" }),
-          el("pre", { class: "sent", id: "preview-prompt", text: answer.prompt }),
-          el("p", { class: "hint", text: `Negative: ${answer.negative || "(none)"}` }),
-        );
+        const parts = [];
+        if (answer.llm) {
+          // The exact request the prompt writer sends for the sample reply, then the image
+          // prompt built around whatever the LLM answers.
+          parts.push(el("p", { class: "hint", text: `Sent to the prompt writer (${answer.request.url}) for a sample reply:` }));
+          for (const message of answer.request.body.messages) {
+            parts.push(el("p", { class: "hint", text: `${message.role}:` }), el("pre", { class: "sent", "data-role": message.role, text: message.content }));
+          }
+          const rest = Object.fromEntries(Object.entries(answer.request.body).filter(([key]) => key !== "messages"));
+          parts.push(el("p", { class: "hint", text: `With: ${JSON.stringify(rest)}` }));
+          parts.push(el("p", { class: "hint", text: `Then sent to the image service, the LLM's answer (at most ${answer.answer_room} characters) in its place:` }));
+        } else {
+          parts.push(el("p", { class: "hint", text: "Sent to the image service for a sample reply (template prompt writer):" }));
+        }
+        parts.push(el("pre", { class: "sent", id: "preview-prompt", text: answer.prompt }));
+        parts.push(el("p", { class: "hint", text: `Negative: ${answer.negative || "(none)"}` }));
+        box.replaceChildren(...parts);
       } catch (error) {
         box.textContent = error.message;
       }
