@@ -211,6 +211,32 @@ def test_generate_queues_once_and_force_makes_another(root: Path, make_config: M
     assert len(jobs) == 2 and {j.regen for j in jobs} == {0, 1}
 
 
+def test_generate_names_the_forced_job_after_the_first_was_rejected(
+    root: Path, make_config: MakeConfig
+) -> None:
+    """Rejected, then forced and committed: asking again names the committed job (the reply
+    has its image), not the first job's "rejected", which would make the extension pay again."""
+    config = make_config(root, mode="manual")
+    assert cmd_generate(config, "Alice", 8, False, out=io.StringIO()) == 0
+    [first] = anyio.run(_jobs, config)
+    assert cmd_generate(config, "Alice", 8, False, force=True, out=io.StringIO()) == 0
+    [forced] = [j for j in anyio.run(_jobs, config) if j.id != first.id]
+
+    async def settle() -> None:
+        store = await Store.open(config.db_path)
+        try:
+            await store.transition(first.id, JobState.QUEUED, JobState.REJECTED, check=False)
+            await store.transition(forced.id, JobState.QUEUED, JobState.COMMITTED, check=False)
+        finally:
+            await store.close()
+
+    anyio.run(settle)
+    out = io.StringIO()
+    assert cmd_generate(config, "Alice", 8, False, out=out) == 0
+    assert f"job {forced.id} already exists" in out.getvalue()
+    assert len(anyio.run(_jobs, config)) == 2
+
+
 def test_generate_in_a_group_chat(root: Path, make_config: MakeConfig) -> None:
     config = make_config(root)
     assert cmd_generate(config, "Lighthouse Garden", None, False, out=io.StringIO()) == 0

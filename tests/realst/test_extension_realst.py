@@ -237,6 +237,16 @@ async def test_send_popup_accept_live_save_reload_genimage_hostile(
         await toast_seen(page, "toast-error", "bad request <img", within_ms=JOB_S * 1000)
         fake_api.fail_image = []
 
+        # 5b. Plain /genimage takes the chat's last reply; that one has its image already, so a
+        # toast says so and names force=true instead of paying for another.
+        await stpage.slash(page, "/genimage")
+        await toast_seen(
+            page,
+            "toast-info",
+            f"/genimage mesid={second_reply} force=true",
+            within_ms=JOB_S * 1000,
+        )
+
         # 6. Reload: the images are read from the file, each once.
         await page.reload()
         await stpage.open_st(page, st.url)

@@ -355,6 +355,10 @@ def select(root: Path, users: Sequence[str], spec: str | None, mesid: int | None
 # --- the job -----------------------------------------------------------------------------------
 
 
+ENDED_EMPTY = (JobState.REJECTED, JobState.FAILED, JobState.SUPERSEDED)
+"""States in which a job ended without an image in the chat."""
+
+
 async def create_for(
     store: Store,
     sel: Selection,
@@ -398,6 +402,16 @@ async def create_for(
             revived = await revive_job(store, approval, existing, auto_accept=auto_accept)
             if revived is not None:
                 return revived, True
+        if existing.state in (JobState.REJECTED, JobState.FAILED):
+            # A job forced later for the same text speaks for the reply: the image it put in
+            # the chat, or the one on its way (not the first job's "rejected").
+            later = [
+                j
+                for j in await store.jobs_for(reply)
+                if j.id != existing.id and j.revision == revision and j.state not in ENDED_EMPTY
+            ]
+            if later:
+                return max(later, key=lambda j: j.regen), False
         return existing, False
     same = await store.jobs_for(reply)
     regen = 1 + max((j.regen for j in same if j.revision == revision), default=0)
