@@ -43,7 +43,9 @@ RESTART_KEYS = (
     "web.allowed_origins",
     "web.hostnames",
     "detect.users",
+    "detect.watch",  # the watcher (inotify or stat poll) is chosen once, at start
     "log",
+    "notify",  # the push sender is built at start with its addresses and quiet hours
 )
 """Keys (or whole sections) a running daemon cannot take over: it keeps its value and says
 "restart to apply" until it is restarted. Everything else applies to the next job."""

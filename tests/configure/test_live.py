@@ -154,12 +154,14 @@ async def test_keys_that_cannot_change_live_say_restart_pending(
         port = service.config.web.port
         text = path.read_text(encoding="utf-8")
         path.write_text(
-            text.replace("port = 0", "port = 18999").replace('"fake-llm"', '"other-llm"'),
+            text.replace("port = 0", "port = 18999").replace('"fake-llm"', '"other-llm"')
+            + '\n[notify]\nquiet_hours = "22:00-07:00"\n',
             encoding="utf-8",
         )
         await reloaded(service, 1)
         assert service.live is not None
-        assert service.live.restart_pending == ("web.port",)
+        # Push settings are taken at start too: said, never silently ignored.
+        assert service.live.restart_pending == ("web.port", "notify")
         assert service.config.web.port == port  # kept
         assert service.config.text.model == "other-llm"  # the rest applied
         capsys.readouterr()
