@@ -29,7 +29,13 @@ from daemon.engine.intake.watchmode import choose as watch_mode
 from daemon.engine.intake.why import Explanation, explain
 from daemon.engine.jobs import manual
 from daemon.engine.jobs.approval import Approval
-from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, SpendSummary, spend_summary
+from daemon.engine.jobs.budget import (
+    APPROVED_KEY,
+    HELD_KEY,
+    SpendSummary,
+    hold_for_a_user,
+    spend_summary,
+)
 from daemon.engine.look.appearance import CharacterProfile, CharacterStore
 from daemon.engine.look.styles import SHIPPED as SHIPPED_STYLES
 from daemon.engine.look.styles import Style, all_styles, check_default_style, check_style
@@ -69,8 +75,11 @@ from daemon.jobstate import (
 from daemon.tavern import layout
 
 if TYPE_CHECKING:
+    import httpx
+
     from daemon.configure.live import LiveConfig
     from daemon.engine.jobs.order import Attention
+    from daemon.providers.text import PromptWriter
 
 __all__ = [
     "ACTIVE_STATES",
@@ -98,7 +107,9 @@ __all__ = [
     "daemon_running",
     "daemon_status",
     "damage_found",
+    "hold_for_a_user",
     "plain_age",
+    "prompt_writer",
     "vocabulary",
     "watch_mode",
 ]
@@ -585,3 +596,11 @@ def _chat_by_file(root: Path, users: Sequence[str], chat_file: str) -> str:
     if len(found) > 1:
         raise AmbiguousError(f"chat {chat_file!r} is ambiguous: {found[:5]}")
     return found[0]
+
+
+def prompt_writer(config: Config, client: httpx.AsyncClient) -> PromptWriter:
+    """The prompt writer jobs use for ``config`` (the settings page's preview shows what it
+    sends)."""
+    from daemon.engine.jobs.pipeline import prompt_writer as jobs_writer
+
+    return jobs_writer(config, client)

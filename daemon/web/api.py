@@ -26,7 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from daemon.config import Config
-from daemon.engine.front import PROGRESS_TEXT, Job, JobState, vocabulary
+from daemon.engine.front import PROGRESS_TEXT, Job, JobState, hold_for_a_user, vocabulary
 from daemon.errors import (
     AmbiguousError,
     ChatReadError,
@@ -38,7 +38,7 @@ from daemon.errors import (
 )
 from daemon.providers.decode import ImageRejected
 from daemon.tavern import layout
-from daemon.web.access import Caller, UserTokens, is_token_id
+from daemon.web.access import ADMIN, Caller, UserTokens, is_token_id
 from daemon.web.bodies import (
     AcceptBody,
     BodyError,
@@ -174,7 +174,9 @@ def _regenerated_as(job: Job) -> str | None:
     return found.group(1) if found else None
 
 
-def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, Any]:
+def job_json(
+    job: Job, config: Config, root: Path | None = None, who: Caller = ADMIN
+) -> dict[str, Any]:
     chat_file, chat_folder = _chat_parts(job.chat)
     base = f"/api/v1/jobs/{job.id}/images"
     names = image_names(job)
@@ -195,7 +197,7 @@ def job_json(job: Job, config: Config, root: Path | None = None) -> dict[str, An
         progress = {"step": job.state.value, "fraction": None, "text": PROGRESS_TEXT[job.state]}
         held = job.meta.get("held")  # why a queued job waits (a spend cap, limits.max_pending)
         if job.state is JobState.QUEUED and isinstance(held, str) and held:
-            progress["text"] = held
+            progress["text"] = held if who.admin else hold_for_a_user(held)
         told = job.meta.get("progress")  # what an A1111/ComfyUI backend last reported
         if job.state is JobState.IMAGING and isinstance(told, dict):
             fraction = told.get("fraction")
@@ -383,7 +385,11 @@ async def _status_for_user(ctx: WebContext, who: Caller, data: dict[str, Any]) -
         config_error=None,
         errors=[e for e in data.get("errors", []) if str(e.get("chat", "")).startswith(own)],
         waiting_chats=[c for c in data.get("waiting_chats", []) if str(c).startswith(own)],
-        held=[h for h in data.get("held", []) if str(h.get("chat", "")).startswith(own)],
+        held=[
+            {**h, "reason": hold_for_a_user(str(h.get("reason", "")))}
+            for h in data.get("held", [])
+            if str(h.get("chat", "")).startswith(own)
+        ],
     )
     data["waiting_messages"] = len(data["waiting_chats"])
     data.pop("spend", None)  # everyone's together: the caller's own is added by the route
@@ -432,7 +438,10 @@ async def list_jobs(request: Request) -> Response:
     )
     next_id = jobs[-1].id if len(jobs) == limit else None
     return JSONResponse(
-        {"jobs": [job_json(j, ctx.config, ctx.root) for j in jobs], "next": next_id},
+        {
+            "jobs": [job_json(j, ctx.config, ctx.root, caller(request)) for j in jobs],
+            "next": next_id,
+        },
         headers={"Cache-Control": "no-store"},
     )
 
@@ -440,7 +449,7 @@ async def list_jobs(request: Request) -> Response:
 async def one_job(request: Request) -> Response:
     job = await _job(request)
     return JSONResponse(
-        job_json(job, _ctx(request).config, _ctx(request).root),
+        job_json(job, _ctx(request).config, _ctx(request).root, caller(request)),
         headers={"Cache-Control": "no-store"},
     )
 
@@ -537,7 +546,7 @@ async def accept(request: Request) -> Response:
         done = await ctx.engine.accept(job.id, body.keep)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config, ctx.root))
+    return JSONResponse(job_json(done, ctx.config, ctx.root, caller(request)))
 
 
 async def reject(request: Request) -> Response:
@@ -548,7 +557,7 @@ async def reject(request: Request) -> Response:
         done = await ctx.engine.reject(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config, ctx.root))
+    return JSONResponse(job_json(done, ctx.config, ctx.root, caller(request)))
 
 
 async def restore(request: Request) -> Response:
@@ -560,7 +569,7 @@ async def restore(request: Request) -> Response:
         done = await ctx.engine.restore(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config, ctx.root))
+    return JSONResponse(job_json(done, ctx.config, ctx.root, caller(request)))
 
 
 async def cancel(request: Request) -> Response:
@@ -572,7 +581,7 @@ async def cancel(request: Request) -> Response:
         done = await ctx.engine.cancel(job.id)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(done, ctx.config, ctx.root))
+    return JSONResponse(job_json(done, ctx.config, ctx.root, caller(request)))
 
 
 async def cancel_queued(request: Request) -> Response:
@@ -604,7 +613,17 @@ def _event_for(who: Caller, event: Event) -> Event | None:
     if who.admin:
         return event
     if event.user is not None:
-        return event if who.sees(event.user) else None
+        if not who.sees(event.user):
+            return None
+        if event.name == "job":  # a held job's reason, without the daemon-wide spend
+            data = json.loads(event.data)
+            progress = (data.get("job") or {}).get("progress")
+            if isinstance(progress, dict) and isinstance(progress.get("text"), str):
+                progress["text"] = hold_for_a_user(progress["text"])
+                return Event(
+                    event.seq, event.name, json.dumps(data, ensure_ascii=False), event.user
+                )
+        return event
     if event.name == "pause":
         data = _pause_for(who, json.loads(event.data))
         return Event(event.seq, event.name, json.dumps(data, ensure_ascii=False))
@@ -646,7 +665,7 @@ async def regen(request: Request) -> Response:
         new = await ctx.engine.regen(job.id, body.prompt)
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
-    return JSONResponse(job_json(new, ctx.config, ctx.root), status_code=201)
+    return JSONResponse(job_json(new, ctx.config, ctx.root, caller(request)), status_code=201)
 
 
 async def generate(request: Request) -> Response:
@@ -673,7 +692,9 @@ async def generate(request: Request) -> Response:
     except JobError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     status = 201 if made.created else 200
-    return JSONResponse(job_json(made.job, ctx.config, ctx.root), status_code=status)
+    return JSONResponse(
+        job_json(made.job, ctx.config, ctx.root, caller(request)), status_code=status
+    )
 
 
 async def events(request: Request) -> Response:

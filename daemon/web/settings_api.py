@@ -258,7 +258,7 @@ async def preview(request: Request) -> Response:
     """What a style sends for a sample reply, made by the engine's own prompt writer: the exact
     messages to the LLM and the image prompt around its answer, or (a template) the exact
     image prompt."""
-    from daemon.engine.jobs.pipeline import prompt_writer
+    from daemon.engine.front import prompt_writer
     from daemon.providers.http import make_client
 
     live = _live(request)

@@ -326,3 +326,27 @@ async def test_a_key_file_edited_in_place_reaches_the_next_job(
 
         await async_wait_for(pending, within=RELOAD_TIMEOUT)
         assert fake_api.count("images/generations") == 1
+
+
+async def test_a_key_file_first_written_while_running_is_watched_too(
+    tmp_path: Path, root: Path, fake_api: FakeAPI
+) -> None:
+    """No key folder at start (none is made for it: a config mount may be read-only); the
+    first key saved while running makes one, and a later hand edit of that key is noticed."""
+    old, new = "sk-first-key-000000000000000", "sk-second-key-11111111111111"
+    path = write_config(tmp_path, root, fake_api)
+    async with live_service(path) as service:
+        assert not (path.parent / "keys").exists()
+        ConfigWriter(ConfigSource.find(path, environ={})).apply(
+            {}, secrets_given={"image.api_key": old}
+        )
+
+        async def has(key: str) -> bool:
+            return service.config.image.api_key.get_secret_value() == key
+
+        await async_wait_for(lambda: has(old), within=RELOAD_TIMEOUT)
+        key_file = path.parent / "keys" / "image.api_key"
+        with key_file.open("r+", encoding="utf-8") as fh:
+            fh.truncate(0)
+            fh.write(new + "\n")
+        await async_wait_for(lambda: has(new), within=RELOAD_TIMEOUT)

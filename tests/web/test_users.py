@@ -70,9 +70,12 @@ async def two_users(
     tmp_path: Path,
     fake_api: FakeAPI,
     prices: dict[str, float] | None = None,
+    limits: dict[str, Any] | None = None,
     **web: Any,
 ) -> AsyncIterator[Two]:
     extra: dict[str, Any] = {"prices": prices} if prices else {}
+    if limits:
+        extra["limits"] = limits
     config = web_config(make_config, tmp_path, fake_api, web=web, **extra)
     root = config.data_root
     assert root is not None
@@ -379,3 +382,50 @@ async def test_each_user_sees_the_spend_of_their_own_chats_and_the_admin_all(
             assert f"today {price * alices.images:.2f} USD" in own["line"]
         assert seen["admin"]["today_images"] == everyone.images
         assert seen["admin"]["today_usd"] == pytest.approx(price * everyone.images)
+
+
+async def test_a_budget_hold_tells_a_user_why_without_the_daemons_spend(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """A job held by the daily budget: its owner learns the budget is reached, not how much
+    the whole daemon spent against which cap; the admin sees the figures."""
+    from tests.web.conftest import IMAGES
+
+    price = 0.25
+    cap = price * IMAGES * 2  # room for the two jobs the fixture makes, not a third
+    async with two_users(
+        make_config, tmp_path, fake_api, prices={"fake-image": price}, limits={"daily_budget": cap}
+    ) as two:
+        inbox = two.inbox
+        path = await anyio.to_thread.run_sync(
+            user_chat, inbox.root, "alice", "attic", "Dust dances in the attic light."
+        )
+        job = await job_for(inbox.service.deps, path)
+        inbox.service.runner.wake()
+
+        async def held() -> bool:
+            return bool((await inbox.job(job.id)).meta.get("held"))
+
+        await async_wait_for(held, within=STREAM_WITHIN)
+        figures = f"of {cap:.2f} USD"
+        async with two.client(two.alice) as alice, two.client(two.admin) as admin:
+            mine = (await alice.get(f"/api/v1/jobs/{job.id}")).json()
+            assert "daily budget is reached" in mine["progress"]["text"]
+            assert figures not in json.dumps(mine)
+            status = (await alice.get("/api/v1/status")).json()
+            assert status["held"] and figures not in json.dumps(status["held"])
+            listed = (await alice.get("/api/v1/jobs")).text
+            assert figures not in listed
+            theirs = (await admin.get(f"/api/v1/jobs/{job.id}")).json()
+            assert figures in theirs["progress"]["text"]
+        # Its events (replayed from the start) say the same.
+        async with two.client(two.alice) as alice:
+            headers = {"Last-Event-ID": "0"}
+            text = ""
+            with anyio.fail_after(STREAM_WITHIN):
+                async with alice.stream("GET", "/api/v1/events", headers=headers) as stream:
+                    async for chunk in stream.aiter_text():
+                        text += chunk
+                        if "daily budget is reached" in text:
+                            break
+            assert figures not in text

@@ -264,6 +264,7 @@ class Watcher:
         self._stopping = False
         self._dead_reported = False
         self._root_watch: ObservedWatch | None = None
+        self._config_dirs: set[Path] = set()
 
     def start(self) -> None:
         """Schedule and start watchdog's threads; :class:`TavernError` when that fails.
@@ -281,12 +282,9 @@ class Watcher:
                     self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
                 )
             # The config file's folder, not the file: editors and our writer replace the file.
-            # 0700: the key files' folder holds secrets (a config folder made here is private too).
-            for folder in {f.absolute().parent for f in self.config_files}:
-                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-                self._observer.schedule(
-                    self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
-                )
+            if self.config_files:
+                self.config_files[0].absolute().parent.mkdir(parents=True, exist_ok=True)
+            self._schedule_config_dirs()
             self._observer.daemon = True
             self._observer.start()
         except OSError as exc:
@@ -302,6 +300,30 @@ class Watcher:
                 daemon=True,
             ).start()
         log.debug("observer started", root=str(self.root), watch_root=self.watch_root)
+
+    def _schedule_config_dirs(self) -> None:
+        """Watch the folder of each config and key file that exists and is not watched yet (a
+        key folder is never created here: a read-only config mount must not stop the daemon;
+        it is watched once it exists, see :meth:`watch_config_files`)."""
+        for folder in sorted({f.absolute().parent for f in self.config_files}):
+            if folder in self._config_dirs or not folder.is_dir():
+                continue
+            self._observer.schedule(
+                self.bridge, str(folder), recursive=False, event_filter=WATCHED_EVENTS
+            )
+            self._config_dirs.add(folder)
+
+    def watch_config_files(self, files: Sequence[Path]) -> None:
+        """Watch ``files`` (the config file first, then its key files) from now on: the files
+        a new config names, the key folder the settings page created."""
+        self.config_files = tuple(files)
+        self.bridge.config_files = tuple(str(f.absolute()) for f in files)
+        if not self._started:
+            return
+        try:
+            self._schedule_config_dirs()
+        except OSError as exc:  # the next reload tries again; the config file stays watched
+            log.warning("a key file's folder cannot be watched", error=str(exc))
 
     def stop_root(self) -> None:
         """Stop watching the data root (the daemon switched to polling it)."""

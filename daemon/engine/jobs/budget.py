@@ -11,6 +11,7 @@ never both call.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
@@ -28,6 +29,7 @@ __all__ = [
     "Reservation",
     "SpendSummary",
     "day_window",
+    "hold_for_a_user",
     "month_window",
     "spend_summary",
 ]
@@ -61,6 +63,15 @@ def month_window(now: datetime, tz: tzinfo | None = None) -> tuple[datetime, dat
     start = datetime.combine(first, time(0), tzinfo=local.tzinfo)
     end = datetime.combine(following, time(0), tzinfo=local.tzinfo)
     return start.astimezone(UTC), end.astimezone(UTC)
+
+
+_DAEMON_SPEND = re.compile(r"(daily|monthly) budget reached: [0-9.]+ of [0-9.]+ USD")
+
+
+def hold_for_a_user(reason: str) -> str:
+    """A hold's reason as a user token's caller sees it: the daemon-wide spend and cap in a
+    budget hold are everyone's together (the admin's to see), so they are left out."""
+    return _DAEMON_SPEND.sub(r"the daemon's \1 budget is reached", reason)
 
 
 @dataclass(frozen=True)

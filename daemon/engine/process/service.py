@@ -247,6 +247,8 @@ class Service:
             self.runner.wake()
 
     def _config_state_changed(self) -> None:
+        if self.live is not None:  # a new config may name other key files
+            self.watcher.watch_config_files(self.live.watched_files())
         self._counts_stale = True
         self.heartbeat.write(watching=len(self.index), **self._heartbeat_extra())
         self.engine.config_changed()

@@ -343,7 +343,7 @@
         if (answer.llm) {
           // The exact request the prompt writer sends for the sample reply, then the image
           // prompt built around whatever the LLM answers.
-          parts.push(el("p", { class: "hint", text: `Sent to the prompt writer (${answer.request.url}) for a sample reply:` }));
+          parts.push(el("p", { class: "hint", text: `Sent to the prompt writer (${answer.request.url}) for a sample reply (the character Mira, her appearance tags and the persona are examples; everything else is your configuration):` }));
           for (const message of answer.request.body.messages) {
             parts.push(el("p", { class: "hint", text: `${message.role}:` }), el("pre", { class: "sent", "data-role": message.role, text: message.content }));
           }
