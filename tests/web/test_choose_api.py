@@ -122,12 +122,16 @@ async def test_cancel_one_and_all_queued_of_a_chat_and_pause(
         assert (await inbox.job(made[1].id)).state is JobState.REJECTED
         assert fake_api.count("images/generations") == calls
 
-        # One chat paused, the others run; resuming it lets its job start.
+        # One chat paused, the others run; resuming it lets its job start. The chat is paused
+        # before its job exists: resuming everything first wakes the runner, which would
+        # otherwise start the job before the chat's pause arrives.
+        await c.post("/api/v1/pause", json={"paused": False})
+        rel = "default-user/chats/Alice/Alice - held.jsonl"
+        one = (await c.post("/api/v1/pause", json={"paused": True, "chat": rel})).json()
+        assert one == {"all": False, "chats": [rel], "since": one["since"]}
         path = await anyio.to_thread.run_sync(write_chat, inbox.root, "held", ["Held."])
         held = await job_for(inbox.service.deps, path)
-        await c.post("/api/v1/pause", json={"paused": False})
-        one = (await c.post("/api/v1/pause", json={"paused": True, "chat": held.chat})).json()
-        assert one == {"all": False, "chats": [held.chat], "since": one["since"]}
+        assert held.chat == rel
         other = await inbox.pending("free")  # another chat still runs
         assert other.state is JobState.PENDING
         assert (await inbox.job(held.id)).state is JobState.QUEUED
