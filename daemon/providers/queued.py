@@ -522,9 +522,12 @@ class QueuedBackend:
     async def _submit(self, path: str, body: dict[str, Any]) -> Ticket:
         async def attempt(n: int) -> Ticket:
             await self._gate.wait()
-            payload = await self._api.json(
-                "POST", path, body=body, timeout=self._settings.timeout_seconds
-            )
+            # Shielded (its timeout bounds it): a job given up while the submit is in flight
+            # must still learn the ticket, or the paid request runs on with nobody to cancel it.
+            with anyio.CancelScope(shield=True):
+                payload = await self._api.json(
+                    "POST", path, body=body, timeout=self._settings.timeout_seconds
+                )
             try:
                 return self.service.ticket(payload, self._api.base)
             except ValueError as exc:

@@ -3,6 +3,7 @@ socket (shapes and their sources: tests/providers/fake_queues.py)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,6 +99,37 @@ async def test_a_given_up_job_is_cancelled_at_the_provider(
 
         await gen.generate(ImageRequest("a lighthouse"), progress=give_up)
     assert scope.cancelled_caught
+    assert fal.seen("PUT", "/fal-ai/flux/schnell/requests/f-1/cancel")
+    assert fal.jobs["f-1"].cancelled
+
+
+SUBMIT_HELD = 30.0
+"""Longest time the fake holds its answer to a submit (the test releases it at once)."""
+
+
+async def test_a_job_given_up_while_its_submit_is_in_flight_is_cancelled_there(
+    fal: FakeFal, client: httpx.AsyncClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The submit was sent; the job is given up before its answer arrives. The answer is still
+    read (the call is shielded), so the paid request is cancelled at the provider instead of
+    running on with nobody knowing its id."""
+    fal.waits = 10_000
+    arrived, release = threading.Event(), threading.Event()
+    answer = fal.answer
+
+    def held(seen: Any) -> Reply:
+        if seen.method == "POST":  # the submit (fal's cancel is a PUT)
+            arrived.set()
+            release.wait(SUBMIT_HELD)
+        return answer(seen)
+
+    monkeypatch.setattr(fal, "answer", held)
+    gen = make("fal", fal.url, client, clock, api_key=fal.key)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(gen.generate, ImageRequest("a lighthouse"))
+        assert await anyio.to_thread.run_sync(arrived.wait, SUBMIT_HELD)
+        tg.cancel_scope.cancel()
+        release.set()
     assert fal.seen("PUT", "/fal-ai/flux/schnell/requests/f-1/cancel")
     assert fal.jobs["f-1"].cancelled
 
