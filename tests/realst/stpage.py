@@ -143,9 +143,14 @@ async def chat_markers(page: Page) -> list[str | None]:
 
 
 async def slash(page: Page, command: str) -> Any:
-    """Run a slash command as typed into ST's input box (Enter)."""
-    await page.locator("#send_textarea").fill(command, timeout=STEP_MS)
-    await page.locator("#send_but").click(timeout=STEP_MS)
+    """Run a slash command through ST's own executor, the one its input box hands a typed
+    ``/command`` to. Not by typing and clicking Send: a Send that lands while ST is still busy
+    with the previous turn was seen to go out as a chat message (a real reply followed)."""
+    await page.evaluate(
+        "async (command) => { await SillyTavern.getContext()"
+        ".executeSlashCommandsWithOptions(command, { handleParserErrors: true }); }",
+        command,
+    )
     return None
 
 
