@@ -190,7 +190,34 @@ async def while_running(
     return result[0]
 
 
-class NativeAPI:
+class EndpointReplies:
+    """What an image API client says about itself: its label, its secret (for redaction) and
+    a bad answer as a :class:`BadResponseError` with the secret taken out."""
+
+    endpoint: Endpoint
+
+    @property
+    def label(self) -> str:
+        return self.endpoint.label
+
+    @property
+    def secret(self) -> str:
+        return self.endpoint.secret
+
+    def bad(
+        self, text: str, body: str | bytes | None = None, status: int = 200
+    ) -> BadResponseError:
+        if isinstance(body, bytes):
+            body = body.decode("utf-8", "replace")
+        return BadResponseError(
+            f"{self.label}: {text}",
+            provider=self.label,
+            status=status,
+            body=redact(body or "", self.secret),
+        )
+
+
+class NativeAPI(EndpointReplies):
     """JSON calls to one local server: its errors in the ``daemon.errors`` hierarchy, with fixes
     that name the right keys (``api_auth``, ``api_url``), never a secret."""
 
@@ -213,26 +240,6 @@ class NativeAPI:
             max_bytes=settings.max_download_bytes,
             trusted_hosts=frozenset({host}),
             timeout=settings.timeout_seconds,
-        )
-
-    @property
-    def label(self) -> str:
-        return self.endpoint.label
-
-    @property
-    def secret(self) -> str:
-        return self.endpoint.secret
-
-    def bad(
-        self, text: str, body: str | bytes | None = None, status: int = 200
-    ) -> BadResponseError:
-        if isinstance(body, bytes):
-            body = body.decode("utf-8", "replace")
-        return BadResponseError(
-            f"{self.label}: {text}",
-            provider=self.label,
-            status=status,
-            body=redact(body or "", self.secret),
         )
 
     def error(self, status: int, raw: bytes, headers: httpx.Headers) -> ProviderError:

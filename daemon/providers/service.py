@@ -17,7 +17,7 @@ import httpx
 from pydantic import SecretStr
 
 from daemon.config import ImageSettings
-from daemon.errors import BadResponseError, ProviderError
+from daemon.errors import ProviderError
 from daemon.providers.backend import ReferenceImage
 from daemon.providers.decode import GeneratedImage, ImageRejected
 from daemon.providers.download import DownloadPolicy, Resolver, download_image, system_resolve
@@ -32,10 +32,9 @@ from daemon.providers.http import (
     error_from_transport,
     read_capped,
     read_within,
-    redact,
     with_retries,
 )
-from daemon.providers.native import checked, decode_b64_image
+from daemon.providers.native import EndpointReplies, checked, decode_b64_image
 
 __all__ = ["HeaderAuth", "ServiceAPI", "data_url", "with_cost"]
 
@@ -74,7 +73,7 @@ def with_cost(
     return [replace(image, cost=share, cost_unit=unit) for image in images]
 
 
-class ServiceAPI:
+class ServiceAPI(EndpointReplies):
     """Calls to one hosted service; its errors in the ``daemon.errors`` hierarchy, never with
     the key in them."""
 
@@ -104,26 +103,6 @@ class ServiceAPI:
             max_bytes=settings.max_download_bytes,
             trusted_hosts=frozenset({self.endpoint.host.lower()}),
             timeout=settings.timeout_seconds,
-        )
-
-    @property
-    def label(self) -> str:
-        return self.endpoint.label
-
-    @property
-    def secret(self) -> str:
-        return self.endpoint.secret
-
-    def bad(
-        self, text: str, body: str | bytes | None = None, status: int = 200
-    ) -> BadResponseError:
-        if isinstance(body, bytes):
-            body = body.decode("utf-8", "replace")
-        return BadResponseError(
-            f"{self.label}: {text}",
-            provider=self.label,
-            status=status,
-            body=redact(body or "", self.secret),
         )
 
     def url(self, path: str) -> str:
