@@ -511,15 +511,7 @@ class Committer:
         return await self._ledger_add(job, message)
 
     async def _ledger_add(self, job: Job, message: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.ledger_add(
-            job_id=job.id,
-            user=job.user,
-            chat=job.chat,
-            identity_name=job.identity_name,
-            identity_date=job.identity_date,
-            revision=job.revision,
-            message=message,
-        )
+        await self.store.ledger_add(job_id=job.id, reply=job.reply, message=message)
         entry = await self.store.ledger_get(job.id)
         return entry.message if entry is not None else dict(message)
 
@@ -739,7 +731,7 @@ class Committer:
                 continue
             if reply is None:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
-            elif str(reply.message.revision) != entry.revision:
+            elif str(reply.message.revision) != entry.reply.revision:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
             else:
                 todo.append((entry, reply, False))
@@ -750,11 +742,11 @@ class Committer:
             hint = (await self.store.get_job(entry.job_id)).message_index
         except JobError:
             hint = 0
-        return MessageIdentity(hint, entry.identity_name, entry.identity_date)
+        return entry.reply.identity(hint)
 
     async def _check_images_of(self, entry: LedgerEntry) -> None:
         for url in message_urls(entry.message):
-            path = served_path(self.root, entry.user, url)
+            path = served_path(self.root, entry.reply.user, url)
             if path is None or not await anyio.to_thread.run_sync(path.is_file):
                 await self.store.ledger_retire(entry.job_id, REASON_IMAGES_MISSING)
                 raise _NotCommittable(REASON_IMAGES_MISSING)

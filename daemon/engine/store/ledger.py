@@ -15,6 +15,7 @@ from daemon.engine.store.db import Database
 from daemon.engine.store.model import (
     JobState,
     LedgerEntry,
+    ReplyKey,
     marks,
     now_utc,
     parse_stamp,
@@ -22,17 +23,14 @@ from daemon.engine.store.model import (
     states_list,
     to_json,
 )
+from daemon.engine.store.reads import reply_from_row
 from daemon.errors import StoreError
 
 
 def _ledger_from_row(row: sqlite3.Row) -> LedgerEntry:
     return LedgerEntry(
         job_id=row["job_id"],
-        user=row["user"],
-        chat=row["chat"],
-        identity_name=row["identity_name"],
-        identity_date=row["identity_date"],
-        revision=row["revision"],
+        reply=reply_from_row(row),
         message=json.loads(row["message"]),
         acknowledged=bool(row["acknowledged"]),
         retired=row["retired"],
@@ -48,11 +46,7 @@ class Ledger(Database):
         self,
         *,
         job_id: str,
-        user: str,
-        chat: str,
-        identity_name: str,
-        identity_date: str,
-        revision: str,
+        reply: ReplyKey,
         message: Mapping[str, Any],
         now: datetime | None = None,
     ) -> None:
@@ -69,7 +63,17 @@ class Ledger(Database):
                 "INSERT INTO ledger (job_id, user, chat, identity_name, identity_date, revision, "
                 "message, acknowledged, retired, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-                (job_id, user, chat, identity_name, identity_date, revision, text, at, at),
+                (
+                    job_id,
+                    reply.user,
+                    reply.chat,
+                    reply.name,
+                    reply.date,
+                    reply.revision,
+                    text,
+                    at,
+                    at,
+                ),
             )
 
         await self._run(_add, write=True)
