@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,10 @@ async def _commit(root: Path, state: Path, fields: dict[str, Any]) -> float:
     from daemon.config import Config
     from daemon.engine.commit.apply import Committer
     from daemon.engine.jobs.approval import Approval
-    from daemon.engine.store import JobState, Store
+    from daemon.engine.store import JobState, ReplyKey, Store
     from daemon.providers.decode import GeneratedImage
+
+    fields = {**fields, "reply": ReplyKey(*fields["reply"])}  # a JSON list from the parent
 
     config = Config(data_root=root, state_dir=state)
     store = await Store.open(config.db_path)
@@ -77,6 +80,7 @@ def _child(args: list[str]) -> int:
 
 def _fields(root: Path, path: Path) -> dict[str, Any]:
     """The job's fields for the chat's last reply (read here, in the parent)."""
+    from daemon.jobstate import ReplyKey
     from daemon.tavern import layout
     from daemon.tavern.chat import read_chat
 
@@ -85,15 +89,11 @@ def _fields(root: Path, path: Path) -> dict[str, Any]:
     ref = layout.classify(root, path).chat
     assert ref is not None
     return {
-        "user": ref.user,
-        "chat": ref.rel,
+        "reply": list(astuple(ReplyKey.of(ref.user, ref.rel, reply))),
         "character": ref.owner,
         "is_group": False,
         "speaker": reply.name,
         "message_index": reply.index,
-        "identity_name": reply.identity.name,
-        "identity_date": reply.identity.first_date,
-        "revision": str(reply.revision),
     }
 
 

@@ -703,7 +703,7 @@ async def test_commits_of_one_chat_are_serialized(harness: Harness) -> None:
         ours = chat.find_marker(job.id)
         assert ours is not None
         assert chat.messages[ours.index - 1].identity.key == (
-            f"{job.identity_name}\x1f{job.identity_date}"
+            f"{job.reply.name}\x1f{job.reply.date}"
         )
     for job in jobs:
         assert (await h.job(job.id)).state is JobState.COMMITTED

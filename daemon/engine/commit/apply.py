@@ -811,7 +811,7 @@ class Committer:
                 continue
             if reply is None:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
-            elif str(reply.message.revision) != entry.revision:
+            elif str(reply.message.revision) != entry.reply.revision:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
             else:
                 todo.append((entry, reply, False))
@@ -822,11 +822,11 @@ class Committer:
             hint = (await self.store.get_job(entry.job_id)).message_index
         except JobError:
             hint = 0
-        return MessageIdentity(hint, entry.identity_name, entry.identity_date)
+        return entry.reply.identity(hint)
 
     async def _check_images_of(self, entry: LedgerEntry) -> None:
         for url in message_urls(entry.message):
-            path = served_path(self.root, entry.user, url)
+            path = served_path(self.root, entry.reply.user, url)
             if path is None or not await anyio.to_thread.run_sync(path.is_file):
                 await self.store.ledger_retire(entry.job_id, REASON_IMAGES_MISSING)
                 raise _NotCommittable(REASON_IMAGES_MISSING)

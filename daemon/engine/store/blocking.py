@@ -33,17 +33,6 @@ class _Taken(Exception):
         self.message = message
 
 
-def _row(job: Job) -> dict[str, str]:
-    return {
-        "job_id": job.id,
-        "user": job.user,
-        "chat": job.chat,
-        "identity_name": job.identity_name,
-        "identity_date": job.identity_date,
-        "revision": job.revision,
-    }
-
-
 class Blocking:
     """The store's calls for a worker thread (see the module's docstring)."""
 
@@ -61,7 +50,7 @@ class Blocking:
         """:meth:`Ledger.ledger_add` for ``job`` (unless it has an entry), from a thread."""
         at = stamp(now_utc())
         self._db.call_blocking(
-            partial(add_entry, row=_row(job), message=message, at=at), write=True
+            partial(add_entry, job_id=job.id, reply=job.reply, message=message, at=at), write=True
         )
 
     def intend(
@@ -81,10 +70,9 @@ class Blocking:
         recorded wins: another run of the job got there first), nothing is recorded and that
         message is returned: the caller must not rename, and writes that one instead."""
         at = stamp(now or now_utc())
-        row = _row(job)
 
         def _intend(conn: sqlite3.Connection) -> None:
-            add_entry(conn, row, message, at)
+            add_entry(conn, job.id, job.reply, message, at)
             entry = entry_of(conn, job.id)
             if entry is not None and entry.message != message:
                 raise _Taken(entry.message)

@@ -29,7 +29,6 @@ from daemon.engine.store.model import (
     JobState,
     States,
     aware_utc,
-    job_key,
     marks,
     new_job_id,
     now_utc,
@@ -49,15 +48,11 @@ _JOB_COLUMNS = JOB_COLUMNS
 
 _CREATE_REQUIRED = frozenset(
     {
-        "user",
-        "chat",
+        "reply",
         "character",
         "is_group",
         "speaker",
         "message_index",
-        "identity_name",
-        "identity_date",
-        "revision",
     }
 )
 _CREATE_OPTIONAL = frozenset(
@@ -96,26 +91,21 @@ _job_from_row = job_from_row
 def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The ``jobs`` row of a new QUEUED job from :meth:`Store.create_job`'s fields."""
     regen = int(fields.get("regen", 0))
-    key = fields.get("key") or job_key(
-        fields["user"],
-        fields["chat"],
-        fields["identity_name"],
-        fields["identity_date"],
-        fields["revision"],
-        regen,
-    )
+    reply = fields["reply"]
+    if not isinstance(reply, ReplyKey):
+        raise TypeError(f"create_job: reply must be a ReplyKey, not {type(reply).__name__}")
     return {
         "id": fields.get("id") or new_job_id(int(now.timestamp() * 1000)),
-        "key": key,
-        "user": str(fields["user"]),
-        "chat": str(fields["chat"]),
+        "key": fields.get("key") or reply.key(regen),
+        "user": reply.user,
+        "chat": reply.chat,
         "character": str(fields["character"]),
         "is_group": int(bool(fields["is_group"])),
         "speaker": str(fields["speaker"]),
         "message_index": int(fields["message_index"]),
-        "identity_name": str(fields["identity_name"]),
-        "identity_date": str(fields["identity_date"]),
-        "revision": str(fields["revision"]),
+        "identity_name": reply.name,
+        "identity_date": reply.date,
+        "revision": reply.revision,
         "regen": regen,
         "excerpt": str(fields.get("excerpt", "")),
         "source": str(fields.get("source", "auto")),
@@ -208,10 +198,10 @@ class Jobs(Database):
     async def create_job(self, **fields: Any) -> Job | None:
         """Insert a queued job; ``None`` if a job with the same ``key`` exists (idempotent).
 
-        Required: user, chat, character, is_group, speaker, message_index, identity_name,
-        identity_date, revision. Optional: excerpt (""), source ("auto"), state (queued),
-        prompt, images, meta, regen (0), key (computed by :func:`job_key`), id, now,
-        next_attempt_at (now). A job created with a prompt skips the prompt step.
+        Required: reply (a :class:`~daemon.jobstate.ReplyKey`), character, is_group, speaker,
+        message_index. Optional: excerpt (""), source ("auto"), state (queued), prompt, images,
+        meta, regen (0), key (``reply.key(regen)``), id, now, next_attempt_at (now). A job
+        created with a prompt skips the prompt step.
         """
         missing = _CREATE_REQUIRED - fields.keys()
         unknown = fields.keys() - _CREATE_REQUIRED - _CREATE_OPTIONAL
@@ -303,17 +293,14 @@ class Jobs(Database):
         return await self._run(_list, write=False)
 
     async def jobs_for(self, reply: ReplyKey) -> list[Job]:
-        """Every job of ``reply``'s message in its chat, whatever the revision."""
-        return await self.jobs_for_reply(reply.chat, reply.name, reply.date)
-
-    async def jobs_for_reply(self, chat: str, identity_name: str, identity_date: str) -> list[Job]:
-        """Every job of one reply (any revision, any state), oldest first."""
+        """Every job of ``reply``'s message in its chat (any revision, any state), oldest
+        first."""
 
         def _list(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE chat = ? AND identity_name = ? "
                 "AND identity_date = ? ORDER BY id",
-                (chat, identity_name, identity_date),
+                (reply.chat, reply.name, reply.date),
             ).fetchall()
             return [_job_from_row(r) for r in rows]
 
@@ -504,8 +491,8 @@ class Jobs(Database):
                 "AND identity_date = ? AND revision = ? AND user = ?",
                 (
                     current.chat,
-                    current.identity_name,
-                    current.identity_date,
+                    current.reply.name,
+                    current.reply.date,
                     current.revision,
                     current.user,
                 ),
@@ -544,19 +531,11 @@ class Jobs(Database):
         return new
 
     async def supersede(
-        self,
-        user: str,
-        chat: str,
-        identity_name: str,
-        identity_date: str,
-        keep_revision: str | None,
-        reason: str,
-        *,
-        now: datetime | None = None,
+        self, reply: ReplyKey, reason: str, *, keep: bool = True, now: datetime | None = None
     ) -> list[Job]:
-        """Supersede queued, running and pending jobs of that reply whose revision differs from
-        ``keep_revision`` (all of them when it is ``None``). Accepted and final jobs are left
-        alone: the committer checks the revision of accepted ones itself."""
+        """Supersede queued, running and pending jobs of ``reply``'s message whose revision is
+        not ``reply.revision`` (``keep=False``: whatever their revision). Accepted and final
+        jobs are left alone: the committer checks the revision of accepted ones itself."""
         check_move(SUPERSEDABLE_STATES, JobState.SUPERSEDED)
         at = stamp(now or now_utc())
         states = states_list(SUPERSEDABLE_STATES)
@@ -565,7 +544,8 @@ class Jobs(Database):
             "user = ? AND chat = ? AND identity_name = ? AND identity_date = ? "
             f"AND state IN ({marks(len(states))}) AND (? IS NULL OR revision != ?)"
         )
-        params = (user, chat, identity_name, identity_date, *states, keep_revision, keep_revision)
+        kept = reply.revision if keep else None
+        params = (reply.user, reply.chat, reply.name, reply.date, *states, kept, kept)
         return await self._supersede_where(where, params, reason, at)
 
     async def _supersede_where(

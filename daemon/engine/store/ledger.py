@@ -16,6 +16,7 @@ from daemon.engine.store.db import Database
 from daemon.engine.store.model import (
     JobState,
     LedgerEntry,
+    ReplyKey,
     marks,
     now_utc,
     parse_stamp,
@@ -23,17 +24,14 @@ from daemon.engine.store.model import (
     states_list,
     to_json,
 )
+from daemon.engine.store.reads import reply_from_row
 from daemon.errors import StoreError
 
 
 def _ledger_from_row(row: sqlite3.Row) -> LedgerEntry:
     return LedgerEntry(
         job_id=row["job_id"],
-        user=row["user"],
-        chat=row["chat"],
-        identity_name=row["identity_name"],
-        identity_date=row["identity_date"],
-        revision=row["revision"],
+        reply=reply_from_row(row),
         message=json.loads(row["message"]),
         acknowledged=bool(row["acknowledged"]),
         retired=row["retired"],
@@ -49,11 +47,14 @@ def entry_of(conn: sqlite3.Connection, job_id: str) -> LedgerEntry | None:
 
 
 def add_entry(
-    conn: sqlite3.Connection, row: Mapping[str, str], message: Mapping[str, Any], at: str
+    conn: sqlite3.Connection,
+    job_id: str,
+    reply: ReplyKey,
+    message: Mapping[str, Any],
+    at: str,
 ) -> None:
-    """Insert a ledger entry unless the job has one (the first stays); ``row``: job_id, user,
-    chat, identity_name, identity_date, revision. StoreError if no job has that id."""
-    job_id = row["job_id"]
+    """Insert a ledger entry unless the job has one (the first stays). StoreError if no job
+    has that id."""
     if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
         raise StoreError(f"cannot add job {job_id} to the commit ledger: no such job")
     conn.execute(
@@ -62,11 +63,11 @@ def add_entry(
         "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?) ON CONFLICT (job_id) DO NOTHING",
         (
             job_id,
-            row["user"],
-            row["chat"],
-            row["identity_name"],
-            row["identity_date"],
-            row["revision"],
+            reply.user,
+            reply.chat,
+            reply.name,
+            reply.date,
+            reply.revision,
             to_json(dict(message)),
             at,
             at,
@@ -101,27 +102,17 @@ class Ledger(Database):
         self,
         *,
         job_id: str,
-        user: str,
-        chat: str,
-        identity_name: str,
-        identity_date: str,
-        revision: str,
+        reply: ReplyKey,
         message: Mapping[str, Any],
         now: datetime | None = None,
     ) -> None:
         """Remember a committed message; idempotent per ``job_id`` (the first entry stays).
 
         StoreError if no job has that id."""
-        row = {
-            "job_id": job_id,
-            "user": user,
-            "chat": chat,
-            "identity_name": identity_name,
-            "identity_date": identity_date,
-            "revision": revision,
-        }
         at = stamp(now or now_utc())
-        await self._run(partial(add_entry, row=row, message=message, at=at), write=True)
+        await self._run(
+            partial(add_entry, job_id=job_id, reply=reply, message=message, at=at), write=True
+        )
 
     async def ledger_get(self, job_id: str) -> LedgerEntry | None:
         return await self._run(partial(entry_of, job_id=job_id), write=False)

@@ -16,13 +16,14 @@ from daemon.engine.store.model import (
     _CROCKFORD_ALIASES,
     Job,
     JobState,
+    ReplyKey,
     marks,
     parse_stamp,
     states_list,
 )
 from daemon.errors import AmbiguousError, JobError, NotFoundError
 
-__all__ = ["JOB_COLUMNS", "find_job", "job_from_row", "select_jobs"]
+__all__ = ["JOB_COLUMNS", "find_job", "job_from_row", "reply_from_row", "select_jobs"]
 
 JOB_COLUMNS = (
     "id, key, user, chat, character, is_group, speaker, message_index, identity_name, "
@@ -31,19 +32,22 @@ JOB_COLUMNS = (
 )
 
 
+def reply_from_row(row: sqlite3.Row) -> ReplyKey:
+    """The reply of a ``jobs`` or ``ledger`` row (the same five columns in both)."""
+    return ReplyKey(
+        row["user"], row["chat"], row["identity_name"], row["identity_date"], row["revision"]
+    )
+
+
 def job_from_row(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
         key=row["key"],
-        user=row["user"],
-        chat=row["chat"],
+        reply=reply_from_row(row),
         character=row["character"],
         is_group=bool(row["is_group"]),
         speaker=row["speaker"],
         message_index=row["message_index"],
-        identity_name=row["identity_name"],
-        identity_date=row["identity_date"],
-        revision=row["revision"],
         excerpt=row["excerpt"],
         source=row["source"],
         state=JobState(row["state"]),
