@@ -220,7 +220,7 @@ def job_json(
         "character": job.character,
         "speaker": job.speaker,
         "mesid": job.message_index,
-        "identity": {"name": job.identity_name, "send_date": job.identity_date},
+        "identity": {"name": job.reply.name, "send_date": job.reply.date},
         "revision": job.revision,
         "excerpt": job.excerpt,
         "source": job.source,
@@ -530,7 +530,7 @@ async def message(request: Request) -> Response:
     written = await ctx.engine.committed_message(job.id)
     if written is None:
         raise ApiError(404, "not_found", f"job {job.id} has no message in the ledger")
-    after = {"name": job.identity_name, "send_date": job.identity_date, "mesid": job.message_index}
+    after = {"name": job.reply.name, "send_date": job.reply.date, "mesid": job.message_index}
     return JSONResponse({"message": written, "after": after})
 
 

@@ -20,6 +20,7 @@ from daemon.cli import quick as quick_module
 from daemon.config import load_config
 from daemon.configure import locate
 from daemon.engine.store import JobState, Store
+from daemon.jobstate import ReplyKey
 from tests.engine.test_cli import cfg_path, cli, make_jobs  # noqa: F401 - the fixture
 
 HEAVY = (
@@ -124,15 +125,17 @@ def _seed_states(cfg_path: Path) -> dict[str, str]:  # noqa: F811 - not the fixt
             failed = await store.fail(pending[0].id, "the image API said 500 (server error)")
             assert failed is not None
             held = await store.create_job(
-                user="default-user",
-                chat="default-user/chats/Alice/Alice - cli.jsonl",
+                reply=ReplyKey(
+                    "default-user",
+                    "default-user/chats/Alice/Alice - cli.jsonl",
+                    "Alice",
+                    "2026-11-23T13:00:00.000Z",
+                    "0:def",
+                ),
                 character="Alice",
                 is_group=False,
                 speaker="Alice",
                 message_index=41,
-                identity_name="Alice",
-                identity_date="2026-11-23T13:00:00.000Z",
-                revision="0:def",
                 excerpt="a held reply",
                 meta={"held": "daily budget reached: 2.00 of 2.00 USD", "held_fix": "raise it"},
             )
@@ -143,11 +146,7 @@ def _seed_states(cfg_path: Path) -> dict[str, str]:  # noqa: F811 - not the fixt
             assert done is not None
             await store.ledger_add(
                 job_id=done.id,
-                user=done.user,
-                chat=done.chat,
-                identity_name=done.identity_name,
-                identity_date=done.identity_date,
-                revision=done.revision,
+                reply=done.reply,
                 message={"name": "Alice", "is_system": True, "mes": ""},
             )
             await store.record_spend(

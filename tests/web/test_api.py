@@ -39,7 +39,7 @@ async def test_list_filters_pages_and_one_job(inbox: Inbox) -> None:
         job = listed["jobs"][1]
         assert job["chat"] == first.chat and job["chat_file"] == "Alice - north"
         assert job["chat_folder"] == "Alice" and job["state"] == "pending"
-        assert job["identity"] == {"name": first.identity_name, "send_date": first.identity_date}
+        assert job["identity"] == {"name": first.reply.name, "send_date": first.reply.date}
         assert [i["index"] for i in job["images"]] == list(range(1, IMAGES + 1))
         assert job["images"][0]["thumb"] == f"/api/v1/jobs/{first.id}/images/1?size=thumb"
 
@@ -119,7 +119,7 @@ async def test_accept_a_subset_commits_exactly_those_images(inbox: Inbox) -> Non
         assert image.content == wanted[1]
         message = (await c.get(f"/api/v1/jobs/{job.id}/message")).json()
         assert message["message"]["extra"]["st_imagegen_job"] == job.id
-        assert message["after"]["send_date"] == job.identity_date
+        assert message["after"]["send_date"] == job.reply.date
         assert ours[0].data == message["message"]
 
 
@@ -195,9 +195,7 @@ async def _swipe_away(inbox: Inbox, job_id: str) -> None:
     """As the daemon does when the reply is swiped away: superseded, its images shelved."""
     job = await inbox.job(job_id)
     store, approval = inbox.service.store, inbox.service.deps.approval
-    gone = await store.supersede(
-        job.user, job.chat, job.identity_name, job.identity_date, None, "reply changed"
-    )
+    gone = await store.supersede(job.reply, "reply changed", keep=False)
     assert [g.id for g in gone] == [job.id]
     assert await anyio.to_thread.run_sync(approval.shelve, job.id)
 

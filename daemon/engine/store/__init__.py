@@ -36,8 +36,8 @@ if TYPE_CHECKING:
         Job,
         JobState,
         LedgerEntry,
+        ReplyKey,
         States,
-        job_key,
         new_job_id,
     )
     from daemon.engine.store.reads import SpendTotal
@@ -64,11 +64,11 @@ __all__ = [
     "Ledger",
     "LedgerEntry",
     "OurWrites",
+    "ReplyKey",
     "Spend",
     "SpendTotal",
     "States",
     "Store",
-    "job_key",
     "new_job_id",
 ]
 

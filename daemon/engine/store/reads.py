@@ -20,6 +20,7 @@ from daemon.engine.store.model import (
     FAILING_STATES,
     Job,
     JobState,
+    ReplyKey,
     marks,
     parse_stamp,
     stamp,
@@ -36,6 +37,7 @@ __all__ = [
     "jobs_in",
     "open_ledger_counts",
     "recent_errors",
+    "reply_from_row",
     "select_jobs",
     "spend_between",
 ]
@@ -47,19 +49,22 @@ JOB_COLUMNS = (
 )
 
 
+def reply_from_row(row: sqlite3.Row) -> ReplyKey:
+    """The reply of a ``jobs`` or ``ledger`` row (the same five columns in both)."""
+    return ReplyKey(
+        row["user"], row["chat"], row["identity_name"], row["identity_date"], row["revision"]
+    )
+
+
 def job_from_row(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
         key=row["key"],
-        user=row["user"],
-        chat=row["chat"],
+        reply=reply_from_row(row),
         character=row["character"],
         is_group=bool(row["is_group"]),
         speaker=row["speaker"],
         message_index=row["message_index"],
-        identity_name=row["identity_name"],
-        identity_date=row["identity_date"],
-        revision=row["revision"],
         excerpt=row["excerpt"],
         source=row["source"],
         state=JobState(row["state"]),
