@@ -89,12 +89,13 @@ async def _accepted(
         speaker=reply.name,
         message_index=reply.index,
         prompt="a forest glade at dawn",
+        state=JobState.PENDING,
         regen=n,
     )
     assert job is not None
     await anyio.to_thread.run_sync(approval.write_pending, job, [_png()], {})
     names = tuple(p.name for p in approval.kept_images(job.id))
-    moved = await store.transition(job.id, JobState.QUEUED, JobState.ACCEPTED, images=names)
+    moved = await store.transition(job.id, JobState.PENDING, JobState.ACCEPTED, images=names)
     assert moved is not None
     return moved
 

@@ -50,7 +50,9 @@ async def _commit(root: Path, state: Path, fields: dict[str, Any]) -> float:
     store = await Store.open(config.db_path)
     approval = Approval(config.state_dir)
     try:
-        job = await store.create_job(**fields, prompt="a forest glade at dawn")
+        job = await store.create_job(
+            **fields, prompt="a forest glade at dawn", state=JobState.PENDING
+        )
         assert job is not None
         png = bytes.fromhex(
             "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -59,7 +61,7 @@ async def _commit(root: Path, state: Path, fields: dict[str, Any]) -> float:
         image = GeneratedImage(png, "png", 1, 1, "image/png")
         await anyio.to_thread.run_sync(approval.write_pending, job, [image], {})
         names = tuple(p.name for p in approval.kept_images(job.id))
-        moved = await store.transition(job.id, JobState.QUEUED, JobState.ACCEPTED, images=names)
+        moved = await store.transition(job.id, JobState.PENDING, JobState.ACCEPTED, images=names)
         assert moved is not None
         before = _peak_mb()
         done = await Committer(config, store, approval, root).commit_job(moved)

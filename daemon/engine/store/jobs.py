@@ -121,6 +121,54 @@ def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
+def job_move(
+    job_id: str, expected: States, new: JobState, *, check: bool = True, **fields: Any
+) -> Callable[[sqlite3.Connection], tuple[Job | None, JobState | None]]:
+    """The transaction body of :meth:`Jobs.transition`: run on a connection, it returns the
+    moved job (``None`` when not in ``expected``) and the state it left. Argument errors are
+    raised here, before anything runs."""
+    unknown = fields.keys() - _TRANSITION_FIELDS
+    if unknown:
+        raise TypeError(f"transition: unknown fields {sorted(unknown)}")
+    wanted = states_list(expected)
+    new_state = JobState(new)
+    if check:
+        check_move(expected, new_state)
+    now = aware_utc(fields.pop("now", None) or now_utc())
+    meta_update = fields.pop("meta_update", None)
+    sets: dict[str, Any] = {"state": new_state.value, "updated_at": stamp(now)}
+    for name, value in fields.items():
+        if name == "images":
+            sets[name] = to_json(list(value))
+        elif name == "meta":
+            sets[name] = to_json(dict(value))
+        elif name == "next_attempt_at":
+            sets[name] = stamp(value) if value is not None else None
+        else:
+            sets[name] = value
+
+    def _move(conn: sqlite3.Connection) -> tuple[Job | None, JobState | None]:
+        row = conn.execute(
+            f"SELECT state, meta FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
+            (job_id, *wanted),
+        ).fetchone()
+        if row is None:
+            return None, None
+        changes = dict(sets)
+        if meta_update:
+            meta = json.loads(changes["meta"]) if "meta" in changes else json.loads(row["meta"])
+            meta.update(meta_update)
+            changes["meta"] = to_json(meta)
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        found = conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_JOB_COLUMNS}",
+            (*changes.values(), job_id),
+        ).fetchone()
+        return _job_from_row(found), JobState(row["state"])
+
+    return _move
+
+
 class Jobs(Database):
     """Jobs: idempotent creation, guarded state changes, the queries the runner and CLI use."""
 
@@ -313,9 +361,11 @@ class Jobs(Database):
 
         return await self._run(_list, write=False)
 
-    def announce(self, job: Job) -> None:
-        """Tell the job listeners of a change made elsewhere (another process)."""
-        self._changed(job)
+    def announce(self, job: Job | None, previous: JobState | None = None) -> None:
+        """Tell the job listeners of a change made elsewhere (another process), or made from a
+        worker thread through :class:`~daemon.engine.store.blocking.Blocking` (announced back
+        in the event loop)."""
+        self._changed(job, previous)
 
     async def transition(
         self,
@@ -333,49 +383,9 @@ class Jobs(Database):
         attempts, last_error, prompt, images, meta (replaces), meta_update (merged into meta),
         next_attempt_at, message_index, now. ``None`` also for an unknown id.
         """
-        unknown = fields.keys() - _TRANSITION_FIELDS
-        if unknown:
-            raise TypeError(f"transition: unknown fields {sorted(unknown)}")
-        wanted = states_list(expected)
-        new_state = JobState(new)
-        if check:
-            check_move(expected, new_state)
-        now = aware_utc(fields.pop("now", None) or now_utc())
-        meta_update = fields.pop("meta_update", None)
-        sets: dict[str, Any] = {"state": new_state.value, "updated_at": stamp(now)}
-        for name, value in fields.items():
-            if name == "images":
-                sets[name] = to_json(list(value))
-            elif name == "meta":
-                sets[name] = to_json(dict(value))
-            elif name == "next_attempt_at":
-                sets[name] = stamp(value) if value is not None else None
-            else:
-                sets[name] = value
-
-        previous: list[JobState] = []
-
-        def _move(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(
-                f"SELECT state, meta FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
-                (job_id, *wanted),
-            ).fetchone()
-            if row is None:
-                return None
-            previous.append(JobState(row["state"]))
-            if meta_update:
-                meta = json.loads(sets["meta"]) if "meta" in sets else json.loads(row["meta"])
-                meta.update(meta_update)
-                sets["meta"] = to_json(meta)
-            assignments = ", ".join(f"{k} = ?" for k in sets)
-            found = conn.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_JOB_COLUMNS}",
-                (*sets.values(), job_id),
-            ).fetchone()
-            return _job_from_row(found)
-
-        moved = await self._run(_move, write=True)
-        self._changed(moved, previous[0] if previous else None)
+        move = job_move(job_id, expected, new, check=check, **fields)
+        moved, previous = await self._run(move, write=True)
+        self._changed(moved, previous)
         return moved
 
     async def reschedule(
