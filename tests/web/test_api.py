@@ -21,6 +21,9 @@ from tests.web.conftest import IMAGES, Inbox, inbox_for, web_config
 pytestmark = pytest.mark.anyio
 
 
+JSON_TYPE = {"content-type": "application/json"}
+
+
 def _error(response: httpx.Response, status: int) -> str:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -276,6 +279,41 @@ async def test_errors_are_json_with_the_right_status(inbox: Inbox) -> None:
         await inbox.wait_state(job.id, JobState.COMMITTED)
         message = _error(await c.post(f"/api/v1/jobs/{job.id}/reject", json={}), 409)
         assert f"cannot reject job {job.id}" in message
+
+
+async def test_bad_bodies_on_every_job_route_change_nothing(inbox: Inbox) -> None:
+    """Each route that takes a body answers a field of the wrong type, a missing one or a huge
+    one with a clear error, and no job, pause or token changes; unknown fields are ignored."""
+    job = await inbox.pending()
+    jobs = f"/api/v1/jobs/{job.id}"
+    async with inbox.client() as c:
+        listed = (await c.get("/api/v1/jobs")).json()
+        paused = (await c.get("/api/v1/pause")).json()
+        tokens = (await c.get("/api/v1/users")).json()
+        for route, body, status, words in (
+            (jobs + "/accept", {"keep": [IMAGES + 1]}, 422, "no image"),
+            (jobs + "/accept", {"keep": "1,2"}, 422, "list of image numbers"),
+            (jobs + "/regen", {"prompt": 5}, 422, "non-empty text"),
+            (jobs + "/regen", {"prompt": "x" * 8001}, 422, "longer than"),
+            ("/api/v1/generate", {"mesid": "2"}, 422, "whole number"),
+            ("/api/v1/generate", {"force": "yes"}, 422, "true or false"),
+            ("/api/v1/generate", {"chat": "x" * 2000}, 400, "not a chat name"),
+            ("/api/v1/cancel", {"chat": ["a"]}, 422, "chat path"),
+            ("/api/v1/pause", {}, 422, "paused is true or false"),
+            ("/api/v1/pause", {"paused": "yes"}, 422, "paused is true or false"),
+            ("/api/v1/users", {}, 422, "user handles"),
+            ("/api/v1/users", {"handles": ["alice"], "label": 3}, 422, "label is a text"),
+            ("/api/v1/users", {"handles": ["a" * 70_000]}, 413, "larger than"),
+        ):
+            assert words in _error(await c.post(route, json=body), status), route
+        for action in ("reject", "restore", "cancel"):
+            _error(await c.post(f"{jobs}/{action}", content=b"[]", headers=JSON_TYPE), 400)
+        assert await inbox.job(job.id) == job  # not even its updated_at moved
+        assert (await c.get("/api/v1/jobs")).json() == listed
+        assert (await c.get("/api/v1/pause")).json() == paused
+        assert (await c.get("/api/v1/users")).json() == tokens
+        ignored = await c.post("/api/v1/pause", json={"paused": False, "colour": "red"})
+        assert ignored.status_code == 200 and ignored.json()["all"] is False
 
 
 async def test_two_clients_accepting_at_once_one_wins(inbox: Inbox) -> None:
