@@ -42,6 +42,7 @@ from daemon.config import Config
 from daemon.engine.commit.apply import Committer
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
+from daemon.jobstate import ReplyKey
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout
 from daemon.tavern.chat import Message, parse_chat
@@ -80,22 +81,21 @@ async def _accepted(
     ref = layout.classify(root, path).chat
     assert ref is not None
     job = await store.create_job(
-        user=ref.user,
-        chat=ref.rel,
+        reply=ReplyKey(
+            ref.user, ref.rel, reply.identity.name, reply.identity.first_date, str(reply.revision)
+        ),
         character=ref.owner,
         is_group=False,
         speaker=reply.name,
         message_index=reply.index,
-        identity_name=reply.identity.name,
-        identity_date=reply.identity.first_date,
-        revision=str(reply.revision),
         prompt="a forest glade at dawn",
+        state=JobState.PENDING,
         regen=n,
     )
     assert job is not None
     await anyio.to_thread.run_sync(approval.write_pending, job, [_png()], {})
     names = tuple(p.name for p in approval.kept_images(job.id))
-    moved = await store.transition(job.id, JobState.QUEUED, JobState.ACCEPTED, images=names)
+    moved = await store.transition(job.id, JobState.PENDING, JobState.ACCEPTED, images=names)
     assert moved is not None
     return moved
 

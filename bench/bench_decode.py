@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from PIL import Image
 
     from daemon.engine.jobs.approval import Approval
-    from daemon.engine.store import Job, JobState, new_job_id
+    from daemon.engine.store import Job, JobState, ReplyKey, new_job_id
     from daemon.providers.decode import check_image
     from daemon.providers.pngtext import with_text_chunks
 
@@ -79,15 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             job = Job(
                 id=new_job_id(),
                 key="k",
-                user="default-user",
-                chat="default-user/chats/A/A - 1.jsonl",
+                reply=ReplyKey("default-user", "default-user/chats/A/A - 1.jsonl", "A", "d", "r"),
                 character="A",
                 is_group=False,
                 speaker="A",
                 message_index=1,
-                identity_name="A",
-                identity_date="d",
-                revision="r",
                 excerpt="",
                 source="auto",
                 state=JobState.IMAGING,

@@ -91,7 +91,7 @@ def _pending_jobs(
     import anyio
 
     from daemon.engine.jobs.approval import Approval
-    from daemon.engine.store import JobState, Store
+    from daemon.engine.store import JobState, ReplyKey, Store
 
     made: list[str] = []
 
@@ -101,15 +101,17 @@ def _pending_jobs(
         try:
             for n in range(first, first + count):
                 job = await store.create_job(
-                    user="default-user",
-                    chat=chat,
+                    reply=ReplyKey(
+                        "default-user",
+                        chat,
+                        "Alice",
+                        f"2025-01-01T00:{n // 60 % 60:02d}:{n % 60:02d}.{n:04d}Z",
+                        "0:abc",
+                    ),
                     character="Char0000",
                     is_group=False,
                     speaker="Alice",
                     message_index=1000 + n,
-                    identity_name="Alice",
-                    identity_date=f"2025-01-01T00:{n // 60 % 60:02d}:{n % 60:02d}.{n:04d}Z",
-                    revision="0:abc",
                     excerpt=f"Reply number {n}: the lantern over the pier glows.",
                     prompt=f"a lantern over a pier, variant {n}",
                 )

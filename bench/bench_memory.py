@@ -14,6 +14,7 @@ import os
 import resource
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +41,18 @@ async def _commit(root: Path, state: Path, fields: dict[str, Any]) -> float:
     from daemon.config import Config
     from daemon.engine.commit.apply import Committer
     from daemon.engine.jobs.approval import Approval
-    from daemon.engine.store import JobState, Store
+    from daemon.engine.store import JobState, ReplyKey, Store
     from daemon.providers.decode import GeneratedImage
+
+    fields = {**fields, "reply": ReplyKey(*fields["reply"])}  # a JSON list from the parent
 
     config = Config(data_root=root, state_dir=state)
     store = await Store.open(config.db_path)
     approval = Approval(config.state_dir)
     try:
-        job = await store.create_job(**fields, prompt="a forest glade at dawn")
+        job = await store.create_job(
+            **fields, prompt="a forest glade at dawn", state=JobState.PENDING
+        )
         assert job is not None
         png = bytes.fromhex(
             "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -56,7 +61,7 @@ async def _commit(root: Path, state: Path, fields: dict[str, Any]) -> float:
         image = GeneratedImage(png, "png", 1, 1, "image/png")
         await anyio.to_thread.run_sync(approval.write_pending, job, [image], {})
         names = tuple(p.name for p in approval.kept_images(job.id))
-        moved = await store.transition(job.id, JobState.QUEUED, JobState.ACCEPTED, images=names)
+        moved = await store.transition(job.id, JobState.PENDING, JobState.ACCEPTED, images=names)
         assert moved is not None
         before = _peak_mb()
         done = await Committer(config, store, approval, root).commit_job(moved)
@@ -75,6 +80,7 @@ def _child(args: list[str]) -> int:
 
 def _fields(root: Path, path: Path) -> dict[str, Any]:
     """The job's fields for the chat's last reply (read here, in the parent)."""
+    from daemon.jobstate import ReplyKey
     from daemon.tavern import layout
     from daemon.tavern.chat import read_chat
 
@@ -83,15 +89,11 @@ def _fields(root: Path, path: Path) -> dict[str, Any]:
     ref = layout.classify(root, path).chat
     assert ref is not None
     return {
-        "user": ref.user,
-        "chat": ref.rel,
+        "reply": list(astuple(ReplyKey.of(ref.user, ref.rel, reply))),
         "character": ref.owner,
         "is_group": False,
         "speaker": reply.name,
         "message_index": reply.index,
-        "identity_name": reply.identity.name,
-        "identity_date": reply.identity.first_date,
-        "revision": str(reply.revision),
     }
 
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from daemon.tavern.chat import MessageIdentity
+    from daemon.tavern.chat import Message, MessageIdentity
 
 __all__ = [
     "ACTIVE_STATES",
@@ -229,16 +229,16 @@ class ReplyKey:
     revision: str  # str(Revision)
 
     @classmethod
-    def of(cls, fields: Mapping[str, Any]) -> ReplyKey:
-        """From a job's fields (``user``, ``chat``, ``identity_name``, ``identity_date``,
-        ``revision``: what ``store.create_job`` takes)."""
-        return cls(
-            str(fields["user"]),
-            str(fields["chat"]),
-            str(fields["identity_name"]),
-            str(fields["identity_date"]),
-            str(fields["revision"]),
-        )
+    def of(cls, user: str, chat: str, message: Message) -> ReplyKey:
+        """The reply ``message`` of ``user``'s ``chat`` (relative path), in its current text."""
+        identity = message.identity
+        return cls(user, chat, identity.name, identity.first_date, str(message.revision))
+
+    def identity(self, index: int) -> MessageIdentity:
+        """The chat's identity of this reply (``index``: where it was last seen, a hint)."""
+        from daemon.tavern.chat import MessageIdentity
+
+        return MessageIdentity(index, self.name, self.date)
 
     def key(self, regen: int = 0) -> str:
         """The job's idempotency key; ``|`` inside parts is escaped so keys never collide."""
@@ -250,16 +250,12 @@ class ReplyKey:
 @dataclass(frozen=True, slots=True)
 class Job:
     id: str  # sortable unique id (time-ordered, ULID-like, 26 chars)
-    key: str  # idempotency key: user|chat|identity name|identity date|revision (+|regen:N)
-    user: str  # ST user handle
-    chat: str  # chat path relative to the data root, POSIX style
+    key: str  # idempotency key: reply.key(regen)
+    reply: ReplyKey  # which reply (user, chat, identity), in which text (revision)
     character: str  # card file stem, or group id for group chats
     is_group: bool
     speaker: str  # message name (display name of the character/member)
     message_index: int  # ST mesid at detection (a hint)
-    identity_name: str
-    identity_date: str  # MessageIdentity.first_date
-    revision: str  # str(Revision)
     excerpt: str  # first ~200 chars of the reply text
     source: str  # "auto" | "manual" | "regen"
     state: JobState
@@ -278,16 +274,24 @@ class Job:
         return self.id[:10]
 
     @property
-    def identity(self) -> MessageIdentity:
-        """The reply this job illustrates (the index is the detection-time hint)."""
-        from daemon.tavern.chat import MessageIdentity
-
-        return MessageIdentity(self.message_index, self.identity_name, self.identity_date)
+    def user(self) -> str:
+        """The ST user handle (``reply.user``)."""
+        return self.reply.user
 
     @property
-    def reply(self) -> ReplyKey:
-        """Which reply, in which text, the job illustrates."""
-        return ReplyKey(self.user, self.chat, self.identity_name, self.identity_date, self.revision)
+    def chat(self) -> str:
+        """The chat path relative to the data root, POSIX style (``reply.chat``)."""
+        return self.reply.chat
+
+    @property
+    def revision(self) -> str:
+        """The text the job illustrates (``reply.revision``)."""
+        return self.reply.revision
+
+    @property
+    def identity(self) -> MessageIdentity:
+        """The reply this job illustrates (the index is the detection-time hint)."""
+        return self.reply.identity(self.message_index)
 
     @property
     def is_final(self) -> bool:

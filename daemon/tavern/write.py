@@ -424,8 +424,8 @@ def _copy_prefix(src: int, dst: int, count: int, writeback: _Writeback | None = 
         if n == 0:
             break
         done += n
-        if writeback is not None:
-            writeback.kick()
+        if writeback is not None and done < count:
+            writeback.kick()  # the last slice is left to the fsync that follows anyway
     return done
 
 
@@ -668,7 +668,10 @@ def held_basis(
     except BaseException:
         os.close(held)
         raise
-    _close_in_background(held)
+    if current.st_size >= _CLOSE_IN_BACKGROUND_MIN:
+        _close_in_background(held)
+    else:
+        _close_quietly(held)
     _fsync_dir(real.parent)
 
 
@@ -720,6 +723,10 @@ def chat_temp(real: Path, current: os.stat_result) -> Iterator[ChatTemp]:
             _unlink_quietly(temp)
 
 
+_CLOSE_IN_BACKGROUND_MIN = 8 * 1024 * 1024
+"""A replaced chat at least this big is closed in a helper thread (see below)."""
+
+
 def _close_in_background(fd: int) -> None:
     """Close the replaced chat's descriptor off the caller's path: as its last reference, the
     close frees the old file's blocks, which takes milliseconds for a big chat."""
@@ -746,20 +753,21 @@ def _write_and_replace(
     probe: Callable[[str], None] | None,
     before_replace: Callable[[str], None] | None,
 ) -> tuple[os.stat_result, str]:
-    # The new version's hash needs only the bytes in memory: taken while the file is written.
+    # The new version's hash needs only the bytes in memory: for a big chat taken in a helper
+    # thread while the file is written; a small one's costs less than starting that thread.
     hashing: _Background[str] | None = None
+    hash_new = partial(_hash_pieces, basis.sha256, pieces, offset)
     try:
         with chat_temp(real, current) as temp:
-            hashing = _Background(
-                partial(_hash_pieces, basis.sha256, pieces, offset), "st-imagegen-hash"
-            )
+            if len(data) >= _PARALLEL_HASH_MIN:
+                hashing = _Background(hash_new, "st-imagegen-hash")
             try:
                 copied = _copy_prefix(held, temp.fd, len(pieces[0]), temp.writeback)
                 _write_all(temp.fd, [memoryview(pieces[0])[copied:], *pieces[1:]], temp.writeback)
                 temp.durable()
             except OSError as exc:
                 raise _write_error(exc, "the chat", real.parent) from None
-            digest = hashing.result()
+            digest = hashing.result() if hashing is not None else hash_new()
             if before_replace is not None:
                 before_replace(digest)
 

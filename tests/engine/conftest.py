@@ -30,6 +30,7 @@ from daemon.config import Config, load_config
 from daemon.engine.jobs.pipeline import open_job_deps
 from daemon.engine.process.service import Face, Service, ServiceTimings
 from daemon.engine.store import Job, Store
+from daemon.jobstate import ReplyKey
 from daemon.tavern import layout
 from daemon.tavern.chat import read_chat
 from tests.engine.test_commit_support import Harness, harness_for, new_data_root
@@ -423,15 +424,17 @@ async def job_for(deps: JobDeps, path: Path, index: int = -1, **over: Any) -> Jo
     ref = layout.classify(deps.root, path).chat
     assert ref is not None
     fields: dict[str, Any] = {
-        "user": ref.user,
-        "chat": ref.rel,
+        "reply": ReplyKey(
+            ref.user,
+            ref.rel,
+            message.identity.name,
+            message.identity.first_date,
+            str(message.revision),
+        ),
         "character": ref.owner,
         "is_group": False,
         "speaker": message.name,
         "message_index": message.index,
-        "identity_name": message.identity.name,
-        "identity_date": message.identity.first_date,
-        "revision": str(message.revision),
         "excerpt": message.mes[:200],
     }
     fields.update(over)

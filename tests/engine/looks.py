@@ -14,6 +14,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from daemon.config import Config, load_config
 from daemon.engine.store import Job, JobState
+from daemon.jobstate import ReplyKey
 
 
 def card_png(name: str, *, positive: str = "", negative: str = "", **data: Any) -> bytes:
@@ -88,15 +89,11 @@ def job_of(
     fields: dict[str, Any] = {
         "id": "01JOBAAAAAAAAAAAAAAAAAAAAA",
         "key": "k",
-        "user": "default-user",
-        "chat": chat,
+        "reply": ReplyKey("default-user", chat, speaker, "d", "r"),
         "character": character,
         "is_group": is_group,
         "speaker": speaker,
         "message_index": 3,
-        "identity_name": speaker,
-        "identity_date": "d",
-        "revision": "r",
         "excerpt": "",
         "source": "auto",
         "state": JobState.QUEUED,

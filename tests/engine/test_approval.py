@@ -25,6 +25,7 @@ from daemon.engine.jobs.approval import (
 )
 from daemon.engine.store import Job, JobState, Store
 from daemon.errors import UnsafePathError
+from daemon.jobstate import ReplyKey
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,17 @@ async def job(tmp_path: Path) -> AsyncIterator[Job]:
     store = await Store.open(tmp_path / "state.db")
     try:
         made = await store.create_job(
-            user="default-user",
-            chat="default-user/chats/Alice/Alice - 1.jsonl",
+            reply=ReplyKey(
+                "default-user",
+                "default-user/chats/Alice/Alice - 1.jsonl",
+                "Alice",
+                "2026-11-23T12:00:00.000Z",
+                "0:abcd",
+            ),
             character="Alice",
             is_group=False,
             speaker="Alice",
             message_index=3,
-            identity_name="Alice",
-            identity_date="2026-11-23T12:00:00.000Z",
-            revision="0:abcd",
             excerpt="She smiles.",
             meta={"negative": "blurry"},
         )

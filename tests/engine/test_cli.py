@@ -17,6 +17,7 @@ from daemon.cli.commands import config_example, main
 from daemon.config import Config, load_config
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
+from daemon.jobstate import ReplyKey
 from tests.engine.conftest import FakeAPI, config_toml, tiny_png, write_chat
 
 
@@ -52,15 +53,17 @@ def make_jobs(cfg_path: Path, count: int, images: int = 2) -> list[Job]:
         try:
             for n in range(count):
                 job = await store.create_job(
-                    user="default-user",
-                    chat="default-user/chats/Alice/Alice - cli.jsonl",
+                    reply=ReplyKey(
+                        "default-user",
+                        "default-user/chats/Alice/Alice - cli.jsonl",
+                        "Alice",
+                        f"2026-11-23T12:00:{n:02d}.000Z",
+                        "0:abc",
+                    ),
                     character="Alice",
                     is_group=False,
                     speaker="Alice",
                     message_index=2 * n + 1,
-                    identity_name="Alice",
-                    identity_date=f"2026-11-23T12:00:{n:02d}.000Z",
-                    revision="0:abc",
                     excerpt=f"reply number {n}",
                     prompt=f"prompt {n}",
                 )
@@ -326,15 +329,17 @@ def make_queued(cfg_path: Path, count: int, chat: str = "Alice - cli") -> list[J
         try:
             for n in range(count):
                 job = await store.create_job(
-                    user="default-user",
-                    chat=f"default-user/chats/Alice/{chat}.jsonl",
+                    reply=ReplyKey(
+                        "default-user",
+                        f"default-user/chats/Alice/{chat}.jsonl",
+                        "Alice",
+                        f"2026-11-24T12:00:{n:02d}.000Z",
+                        "0:abc",
+                    ),
                     character="Alice",
                     is_group=False,
                     speaker="Alice",
                     message_index=2 * n + 1,
-                    identity_name="Alice",
-                    identity_date=f"2026-11-24T12:00:{n:02d}.000Z",
-                    revision="0:abc",
                     excerpt=f"queued reply {n}",
                 )
                 assert job is not None

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import shutil
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -366,11 +367,32 @@ def _crash_on(monkeypatch: pytest.MonkeyPatch, name: str, *, after_call: bool = 
     monkeypatch.setattr(commit_mod, name, wrapper)
 
 
+def _crash_after_intent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crash a chat write once right after its ``before_replace`` ran (the ledger entry and
+    our write's hash recorded in one transaction), before the rename."""
+    real = tavern_write.insert_after_line
+    state = {"done": False}
+
+    def wrapper(*args: Any, before_replace: Callable[[str], None], **kwargs: Any) -> Any:
+        if state["done"]:
+            return real(*args, before_replace=before_replace, **kwargs)
+        state["done"] = True
+
+        def then_crash(digest: str) -> None:
+            before_replace(digest)
+            raise Crash("after the intent")
+
+        return real(*args, before_replace=then_crash, **kwargs)
+
+    monkeypatch.setattr(commit_mod, "insert_after_line", wrapper)
+
+
 @pytest.mark.parametrize(
     "point",
     [
         "after_images",  # image files written, no ledger entry
-        "after_ledger",  # ledger entry, no chat line
+        "before_write",  # the same, crashed as the chat write starts
+        "after_ledger",  # ledger entry and our hash, no chat line (crash before the rename)
         "after_rename",  # chat line written, job not marked committed
     ],
 )
@@ -382,8 +404,10 @@ async def test_crash_between_steps_is_finished_by_the_next_run(
     before = path.read_bytes()
     if point == "after_images":
         _crash_on(monkeypatch, "_write_images", after_call=True)
-    elif point == "after_ledger":
+    elif point == "before_write":
         _crash_on(monkeypatch, "insert_after_line")
+    elif point == "after_ledger":
+        _crash_after_intent(monkeypatch)
     else:
         _crash_on(monkeypatch, "insert_after_line", after_call=True)
 
@@ -391,6 +415,8 @@ async def test_crash_between_steps_is_finished_by_the_next_run(
         await h.committer.commit_job(job)
     crashed = await h.job(job.id)
     assert crashed.state is JobState.ACCEPTED
+    entry = await h.store.ledger_get(job.id)
+    assert (entry is not None) is (point in ("after_ledger", "after_rename"))
     if point != "after_rename":
         assert path.read_bytes() == before  # no chat line yet, so none pointing at a missing file
 
@@ -422,6 +448,83 @@ async def test_crash_after_rename_is_still_our_write(
         await h.committer.commit_job(job)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     assert await h.store.is_our_write(job.chat, digest)
+
+
+async def test_a_commit_is_one_worker_thread_trip(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store calls of a commit go with its file work: one trip to a worker thread per
+    attempt (not one per store call and file step), and the job's change is still announced
+    to the listeners, on the event loop."""
+    h = harness
+    tab, path, first = await _tab_with_job(h)
+    assert (await h.committer.commit_job(first)).state is JobState.COMMITTED  # cleans temps once
+    tab = STSim.open(path)
+    tab.send_user("And then?").save()
+    tab.reply("Alice", "The river sings.").save()
+    job = await h.accepted(path)
+    heard: list[tuple[str, JobState | None, bool]] = []
+    loop_thread = threading.get_ident()
+    h.store.add_job_listener(
+        lambda j, prev: heard.append((j.id, prev, threading.get_ident() == loop_thread))
+    )
+    trips: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real_run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    done = await h.committer.commit_job(job)
+    monkeypatch.undo()
+
+    assert done.state is JobState.COMMITTED
+    assert trips == ["_attempt"]
+    assert heard == [(job.id, JobState.ACCEPTED, True)]
+    assert markers(path) == [first.id, job.id]
+    assert not h.approval.pending_path(job.id).exists()
+
+
+async def test_another_runs_ledger_entry_wins(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs of one job (another process): the message recorded first is the one written,
+    whatever this run built; its own is never renamed in."""
+    h = harness
+    _, path, job = await _tab_with_job(h)
+    before = path.read_bytes()
+    theirs = tavern_write.build_image_message(
+        name="Alice",
+        urls=["/user/images/Alice/theirs.png"],
+        prompt="their prompt",
+        caption="their caption",
+        send_date="2026-11-24T09:00:00.000Z",
+        job_id=job.id,
+    )
+    folder = h.root / USER / "user" / "images" / "Alice"
+    folder.mkdir(parents=True)
+    (folder / "theirs.png").write_bytes(b"\x89PNG their image")
+    real = tavern_write.insert_after_line
+    calls: list[str] = []
+
+    def racing(*args: Any, before_replace: Callable[[str], None], **kwargs: Any) -> Any:
+        if not calls:  # the other run records its entry while this one writes
+            h.store.blocking.add_entry(job, theirs)
+        calls.append("write")
+        return real(*args, before_replace=before_replace, **kwargs)
+
+    monkeypatch.setattr(commit_mod, "insert_after_line", racing)
+    monkeypatch.setattr(commit_mod, "_backoff", lambda attempt: 0.0)
+    done = await h.committer.commit_job(job)
+
+    assert done.state is JobState.COMMITTED
+    assert calls == ["write", "write"]  # the first rename called off as a conflict
+    ours = parse_chat(path.read_bytes()).find_marker(job.id)
+    assert ours is not None and ours.data == theirs
+    assert _without_ours(path.read_bytes()) == before
+    entry = await h.store.ledger_get(job.id)
+    assert entry is not None and entry.message == theirs
 
 
 # --- conflicts and write failures ----------------------------------------------------------------
@@ -565,7 +668,7 @@ async def test_images_deleted_between_crash_and_restart_fail_cleanly(
     h = harness
     _, path, job = await _tab_with_job(h)
     before = path.read_bytes()
-    _crash_on(monkeypatch, "insert_after_line")
+    _crash_after_intent(monkeypatch)
     with pytest.raises(Crash):
         await h.committer.commit_job(job)
     shutil.rmtree(h.root / USER / "user" / "images")
@@ -600,7 +703,7 @@ async def test_commits_of_one_chat_are_serialized(harness: Harness) -> None:
         ours = chat.find_marker(job.id)
         assert ours is not None
         assert chat.messages[ours.index - 1].identity.key == (
-            f"{job.identity_name}\x1f{job.identity_date}"
+            f"{job.reply.name}\x1f{job.reply.date}"
         )
     for job in jobs:
         assert (await h.job(job.id)).state is JobState.COMMITTED

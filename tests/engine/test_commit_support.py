@@ -21,6 +21,7 @@ from daemon.config import Config, load_config
 from daemon.engine.commit.apply import Committer, message_urls, render_caption, served_path
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, Store
+from daemon.jobstate import ReplyKey
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout
 from daemon.tavern.chat import MARKER_KEY, Chat, Message, parse_chat, read_chat
@@ -130,15 +131,17 @@ class Harness:
             group = layout.group_for_chat(self.root, ref.user, ref.chat_id)
             character = group.id if group else ref.chat_id
         job = await self.store.create_job(
-            user=ref.user,
-            chat=ref.rel,
+            reply=ReplyKey(
+                ref.user,
+                ref.rel,
+                message.identity.name,
+                message.identity.first_date,
+                str(message.revision),
+            ),
             character=character,
             is_group=ref.is_group,
             speaker=message.name,
             message_index=message.index,
-            identity_name=message.identity.name,
-            identity_date=message.identity.first_date,
-            revision=str(message.revision),
             excerpt=message.mes[:200],
             prompt=prompt,
             meta={"negative": "blurry"},
@@ -205,7 +208,7 @@ async def assert_committed_after_replies(
         ours = chat.find_marker(job_id)
         assert ours is not None
         reply = chat.messages[ours.index - 1]
-        assert reply.identity.key == f"{job.identity_name}\x1f{job.identity_date}"
+        assert reply.identity.key == f"{job.reply.name}\x1f{job.reply.date}"
         for url in message_urls(ours.data):
             image = served_path(h.root, USER, url)
             assert image is not None and image.is_file()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from daemon.engine.intake.detect import (
     eligible,
     excerpt_of,
 )
-from daemon.engine.store import Job, JobState, Store
+from daemon.engine.store import Job, JobState, ReplyKey, Store
 from daemon.tavern import layout
 from daemon.tavern.chat import (
     Cursor,
@@ -218,17 +218,18 @@ def test_job_spec_fields() -> None:
     m = msg(4, mes="A  long\n reply " * 30, swipe_id=1, swipes=["x", "y"])
     decision = run(scan(new=[user(3), m]))
     [spec] = decision.new_jobs
-    assert spec.user == "default-user" and spec.chat == CHAT
+    assert spec.reply.user == "default-user" and spec.reply.chat == CHAT
     assert spec.character == "Alice" and not spec.is_group and spec.speaker == "Alice"
     assert spec.message_index == 4
-    assert (spec.identity_name, spec.identity_date) == (m.identity.name, m.identity.first_date)
-    assert spec.revision == str(m.revision) and spec.revision.startswith("1:")
+    assert (spec.reply.name, spec.reply.date) == (m.identity.name, m.identity.first_date)
+    assert spec.reply.revision == str(m.revision) and spec.reply.revision.startswith("1:")
     assert spec.excerpt == excerpt_of(m.mes) and len(spec.excerpt) == 200
     assert "\n" not in spec.excerpt
     assert spec.source == "auto" and spec.reason == Reason.NEW
     assert spec.meta["card"] == "Alice"
     fields = spec.fields()
-    assert set(fields) >= {"user", "chat", "identity_name", "revision", "excerpt", "meta"}
+    assert set(fields) >= {"reply", "character", "message_index", "excerpt", "meta"}
+    assert fields["reply"] == ReplyKey.of("default-user", CHAT, m)
     assert spec.key.startswith("default-user|")
 
 
@@ -377,7 +378,7 @@ def test_revision_supersedes_and_gets_a_job() -> None:
     b = msg(1, mes="first, continued")
     d2 = run(scan(changed=[b]), ctx(d1.chat_state))
     assert indices(d2) == [1]
-    assert d2.new_jobs[0].revision == str(b.revision) != str(a.revision)
+    assert d2.new_jobs[0].reply.revision == str(b.revision) != str(a.revision)
     [sup] = d2.supersede
     assert sup.identity.key == a.identity.key and sup.keep_revision == str(b.revision)
 
@@ -603,9 +604,8 @@ class Watch:
             created_while_running=created,
         )
         for identity, keep, reason in decision.supersede:
-            await self.store.supersede(
-                context.user, context.chat, identity.name, identity.first_date, keep, reason
-            )
+            reply = ReplyKey(context.user, context.chat, identity.name, identity.first_date, "")
+            await self.store.supersede(replace(reply, revision=keep or ""), reason, keep=bool(keep))
         for spec in decision.new_jobs:
             await self.store.create_job(**spec.fields())
         await self.store.set_cursor(context.chat, result.cursor, data=decision.state)
@@ -678,14 +678,14 @@ async def test_sim_reply_swipe_continue_edit(store: Store, tmp_path: Path, versi
         assert len(after) == 1, after
         assert after[0].id != before[0].id
         assert (await store.get_job(before[0].id)).state is JobState.SUPERSEDED
-        assert after[0].identity_date == job.identity_date  # the same reply
+        assert after[0].reply.date == job.reply.date  # the same reply
         assert after[0].revision != before[0].revision
 
     # swipe back to the first text: that revision had a job already, so no second one
     count = len(await watch.jobs())
     tab.swipe_to(0).save()
     d = await watch.step()
-    assert [j.revision for j in d.new_jobs] == [job.revision]
+    assert [j.reply.revision for j in d.new_jobs] == [job.revision]
     assert len(await watch.jobs()) == count  # the store refused the duplicate key
     assert await watch.open_jobs() == []
 
@@ -704,7 +704,7 @@ async def test_sim_regenerate_and_delete(store: Store, tmp_path: Path, version: 
     await watch.step()
     jobs = await watch.jobs()
     assert [j.state for j in jobs] == [JobState.SUPERSEDED, JobState.QUEUED]
-    assert jobs[1].identity_date != first.identity_date
+    assert jobs[1].reply.date != first.reply.date
     assert jobs[1].excerpt == "Second try."
     tab.delete(len(tab.messages) - 1).save()
     await watch.step()

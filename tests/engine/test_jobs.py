@@ -341,9 +341,7 @@ async def test_runner_cancel_and_drain_requeue(deps: JobDeps, fake_api: FakeAPI)
             return states == {JobState.IMAGING}
 
         await async_wait_for(both_imaging, within=10)
-        gone = await deps.store.supersede(
-            a.user, a.chat, a.identity_name, a.identity_date, None, "test supersede"
-        )
+        gone = await deps.store.supersede(a.reply, "test supersede", keep=False)
         assert [j.id for j in gone] == [a.id]
         assert runner.cancel(a.id)
 

@@ -143,16 +143,9 @@ def test_the_vocabulary_is_one_json_object_and_the_cli_spells_the_same_states() 
 
 
 def test_a_reply_key_is_the_jobs_idempotency_key() -> None:
-    from daemon.engine.store import job_key
     from daemon.jobstate import ReplyKey
 
-    fields = job_fields()
-    reply = ReplyKey.of(fields)
-    assert reply.key() == job_key(
-        fields["user"],
-        fields["chat"],
-        fields["identity_name"],
-        fields["identity_date"],
-        fields["revision"],
-    )
+    reply = job_fields()["reply"]
+    assert isinstance(reply, ReplyKey)
+    assert reply.key() == "|".join((reply.user, reply.chat, reply.name, reply.date, reply.revision))
     assert ReplyKey("u", "a|b", "c", "d", "r").key(2) == "u|a\\|b|c|d|r|regen:2"

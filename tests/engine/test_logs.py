@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from daemon import logs
 from daemon.config import LogSettings, load_config
-from daemon.jobstate import Job, JobState
+from daemon.jobstate import Job, JobState, ReplyKey
 from daemon.logs import (
     REDACTED,
     configure_logging,
@@ -198,15 +198,11 @@ def _job() -> Job:
     return Job(
         id="01JCZ0000000000000000000AB",
         key="k",
-        user="default-user",
-        chat="default-user/chats/Alice/a.jsonl",
+        reply=ReplyKey("default-user", "default-user/chats/Alice/a.jsonl", "Alice", "d", "0:aa"),
         character="Alice",
         is_group=False,
         speaker="Alice",
         message_index=7,
-        identity_name="Alice",
-        identity_date="d",
-        revision="0:aa",
         excerpt="",
         source="auto",
         state=JobState.PENDING,

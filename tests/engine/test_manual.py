@@ -360,9 +360,7 @@ async def _supersede(config: Config, job: Job, *, shelve: bool) -> None:
 
     store = await Store.open(config.db_path)
     try:
-        gone = await store.supersede(
-            job.user, job.chat, job.identity_name, job.identity_date, None, "reply changed"
-        )
+        gone = await store.supersede(job.reply, "reply changed", keep=False)
         assert [g.id for g in gone] == [job.id]
         if shelve:
             assert Approval(config.state_dir).shelve(job.id)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from daemon.engine.jobs.order import ACTIVE_WINDOW, STARVE_AFTER, Attention, chat_file, order
 from daemon.engine.store import Job, JobState, new_job_id
+from daemon.jobstate import ReplyKey
 
 NOW = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
 
@@ -17,15 +18,13 @@ def job(chat: str, n: int, *, age: timedelta = timedelta(seconds=30)) -> Job:
     return Job(
         id=new_job_id(ms),
         key=f"{chat}-{n}",
-        user="default-user",
-        chat=f"default-user/chats/{chat}/{chat} - 1.jsonl",
+        reply=ReplyKey(
+            "default-user", f"default-user/chats/{chat}/{chat} - 1.jsonl", chat, str(n), "r"
+        ),
         character=chat,
         is_group=False,
         speaker=chat,
         message_index=n,
-        identity_name=chat,
-        identity_date=str(n),
-        revision="r",
         excerpt="",
         source="auto",
         state=JobState.QUEUED,

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from daemon.config import NotifySettings
 from daemon.engine.process.push import Pusher, QuietHours
 from daemon.engine.store import Job, JobState
+from daemon.jobstate import ReplyKey
 from tests.engine.conftest import FakeAPI, MakeConfig, job_for, running, write_chat
 from tests.engine.test_commit_support import new_data_root
 from tests.web.conftest import FAST
@@ -85,15 +86,13 @@ def a_job(n: int, state: JobState = JobState.PENDING, **over: Any) -> Job:
     job = Job(
         id=f"01M98PUSH{n:017d}",
         key=f"k{n}",
-        user="default-user",
-        chat=f"default-user/chats/Alice/Alice - c{n}.jsonl",
+        reply=ReplyKey(
+            "default-user", f"default-user/chats/Alice/Alice - c{n}.jsonl", "Alice", f"d{n}", "0:x"
+        ),
         character="Alice",
         is_group=False,
         speaker="Alice",
         message_index=2 * n + 1,
-        identity_name="Alice",
-        identity_date=f"d{n}",
-        revision="0:x",
         excerpt="",
         source="auto",
         state=state,

@@ -135,7 +135,7 @@ async def revised(service: Service, path: Path, first: Job) -> Job:
     old = await wait_state(service, first.id, JobState.SUPERSEDED)
     assert old.last_error and "changed" in old.last_error
     new = (await wait_jobs(service, path, 2))[1]
-    assert new.identity_date == first.identity_date and new.revision != first.revision
+    assert new.reply.date == first.reply.date and new.revision != first.revision
     return new
 
 
@@ -396,9 +396,7 @@ async def test_folder_action_on_a_superseded_job_is_refused(
         path = new_chat(service.root, name="refused")
         _, job = await replied(service, path, "Hi.", "Original.")
         # Superseded elsewhere (as by a swipe), while its folder is still in pending/.
-        gone = await service.store.supersede(
-            job.user, job.chat, job.identity_name, job.identity_date, None, "the reply changed"
-        )
+        gone = await service.store.supersede(job.reply, "the reply changed", keep=False)
         assert [j.id for j in gone] == [job.id]
         shutil.move(str(config.state_dir / "pending" / job.id), str(config.state_dir / "accepted"))
 
@@ -469,9 +467,7 @@ async def test_a_restart_takes_folders_it_already_acted_on_as_done(
             assert deps.approval.find(job.id) is None
         expect = [JobState.ACCEPTED, JobState.COMMITTED, JobState.REJECTED, JobState.SUPERSEDED]
         assert [(await deps.store.get_job(j.id)).state for j in jobs] == expect
-        same = await deps.store.jobs_for_reply(
-            path.relative_to(root).as_posix(), new.identity_name, new.identity_date
-        )
+        same = await deps.store.jobs_for(new.reply)
         assert [j.id for j in same] == [regenerated.id, new.id]  # no second regeneration
         assert (await deps.store.get_job(new.id)).state is JobState.QUEUED
 

@@ -162,7 +162,7 @@ def test_sigkill_with_jobs_in_every_state_then_restart(
 
     wait_for(all_done, 30)
     final = jobs(config)
-    assert len({(j.chat, j.identity_name, j.identity_date) for j in final}) == 7
+    assert len({(j.chat, j.reply.name, j.reply.date) for j in final}) == 7
     assert any("Caught up" in j.excerpt for j in final)
     committed = [j for j in final if j.state is JobState.COMMITTED]
     assert [j.id for j in committed] == [pending[0].id]

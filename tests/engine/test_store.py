@@ -8,6 +8,7 @@ import sqlite3
 import sys
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from daemon.engine.store import (
     MIGRATIONS,
     OUR_WRITES_KEPT,
     JobState,
+    ReplyKey,
     Store,
-    job_key,
     new_job_id,
 )
 from daemon.errors import JobError, StoreError
@@ -37,17 +38,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def fields(n: int = 0, **over: Any) -> dict[str, Any]:
+CHAT = "default-user/chats/Alice/Alice - 1.jsonl"
+
+
+def fields(n: int = 0, *, revision: str = "0:abcdef0123456789", **over: Any) -> dict[str, Any]:
+    """``create_job``'s arguments for reply ``n`` of one chat, in text ``revision``."""
     base: dict[str, Any] = {
-        "user": "default-user",
-        "chat": "default-user/chats/Alice/Alice - 1.jsonl",
+        "reply": ReplyKey(
+            "default-user", CHAT, "Alice", f"2026-11-23T12:00:{n:02d}.000Z", revision
+        ),
         "character": "Alice",
         "is_group": False,
         "speaker": "Alice",
         "message_index": 3 + n,
-        "identity_name": "Alice",
-        "identity_date": f"2026-11-23T12:00:{n:02d}.000Z",
-        "revision": "0:abcdef0123456789",
         "excerpt": "She smiles.",
     }
     base.update(over)
@@ -169,11 +172,11 @@ def test_job_ids_from_threads_are_unique() -> None:
 
 
 def test_job_key_escapes_separators() -> None:
-    a = job_key("u", "a|b", "c", "d", "r")
-    b = job_key("u", "a", "b|c", "d", "r")
+    a = ReplyKey("u", "a|b", "c", "d", "r").key()
+    b = ReplyKey("u", "a", "b|c", "d", "r").key()
     assert a != b
-    assert job_key("u", "c", "n", "d", "r") == "u|c|n|d|r"
-    assert job_key("u", "c", "n", "d", "r", 2) == "u|c|n|d|r|regen:2"
+    assert ReplyKey("u", "c", "n", "d", "r").key() == "u|c|n|d|r"
+    assert ReplyKey("u", "c", "n", "d", "r").key(2) == "u|c|n|d|r|regen:2"
 
 
 # --- jobs --------------------------------------------------------------------------------------
@@ -187,12 +190,20 @@ async def test_create_roundtrip_and_duplicate(store: Store) -> None:
     assert job.created_at == T0 and job.created_at.tzinfo is not None
     assert job.next_attempt_at == T0
     assert job.meta == {"provider": "x"}
-    assert job.key == job_key(
+    assert job.key == "default-user|default-user/chats/Alice/Alice - 1.jsonl|Alice|" + (
+        "2026-11-23T12:00:00.000Z|0:abcdef0123456789"
+    )
+    assert job.reply == ReplyKey(
         "default-user",
         "default-user/chats/Alice/Alice - 1.jsonl",
         "Alice",
         "2026-11-23T12:00:00.000Z",
         "0:abcdef0123456789",
+    )
+    assert (job.user, job.chat, job.revision) == (
+        job.reply.user,
+        job.reply.chat,
+        job.reply.revision,
     )
     assert await store.create_job(**fields(message_index=99)) is None
     assert (await store.counts())[JobState.QUEUED] == 1
@@ -208,7 +219,15 @@ async def test_create_rejects_bad_fields(store: Store) -> None:
     with pytest.raises(
         TypeError, match=r"missing \['character', .*\], unknown fields \['colour'\]"
     ):
-        await store.create_job(user="u", colour="red")
+        await store.create_job(speaker="u", colour="red")
+    # the reply travels as one ReplyKey, never as loose fields
+    loose = {"user": "u", "chat": "c", "identity_name": "n", "identity_date": "d"}
+    without = {k: v for k, v in fields().items() if k != "reply"}
+    with pytest.raises(TypeError, match=r"missing \['reply'\], unknown fields \['chat', "):
+        await store.create_job(**without, **loose, revision="r")
+    with pytest.raises(TypeError, match="reply must be a ReplyKey, not tuple"):
+        await store.create_job(**{**fields(), "reply": ("u", "c", "n", "d", "r")})
+    assert sum((await store.counts()).values()) == 0
     with pytest.raises(ValueError, match="naive"):
         await store.create_job(**fields(), now=datetime(2026, 1, 1))
 
@@ -350,20 +369,16 @@ async def test_supersede(store: Store) -> None:
     assert queued and pending and accepted and keep and other_reply
     await store.transition(pending.id, JobState.QUEUED, JobState.PENDING, check=False)
     await store.transition(accepted.id, JobState.QUEUED, JobState.ACCEPTED, check=False)
-    done = await store.supersede(
-        "default-user", fields()["chat"], "Alice", fields()["identity_date"], rev_b, "swiped"
-    )
+    done = await store.supersede(replace(fields()["reply"], revision=rev_b), "swiped")
     assert [j.id for j in done] == [queued.id, pending.id]
     assert all(j.state is JobState.SUPERSEDED and j.last_error == "swiped" for j in done)
     assert (await store.get_job(accepted.id)).state is JobState.ACCEPTED
     assert (await store.get_job(keep.id)).state is JobState.QUEUED
     assert (await store.get_job(other_reply.id)).state is JobState.QUEUED
     # reply removed: everything open for it goes
-    gone = await store.supersede(
-        "default-user", fields()["chat"], "Alice", fields()["identity_date"], None, "deleted"
-    )
+    gone = await store.supersede(fields()["reply"], "deleted", keep=False)
     assert [j.id for j in gone] == [keep.id]
-    chat_gone = await store.supersede_chat(fields()["chat"], "chat deleted")
+    chat_gone = await store.supersede_chat(CHAT, "chat deleted")
     assert [j.id for j in chat_gone] == [other_reply.id]
 
 
@@ -407,8 +422,7 @@ async def test_regenerate(store: Store) -> None:
     assert new.state is JobState.QUEUED and new.source == "regen" and new.regen == 1
     assert new.prompt == "a cat" and new.meta["regen_of"] == job.id
     assert new.key == job.key + "|regen:1"
-    copied = "user chat character is_group speaker message_index identity_name identity_date"
-    copied += " revision excerpt"
+    copied = "reply user chat revision character is_group speaker message_index excerpt"
     assert [getattr(new, f) for f in copied.split()] == [getattr(job, f) for f in copied.split()]
     assert (new.images, new.attempts, new.last_error) == ((), 0, None)
     old = await store.get_job(job.id)
@@ -460,7 +474,7 @@ _CHILD = """
 import json, sys, time
 from pathlib import Path
 import anyio
-from daemon.engine.store import Store
+from daemon.engine.store import ReplyKey, Store
 
 async def main() -> None:
     st = await Store.open(Path({db!r}))
@@ -472,7 +486,8 @@ async def main() -> None:
     order = list(range({count}))
     for n in (order if {forward} else reversed(order)):
         fields = json.loads({fields!r})
-        fields["identity_date"] = f"d{{n}}"
+        user, chat, name, _, revision = fields["reply"]
+        fields["reply"] = ReplyKey(user, chat, name, f"d{{n}}", revision)
         if await st.create_job(**fields) is not None:
             made += 1
     await st.close()
@@ -496,10 +511,12 @@ async def test_two_processes_never_duplicate(tmp_path: Path) -> None:
     st = await Store.open(db)
     count = 200
     base = fields()
+    reply = base["reply"]
+    plain = {**base, "reply": [reply.user, reply.chat, reply.name, reply.date, reply.revision]}
     procs = []
     for forward in (True, False):
         code = _CHILD.format(
-            db=str(db), go=str(go), count=count, fields=json.dumps(base), forward=forward
+            db=str(db), go=str(go), count=count, fields=json.dumps(plain), forward=forward
         )
         procs.append(
             await anyio.open_process([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
@@ -514,7 +531,8 @@ async def test_two_processes_never_duplicate(tmp_path: Path) -> None:
         order = list(range(count))
         random.Random(7).shuffle(order)
         for n in order:
-            if await st.create_job(**{**base, "identity_date": f"d{n}"}) is not None:
+            mine_reply = replace(reply, date=f"d{n}")
+            if await st.create_job(**{**base, "reply": mine_reply}) is not None:
                 mine += 1
         outs = []
         with anyio.fail_after(60):
@@ -574,11 +592,7 @@ async def test_ledger(store: Store) -> None:
     async def add(job_id: str, chat: str = j1.chat) -> None:
         await store.ledger_add(
             job_id=job_id,
-            user=j1.user,
-            chat=chat,
-            identity_name="Alice",
-            identity_date="d",
-            revision="0:aa",
+            reply=ReplyKey(j1.user, chat, "Alice", "d", "0:aa"),
             message=msg,
         )
 

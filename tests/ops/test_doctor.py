@@ -18,6 +18,7 @@ import pytest
 
 from daemon.config import Config, load_config
 from daemon.doctor import CheckResult, cmd_doctor, cmd_healthcheck, run_checks
+from daemon.jobstate import ReplyKey
 from tests.ops.fakeapi import GOOD_KEY, FakeAPI, closed_port, fake_api
 
 REPO = Path(__file__).resolve().parents[2]
@@ -356,15 +357,13 @@ def _damage_state_db(config: Config) -> None:
         store = await Store.open(config.db_path)
         for n in range(3000):
             await store.create_job(
-                user="default-user",
-                chat=f"default-user/chats/A/c{n}.jsonl",
+                reply=ReplyKey(
+                    "default-user", f"default-user/chats/A/c{n}.jsonl", "A", f"d{n}", f"r{n}"
+                ),
                 character="A",
                 is_group=False,
                 speaker="A",
                 message_index=n,
-                identity_name="A",
-                identity_date=f"d{n}",
-                revision=f"r{n}",
                 excerpt="x" * 200,
             )
         await store.close()

@@ -919,3 +919,44 @@ def test_failed_early_flush_fails_the_insert(
     monkeypatch.undo()
     result = insert_after(big_chat, basis, data, chat, 5, [image_message()])
     assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()
+
+
+def test_a_small_chat_is_written_without_helper_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the sizes where they pay off, an insert starts no helper thread (no hash thread,
+    no early flush, no background close): each costs a thread start and, with the flush, a
+    wait on the file's lock, for nothing the final fsync would not do anyway."""
+    path, _ = _fresh_chat(tmp_path)
+    started: list[str] = []
+    real_init = write._Background.__init__
+
+    def counting(self: Any, fn: Any, name: str) -> None:
+        started.append(name)
+        real_init(self, fn, name)
+
+    monkeypatch.setattr(write._Background, "__init__", counting)
+    monkeypatch.setattr(write, "_close_in_background", lambda fd: started.append("close"))
+    chat, data, basis = read_for_edit(path)
+    result = insert_after(path, basis, data, chat, 1, [image_message()])
+    assert started == []
+    assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_last_slice_of_a_big_copy_is_left_to_the_fsync(
+    big_chat: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Early flushes run only while more of the chat is still to be copied."""
+    monkeypatch.setattr(write, "_WRITEBACK_CHUNK", len(big_chat.read_bytes()) // 2 + 1)
+    kicks: list[int] = []
+    real_kick = write._Writeback.kick
+
+    def counting(self: Any) -> None:
+        kicks.append(1)
+        real_kick(self)
+
+    monkeypatch.setattr(write._Writeback, "kick", counting)
+    chat, data, basis = read_for_edit(big_chat)
+    result = insert_after(big_chat, basis, data, chat, len(chat.messages) - 1, [image_message()])
+    assert len(kicks) == 1  # after the first of the two slices, not after the last
+    assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()

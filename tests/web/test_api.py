@@ -22,6 +22,9 @@ from tests.web.conftest import IMAGES, Inbox, inbox_for, web_config
 pytestmark = pytest.mark.anyio
 
 
+JSON_TYPE = {"content-type": "application/json"}
+
+
 def _error(response: httpx.Response, status: int) -> str:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
@@ -40,7 +43,7 @@ async def test_list_filters_pages_and_one_job(inbox: Inbox) -> None:
         job = listed["jobs"][1]
         assert job["chat"] == first.chat and job["chat_file"] == "Alice - north"
         assert job["chat_folder"] == "Alice" and job["state"] == "pending"
-        assert job["identity"] == {"name": first.identity_name, "send_date": first.identity_date}
+        assert job["identity"] == {"name": first.reply.name, "send_date": first.reply.date}
         assert [i["index"] for i in job["images"]] == list(range(1, IMAGES + 1))
         assert job["images"][0]["thumb"] == f"/api/v1/jobs/{first.id}/images/1?size=thumb"
 
@@ -120,7 +123,7 @@ async def test_accept_a_subset_commits_exactly_those_images(inbox: Inbox) -> Non
         assert image.content == wanted[1]
         message = (await c.get(f"/api/v1/jobs/{job.id}/message")).json()
         assert message["message"]["extra"]["st_imagegen_job"] == job.id
-        assert message["after"]["send_date"] == job.identity_date
+        assert message["after"]["send_date"] == job.reply.date
         assert ours[0].data == message["message"]
 
 
@@ -196,9 +199,7 @@ async def _swipe_away(inbox: Inbox, job_id: str) -> None:
     """As the daemon does when the reply is swiped away: superseded, its images shelved."""
     job = await inbox.job(job_id)
     store, approval = inbox.service.store, inbox.service.deps.approval
-    gone = await store.supersede(
-        job.user, job.chat, job.identity_name, job.identity_date, None, "reply changed"
-    )
+    gone = await store.supersede(job.reply, "reply changed", keep=False)
     assert [g.id for g in gone] == [job.id]
     assert await anyio.to_thread.run_sync(approval.shelve, job.id)
 
@@ -279,6 +280,41 @@ async def test_errors_are_json_with_the_right_status(inbox: Inbox) -> None:
         await inbox.wait_state(job.id, JobState.COMMITTED)
         message = _error(await c.post(f"/api/v1/jobs/{job.id}/reject", json={}), 409)
         assert f"cannot reject job {job.id}" in message
+
+
+async def test_bad_bodies_on_every_job_route_change_nothing(inbox: Inbox) -> None:
+    """Each route that takes a body answers a field of the wrong type, a missing one or a huge
+    one with a clear error, and no job, pause or token changes; unknown fields are ignored."""
+    job = await inbox.pending()
+    jobs = f"/api/v1/jobs/{job.id}"
+    async with inbox.client() as c:
+        listed = (await c.get("/api/v1/jobs")).json()
+        paused = (await c.get("/api/v1/pause")).json()
+        tokens = (await c.get("/api/v1/users")).json()
+        for route, body, status, words in (
+            (jobs + "/accept", {"keep": [IMAGES + 1]}, 422, "no image"),
+            (jobs + "/accept", {"keep": "1,2"}, 422, "list of image numbers"),
+            (jobs + "/regen", {"prompt": 5}, 422, "non-empty text"),
+            (jobs + "/regen", {"prompt": "x" * 8001}, 422, "longer than"),
+            ("/api/v1/generate", {"mesid": "2"}, 422, "whole number"),
+            ("/api/v1/generate", {"force": "yes"}, 422, "true or false"),
+            ("/api/v1/generate", {"chat": "x" * 2000}, 400, "not a chat name"),
+            ("/api/v1/cancel", {"chat": ["a"]}, 422, "chat path"),
+            ("/api/v1/pause", {}, 422, "paused is true or false"),
+            ("/api/v1/pause", {"paused": "yes"}, 422, "paused is true or false"),
+            ("/api/v1/users", {}, 422, "user handles"),
+            ("/api/v1/users", {"handles": ["alice"], "label": 3}, 422, "label is a text"),
+            ("/api/v1/users", {"handles": ["a" * 70_000]}, 413, "larger than"),
+        ):
+            assert words in _error(await c.post(route, json=body), status), route
+        for action in ("reject", "restore", "cancel"):
+            _error(await c.post(f"{jobs}/{action}", content=b"[]", headers=JSON_TYPE), 400)
+        assert await inbox.job(job.id) == job  # not even its updated_at moved
+        assert (await c.get("/api/v1/jobs")).json() == listed
+        assert (await c.get("/api/v1/pause")).json() == paused
+        assert (await c.get("/api/v1/users")).json() == tokens
+        ignored = await c.post("/api/v1/pause", json={"paused": False, "colour": "red"})
+        assert ignored.status_code == 200 and ignored.json()["all"] is False
 
 
 async def test_two_clients_accepting_at_once_one_wins(inbox: Inbox) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from daemon.engine.process.pause import set_pause
 from daemon.engine.store import Job, JobState
+from daemon.jobstate import ReplyKey
 from tests.engine.conftest import FakeAPI, job_for, tiny_png, write_chat
 from tests.web.conftest import IMAGES, Inbox
 
@@ -40,15 +41,17 @@ async def _many_pending(inbox: Inbox, count: int) -> list[Job]:
     made = []
     for n in range(count):
         job = await store.create_job(
-            user="default-user",
-            chat="default-user/chats/Alice/Alice - many.jsonl",
+            reply=ReplyKey(
+                "default-user",
+                "default-user/chats/Alice/Alice - many.jsonl",
+                "Alice",
+                f"2026-11-23T12:{n // 60:02d}:{n % 60:02d}.000Z",
+                "0:abc",
+            ),
             character="Alice",
             is_group=False,
             speaker="Alice",
             message_index=2 * n + 1,
-            identity_name="Alice",
-            identity_date=f"2026-11-23T12:{n // 60:02d}:{n % 60:02d}.000Z",
-            revision="0:abc",
             excerpt=f"reply {n}",
             prompt=f"prompt {n}",
         )

@@ -1,17 +1,21 @@
 """Commit accepted images into their chat, and keep them there against stale browser tabs.
 
 **Commit** (one accepted job): the image files first (atomic, named after the job so a retry
-finds and reuses them), then a ledger entry holding the exact message, then the hidden image
-message right after the reply through the compare-before-replace writer. Each step is
-idempotent, so a job may run twice and a crash anywhere is finished by the next run:
+finds and reuses them), then the hidden image message right after the reply through the
+compare-before-replace writer, which, once the new chat is on disk and right before its rename,
+records in one store transaction the ledger entry holding the exact message and the hash of the
+new version. Each step is idempotent, so a job may run twice and a crash anywhere is finished by
+the next run:
 
 - image files written, no ledger entry: the next run finds the files by the job id in their
   names and reuses them (no orphans);
 - ledger entry, no chat line: the next run inserts the ledger's message;
-- chat line written, job not marked committed: the next run finds our marker and marks it.
+- chat line written, job not marked committed: the next run finds our marker and marks it
+  (which is why that last transaction need not wait for the disk).
 
-The hash of the bytes we are about to write is recorded *before* the rename, so a crash right
-after it cannot make our own version look like one written by someone else.
+The hash is recorded *before* the rename, so a crash right after it cannot make our own version
+look like one written by someone else. A whole attempt runs in one worker thread: the store
+calls go with the file work (``store.blocking``) instead of taking a thread trip each.
 
 **Reconcile** (after a chat changed): an open browser tab saves its whole in-memory chat and so
 silently drops a line we added (``sillytavern.md`` §8.1). While no version written by someone
@@ -173,6 +177,29 @@ class _NotCommittable(Exception):
         self.state = state
 
 
+_ATTEMPT_ERRORS = (
+    _NotCommittable,
+    ChatWriteError,
+    ChatReadError,
+    UnsafePathError,  # ImageFolderOutsideError too
+    OSError,
+)
+"""What an attempt records on the job (given up, or kept for later); anything else is a bug."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """What one attempt at a commit came to (:meth:`Committer._attempt`)."""
+
+    job: Job | None  # the job as the attempt read it; None: no such job
+    done: Job | None = None  # the outcome to return: committed, or not ours to commit
+    previous: JobState | None = None  # set when this attempt moved the job (to announce)
+    swipe: bool = False  # image swipes for a committed job: the swipe path does it
+    error: Exception | None = None  # to record on the job (see Committer._failed)
+    path: Path | None = None  # the chat, once checked (a conflict's retry reads it again)
+    # all None/False: a conflict (ST saved meanwhile); back off and attempt again
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """A fresh read of a chat and what it says about one of our messages.
@@ -291,84 +318,127 @@ class Committer:
         full disk, a read-only folder, a chat that kept changing): the job is kept and retried.
 
         A COMMITTED job only gets its leftover pending folder removed. Other states are
-        returned unchanged."""
+        returned unchanged.
+
+        Each attempt is one trip to a worker thread (:meth:`_attempt`): the store calls go
+        with the file work instead of each taking a trip of its own; only a conflict (a
+        backoff, then a fresh attempt) or a failure (recorded on the job) comes back for more.
+        """
         await self._clean_image_temps_once()
         async with self._lock(job.chat):
-            try:
-                current = await self.store.get_job(job.id)
-            except JobError:
-                log.warning("commit of an unknown job skipped", job=job.id)
-                return job
-            if current.state is JobState.COMMITTED:
-                await self._finish_pending(current.id)
-                return current
-            if current.state is not JobState.ACCEPTED:
-                log.info("commit skipped: job is not accepted", job=job.id, state=current.state)
-                return current
-            try:
-                return await self._commit(current)
-            except _NotCommittable as exc:
-                return await self._give_up(current, exc.state, exc.reason)
-            except (ChatWriteError, ChatReadError) as exc:
-                return await self._retry_later(current, str(exc))
-            except ImageFolderOutsideError as exc:
-                # Never written there; the user can fix the folder, so the job waits for it.
-                log.warning("image folder refused", job=job.id, error=str(exc))
-                return await self._retry_later(current, str(exc))
-            except UnsafePathError as exc:
-                # A chat that leads out of the data root: never written.
-                return await self._give_up(current, JobState.FAILED, str(exc))
-            except OSError as exc:
-                # Reading a pending image or creating the image folder: the environment, not
-                # the job, is wrong; keep the job.
-                return await self._retry_later(current, f"cannot commit: {_os_reason(exc)}")
+            deadline = time.monotonic() + CONFLICT_RETRY_SECONDS
+            current = job
+            path: Path | None = None  # checked once; each retry's read checks the root again
+            for attempt in range(COMMIT_CONFLICT_RETRIES):
+                if attempt and time.monotonic() > deadline:
+                    break
+                step = await anyio.to_thread.run_sync(self._attempt, job.id, path)
+                path = step.path
+                if step.job is None:
+                    log.warning("commit of an unknown job skipped", job=job.id)
+                    return job
+                current = step.job
+                if step.error is not None:
+                    return await self._failed(current, step.error)
+                if step.swipe:
+                    try:
+                        return await _commit_swipe(self, current)
+                    except _ATTEMPT_ERRORS as exc:
+                        return await self._failed(current, exc)
+                if step.done is not None:
+                    if step.previous is not None:  # moved here: tell the listeners, on the loop
+                        self.store.announce(step.done, step.previous)
+                    return step.done
+                await anyio.sleep(_backoff(attempt))  # ST saved while we wrote: read again
+            return await self._retry_later(
+                current, "the chat kept changing while the image message was being inserted"
+            )
 
-    async def _commit(self, job: Job) -> Job:
+    async def _failed(self, job: Job, exc: Exception) -> Job:
+        """Record why an attempt failed: given up, or kept for a later try."""
+        if isinstance(exc, _NotCommittable):
+            return await self._give_up(job, exc.state, exc.reason)
+        if isinstance(exc, ImageFolderOutsideError):
+            # Never written there; the user can fix the folder, so the job waits for it.
+            log.warning("image folder refused", job=job.id, error=str(exc))
+            return await self._retry_later(job, str(exc))
+        if isinstance(exc, UnsafePathError):
+            # A chat that leads out of the data root: never written.
+            return await self._give_up(job, JobState.FAILED, str(exc))
+        if isinstance(exc, ChatWriteError | ChatReadError):
+            return await self._retry_later(job, str(exc))
+        if isinstance(exc, OSError):
+            # Reading a pending image or creating the image folder: the environment, not the
+            # job, is wrong; keep the job.
+            return await self._retry_later(job, f"cannot commit: {_os_reason(exc)}")
+        raise exc
+
+    def _attempt(self, job_id: str, path: Path | None) -> _Attempt:
+        """One attempt, in a worker thread: the job's state, the chat read, the image files,
+        the ledger entry with our write's hash, the chat written, the job marked committed and
+        its pending folder removed. What went wrong is returned, not raised, with the job as
+        read (its attempts count), for :meth:`commit_job` to record back on the loop."""
+        try:
+            job = self.store.blocking.job(job_id)
+        except JobError:
+            return _Attempt(None)
+        if job.state is JobState.COMMITTED:
+            self._finish_pending_now(job.id)
+            return _Attempt(job, done=job)
+        if job.state is not JobState.ACCEPTED:
+            log.info("commit skipped: job is not accepted", job=job.id, state=job.state)
+            return _Attempt(job, done=job)
         if job.meta.get("swipe_of"):  # variants of a committed job: swipes, no new message
-            return await _commit_swipe(self, job)
-        path = self._chat_path(job.chat)
-        identity = job.identity
-        entry = await self.store.ledger_get(job.id)
+            return _Attempt(job, swipe=True)
+        try:
+            return self._insert(job, path or self._chat_path(job.chat))
+        except _ATTEMPT_ERRORS as exc:
+            return _Attempt(job, error=exc)
+
+    def _insert(self, job: Job, path: Path) -> _Attempt:
+        entry = self.store.blocking.entry(job.id)
         if entry is not None and entry.retired is not None:
             raise _NotCommittable(entry.retired, JobState.SUPERSEDED)
         message = entry.message if entry is not None else None
-        deadline = time.monotonic() + CONFLICT_RETRY_SECONDS
-        for attempt in range(COMMIT_CONFLICT_RETRIES):
-            if attempt and time.monotonic() > deadline:
-                break
-            try:
-                plan = await self._plan(path, job.id, identity, job.revision)
-            except ChatConflictError:  # ST kept saving while we read: read again
-                await anyio.sleep(_backoff(attempt))
-                continue
-            if plan.present is not None:
-                # An earlier run wrote it (and crashed before marking the job): done.
-                if message is None:
-                    message = plan.present.message.data
-                    await self._ledger_add(job, message)
-                return await self._committed(job, message)
-            if plan.problem is not None:
-                if entry is not None or message is not None:
-                    await self.store.ledger_retire(job.id, plan.problem)
-                raise _NotCommittable(plan.problem, JobState.SUPERSEDED)
-            if message is None:
-                message = await self._prepare(job, plan)
-            else:
-                await self._check_images(job, message)
-            after = plan.insert_position()
-            if await self._write(job.chat, path, plan, after, message):
-                log.info(
-                    "image committed",
-                    job=job.id,
-                    chat=job.chat,
-                    at_byte=after,
-                    images=len(message_urls(message)),
-                )
-                return await self._committed(job, message)
-            await anyio.sleep(_backoff(attempt))
-        return await self._retry_later(
-            job, "the chat kept changing while the image message was being inserted"
+        try:
+            plan = self._plan(path, job.id, job.identity, job.revision)
+        except ChatConflictError:  # ST kept saving while we read: read again
+            return _Attempt(job, path=path)
+        if plan.present is not None:
+            # An earlier run wrote it (and crashed before marking the job): done.
+            if message is None:  # written by a version that kept no entry first
+                message = plan.present.message.data
+                self.store.blocking.add_entry(job, message)
+            return self._committed_now(job, message)
+        if plan.problem is not None:
+            if entry is not None:
+                self.store.blocking.retire(job.id, plan.problem)
+            raise _NotCommittable(plan.problem, JobState.SUPERSEDED)
+        if message is None:
+            message = self._prepare(job, plan)
+        else:
+            self._check_images(job, message)
+        after = plan.insert_position()
+        record = partial(self._intend, job, message)
+        if not self._write_now(job.chat, path, plan, after, message, record):
+            return _Attempt(job, path=path)
+        log.info(
+            "image committed",
+            job=job.id,
+            chat=job.chat,
+            at_byte=after,
+            images=len(message_urls(message)),
         )
+        return self._committed_now(job, message)
+
+    def _intend(self, job: Job, message: Mapping[str, Any], digest: str) -> None:
+        """Before the rename: the ledger entry and our write's hash, one transaction (a
+        crash right after the rename must not leave our version looking like someone else's,
+        and the entry says what the next run inserts). Another run's entry first: the rename
+        is called off as a conflict, and the next attempt writes that entry's message."""
+        taken = self.store.blocking.intend(job, message, digest)
+        if taken is not None:
+            raise ChatConflictError("another run of this job recorded its message first")
 
     async def _clean_image_temps_once(self) -> None:
         """Remove temp files a killed run left in the image folders, before this process
@@ -391,29 +461,26 @@ class Committer:
             raise _NotCommittable(REASON_CHAT_GONE, JobState.SUPERSEDED)
         return path
 
-    async def _plan(
-        self, path: Path, job_id: str, identity: MessageIdentity, revision: str
-    ) -> _Plan:
+    def _plan(self, path: Path, job_id: str, identity: MessageIdentity, revision: str) -> _Plan:
         try:
-            return await anyio.to_thread.run_sync(
-                _read_plan, path, self.root, job_id, identity, revision
-            )
+            return _read_plan(path, self.root, job_id, identity, revision)
         except ChatReadError:
-            if not await _exists(path):
+            if not path.exists():
                 raise _NotCommittable(REASON_CHAT_GONE, JobState.SUPERSEDED) from None
             raise
 
-    async def _write(
-        self, chat: str, path: Path, plan: _Plan, after: int, message: Mapping[str, Any]
+    def _write_now(
+        self,
+        chat: str,
+        path: Path,
+        plan: _Plan,
+        after: int,
+        message: Mapping[str, Any],
+        before_replace: Callable[[str], None],
     ) -> bool:
-        """Insert ``message`` after the line ending at offset ``after``; False on a conflict
-        (re-read and retry)."""
-
-        def record(digest: str) -> None:
-            # Before the rename: a crash right after it must not leave our version looking
-            # like someone else's (that would acknowledge our message wrongly).
-            anyio.from_thread.run(self.store.record_write, chat, digest)
-
+        """Insert ``message`` after the line ending at offset ``after`` (in a worker thread);
+        ``before_replace`` gets the new version's hash right before the rename. False on a
+        conflict (re-read and retry)."""
         write: Callable[[], object]
         if plan.data is None:
             write = partial(
@@ -423,7 +490,7 @@ class Committer:
                 after,
                 [dict(message)],
                 root=self.root,
-                before_replace=record,
+                before_replace=before_replace,
                 checkpoints=plan.streamed.checkpoints if plan.streamed else (),
             )
         else:
@@ -435,14 +502,24 @@ class Committer:
                 after,
                 [dict(message)],
                 root=self.root,
-                before_replace=record,
+                before_replace=before_replace,
             )
         try:
-            await anyio.to_thread.run_sync(write)
+            write()
         except ChatConflictError:
             log.debug("chat changed under our edit; retrying from a fresh read", chat=chat)
             return False
         return True
+
+    async def _write(
+        self, chat: str, path: Path, plan: _Plan, after: int, message: Mapping[str, Any]
+    ) -> bool:
+        """:meth:`_write_now` for reconcile (its ledger entry exists): the hash of our write
+        is recorded before the rename, in the same worker thread."""
+        record = partial(self.store.blocking.record_write, chat)
+        return await anyio.to_thread.run_sync(
+            self._write_now, chat, path, plan, after, message, record
+        )
 
     async def _rewrite(
         self, chat: str, path: Path, plan: _Plan, line: LineMessage, message: Mapping[str, Any]
@@ -450,10 +527,6 @@ class Committer:
         """Put ``message`` back over our own older line (image swipes a stale tab dropped);
         False on a conflict (re-read and retry)."""
         assert plan.data is not None
-
-        def record(digest: str) -> None:
-            anyio.from_thread.run(self.store.record_write, chat, digest)
-
         write = partial(
             replace_line,
             path,
@@ -463,7 +536,7 @@ class Committer:
             line.end,
             dict(message),
             root=self.root,
-            before_replace=record,
+            before_replace=partial(self.store.blocking.record_write, chat),
         )
         try:
             await anyio.to_thread.run_sync(write)
@@ -472,30 +545,26 @@ class Committer:
         log.info("image swipes restored after a stale save", chat=chat)
         return True
 
-    async def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:
-        """Write the image files (or find them from an earlier run), build the message and put
-        it in the ledger; returns the ledger's message (the first one recorded wins)."""
+    def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:
+        """Write the image files (or find them from an earlier run) and build the message.
+        Its ledger entry is recorded with our write's hash, right before the rename."""
         assert plan.reply is not None
         reply = plan.reply.message
-        present = {
-            p.name: p for p in await anyio.to_thread.run_sync(self.approval.kept_images, job.id)
-        }
+        present = {p.name: p for p in self.approval.kept_images(job.id)}
         # Exactly the images the user kept, in their order: never whatever else is in the folder.
         kept = [present[name] for name in job.images if name in present]
         if not kept:
             raise _NotCommittable(REASON_NO_IMAGES)
         folder = self._image_folder(job, reply)
         now = self._clock()
-        files = await anyio.to_thread.run_sync(
-            _write_images, folder, self.root, job.id, list(kept), now
-        )
+        files = _write_images(folder, self.root, job.id, list(kept), now)
         titles = image_titles(job, [p.name for p in kept])
         prompt = titles[0] if titles else job.prompt or ""  # the caption: the first image's
         negative = job.meta.get("negative")
         data = reply.data
         force_avatar = data.get("force_avatar") if job.is_group else None
         original_avatar = data.get("original_avatar") if job.is_group else None
-        message = build_image_message(
+        return build_image_message(
             name=reply.name,
             urls=[image_url(folder, f) for f in files],
             prompt=prompt,
@@ -508,20 +577,6 @@ class Committer:
             original_avatar=original_avatar if isinstance(original_avatar, str) else None,
             titles=titles,
         )
-        return await self._ledger_add(job, message)
-
-    async def _ledger_add(self, job: Job, message: Mapping[str, Any]) -> dict[str, Any]:
-        await self.store.ledger_add(
-            job_id=job.id,
-            user=job.user,
-            chat=job.chat,
-            identity_name=job.identity_name,
-            identity_date=job.identity_date,
-            revision=job.revision,
-            message=message,
-        )
-        entry = await self.store.ledger_get(job.id)
-        return entry.message if entry is not None else dict(message)
 
     def _image_folder(self, job: Job, reply: Message) -> Path:
         name = self._folder_name(job, reply)
@@ -545,21 +600,28 @@ class Committer:
             return job.character or chat_id
         return group.id
 
-    async def _check_images(self, job: Job, message: Mapping[str, Any]) -> None:
-        """A message from the ledger must not point at a missing file."""
+    def _check_images(self, job: Job, message: Mapping[str, Any]) -> None:
+        """A message from the ledger must not point at a missing file (in a worker thread)."""
         for url in message_urls(message):
             path = served_path(self.root, job.user, url)
-            if path is None or not await anyio.to_thread.run_sync(path.is_file):
-                await self.store.ledger_retire(job.id, REASON_IMAGES_MISSING)
+            if path is None or not path.is_file():
+                self.store.blocking.retire(job.id, REASON_IMAGES_MISSING)
                 raise _NotCommittable(REASON_IMAGES_MISSING)
 
-    async def _committed(self, job: Job, message: Mapping[str, Any]) -> Job:
+    def _committed_now(self, job: Job, message: Mapping[str, Any]) -> _Attempt:
+        """Mark the job committed and remove its pending folder (in a worker thread).
+
+        The chat line is durable by now, so this transaction does not wait for the disk: a
+        power cut that loses it leaves the job accepted, and the next run finds our marker
+        in the chat and marks it again (the ledger entry, durable before the rename, holds
+        the message)."""
         urls = message_urls(message)
         paths = [served_path(self.root, job.user, u) for u in urls]
-        moved = await self.store.transition(
+        moved, previous = self.store.blocking.transition(
             job.id,
             JobState.ACCEPTED,
             JobState.COMMITTED,
+            durable=False,
             last_error=None,
             next_attempt_at=None,
             meta_update={
@@ -568,12 +630,22 @@ class Committer:
                 "committed_at": self._clock().isoformat(),
             },
         )
-        await self._finish_pending(job.id)
-        return moved if moved is not None else await self.store.get_job(job.id)
+        self._finish_pending_now(job.id)
+        if moved is None:  # moved by someone else meanwhile: what it is now
+            return _Attempt(job, done=self.store.blocking.job(job.id))
+        return _Attempt(job, done=moved, previous=previous)
 
-    async def _finish_pending(self, job_id: str) -> None:
+    async def _committed(self, job: Job, message: Mapping[str, Any]) -> Job:
+        """:meth:`_committed_now` from the loop (the swipe path), announced."""
+        step = await anyio.to_thread.run_sync(self._committed_now, job, message)
+        assert step.done is not None
+        if step.previous is not None:
+            self.store.announce(step.done, step.previous)
+        return step.done
+
+    def _finish_pending_now(self, job_id: str) -> None:
         try:
-            await anyio.to_thread.run_sync(self.approval.finish, job_id)
+            self.approval.finish(job_id)
         except OSError as exc:
             log.warning("pending folder not removed", job=job_id, error=_os_reason(exc))
 
@@ -739,7 +811,7 @@ class Committer:
                 continue
             if reply is None:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
-            elif str(reply.message.revision) != entry.revision:
+            elif str(reply.message.revision) != entry.reply.revision:
                 await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
             else:
                 todo.append((entry, reply, False))
@@ -750,11 +822,11 @@ class Committer:
             hint = (await self.store.get_job(entry.job_id)).message_index
         except JobError:
             hint = 0
-        return MessageIdentity(hint, entry.identity_name, entry.identity_date)
+        return entry.reply.identity(hint)
 
     async def _check_images_of(self, entry: LedgerEntry) -> None:
         for url in message_urls(entry.message):
-            path = served_path(self.root, entry.user, url)
+            path = served_path(self.root, entry.reply.user, url)
             if path is None or not await anyio.to_thread.run_sync(path.is_file):
                 await self.store.ledger_retire(entry.job_id, REASON_IMAGES_MISSING)
                 raise _NotCommittable(REASON_IMAGES_MISSING)
@@ -880,9 +952,7 @@ async def _commit_swipe(committer: Committer, job: Job) -> Job:
             negative=negative if isinstance(negative, str) else "",
         )
 
-        def record(digest: str) -> None:
-            anyio.from_thread.run(committer.store.record_write, job.chat, digest)
-
+        record = partial(committer.store.blocking.record_write, job.chat)
         try:
             await anyio.to_thread.run_sync(
                 partial(

@@ -265,23 +265,14 @@ class ChatContext:
 class JobSpec:
     """Everything :meth:`daemon.engine.store.Store.create_job` needs for one job."""
 
-    user: str
-    chat: str
+    reply: ReplyKey  # which reply, in which text, the job would illustrate
     character: str
     is_group: bool
     speaker: str
     message_index: int
-    identity_name: str
-    identity_date: str
-    revision: str
     excerpt: str
     source: str = "auto"
     meta: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def reply(self) -> ReplyKey:
-        """Which reply, in which text, the job would illustrate."""
-        return ReplyKey(self.user, self.chat, self.identity_name, self.identity_date, self.revision)
 
     @property
     def key(self) -> str:
@@ -294,15 +285,11 @@ class JobSpec:
     def fields(self) -> dict[str, Any]:
         """Keyword arguments for ``store.create_job``."""
         return {
-            "user": self.user,
-            "chat": self.chat,
+            "reply": self.reply,
             "character": self.character,
             "is_group": self.is_group,
             "speaker": self.speaker,
             "message_index": self.message_index,
-            "identity_name": self.identity_name,
-            "identity_date": self.identity_date,
-            "revision": self.revision,
             "excerpt": self.excerpt,
             "source": self.source,
             "meta": dict(self.meta),
@@ -490,15 +477,11 @@ class _Builder:
             meta["card"] = card
         self.jobs.append(
             JobSpec(
-                user=self.ctx.user,
-                chat=self.ctx.chat,
+                reply=ReplyKey.of(self.ctx.user, self.ctx.chat, message),
                 character=self.ctx.character,
                 is_group=self.ctx.is_group,
                 speaker=message.name,
                 message_index=message.index,
-                identity_name=identity.name,
-                identity_date=identity.first_date,
-                revision=str(message.revision),
                 excerpt=excerpt_of(message.mes),
                 meta=meta,
             )

@@ -18,6 +18,7 @@ from daemon.engine.intake import detect
 from daemon.engine.jobs.manual import resolve_chat_spec
 from daemon.engine.store import Job, Store
 from daemon.errors import MessageNotFoundError
+from daemon.jobstate import ReplyKey
 from daemon.tavern import layout
 from daemon.tavern.chat import Chat, Message, read_chat
 from daemon.tavern.layout import ChatRef
@@ -76,7 +77,7 @@ async def explain(
     chat, _ = await anyio.to_thread.run_sync(read_chat, ref.path)
     message = _message(chat, mesid, ref.rel)
     identity = message.identity
-    jobs = await store.jobs_for_reply(ref.rel, identity.name, identity.first_date)
+    jobs = await store.jobs_for(ReplyKey.of(ref.user, ref.rel, message))
     record = await store.get_chat(ref.rel)
     reason = ""
     if not jobs:

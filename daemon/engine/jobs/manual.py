@@ -373,25 +373,20 @@ async def create_for(
     ``approval`` is given: a reply shown again gets its image again (``created`` is then True).
     """
     msg = sel.message
-    identity = msg.identity
-    revision = str(msg.revision)
+    reply = ReplyKey.of(sel.chat.user, sel.chat.rel, msg)
+    revision = reply.revision
     fields = {
-        "user": sel.chat.user,
-        "chat": sel.chat.rel,
+        "reply": reply,
         "character": sel.character,
         "is_group": sel.chat.is_group,
         "speaker": msg.name,
         "message_index": msg.index,
-        "identity_name": identity.name,
-        "identity_date": identity.first_date,
-        "revision": revision,
         "excerpt": " ".join(msg.mes.split())[:200],
         "source": "manual",
     }
     job = await store.create_job(**fields)
     if job is not None:
         return job, True
-    reply = ReplyKey(sel.chat.user, sel.chat.rel, identity.name, identity.first_date, revision)
     existing = await store.find_job(reply.key())
     if not force:
         if existing is None:  # pragma: no cover - a key conflict implies the row exists

@@ -683,9 +683,8 @@ class Service:
         self._catching_up.discard(chat.rel)
         _log_skips(chat.rel, decision.skipped)
         for identity, keep, reason in decision.supersede:
-            gone = await store.supersede(
-                chat.user, chat.rel, identity.name, identity.first_date, keep, reason
-            )
+            reply = ReplyKey(chat.user, chat.rel, identity.name, identity.first_date, keep or "")
+            gone = await store.supersede(reply, reason, keep=keep is not None)
             for old in gone:
                 self.runner.cancel(old.id, reason)
                 if old.state is JobState.SUPERSEDED:
@@ -709,7 +708,7 @@ class Service:
 
     async def _revive(self, fields: dict[str, Any]) -> Job | None:
         """The job this reply's revision already had, back from superseded (a swipe back)."""
-        existing = await self.store.find_job(ReplyKey.of(fields).key())
+        existing = await self.store.find_job(fields["reply"].key())
         if existing is None or existing.state is not JobState.SUPERSEDED:
             return None
         revived = await revive_job(

@@ -18,10 +18,10 @@ from typing import Any
 
 import structlog
 
+from daemon.engine.store import reads
 from daemon.engine.store.db import Database
 from daemon.engine.store.model import (
     ACTIVE_STATES,
-    FAILING_STATES,
     OPEN_STATES,
     REGEN_FROM_STATES,
     SUPERSEDABLE_STATES,
@@ -29,7 +29,6 @@ from daemon.engine.store.model import (
     JobState,
     States,
     aware_utc,
-    job_key,
     marks,
     new_job_id,
     now_utc,
@@ -49,15 +48,11 @@ _JOB_COLUMNS = JOB_COLUMNS
 
 _CREATE_REQUIRED = frozenset(
     {
-        "user",
-        "chat",
+        "reply",
         "character",
         "is_group",
         "speaker",
         "message_index",
-        "identity_name",
-        "identity_date",
-        "revision",
     }
 )
 _CREATE_OPTIONAL = frozenset(
@@ -96,26 +91,21 @@ _job_from_row = job_from_row
 def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The ``jobs`` row of a new QUEUED job from :meth:`Store.create_job`'s fields."""
     regen = int(fields.get("regen", 0))
-    key = fields.get("key") or job_key(
-        fields["user"],
-        fields["chat"],
-        fields["identity_name"],
-        fields["identity_date"],
-        fields["revision"],
-        regen,
-    )
+    reply = fields["reply"]
+    if not isinstance(reply, ReplyKey):
+        raise TypeError(f"create_job: reply must be a ReplyKey, not {type(reply).__name__}")
     return {
         "id": fields.get("id") or new_job_id(int(now.timestamp() * 1000)),
-        "key": key,
-        "user": str(fields["user"]),
-        "chat": str(fields["chat"]),
+        "key": fields.get("key") or reply.key(regen),
+        "user": reply.user,
+        "chat": reply.chat,
         "character": str(fields["character"]),
         "is_group": int(bool(fields["is_group"])),
         "speaker": str(fields["speaker"]),
         "message_index": int(fields["message_index"]),
-        "identity_name": str(fields["identity_name"]),
-        "identity_date": str(fields["identity_date"]),
-        "revision": str(fields["revision"]),
+        "identity_name": reply.name,
+        "identity_date": reply.date,
+        "revision": reply.revision,
         "regen": regen,
         "excerpt": str(fields.get("excerpt", "")),
         "source": str(fields.get("source", "auto")),
@@ -129,6 +119,54 @@ def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "updated_at": stamp(now),
         "next_attempt_at": stamp(fields.get("next_attempt_at") or now),
     }
+
+
+def job_move(
+    job_id: str, expected: States, new: JobState, *, check: bool = True, **fields: Any
+) -> Callable[[sqlite3.Connection], tuple[Job | None, JobState | None]]:
+    """The transaction body of :meth:`Jobs.transition`: run on a connection, it returns the
+    moved job (``None`` when not in ``expected``) and the state it left. Argument errors are
+    raised here, before anything runs."""
+    unknown = fields.keys() - _TRANSITION_FIELDS
+    if unknown:
+        raise TypeError(f"transition: unknown fields {sorted(unknown)}")
+    wanted = states_list(expected)
+    new_state = JobState(new)
+    if check:
+        check_move(expected, new_state)
+    now = aware_utc(fields.pop("now", None) or now_utc())
+    meta_update = fields.pop("meta_update", None)
+    sets: dict[str, Any] = {"state": new_state.value, "updated_at": stamp(now)}
+    for name, value in fields.items():
+        if name == "images":
+            sets[name] = to_json(list(value))
+        elif name == "meta":
+            sets[name] = to_json(dict(value))
+        elif name == "next_attempt_at":
+            sets[name] = stamp(value) if value is not None else None
+        else:
+            sets[name] = value
+
+    def _move(conn: sqlite3.Connection) -> tuple[Job | None, JobState | None]:
+        row = conn.execute(
+            f"SELECT state, meta FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
+            (job_id, *wanted),
+        ).fetchone()
+        if row is None:
+            return None, None
+        changes = dict(sets)
+        if meta_update:
+            meta = json.loads(changes["meta"]) if "meta" in changes else json.loads(row["meta"])
+            meta.update(meta_update)
+            changes["meta"] = to_json(meta)
+        assignments = ", ".join(f"{k} = ?" for k in changes)
+        found = conn.execute(
+            f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_JOB_COLUMNS}",
+            (*changes.values(), job_id),
+        ).fetchone()
+        return _job_from_row(found), JobState(row["state"])
+
+    return _move
 
 
 class Jobs(Database):
@@ -160,10 +198,10 @@ class Jobs(Database):
     async def create_job(self, **fields: Any) -> Job | None:
         """Insert a queued job; ``None`` if a job with the same ``key`` exists (idempotent).
 
-        Required: user, chat, character, is_group, speaker, message_index, identity_name,
-        identity_date, revision. Optional: excerpt (""), source ("auto"), state (queued),
-        prompt, images, meta, regen (0), key (computed by :func:`job_key`), id, now,
-        next_attempt_at (now). A job created with a prompt skips the prompt step.
+        Required: reply (a :class:`~daemon.jobstate.ReplyKey`), character, is_group, speaker,
+        message_index. Optional: excerpt (""), source ("auto"), state (queued), prompt, images,
+        meta, regen (0), key (``reply.key(regen)``), id, now, next_attempt_at (now). A job
+        created with a prompt skips the prompt step.
         """
         missing = _CREATE_REQUIRED - fields.keys()
         unknown = fields.keys() - _CREATE_REQUIRED - _CREATE_OPTIONAL
@@ -242,30 +280,19 @@ class Jobs(Database):
 
     async def jobs_in(self, states: Iterable[JobState], *, limit: int = 1000) -> list[Job]:
         """Jobs in any of ``states``, oldest first."""
-        wanted = states_list(states)
-
-        def _list(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks(len(wanted))}) "
-                "ORDER BY id LIMIT ?",
-                (*wanted, limit),
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
-
-        return await self._run(_list, write=False)
+        return await self._run(
+            functools.partial(reads.jobs_in, states=tuple(states), limit=limit), write=False
+        )
 
     async def jobs_for(self, reply: ReplyKey) -> list[Job]:
-        """Every job of ``reply``'s message in its chat, whatever the revision."""
-        return await self.jobs_for_reply(reply.chat, reply.name, reply.date)
-
-    async def jobs_for_reply(self, chat: str, identity_name: str, identity_date: str) -> list[Job]:
-        """Every job of one reply (any revision, any state), oldest first."""
+        """Every job of ``reply``'s message in its chat (any revision, any state), oldest
+        first."""
 
         def _list(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 f"SELECT {_JOB_COLUMNS} FROM jobs WHERE chat = ? AND identity_name = ? "
                 "AND identity_date = ? ORDER BY id",
-                (chat, identity_name, identity_date),
+                (reply.chat, reply.name, reply.date),
             ).fetchall()
             return [_job_from_row(r) for r in rows]
 
@@ -326,9 +353,11 @@ class Jobs(Database):
 
         return await self._run(_list, write=False)
 
-    def announce(self, job: Job) -> None:
-        """Tell the job listeners of a change made elsewhere (another process)."""
-        self._changed(job)
+    def announce(self, job: Job | None, previous: JobState | None = None) -> None:
+        """Tell the job listeners of a change made elsewhere (another process), or made from a
+        worker thread through :class:`~daemon.engine.store.blocking.Blocking` (announced back
+        in the event loop)."""
+        self._changed(job, previous)
 
     async def transition(
         self,
@@ -346,49 +375,9 @@ class Jobs(Database):
         attempts, last_error, prompt, images, meta (replaces), meta_update (merged into meta),
         next_attempt_at, message_index, now. ``None`` also for an unknown id.
         """
-        unknown = fields.keys() - _TRANSITION_FIELDS
-        if unknown:
-            raise TypeError(f"transition: unknown fields {sorted(unknown)}")
-        wanted = states_list(expected)
-        new_state = JobState(new)
-        if check:
-            check_move(expected, new_state)
-        now = aware_utc(fields.pop("now", None) or now_utc())
-        meta_update = fields.pop("meta_update", None)
-        sets: dict[str, Any] = {"state": new_state.value, "updated_at": stamp(now)}
-        for name, value in fields.items():
-            if name == "images":
-                sets[name] = to_json(list(value))
-            elif name == "meta":
-                sets[name] = to_json(dict(value))
-            elif name == "next_attempt_at":
-                sets[name] = stamp(value) if value is not None else None
-            else:
-                sets[name] = value
-
-        previous: list[JobState] = []
-
-        def _move(conn: sqlite3.Connection) -> Job | None:
-            row = conn.execute(
-                f"SELECT state, meta FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
-                (job_id, *wanted),
-            ).fetchone()
-            if row is None:
-                return None
-            previous.append(JobState(row["state"]))
-            if meta_update:
-                meta = json.loads(sets["meta"]) if "meta" in sets else json.loads(row["meta"])
-                meta.update(meta_update)
-                sets["meta"] = to_json(meta)
-            assignments = ", ".join(f"{k} = ?" for k in sets)
-            found = conn.execute(
-                f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_JOB_COLUMNS}",
-                (*sets.values(), job_id),
-            ).fetchone()
-            return _job_from_row(found)
-
-        moved = await self._run(_move, write=True)
-        self._changed(moved, previous[0] if previous else None)
+        move = job_move(job_id, expected, new, check=check, **fields)
+        moved, previous = await self._run(move, write=True)
+        self._changed(moved, previous)
         return moved
 
     async def reschedule(
@@ -494,8 +483,8 @@ class Jobs(Database):
                 "AND identity_date = ? AND revision = ? AND user = ?",
                 (
                     current.chat,
-                    current.identity_name,
-                    current.identity_date,
+                    current.reply.name,
+                    current.reply.date,
                     current.revision,
                     current.user,
                 ),
@@ -534,19 +523,11 @@ class Jobs(Database):
         return new
 
     async def supersede(
-        self,
-        user: str,
-        chat: str,
-        identity_name: str,
-        identity_date: str,
-        keep_revision: str | None,
-        reason: str,
-        *,
-        now: datetime | None = None,
+        self, reply: ReplyKey, reason: str, *, keep: bool = True, now: datetime | None = None
     ) -> list[Job]:
-        """Supersede queued, running and pending jobs of that reply whose revision differs from
-        ``keep_revision`` (all of them when it is ``None``). Accepted and final jobs are left
-        alone: the committer checks the revision of accepted ones itself."""
+        """Supersede queued, running and pending jobs of ``reply``'s message whose revision is
+        not ``reply.revision`` (``keep=False``: whatever their revision). Accepted and final
+        jobs are left alone: the committer checks the revision of accepted ones itself."""
         check_move(SUPERSEDABLE_STATES, JobState.SUPERSEDED)
         at = stamp(now or now_utc())
         states = states_list(SUPERSEDABLE_STATES)
@@ -555,7 +536,8 @@ class Jobs(Database):
             "user = ? AND chat = ? AND identity_name = ? AND identity_date = ? "
             f"AND state IN ({marks(len(states))}) AND (? IS NULL OR revision != ?)"
         )
-        params = (user, chat, identity_name, identity_date, *states, keep_revision, keep_revision)
+        kept = reply.revision if keep else None
+        params = (reply.user, reply.chat, reply.name, reply.date, *states, kept, kept)
         return await self._supersede_where(where, params, reason, at)
 
     async def _supersede_where(
@@ -647,33 +629,8 @@ class Jobs(Database):
 
     async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
         """Jobs per state (every state present, zeros included); ``users``: only theirs."""
-        only, only_args = "", tuple[str, ...]()
-        if users is not None:
-            wanted = sorted(users)
-            only, only_args = f"WHERE user IN ({marks(len(wanted))}) ", tuple(wanted)
-
-        def _counts(conn: sqlite3.Connection) -> dict[JobState, int]:
-            result = dict.fromkeys(JobState, 0)
-            sql = f"SELECT state, COUNT(*) FROM jobs {only}GROUP BY state"
-            for row in conn.execute(sql, only_args):
-                result[JobState(row[0])] = row[1]
-            return result
-
-        return await self._run(_counts, write=False)
+        return await self._run(functools.partial(reads.count_states, users=users), write=False)
 
     async def recent_errors(self, limit: int = 5) -> list[Job]:
-        """Real failures, most recently updated first (for ``status``): failed jobs and jobs
-        waiting to retry after one. A superseded or rejected job's reason is history, not an
-        error, and a job that went on to succeed is no longer failing."""
-
-        def _errors(conn: sqlite3.Connection) -> list[Job]:
-            failing = states_list(FAILING_STATES)
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE last_error IS NOT NULL "
-                f"AND state IN ({marks(len(failing))}) "
-                "ORDER BY updated_at DESC, id DESC LIMIT ?",
-                (*failing, limit),
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
-
-        return await self._run(_errors, write=False)
+        """Real failures, most recently updated first (see :func:`reads.recent_errors`)."""
+        return await self._run(functools.partial(reads.recent_errors, limit=limit), write=False)

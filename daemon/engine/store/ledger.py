@@ -9,12 +9,14 @@ import json
 import sqlite3
 from collections.abc import Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from daemon.engine.store.db import Database
 from daemon.engine.store.model import (
     JobState,
     LedgerEntry,
+    ReplyKey,
     marks,
     now_utc,
     parse_stamp,
@@ -22,23 +24,75 @@ from daemon.engine.store.model import (
     states_list,
     to_json,
 )
+from daemon.engine.store.reads import reply_from_row
 from daemon.errors import StoreError
 
 
 def _ledger_from_row(row: sqlite3.Row) -> LedgerEntry:
     return LedgerEntry(
         job_id=row["job_id"],
-        user=row["user"],
-        chat=row["chat"],
-        identity_name=row["identity_name"],
-        identity_date=row["identity_date"],
-        revision=row["revision"],
+        reply=reply_from_row(row),
         message=json.loads(row["message"]),
         acknowledged=bool(row["acknowledged"]),
         retired=row["retired"],
         created_at=parse_stamp(row["created_at"]),
         updated_at=parse_stamp(row["updated_at"]),
     )
+
+
+def entry_of(conn: sqlite3.Connection, job_id: str) -> LedgerEntry | None:
+    """The job's ledger entry, if any (on a connection: see :class:`~.blocking.Blocking`)."""
+    row = conn.execute("SELECT * FROM ledger WHERE job_id = ?", (job_id,)).fetchone()
+    return _ledger_from_row(row) if row else None
+
+
+def add_entry(
+    conn: sqlite3.Connection,
+    job_id: str,
+    reply: ReplyKey,
+    message: Mapping[str, Any],
+    at: str,
+) -> None:
+    """Insert a ledger entry unless the job has one (the first stays). StoreError if no job
+    has that id."""
+    if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+        raise StoreError(f"cannot add job {job_id} to the commit ledger: no such job")
+    conn.execute(
+        "INSERT INTO ledger (job_id, user, chat, identity_name, identity_date, revision, "
+        "message, acknowledged, retired, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?) ON CONFLICT (job_id) DO NOTHING",
+        (
+            job_id,
+            reply.user,
+            reply.chat,
+            reply.name,
+            reply.date,
+            reply.revision,
+            to_json(dict(message)),
+            at,
+            at,
+        ),
+    )
+
+
+def set_entry(
+    conn: sqlite3.Connection,
+    job_id: str,
+    assignment: str,
+    args: tuple[Any, ...],
+    unless: str,
+    at: str,
+) -> bool:
+    """``UPDATE ledger SET <assignment>`` for the job unless ``unless`` fails; True if it did."""
+    cur = conn.execute(
+        f"UPDATE ledger SET {assignment}, updated_at = ? WHERE job_id = ? AND {unless}",
+        (*args, at, job_id),
+    )
+    return cur.rowcount > 0
+
+
+RETIRE = ("retired = ?", "retired IS NULL")
+"""The assignment and guard of a retirement (its one argument: the reason)."""
 
 
 class Ledger(Database):
@@ -48,11 +102,7 @@ class Ledger(Database):
         self,
         *,
         job_id: str,
-        user: str,
-        chat: str,
-        identity_name: str,
-        identity_date: str,
-        revision: str,
+        reply: ReplyKey,
         message: Mapping[str, Any],
         now: datetime | None = None,
     ) -> None:
@@ -60,26 +110,12 @@ class Ledger(Database):
 
         StoreError if no job has that id."""
         at = stamp(now or now_utc())
-        text = to_json(dict(message))
-
-        def _add(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                raise StoreError(f"cannot add job {job_id} to the commit ledger: no such job")
-            conn.execute(
-                "INSERT INTO ledger (job_id, user, chat, identity_name, identity_date, revision, "
-                "message, acknowledged, retired, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?) ON CONFLICT (job_id) DO NOTHING",
-                (job_id, user, chat, identity_name, identity_date, revision, text, at, at),
-            )
-
-        await self._run(_add, write=True)
+        await self._run(
+            partial(add_entry, job_id=job_id, reply=reply, message=message, at=at), write=True
+        )
 
     async def ledger_get(self, job_id: str) -> LedgerEntry | None:
-        def _get(conn: sqlite3.Connection) -> LedgerEntry | None:
-            row = conn.execute("SELECT * FROM ledger WHERE job_id = ?", (job_id,)).fetchone()
-            return _ledger_from_row(row) if row else None
-
-        return await self._run(_get, write=False)
+        return await self._run(partial(entry_of, job_id=job_id), write=False)
 
     async def ledger_for_chat(self, chat: str, *, open_only: bool = True) -> list[LedgerEntry]:
         """The chat's entries, oldest first; open = neither acknowledged nor retired."""
@@ -100,7 +136,7 @@ class Ledger(Database):
 
     async def ledger_retire(self, job_id: str, reason: str, *, now: datetime | None = None) -> bool:
         """Stop watching the message (deleted by the user, reply gone); True if it changed."""
-        return await self._ledger_set(job_id, "retired = ?", (reason,), "retired IS NULL", now)
+        return await self._ledger_set(job_id, RETIRE[0], (reason,), RETIRE[1], now)
 
     async def ledger_set_message(
         self, job_id: str, message: Mapping[str, Any], *, now: datetime | None = None
@@ -125,15 +161,12 @@ class Ledger(Database):
         now: datetime | None,
     ) -> bool:
         at = stamp(now or now_utc())
-
-        def _set(conn: sqlite3.Connection) -> bool:
-            cur = conn.execute(
-                f"UPDATE ledger SET {assignment}, updated_at = ? WHERE job_id = ? AND {unless}",
-                (*args, at, job_id),
-            )
-            return cur.rowcount > 0
-
-        return await self._run(_set, write=True)
+        return await self._run(
+            partial(
+                set_entry, job_id=job_id, assignment=assignment, args=args, unless=unless, at=at
+            ),
+            write=True,
+        )
 
     async def chats_with_open_ledger(self) -> set[str]:
         def _chats(conn: sqlite3.Connection) -> set[str]:

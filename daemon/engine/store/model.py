@@ -41,7 +41,6 @@ __all__ = [
     "ReplyKey",
     "States",
     "aware_utc",
-    "job_key",
     "marks",
     "new_job_id",
     "now_utc",
@@ -68,11 +67,7 @@ class LedgerEntry:
     """One committed image message, remembered for reconcile."""
 
     job_id: str
-    user: str
-    chat: str
-    identity_name: str
-    identity_date: str
-    revision: str
+    reply: ReplyKey  # the reply the image message illustrates, in the committed text
     message: dict[str, Any]  # the exact message object we inserted
     acknowledged: bool  # a version written by someone else has contained it
     retired: str | None  # why it is no longer watched (deleted by the user, reply gone, ...)
@@ -113,13 +108,6 @@ def new_job_id(now_ms: int | None = None) -> str:
         chars.append(_CROCKFORD[value & 31])
         value >>= 5
     return "".join(reversed(chars))
-
-
-def job_key(
-    user: str, chat: str, identity_name: str, identity_date: str, revision: str, regen: int = 0
-) -> str:
-    """The idempotency key of a job (:meth:`daemon.jobstate.ReplyKey.key`)."""
-    return ReplyKey(user, chat, identity_name, identity_date, revision).key(regen)
 
 
 def aware_utc(when: datetime) -> datetime:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
+from daemon.engine.store.blocking import Blocking
 from daemon.engine.store.cursors import Cursors
 from daemon.engine.store.jobs import Jobs
 from daemon.engine.store.ledger import Ledger
@@ -13,3 +16,8 @@ __all__ = ["Store"]
 
 class Store(Jobs, Cursors, Ledger, OurWrites, Spend):
     """Every table on one connection. Open with :meth:`open`; close with :meth:`close`."""
+
+    @cached_property
+    def blocking(self) -> Blocking:
+        """The calls for code already in a worker thread (see :mod:`.blocking`)."""
+        return Blocking(self)
