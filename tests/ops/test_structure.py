@@ -199,10 +199,16 @@ SERVICE = "daemon.engine.process.service"
 DOOR_EXCEPTIONS = {
     # The run command starts the daemon process with its web face.
     ("daemon.cli.commands", SERVICE),
-    # `list`'s read-only fast path: one SELECT with the store's own query over a read-only
-    # sqlite3 connection, when the engine would cost a second to start (daemon/cli/quick.py).
+    # The read-only fast path of `list`, `show` and `status`: the store's own queries over a
+    # read-only sqlite3 connection and the engine's own blocking, light readers (the job's
+    # folder, the spend summary, the status report), when the engine would cost a second to
+    # start (daemon/cli/quick.py); the status screen prints the report either path gathered.
     ("daemon.cli.quick", "daemon.engine.store.reads"),
     ("daemon.cli.quick", "daemon.engine.store.schema"),
+    ("daemon.cli.quick", "daemon.engine.jobs.folders"),
+    ("daemon.cli.quick", "daemon.engine.jobs.spendsum"),
+    ("daemon.cli.quick", "daemon.engine.process.report"),
+    ("daemon.cli.statusview", "daemon.engine.process.report"),
 }
 """The named ways past the front door; anything else is a failure of the rule."""
 
@@ -278,8 +284,8 @@ def test_no_upward_import() -> None:
 def test_faces_use_only_the_front_door() -> None:
     """The CLI, the web, the doctor and the extension installer reach the engine through
     ``engine/front.py`` alone; the exceptions are named in :data:`DOOR_EXCEPTIONS` (the ``run``
-    command, which starts the daemon process with its web face, and ``list``'s read-only fast
-    path)."""
+    command, which starts the daemon process with its web face, and the read-only fast path of
+    ``list``, ``show`` and ``status``)."""
     reached = sorted(
         f"{module} imports {imported}"
         for module, found in _imports_of(*ABOVE_THE_ENGINE).items()
