@@ -13,235 +13,33 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from daemon.config import Config, ConfigSource
-    from daemon.engine.front import Engine, Job
+    from pathlib import Path
 
-from daemon.cli.jobview import job_dict as _job_dict
-from daemon.cli.jobview import one_line as _one_line
-from daemon.cli.jobview import print_jobs
+    from daemon.config import Config, ConfigSource
+    from daemon.engine.front import Engine
+
+from daemon.cli.jobview import print_job, print_jobs
+from daemon.cli.parser import PROG, STATES, build_parser, command_of
 from daemon.configure.example import config_example
 
-__all__ = ["build_parser", "config_example", "main"]
-
-PROG = "st-imagegen"
-STATES = (
-    "queued",
-    "prompting",
-    "imaging",
-    "pending",
-    "accepted",
-    "committed",
-    "rejected",
-    "superseded",
-    "failed",
-)
-"""The job states ``list --state`` takes: spelled out so ``--help`` stays fast (no import of
-the engine); ``tests/ops/test_structure.py`` holds it to :class:`daemon.jobstate.JobState`."""
-
-T = TypeVar("T")
+__all__ = ["STATES", "build_parser", "config_example", "main"]
 
 
 class CommandError(Exception):
     """A failure to report on one line of stderr with exit code 1."""
 
 
-# --- parser ------------------------------------------------------------------------------------
-
-
-def _keep_list(text: str) -> list[int]:
-    try:
-        numbers = [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--keep wants image numbers like 1,3 (got {text!r})"
-        ) from None
-    if not numbers or any(n < 1 for n in numbers):
-        raise argparse.ArgumentTypeError(f"--keep wants image numbers from 1 (got {text!r})")
-    return numbers
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a message number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"message numbers start at 0 (got {value})")
-    return value
-
-
-def _add_job_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
-    """The commands on jobs: list, show, spend, accept, reject, restore, cancel, pause, resume,
-    regen."""
-    lst = sub.add_parser("list", parents=[common], help="jobs, newest first")
-    lst.add_argument("--state", choices=STATES, help="only jobs in this state")
-    lst.add_argument("--json", action="store_true", help="JSON output")
-    lst.add_argument("--limit", type=int, default=50, help="at most this many jobs (50)")
-
-    show = sub.add_parser("show", parents=[common], help="one job in detail")
-    show.add_argument("job", metavar="JOB", help="job id (a unique prefix is enough)")
-    show.add_argument("--json", action="store_true", help="JSON output")
-
-    spend = sub.add_parser("spend", parents=[common], help="today's and this month's spend")
-    spend.add_argument("action", nargs="?", choices=["approve"], help="approve: allow a held job")
-    spend.add_argument("job", nargs="?", metavar="JOB", help="the held job to allow once")
-    spend.add_argument("--json", action="store_true", help="JSON output")
-
-    acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
-    acc.add_argument("job", metavar="JOB")
-    acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
-
-    rej = sub.add_parser("reject", parents=[common], help="reject a pending job")
-    rej.add_argument("job", metavar="JOB")
-
-    restore = sub.add_parser("restore", parents=[common], help="undo a reject (from the trash)")
-    restore.add_argument("job", metavar="JOB")
-
-    cancel = sub.add_parser("cancel", parents=[common], help="stop a queued or running job")
-    cancel.add_argument("job", metavar="JOB", nargs="?", help="the job (or --all-queued)")
-    cancel.add_argument("--all-queued", action="store_true", help="every queued job")
-    cancel.add_argument("--chat", help="with --all-queued: only this chat's")
-
-    for name, text in (("pause", "start no new jobs until resumed"), ("resume", "end a pause")):
-        switch = sub.add_parser(name, parents=[common], help=text)
-        switch.add_argument("--chat", help="only this chat (default: every chat)")
-
-    regen = sub.add_parser("regen", parents=[common], help="new images for a job's reply")
-    regen.add_argument("job", metavar="JOB")
-    regen.add_argument("--prompt", help="use this prompt instead of the job's")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help="config file (default: $ST_IMAGEGEN_CONFIG, then ~/.config/st-imagegen/config.toml)",
-    )
-    common.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the full traceback of an unexpected failure",
-    )
-    common.add_argument(
-        "--data-root",
-        type=Path,
-        metavar="PATH",
-        help="SillyTavern folder, its data/ folder or the data root (overrides the config)",
-    )
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Illustrates SillyTavern chats: new character replies become images.",
-    )
-    parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    sub.add_parser("run", parents=[common], help="run the daemon (foreground)")
-
-    for name in ("generate", "genimage"):
-        gen = sub.add_parser(
-            name,
-            parents=[common],
-            help="queue an image for a reply (manual mode)"
-            if name == "generate"
-            else "alias of generate",
-        )
-        gen.add_argument("--chat", help="chat path, or character name [and chat name], or group")
-        gen.add_argument("--mesid", type=_non_negative, help="message number (first is 0)")
-        gen.add_argument("--wait", action="store_true", help="wait for the images")
-        gen.add_argument(
-            "--timeout",
-            type=float,
-            default=600.0,
-            metavar="SECONDS",
-            help="how long --wait waits (600); the job keeps going after it",
-        )
-        gen.add_argument(
-            "--force",
-            action="store_true",
-            help="a new job even if this reply already has one (like regen)",
-        )
-
-    _add_job_parsers(sub, common)
-
-    status = sub.add_parser("status", parents=[common], help="daemon, chats and jobs")
-    status.add_argument("--json", action="store_true", help="JSON output")
-
-    why = sub.add_parser("why", parents=[common], help="why a message has or has no job")
-    why.add_argument("--chat", help="chat path, or character name [and chat name], or group")
-    why.add_argument("--mesid", type=_non_negative, help="message number (default: the last)")
-
-    doctor = sub.add_parser("doctor", parents=[common], help="check the setup")
-    doctor.add_argument(
-        "--skip-image", action="store_true", help="skip the image API check (it may cost money)"
-    )
-
-    sub.add_parser("healthcheck", parents=[common], help="exit 0 when the daemon is alive")
-
-    sub.add_parser(
-        "web-url", parents=[common], help="the web inbox's address (with its token if needed)"
-    )
-
-    from daemon.cli.characters_args import add_parsers
-
-    add_parsers(sub, common)
-
-    from daemon.cli.users import add_parser as add_users_parser
-
-    add_users_parser(sub, common)
-
-    ext = sub.add_parser(
-        "extension", parents=[common], help="install the SillyTavern extension (live images)"
-    )
-    ext.add_argument("action", choices=("install", "uninstall"), metavar="install|uninstall")
-    who = ext.add_mutually_exclusive_group()
-    who.add_argument("--user", metavar="HANDLE", help="only this ST user (default: every user)")
-    who.add_argument(
-        "--all-users",
-        action="store_true",
-        help="into ST's public/scripts/extensions/third-party/ (every user at once)",
-    )
-    ext.add_argument(
-        "--st-folder",
-        type=Path,
-        metavar="PATH",
-        help="the SillyTavern install folder, for --all-users (default: found from data_root)",
-    )
-
-    cfg = sub.add_parser("config", help="configuration helpers")
-    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
-    example = cfg_sub.add_parser("example", help="print a complete commented config.toml")
-    example.add_argument(
-        "--write",
-        action="store_true",
-        help="write it to the config file (--config, $ST_IMAGEGEN_CONFIG or the default); "
-        "never overwrites one",
-    )
-    example.add_argument("--config", type=Path, metavar="PATH", help="the file --write writes")
-    get = cfg_sub.add_parser("get", help="one setting's value (keys show only set / not set)")
-    get.add_argument("key", metavar="KEY", help="dotted key, e.g. image.model")
-    get.add_argument("--config", type=Path, metavar="PATH", help="the config file")
-    put = cfg_sub.add_parser(
-        "set", help="change one setting in the config file (checked first; comments kept)"
-    )
-    put.add_argument("key", metavar="KEY", help="dotted key, e.g. image.model")
-    put.add_argument("value", metavar="VALUE", help="the new value (TOML or plain text)")
-    put.add_argument("--config", type=Path, metavar="PATH", help="the config file")
-    return parser
-
-
 # --- entry -------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    given = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_of(given))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(given)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code) if isinstance(exc.code, int) else 2
     if args.version:
@@ -351,11 +149,16 @@ def _source(args: argparse.Namespace) -> ConfigSource:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from daemon.cli.quick import QUICK_COMMANDS, overrides_of, quick
+    from daemon.configure import locate
     from daemon.errors import ConfigError
 
     command: str = args.command
-    if command == "list":
-        return _list_command(args)
+    if command in QUICK_COMMANDS:
+        done = quick(args)  # read-only, without the engine, when the config is known valid
+        if done is not None:
+            return done
+    before = locate.snapshot(args.config, os.environ, overrides_of(args))
     if command == "status":
         # A broken file must not hide the daemon's state: status says what is wrong with it.
         source = _source(args)
@@ -366,12 +169,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         _setup_logging(config, quiet=True)
         from daemon.cli.screens import cmd_status
 
-        return cmd_status(config, args.json, config_error=problem)
+        try:
+            return cmd_status(config, args.json, config_error=problem)
+        finally:
+            if problem is None:
+                _remember(before, config)
     config = _load(args)
     if command == "run":
         return _cmd_run(config, _source(args))
     _setup_logging(config, quiet=True)
+    try:
+        return _job_command(command, config, args)
+    finally:
+        _remember(before, config)  # after the command: its state dir exists by now
+
+
+def _remember(before: tuple[Path, bool, bytes | None, bytes], config: Config) -> None:
+    """The config validated: the next read-only command may skip building it (daemon.cli.quick)."""
+    from daemon.configure import locate
+    from daemon.configure.viewof import view_of
+
+    locate.remember(before, config.state_dir, lambda: view_of(config))
+
+
+def _job_command(command: str, config: Config, args: argparse.Namespace) -> int:
     jobs: dict[str, Callable[[Engine, argparse.Namespace], Awaitable[int]]] = {
+        "list": _cmd_list,
         "show": _cmd_show,
         "spend": _cmd_spend,
         "accept": _cmd_accept,
@@ -386,24 +209,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if command in ("pause", "resume"):
         return _with_engine(config, lambda engine: _cmd_pause(engine, args, command == "pause"))
     return _tool_command(command, config, args)
-
-
-def _list_command(args: argparse.Namespace) -> int:
-    """``list``: answered from the store alone when the config is known valid (daemon.cli.quick),
-    else through the engine like every job command."""
-    from daemon.cli.quick import overrides_of, quick
-    from daemon.configure import locate
-
-    done = quick(args)
-    if done is not None:
-        return done
-    before = locate.snapshot(args.config, os.environ, overrides_of(args))
-    config = _load(args)
-    _setup_logging(config, quiet=True)
-    code = _with_engine(config, lambda engine: _cmd_list(engine, args))
-    # The config validated: the next list may skip building it (daemon.cli.quick).
-    locate.remember(before, config.state_dir)
-    return code
 
 
 def _tool_command(command: str, config: Config, args: argparse.Namespace) -> int:
@@ -519,65 +324,11 @@ async def _cmd_spend(engine: Engine, args: argparse.Namespace) -> int:
 async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.job(args.job)
     found = await engine.job_folder(job.id)  # pending/, or a drop folder it was moved into
-    folder = found if found is not None else engine.config.pending_dir / job.id
     if args.json:
-        record = _job_dict(job)
-        record["folder"] = str(found) if found is not None else None
-        print(json.dumps(record, ensure_ascii=False, indent=2))
-        return 0
-    rows = [
-        ("job", job.id),
-        ("state", job.state.value),
-        ("chat", f"{job.user}/{job.chat}" if not job.chat.startswith(job.user) else job.chat),
-        ("chat name", await engine.chat_title(job.chat)),
-        ("character", job.character + (" (group id)" if job.is_group else "")),
-        ("speaker", job.speaker),
-        ("message", f"#{job.message_index}: {_one_line(job.excerpt, 100)}"),
-        ("source", job.source),
-        ("created", job.created_at.astimezone().isoformat(timespec="seconds")),
-        ("updated", job.updated_at.astimezone().isoformat(timespec="seconds")),
-        ("attempts", str(job.attempts)),
-    ]
-    if job.next_attempt_at and job.state.value == "queued":
-        rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
-    if job.last_error:
-        rows.append(("last error", job.last_error))
-    if job.state.value == "queued" and job.meta.get("held"):
-        rows.append(("held", f"{job.meta['held']}; {job.meta.get('held_fix') or ''}"))
-    if job.meta.get("cost"):
-        rows.append(("cost", str(job.meta["cost"])))
-    rows.append(("spend", (await engine.spend()).line()))
-    rows.append(("prompt", job.prompt or "(not written yet)"))
-    rows.extend(_look_rows(job))
-    for key, value in rows:
-        print(f"{key + ':':<12} {value}")
-    if job.images:
-        print("images:")
-        for n, name in enumerate(job.images, 1):
-            path = folder / name
-            print(f"  {n}. {path if path.exists() else name}")
-    return 0
-
-
-def _look_rows(job: Job) -> list[tuple[str, str]]:
-    """What made the picture besides the prompt: negative prompt, style, seed, references."""
-    meta = job.meta
-    rows: list[tuple[str, str]] = []
-    if isinstance(meta.get("negative"), str) and meta["negative"]:
-        rows.append(("negative", str(meta["negative"])))
-    if meta.get("style"):
-        source = f" (from {meta['style_from']})" if meta.get("style_from") else ""
-        rows.append(("style", f"{meta['style']}{source}"))
-    if meta.get("seed") is not None:
-        rows.append(("seed", str(meta["seed"])))
-    references = meta.get("references")
-    if isinstance(references, list) and references:
-        rows.append(("references", ", ".join(str(r) for r in references)))
-    if meta.get("regen_of"):
-        rows.append(("regen of", str(meta["regen_of"])))
-    if meta.get("cancelled") is True:
-        rows.append(("cancelled", "yes (stopped before its images were on offer)"))
-    return rows
+        return print_job(job, found, engine.config.pending_dir, as_json=True)
+    title = await engine.chat_title(job.chat)
+    spend = (await engine.spend()).line()
+    return print_job(job, found, engine.config.pending_dir, title=title, spend=spend)
 
 
 async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:

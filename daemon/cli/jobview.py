@@ -1,17 +1,19 @@
-"""How the command line prints jobs (``list``, ``show``); ``list`` for the full path and the
-quick one (``titles``: chat path -> what the user calls it, ``layout.chat_title``)."""
+"""How the command line prints jobs (``list``, ``show``), for the full path and the quick one
+(:mod:`daemon.cli.quick`) alike (``titles``, ``title``: what the user calls a chat,
+``layout.chat_title``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from daemon.jobstate import Job
 
-__all__ = ["job_dict", "one_line", "print_jobs"]
+__all__ = ["job_dict", "one_line", "print_job", "print_jobs"]
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -61,3 +63,75 @@ def print_jobs(jobs: Sequence[Job], args: argparse.Namespace, titles: Mapping[st
             f"{chat:<28} {one_line(info or '', 60)}"
         )
     return 0
+
+
+def print_job(
+    job: Job,
+    found: Path | None,
+    pending_dir: Path,
+    *,
+    title: str = "",
+    spend: str = "",
+    as_json: bool = False,
+) -> int:
+    """``show``'s output: ``found`` is the job's folder wherever it is now (None: gone),
+    ``title`` what the user calls its chat, ``spend`` the spend line (both unused for JSON)."""
+    folder = found if found is not None else pending_dir / job.id
+    if as_json:
+        record = job_dict(job)
+        record["folder"] = str(found) if found is not None else None
+        print(json.dumps(record, ensure_ascii=False, indent=2))
+        return 0
+    rows = [
+        ("job", job.id),
+        ("state", job.state.value),
+        ("chat", f"{job.user}/{job.chat}" if not job.chat.startswith(job.user) else job.chat),
+        ("chat name", title),
+        ("character", job.character + (" (group id)" if job.is_group else "")),
+        ("speaker", job.speaker),
+        ("message", f"#{job.message_index}: {one_line(job.excerpt, 100)}"),
+        ("source", job.source),
+        ("created", job.created_at.astimezone().isoformat(timespec="seconds")),
+        ("updated", job.updated_at.astimezone().isoformat(timespec="seconds")),
+        ("attempts", str(job.attempts)),
+    ]
+    if job.next_attempt_at and job.state.value == "queued":
+        rows.append(("next try", job.next_attempt_at.astimezone().isoformat(timespec="seconds")))
+    if job.last_error:
+        rows.append(("last error", job.last_error))
+    if job.state.value == "queued" and job.meta.get("held"):
+        rows.append(("held", f"{job.meta['held']}; {job.meta.get('held_fix') or ''}"))
+    if job.meta.get("cost"):
+        rows.append(("cost", str(job.meta["cost"])))
+    rows.append(("spend", spend))
+    rows.append(("prompt", job.prompt or "(not written yet)"))
+    rows.extend(_look_rows(job))
+    for key, value in rows:
+        print(f"{key + ':':<12} {value}")
+    if job.images:
+        print("images:")
+        for n, name in enumerate(job.images, 1):
+            path = folder / name
+            print(f"  {n}. {path if path.exists() else name}")
+    return 0
+
+
+def _look_rows(job: Job) -> list[tuple[str, str]]:
+    """What made the picture besides the prompt: negative prompt, style, seed, references."""
+    meta = job.meta
+    rows: list[tuple[str, str]] = []
+    if isinstance(meta.get("negative"), str) and meta["negative"]:
+        rows.append(("negative", str(meta["negative"])))
+    if meta.get("style"):
+        source = f" (from {meta['style_from']})" if meta.get("style_from") else ""
+        rows.append(("style", f"{meta['style']}{source}"))
+    if meta.get("seed") is not None:
+        rows.append(("seed", str(meta["seed"])))
+    references = meta.get("references")
+    if isinstance(references, list) and references:
+        rows.append(("references", ", ".join(str(r) for r in references)))
+    if meta.get("regen_of"):
+        rows.append(("regen of", str(meta["regen_of"])))
+    if meta.get("cancelled") is True:
+        rows.append(("cancelled", "yes (stopped before its images were on offer)"))
+    return rows

@@ -1,26 +1,31 @@
-"""Where the config file is, and the state dir of a config already found valid, without
+"""Where the config file is, and the values of a config already found valid, without
 building the config (pydantic is most of a one-shot command's start-up).
 
 :func:`remember` stamps a config that validated (a digest of the file's bytes, the
 ``ST_IMAGEGEN_*`` environment, the command line's overrides and this version) into its state
-dir; :func:`checked_paths` gives that state dir (and the data root) back while the same stamp
-still matches, so a read-only command (``list``) can skip validation and still refuse exactly
-what the full config would refuse: anything changed means a full load (and its error, if any).
+dir, with its :class:`~daemon.configure.view.ConfigView`; :func:`checked_view` gives that view
+back while the same stamp still matches, so a read-only command (``list``, ``show``,
+``status``) can skip validation and still refuse exactly what the full config would refuse:
+anything changed means a full load (and its error, if any).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.configure.view import ConfigView
 
 __all__ = [
     "APP_NAME",
     "CONFIG_ENV",
     "ENV_PREFIX",
-    "checked_paths",
+    "checked_view",
     "config_file",
     "default_config_path",
     "default_state_dir",
@@ -98,11 +103,11 @@ def _read(path: Path, explicit: bool) -> bytes | None:
         return None
 
 
-def checked_paths(
+def checked_view(
     path: Path | None, env: Mapping[str, str], overrides: Mapping[str, Any]
-) -> tuple[Path, Path | None] | None:
-    """``(state_dir, data_root)`` of this config when :func:`remember` stamped exactly this
-    config (file, environment, overrides, version); ``None`` otherwise (load it fully)."""
+) -> ConfigView | None:
+    """The view of this config when :func:`remember` stamped exactly this config (file,
+    environment, overrides, version); ``None`` otherwise (load it fully)."""
     file, explicit = config_file(path, env)
     content = _read(file, explicit)
     if content is None:
@@ -119,20 +124,20 @@ def checked_paths(
         stamped = (state_dir / STAMP_FILE).read_bytes()
     except OSError:
         return None
-    if stamped != _stamp(content, scoped, overrides):
+    view = _view_of_stamp(stamped, _stamp(content, scoped, overrides))
+    return view if view is not None and view.state_dir == state_dir else None
+
+
+def _view_of_stamp(stamped: bytes, digest: bytes) -> ConfigView | None:
+    """The view in a stamp file's bytes when they begin with ``digest``, else None."""
+    from daemon.configure.view import ConfigView
+
+    if not stamped.startswith(digest):
         return None
-    return state_dir, _data_root_of(table, scoped, overrides)
-
-
-def _data_root_of(
-    table: Mapping[str, object], env: Mapping[str, str], overrides: Mapping[str, Any]
-) -> Path | None:
-    # As the config: the environment, then the command line, then the file.
-    for key, value in env.items():
-        if key.upper() == ENV_PREFIX + "DATA_ROOT":
-            return Path(value)
-    named = overrides.get("data_root", table.get("data_root"))
-    return Path(named) if isinstance(named, str | Path) else None
+    try:
+        return ConfigView.from_json(json.loads(stamped[len(digest) :]))
+    except ValueError:  # an older stamp, a torn one: load fully (which writes it again)
+        return None
 
 
 def snapshot(
@@ -145,17 +150,28 @@ def snapshot(
     return file, explicit, content, _stamp(content or b"", scoped_env(env), overrides)
 
 
-def remember(before: tuple[Path, bool, bytes | None, bytes], state_dir: Path) -> None:
+def remember(
+    before: tuple[Path, bool, bytes | None, bytes],
+    state_dir: Path,
+    view: Callable[[], ConfigView],
+) -> None:
     """Stamp the config of ``before`` (:func:`snapshot`), which just validated and names
-    ``state_dir``, for :func:`checked_paths`; only when the file did not change during the
-    load. Best effort: a state dir that cannot be written just means full loads every time."""
+    ``state_dir``, with its ``view()`` for :func:`checked_view`; only when the file did not
+    change during the load, and only when that stamp is not there yet. Best effort: a state dir
+    that cannot be written just means full loads every time."""
     file, explicit, content, stamp = before
     if content is None or _read(file, explicit) != content or not state_dir.is_dir():
         return
     target = state_dir / STAMP_FILE
+    try:
+        if _view_of_stamp(target.read_bytes(), stamp) is not None:
+            return  # already stamped: no write for every command
+    except OSError:
+        pass
+    wanted = stamp + json.dumps(view().to_json()).encode() + b"\n"  # in its own order
     temp = state_dir / f".{STAMP_FILE}.{os.getpid()}"
     try:
-        temp.write_bytes(stamp)
+        temp.write_bytes(wanted)
         temp.replace(target)
     except OSError:
         temp.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ from daemon.web.bodies import (
     PauseBody,
     RegenBody,
     UserTokenBody,
+    parsed,
 )
 from daemon.web.context import WebContext
 from daemon.web.events import Event, stream_events
@@ -58,7 +59,6 @@ __all__ = ["ApiError", "job_json", "routes"]
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 """A write failed for lack of room."""
 
-MAX_BODY = 64 * 1024
 MAX_LIMIT = 500
 STATUS_CACHE_SECONDS = 5.0
 _JOB_REF = re.compile(r"^[0-9A-Za-z]{1,26}$")
@@ -259,66 +259,11 @@ async def _job(request: Request) -> Job:
         raise ApiError(404, "not_found", f"no job {ref}") from None
 
 
-async def _body(request: Request, *, limit: int = MAX_BODY) -> dict[str, Any]:
-    """The JSON object a route was sent, checked the one way every route uses: at most
-    ``limit`` bytes (413), JSON (400, too deep included), no lone surrogate (422)."""
-    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if kind != "application/json":
-        raise ApiError(415, "json_required", "send the body as application/json")
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limit):
-        raise ApiError(413, "too_large", f"the body is larger than {limit} bytes")
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise ApiError(413, "too_large", f"the body is larger than {limit} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", "the body must be a JSON object")
-    if _unencodable(data):
-        raise ApiError(
-            422,
-            "unencodable",
-            "the body holds text that cannot be stored (a lone surrogate such as \\ud800: half "
-            "of an emoji cut in two?)",
-        )
-    return data
-
-
-def _unencodable(data: Any) -> bool:
-    """Does any text in ``data`` (keys too) hold a lone surrogate, which no file takes?"""
-    pending = [data]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(value, dict):
-            pending.extend(value.keys())
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return False
-
-
 def _check_actions(request: Request) -> WebContext:
     ctx = _ctx(request)
     if ctx.draining():
         raise ApiError(503, "draining", "the daemon is stopping; try again when it is back")
     return ctx
-
-
-async def _parsed(request: Request, parse: Callable[[dict[str, Any]], T]) -> T:
-    """The route's typed body (415, 413, 400 for the envelope; the type's own 422s)."""
-    return parse(await _body(request))
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -537,7 +482,7 @@ async def message(request: Request) -> Response:
 async def accept(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    body = await _parsed(request, AcceptBody.parse)
+    body = await parsed(request, AcceptBody.parse)
     # Only a pending job's numbers are the user's mistake: a job another client accepted a
     # moment ago holds only the images it kept, and the engine answers its state (409).
     if job.state is JobState.PENDING:
@@ -552,7 +497,7 @@ async def accept(request: Request) -> Response:
 async def reject(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    await _parsed(request, EmptyBody.parse)
+    await parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.reject(job.id)
     except JobError as exc:
@@ -564,7 +509,7 @@ async def restore(request: Request) -> Response:
     """Undo a reject: the job is back in the inbox with its images from the trash."""
     ctx = _check_actions(request)
     job = await _job(request)
-    await _parsed(request, EmptyBody.parse)
+    await parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.restore(job.id)
     except JobError as exc:
@@ -576,7 +521,7 @@ async def cancel(request: Request) -> Response:
     """Stop a queued or running job (no image is made, or the one being made is dropped)."""
     ctx = _check_actions(request)
     job = await _job(request)
-    await _parsed(request, EmptyBody.parse)
+    await parsed(request, EmptyBody.parse)
     try:
         done = await ctx.engine.cancel(job.id)
     except JobError as exc:
@@ -587,7 +532,7 @@ async def cancel(request: Request) -> Response:
 async def cancel_queued(request: Request) -> Response:
     """Cancel every queued job (of one chat with ``{"chat": path}``); running ones go on."""
     ctx = _check_actions(request)
-    body = await _parsed(request, CancelQueuedBody.parse)
+    body = await parsed(request, CancelQueuedBody.parse)
     done = await ctx.engine.cancel_queued(chat=body.chat, users=caller(request).handles)
     return JSONResponse({"cancelled": [j.id for j in done]})
 
@@ -639,7 +584,7 @@ async def pause(request: Request) -> Response:
         data = _pause_for(who, now.to_json())
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
     _check_actions(request)
-    body = await _parsed(request, PauseBody.parse)
+    body = await parsed(request, PauseBody.parse)
     chat = body.chat
     if chat is None and body.chat_file is not None:  # ST's chat id (the extension knows it so)
         try:
@@ -660,7 +605,7 @@ async def pause(request: Request) -> Response:
 async def regen(request: Request) -> Response:
     ctx = _check_actions(request)
     job = await _job(request)
-    body = await _parsed(request, RegenBody.parse)
+    body = await parsed(request, RegenBody.parse)
     try:
         new = await ctx.engine.regen(job.id, body.prompt)
     except JobError as exc:
@@ -670,7 +615,7 @@ async def regen(request: Request) -> Response:
 
 async def generate(request: Request) -> Response:
     ctx = _check_actions(request)
-    body = await _parsed(request, GenerateBody.parse)
+    body = await parsed(request, GenerateBody.parse)
     try:
         made = await ctx.engine.generate(
             body.chat,
@@ -714,7 +659,9 @@ async def events(request: Request) -> Response:
         who.token_id,
         stream_events(
             ctx.hub,
-            request.headers.get("last-event-id"),
+            # A reconnecting EventSource sends Last-Event-ID; a page's first connection says
+            # where the jobs it was rendered with were read (``?after=``).
+            request.headers.get("last-event-id") or request.query_params.get("after"),
             hello,
             ping_seconds=ctx.ping_seconds,
             view=lambda event: _event_for(who, event),
@@ -750,7 +697,7 @@ async def list_user_tokens(request: Request) -> Response:
 
 async def create_user_token(request: Request) -> Response:
     users = _admin_tokens(request)
-    body = await _parsed(request, UserTokenBody.parse)
+    body = await parsed(request, UserTokenBody.parse)
     try:
         record, secret = await anyio.to_thread.run_sync(
             users.create, list(body.handles), body.label
@@ -766,6 +713,7 @@ async def revoke_user_token(request: Request) -> Response:
     token_id = request.path_params["token_id"]
     if not isinstance(token_id, str) or not is_token_id(token_id):
         raise ApiError(404, "not_found", "no such user token")
+    await parsed(request, EmptyBody.parse)
     gone = await anyio.to_thread.run_sync(users.revoke, token_id)
     if gone is None:
         raise ApiError(404, "not_found", f"no user token {token_id}")

@@ -1,13 +1,12 @@
 """The settings page's characters (admin only, same rules as the rest of ``/api/v1``): each
 character of the data root with its avatar, the appearance tags the next job uses and where they
 come from, its style and reference images; changed through the engine's character store (the
-same as ``st-imagegen character set``). Uploaded reference images come as JSON (base64), capped
-in bytes and pixels and decoded before they are kept."""
+same as ``st-imagegen character set``). Uploaded reference images come as JSON (base64,
+:class:`~daemon.web.bodies.ReferenceBody`), capped in bytes and pixels and decoded before they
+are kept."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import tempfile
 from pathlib import Path
@@ -21,14 +20,20 @@ from starlette.routing import Route
 
 from daemon.errors import ConfigError, JobError
 from daemon.tavern import layout
-from daemon.web.api import ApiError, _body, _ctx, caller
+from daemon.web.api import ApiError, _ctx, caller
+from daemon.web.bodies import (
+    MAX_UPLOAD_BYTES,
+    UPLOAD_LIMIT,
+    CharacterBody,
+    EmptyBody,
+    ReferenceBody,
+    parsed,
+)
 from daemon.web.context import WebContext
 
 __all__ = ["MAX_UPLOAD_BYTES", "routes"]
 
 MAX_CHARACTERS = 300
-MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-"""Largest reference image accepted from the browser (its base64 is a third larger)."""
 _NAME = re.compile(r"^[^/\\\x00]{1,200}$")
 _HANDLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -88,36 +93,24 @@ async def avatar(request: Request) -> Response:
     )
 
 
-def _text(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > 4000:
-        raise ApiError(422, "invalid", f"{key} is a text of at most 4000 characters")
-    return value
-
-
 async def update_character(request: Request) -> Response:
     ctx = _admin(request)
     name = str(request.path_params["name"])
     if not _NAME.match(name):
         raise ApiError(400, "bad_name", "not a character name")
-    data = await _body(request)
+    body = await parsed(request, CharacterBody.parse)
     changes: dict[str, Any] = {}
-    for key in ("appearance", "negative"):
-        value = _text(data, key)
-        if value is not None:
-            changes[key] = value
-    style = _text(data, "style")
-    if style is not None:
+    if body.appearance is not None:
+        changes["appearance"] = body.appearance
+    if body.negative is not None:
+        changes["negative"] = body.negative
+    if body.style is not None:
         try:
-            changes["style"] = ctx.engine.check_style(style) if style.strip() else ""
+            changes["style"] = ctx.engine.check_style(body.style) if body.style.strip() else ""
         except ConfigError as exc:
             raise ApiError(422, "invalid", str(exc), key="style") from None
-    refs = data.get("references")
-    if refs is not None:
-        if refs not in ("on", "off", "default"):
-            raise ApiError(422, "invalid", "references is on, off or default")
+    if body.references is not None:
+        refs = body.references
         changes["use_references"] = None if refs == "default" else refs == "on"
     try:
         await anyio.to_thread.run_sync(lambda: ctx.engine.characters.update(name, **changes))
@@ -127,11 +120,6 @@ async def update_character(request: Request) -> Response:
     return JSONResponse(described)
 
 
-async def _big_json(request: Request) -> dict[str, Any]:
-    # The API's own body reader (too deep, surrogates, sizes), with room for one image.
-    return await _body(request, limit=MAX_UPLOAD_BYTES * 4 // 3 + 4096)
-
-
 async def add_reference(request: Request) -> Response:
     """``{"data_base64": "…"}``: one reference image, checked (bytes, pixels, decodes) and kept
     in the character's reference folder."""
@@ -139,21 +127,12 @@ async def add_reference(request: Request) -> Response:
     name = str(request.path_params["name"])
     if not _NAME.match(name):
         raise ApiError(400, "bad_name", "not a character name")
-    data = await _big_json(request)
-    encoded = data.get("data_base64")
-    if not isinstance(encoded, str):
-        raise ApiError(422, "invalid", "data_base64 holds the image")
-    try:
-        raw = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, "invalid", "data_base64 is not base64") from None
-    if len(raw) > MAX_UPLOAD_BYTES:
-        raise ApiError(413, "too_large", f"the image is larger than {MAX_UPLOAD_BYTES} bytes")
+    body = await parsed(request, ReferenceBody.parse, limit=UPLOAD_LIMIT)
 
     def keep() -> str:
         with tempfile.TemporaryDirectory(dir=ctx.config.state_dir) as folder:
             upload = Path(folder) / "upload"
-            upload.write_bytes(raw)
+            upload.write_bytes(body.image)
             return ctx.engine.add_reference(name, upload).name
 
     try:
@@ -169,7 +148,7 @@ async def clear_references(request: Request) -> Response:
     name = str(request.path_params["name"])
     if not _NAME.match(name):
         raise ApiError(400, "bad_name", "not a character name")
-    await _body(request)
+    await parsed(request, EmptyBody.parse)
     removed = await anyio.to_thread.run_sync(ctx.engine.clear_references, name)
     return JSONResponse({"removed": removed})
 

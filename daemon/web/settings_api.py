@@ -18,7 +18,6 @@ from starlette.routing import Route
 
 from daemon.config import Config
 from daemon.configure.fields import settings_view
-from daemon.configure.keys import SECRET_FILES
 from daemon.configure.live import LiveConfig
 from daemon.configure.writer import ConfigWriter, plan
 from daemon.engine.front import SHIPPED_STYLES as SHIPPED
@@ -26,12 +25,11 @@ from daemon.engine.front import all_styles
 from daemon.errors import ConfigError, ProviderError
 from daemon.providers.presets import image_presets, text_presets
 from daemon.providers.text import CardInfo, PromptInput, PromptWriter
-from daemon.web.api import FULL_ERRNOS, ApiError, _body, _ctx, caller
+from daemon.web.api import FULL_ERRNOS, ApiError, _ctx, caller
+from daemon.web.bodies import PreviewBody, SettingsBody, SettingsCheckBody, parsed
 
 __all__ = ["routes"]
 
-MAX_CHANGES = 200
-MAX_VALUE_CHARS = 20_000
 SAMPLE_REPLY = (
     "*She pushes the heavy door open and steps into the rain-soaked alley, lantern raised.* "
     "Stay close. Whatever left those tracks is still out here."
@@ -57,24 +55,6 @@ def _live(request: Request) -> LiveConfig:
     if live is None:
         raise ApiError(503, "no_config_file", "this daemon was started without a config file")
     return live
-
-
-def _changes(data: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    changes = data.get("changes", {})
-    secrets = data.get("secrets", {})
-    if not isinstance(changes, dict) or not isinstance(secrets, dict):
-        raise ApiError(422, "invalid", "changes and secrets are JSON objects")
-    if len(changes) + len(secrets) > MAX_CHANGES:
-        raise ApiError(413, "too_large", f"at most {MAX_CHANGES} changes at once")
-    for key, value in [*changes.items(), *secrets.items()]:
-        if not isinstance(key, str) or len(key) > 200:
-            raise ApiError(422, "invalid", "keys are dotted names like image.model")
-        if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
-            raise ApiError(422, "invalid", f"{key} is longer than {MAX_VALUE_CHARS} characters")
-    for key, value in secrets.items():
-        if key not in SECRET_FILES or not isinstance(value, str):
-            raise ApiError(422, "invalid", f"{key} is not a key that can be given here")
-    return changes, secrets
 
 
 def _invalid(exc: ConfigError) -> ApiError:
@@ -127,11 +107,11 @@ async def get_settings(request: Request) -> Response:
 
 async def save_settings(request: Request) -> Response:
     live = _live(request)
-    changes, secrets = _changes(await _body(request))
+    body = await parsed(request, SettingsBody.parse)
     writer = ConfigWriter(live.source)
     try:
         change = await anyio.to_thread.run_sync(
-            functools.partial(writer.apply, changes, secrets_given=secrets)
+            functools.partial(writer.apply, body.changes, secrets_given=body.secrets)
         )
     except ConfigError as exc:
         raise _invalid(exc) from None
@@ -148,25 +128,21 @@ async def save_settings(request: Request) -> Response:
     return JSONResponse({"saved": list(change.changed), **view})
 
 
-def _candidate(live: LiveConfig, changes: dict[str, Any], secrets: dict[str, str]) -> Config:
+def _candidate(live: LiveConfig, body: SettingsBody) -> Config:
     """The config these unsaved changes would make (nothing written)."""
-    return plan(live.source, changes, secrets_given=secrets)[3]
+    return plan(live.source, body.changes, secrets_given=body.secrets)[3]
 
 
 async def _section_candidate(request: Request) -> tuple[str, Config]:
     """``{"section": "image"|"text", "changes", "secrets"}``: the section and the config the
     form's unsaved values would make (422 naming the key when they are invalid)."""
     live = _live(request)
-    data = await _body(request)
-    section = data.get("section")
-    if section not in ("image", "text"):
-        raise ApiError(422, "invalid", "section is image or text")
-    changes, secrets = _changes(data)
+    body = await parsed(request, SettingsCheckBody.parse)
     try:
-        config = await anyio.to_thread.run_sync(_candidate, live, changes, secrets)
+        config = await anyio.to_thread.run_sync(_candidate, live, body.settings)
     except ConfigError as exc:
         raise _invalid(exc) from None
-    return str(section), config
+    return body.section, config
 
 
 async def test_settings(request: Request) -> Response:
@@ -262,14 +238,10 @@ async def preview(request: Request) -> Response:
     from daemon.providers.http import make_client
 
     live = _live(request)
-    data = await _body(request)
-    style = data.get("style") or {}
-    reply = data.get("reply") or SAMPLE_REPLY
-    if not isinstance(style, dict) or not isinstance(reply, str) or len(reply) > 4000:
-        raise ApiError(422, "invalid", "style is an object, reply a text of at most 4000")
-    fields = {k: str(style.get(k) or "").strip() for k in ("prefix", "suffix", "negative")}
+    body = await parsed(request, PreviewBody.parse)
+    fields = {"prefix": body.prefix, "suffix": body.suffix, "negative": body.negative}
     config = live.current
-    item = sample_input(fields, reply)
+    item = sample_input(fields, body.reply or SAMPLE_REPLY)
     async with make_client() as client:  # never used: nothing is called
         writer = prompt_writer(config, client)  # the one jobs use for this config
         try:

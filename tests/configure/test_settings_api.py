@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -245,3 +246,87 @@ async def test_the_style_preview_is_what_the_pipeline_sends(
             templ["prompt"].startswith("ink wash, masterpiece, ")
             and "Mira in the rain" in (templ["prompt"])
         )
+
+
+ADMIN_ROUTES = (
+    "/api/v1/settings",
+    "/api/v1/settings/test",
+    "/api/v1/settings/models",
+    "/api/v1/settings/preview",
+    "/api/v1/characters/Alice",
+    "/api/v1/characters/Alice/references",
+    "/api/v1/characters/Alice/references/clear",
+)
+
+
+async def test_bad_bodies_get_a_clear_error_and_change_nothing(
+    tmp_path: Path, st_root_latest: Path, fake_api: FakeAPI
+) -> None:
+    """Each settings and characters route refuses a body of the wrong shape (not an object, a
+    form, too big, a field of the wrong type or size, a field missing) with its status and
+    ``{"error": {"code", "message"}}``, and the config file, the running config and the
+    characters stay as they were; fields a route does not know are ignored."""
+    path = write(tmp_path, st_root_latest, fake_api)
+    async with live_service(path) as service, client(service) as http:
+        file_before = path.read_bytes()
+        config_before = service.config
+        characters_before = (await http.get("/api/v1/characters")).json()
+        state_before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "state").rglob("*"))
+
+        async def refused(route: str, status: int, words: str, **send: Any) -> None:
+            answer = await http.post(route, **send)
+            assert answer.status_code == status, (route, send.keys(), answer.text)
+            error = answer.json()["error"]
+            assert error["code"] and words in error["message"], (route, error)
+
+        for route in ADMIN_ROUTES:
+            json_type = {"Content-Type": "application/json"}
+            await refused(route, 400, "JSON object", content=b"[1, 2]", headers=json_type)
+            await refused(route, 400, "not valid JSON", content=b"{nope", headers=json_type)
+            form = {"Content-Type": "application/x-www-form-urlencoded"}
+            await refused(route, 415, "application/json", content=b"mode=manual", headers=form)
+            await refused(route, 413, "larger than", json={"pad": "x" * (12 * 1024 * 1024)})
+        too_long = "x" * 20_001
+        for route, body, status, words in (
+            # wrong types
+            ("/api/v1/settings", {"changes": ["mode", "manual"]}, 422, "JSON objects"),
+            ("/api/v1/settings", {"secrets": {"image.api_key": 42}}, 422, "not a key"),
+            ("/api/v1/settings/test", {"section": 1}, 422, "image or text"),
+            ("/api/v1/settings/preview", {"style": "ink wash"}, 422, "style is an object"),
+            ("/api/v1/settings/preview", {"style": {"prefix": ["ink"]}}, 422, "prefix"),
+            ("/api/v1/characters/Alice", {"appearance": 3}, 422, "appearance is a text"),
+            ("/api/v1/characters/Alice", {"references": True}, 422, "on, off or default"),
+            ("/api/v1/characters/Alice/references", {"data_base64": 7}, 422, "holds the image"),
+            # missing fields
+            ("/api/v1/settings/test", {"changes": {}}, 422, "image or text"),
+            ("/api/v1/settings/models", {}, 422, "image or text"),
+            ("/api/v1/characters/Alice/references", {}, 422, "holds the image"),
+            # huge values
+            ("/api/v1/settings", {"changes": {"mode": too_long}}, 422, "longer than"),
+            ("/api/v1/settings", {"changes": {f"k{n}": 1 for n in range(201)}}, 413, "at most"),
+            ("/api/v1/settings/preview", {"reply": "x" * 4001}, 422, "at most 4000"),
+            ("/api/v1/characters/Alice", {"negative": "x" * 4001}, 422, "at most 4000"),
+            # a bad value among good ones: nothing of it is kept
+            ("/api/v1/settings", {"changes": {"mode": "manual", "x.y": 1}}, 422, "x.y"),
+            ("/api/v1/characters/Alice", {"appearance": "red", "references": "?"}, 422, "on,"),
+        ):
+            await refused(route, status, words, json=body)
+        assert path.read_bytes() == file_before
+        assert service.config is config_before and service.config.mode == "auto"
+        assert (await http.get("/api/v1/characters")).json() == characters_before
+        after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "state").rglob("*"))
+        assert [p for p in after if p not in state_before and "log" not in p.name] == []
+        # Fields a route does not know are ignored, as everywhere in the API.
+        ignored = await http.post("/api/v1/characters/Alice", json={"mood": "sunny"})
+        assert (
+            ignored.status_code == 200
+            and ignored.json()["appearance"]
+            == next(c for c in characters_before["characters"] if c["stem"] == "Alice")[
+                "appearance"
+            ]
+        )
+        extra = await http.post(
+            "/api/v1/settings", json={"changes": {"mode": "manual"}, "colour": "red"}
+        )
+        assert extra.status_code == 200 and extra.json()["saved"] == ["mode"]
+        assert "colour" not in path.read_text(encoding="utf-8")

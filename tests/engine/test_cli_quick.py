@@ -1,19 +1,26 @@
-"""``list`` without the engine (daemon.cli.quick): the same output as the full path, the full
-path whenever the config is not the one stamped, and an import graph free of the heavy modules
-(the guard against start-up creeping back)."""
+"""``list``, ``show`` and ``status`` without the engine (daemon.cli.quick): the same output as
+the full path in every state, the full path whenever the config is not the one stamped, and an
+import graph free of the heavy modules (the guard against start-up creeping back)."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from daemon.cli import quick as quick_module
+from daemon.config import load_config
 from daemon.configure import locate
+from daemon.engine.store import JobState, Store
+from daemon.jobstate import ReplyKey
 from tests.engine.test_cli import cfg_path, cli, make_jobs  # noqa: F401 - the fixture
 
 HEAVY = (
@@ -100,22 +107,214 @@ def test_the_stamp_holds_no_secret(cfg_path: Path, capsys: pytest.CaptureFixture
     )
     assert cli(capsys, "list", "--config", str(cfg_path))[0] == 0
     stamp = (cfg_path.parent / "state" / locate.STAMP_FILE).read_bytes()
-    assert b"sk-very" not in stamp and len(stamp) == 65
+    assert b"sk-very" not in stamp
+    digest, view = stamp.split(b"\n", 1)
+    assert len(digest) == 64 and json.loads(view)["state_dir"] == str(cfg_path.parent / "state")
 
 
-def test_list_imports_nothing_heavy(cfg_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
-    """The guard: a heavy module creeping into ``list``'s import graph fails this test."""
+def _seed_states(cfg_path: Path) -> dict[str, str]:  # noqa: F811 - not the fixture
+    """Jobs in the states ``show`` and ``status`` print differently, through the real store:
+    pending with images, failed, queued and held by a cap, committed with its message not yet
+    seen by ST (an open ledger entry), and spend today."""
+    pending = make_jobs(cfg_path, 3)
+    config = load_config(cfg_path, environ={})
+
+    async def _seed() -> dict[str, str]:
+        store = await Store.open(config.db_path)
+        try:
+            failed = await store.fail(pending[0].id, "the image API said 500 (server error)")
+            assert failed is not None
+            held = await store.create_job(
+                reply=ReplyKey(
+                    "default-user",
+                    "default-user/chats/Alice/Alice - cli.jsonl",
+                    "Alice",
+                    "2026-11-23T13:00:00.000Z",
+                    "0:def",
+                ),
+                character="Alice",
+                is_group=False,
+                speaker="Alice",
+                message_index=41,
+                excerpt="a held reply",
+                meta={"held": "daily budget reached: 2.00 of 2.00 USD", "held_fix": "raise it"},
+            )
+            assert held is not None
+            done = await store.transition(
+                pending[1].id, JobState.PENDING, JobState.COMMITTED, check=False
+            )
+            assert done is not None
+            await store.ledger_add(
+                job_id=done.id,
+                reply=done.reply,
+                message={"name": "Alice", "is_system": True, "mes": ""},
+            )
+            await store.record_spend(
+                pending[2].id, "default-user", pending[2].chat, usd=0.04, images=1, estimated=True
+            )
+            return {
+                "failed": failed.id,
+                "held": held.id,
+                "committed": done.id,
+                "pending": pending[2].id,
+            }
+        finally:
+            await store.close()
+
+    return anyio.run(_seed)
+
+
+_CLOCK = re.compile(r"\b\d+ (s|min|h|days)\b( ago)?")
+
+
+def _steady(text: str) -> str:
+    """The output without what the clock changes between two runs (ages)."""
+    if text.startswith(("{", "[")):
+
+        def drop(value: object) -> object:
+            if isinstance(value, dict):
+                return {k: drop(v) for k, v in value.items() if k != "age_seconds"}
+            if isinstance(value, list):
+                return [drop(v) for v in value]
+            return value
+
+        return json.dumps(drop(json.loads(text)), indent=1)
+    return _CLOCK.sub("AGE", text)
+
+
+def _heartbeat(cfg_path: Path, **config: object) -> None:  # noqa: F811 - not the fixture
+    """A running daemon's heartbeat (this process's pid, fresh), as the service writes it."""
+    from daemon import __version__
+    from daemon.engine.process.notify import Heartbeat
+
+    path = cfg_path.parent / "state" / "heartbeat"
+    Heartbeat(path, __version__).write(watching=3, config=config)
+
+
+def test_show_and_status_give_the_full_paths_output(
+    cfg_path: Path,  # noqa: F811 - the fixture
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key in [k for k in os.environ if k.startswith("ST_IMAGEGEN_")]:
+        monkeypatch.delenv(key)
+    ids = _seed_states(cfg_path)
+    capsys.readouterr()
+    c = ["--config", str(cfg_path)]
+    stamp = cfg_path.parent / "state" / locate.STAMP_FILE
+    taken: list[str] = []
+    original = quick_module.quick
+
+    forced = [False]  # the full path asked for, with the stamp in place (same state dir)
+
+    def spy(args: object) -> int | None:
+        if forced[0]:
+            taken.append("full")
+            return None
+        try:
+            result = original(args)  # type: ignore[arg-type]
+        except Exception:
+            taken.append("quick")  # it answered, with the same error as the full path
+            raise
+        taken.append("quick" if result is not None else "full")
+        return result
+
+    monkeypatch.setattr(quick_module, "quick", spy)
+    assert cli(capsys, "list", *c)[0] == 0 and stamp.is_file()  # validates, then stamps
+    commands = [["show", ids[name]] for name in ("failed", "held", "committed", "pending")]
+    commands += [["show", ids["pending"][:20].lower(), "--json"], ["show", ids["failed"], "--json"]]
+    commands += [["status"], ["status", "--json"]]
+
+    def both(argv: list[str]) -> tuple[tuple[int, str, str], tuple[int, str, str]]:
+        taken.clear()
+        forced[0] = True
+        full = cli(capsys, *argv, *c)
+        forced[0] = False
+        fast = cli(capsys, *argv, *c)
+        assert taken == ["full", "quick"], argv
+        return full, fast
+
+    def same(argv: list[str]) -> str:
+        full, fast = both(argv)
+        assert full[0] == 0 and full[2] == "", full
+        diff = "\n".join(
+            difflib.unified_diff(_steady(full[1]).split("\n"), _steady(fast[1]).split("\n"))
+        )
+        assert (fast[0], _steady(fast[1]), fast[2]) == (full[0], _steady(full[1]), full[2]), diff
+        return fast[1]
+
+    outs = {" ".join(argv): same(argv) for argv in commands}
+    assert "the image API said 500" in outs[f"show {ids['failed']}"]
+    assert "held:" in outs[f"show {ids['held']}"] and "0.04 USD" in outs["status"]
+    assert "held back: 1 job" in outs["status"] and "last errors:" in outs["status"]
+    assert "waiting for SillyTavern: 1 image message" in outs["status"]
+    assert "daemon: not running" in outs["status"]
+
+    # A running daemon: its heartbeat, and its word on the config (restart pending, a problem
+    # with the file it keeps running without).
+    _heartbeat(cfg_path, restart_pending=["web.port"], setup_needed=[])
+    out = same(["status"])
+    assert "daemon: running (pid" in out and "config: restart pending (web.port" in out
+    same(["status", "--json"])
+    problem = {"file": str(cfg_path), "line": 3, "message": "unknown key 'x'"}
+    _heartbeat(cfg_path, problem=problem, restart_pending=[], setup_needed=["image service"])
+    out = same(["status"])
+    assert "config: NOT APPLIED" in out and "not set up yet (image service)" in out
+
+    # Unknown and ambiguous jobs: the same one-line error, exit 1, from either path.
+    full, fast = both(["show", "ZZZZZZZZ"])
+    assert full == fast and full[0] == 1 and "no job" in full[2]
+    full, fast = both(["show", "0"])
+    assert full == fast and full[0] == 1 and "ambiguous" in full[2]
+
+    # A broken config: status takes the full path and says what is wrong; no stamp for it.
+    (cfg_path.parent / "state" / "heartbeat").unlink()  # the daemon stopped
+    text = cfg_path.read_text(encoding="utf-8")
+    cfg_path.write_text(text.replace("[detect]\n", "[detect]\nsettle_secs = 3\n"), "utf-8")
+    taken.clear()
+    code, out, _ = cli(capsys, "status", *c)
+    assert code == 0 and taken == ["full"] and "config: problem" in out and "settle_secs" in out
+    code, out, _ = cli(capsys, "status", *c)
+    assert taken == ["full", "full"]
+    cfg_path.write_text(text, encoding="utf-8")
+
+    # No store, or one of another schema: the full path (which creates or migrates it).
+    db = cfg_path.parent / "state" / "state.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA user_version = 1")
+    taken.clear()
+    code, out, _ = cli(capsys, "status", *c)
+    assert code == 0 and taken == ["full"] and "jobs: " in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["list"], ["list", "--json"], ["show", "JOB"], ["show", "JOB", "--json"], ["status"]],
+    ids=" ".join,
+)
+def test_read_only_commands_import_nothing_heavy(
+    argv: list[str],
+    cfg_path: Path,  # noqa: F811 - the fixture
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The guard: a heavy module creeping into a read-only command's import graph fails this
+    test (``list``, ``show``, ``status``; and it must really take the quick path)."""
     job = make_jobs(cfg_path, 2)[-1]
     assert cli(capsys, "list", "--config", str(cfg_path))[0] == 0  # stamps the config
+    argv = [job.id if a == "JOB" else a for a in argv]
     code = (
         "import sys\n"
+        "from daemon.cli import quick\n"
         "from daemon.cli.commands import main\n"
-        f"status = main(['list', '--config', {str(cfg_path)!r}])\n"
+        "taken = []\n"
+        "original = quick.quick\n"
+        "quick.quick = lambda args: taken.append(original(args)) or taken[-1]\n"
+        f"status = main({[*argv, '--config', str(cfg_path)]!r})\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
-        "print('HEAVY', status, heavy)\n"
+        "print('HEAVY', status, taken != [None], heavy)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, job.id],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
@@ -123,5 +322,5 @@ def test_list_imports_nothing_heavy(cfg_path: Path, capsys: pytest.CaptureFixtur
         env=_env(),
     )
     last = result.stdout.strip().splitlines()[-1]
-    assert last == "HEAVY 0 []", result.stdout + result.stderr
-    assert job.id[:12] in result.stdout
+    assert last == "HEAVY 0 True []", result.stdout + result.stderr
+    assert job.id[:12] in result.stdout or argv == ["status"]

@@ -199,10 +199,16 @@ SERVICE = "daemon.engine.process.service"
 DOOR_EXCEPTIONS = {
     # The run command starts the daemon process with its web face.
     ("daemon.cli.commands", SERVICE),
-    # `list`'s read-only fast path: one SELECT with the store's own query over a read-only
-    # sqlite3 connection, when the engine would cost a second to start (daemon/cli/quick.py).
+    # The read-only fast path of `list`, `show` and `status`: the store's own queries over a
+    # read-only sqlite3 connection and the engine's own blocking, light readers (the job's
+    # folder, the spend summary, the status report), when the engine would cost a second to
+    # start (daemon/cli/quick.py); the status screen prints the report either path gathered.
     ("daemon.cli.quick", "daemon.engine.store.reads"),
     ("daemon.cli.quick", "daemon.engine.store.schema"),
+    ("daemon.cli.quick", "daemon.engine.jobs.folders"),
+    ("daemon.cli.quick", "daemon.engine.jobs.spendsum"),
+    ("daemon.cli.quick", "daemon.engine.process.report"),
+    ("daemon.cli.statusview", "daemon.engine.process.report"),
 }
 """The named ways past the front door; anything else is a failure of the rule."""
 
@@ -278,8 +284,8 @@ def test_no_upward_import() -> None:
 def test_faces_use_only_the_front_door() -> None:
     """The CLI, the web, the doctor and the extension installer reach the engine through
     ``engine/front.py`` alone; the exceptions are named in :data:`DOOR_EXCEPTIONS` (the ``run``
-    command, which starts the daemon process with its web face, and ``list``'s read-only fast
-    path)."""
+    command, which starts the daemon process with its web face, and the read-only fast path of
+    ``list``, ``show`` and ``status``)."""
     reached = sorted(
         f"{module} imports {imported}"
         for module, found in _imports_of(*ABOVE_THE_ENGINE).items()
@@ -309,3 +315,136 @@ def test_the_rules_see_a_violation() -> None:
     ]
     assert _within("daemon.engine.front", "daemon.engine")
     assert not _within("daemon.engineering", "daemon.engine")
+
+
+# --- request bodies ----------------------------------------------------------------------------
+
+WEB = PACKAGE / "web"
+BODIES = WEB / "bodies.py"
+_RAW_READS = frozenset({"json", "form", "body", "stream"})
+"""What reads a request's body raw (starlette's ``Request`` methods, called without a
+positional argument: ``client.stream("GET", url)`` is no request body)."""
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _raw_body_reads(source: str) -> list[str]:
+    """Where ``source`` reads a request's body itself (``request.json()``, ``.form()``, ...)
+    or reaches into the body layer's private reader."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _RAW_READS
+            and not node.args
+        ):
+            found.append(f"line {node.lineno}: .{node.func.attr}()")
+        elif isinstance(node, ast.ImportFrom) and node.module == "daemon.web.bodies":
+            found.extend(
+                f"line {node.lineno}: imports {alias.name}"
+                for alias in node.names
+                if alias.name.startswith("_")
+            )
+    return found
+
+
+def _body_types() -> set[str]:
+    tree = ast.parse(BODIES.read_text(encoding="utf-8"))
+    return {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and node.name.endswith("Body")
+    }
+
+
+def _routes_without_a_body_type(source: str, types: set[str]) -> list[str]:
+    """The handlers of routes taking a body (POST, PUT, ...) that never call
+    ``parsed(request, <a type of bodies.py>.parse)``, themselves or through a helper of their
+    module."""
+    tree = ast.parse(source)
+    functions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+
+    def typed_read(call: ast.Call) -> bool:
+        named = isinstance(call.func, ast.Name) and call.func.id == "parsed"
+        parse = call.args[1] if len(call.args) > 1 else None
+        return (
+            named
+            and isinstance(parse, ast.Attribute)
+            and parse.attr == "parse"
+            and isinstance(parse.value, ast.Name)
+            and parse.value.id in types
+        )
+
+    def reads_typed(name: str, seen: set[str]) -> bool:
+        if name in seen or name not in functions:
+            return False
+        seen.add(name)
+        calls = [n for n in ast.walk(functions[name]) if isinstance(n, ast.Call)]
+        if any(typed_read(call) for call in calls):
+            return True
+        callees = {c.func.id for c in calls if isinstance(c.func, ast.Name)}
+        return any(reads_typed(callee, seen) for callee in callees)
+
+    missing = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "Route"):
+            continue
+        methods = next((k.value for k in node.keywords if k.arg == "methods"), None)
+        verbs = {
+            e.value
+            for e in getattr(methods, "elts", [])
+            if isinstance(e, ast.Constant) and isinstance(e.value, str)
+        }
+        handler = node.args[1] if len(node.args) > 1 else None
+        if isinstance(handler, ast.Name) and verbs & _WRITES and not reads_typed(handler.id, set()):
+            missing.append(handler.id)
+    return missing
+
+
+def test_only_the_body_layer_reads_a_request_body() -> None:
+    """Every web route gets its body as a type of ``web/bodies.py`` through ``parsed``: no
+    other module reads ``request.json()``, a form or the raw stream."""
+    offenders = {
+        path.name: reads
+        for path in sorted(WEB.rglob("*.py"))
+        if path != BODIES
+        for reads in [_raw_body_reads(path.read_text(encoding="utf-8"))]
+        if reads
+    }
+    assert offenders == {}
+
+
+def test_every_route_taking_a_body_reads_it_through_its_type() -> None:
+    types = _body_types()
+    assert {"SettingsBody", "CharacterBody", "ReferenceBody", "GenerateBody"} <= types
+    missing = {
+        path.name: routes
+        for path in sorted(WEB.rglob("*.py"))
+        for routes in [_routes_without_a_body_type(path.read_text(encoding="utf-8"), types)]
+        if routes
+    }
+    assert missing == {}
+
+
+def test_the_body_rules_see_a_violation() -> None:
+    raw = "async def save(request):\n    data = await request.json()\n"
+    assert _raw_body_reads(raw) == ["line 2: .json()"]
+    form = "async def upload(request):\n    async with request.form() as form:\n        pass\n"
+    assert _raw_body_reads(form) == ["line 2: .form()"]
+    private = "from daemon.web.bodies import _read_object, parsed\n"
+    assert _raw_body_reads(private) == ["line 1: imports _read_object"]
+    untyped = (
+        "async def save(request):\n"
+        "    return await helper(request)\n"
+        "async def helper(request):\n"
+        "    return await parsed(request, dict)\n"
+        "async def fine(request):\n"
+        "    return await parsed(request, SettingsBody.parse)\n"
+        "ROUTES = [Route('/a', save, methods=['POST']), Route('/b', fine, methods=['POST']),\n"
+        "          Route('/c', save, methods=['GET'])]\n"
+    )
+    assert _routes_without_a_body_type(untyped, {"SettingsBody"}) == ["save"]

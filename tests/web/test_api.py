@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from tests.engine.conftest import FakeAPI, MakeConfig
 from tests.web.conftest import IMAGES, Inbox, inbox_for, web_config
 
 pytestmark = pytest.mark.anyio
+
+
+JSON_TYPE = {"content-type": "application/json"}
 
 
 def _error(response: httpx.Response, status: int) -> str:
@@ -278,6 +282,41 @@ async def test_errors_are_json_with_the_right_status(inbox: Inbox) -> None:
         assert f"cannot reject job {job.id}" in message
 
 
+async def test_bad_bodies_on_every_job_route_change_nothing(inbox: Inbox) -> None:
+    """Each route that takes a body answers a field of the wrong type, a missing one or a huge
+    one with a clear error, and no job, pause or token changes; unknown fields are ignored."""
+    job = await inbox.pending()
+    jobs = f"/api/v1/jobs/{job.id}"
+    async with inbox.client() as c:
+        listed = (await c.get("/api/v1/jobs")).json()
+        paused = (await c.get("/api/v1/pause")).json()
+        tokens = (await c.get("/api/v1/users")).json()
+        for route, body, status, words in (
+            (jobs + "/accept", {"keep": [IMAGES + 1]}, 422, "no image"),
+            (jobs + "/accept", {"keep": "1,2"}, 422, "list of image numbers"),
+            (jobs + "/regen", {"prompt": 5}, 422, "non-empty text"),
+            (jobs + "/regen", {"prompt": "x" * 8001}, 422, "longer than"),
+            ("/api/v1/generate", {"mesid": "2"}, 422, "whole number"),
+            ("/api/v1/generate", {"force": "yes"}, 422, "true or false"),
+            ("/api/v1/generate", {"chat": "x" * 2000}, 400, "not a chat name"),
+            ("/api/v1/cancel", {"chat": ["a"]}, 422, "chat path"),
+            ("/api/v1/pause", {}, 422, "paused is true or false"),
+            ("/api/v1/pause", {"paused": "yes"}, 422, "paused is true or false"),
+            ("/api/v1/users", {}, 422, "user handles"),
+            ("/api/v1/users", {"handles": ["alice"], "label": 3}, 422, "label is a text"),
+            ("/api/v1/users", {"handles": ["a" * 70_000]}, 413, "larger than"),
+        ):
+            assert words in _error(await c.post(route, json=body), status), route
+        for action in ("reject", "restore", "cancel"):
+            _error(await c.post(f"{jobs}/{action}", content=b"[]", headers=JSON_TYPE), 400)
+        assert await inbox.job(job.id) == job  # not even its updated_at moved
+        assert (await c.get("/api/v1/jobs")).json() == listed
+        assert (await c.get("/api/v1/pause")).json() == paused
+        assert (await c.get("/api/v1/users")).json() == tokens
+        ignored = await c.post("/api/v1/pause", json={"paused": False, "colour": "red"})
+        assert ignored.status_code == 200 and ignored.json()["all"] is False
+
+
 async def test_two_clients_accepting_at_once_one_wins(inbox: Inbox) -> None:
     job = await inbox.pending("race")
     answers: list[httpx.Response] = []
@@ -363,6 +402,37 @@ async def test_event_stream_tells_each_job_change_and_replays(inbox: Inbox) -> N
         assert [n for _, n, _ in await _events(lines, 1)] == ["hello"]
         await inbox.pending("after")  # the stream goes on after a replay with nothing to send
         assert (await _events(lines, 1))[0][1] == "job"
+
+
+async def test_a_change_between_the_page_and_its_stream_is_replayed(inbox: Inbox) -> None:
+    """The inbox page says where the stream stood when its jobs were read (``events_after``);
+    a stream opened with ``?after=`` that number replays what changed in between (a job made
+    while the page loaded), and a reconnection's Last-Event-ID wins over it."""
+    async with inbox.client() as c:
+        page = (await c.get("/")).text
+        found = re.search(r'<script id="initial" type="application/json">(.*?)</script>', page)
+        assert found is not None
+        after = json.loads(found.group(1))["events_after"]
+        assert isinstance(after, int)
+        job = await inbox.pending("between")  # the page did not list it
+        params = {"after": str(after)}
+        async with c.stream("GET", "/api/v1/events", params=params) as stream:
+            lines = stream.aiter_lines()
+            [(_, name, _)] = await _events(lines, 1)
+            assert name == "hello"
+            seen: Events = []
+            while not seen or seen[-1][2]["job"]["state"] != "pending":
+                seen += await _events(lines, 1)
+            assert {d["job"]["id"] for _, _, d in seen} == {job.id}
+            assert seen[0][2]["previous_state"] is None  # from its very first change
+            last = seen[-1][0]
+        resumed = {"Last-Event-ID": last}
+        async with c.stream("GET", "/api/v1/events", params=params, headers=resumed) as stream:
+            lines = stream.aiter_lines()
+            assert [n for _, n, _ in await _events(lines, 1)] == ["hello"]
+            later = await inbox.pending("later")
+            [(_, name, data)] = await _events(lines, 1)  # no replay of the first job
+            assert name == "job" and data["job"]["id"] == later.id
 
 
 async def test_status_has_the_same_facts_as_the_cli(inbox: Inbox) -> None:

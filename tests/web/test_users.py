@@ -272,7 +272,9 @@ async def test_the_admin_makes_and_revokes_user_tokens_through_the_api(two: Two)
         assert bad.status_code == 422
         async with two.client(token) as phone:
             assert (await phone.get(f"/api/v1/jobs/{two.bob_job.id}")).status_code == 200
-            assert (await admin.post(f"/api/v1/users/{token_id}/revoke")).status_code == 200
+            assert (
+                await admin.post(f"/api/v1/users/{token_id}/revoke", json={})
+            ).status_code == 200
             assert (await phone.get(f"/api/v1/jobs/{two.bob_job.id}")).status_code == 401
 
 
@@ -320,7 +322,9 @@ async def test_a_revoked_tokens_open_event_stream_ends(two: Two) -> None:
             assert s.status_code == 200
             lines = s.aiter_lines()
             assert (await anext(lines)).startswith("id:")
-            assert (await admin.post(f"/api/v1/users/{alice_id}/revoke")).status_code == 200
+            assert (
+                await admin.post(f"/api/v1/users/{alice_id}/revoke", json={})
+            ).status_code == 200
             with anyio.fail_after(STREAM_WITHIN):
                 async for _line in lines:
                     pass  # ends: the server closed the stream

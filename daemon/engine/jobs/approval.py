@@ -38,8 +38,10 @@ from typing import Any, Protocol
 import structlog
 from pydantic import SecretStr
 
+from daemon.engine.jobs.folders import DROP_FOLDER_NAMES, find_folder
+from daemon.engine.jobs.folders import check_id as _check_id
+from daemon.engine.jobs.folders import is_real_dir as _is_real_dir
 from daemon.engine.store import Job
-from daemon.errors import UnsafePathError
 from daemon.logs import is_secret_key
 
 __all__ = [
@@ -79,11 +81,9 @@ class Action(enum.StrEnum):
     REGENERATE = "regenerate"
 
 
-DROP_FOLDERS: Mapping[str, Action] = {
-    "accepted": Action.ACCEPT,
-    "rejected": Action.REJECT,
-    "regenerate": Action.REGENERATE,
-}
+DROP_FOLDERS: Mapping[str, Action] = dict(
+    zip(DROP_FOLDER_NAMES, (Action.ACCEPT, Action.REJECT, Action.REGENERATE), strict=True)
+)
 
 
 class ImageLike(Protocol):
@@ -102,19 +102,6 @@ def _ext(image: ImageLike) -> str:
     if not re.fullmatch(r"[a-z0-9]{1,5}", ext):
         raise ValueError(f"not an image format: {image.format!r}")
     return ext
-
-
-def _check_id(job_id: str) -> str:
-    """A job id safe to use as a folder name (no separators, no dot names, no controls)."""
-    if (
-        not job_id
-        or len(job_id) > 64
-        or job_id.startswith(".")
-        or any(c in job_id for c in "/\\\x00")
-        or not job_id.isprintable()
-    ):
-        raise UnsafePathError(f"not a job id: {job_id!r}")
-    return job_id
 
 
 def _fsync_dir(path: Path) -> None:
@@ -200,11 +187,7 @@ class Approval:
 
     def find(self, job_id: str) -> Path | None:
         """The job's folder wherever it is now (pending first, then the drop folders)."""
-        for folder in (self.pending_dir, *self.drop_dirs.values()):
-            path = folder / _check_id(job_id)
-            if _is_real_dir(path):
-                return path
-        return None
+        return find_folder(self.state_dir, job_id)
 
     def read_info(self, job_id: str) -> dict[str, Any] | None:
         """The job folder's ``job.json`` (``None`` if missing or not valid JSON)."""
@@ -614,13 +597,6 @@ def _prune(folder: Path, older_than: float) -> int:
                     _remove_tree(Path(entry.path))
                     removed += 1
     return removed
-
-
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(path.lstat().st_mode)
-    except OSError:
-        return False
 
 
 def _newest_mtime(folder: Path) -> float:

@@ -11,15 +11,24 @@ never both call.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import datetime, tzinfo
 
 import anyio
 
 from daemon.config import Config, LimitsSettings
-from daemon.engine.store import Job, SpendTotal, Store
+from daemon.engine.jobs.spendsum import (
+    APPROVED_KEY,
+    HELD_KEY,
+    SpendSummary,
+    day_window,
+    month_window,
+    summarize,
+)
+from daemon.engine.store import Job, Store
 
 __all__ = [
     "APPROVED_KEY",
@@ -34,36 +43,7 @@ __all__ = [
     "spend_summary",
 ]
 
-HELD_KEY = "held"
-"""The job meta key holding why a job waits for the budget (absent or None: not held)."""
-
-APPROVED_KEY = "budget_approved"
-"""The job meta key set by ``st-imagegen spend approve``: this job may pass the caps once."""
-
 _EPSILON = 1e-9
-
-
-def _local(now: datetime, tz: tzinfo | None) -> datetime:
-    return now.astimezone(tz) if tz is not None else now.astimezone()
-
-
-def day_window(now: datetime, tz: tzinfo | None = None) -> tuple[datetime, datetime]:
-    """The local calendar day holding ``now``, as UTC ``[start, end)``."""
-    local = _local(now, tz)
-    start = datetime.combine(local.date(), time(0), tzinfo=local.tzinfo)
-    end = datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=local.tzinfo)
-    return start.astimezone(UTC), end.astimezone(UTC)
-
-
-def month_window(now: datetime, tz: tzinfo | None = None) -> tuple[datetime, datetime]:
-    """The local calendar month holding ``now``, as UTC ``[start, end)``."""
-    local = _local(now, tz)
-    first = local.date().replace(day=1)
-    following = (first + timedelta(days=32)).replace(day=1)
-    start = datetime.combine(first, time(0), tzinfo=local.tzinfo)
-    end = datetime.combine(following, time(0), tzinfo=local.tzinfo)
-    return start.astimezone(UTC), end.astimezone(UTC)
-
 
 _DAEMON_SPEND = re.compile(r"(daily|monthly) budget reached: [0-9.]+ of [0-9.]+ USD")
 
@@ -92,40 +72,6 @@ class Reservation:
     chat: str
 
 
-@dataclass(frozen=True)
-class SpendSummary:
-    """Today's and this month's spend, with the caps (for ``status``, ``show``, the inbox)."""
-
-    today: SpendTotal
-    month: SpendTotal
-    daily_budget: float | None
-    monthly_budget: float | None
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "today_usd": round(self.today.usd, 6),
-            "today_images": self.today.images,
-            "month_usd": round(self.month.usd, 6),
-            "month_images": self.month.images,
-            "estimated": self.today.estimated or self.month.estimated,
-            "units_today": dict(self.today.units),
-            "daily_budget": self.daily_budget,
-            "monthly_budget": self.monthly_budget,
-        }
-
-    def line(self) -> str:
-        """``"today 0.12 USD (3 images) of 2.00; this month 1.40 USD (35 images)"``."""
-        today = f"today {self.today.usd:.2f} USD ({self.today.images} images)"
-        if self.daily_budget is not None:
-            today += f" of {self.daily_budget:.2f}"
-        month = f"this month {self.month.usd:.2f} USD ({self.month.images} images)"
-        if self.monthly_budget is not None:
-            month += f" of {self.monthly_budget:.2f}"
-        extra = "".join(f", {amount:g} {unit} today" for unit, amount in self.today.units.items())
-        estimate = " (partly estimated)" if self.today.estimated or self.month.estimated else ""
-        return f"{today}; {month}{extra}{estimate}"
-
-
 async def spend_summary(
     config: Config,
     store: Store,
@@ -135,16 +81,16 @@ async def spend_summary(
     users: Collection[str] | None = None,
 ) -> SpendSummary:
     """The daemon's spend and caps, or (``users`` given) only the spend in those ST handles'
-    chats: then without the caps, which are the whole daemon's and would compare one user's
-    share against everyone's budget."""
-    day = day_window(now, tz)
-    month = month_window(now, tz)
-    daemon_wide = users is None
-    return SpendSummary(
-        today=await store.spend_between(*day, users=users),
-        month=await store.spend_between(*month, users=users),
-        daily_budget=config.limits.daily_budget if daemon_wide else None,
-        monthly_budget=config.limits.monthly_budget if daemon_wide else None,
+    chats (see :func:`~daemon.engine.jobs.spendsum.summarize`)."""
+    return await store.read(
+        functools.partial(
+            summarize,
+            daily_budget=config.limits.daily_budget,
+            monthly_budget=config.limits.monthly_budget,
+            now=now,
+            tz=tz,
+            users=users,
+        )
     )
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import structlog
 
+from daemon.engine.process.report import read_heartbeat
+
 __all__ = ["Heartbeat", "Notifier", "read_heartbeat"]
 
 log = structlog.get_logger("st_imagegen.notify")
@@ -113,12 +115,3 @@ class Heartbeat:
             self.path.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("heartbeat not removed", path=str(self.path), error=str(exc))
-
-
-def read_heartbeat(path: Path) -> dict[str, object] | None:
-    """The last heartbeat record, or ``None`` when absent or unreadable."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

@@ -23,6 +23,7 @@ import structlog
 
 from daemon.config import Config
 from daemon.engine.jobs.approval import Approval
+from daemon.engine.process.report import state_dir_size
 from daemon.engine.store import Store
 
 __all__ = ["THUMBS_DIR", "Pruned", "prune_state", "state_dir_size"]
@@ -41,27 +42,6 @@ class Pruned:
     trash_folders: int
     thumbnails: int
     state_dir_bytes: int
-
-
-def state_dir_size(state_dir: Path) -> int:
-    """Bytes under ``state_dir`` (files only, symlinks not followed; blocking)."""
-    total = 0
-    stack = [state_dir]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
-                    total += entry.stat(follow_symlinks=False).st_size
-            except OSError:
-                continue
-    return total
 
 
 def _prune_files(folder: Path, older_than: float) -> int:

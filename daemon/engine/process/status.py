@@ -1,29 +1,27 @@
-"""``st-imagegen status``: is the daemon running, what it watches, how its jobs stand.
-
-Whether the daemon runs comes from its heartbeat file in the state dir (rewritten every
-:data:`~daemon.engine.service.HEARTBEAT_INTERVAL` seconds, removed on a clean stop): a heartbeat
-older than :data:`HEARTBEAT_STALE_SECONDS` means it is gone. Nothing here writes anything: a
-missing state dir or store is reported, not created.
-"""
+"""``st-imagegen status`` in the daemon's process: the report of
+:mod:`daemon.engine.process.report`, gathered from a validated config and the open store."""
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from dataclasses import asdict, dataclass, field
+import functools
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import anyio
 
 from daemon.config import Config
-from daemon.engine.jobs.budget import HELD_KEY, spend_summary
-from daemon.engine.process.notify import read_heartbeat
-from daemon.engine.store import Job, JobState, Store
+from daemon.configure.viewof import view_of
+from daemon.engine.process.report import (
+    HEARTBEAT_STALE_SECONDS,
+    DaemonStatus,
+    StatusReport,
+    base_report,
+    daemon_status,
+    fill_from_store,
+    no_store,
+    plain_age,
+)
+from daemon.engine.store import Store
 from daemon.errors import StImagegenError
-from daemon.tavern import layout
 
 __all__ = [
     "HEARTBEAT_STALE_SECONDS",
@@ -33,181 +31,6 @@ __all__ = [
     "gather_status",
     "plain_age",
 ]
-
-HEARTBEAT_STALE_SECONDS = 60.0
-"""A heartbeat older than this (three missed 20 s beats) means the daemon is not running."""
-
-RECENT_ERRORS = 5
-"""How many recent job errors ``status`` shows."""
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonStatus:
-    """What the heartbeat file says about the daemon."""
-
-    running: bool
-    detail: str  # one plain sentence
-    pid: int | None = None
-    age_seconds: float | None = None
-    state: str | None = None  # "running" | "draining" | ...
-    watching: int | None = None
-    version: str | None = None
-    pid_alive: bool | None = None  # None: unknown (no pid, or another pid namespace)
-    config: dict[str, Any] | None = None  # the daemon's config state (problem, restart, setup)
-
-
-def _pid_alive(pid: int) -> bool | None:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    except OSError:
-        return None
-    return True
-
-
-def plain_age(seconds: float) -> str:
-    """``"3 s"``, ``"4 min"``, ``"2 h"``, ``"5 days"``."""
-    seconds = max(0.0, seconds)
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 36 * 3600:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} days"
-
-
-def daemon_status(
-    heartbeat: Path,
-    *,
-    now: float | None = None,
-    stale_after: float = HEARTBEAT_STALE_SECONDS,
-) -> DaemonStatus:
-    """Judge the daemon by its heartbeat file: fresh means running.
-
-    A fresh heartbeat whose pid does not exist on this machine is still "running" when the
-    daemon may live in another pid namespace (a second container sharing the state volume);
-    the detail says so."""
-    record = read_heartbeat(heartbeat)
-    if record is None:
-        exists = heartbeat.exists()
-        return DaemonStatus(
-            False,
-            "not running (heartbeat file unreadable)" if exists else "not running (no heartbeat)",
-        )
-    when = record.get("time")
-    pid_value = record.get("pid")
-    pid = pid_value if isinstance(pid_value, int) and pid_value > 0 else None
-    state_value = record.get("state")
-    state = state_value if isinstance(state_value, str) else None
-    watching_value = record.get("watching")
-    watching = watching_value if isinstance(watching_value, int) else None
-    version_value = record.get("version")
-    version = version_value if isinstance(version_value, str) else None
-    config_value = record.get("config")
-    config_state = config_value if isinstance(config_value, dict) else None
-    if not isinstance(when, (int, float)) or isinstance(when, bool):
-        return DaemonStatus(False, "not running (heartbeat without a time)", pid=pid)
-    age = (time.time() if now is None else now) - float(when)
-    alive = _pid_alive(pid) if pid is not None else None
-    common: dict[str, Any] = {
-        "pid": pid,
-        "age_seconds": round(age, 3),
-        "state": state,
-        "watching": watching,
-        "version": version,
-        "pid_alive": alive,
-        "config": config_state,
-    }
-    if age > stale_after:
-        return DaemonStatus(False, f"not running (last heartbeat {plain_age(age)} ago)", **common)
-    if alive is False and pid is not None:
-        detail = (
-            f"running elsewhere? heartbeat {plain_age(age)} ago from pid {pid}, "
-            "which does not exist here (another container?)"
-        )
-        return DaemonStatus(True, detail, **common)
-    parts = [f"pid {pid}" if pid is not None else "pid unknown"]
-    parts.append(f"heartbeat {plain_age(age)} ago")
-    if watching is not None:
-        parts.append(f"watching {watching} chat{'s' if watching != 1 else ''}")
-    label = "draining (stopping)" if state == "draining" else "running"
-    return DaemonStatus(True, f"{label} ({', '.join(parts)})", **common)
-
-
-@dataclass
-class StatusReport:
-    """Everything ``status`` shows; :meth:`to_json` is the ``--json`` form."""
-
-    daemon: DaemonStatus
-    mode: str
-    approval: str
-    data_root: str | None = None
-    data_root_error: str | None = None
-    users: list[str] = field(default_factory=list)
-    chats: int = 0
-    group_chats: int = 0
-    state_dir: str = ""
-    state_dir_bytes: int | None = None  # everything the daemon keeps there
-    store_error: str | None = None
-    jobs: dict[str, int] = field(default_factory=dict)
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    waiting_messages: int = 0  # committed, not yet in any version ST saved (ledger open)
-    waiting_chats: list[str] = field(default_factory=list)
-    image_backend: dict[str, Any] = field(default_factory=dict)  # name, title, capabilities
-    spend: dict[str, Any] = field(default_factory=dict)  # SpendSummary.to_json(), and "line"
-    held: list[dict[str, str]] = field(default_factory=list)  # jobs waiting for a spend cap
-    config_error: str | None = None  # the config file cannot be used (this command's reading)
-    setup: str | None = None  # "not set up yet: open <address>"
-    restart_pending: list[str] = field(default_factory=list)
-    config_problem: dict[str, Any] | None = None  # the running daemon's view of the file
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["daemon"] = asdict(self.daemon)
-        return data
-
-
-def _error_row(job: Job, now: datetime) -> dict[str, Any]:
-    return {
-        "job": job.id,
-        "state": job.state.value,
-        "chat": job.chat,
-        "speaker": job.speaker,
-        "error": job.last_error or "",
-        "updated_at": job.updated_at.isoformat(),
-        "age_seconds": round((now - job.updated_at).total_seconds(), 3),
-    }
-
-
-def _inbox_url(state_dir: Path) -> str | None:
-    """The running inbox's address from ``<state_dir>/web.json`` (written by the web server)."""
-    try:
-        data = json.loads((state_dir / "web.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    url = data.get("url") if isinstance(data, dict) else None
-    return url if isinstance(url, str) else None
-
-
-def _config_lines(config: Config, report: StatusReport) -> None:
-    """Setup, restart and file problems: the running daemon's word when it runs, else this
-    command's own reading of the config."""
-    from daemon.configure.ready import setup_missing
-
-    state = report.daemon.config if report.daemon.running else None
-    missing = state.get("setup_needed") if state else setup_missing(config)
-    if missing:
-        found = _inbox_url(config.state_dir) if report.daemon.running else None
-        where = found or "the address `st-imagegen web-url` prints"
-        report.setup = f"not set up yet ({', '.join(missing)}): open {where}"
-    if state:
-        report.restart_pending = [str(k) for k in state.get("restart_pending") or []]
-        problem = state.get("problem")
-        report.config_problem = problem if isinstance(problem, dict) else None
 
 
 async def gather_status(
@@ -221,74 +44,16 @@ async def gather_status(
     """Collect the report from ``store`` (None: there is none yet, or it could not be opened:
     ``store_error``); problems (no data root, no store) are reported, not raised."""
     at = now or datetime.now(UTC)
-    report = StatusReport(
-        daemon=await anyio.to_thread.run_sync(daemon_status, config.heartbeat_path),
-        mode=config.mode,
-        approval=config.approval,
-        state_dir=str(config.state_dir),
-        config_error=config_error,
+    view = view_of(config)
+    report = await anyio.to_thread.run_sync(
+        functools.partial(base_report, view, config_error=config_error)
     )
-    await anyio.to_thread.run_sync(_config_lines, config, report)
-    await anyio.to_thread.run_sync(_gather_chats, config, report)
-    from daemon.engine.process.retention import state_dir_size
-
-    report.state_dir_bytes = await anyio.to_thread.run_sync(state_dir_size, config.state_dir)
-    report.image_backend = _backend(config)
     if store is None:
-        if store_error is not None:
-            report.store_error = store_error
-        else:
-            report.store_error = "no jobs yet (the store has not been created)"
-            report.jobs = {s.value: 0 for s in JobState}
-        return report
+        return no_store(report, store_error)
     try:
-        report.jobs = {s.value: n for s, n in (await store.counts()).items()}
-        report.errors = [_error_row(j, at) for j in await store.recent_errors(RECENT_ERRORS)]
-        summary = await spend_summary(config, store, at)
-        report.spend = {**summary.to_json(), "line": summary.line()}
-        for job in await store.jobs_in([JobState.QUEUED]):
-            if job.meta.get(HELD_KEY):
-                report.held.append(
-                    {
-                        "job": job.id,
-                        "chat": job.chat,
-                        "reason": str(job.meta[HELD_KEY]),
-                        "fix": str(job.meta.get("held_fix") or ""),
-                    }
-                )
-        for chat in sorted(await store.chats_with_open_ledger()):
-            count = len(await store.ledger_for_chat(chat, open_only=True))
-            if count:
-                report.waiting_messages += count
-                report.waiting_chats.append(chat)
+        return await store.read(
+            functools.partial(fill_from_store, report=report, view=view, now=at)
+        )
     except StImagegenError as exc:
         report.store_error = str(exc)
     return report
-
-
-def _backend(config: Config) -> dict[str, Any]:
-    """The configured image backend as it describes itself (for the inbox and the CLI)."""
-    from daemon.providers.registry import backend_info, capabilities
-
-    try:
-        info = backend_info(config.image.backend)
-        caps = capabilities(config.image)
-    except StImagegenError as exc:
-        return {"name": config.image.backend, "error": str(exc)}
-    return {"name": info.name, "title": info.title, "capabilities": caps.as_dict()}
-
-
-def _gather_chats(config: Config, report: StatusReport) -> None:
-    if config.data_root is None:
-        report.data_root_error = "data_root is not set (config file or ST_IMAGEGEN_DATA_ROOT)"
-        return
-    try:
-        root = layout.resolve_data_root(config.data_root)
-    except StImagegenError as exc:
-        report.data_root_error = str(exc)
-        return
-    report.data_root = str(root)
-    report.users = layout.list_users(root, config.detect.users)
-    for ref in layout.iter_chats(root, report.users):
-        report.chats += 1
-        report.group_chats += ref.is_group

@@ -40,8 +40,9 @@ if TYPE_CHECKING:
         States,
         new_job_id,
     )
+    from daemon.engine.store.reads import SpendTotal
     from daemon.engine.store.schema import BUSY_TIMEOUT_MS, MIGRATIONS
-    from daemon.engine.store.spend import Spend, SpendTotal
+    from daemon.engine.store.spend import Spend
     from daemon.engine.store.store import Store
     from daemon.engine.store.writes import OUR_WRITES_KEPT, OurWrites
 
@@ -82,7 +83,7 @@ _HOME = {
     "OUR_WRITES_KEPT": "writes",
     "OurWrites": "writes",
     "Spend": "spend",
-    "SpendTotal": "spend",
+    "SpendTotal": "reads",
 }
 """Where each name lives (the rest: ``model``). Imported on first use, so a read-only command
 that needs only the records (``model``, ``reads``) does not load the async store."""

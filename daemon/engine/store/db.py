@@ -51,6 +51,11 @@ class Database:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only query ``fn`` (e.g. from :mod:`~daemon.engine.store.reads`) on the
+        store's connection, in its worker thread."""
+        return await self._run(fn, write=False)
+
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         return await anyio.to_thread.run_sync(functools.partial(self._call, fn, write))
 

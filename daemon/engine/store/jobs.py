@@ -18,10 +18,10 @@ from typing import Any
 
 import structlog
 
+from daemon.engine.store import reads
 from daemon.engine.store.db import Database
 from daemon.engine.store.model import (
     ACTIVE_STATES,
-    FAILING_STATES,
     OPEN_STATES,
     REGEN_FROM_STATES,
     SUPERSEDABLE_STATES,
@@ -280,17 +280,9 @@ class Jobs(Database):
 
     async def jobs_in(self, states: Iterable[JobState], *, limit: int = 1000) -> list[Job]:
         """Jobs in any of ``states``, oldest first."""
-        wanted = states_list(states)
-
-        def _list(conn: sqlite3.Connection) -> list[Job]:
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks(len(wanted))}) "
-                "ORDER BY id LIMIT ?",
-                (*wanted, limit),
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
-
-        return await self._run(_list, write=False)
+        return await self._run(
+            functools.partial(reads.jobs_in, states=tuple(states), limit=limit), write=False
+        )
 
     async def jobs_for(self, reply: ReplyKey) -> list[Job]:
         """Every job of ``reply``'s message in its chat (any revision, any state), oldest
@@ -637,33 +629,8 @@ class Jobs(Database):
 
     async def counts(self, *, users: Collection[str] | None = None) -> dict[JobState, int]:
         """Jobs per state (every state present, zeros included); ``users``: only theirs."""
-        only, only_args = "", tuple[str, ...]()
-        if users is not None:
-            wanted = sorted(users)
-            only, only_args = f"WHERE user IN ({marks(len(wanted))}) ", tuple(wanted)
-
-        def _counts(conn: sqlite3.Connection) -> dict[JobState, int]:
-            result = dict.fromkeys(JobState, 0)
-            sql = f"SELECT state, COUNT(*) FROM jobs {only}GROUP BY state"
-            for row in conn.execute(sql, only_args):
-                result[JobState(row[0])] = row[1]
-            return result
-
-        return await self._run(_counts, write=False)
+        return await self._run(functools.partial(reads.count_states, users=users), write=False)
 
     async def recent_errors(self, limit: int = 5) -> list[Job]:
-        """Real failures, most recently updated first (for ``status``): failed jobs and jobs
-        waiting to retry after one. A superseded or rejected job's reason is history, not an
-        error, and a job that went on to succeed is no longer failing."""
-
-        def _errors(conn: sqlite3.Connection) -> list[Job]:
-            failing = states_list(FAILING_STATES)
-            rows = conn.execute(
-                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE last_error IS NOT NULL "
-                f"AND state IN ({marks(len(failing))}) "
-                "ORDER BY updated_at DESC, id DESC LIMIT ?",
-                (*failing, limit),
-            ).fetchall()
-            return [_job_from_row(r) for r in rows]
-
-        return await self._run(_errors, write=False)
+        """Real failures, most recently updated first (see :func:`reads.recent_errors`)."""
+        return await self._run(functools.partial(reads.recent_errors, limit=limit), write=False)

@@ -1,7 +1,8 @@
-"""Read-only queries on the ``jobs`` table, on any sqlite3 connection (no async, no logging).
+"""Read-only queries on any sqlite3 connection (no async, no logging): jobs, the open ledger,
+spend.
 
-The store runs them in its worker thread; a read-only command (``list``, ``show``) runs them on
-a read-only connection of its own without loading the async store.
+The store runs them in its worker thread; a read-only command (``list``, ``show``, ``status``)
+runs them on a read-only connection of its own without loading the async store.
 """
 
 # ruff: noqa: S608
@@ -10,20 +11,36 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 
 from daemon.engine.store.model import (
     _CROCKFORD_ALIASES,
+    FAILING_STATES,
     Job,
     JobState,
     ReplyKey,
     marks,
     parse_stamp,
+    stamp,
     states_list,
 )
 from daemon.errors import AmbiguousError, JobError, NotFoundError
 
-__all__ = ["JOB_COLUMNS", "find_job", "job_from_row", "reply_from_row", "select_jobs"]
+__all__ = [
+    "JOB_COLUMNS",
+    "SpendTotal",
+    "count_states",
+    "find_job",
+    "job_from_row",
+    "jobs_in",
+    "open_ledger_counts",
+    "recent_errors",
+    "reply_from_row",
+    "select_jobs",
+    "spend_between",
+]
 
 JOB_COLUMNS = (
     "id, key, user, chat, character, is_group, speaker, message_index, identity_name, "
@@ -151,3 +168,103 @@ def find_job(
             "give more characters"
         )
     return found[0]
+
+
+def jobs_in(
+    conn: sqlite3.Connection, states: Iterable[JobState], *, limit: int = 1000
+) -> list[Job]:
+    """Jobs in any of ``states``, oldest first."""
+    wanted = states_list(states)
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({marks(len(wanted))}) ORDER BY id LIMIT ?",
+        (*wanted, limit),
+    ).fetchall()
+    return [job_from_row(r) for r in rows]
+
+
+def count_states(
+    conn: sqlite3.Connection, *, users: Collection[str] | None = None
+) -> dict[JobState, int]:
+    """Jobs per state (every state present, zeros included); ``users``: only theirs."""
+    only, only_args = "", tuple[str, ...]()
+    if users is not None:
+        wanted = sorted(users)
+        only, only_args = f"WHERE user IN ({marks(len(wanted))}) ", tuple(wanted)
+    result = dict.fromkeys(JobState, 0)
+    for row in conn.execute(f"SELECT state, COUNT(*) FROM jobs {only}GROUP BY state", only_args):
+        result[JobState(row[0])] = row[1]
+    return result
+
+
+def recent_errors(conn: sqlite3.Connection, limit: int = 5) -> list[Job]:
+    """Real failures, most recently updated first (for ``status``): failed jobs and jobs
+    waiting to retry after one. A superseded or rejected job's reason is history, not an
+    error, and a job that went on to succeed is no longer failing."""
+    failing = states_list(FAILING_STATES)
+    rows = conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE last_error IS NOT NULL "
+        f"AND state IN ({marks(len(failing))}) "
+        "ORDER BY updated_at DESC, id DESC LIMIT ?",
+        (*failing, limit),
+    ).fetchall()
+    return [job_from_row(r) for r in rows]
+
+
+def open_ledger_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Chat -> how many of its committed image messages no version ST saved holds yet (the
+    open ledger entries: neither acknowledged nor retired), in chat order."""
+    rows = conn.execute(
+        "SELECT chat, COUNT(*) FROM ledger WHERE acknowledged = 0 AND retired IS NULL "
+        "GROUP BY chat ORDER BY chat"
+    ).fetchall()
+    return {str(row[0]): int(row[1]) for row in rows}
+
+
+@dataclass(frozen=True)
+class SpendTotal:
+    """A sum over a time window: USD, images, whether any part is an estimate, other units."""
+
+    usd: float = 0.0
+    images: int = 0
+    estimated: bool = False
+    units: Mapping[str, float] = field(default_factory=dict)
+
+
+def spend_between(
+    conn: sqlite3.Connection,
+    start: datetime,
+    end: datetime,
+    *,
+    chat: str | None = None,
+    job_id: str | None = None,
+    users: Collection[str] | None = None,
+) -> SpendTotal:
+    """The sum of the spend records in ``[start, end)``, of one chat or one job if given, of
+    the chats of ST handles ``users`` if given (a user token's caller: none is nothing)."""
+    where = "at >= ? AND at < ?"
+    args: list[object] = [stamp(start), stamp(end)]
+    if users is not None:
+        handles = sorted(set(users))
+        if not handles:
+            return SpendTotal()
+        where += f" AND user IN ({marks(len(handles))})"
+        args.extend(handles)
+    if chat is not None:
+        where += " AND chat = ?"
+        args.append(chat)
+    if job_id is not None:
+        where += " AND job_id = ?"
+        args.append(job_id)
+    rows = conn.execute(
+        f"SELECT usd, images, estimated, units FROM spend WHERE {where}", args
+    ).fetchall()
+    units: dict[str, float] = {}
+    for row in rows:
+        for unit, amount in json.loads(row["units"] or "{}").items():
+            units[unit] = units.get(unit, 0.0) + float(amount)
+    return SpendTotal(
+        usd=sum(float(r["usd"]) for r in rows),
+        images=sum(int(r["images"]) for r in rows),
+        estimated=any(r["estimated"] for r in rows),
+        units=units,
+    )

@@ -3,26 +3,17 @@ images) can be summed and capped. Rows are kept when their job is gone: the mone
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from daemon.engine.store.db import Database
 from daemon.engine.store.model import now_utc, stamp
+from daemon.engine.store.reads import SpendTotal, spend_between
 
 __all__ = ["Spend", "SpendTotal"]
-
-
-@dataclass(frozen=True)
-class SpendTotal:
-    """A sum over a time window: USD, images, whether any part is an estimate, other units."""
-
-    usd: float = 0.0
-    images: int = 0
-    estimated: bool = False
-    units: Mapping[str, float] = field(default_factory=dict)
 
 
 class Spend(Database):
@@ -61,37 +52,8 @@ class Spend(Database):
         job_id: str | None = None,
         users: Collection[str] | None = None,
     ) -> SpendTotal:
-        """The sum of the records in ``[start, end)``, of one chat or one job if given, of the
-        chats of ST handles ``users`` if given (a user token's caller: none is nothing)."""
-        where = "at >= ? AND at < ?"
-        args: list[object] = [stamp(start), stamp(end)]
-        if users is not None:
-            handles = sorted(set(users))
-            if not handles:
-                return SpendTotal()
-            where += f" AND user IN ({', '.join('?' for _ in handles)})"
-            args.extend(handles)
-        if chat is not None:
-            where += " AND chat = ?"
-            args.append(chat)
-        if job_id is not None:
-            where += " AND job_id = ?"
-            args.append(job_id)
-
-        def _sum(conn: sqlite3.Connection) -> SpendTotal:
-            rows = conn.execute(
-                f"SELECT usd, images, estimated, units FROM spend WHERE {where}",  # noqa: S608
-                args,
-            ).fetchall()
-            units: dict[str, float] = {}
-            for row in rows:
-                for unit, amount in json.loads(row["units"] or "{}").items():
-                    units[unit] = units.get(unit, 0.0) + float(amount)
-            return SpendTotal(
-                usd=sum(float(r["usd"]) for r in rows),
-                images=sum(int(r["images"]) for r in rows),
-                estimated=any(r["estimated"] for r in rows),
-                units=units,
-            )
-
-        return await self._run(_sum, write=False)
+        """The sum of the records in ``[start, end)`` (see :func:`reads.spend_between`)."""
+        query = functools.partial(
+            spend_between, start=start, end=end, chat=chat, job_id=job_id, users=users
+        )
+        return await self._run(query, write=False)
