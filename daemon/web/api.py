@@ -659,7 +659,9 @@ async def events(request: Request) -> Response:
         who.token_id,
         stream_events(
             ctx.hub,
-            request.headers.get("last-event-id"),
+            # A reconnecting EventSource sends Last-Event-ID; a page's first connection says
+            # where the jobs it was rendered with were read (``?after=``).
+            request.headers.get("last-event-id") or request.query_params.get("after"),
             hello,
             ping_seconds=ctx.ping_seconds,
             view=lambda event: _event_for(who, event),

@@ -70,6 +70,9 @@ async def inbox(request: Request) -> Response:
     query = request.query_params
     chat = query.get("chat") or None
     character = query.get("character") or None
+    # Read before the jobs: the page's stream replays every change after it, so nothing that
+    # happens between these reads and the page's subscription is lost.
+    events_after = ctx.hub.seq
     choice = await ctx.engine.jobs(
         states=CHOICE_STATES, chat=chat, character=character, users=who.handles, limit=INBOX_PAGE
     )
@@ -92,6 +95,7 @@ async def inbox(request: Request) -> Response:
         "total": total,
         "more": choice[-1].id if len(choice) == INBOX_PAGE else None,
         "page": INBOX_PAGE,
+        "events_after": events_after,
         "filter": {"chat": chat, "character": character},
         "sillytavern_url": ctx.config.web.sillytavern_url or None,
     }

@@ -175,8 +175,13 @@ async def test_live_preview_insert_cli_accept_genimage_and_daemon_restart(
                 made = await slash(page, "/genimage mesid=1")
                 second = await inbox.job(made["pipe"])
                 assert second.message_index == 1 and second.source == "manual"
-                await toast_seen(page, "info", "^Image for message #1(, swipe 1)?: queued")
                 await inbox.wait_state(second.id, JobState.PENDING)
+                # The tab's one toast for the job follows it to review. (Its first words are
+                # wherever the job is when /genimage's answer arrives: "queued" on an idle
+                # machine, a later step when the job's events overtook the answer.)
+                await toast_seen(
+                    page, "success", "^Image for message #1(, swipe 1)?: ready for review"
+                )
                 preview = page.locator(f'.st-imagegen-preview[data-job="{second.id}"]')
                 await expect(preview).to_be_visible(timeout=LIVE_MS)
                 await preview.locator(".st-imagegen-prompt").fill("a lantern at dusk, oil paint")

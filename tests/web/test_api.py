@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -401,6 +402,37 @@ async def test_event_stream_tells_each_job_change_and_replays(inbox: Inbox) -> N
         assert [n for _, n, _ in await _events(lines, 1)] == ["hello"]
         await inbox.pending("after")  # the stream goes on after a replay with nothing to send
         assert (await _events(lines, 1))[0][1] == "job"
+
+
+async def test_a_change_between_the_page_and_its_stream_is_replayed(inbox: Inbox) -> None:
+    """The inbox page says where the stream stood when its jobs were read (``events_after``);
+    a stream opened with ``?after=`` that number replays what changed in between (a job made
+    while the page loaded), and a reconnection's Last-Event-ID wins over it."""
+    async with inbox.client() as c:
+        page = (await c.get("/")).text
+        found = re.search(r'<script id="initial" type="application/json">(.*?)</script>', page)
+        assert found is not None
+        after = json.loads(found.group(1))["events_after"]
+        assert isinstance(after, int)
+        job = await inbox.pending("between")  # the page did not list it
+        params = {"after": str(after)}
+        async with c.stream("GET", "/api/v1/events", params=params) as stream:
+            lines = stream.aiter_lines()
+            [(_, name, _)] = await _events(lines, 1)
+            assert name == "hello"
+            seen: Events = []
+            while not seen or seen[-1][2]["job"]["state"] != "pending":
+                seen += await _events(lines, 1)
+            assert {d["job"]["id"] for _, _, d in seen} == {job.id}
+            assert seen[0][2]["previous_state"] is None  # from its very first change
+            last = seen[-1][0]
+        resumed = {"Last-Event-ID": last}
+        async with c.stream("GET", "/api/v1/events", params=params, headers=resumed) as stream:
+            lines = stream.aiter_lines()
+            assert [n for _, n, _ in await _events(lines, 1)] == ["hello"]
+            later = await inbox.pending("later")
+            [(_, name, data)] = await _events(lines, 1)  # no replay of the first job
+            assert name == "job" and data["job"]["id"] == later.id
 
 
 async def test_status_has_the_same_facts_as_the_cli(inbox: Inbox) -> None:

@@ -10,10 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 from PIL import Image
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from daemon.engine.store import Job, JobState
-from tests.engine.conftest import FakeAPI, MakeConfig
+from tests.engine.conftest import FakeAPI, MakeConfig, async_wait_for
 from tests.web.conftest import IMAGES, Inbox, inbox_for, web_config
 
 pytestmark = pytest.mark.anyio
@@ -29,6 +29,7 @@ ARGS = [
     "--no-first-run",
 ]
 LIVE_WITHIN_MS = 5000  # the event stream delivers within a second; room for a loaded machine
+JOB_WITHIN_S = 30.0  # a job through the fake APIs, on a loaded machine
 
 if not CHROMIUM.exists():  # pragma: no cover - .ci/run installs it
     pytest.skip("Debian's chromium is not installed (.ci/run installs it)", allow_module_level=True)
@@ -166,6 +167,68 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         await page.keyboard.press("r")
         await inbox.wait_state(new_id, JobState.REJECTED)
         assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def test_an_answer_older_than_the_stream_does_not_undo_it(
+    make_config: MakeConfig, tmp_path: Path, fake_api: FakeAPI
+) -> None:
+    """The answer to a regenerate or an accept can reach the page after the event stream has
+    told later changes (the new job drawn and pending; the accepted one committed). Held back
+    here until then, it must not put the job back the way it was when answered (a queued chip
+    for a card with pictures, an "accepted" chip that never goes)."""
+    config = web_config(make_config, tmp_path, fake_api)
+    async with inbox_for(config) as inbox, browser() as b:
+        first = await inbox.pending("held")
+        page = await open_page(b, inbox)
+        await expect(page.locator("#live")).to_have_text("connected")
+        release = {"regen": anyio.Event(), "accept": anyio.Event()}
+
+        async def hold(route: Route) -> None:
+            answer = await route.fetch()
+            await release[route.request.url.rsplit("/", 1)[-1]].wait()
+            await route.fulfill(response=answer)
+
+        await page.route("**/api/v1/jobs/*/regen", hold)
+        await page.route("**/api/v1/jobs/*/accept", hold)
+
+        await page.locator(f'.card[data-id="{first.id}"] button[data-act="regen"]').click()
+
+        async def regenerated() -> Job | None:
+            jobs = await inbox.service.store.query_jobs(states=[JobState.PENDING])
+            return next((j for j in jobs if j.meta.get("regen_of") == first.id), None)
+
+        new = await async_wait_for(regenerated, within=JOB_WITHIN_S)
+        card = page.locator(f'.card[data-id="{new.id}"]')
+        await expect(card.locator(".thumb")).to_have_count(2 * IMAGES, timeout=LIVE_WITHIN_MS)
+        release["regen"].set()
+        await expect(page.locator("#toast")).to_contain_text("Regenerating")
+        await _frames(page)
+        assert await _state_on_page(page, new.id) == "pending"
+        await expect(card.locator(".thumb")).to_have_count(2 * IMAGES)
+        await expect(page.locator("#working")).to_be_hidden()
+
+        await card.locator('button[data-act="accept"]').click()
+        await inbox.wait_state(new.id, JobState.COMMITTED, within=JOB_WITHIN_S)
+        await expect(card).to_have_count(0, timeout=LIVE_WITHIN_MS)
+        release["accept"].set()
+        await expect(page.locator("#toast")).to_contain_text("added after")
+        await _frames(page)
+        assert await _state_on_page(page, new.id) is None
+        await expect(page.locator("#working")).to_be_hidden()
+        await expect(page.locator("#empty")).to_be_visible()
+        assert page.errors == []  # type: ignore[attr-defined]
+
+
+async def _frames(page: Page) -> None:
+    """Two animation frames: whatever the page scheduled before is drawn."""
+    await page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+
+
+async def _state_on_page(page: Page, job_id: str) -> str | None:
+    state: str | None = await page.evaluate(
+        "(id) => window.stImagegenInbox.jobs.get(id)?.state ?? null", job_id
+    )
+    return state
 
 
 async def test_phone_width_keys_progress_failure_and_escaping(

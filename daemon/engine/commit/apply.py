@@ -31,6 +31,7 @@ import contextlib
 import html
 import random
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ from daemon.tavern.write import (
     check_image_folder,
     cleanup_stale_temps,
     insert_after_line,
+    link_image,
     read_for_edit,
     read_for_edit_with,
     replace_line,
@@ -835,26 +837,42 @@ class Committer:
 def _write_images(
     folder: Path, root: Path, job_id: str, kept: Sequence[Path], now: datetime
 ) -> list[Path]:
-    """Copy the kept images into ``folder``; a file an earlier run wrote for this job (found by
-    the job id in its name and equal bytes) is reused, so retries leave no orphans. The folder
-    is created (durably) by ``write_image``."""
+    """Put the kept images into ``folder``; a file an earlier run wrote for this job (found by
+    the job id in its name and equal bytes) is reused, so retries leave no orphans. Each is
+    a hard link to the pending file where the file system allows (its bytes are on disk
+    already: no copy, no second fsync of them), else a copy. The folder is created (durably)
+    by ``link_image`` or ``write_image``."""
     check_image_folder(folder, root)  # before looking for earlier files in it, too
     out: list[Path] = []
     for number, source in enumerate(kept, 1):
-        data = source.read_bytes()
         ext = source.suffix.lstrip(".").lower() or "png"
         tag = f"{job_id}-{number}"
-        existing = _find_written(folder, tag, ext, data)
-        written = existing or write_image(folder, data, ext, f"{folder.name}_{tag}", now, root=root)
+        prefix = f"{folder.name}_{tag}"
+        written = (
+            _find_written(folder, tag, ext, source)
+            or link_image(folder, source, ext, prefix, now, root=root)
+            or write_image(folder, source.read_bytes(), ext, prefix, now, root=root)
+        )
         out.append(written)
     return out
 
 
-def _find_written(folder: Path, tag: str, ext: str, data: bytes) -> Path | None:
+def _find_written(folder: Path, tag: str, ext: str, source: Path) -> Path | None:
     # Job ids are [0-9A-Z] only: no glob metacharacters, and unique enough to match on alone.
-    for candidate in sorted(folder.glob(f"*_{tag}_*.{ext}")):
+    candidates = sorted(folder.glob(f"*_{tag}_*.{ext}"))
+    if not candidates:
+        return None
+    origin = source.stat()
+    data: bytes | None = None
+    for candidate in candidates:
         try:
-            if candidate.stat().st_size == len(data) and candidate.read_bytes() == data:
+            found = candidate.stat(follow_symlinks=False)
+            if not stat.S_ISREG(found.st_mode) or found.st_size != origin.st_size:
+                continue
+            if (found.st_dev, found.st_ino) == (origin.st_dev, origin.st_ino):
+                return candidate  # our own link
+            data = source.read_bytes() if data is None else data
+            if candidate.read_bytes() == data:
                 return candidate
         except OSError:
             continue

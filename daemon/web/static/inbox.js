@@ -26,6 +26,23 @@
   let total = initial.total || 0;
   let selecting = false;
   let viewer = null; // {id, n} while the viewer is open
+  // The event stream is the order of truth. An answer to a request (an action, a list) may
+  // reach the page after the stream has told a later change of the same job (a regenerated
+  // job drawn and pending before the regen's answer, which says "queued"): such an answer is
+  // older and must not be put over it. `heard` counts the stream's job events; heardAt keeps,
+  // per job, the count at its last event. An answer is put only when the stream has said
+  // nothing about that job since the request went out; otherwise the stream has brought, or
+  // will bring, a state at least as new.
+  let heard = 0;
+  const heardAt = new Map(); // id -> `heard` at that job's last event
+  const HEARD_KEPT = 2000;
+  const hear = (id) => {
+    heard += 1;
+    heardAt.delete(id); // re-inserted last: the oldest marks go first when the map is trimmed
+    heardAt.set(id, heard);
+    if (heardAt.size > HEARD_KEPT) heardAt.delete(heardAt.keys().next().value);
+  };
+  const heardSince = (id, mark) => (heardAt.get(id) || 0) > mark;
 
   const matches = (job) => (!filter.chat || job.chat === filter.chat)
     && (!filter.character || (!job.is_group && job.chat_folder === filter.character));
@@ -296,16 +313,17 @@
     busy.add(id);
     if (action !== "regen" && action !== "regen-edited" && !opts.keepFocus) after(id);
     schedule();
+    const mark = heard;
     try {
       const result = await S.api("POST", path, body);
       busy.delete(id);
       if (action === "regen" || action === "regen-edited") {
-        forget(id);
-        put(result);
+        if (!heardSince(id, mark)) forget(id);
+        if (!heardSince(result.id, mark)) put(result);
         if (focusId === null || focusId === id) focusId = result.id;
         if (!opts.quiet) S.toast(`Regenerating ${label(result)}: the new pictures come first.`);
       } else {
-        put(result);
+        if (!heardSince(result.id, mark)) put(result);
         if (!jobs.has(id) && (focusId === id || focusId === null)) focusId = next;
         if (!opts.quiet) told(action, job, result);
       }
@@ -315,7 +333,11 @@
     } catch (error) {
       busy.delete(id);
       S.toast(error.message);
-      try { put(await S.api("GET", `/api/v1/jobs/${id}`)); } catch (_) { /* the stream tells */ }
+      try {
+        const again = heard;
+        const fresh = await S.api("GET", `/api/v1/jobs/${id}`);
+        if (!heardSince(id, again)) put(fresh);
+      } catch (_) { /* the stream tells */ }
       schedule();
       return null;
     }
@@ -345,8 +367,9 @@
     let back = 0;
     for (const id of ids) {
       try {
+        const mark = heard;
         const job = await S.api("POST", `/api/v1/jobs/${id}/restore`, {});
-        put(job);
+        if (!heardSince(job.id, mark)) put(job);
         focusId = job.id;
         back += 1;
       } catch (error) { S.toast(error.message); }
@@ -622,8 +645,9 @@
     if (what === "none") { selected.clear(); schedule(); return; }
     if (what === "chat-reject") {
       if (!filter.chat) return;
+      const mark = heard;
       const data = await S.api("GET", `/api/v1/jobs?state=pending&chat=${encodeURIComponent(filter.chat)}&limit=500`);
-      for (const job of data.jobs) put(job);
+      for (const job of data.jobs) if (!heardSince(job.id, mark)) put(job);
       await bulk("reject", data.jobs.map((j) => j.id));
       return;
     }
@@ -635,9 +659,10 @@
     if (filter.chat) query.set("chat", filter.chat);
     if (filter.character) query.set("character", filter.character);
     try {
+      const mark = heard;
       const data = await S.api("GET", `/api/v1/jobs?${query}`);
       const keepTotal = total;
-      for (const job of data.jobs) put(job);
+      for (const job of data.jobs) if (!heardSince(job.id, mark)) put(job);
       total = keepTotal;
       more = data.next;
     } catch (error) { S.toast(error.message); }
@@ -675,13 +700,14 @@
     const query = new URLSearchParams({ state: "queued,prompting,imaging,accepted", limit: "200" });
     if (filter.chat) query.set("chat", filter.chat);
     if (filter.character) query.set("character", filter.character);
+    const mark = heard;
     const working = await S.api("GET", `/api/v1/jobs?${query}`);
     query.set("state", "pending,failed");
     query.set("limit", String(Math.max(initial.page || 48, choiceJobs().length)));
     const choice = await S.api("GET", `/api/v1/jobs?${query}`);
     const seen = new Set([...working.jobs, ...choice.jobs].map((j) => j.id));
-    for (const id of [...jobs.keys()]) if (!seen.has(id)) forget(id);
-    for (const job of [...working.jobs, ...choice.jobs]) put(job);
+    for (const id of [...jobs.keys()]) if (!seen.has(id) && !heardSince(id, mark)) forget(id);
+    for (const job of [...working.jobs, ...choice.jobs]) if (!heardSince(job.id, mark)) put(job);
     schedule();
   };
 
@@ -701,7 +727,11 @@
   };
   const hhmm = (d) => d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   const connect = () => {
-    const source = new EventSource("/api/v1/events");
+    // `after`: the stream's position when the server read this page's jobs, so a change made
+    // between that read and this subscription is replayed, not lost (later reconnections send
+    // Last-Event-ID, which the server prefers).
+    const after = Number.isInteger(initial.events_after) ? `?after=${initial.events_after}` : "";
+    const source = new EventSource(`/api/v1/events${after}`);
     source.addEventListener("hello", () => {
       clearTimeout(downTimer);
       downSince = null;
@@ -712,6 +742,7 @@
     source.addEventListener("job", (event) => {
       const data = JSON.parse(event.data);
       const job = data.job;
+      hear(job.id);
       if (job.state === "committed" && accepting.has(job.id)) {
         addedToast(job, accepting.get(job.id));
         accepting.delete(job.id);
