@@ -1,6 +1,7 @@
 """CLI start-up: the CPU time of one-shot commands against a bare interpreter, same run.
 
-Each command runs as its own process (the installed ``st-imagegen`` script) against a state dir
+Each command runs as its own process (the installed ``st-imagegen`` script, no ``--config``: the
+config file and the state dir where the platform puts them by default) against a state dir
 holding 1,000 finished jobs and some pending ones, after one warm-up run of each (the first run
 validates and stamps the config: daemon.cli.quick). ``list``, ``show``, ``status`` and
 ``accept`` (one pending job per run) are each the median user + system CPU of the child over the
@@ -52,25 +53,39 @@ def _pending(cfg: Path, count: int) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     with workdir() as tmp:
+        # The folders a user gets by default: the config file and the state dir where the
+        # platform puts them (no --config, no state_dir), found by the commands themselves.
+        xdg = {"XDG_CONFIG_HOME": str(tmp / "config"), "XDG_STATE_HOME": str(tmp / "state")}
         root = tmp / "data"
         (root / "default-user" / "chats").mkdir(parents=True)
-        state = tmp / "state"
-        state.mkdir()
+        state = tmp / "state" / "st-imagegen"
+        state.mkdir(parents=True)
         _finished_jobs(state / "state.db", 1_000)
-        cfg = tmp / "config.toml"
+        cfg = tmp / "config" / "st-imagegen" / "config.toml"
+        cfg.parent.mkdir(parents=True)
         cfg.write_text(
-            f'data_root = "{root}"\nstate_dir = "{state}"\n'
+            f'data_root = "{root}"\n'
             '[text]\napi_url = "http://127.0.0.1:9/v1"\n'
             '[image]\napi_url = "http://127.0.0.1:9/v1"\n[log]\nlevel = "warning"\n',
             encoding="utf-8",
         )
-        ids = _pending(cfg, RUNS + 2)
+        saved = {name: os.environ.get(name) for name in xdg}
+        os.environ.update(xdg)
+        try:
+            ids = _pending(cfg, RUNS + 2)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         env = {k: v for k, v in os.environ.items() if not k.startswith("ST_IMAGEGEN_")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+        env.update(xdg)
         py = sys.executable
         daemon = [str(Path(py).with_name("st-imagegen"))]  # the command a user runs
-        c = ["--config", str(cfg)]
+        c: list[str] = []  # the default config file
         accepts = iter(ids[:-1])
 
         def command(name: str) -> list[str]:

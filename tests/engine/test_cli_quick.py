@@ -436,3 +436,52 @@ def test_read_only_commands_import_nothing_heavy(
     last = result.stdout.strip().splitlines()[-1]
     assert last == "HEAVY 0 True []", result.stdout + result.stderr
     assert job.id[: 26 if argv[0] == "accept" else 12] in result.stdout or argv == ["status"]
+
+
+def test_the_default_folders_are_found_without_platformdirs(
+    tmp_path: Path,
+    cfg_path: Path,  # noqa: F811 - the fixture
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No ``--config`` and no ``state_dir``: the platform's folders, found as platformdirs finds
+    them on Linux without loading it (the guard: a third of the start-up otherwise)."""
+    home = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    for key in [k for k in os.environ if k.startswith("ST_IMAGEGEN_")]:
+        monkeypatch.delenv(key)
+    default = home / "config" / "st-imagegen" / "config.toml"
+    default.parent.mkdir(parents=True)
+    text = cfg_path.read_text(encoding="utf-8")
+    default.write_text(
+        "".join(line for line in text.splitlines(True) if not line.startswith("state_dir")),
+        encoding="utf-8",
+    )
+    import platformdirs
+
+    assert locate.default_config_path() == default
+    assert locate.default_state_dir() == home / "state" / "st-imagegen"
+    for named in ("", "relative/path", str(home / "other")):  # as platformdirs reads them
+        monkeypatch.setenv("XDG_STATE_HOME", named)
+        guess = locate._xdg_guess(os.environ, "XDG_STATE_HOME", "~/.local/state")
+        assert guess == Path(platformdirs.user_state_dir("st-imagegen"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    job = make_jobs(default, 1)[0]
+    assert cli(capsys, "list")[0] == 0  # validates the config, then stamps it
+    code = (
+        "import sys\n"
+        "from daemon.cli import quick\n"
+        "from daemon.cli.commands import main\n"
+        "taken = []\n"
+        "original = quick.quick\n"
+        "quick.quick = lambda args: taken.append(original(args)) or taken[-1]\n"
+        "status = main(['list'])\n"
+        "print('HEAVY', status, taken != [None], 'platformdirs' in sys.modules)\n"
+    )
+    env = _env() | {"XDG_CONFIG_HOME": str(home / "config"), "XDG_STATE_HOME": str(home / "state")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY 0 True False", result
+    assert job.id[:12] in result.stdout
