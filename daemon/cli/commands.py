@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from daemon.config import Config, ConfigSource
     from daemon.engine.front import Engine
 
-from daemon.cli.jobview import print_job, print_jobs
+from daemon.cli.jobview import print_accepted, print_job, print_jobs
 from daemon.cli.parser import PROG, STATES, build_parser, command_of
 from daemon.configure.example import config_example
 
@@ -333,8 +333,7 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
 
 async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.accept(args.job, args.keep)
-    print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
-    return 0
+    return print_accepted(job, await engine.daemon_running())
 
 
 async def _cmd_reject(engine: Engine, args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ from functools import partial
 from typing import Any
 
 from daemon.engine.store.db import Database
-from daemon.engine.store.jobs import job_move
 from daemon.engine.store.ledger import (
     ACKNOWLEDGE,
     RETIRE,
@@ -26,6 +25,7 @@ from daemon.engine.store.ledger import (
     set_entry,
 )
 from daemon.engine.store.model import Job, JobState, LedgerEntry, States, now_utc, stamp
+from daemon.engine.store.moves import job_move
 from daemon.engine.store.reads import find_job
 from daemon.engine.store.writes import is_our_write_in, record_write_in
 
