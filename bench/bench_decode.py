@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from bench.common import workdir
+from bench.common import real_png, workdir
 
 if TYPE_CHECKING:
     from daemon.providers.decode import GeneratedImage
@@ -39,18 +39,6 @@ def _cpu(fn: Callable[[], object]) -> float:
     return best
 
 
-def _image() -> bytes:
-    from PIL import Image
-
-    # Noise over a gradient: compresses like a rendered picture, not like a flat colour.
-    noise = Image.effect_noise((1024, 1024), 12).convert("L")
-    gradient = Image.linear_gradient("L").resize((1024, 1024))
-    picture = Image.merge("RGB", (noise, gradient, Image.blend(noise, gradient, 0.5)))
-    out = io.BytesIO()
-    picture.save(out, "PNG")
-    return out.getvalue()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from PIL import Image
 
@@ -59,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.providers.decode import check_image
     from daemon.providers.pngtext import with_text_chunks
 
-    data = _image()
+    data = real_png()
     now = datetime.now(UTC)
 
     def decode() -> None:

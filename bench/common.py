@@ -99,6 +99,21 @@ def chat_lines(messages: int, seed: int = 0) -> list[bytes]:
     return [json.dumps(o, ensure_ascii=False, separators=(",", ":")).encode() for o in lines]
 
 
+def real_png() -> bytes:
+    """A 1024x1024 PNG of about 1.4 MB, as image APIs answer: noise over a gradient compresses
+    like a rendered picture, not like a flat colour (or a 1x1 image)."""
+    import io
+
+    from PIL import Image
+
+    noise = Image.effect_noise((1024, 1024), 12).convert("L")
+    gradient = Image.linear_gradient("L").resize((1024, 1024))
+    picture = Image.merge("RGB", (noise, gradient, Image.blend(noise, gradient, 0.5)))
+    out = io.BytesIO()
+    picture.save(out, "PNG")
+    return out.getvalue()
+
+
 def write_chat(path: Path, lines: list[bytes]) -> int:
     data = b"\n".join(lines)
     path.write_bytes(data)

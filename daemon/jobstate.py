@@ -249,6 +249,9 @@ class ReplyKey:
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """One job: the reply it illustrates, where it stands, its prompt and its images (the
+    record every room passes)."""
+
     id: str  # sortable unique id (time-ordered, ULID-like, 26 chars)
     key: str  # idempotency key: reply.key(regen)
     reply: ReplyKey  # which reply (user, chat, identity), in which text (revision)

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from daemon.config import Config, ConfigSource
     from daemon.engine.front import Engine
 
-from daemon.cli.jobview import print_job, print_jobs
+from daemon.cli.fastargs import plain_args
+from daemon.cli.jobview import print_accepted, print_job, print_jobs
 from daemon.cli.parser import PROG, STATES, build_parser, command_of
 from daemon.configure.example import config_example
 
@@ -37,19 +38,21 @@ class CommandError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(command_of(given))
-    try:
-        args = parser.parse_args(given)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return int(exc.code) if isinstance(exc.code, int) else 2
+    args = plain_args(given)  # a plain list, show, status or accept: no parser to build
+    if args is None:
+        parser = build_parser(command_of(given))
+        try:
+            args = parser.parse_args(given)
+        except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+            return int(exc.code) if isinstance(exc.code, int) else 2
+        if args.command is None and not args.version:
+            parser.print_help(sys.stderr)
+            return 2
     if args.version:
         from daemon import __version__
 
         print(__version__)
         return 0
-    if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
     if args.command == "config":
         if args.config_command not in ("example", "get", "set"):
             print(
@@ -333,8 +336,7 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
 
 async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
     job = await engine.accept(args.job, args.keep)
-    print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
-    return 0
+    return print_accepted(job, await engine.daemon_running())
 
 
 async def _cmd_reject(engine: Engine, args: argparse.Namespace) -> int:

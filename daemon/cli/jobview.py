@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from daemon.jobstate import Job
 
-__all__ = ["job_dict", "one_line", "print_job", "print_jobs"]
+__all__ = ["job_dict", "one_line", "print_accepted", "print_job", "print_jobs"]
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -135,3 +136,16 @@ def _look_rows(job: Job) -> list[tuple[str, str]]:
     if meta.get("cancelled") is True:
         rows.append(("cancelled", "yes (stopped before its images were on offer)"))
     return rows
+
+
+def print_accepted(job: Job, daemon_running: bool) -> int:
+    """``accept``'s output; without a running daemon, a note on stderr that the commit into
+    the chat waits for it (the daemon commits accepted jobs, first thing when it starts)."""
+    print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
+    if not daemon_running:
+        print(
+            f"note: the daemon is not running: job {job.id[:10]} goes into its chat when it "
+            "starts (st-imagegen run)",
+            file=sys.stderr,
+        )
+    return 0

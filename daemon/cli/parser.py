@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "PROG", "STATES", "build_parser", "command_of"]
+__all__ = ["COMMANDS", "PROG", "STATES", "build_parser", "command_of", "keep_list"]
 
 PROG = "st-imagegen"
 STATES = (
@@ -32,7 +32,7 @@ STATES = (
 the engine); ``tests/engine/test_jobstate.py`` holds it to :class:`daemon.jobstate.JobState`."""
 
 
-def _keep_list(text: str) -> list[int]:
+def keep_list(text: str) -> list[int]:
     try:
         numbers = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
@@ -109,7 +109,7 @@ def _spend(sub: Any, common: argparse.ArgumentParser) -> None:
 def _accept(sub: Any, common: argparse.ArgumentParser) -> None:
     acc = sub.add_parser("accept", parents=[common], help="accept a pending job's images")
     acc.add_argument("job", metavar="JOB")
-    acc.add_argument("--keep", type=_keep_list, metavar="1,3", help="keep only these images")
+    acc.add_argument("--keep", type=keep_list, metavar="1,3", help="keep only these images")
 
 
 def _reject(sub: Any, common: argparse.ArgumentParser) -> None:

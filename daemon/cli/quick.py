@@ -1,4 +1,4 @@
-"""``list``, ``show`` and ``status`` at the speed of a few SQLite queries.
+"""``list``, ``show``, ``status`` and ``accept`` at the speed of a few SQLite queries.
 
 A one-shot query used to pay for the whole engine at start-up (pydantic building the config,
 anyio, structlog, the async store): about a second, for one ``SELECT``. Here, when the config is
@@ -8,6 +8,11 @@ the values a read-only command needs), the state database is opened read-only wi
 output comes from the same functions as the full path's. Anything else (no stamp yet, the
 config or the environment changed, no database, an older schema, a locked or damaged file)
 returns ``None`` and the caller takes the full path, which also stamps the config.
+
+``accept`` writes: it runs the engine's own accept step
+(:func:`daemon.engine.jobs.accepting.accept_blocking`: one compare-and-set transaction, so of
+two clients one wins) on a connection opened as the store opens its own, then wakes a running
+daemon, which commits the images into the chat, as after the full path's accept.
 """
 
 from __future__ import annotations
@@ -122,24 +127,53 @@ def _status(args: argparse.Namespace, view: ConfigView, conn: sqlite3.Connection
     return write_status(report, args.json)
 
 
-QUICK_COMMANDS: dict[
-    str, Callable[[argparse.Namespace, ConfigView, sqlite3.Connection], int | None]
-] = {"list": _list, "show": _show, "status": _status}
-"""The read-only commands answered here when they can be."""
+def _accept(args: argparse.Namespace, view: ConfigView) -> int | None:
+    from daemon.cli.jobview import print_accepted
+    from daemon.engine.jobs.accepting import accept_blocking
+    from daemon.engine.process.report import daemon_status
+    from daemon.engine.process.wake import notify_daemon
+    from daemon.engine.store.moves import Direct
+    from daemon.engine.store.schema import connect
+    from daemon.errors import StImagegenError
+
+    probe = _connect(view.db_path)  # there, and of this version (read-only: no migration)
+    if probe is None:
+        return None
+    probe.close()
+    try:
+        conn = connect(view.db_path)
+    except StImagegenError:
+        return None  # the full path says what it is
+    with contextlib.closing(conn):
+        job, _ = accept_blocking(Direct(view.db_path, conn), view.state_dir, args.job, args.keep)
+    notify_daemon(view.state_dir)
+    return print_accepted(job, daemon_status(view.heartbeat_path).running)
+
+
+Reader = Callable[[argparse.Namespace, "ConfigView", sqlite3.Connection], "int | None"]
+
+READERS: dict[str, Reader] = {"list": _list, "show": _show, "status": _status}
+"""The read-only commands answered here when they can be, on a read-only connection."""
+
+QUICK_COMMANDS = frozenset({*READERS, "accept"})
+"""Every command answered here when it can be."""
 
 
 def quick(args: argparse.Namespace) -> int | None:
-    """Run a read-only command without the engine; ``None`` when this cannot (see above)."""
+    """Run a command of :data:`QUICK_COMMANDS` without the engine; ``None`` when this cannot
+    (see above)."""
     from daemon.configure.locate import checked_view
 
     view = checked_view(args.config, os.environ, overrides_of(args))
     if view is None:
         return None
+    if args.command == "accept":
+        return _accept(args, view)
     conn = _connect(view.db_path)
     if conn is None:
         return None
     with contextlib.closing(conn):
         try:
-            return QUICK_COMMANDS[args.command](args, view, conn)
+            return READERS[args.command](args, view, conn)
         except sqlite3.Error:
             return None  # locked past the timeout, damaged: the full path says what it is

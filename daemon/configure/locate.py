@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,11 +54,29 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
 
 
-def config_file(path: Path | None, env: Mapping[str, str]) -> tuple[Path, bool]:
-    """The config file to read and whether it was named (``--config`` or the environment)."""
+def _xdg_guess(env: Mapping[str, str], variable: str, fallback: str) -> Path | None:
+    """What platformdirs answers on Linux for an XDG folder of ours (``$XDG_STATE_HOME`` or
+    ``~/.local/state``, ...), without loading it (it costs a read-only command a third of its
+    start-up); None elsewhere. Only a guess: :func:`checked_view` trusts a stamp found through
+    it only when the stamped view names the same folder, else the full path decides."""
+    if not sys.platform.startswith("linux"):
+        return None
+    named = Path(env.get(variable, "").strip())
+    return (named if named.is_absolute() else Path(fallback).expanduser()) / APP_NAME
+
+
+def config_file(
+    path: Path | None, env: Mapping[str, str], *, guess: bool = False
+) -> tuple[Path, bool]:
+    """The config file to read and whether it was named (``--config`` or the environment);
+    ``guess``: the platform's default file by :func:`_xdg_guess` where it can (a read-only
+    command's stamp check: a wrong guess reads other bytes, which match no stamp)."""
     named = env.get(CONFIG_ENV)
     explicit = path is not None or bool(named)
-    return (path or (Path(named) if named else default_config_path())), explicit
+    if path is not None or named:
+        return (path or Path(str(named))), explicit
+    found = _xdg_guess(env, "XDG_CONFIG_HOME", "~/.config") if guess else None
+    return (found / "config.toml" if found else default_config_path()), explicit
 
 
 def scoped_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -84,13 +102,17 @@ def _stamp(content: bytes, env: Mapping[str, str], overrides: Mapping[str, Any])
     return digest.hexdigest().encode() + b"\n"
 
 
-def _state_dir_of(table: Mapping[str, object], env: Mapping[str, str]) -> Path | None:
-    for key, value in env.items():  # the environment wins over the file
+def _state_dir_of(
+    table: Mapping[str, object] | None, scoped: Mapping[str, str], env: Mapping[str, str]
+) -> Path | None:
+    if table is None:
+        return None
+    for key, value in scoped.items():  # the environment wins over the file
         if key.upper() == ENV_PREFIX + "STATE_DIR":
             return Path(value)
     named = table.get("state_dir")
     if named is None:
-        return default_state_dir()
+        return _xdg_guess(env, "XDG_STATE_HOME", "~/.local/state") or default_state_dir()
     return Path(named) if isinstance(named, str) else None
 
 
@@ -108,16 +130,12 @@ def checked_view(
 ) -> ConfigView | None:
     """The view of this config when :func:`remember` stamped exactly this config (file,
     environment, overrides, version); ``None`` otherwise (load it fully)."""
-    file, explicit = config_file(path, env)
+    file, explicit = config_file(path, env, guess=True)
     content = _read(file, explicit)
     if content is None:
         return None
-    try:
-        table = tomllib.loads(content.decode("utf-8")) if content else {}
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
     scoped = scoped_env(env)
-    state_dir = _state_dir_of(table, scoped)
+    state_dir = _state_dir_of(_table(content, scoped), scoped, env)
     if state_dir is None:
         return None
     try:
@@ -126,6 +144,22 @@ def checked_view(
         return None
     view = _view_of_stamp(stamped, _stamp(content, scoped, overrides))
     return view if view is not None and view.state_dir == state_dir else None
+
+
+def _table(content: bytes, scoped: Mapping[str, str]) -> Mapping[str, object] | None:
+    """The config file's top-level table as far as the stamp check needs it (the state dir):
+    not parsed at all when it cannot name one (the environment names it, or the text has no
+    ``state_dir``: then the platform's). A quoted key spelled with escapes is missed, which
+    only means the stamp is looked for in the wrong place, not found, and the full path runs.
+    None: not TOML (the full path says why)."""
+    if not content or b"state_dir" not in content or ENV_PREFIX + "STATE_DIR" in scoped:
+        return {}
+    import tomllib
+
+    try:
+        return tomllib.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
 
 
 def _view_of_stamp(stamped: bytes, digest: bytes) -> ConfigView | None:

@@ -225,6 +225,8 @@ class PathKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Classified:
+    """What a path under the data root is (:func:`classify`), and which chat for a chat."""
+
     kind: PathKind
     chat: ChatRef | None = None
 
@@ -355,6 +357,8 @@ def card_path(root: Path, user: str, stem: str) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class GroupInfo:
+    """A group: its id, its display name and its members, as its group file lists them."""
+
     id: str
     name: str
     members: list[str]

@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,9 @@ from daemon.tavern.chat import (
 )
 from daemon.tavern.files import open_regular
 from daemon.tavern.write import (
+    _FRESH_NS,
     Snapshot,
+    _Background,
     _check_chat_path,
     _copy_prefix,
     _encode_new,
@@ -189,19 +192,30 @@ class _Scan:
 
 
 def find_lines(
-    path: Path, job_id: str, identity: MessageIdentity, *, root: Path | None = None
+    path: Path,
+    job_id: str,
+    identity: MessageIdentity,
+    *,
+    root: Path | None = None,
+    hashed: bool = True,
 ) -> FoundLines:
     """Stream the chat once: its hash, our marker line for ``job_id``, the reply's line and
     where a new image message goes. Raises :class:`NeedsFullRead`, ``ChatReadError``,
-    ``ChatConflictError`` (the chat kept changing while read) or ``UnsafePathError``."""
+    ``ChatConflictError`` (the chat kept changing while read) or ``UnsafePathError``.
+
+    ``hashed=False`` skips the hash (``snapshot.sha256`` is ``""``, no checkpoints) unless the
+    chat is fresh (:attr:`Snapshot.needs_rehash`: the insert must then compare hashes):
+    :func:`insert_at` hashes the new version while the disk writes it instead, and the hash
+    of a big chat costs about as much as its durable copy."""
     if not _literal(job_id) or not _literal(identity.first_date) or "\x1f" in identity.name:
         raise NeedsFullRead("the job id or the reply's date cannot be byte-searched")
     real = _check_chat_path(path, root)
     for _ in range(_READ_ATTEMPTS):
         taken = time.time_ns()
         fd, before = open_regular(real, ChatReadError, "chat", "a chat file", nofollow=True)
+        hash_it = hashed or taken - before.st_mtime_ns < _FRESH_NS
         try:
-            scan, digest, size, points = _scan_fd(fd, job_id, identity)
+            scan, digest, size, points = _scan_fd(fd, job_id, identity, hash_it)
             after = os.fstat(fd)
         except OSError as exc:
             raise ChatReadError(f"chat {str(real)!r} cannot be read: {exc.strerror}") from None
@@ -226,20 +240,21 @@ def find_lines(
 
 
 def _scan_fd(
-    fd: int, job_id: str, identity: MessageIdentity
+    fd: int, job_id: str, identity: MessageIdentity, hashed: bool = True
 ) -> tuple[_Scan, str, int, tuple[tuple[int, Any], ...]]:
     scan = _Scan(job_id, identity)
     h = hashlib.sha256()
     # The hash state every CHUNK: the insert then hashes only from the last one before the
     # insert point (the prefix itself is copied in the kernel).
-    points: list[tuple[int, Any]] = [(0, h.copy())]
+    points: list[tuple[int, Any]] = [(0, h.copy())] if hashed else []
     carry = b""
     base = 0  # file offset of carry[0]
     pos = 0
     while chunk := os.pread(fd, CHUNK, pos):
         pos += len(chunk)
-        h.update(chunk)
-        points.append((pos, h.copy()))
+        if hashed:
+            h.update(chunk)
+            points.append((pos, h.copy()))
         buf = carry + chunk if carry else chunk
         cut = buf.rfind(b"\n")
         if cut < 0:
@@ -250,7 +265,7 @@ def _scan_fd(
         base += cut + 1
     if carry:
         scan.lines(carry, base)  # the last line, without a trailing newline
-    return scan, h.hexdigest(), pos, tuple(points)
+    return scan, h.hexdigest() if hashed else "", pos, tuple(points)
 
 
 def insert_at(
@@ -267,11 +282,12 @@ def insert_at(
     describes (as :func:`daemon.tavern.write.insert_after_line`), streaming: the bytes before
     the insert point are copied in the kernel where it can, the rest through a fixed buffer,
     and the new version is hashed meanwhile (from the nearest of ``checkpoints``, the hash
-    states :func:`find_lines` kept). ``basis.sha256`` must be the hash of the old version (as
-    :func:`find_lines` gives it)."""
+    states :func:`find_lines` kept). ``basis.sha256`` is the hash of the old version (as
+    :func:`find_lines` gives it), or ``""`` (``hashed=False``): the new version is then hashed
+    in a helper thread from the page cache while the copy is written and fsynced."""
     new = _encode_new(new_messages)
-    if not basis.sha256:
-        raise ValueError("insert_at needs the basis' sha256 (from find_lines)")
+    if not basis.sha256 and basis.needs_rehash:
+        raise ValueError("insert_at needs a fresh basis' sha256 (from find_lines)")
     if not 0 < line_end <= basis.size:
         raise ValueError(f"offset {line_end} is not the end of a line of the chat")
     with held_basis(path, basis, root) as (real, held, current):
@@ -287,14 +303,15 @@ def _write(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _copy(src: int, dst: int, start: int, stop: int, h: Any, writeback: _Writeback) -> None:
-    """Copy ``src[start:stop]`` to ``dst`` through the buffer, hashing it."""
+def _copy(src: int, dst: int, start: int, stop: int, h: Any | None, writeback: _Writeback) -> None:
+    """Copy ``src[start:stop]`` to ``dst`` through the buffer, hashing it (with ``h``)."""
     pos = start
     while pos < stop:
         chunk = os.pread(src, min(CHUNK, stop - pos), pos)
         if not chunk:
             raise ChatConflictError("the chat shrank while it was copied")
-        h.update(chunk)
+        if h is not None:
+            h.update(chunk)
         _write(dst, chunk)
         pos += len(chunk)
         writeback.kick()
@@ -311,33 +328,62 @@ def _write_and_replace(
     before_replace: Callable[[str], None] | None,
     checkpoints: Sequence[tuple[int, Any]],
 ) -> tuple[os.stat_result, str]:
-    with chat_temp(real, current) as temp:
-        fd, writeback = temp.fd, temp.writeback
-        try:
-            at_end = line_end == basis.size
-            # As write._splice: after the line's "\n"; a last line without one gets one first.
-            split = line_end if at_end else line_end + 1
-            if not at_end and os.pread(held, 1, line_end) != b"\n":
+    at_end = line_end == basis.size
+    # As write._splice: after the line's "\n"; a last line without one gets one first.
+    split = line_end if at_end else line_end + 1
+    tail = b"\n" + new if at_end else new + b"\n"
+    hashing: _Background[str] | None = None
+    try:
+        with chat_temp(real, current) as temp:
+            fd, writeback = temp.fd, temp.writeback
+            try:
+                if not at_end and os.pread(held, 1, line_end) != b"\n":
+                    raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+                h: Any | None = None
+                if basis.sha256:
+                    copied = _copy_prefix(held, fd, split, writeback)  # in the kernel
+                    start, state = max(
+                        ((p, st) for p, st in checkpoints if p <= copied), default=(0, None)
+                    )
+                    h = state.copy() if state is not None else hashlib.sha256()
+                    _hash_range(held, start, copied, h)
+                else:  # no old hash to go on: the whole new version, beside the disk's work
+                    hashing = _Background(
+                        partial(_hash_new, held, split, tail, basis.size), "st-imagegen-hash"
+                    )
+                    copied = _copy_prefix(held, fd, split, writeback)
+                _copy(held, fd, copied, split, h, writeback)  # what the kernel did not copy
+                if h is not None:
+                    h.update(tail)
+                _write(fd, tail)
+                _copy(held, fd, split, basis.size, h, writeback)
+                temp.durable()
+            except OSError as exc:
+                raise _write_error(exc, "the chat", real.parent) from None
+            digest = h.hexdigest() if h is not None else _result(hashing)
+            if before_replace is not None:
+                before_replace(digest)
+            if basis.needs_rehash and _hash_fd(held) != basis.sha256:
                 raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-            copied = _copy_prefix(held, fd, split, writeback)  # in the kernel, where it can
-            start, state = max(((p, st) for p, st in checkpoints if p <= copied), default=(0, None))
-            h = state.copy() if state is not None else hashlib.sha256()
-            _hash_range(held, start, copied, h)
-            _copy(held, fd, copied, split, h, writeback)  # what the kernel did not copy
-            tail = b"\n" + new if at_end else new + b"\n"
-            h.update(tail)
-            _write(fd, tail)
-            _copy(held, fd, split, basis.size, h, writeback)
-            temp.durable()
-        except OSError as exc:
-            raise _write_error(exc, "the chat", real.parent) from None
-        digest = h.hexdigest()
-        if before_replace is not None:
-            before_replace(digest)
-        if basis.needs_rehash and _hash_fd(held) != basis.sha256:
-            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-        temp.replace(path, real, basis, current)
-        return os.fstat(fd), digest
+            temp.replace(path, real, basis, current)
+            return os.fstat(fd), digest
+    finally:
+        if hashing is not None:
+            hashing.wait()  # never leave it reading a descriptor about to be closed
+
+
+def _result(hashing: _Background[str] | None) -> str:
+    assert hashing is not None
+    return hashing.result()
+
+
+def _hash_new(held: int, split: int, tail: bytes, size: int) -> str:
+    """sha256 of the new version: the held chat's first ``split`` bytes, ``tail``, the rest."""
+    h = hashlib.sha256()
+    _hash_range(held, 0, split, h)
+    h.update(tail)
+    _hash_range(held, split, size, h)
+    return h.hexdigest()
 
 
 def _hash_range(fd: int, start: int, stop: int, h: Any) -> None:

@@ -67,6 +67,7 @@ __all__ = [
     "insert_after",
     "insert_after_line",
     "is_our_temp",
+    "link_image",
     "planned_sha256",
     "planned_sha256_after_line",
     "read_for_edit",
@@ -872,23 +873,9 @@ def write_image(
     really lie inside it (checked before anything is created, and again after):
     :class:`ImageFolderOutsideError` otherwise.
     """
-    ext = ext.lower().lstrip(".")
-    if not _EXT.match(ext):
-        raise UnsafePathError(f"refusing image extension {ext!r}")
-    if ".." in folder.parts or "\x00" in str(folder):
-        raise UnsafePathError(f"refusing image folder with '..' or NUL: {str(folder)!r}")
     if not data:
         raise ValueError("empty image")
-    when = when or datetime.now()
-    if when.tzinfo is not None:
-        when = when.astimezone()  # ST names images in the server's local time
-    stem = f"{_sanitize_prefix(prefix)}_{_humanized(when)}"
-
-    if root is not None:
-        check_image_folder(folder, root)
-    _make_folder(folder)
-    if root is not None:
-        check_image_folder(folder, root)
+    ext, stem = _image_target(folder, ext, prefix, when, root)
     temp = our_temp_name(folder / f"{stem}.{ext}")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _NOFOLLOW, 0o644)
@@ -907,6 +894,91 @@ def write_image(
         _unlink_quietly(temp)
     _fsync_dir(folder)
     return final
+
+
+def _image_target(
+    folder: Path, ext: str, prefix: str, when: datetime | None, root: Path | None
+) -> tuple[str, str]:
+    """The checked extension and the name's stem of a new image in ``folder``, the folder
+    made (see :func:`write_image` for the rules and errors)."""
+    ext = ext.lower().lstrip(".")
+    if not _EXT.match(ext):
+        raise UnsafePathError(f"refusing image extension {ext!r}")
+    if ".." in folder.parts or "\x00" in str(folder):
+        raise UnsafePathError(f"refusing image folder with '..' or NUL: {str(folder)!r}")
+    when = when or datetime.now()
+    if when.tzinfo is not None:
+        when = when.astimezone()  # ST names images in the server's local time
+    stem = f"{_sanitize_prefix(prefix)}_{_humanized(when)}"
+    if root is not None:
+        check_image_folder(folder, root)
+    _make_folder(folder)
+    if root is not None:
+        check_image_folder(folder, root)
+    return ext, stem
+
+
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK}
+"""Why a hard link may be refused where a copy works: another file system, none supported."""
+
+
+def link_image(
+    folder: Path,
+    source: Path,
+    ext: str,
+    prefix: str,
+    when: datetime | None = None,
+    *,
+    root: Path | None = None,
+) -> Path | None:
+    """Give a finished image file its name in ``folder`` as a hard link, named and checked as
+    :func:`write_image` names and checks (never overwriting): its bytes are neither copied
+    nor fsynced again, only the folder is. ``None`` where no link is made (another file
+    system, no hard links there, a source that is no plain file with one link): copy it
+    with :func:`write_image` instead.
+
+    The source is fsynced first (nothing to do for one written durably, as the pending
+    images are), so the name never points at bytes that are not on disk."""
+    ext, stem = _image_target(folder, ext, prefix, when, root)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or not st.st_size:
+            return None
+        os.fsync(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        final = _link_free_name(source, folder, stem, ext)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return None
+        raise _write_error(exc, "an image", folder) from None
+    try:
+        linked = final.stat(follow_symlinks=False)
+    except OSError as exc:
+        raise _write_error(exc, "an image", folder) from None
+    if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):  # swapped meanwhile
+        _unlink_quietly(final)
+        return None
+    _fsync_dir(folder)
+    return final
+
+
+def _link_free_name(source: Path, folder: Path, stem: str, ext: str) -> Path:
+    for n in range(1, _MAX_COLLISIONS + 1):
+        final = folder / _fit(stem, f"{'' if n == 1 else f'_{n}'}.{ext}")
+        try:
+            os.link(source, final, follow_symlinks=False)  # EEXIST instead of overwriting
+        except FileExistsError:
+            continue
+        return final
+    raise ChatWriteError(f"no free image name for {stem!r} in {str(folder)!r}")
 
 
 def check_image_folder(folder: Path, root: Path) -> None:

@@ -1,5 +1,7 @@
 """The parser built for one command (daemon.cli.parser's ``only``) parses, helps and refuses
-exactly as the full parser does: the start-up shortcut never changes what the user sees."""
+exactly as the full parser does, and a plain command line read by hand (daemon.cli.fastargs)
+gives argparse's own namespace or is left to argparse: the start-up shortcuts never change
+what the user sees."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import io
 
 import pytest
 
+from daemon.cli.fastargs import plain_args
 from daemon.cli.parser import COMMANDS, build_parser, command_of
 
 CASES = [
@@ -81,3 +84,67 @@ def test_the_command_is_only_taken_from_the_first_word() -> None:
             a for a in build_parser(name)._actions if isinstance(a, argparse._SubParsersAction)
         )
         assert name in slim.choices and len(slim.choices) <= 2  # (character and style: both)
+
+
+PLAIN = [
+    ["list"],
+    ["list", "--json"],
+    ["list", "--state", "pending", "--limit", "3"],
+    ["list", "--limit=7", "--state=failed", "--json", "--debug"],
+    ["list", "--limit", " 12 "],
+    ["list", "--config", "/x/c.toml", "--data-root", "/d"],
+    ["list", "--config=", "--data-root=rel/d"],
+    ["show", "01ABC"],
+    ["show", "--json", "01ABC", "--config", "c.toml"],
+    ["show", "", "--debug"],
+    ["show", "a b=c"],
+    ["status"],
+    ["status", "--json", "--data-root", "~/st"],
+    ["accept", "01ABC"],
+    ["accept", "--keep", "3,1", "01abc"],
+    ["accept", "01ABC", "--keep=1, 3,", "--debug", "--config", "x"],
+]
+NOT_PLAIN = [
+    [],
+    ["--version"],
+    ["--help"],
+    ["list", "--help"],
+    ["list", "-h"],
+    ["list", "--jso"],  # an abbreviation: argparse's to read
+    ["list", "--json", "--json"],
+    ["list", "--json=yes"],
+    ["list", "--limit", "x"],
+    ["list", "--limit", "-5"],
+    ["list", "--limit"],
+    ["list", "--state", "nonsense"],
+    ["list", "--state", "pending", "--state", "failed"],
+    ["list", "--keep", "1"],
+    ["list", "extra"],
+    ["list", "--", "x"],
+    ["list", "--version"],
+    ["show"],
+    ["show", "-5"],
+    ["show", "a", "b"],
+    ["show", "a", "--keep", "1"],
+    ["status", "x"],
+    ["accept"],
+    ["accept", "01ABC", "--keep", "one"],
+    ["accept", "01ABC", "--keep", "0"],
+    ["accept", "01ABC", "--json"],
+    ["accept", "01ABC", "--config"],
+    ["accept", "01ABC", "--config", "--debug"],
+    ["reject", "01ABC"],
+    ["lis"],
+]
+
+
+@pytest.mark.parametrize("argv", PLAIN, ids=" ".join)
+def test_a_plain_command_line_reads_as_argparse_reads_it(argv: list[str]) -> None:
+    mine = plain_args(argv)
+    assert mine is not None
+    assert mine == build_parser().parse_args(argv)
+
+
+@pytest.mark.parametrize("argv", NOT_PLAIN, ids=lambda a: " ".join(a) or "(nothing)")
+def test_anything_else_is_left_to_argparse(argv: list[str]) -> None:
+    assert plain_args(argv) is None

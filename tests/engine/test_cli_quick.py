@@ -11,6 +11,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -21,7 +22,7 @@ from daemon.config import load_config
 from daemon.configure import locate
 from daemon.engine.store import JobState, Store
 from daemon.jobstate import ReplyKey
-from tests.engine.test_cli import cfg_path, cli, make_jobs  # noqa: F401 - the fixture
+from tests.engine.test_cli import cfg_path, cli, get_job, make_jobs  # noqa: F401 - the fixture
 
 HEAVY = (
     "anyio",
@@ -39,6 +40,10 @@ HEAVY = (
     "daemon.engine.store.db",
     "daemon.engine.store.jobs",
     "daemon.engine.jobs.approval",
+    "daemon.engine.jobs.pipeline",
+    "daemon.engine.process.status",
+    "daemon.configure.viewof",
+    "daemon.providers.registry",
     "daemon.tavern.chat",
 )
 """What a read-only query must not load: the engine, its config models, logging, the web."""
@@ -287,9 +292,115 @@ def test_show_and_status_give_the_full_paths_output(
     assert code == 0 and taken == ["full"] and "jobs: " in out
 
 
+def test_accept_gives_the_full_paths_output_and_outcome(
+    cfg_path: Path,  # noqa: F811 - the fixture
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each case runs on two jobs alike: the full path on one, the quick one on the other;
+    the output (ids aside), the exit code, the job and its folder end the same."""
+    for key in [k for k in os.environ if k.startswith("ST_IMAGEGEN_")]:
+        monkeypatch.delenv(key)
+    jobs = make_jobs(cfg_path, 12, images=3)
+    capsys.readouterr()
+    c = ["--config", str(cfg_path)]
+    state_dir = cfg_path.parent / "state"
+    assert cli(capsys, "list", *c)[0] == 0  # validates the config, then stamps it
+    taken: list[str] = []
+    forced = [False]
+    original = quick_module.quick
+
+    def spy(args: object) -> int | None:
+        if forced[0]:
+            taken.append("full")
+            return None
+        try:
+            result = original(args)  # type: ignore[arg-type]
+        except Exception:
+            taken.append("quick")  # it answered, with an error
+            raise
+        taken.append("quick" if result is not None else "full")
+        return result
+
+    monkeypatch.setattr(quick_module, "quick", spy)
+    ping = state_dir / "wake" / "ping"
+
+    def run(job_id: str, extra: list[str], full: bool) -> tuple[int, str, str]:
+        forced[0] = full
+        ping.unlink(missing_ok=True)
+        code, out, err = cli(capsys, "accept", job_id, *extra, *c)
+        assert ping.is_file() == (code == 0)  # a running daemon is woken after a change
+        return (
+            code,
+            out.replace(job_id, "JOB"),
+            err.replace(job_id, "JOB").replace(job_id[:10], "JOB"),
+        )
+
+    def outcome(job_id: str) -> tuple[object, ...]:
+        job = get_job(cfg_path, job_id)
+        folder = state_dir / "pending" / job_id
+        files = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        return job.state, job.images, job.meta.get("not_kept"), files
+
+    pairs = iter(zip(jobs[0::2], jobs[1::2], strict=True))
+
+    def same(extra: list[str], before: Callable[[str], None] = lambda _: None) -> str:
+        full_job, fast_job = next(pairs)
+        before(full_job.id)
+        before(fast_job.id)
+        taken.clear()
+        full = run(full_job.id, extra, True)
+        fast = run(fast_job.id, extra, False)
+        assert taken == ["full", "quick"]
+        assert fast == full
+        assert outcome(fast_job.id) == outcome(full_job.id)
+        # Twice: refused the same way by both (the job is accepted).
+        again = run(full_job.id, extra, True), run(fast_job.id, extra, False)
+        assert again[0] == again[1] and again[0][0] == 1 and "it is accepted" in again[0][2]
+        return full[1] + full[2]
+
+    said = same([])
+    assert "accepted JOB (3 images)" in said and "the daemon is not running" in said
+    assert "accepted JOB (2 images)" in same(["--keep", "3,1"])
+
+    def delete_one(job_id: str) -> None:
+        (state_dir / "pending" / job_id / "image-2.png").unlink()
+
+    assert "accepted JOB (2 images)" in same([], delete_one)  # a deleted image is not kept
+
+    def fail(job_id: str) -> None:
+        async def _fail() -> None:
+            store = await Store.open(load_config(cfg_path, environ={}).db_path)
+            try:
+                assert await store.fail(job_id, "the API said no") is not None
+            finally:
+                await store.close()
+
+        anyio.run(_fail)
+
+    full_job, fast_job = next(pairs)
+    for job in (full_job, fast_job):
+        fail(job.id)
+    taken.clear()
+    full, fast = run(full_job.id, [], True), run(fast_job.id, [], False)
+    assert full == fast and full[0] == 1 and "it is failed (the API said no)" in full[2]
+    assert taken == ["full", "quick"]
+    full, fast = run(jobs[-1].id, ["--keep", "7"], True), run(jobs[-1].id, ["--keep", "7"], False)
+    assert full == fast and full[0] == 1 and "no image 7 to keep" in full[2]
+    full, fast = run("ZZZZZZZZ", [], True), run("ZZZZZZZZ", [], False)
+    assert full == fast and full[0] == 1 and "no job" in full[2]
+
+
 @pytest.mark.parametrize(
     "argv",
-    [["list"], ["list", "--json"], ["show", "JOB"], ["show", "JOB", "--json"], ["status"]],
+    [
+        ["list"],
+        ["list", "--json"],
+        ["show", "JOB"],
+        ["show", "JOB", "--json"],
+        ["status"],
+        ["accept", "JOB"],
+    ],
     ids=" ".join,
 )
 def test_read_only_commands_import_nothing_heavy(
@@ -298,7 +409,8 @@ def test_read_only_commands_import_nothing_heavy(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The guard: a heavy module creeping into a read-only command's import graph fails this
-    test (``list``, ``show``, ``status``; and it must really take the quick path)."""
+    test (``list``, ``show``, ``status``, ``accept``; and it must really take the quick
+    path)."""
     job = make_jobs(cfg_path, 2)[-1]
     assert cli(capsys, "list", "--config", str(cfg_path))[0] == 0  # stamps the config
     argv = [job.id if a == "JOB" else a for a in argv]
@@ -323,4 +435,53 @@ def test_read_only_commands_import_nothing_heavy(
     )
     last = result.stdout.strip().splitlines()[-1]
     assert last == "HEAVY 0 True []", result.stdout + result.stderr
-    assert job.id[:12] in result.stdout or argv == ["status"]
+    assert job.id[: 26 if argv[0] == "accept" else 12] in result.stdout or argv == ["status"]
+
+
+def test_the_default_folders_are_found_without_platformdirs(
+    tmp_path: Path,
+    cfg_path: Path,  # noqa: F811 - the fixture
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No ``--config`` and no ``state_dir``: the platform's folders, found as platformdirs finds
+    them on Linux without loading it (the guard: a third of the start-up otherwise)."""
+    home = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    for key in [k for k in os.environ if k.startswith("ST_IMAGEGEN_")]:
+        monkeypatch.delenv(key)
+    default = home / "config" / "st-imagegen" / "config.toml"
+    default.parent.mkdir(parents=True)
+    text = cfg_path.read_text(encoding="utf-8")
+    default.write_text(
+        "".join(line for line in text.splitlines(True) if not line.startswith("state_dir")),
+        encoding="utf-8",
+    )
+    import platformdirs
+
+    assert locate.default_config_path() == default
+    assert locate.default_state_dir() == home / "state" / "st-imagegen"
+    for named in ("", "relative/path", str(home / "other")):  # as platformdirs reads them
+        monkeypatch.setenv("XDG_STATE_HOME", named)
+        guess = locate._xdg_guess(os.environ, "XDG_STATE_HOME", "~/.local/state")
+        assert guess == Path(platformdirs.user_state_dir("st-imagegen"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))
+    job = make_jobs(default, 1)[0]
+    assert cli(capsys, "list")[0] == 0  # validates the config, then stamps it
+    code = (
+        "import sys\n"
+        "from daemon.cli import quick\n"
+        "from daemon.cli.commands import main\n"
+        "taken = []\n"
+        "original = quick.quick\n"
+        "quick.quick = lambda args: taken.append(original(args)) or taken[-1]\n"
+        "status = main(['list'])\n"
+        "print('HEAVY', status, taken != [None], 'platformdirs' in sys.modules)\n"
+    )
+    env = _env() | {"XDG_CONFIG_HOME": str(home / "config"), "XDG_STATE_HOME": str(home / "state")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.stdout.strip().splitlines()[-1] == "HEAVY 0 True False", result
+    assert job.id[:12] in result.stdout

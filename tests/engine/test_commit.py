@@ -486,6 +486,37 @@ async def test_a_commit_is_one_worker_thread_trip(
     assert not h.approval.pending_path(job.id).exists()
 
 
+@pytest.mark.parametrize("link", [True, False])
+async def test_the_image_is_the_pending_file_linked_or_copied(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, link: bool
+) -> None:
+    """With the state dir on the data root's file system the pending image becomes ST's image
+    by a hard link (no bytes written again); elsewhere (EXDEV) it is copied. Either way the
+    chat's image holds exactly the pending image's bytes, alone, once the pending folder is
+    gone."""
+    h = harness
+    _, path, job = await _tab_with_job(h)
+    (pending,) = h.approval.kept_images(job.id)
+    data, ino = pending.read_bytes(), pending.stat().st_ino
+    if not link:
+
+        def other_device(*args: Any, **kwargs: Any) -> None:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+        monkeypatch.setattr(os, "link", other_device)
+    done = await h.committer.commit_job(job)
+    monkeypatch.undo()
+
+    assert done.state is JobState.COMMITTED
+    ours = parse_chat(path.read_bytes()).find_marker(job.id)
+    assert ours is not None
+    (image,) = assert_images_served(h.root, USER, ours.data)
+    assert image.read_bytes() == data
+    assert (image.stat().st_ino == ino) is link
+    assert image.stat().st_nlink == 1
+    assert not h.approval.pending_path(job.id).exists()
+
+
 async def test_another_runs_ledger_entry_wins(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -592,11 +623,14 @@ async def test_full_disk_changes_nothing_and_retries(
     harness: Harness, monkeypatch: pytest.MonkeyPatch, which: str
 ) -> None:
     """ENOSPC on the temp write (of the image, or of the chat): the chat is untouched, no temp
-    file is left, the job stays accepted with the reason and is committed on the next try."""
+    file is left, the job stays accepted with the reason and is committed on the next try.
+
+    The image is copied (as when the state dir is on another file system than the data root;
+    a hard link writes no bytes); call 1 writes the image file, call 2 the chat's temp file."""
     h = harness
     _, path, job = await _tab_with_job(h)
     before = path.read_bytes()
-    # Call 1 writes the image file, call 2 the chat's temp file.
+    monkeypatch.setattr(commit_mod, "link_image", lambda *args, **kwargs: None)
     monkeypatch.setattr(
         tavern_write, "_write_all", _failing_write_all({1} if which == "image" else {2})
     )

@@ -4,9 +4,11 @@ version written by ST has contained it; after that a disappearance is the user's
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from daemon.engine.commit.apply import (
@@ -260,3 +262,27 @@ async def test_our_own_write_is_not_parsed_again(
     assert reads == [path]
     assert len(parsed) == 1 and job.id.encode() in parsed[0]
     assert not (await _entry(h, job.id)).acknowledged
+
+
+async def test_a_stale_save_is_repaired_in_one_worker_thread_trip(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the cheap "anything waiting?" query, the read, the judging, the re-insert and the
+    store calls they need go in one trip to a worker thread, not one per call."""
+    h = harness
+    tab, path, job = await _committed_with_stale_tab(h)
+    tab.narrator("It starts to rain.").save()
+    trips: list[str] = []
+    real_run_sync = anyio.to_thread.run_sync
+
+    async def counting(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", type(fn).__name__))
+        return await real_run_sync(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 1
+    monkeypatch.undo()
+    assert trips == ["partial", "_reconcile_pass"]  # the open entries; the pass
+    assert markers(path) == [job.id]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert await h.store.is_our_write(ref_of(h.root, path).rel, digest)

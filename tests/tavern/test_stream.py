@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +103,16 @@ def test_find_lines_finds_what_the_in_memory_path_finds(
 
 @pytest.mark.parametrize("chunk", [7, 1000, stream.CHUNK])
 @pytest.mark.parametrize("trailing", [True, False])
-@pytest.mark.parametrize("points", [True, False])
+@pytest.mark.parametrize("points", [True, False, "unhashed"])
 def test_insert_at_writes_the_bytes_the_in_memory_insert_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int, trailing: bool, points: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    chunk: int,
+    trailing: bool,
+    points: bool | str,
 ) -> None:
+    """``unhashed``: the read skips the hash (an old chat), the insert hashes the new version
+    in a helper thread while it writes; the same bytes and the same hash."""
     monkeypatch.setattr(stream, "CHUNK", chunk)
     path = _chat(tmp_path, trailing_newline=trailing)
     twin = path.with_name("Alice - twin.jsonl")
@@ -113,7 +121,11 @@ def test_insert_at_writes_the_bytes_the_in_memory_insert_writes(
     for identity in (identities[3], identities[-1]):  # a reply in the middle, the last line
         twin.write_bytes(path.read_bytes())
         message = _ours("Alice", JOB)
-        found = stream.find_lines(path, JOB, identity)
+        if points == "unhashed":
+            hour_ago = time.time() - 3600
+            os.utime(path, (hour_ago, hour_ago))
+        found = stream.find_lines(path, JOB, identity, hashed=points != "unhashed")
+        assert (found.snapshot.sha256 == "") is (points == "unhashed")
         recorded: list[str] = []
         snap = stream.insert_at(
             path,
@@ -177,3 +189,12 @@ def test_a_full_disk_while_streaming_changes_nothing(
         stream.insert_at(path, found.snapshot, found.insert_end, [_ours("Alice", JOB)])
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_a_fresh_chat_is_hashed_even_when_not_asked(tmp_path: Path) -> None:
+    """A chat saved within the last seconds may be rewritten without a new size or mtime: its
+    insert must compare hashes, so the read takes the hash anyway."""
+    path = _chat(tmp_path)
+    found = stream.find_lines(path, JOB, _identities(path)[3], hashed=False)
+    assert found.snapshot.needs_rehash
+    assert found.snapshot.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()

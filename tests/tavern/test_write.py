@@ -643,6 +643,65 @@ def test_write_image_without_hard_links(tmp_path: Path, monkeypatch: pytest.Monk
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([a.name, b.name])
 
 
+def test_link_image_names_like_write_image_and_shares_the_bytes(tmp_path: Path) -> None:
+    """A finished image file is linked into the folder, not copied: ST's name, the same file
+    (no bytes written again), never over an existing name."""
+    source = tmp_path / "pending" / "image-1.png"
+    source.parent.mkdir()
+    source.write_bytes(b"\x89PNG picture")
+    folder = tmp_path / "default-user" / "user" / "images" / "Alice"
+    when = datetime(2026, 11, 23, 22, 7, 14, 308000)
+    taken = write_image(folder, b"someone else's", "png", "Alice", when)
+    linked = write.link_image(folder, source, "png", "Alice", when, root=tmp_path)
+    assert linked is not None and linked.name == "Alice_2026-11-23@22h07m14s308ms_2.png"
+    assert taken.read_bytes() == b"someone else's"
+    assert linked.read_bytes() == b"\x89PNG picture"
+    assert linked.stat().st_ino == source.stat().st_ino and source.stat().st_nlink == 2
+    source.unlink()  # the pending folder goes after the commit: the image stays
+    assert linked.read_bytes() == b"\x89PNG picture" and linked.stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("why", ["EXDEV", "EPERM", "two links", "symlink"])
+def test_link_image_declines_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """Another file system, no hard links, or a source that is not a plain file of its own:
+    no link (the caller copies), and nothing left in the folder."""
+    source = tmp_path / "image-1.png"
+    source.write_bytes(b"picture")
+    if why in ("EXDEV", "EPERM"):
+        code = getattr(errno, why)
+
+        def refused(*args: Any, **kwargs: Any) -> None:
+            raise OSError(code, os.strerror(code))
+
+        monkeypatch.setattr(os, "link", refused)
+    elif why == "two links":
+        os.link(source, tmp_path / "elsewhere.png")
+    else:
+        target = tmp_path / "target.png"
+        source.rename(target)
+        source.symlink_to(target)
+    folder = tmp_path / "images" / "Alice"
+    assert write.link_image(folder, source, "png", "Alice") is None
+    assert list(folder.iterdir()) == []
+
+
+def test_link_image_refuses_a_folder_outside_the_root(tmp_path: Path) -> None:
+    from daemon.errors import ImageFolderOutsideError
+
+    root = tmp_path / "data"
+    (root / "u" / "user" / "images").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "u" / "user" / "images" / "Alice").symlink_to(outside)
+    source = tmp_path / "image-1.png"
+    source.write_bytes(b"picture")
+    with pytest.raises(ImageFolderOutsideError):
+        write.link_image(root / "u" / "user" / "images" / "Alice", source, "png", "A", root=root)
+    assert list(outside.iterdir()) == []
+
+
 # --- stale temps ---------------------------------------------------------------------------------
 
 

@@ -31,6 +31,7 @@ import contextlib
 import html
 import random
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 import structlog
 
@@ -72,6 +72,7 @@ from daemon.tavern.write import (
     check_image_folder,
     cleanup_stale_temps,
     insert_after_line,
+    link_image,
     read_for_edit,
     read_for_edit_with,
     replace_line,
@@ -260,7 +261,7 @@ def _read_plan(
     if big:
         # Memory independent of the chat's size: two streaming passes, no copy in memory.
         with contextlib.suppress(stream.NeedsFullRead):
-            found = stream.find_lines(path, job_id, identity, root=root)
+            found = stream.find_lines(path, job_id, identity, root=root, hashed=False)
             problem = _judge(found.reply, revision)
             return _Plan(None, None, found.snapshot, found.present, found.reply, problem, found)
 
@@ -511,35 +512,29 @@ class Committer:
             return False
         return True
 
-    async def _write(
-        self, chat: str, path: Path, plan: _Plan, after: int, message: Mapping[str, Any]
+    def _rewrite_now(
+        self,
+        chat: str,
+        path: Path,
+        plan: _Plan,
+        line: LineMessage,
+        message: Mapping[str, Any],
+        before_replace: Callable[[str], None],
     ) -> bool:
-        """:meth:`_write_now` for reconcile (its ledger entry exists): the hash of our write
-        is recorded before the rename, in the same worker thread."""
-        record = partial(self.store.blocking.record_write, chat)
-        return await anyio.to_thread.run_sync(
-            self._write_now, chat, path, plan, after, message, record
-        )
-
-    async def _rewrite(
-        self, chat: str, path: Path, plan: _Plan, line: LineMessage, message: Mapping[str, Any]
-    ) -> bool:
-        """Put ``message`` back over our own older line (image swipes a stale tab dropped);
-        False on a conflict (re-read and retry)."""
+        """Put ``message`` back over our own older line (image swipes a stale tab dropped),
+        in a worker thread; False on a conflict (re-read and retry)."""
         assert plan.data is not None
-        write = partial(
-            replace_line,
-            path,
-            plan.snapshot,
-            plan.data,
-            line.start,
-            line.end,
-            dict(message),
-            root=self.root,
-            before_replace=partial(self.store.blocking.record_write, chat),
-        )
         try:
-            await anyio.to_thread.run_sync(write)
+            replace_line(
+                path,
+                plan.snapshot,
+                plan.data,
+                line.start,
+                line.end,
+                dict(message),
+                root=self.root,
+                before_replace=before_replace,
+            )
         except ChatConflictError:
             return False
         log.info("image swipes restored after a stale save", chat=chat)
@@ -706,64 +701,71 @@ class Committer:
         return total
 
     async def _reconcile(self, rel: str, path: Path) -> int:
+        """Passes over the chat (each one worker-thread trip: :meth:`_reconcile_pass`) until
+        nothing is left to do, backing off after each conflict."""
         inserted = 0
         conflicts = 0
         deadline = time.monotonic() + CONFLICT_RETRY_SECONDS
         while conflicts < COMMIT_CONFLICT_RETRIES and not (
             conflicts and time.monotonic() > deadline
         ):
-            entries = [
-                e
-                for e in await self.store.ledger_for_chat(rel, open_only=False)
-                if e.retired is None
-            ]
-            waiting = [e.job_id for e in entries if not e.acknowledged]
-            if not waiting:
+            written, done = await anyio.to_thread.run_sync(self._reconcile_pass, rel, path)
+            inserted += written
+            if done:
                 return inserted
-            identities = {e.job_id: await self._identity(e) for e in entries if not e.acknowledged}
-            look = partial(_look_up, entries=entries, identities=identities)
-            try:
-                chat, data, snap, found = await anyio.to_thread.run_sync(
-                    partial(read_for_edit_with, path, look, root=self.root)
-                )
-            except ChatConflictError:
-                conflicts += 1
-                await anyio.sleep(_backoff(conflicts))
-                continue
-            except UnsafePathError as exc:
-                log.warning("reconcile: chat path refused", chat=rel, error=str(exc))
-                return inserted
-            except ChatReadError as exc:
-                if not await _exists(path):
-                    for entry in entries:
-                        await self.store.ledger_retire(entry.job_id, REASON_CHAT_GONE)
-                    return inserted
-                log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
-                return inserted
-            theirs = not await self.store.is_our_write(rel, snap.sha256)
-            todo = await self._judge(entries, found, theirs)
-            if not todo:
-                return inserted
-            entry, line, replace = todo[0]
-            plan = _Plan(chat, data, snap, None, line, None)
-            try:
-                await self._check_images_of(entry)
-            except _NotCommittable:
-                continue  # retired; look at the rest
-            written = await self._reinsert(rel, path, plan, entry, line, replace)
-            if written is None:
-                return inserted
-            if written:
-                inserted += 1
-                if len(todo) == 1:
-                    return inserted  # nothing else was missing: no need to read it again
-            else:
-                conflicts += 1
-                await anyio.sleep(_backoff(conflicts))
+            conflicts += 1
+            await anyio.sleep(_backoff(conflicts))
         log.warning("reconcile gave up for now: the chat kept changing", chat=rel)
         return inserted
 
-    async def _reinsert(
+    def _reconcile_pass(self, rel: str, path: Path) -> tuple[int, bool]:
+        """Read the chat, judge the ledger's entries by it, write back what a stale tab
+        dropped, in a worker thread (the store calls too). Returns how many were re-inserted
+        and whether it is done (False: ST saved meanwhile; read again after a backoff)."""
+        inserted = 0
+        while True:
+            entries = [
+                e for e in self.store.blocking.entries(rel, open_only=False) if not e.retired
+            ]
+            waiting = [e for e in entries if not e.acknowledged]
+            if not waiting:
+                return inserted, True
+            identities = {e.job_id: self._identity(e) for e in waiting}
+            look = partial(_look_up, entries=entries, identities=identities)
+            try:
+                chat, data, snap, found = read_for_edit_with(path, look, root=self.root)
+            except ChatConflictError:
+                return inserted, False
+            except UnsafePathError as exc:
+                log.warning("reconcile: chat path refused", chat=rel, error=str(exc))
+                return inserted, True
+            except ChatReadError as exc:
+                if not path.exists():
+                    for entry in entries:
+                        self.store.blocking.retire(entry.job_id, REASON_CHAT_GONE)
+                    return inserted, True
+                log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
+                return inserted, True
+            theirs = not self.store.blocking.is_our_write(rel, snap.sha256)
+            todo = self._judge(entries, found, theirs)
+            if not todo:
+                return inserted, True
+            entry, line, replace = todo[0]
+            plan = _Plan(chat, data, snap, None, line, None)
+            try:
+                self._check_images_of(entry)
+            except _NotCommittable:
+                continue  # retired; look at the rest
+            written = self._reinsert(rel, path, plan, entry, line, replace)
+            if written is None:
+                return inserted, True
+            if not written:
+                return inserted, False
+            inserted += 1
+            if len(todo) == 1:
+                return inserted, True  # nothing else was missing: no need to read it again
+
+    def _reinsert(
         self,
         rel: str,
         path: Path,
@@ -773,12 +775,15 @@ class Committer:
         replace: bool,
     ) -> bool | None:
         """Write ``entry``'s message into the chat again (in place of ``line`` when
-        ``replace``): True written, False a conflict (read again), None given up."""
+        ``replace``): True written, False a conflict (read again), None given up. The hash
+        of our write is recorded before the rename, as in a commit."""
+        record = partial(self.store.blocking.record_write, rel)
         try:
             if replace:
-                written = await self._rewrite(rel, path, plan, line, entry.message)
+                written = self._rewrite_now(rel, path, plan, line, entry.message, record)
             else:
-                written = await self._write(rel, path, plan, plan.insert_position(), entry.message)
+                after = plan.insert_position()
+                written = self._write_now(rel, path, plan, after, entry.message, record)
         except TavernError as exc:
             log.warning("reconcile: re-insert failed", chat=rel, job=entry.job_id, error=str(exc))
             return None
@@ -786,7 +791,7 @@ class Committer:
             log.info("image message re-inserted after a stale save", chat=rel, job=entry.job_id)
         return written
 
-    async def _judge(
+    def _judge(
         self,
         entries: Sequence[LedgerEntry],
         found: Sequence[_Found],
@@ -799,7 +804,7 @@ class Committer:
         for entry, (present, reply, stale) in zip(entries, found, strict=True):
             if entry.acknowledged:
                 if not present:
-                    await self.store.ledger_retire(entry.job_id, REASON_DELETED_AFTER_SHOWN)
+                    self.store.blocking.retire(entry.job_id, REASON_DELETED_AFTER_SHOWN)
                     log.info("image message removed in SillyTavern; left out", job=entry.job_id)
                 continue
             if stale is not None:
@@ -807,54 +812,70 @@ class Committer:
                 continue
             if present:
                 if theirs:
-                    await self.store.ledger_acknowledge(entry.job_id)
+                    self.store.blocking.acknowledge(entry.job_id)
                 continue
             if reply is None:
-                await self.store.ledger_retire(entry.job_id, REASON_REPLY_GONE)
+                self.store.blocking.retire(entry.job_id, REASON_REPLY_GONE)
             elif str(reply.message.revision) != entry.reply.revision:
-                await self.store.ledger_retire(entry.job_id, REASON_REPLY_CHANGED)
+                self.store.blocking.retire(entry.job_id, REASON_REPLY_CHANGED)
             else:
                 todo.append((entry, reply, False))
         return todo
 
-    async def _identity(self, entry: LedgerEntry) -> MessageIdentity:
+    def _identity(self, entry: LedgerEntry) -> MessageIdentity:
         try:
-            hint = (await self.store.get_job(entry.job_id)).message_index
+            hint = self.store.blocking.job(entry.job_id).message_index
         except JobError:
             hint = 0
         return entry.reply.identity(hint)
 
-    async def _check_images_of(self, entry: LedgerEntry) -> None:
+    def _check_images_of(self, entry: LedgerEntry) -> None:
         for url in message_urls(entry.message):
             path = served_path(self.root, entry.reply.user, url)
-            if path is None or not await anyio.to_thread.run_sync(path.is_file):
-                await self.store.ledger_retire(entry.job_id, REASON_IMAGES_MISSING)
+            if path is None or not path.is_file():
+                self.store.blocking.retire(entry.job_id, REASON_IMAGES_MISSING)
                 raise _NotCommittable(REASON_IMAGES_MISSING)
 
 
 def _write_images(
     folder: Path, root: Path, job_id: str, kept: Sequence[Path], now: datetime
 ) -> list[Path]:
-    """Copy the kept images into ``folder``; a file an earlier run wrote for this job (found by
-    the job id in its name and equal bytes) is reused, so retries leave no orphans. The folder
-    is created (durably) by ``write_image``."""
+    """Put the kept images into ``folder``; a file an earlier run wrote for this job (found by
+    the job id in its name and equal bytes) is reused, so retries leave no orphans. Each is
+    a hard link to the pending file where the file system allows (its bytes are on disk
+    already: no copy, no second fsync of them), else a copy. The folder is created (durably)
+    by ``link_image`` or ``write_image``."""
     check_image_folder(folder, root)  # before looking for earlier files in it, too
     out: list[Path] = []
     for number, source in enumerate(kept, 1):
-        data = source.read_bytes()
         ext = source.suffix.lstrip(".").lower() or "png"
         tag = f"{job_id}-{number}"
-        existing = _find_written(folder, tag, ext, data)
-        written = existing or write_image(folder, data, ext, f"{folder.name}_{tag}", now, root=root)
+        prefix = f"{folder.name}_{tag}"
+        written = (
+            _find_written(folder, tag, ext, source)
+            or link_image(folder, source, ext, prefix, now, root=root)
+            or write_image(folder, source.read_bytes(), ext, prefix, now, root=root)
+        )
         out.append(written)
     return out
 
 
-def _find_written(folder: Path, tag: str, ext: str, data: bytes) -> Path | None:
+def _find_written(folder: Path, tag: str, ext: str, source: Path) -> Path | None:
     # Job ids are [0-9A-Z] only: no glob metacharacters, and unique enough to match on alone.
-    for candidate in sorted(folder.glob(f"*_{tag}_*.{ext}")):
+    candidates = sorted(folder.glob(f"*_{tag}_*.{ext}"))
+    if not candidates:
+        return None
+    origin = source.stat()
+    data: bytes | None = None
+    for candidate in candidates:
         try:
-            if candidate.stat().st_size == len(data) and candidate.read_bytes() == data:
+            found = candidate.stat(follow_symlinks=False)
+            if not stat.S_ISREG(found.st_mode) or found.st_size != origin.st_size:
+                continue
+            if (found.st_dev, found.st_ino) == (origin.st_dev, origin.st_ino):
+                return candidate  # our own link
+            data = source.read_bytes() if data is None else data
+            if candidate.read_bytes() == data:
                 return candidate
         except OSError:
             continue
@@ -901,10 +922,6 @@ def _look_up(
         reply = None if present or identity is None else chat.find_line(identity)
         out.append((present, reply, stale))
     return out
-
-
-async def _exists(path: Path) -> bool:
-    return await anyio.to_thread.run_sync(path.exists)
 
 
 def _os_reason(exc: OSError) -> str:

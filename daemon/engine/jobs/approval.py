@@ -38,7 +38,12 @@ from typing import Any, Protocol
 import structlog
 from pydantic import SecretStr
 
-from daemon.engine.jobs.folders import DROP_FOLDER_NAMES, find_folder
+from daemon.engine.jobs.folders import (
+    DROP_FOLDER_NAMES,
+    discard_images,
+    find_folder,
+    kept_images,
+)
 from daemon.engine.jobs.folders import check_id as _check_id
 from daemon.engine.jobs.folders import is_real_dir as _is_real_dir
 from daemon.engine.store import Job
@@ -72,7 +77,6 @@ TRASH_DAYS = 7.0
 """How long a rejected job's images wait in the trash for Undo / Restore (``limits.trash_days``)."""
 
 _JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
-_IMAGE = re.compile(r"^image-(\d{1,4})\.([a-z0-9]{1,5})$")
 
 
 class Action(enum.StrEnum):
@@ -304,43 +308,12 @@ class Approval:
     # --- reading a job folder ---------------------------------------------------------------
 
     def kept_images(self, job_id: str) -> list[Path]:
-        """The images still in the job's folder (wherever it is), in number order.
-
-        Images the user deleted are not kept; symlinks and other files are never images."""
-        folder = self.find(job_id)
-        if folder is None:
-            return []
-        found: list[tuple[int, Path]] = []
-        try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    match = _IMAGE.match(entry.name)
-                    if match and entry.is_file(follow_symlinks=False):
-                        found.append((int(match.group(1)), Path(entry.path)))
-        except FileNotFoundError:
-            return []
-        return [path for _, path in sorted(found)]
+        """The images still in the job's folder (see :func:`folders.kept_images`)."""
+        return kept_images(self.state_dir, job_id)
 
     def discard_images(self, job_id: str, names: Iterable[str]) -> int:
-        """Remove the named images (not kept on accept) from the job's folder; returns how many.
-
-        Only regular image files directly in the folder are touched (never a symlink's target)."""
-        folder = self.find(job_id)
-        if folder is None:
-            return 0
-        removed = 0
-        for name in names:
-            if not _IMAGE.match(name) or name != Path(name).name:
-                continue
-            path = folder / name
-            try:
-                if not stat.S_ISREG(path.lstat().st_mode):
-                    continue
-                path.unlink()
-                removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        """Remove the named images from the job's folder (see :func:`folders.discard_images`)."""
+        return discard_images(self.state_dir, job_id, names)
 
     def drop_prompt(self, job_id: str) -> str | None:
         """The prompt for a folder dropped into ``regenerate/``: ``prompt.txt`` if present and

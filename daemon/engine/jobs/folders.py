@@ -4,15 +4,28 @@ folders (:mod:`daemon.engine.jobs.approval`) and the read-only ``show`` both fin
 
 from __future__ import annotations
 
+import os
+import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from daemon.errors import UnsafePathError
 
-__all__ = ["DROP_FOLDER_NAMES", "check_id", "find_folder", "is_real_dir"]
+__all__ = [
+    "DROP_FOLDER_NAMES",
+    "check_id",
+    "discard_images",
+    "find_folder",
+    "is_real_dir",
+    "kept_images",
+]
 
 DROP_FOLDER_NAMES = ("accepted", "rejected", "regenerate")
 """The drop folders under the state dir, in the order a job's folder is looked for."""
+
+IMAGE_NAME = re.compile(r"^image-(\d{1,4})\.([a-z0-9]{1,5})$")
+"""An image's file name in a job's folder: ``image-<n>.<format>``."""
 
 
 def check_id(job_id: str) -> str:
@@ -42,3 +55,44 @@ def find_folder(state_dir: Path, job_id: str) -> Path | None:
         if is_real_dir(path):
             return path
     return None
+
+
+def kept_images(state_dir: Path, job_id: str) -> list[Path]:
+    """The images still in the job's folder (wherever it is), in number order.
+
+    Images the user deleted are not kept; symlinks and other files are never images."""
+    folder = find_folder(state_dir, job_id)
+    if folder is None:
+        return []
+    found: list[tuple[int, Path]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                match = IMAGE_NAME.match(entry.name)
+                if match and entry.is_file(follow_symlinks=False):
+                    found.append((int(match.group(1)), Path(entry.path)))
+    except FileNotFoundError:
+        return []
+    return [path for _, path in sorted(found)]
+
+
+def discard_images(state_dir: Path, job_id: str, names: Iterable[str]) -> int:
+    """Remove the named images (not kept on accept) from the job's folder; returns how many.
+
+    Only regular image files directly in the folder are touched (never a symlink's target)."""
+    folder = find_folder(state_dir, job_id)
+    if folder is None:
+        return 0
+    removed = 0
+    for name in names:
+        if not IMAGE_NAME.match(name) or name != Path(name).name:
+            continue
+        path = folder / name
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):
+                continue
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed

@@ -27,6 +27,12 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from daemon.config import Config
 from daemon.configure.ready import setup_missing
+from daemon.engine.jobs.accepting import (
+    accept_blocking,
+    check_actionable,
+    raise_state,
+    state_message,
+)
 from daemon.engine.jobs.approval import TRASH_DAYS, Approval
 from daemon.engine.jobs.budget import APPROVED_KEY, HELD_KEY, Budget, Hold
 from daemon.engine.jobs.order import Attention, order
@@ -744,49 +750,11 @@ async def accept_job(
     store: Store, approval: Approval, job_ref: str, keep: Sequence[int] | None = None
 ) -> Job:
     """PENDING -> ACCEPTED, keeping only images ``keep`` (1-based, in the user's order) when
-    given, else every image still in the job's folder.
-
-    Images the user deleted from the folder are not kept either. The images not kept are
-    removed from the folder and remembered in ``meta["not_kept"]``; the committer commits
-    exactly ``job.images``, in that order.
-    """
-    job = await store.get_job(job_ref)
-    _check_actionable(job, "accept")
-    present = [p.name for p in await anyio.to_thread.run_sync(approval.kept_images, job.id)]
-    if keep:
-        wanted = list(dict.fromkeys(keep))
-        bad = [n for n in wanted if n < 1 or n > len(job.images)]
-        if bad:
-            raise JobError(
-                f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]} to keep"
-            )
-        chosen = [job.images[n - 1] for n in wanted if job.images[n - 1] in present]
-    else:
-        chosen = present
-    if not chosen:
-        current = await store.get_job(job.id)
-        if current.state is not JobState.PENDING:  # another client won: say what happened
-            _raise_state(current, "accept")
-        raise JobError(f"job {job.id} has no images left to accept (reject it instead)")
-    not_kept = [name for name in dict.fromkeys((*job.images, *present)) if name not in chosen]
-    meta: dict[str, Any] = {"not_kept": not_kept}
-    prompts = job.meta.get("image_prompts")
-    if isinstance(prompts, list):  # each kept image keeps the prompt that made it
-        own = {name: prompts[i] for i, name in enumerate(job.images) if i < len(prompts)}
-        meta["image_prompts"] = [own.get(name, job.prompt) for name in chosen]
-        meta["earlier_count"] = 0
-    moved = await store.transition(
-        job.id,
-        JobState.PENDING,
-        JobState.ACCEPTED,
-        images=tuple(chosen),
-        meta_update=meta,
-        next_attempt_at=None,
-        last_error=None,
-    )
-    if moved is None:
-        return _raise_state(await store.get_job(job.id), "accept")
-    await anyio.to_thread.run_sync(approval.discard_images, job.id, not_kept)
+    given, else every image still in the job's folder (see
+    :func:`~daemon.engine.jobs.accepting.accept_blocking`), in one worker-thread trip."""
+    step = partial(accept_blocking, store.blocking, approval.state_dir, job_ref, keep)
+    moved, previous = await anyio.to_thread.run_sync(step)
+    store.announce(moved, previous)
     return moved
 
 
@@ -797,7 +765,7 @@ async def reject_job(
     trash for ``trash_days`` (:func:`restore_job` brings the job back)."""
     job = await store.get_job(job_ref)
     if job.state not in REJECTABLE_STATES:
-        _check_actionable(job, "reject")
+        check_actionable(job, "reject")
     moved = await store.transition(
         job.id,
         REJECTABLE_STATES,
@@ -806,7 +774,7 @@ async def reject_job(
         meta_update={"rejected_from": job.state.value, "trashed_at": _now().isoformat()},
     )
     if moved is None:
-        return _raise_state(await store.get_job(job.id), "reject")
+        return raise_state(await store.get_job(job.id), "reject")
     await anyio.to_thread.run_sync(partial(approval.trash, job.id, days=trash_days))
     return moved
 
@@ -822,7 +790,7 @@ async def restore_job(store: Store, approval: Approval, job_ref: str) -> Job:
         moved = await store.transition(
             job.id, JobState.REJECTED, JobState.FAILED, meta_update={"trashed_at": None}
         )
-        return moved or _raise_state(await store.get_job(job.id), "restore")
+        return moved or raise_state(await store.get_job(job.id), "restore")
     if back not in (JobState.PENDING.value, JobState.ACCEPTED.value):
         raise JobError(f"cannot restore job {job.id}: it was not rejected from the inbox")
     if not await anyio.to_thread.run_sync(approval.untrash, job.id):
@@ -839,7 +807,7 @@ async def restore_job(store: Store, approval: Approval, job_ref: str) -> Job:
     )
     if moved is None:
         await anyio.to_thread.run_sync(partial(approval.trash, job.id))
-        return _raise_state(await store.get_job(job.id), "restore")
+        return raise_state(await store.get_job(job.id), "restore")
     return moved
 
 
@@ -856,7 +824,7 @@ async def regen_job(
     if prompt is not None and not prompt.strip():
         raise JobError("the new prompt is empty")
     if job.state is JobState.SUPERSEDED:
-        raise JobStateError(_state_message(job, "regenerate"))
+        raise JobStateError(state_message(job, "regenerate"))
     if job.state is JobState.COMMITTED:  # more variants of the message: image swipes
         return await new_variant_job(store, job, prompt.strip() if prompt else None)
     if job.state is JobState.PENDING:  # its images stay on offer in the new job
@@ -903,20 +871,6 @@ async def revive_job(
         last_error=None,
         next_attempt_at=_now(),
     )
-
-
-def _state_message(job: Job, action: str) -> str:
-    why = f" ({job.last_error})" if job.last_error else ""
-    return f"cannot {action} job {job.id}: it is {job.state.value}{why}"
-
-
-def _check_actionable(job: Job, action: str) -> None:
-    if job.state is not JobState.PENDING:
-        raise JobStateError(_state_message(job, action))
-
-
-def _raise_state(job: Job, action: str) -> Job:
-    raise JobStateError(_state_message(job, action))
 
 
 # --- the runner ------------------------------------------------------------------------------

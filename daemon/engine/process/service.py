@@ -683,6 +683,7 @@ class Service:
         self._catching_up.discard(chat.rel)
         _log_skips(chat.rel, decision.skipped)
         for identity, keep, reason in decision.supersede:
+            # keep: the reply's text now (its jobs stay); None: the reply is gone, all go.
             reply = ReplyKey(chat.user, chat.rel, identity.name, identity.first_date, keep or "")
             gone = await store.supersede(reply, reason, keep=keep is not None)
             for old in gone:

@@ -16,11 +16,18 @@ from functools import partial
 from typing import Any
 
 from daemon.engine.store.db import Database
-from daemon.engine.store.jobs import job_move
-from daemon.engine.store.ledger import RETIRE, add_entry, entry_of, set_entry
+from daemon.engine.store.ledger import (
+    ACKNOWLEDGE,
+    RETIRE,
+    add_entry,
+    entries_of,
+    entry_of,
+    set_entry,
+)
 from daemon.engine.store.model import Job, JobState, LedgerEntry, States, now_utc, stamp
+from daemon.engine.store.moves import job_move
 from daemon.engine.store.reads import find_job
-from daemon.engine.store.writes import record_write_in
+from daemon.engine.store.writes import is_our_write_in, record_write_in
 
 __all__ = ["Blocking"]
 
@@ -91,16 +98,41 @@ class Blocking:
             partial(record_write_in, chat=chat, sha256=digest, at=at), write=True
         )
 
+    def entries(self, chat: str, *, open_only: bool = True) -> list[LedgerEntry]:
+        """:meth:`Ledger.ledger_for_chat`, from a worker thread."""
+        return self._db.call_blocking(
+            partial(entries_of, chat=chat, open_only=open_only), write=False
+        )
+
+    def is_our_write(self, chat: str, digest: str) -> bool:
+        """:meth:`OurWrites.is_our_write`, from a worker thread."""
+        return self._db.call_blocking(
+            partial(is_our_write_in, chat=chat, sha256=digest), write=False
+        )
+
     def retire(self, job_id: str, reason: str, *, now: datetime | None = None) -> bool:
         """:meth:`Ledger.ledger_retire`, from a worker thread."""
+        return self._set(job_id, RETIRE, (reason,), now)
+
+    def acknowledge(self, job_id: str, *, now: datetime | None = None) -> bool:
+        """:meth:`Ledger.ledger_acknowledge`, from a worker thread."""
+        return self._set(job_id, ACKNOWLEDGE, (), now)
+
+    def _set(
+        self,
+        job_id: str,
+        change: tuple[str, str],
+        args: tuple[Any, ...],
+        now: datetime | None,
+    ) -> bool:
         at = stamp(now or now_utc())
         return self._db.call_blocking(
             partial(
                 set_entry,
                 job_id=job_id,
-                assignment=RETIRE[0],
-                args=(reason,),
-                unless=RETIRE[1],
+                assignment=change[0],
+                args=args,
+                unless=change[1],
                 at=at,
             ),
             write=True,

@@ -11,6 +11,7 @@ from typing import Self, TypeVar
 
 import anyio.to_thread
 
+from daemon.engine.store.moves import transaction as _transaction
 from daemon.engine.store.schema import connect, store_error
 from daemon.errors import StoreError
 
@@ -105,15 +106,3 @@ class Database:
             return [] if found == ["ok"] else found
 
         return await self._run(_check, write=False)
-
-
-def _transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(conn)
-        conn.commit()
-    except BaseException:
-        if conn.in_transaction:
-            conn.rollback()
-        raise
-    return result

@@ -10,7 +10,6 @@ duplicate event, a rescan or a restart never makes a second job.
 from __future__ import annotations
 
 import functools
-import json
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
@@ -37,6 +36,7 @@ from daemon.engine.store.model import (
     states_list,
     to_json,
 )
+from daemon.engine.store.moves import job_move
 from daemon.engine.store.reads import JOB_COLUMNS, find_job, job_from_row, select_jobs
 from daemon.errors import JobError
 from daemon.jobstate import RUNNING_STATES, ReplyKey, check_move
@@ -70,21 +70,6 @@ _CREATE_OPTIONAL = frozenset(
         "next_attempt_at",
     }
 )
-_TRANSITION_FIELDS = frozenset(
-    {
-        "attempts",
-        "last_error",
-        "prompt",
-        "images",
-        "meta",
-        "meta_update",
-        "next_attempt_at",
-        "message_index",
-        "now",
-    }
-)
-
-
 _job_from_row = job_from_row
 
 
@@ -119,54 +104,6 @@ def _new_job_row(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "updated_at": stamp(now),
         "next_attempt_at": stamp(fields.get("next_attempt_at") or now),
     }
-
-
-def job_move(
-    job_id: str, expected: States, new: JobState, *, check: bool = True, **fields: Any
-) -> Callable[[sqlite3.Connection], tuple[Job | None, JobState | None]]:
-    """The transaction body of :meth:`Jobs.transition`: run on a connection, it returns the
-    moved job (``None`` when not in ``expected``) and the state it left. Argument errors are
-    raised here, before anything runs."""
-    unknown = fields.keys() - _TRANSITION_FIELDS
-    if unknown:
-        raise TypeError(f"transition: unknown fields {sorted(unknown)}")
-    wanted = states_list(expected)
-    new_state = JobState(new)
-    if check:
-        check_move(expected, new_state)
-    now = aware_utc(fields.pop("now", None) or now_utc())
-    meta_update = fields.pop("meta_update", None)
-    sets: dict[str, Any] = {"state": new_state.value, "updated_at": stamp(now)}
-    for name, value in fields.items():
-        if name == "images":
-            sets[name] = to_json(list(value))
-        elif name == "meta":
-            sets[name] = to_json(dict(value))
-        elif name == "next_attempt_at":
-            sets[name] = stamp(value) if value is not None else None
-        else:
-            sets[name] = value
-
-    def _move(conn: sqlite3.Connection) -> tuple[Job | None, JobState | None]:
-        row = conn.execute(
-            f"SELECT state, meta FROM jobs WHERE id = ? AND state IN ({marks(len(wanted))})",
-            (job_id, *wanted),
-        ).fetchone()
-        if row is None:
-            return None, None
-        changes = dict(sets)
-        if meta_update:
-            meta = json.loads(changes["meta"]) if "meta" in changes else json.loads(row["meta"])
-            meta.update(meta_update)
-            changes["meta"] = to_json(meta)
-        assignments = ", ".join(f"{k} = ?" for k in changes)
-        found = conn.execute(
-            f"UPDATE jobs SET {assignments} WHERE id = ? RETURNING {_JOB_COLUMNS}",
-            (*changes.values(), job_id),
-        ).fetchone()
-        return _job_from_row(found), JobState(row["state"])
-
-    return _move
 
 
 class Jobs(Database):

@@ -46,6 +46,15 @@ def entry_of(conn: sqlite3.Connection, job_id: str) -> LedgerEntry | None:
     return _ledger_from_row(row) if row else None
 
 
+def entries_of(conn: sqlite3.Connection, chat: str, open_only: bool) -> list[LedgerEntry]:
+    """The chat's entries, oldest first; open = neither acknowledged nor retired."""
+    clause = " AND acknowledged = 0 AND retired IS NULL" if open_only else ""
+    rows = conn.execute(
+        f"SELECT * FROM ledger WHERE chat = ?{clause} ORDER BY created_at, job_id", (chat,)
+    ).fetchall()
+    return [_ledger_from_row(r) for r in rows]
+
+
 def add_entry(
     conn: sqlite3.Connection,
     job_id: str,
@@ -93,6 +102,8 @@ def set_entry(
 
 RETIRE = ("retired = ?", "retired IS NULL")
 """The assignment and guard of a retirement (its one argument: the reason)."""
+ACKNOWLEDGE = ("acknowledged = 1", "acknowledged = 0")
+"""The assignment and guard of an acknowledgement (no argument)."""
 
 
 class Ledger(Database):
@@ -119,20 +130,11 @@ class Ledger(Database):
 
     async def ledger_for_chat(self, chat: str, *, open_only: bool = True) -> list[LedgerEntry]:
         """The chat's entries, oldest first; open = neither acknowledged nor retired."""
-        clause = " AND acknowledged = 0 AND retired IS NULL" if open_only else ""
-
-        def _list(conn: sqlite3.Connection) -> list[LedgerEntry]:
-            rows = conn.execute(
-                f"SELECT * FROM ledger WHERE chat = ?{clause} ORDER BY created_at, job_id",
-                (chat,),
-            ).fetchall()
-            return [_ledger_from_row(r) for r in rows]
-
-        return await self._run(_list, write=False)
+        return await self._run(partial(entries_of, chat=chat, open_only=open_only), write=False)
 
     async def ledger_acknowledge(self, job_id: str, *, now: datetime | None = None) -> bool:
         """A version written by someone else contained the message; True if it changed."""
-        return await self._ledger_set(job_id, "acknowledged = 1", (), "acknowledged = 0", now)
+        return await self._ledger_set(job_id, ACKNOWLEDGE[0], (), ACKNOWLEDGE[1], now)
 
     async def ledger_retire(self, job_id: str, reason: str, *, now: datetime | None = None) -> bool:
         """Stop watching the message (deleted by the user, reply gone); True if it changed."""

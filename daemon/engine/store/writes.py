@@ -25,6 +25,14 @@ def record_write_in(conn: sqlite3.Connection, chat: str, sha256: str, at: str) -
     )
 
 
+def is_our_write_in(conn: sqlite3.Connection, chat: str, sha256: str) -> bool:
+    """Whether ``sha256`` is the hash of one of our last writes of the chat."""
+    row = conn.execute(
+        "SELECT 1 FROM our_writes WHERE chat = ? AND sha256 = ? LIMIT 1", (chat, sha256)
+    ).fetchone()
+    return row is not None
+
+
 class OurWrites(Database):
     """The last few hashes of our own writes per chat."""
 
@@ -34,10 +42,4 @@ class OurWrites(Database):
         await self._run(partial(record_write_in, chat=chat, sha256=sha256, at=at), write=True)
 
     async def is_our_write(self, chat: str, sha256: str) -> bool:
-        def _is(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(
-                "SELECT 1 FROM our_writes WHERE chat = ? AND sha256 = ? LIMIT 1", (chat, sha256)
-            ).fetchone()
-            return row is not None
-
-        return await self._run(_is, write=False)
+        return await self._run(partial(is_our_write_in, chat=chat, sha256=sha256), write=False)

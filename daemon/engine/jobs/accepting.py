@@ -1,0 +1,94 @@
+"""Accepting a pending job: PENDING -> ACCEPTED with the images kept, as one blocking step on
+the store's job calls. The engine runs it in one worker-thread trip on its store
+(:func:`daemon.engine.jobs.pipeline.accept_job`); ``st-imagegen accept`` runs the same step on
+a connection of its own when the config is known valid (:mod:`daemon.cli.quick`). The move is
+the store's compare-and-set: of two clients accepting one job, one wins and the other gets
+"cannot accept job …: it is accepted"; the commit into the chat is the daemon's, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Protocol
+
+from daemon.engine.jobs.folders import discard_images, kept_images
+from daemon.errors import JobError, JobStateError
+from daemon.jobstate import Job, JobState, States
+
+__all__ = ["JobCalls", "accept_blocking", "check_actionable", "raise_state", "state_message"]
+
+
+class JobCalls(Protocol):
+    """The store's blocking job calls (``Store.blocking``, or ``moves.Direct``)."""
+
+    def job(self, job_id: str) -> Job: ...
+
+    def transition(
+        self, job_id: str, expected: States, new: JobState, **fields: Any
+    ) -> tuple[Job | None, JobState | None]: ...
+
+
+def state_message(job: Job, action: str) -> str:
+    why = f" ({job.last_error})" if job.last_error else ""
+    return f"cannot {action} job {job.id}: it is {job.state.value}{why}"
+
+
+def check_actionable(job: Job, action: str) -> None:
+    if job.state is not JobState.PENDING:
+        raise JobStateError(state_message(job, action))
+
+
+def raise_state(job: Job, action: str) -> NoReturn:
+    raise JobStateError(state_message(job, action))
+
+
+def accept_blocking(
+    calls: JobCalls, state_dir: Path, job_ref: str, keep: Sequence[int] | None = None
+) -> tuple[Job, JobState | None]:
+    """PENDING -> ACCEPTED, keeping only images ``keep`` (1-based, in the user's order) when
+    given, else every image still in the job's folder; returns the accepted job and the state
+    it left, for the caller to announce (blocking: never on the event loop).
+
+    Images the user deleted from the folder are not kept either. The images not kept are
+    removed from the folder and remembered in ``meta["not_kept"]``; the committer commits
+    exactly ``job.images``, in that order.
+    """
+    job = calls.job(job_ref)
+    check_actionable(job, "accept")
+    present = [p.name for p in kept_images(state_dir, job.id)]
+    if keep:
+        wanted = list(dict.fromkeys(keep))
+        bad = [n for n in wanted if n < 1 or n > len(job.images)]
+        if bad:
+            raise JobError(
+                f"job {job.id} has images 1..{len(job.images)}; no image {bad[0]} to keep"
+            )
+        chosen = [job.images[n - 1] for n in wanted if job.images[n - 1] in present]
+    else:
+        chosen = present
+    if not chosen:
+        current = calls.job(job.id)
+        if current.state is not JobState.PENDING:  # another client won: say what happened
+            raise_state(current, "accept")
+        raise JobError(f"job {job.id} has no images left to accept (reject it instead)")
+    not_kept = [name for name in dict.fromkeys((*job.images, *present)) if name not in chosen]
+    meta: dict[str, Any] = {"not_kept": not_kept}
+    prompts = job.meta.get("image_prompts")
+    if isinstance(prompts, list):  # each kept image keeps the prompt that made it
+        own = {name: prompts[i] for i, name in enumerate(job.images) if i < len(prompts)}
+        meta["image_prompts"] = [own.get(name, job.prompt) for name in chosen]
+        meta["earlier_count"] = 0
+    moved, previous = calls.transition(
+        job.id,
+        JobState.PENDING,
+        JobState.ACCEPTED,
+        images=tuple(chosen),
+        meta_update=meta,
+        next_attempt_at=None,
+        last_error=None,
+    )
+    if moved is None:
+        raise_state(calls.job(job.id), "accept")
+    discard_images(state_dir, job.id, not_kept)
+    return moved, previous
