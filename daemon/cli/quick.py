@@ -130,7 +130,7 @@ def _status(args: argparse.Namespace, view: ConfigView, conn: sqlite3.Connection
 def _accept(args: argparse.Namespace, view: ConfigView) -> int | None:
     from daemon.cli.jobview import print_accepted
     from daemon.engine.jobs.accepting import accept_blocking
-    from daemon.engine.process.report import daemon_status
+    from daemon.engine.process.heartbeat import daemon_status
     from daemon.engine.process.wake import notify_daemon
     from daemon.engine.store.moves import Direct
     from daemon.engine.store.schema import connect
