@@ -68,6 +68,13 @@ export class Controller {
          * @type {Map<string, any>}
          */
         this.seen = new Map();
+        /**
+         * How many job events the stream has brought (`heard`), and that count at each job's
+         * newest one: a job list read before an event must not undo it (see refreshPending).
+         * @type {Map<string, number>}
+         */
+        this.heardAt = new Map();
+        this.heard = 0;
         /** @type {Map<string, string>} the last state seen per job of the open chat */
         this.lastState = new Map();
         /** @type {Set<string>} jobs whose "reload to see it" toast was shown */
@@ -136,11 +143,23 @@ export class Controller {
     }
 
     async refreshPending(open) {
+        const mark = this.heard;
         const jobs = await this.listJobs(open, 'pending');
         if (chatKeyOf(this.open()) !== chatKeyOf(open)) return;
+        // The list was read before any event heard since `mark`: for those jobs the stream's
+        // word stands (a job accepted meanwhile stays gone, one turned pending stays shown).
+        const listed = jobs.filter(job => !this.heardSince(job.id, mark));
+        const kept = [...this.pending.values()].filter(job => this.heardSince(job.id, mark));
         this.pending.clear();
-        for (const job of jobs.reverse()) this.pending.set(job.id, job); // oldest first
+        for (const job of [...listed, ...kept].sort((a, b) => (a.id < b.id ? -1 : 1))) {
+            this.pending.set(job.id, job); // oldest first (ids grow with time)
+        }
         this.showPending();
+    }
+
+    /** Has the stream told anything about job `id` since the count was `mark`? */
+    heardSince(id, mark) {
+        return (this.heardAt.get(id) ?? 0) > mark;
     }
 
     /** The stream (re)connected: catch up on what happened while it was down. */
@@ -190,6 +209,10 @@ export class Controller {
         this.seen.delete(job.id);
         this.seen.set(job.id, job);
         if (this.seen.size > SEEN_LIMIT) this.seen.delete(this.seen.keys().next().value);
+        this.heard += 1;
+        this.heardAt.delete(job.id);
+        this.heardAt.set(job.id, this.heard);
+        if (this.heardAt.size > SEEN_LIMIT) this.heardAt.delete(this.heardAt.keys().next().value);
     }
 
     /** Follow `job` (started from this tab) with one toast, under `key` (default: its id). */

@@ -213,6 +213,35 @@ describe('preview', () => {
         assert.equal(t.shown.at(-1), 'closed');
     });
 
+    it('a job list read before a job event does not undo the event (a catch-up racing the stream)', async () => {
+        const t = setup({ jobs: [job('P1', { state: 'pending' })] });
+        await t.controller.chatChanged();
+        assert.deepEqual(t.shown.at(-1), ['P1']);
+        // The catch-up's list of pending jobs is read now, and answers only after two events.
+        let release;
+        const held = new Promise(resolve => { release = resolve; });
+        const list = t.api.jobs;
+        t.api.jobs = async query => {
+            const answer = await list(query);
+            if (query.state === 'pending') await held;
+            return answer;
+        };
+        const catchUp = t.controller.connected();
+        await new Promise(resolve => setImmediate(resolve)); // the list is under way
+        t.api.store.set('P1', job('P1', { state: 'accepted' }));
+        await t.controller.jobEvent(job('P1', { state: 'accepted' }));
+        t.api.store.set('P2', job('P2', { state: 'pending' }));
+        await t.controller.jobEvent(job('P2', { state: 'pending' }));
+        assert.deepEqual(t.shown.at(-1), ['P2']);
+        release();
+        await catchUp;
+        assert.deepEqual(t.shown.at(-1), ['P2']); // not P1 back, not P2 gone
+        // A later catch-up with nothing heard in between takes the list as it is.
+        t.api.jobs = list;
+        await t.controller.connected();
+        assert.deepEqual(t.shown.at(-1), ['P2']);
+    });
+
     it('closes on a chat switch', async () => {
         const t = setup({ jobs: [job('P1', { state: 'pending' })] });
         await t.controller.chatChanged();
