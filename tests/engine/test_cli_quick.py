@@ -266,6 +266,15 @@ def test_show_and_status_give_the_full_paths_output(
     out = same(["status"])
     assert "config: NOT APPLIED" in out and "not set up yet (image service)" in out
 
+    # The data root gone (a drive not mounted): both say so, and still show the jobs.
+    root = cfg_path.parent / "data"
+    root.rename(cfg_path.parent / "elsewhere")
+    out = same(["status"])
+    assert "data root: problem:" in out and "jobs: " in out
+    assert "Alice" in same(["show", ids["failed"]])  # the chat named from its path alone
+    same(["status", "--json"])
+    (cfg_path.parent / "elsewhere").rename(root)
+
     # Unknown and ambiguous jobs: the same one-line error, exit 1, from either path.
     full, fast = both(["show", "ZZZZZZZZ"])
     assert full == fast and full[0] == 1 and "no job" in full[2]
