@@ -20,6 +20,7 @@ import pytest
 from daemon.cli import quick as quick_module
 from daemon.config import load_config
 from daemon.configure import locate
+from daemon.engine.jobs import accepting
 from daemon.engine.store import JobState, Store
 from daemon.jobstate import ReplyKey
 from tests.engine.test_cli import cfg_path, cli, get_job, make_jobs  # noqa: F401 - the fixture
@@ -398,6 +399,13 @@ def test_accept_gives_the_full_paths_output_and_outcome(
     assert full == fast and full[0] == 1 and "no image 7 to keep" in full[2]
     full, fast = run("ZZZZZZZZ", [], True), run("ZZZZZZZZ", [], False)
     assert full == fast and full[0] == 1 and "no job" in full[2]
+
+    # A daemon's fresh heartbeat, but nothing commits: each waits, then says it is to come.
+    monkeypatch.setattr(accepting, "COMMIT_WAIT_SECONDS", 0.3)
+    _heartbeat(cfg_path)
+    said = same([])
+    assert "has not written job JOB into its chat yet; it will" in said
+    assert "not running" not in said
 
 
 @pytest.mark.parametrize(
