@@ -335,8 +335,17 @@ async def _cmd_show(engine: Engine, args: argparse.Namespace) -> int:
 
 
 async def _cmd_accept(engine: Engine, args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
+    from daemon.engine.front import wait_for_commit
+
     job = await engine.accept(args.job, args.keep)
-    return print_accepted(job, await engine.daemon_running())
+    running = await engine.daemon_running()
+    db = engine.config.db_path
+    # The wait is blocking (the quick path's own): run the printing in a worker thread.
+    return await anyio.to_thread.run_sync(
+        print_accepted, job, running, lambda: wait_for_commit(db, job.id)
+    )
 
 
 async def _cmd_reject(engine: Engine, args: argparse.Namespace) -> int:

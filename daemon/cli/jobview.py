@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -138,9 +138,11 @@ def _look_rows(job: Job) -> list[tuple[str, str]]:
     return rows
 
 
-def print_accepted(job: Job, daemon_running: bool) -> int:
-    """``accept``'s output; without a running daemon, a note on stderr that the commit into
-    the chat waits for it (the daemon commits accepted jobs, first thing when it starts)."""
+def print_accepted(job: Job, daemon_running: bool, wait: Callable[[], Job | None]) -> int:
+    """``accept``'s output. With a running daemon, ``wait()`` (for the daemon to write the
+    images into the chat: the job as it then stands, None when it cannot be read) and a word
+    on stderr unless it is committed: still to come, or why it could not be (exit 1). Without
+    one, a note that the commit waits for it (the daemon commits accepted jobs when it starts)."""
     print(f"accepted {job.id} ({len(job.images)} image{'s' if len(job.images) != 1 else ''})")
     if not daemon_running:
         print(
@@ -148,4 +150,22 @@ def print_accepted(job: Job, daemon_running: bool) -> int:
             "starts (st-imagegen run)",
             file=sys.stderr,
         )
-    return 0
+        return 0
+    sys.stdout.flush()  # said at once: the wait may take a moment
+    after = wait()
+    if after is None or after.state.value == "accepted":
+        print(
+            f"note: the daemon has not written job {job.id[:10]} into its chat yet; it will "
+            f"(st-imagegen show {job.id[:10]})",
+            file=sys.stderr,
+        )
+        return 0
+    if after.state.value == "committed":
+        return 0
+    why = f": {after.last_error}" if after.last_error else ""
+    print(
+        f"st-imagegen: error: job {job.id} was not written into its chat: it is "
+        f"{after.state.value}{why}",
+        file=sys.stderr,
+    )
+    return 1

@@ -41,22 +41,9 @@ def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _connect(db: Path) -> sqlite3.Connection | None:
-    from daemon.engine.store.schema import MIGRATIONS
+    from daemon.engine.store.schema import open_read_only
 
-    if not db.is_file():
-        return None
-    try:
-        # A file: URI by hand (Path.as_uri would load urllib): only these three are special.
-        where = str(db.absolute()).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
-        conn = sqlite3.connect(f"file:{where}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-        conn.row_factory = sqlite3.Row
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    except sqlite3.Error:
-        return None
-    if version != len(MIGRATIONS):  # the full path migrates it, or says it is too new
-        conn.close()
-        return None
-    return conn
+    return open_read_only(db, BUSY_TIMEOUT_MS / 1000)
 
 
 def _root(data_root: Path | None) -> Path | None:
@@ -129,8 +116,8 @@ def _status(args: argparse.Namespace, view: ConfigView, conn: sqlite3.Connection
 
 def _accept(args: argparse.Namespace, view: ConfigView) -> int | None:
     from daemon.cli.jobview import print_accepted
-    from daemon.engine.jobs.accepting import accept_blocking
-    from daemon.engine.process.report import daemon_status
+    from daemon.engine.jobs.accepting import accept_blocking, wait_for_commit
+    from daemon.engine.process.heartbeat import daemon_status
     from daemon.engine.process.wake import notify_daemon
     from daemon.engine.store.moves import Direct
     from daemon.engine.store.schema import connect
@@ -147,7 +134,8 @@ def _accept(args: argparse.Namespace, view: ConfigView) -> int | None:
     with contextlib.closing(conn):
         job, _ = accept_blocking(Direct(view.db_path, conn), view.state_dir, args.job, args.keep)
     notify_daemon(view.state_dir)
-    return print_accepted(job, daemon_status(view.heartbeat_path).running)
+    running = daemon_status(view.heartbeat_path).running
+    return print_accepted(job, running, lambda: wait_for_commit(view.db_path, job.id))
 
 
 Reader = Callable[[argparse.Namespace, "ConfigView", sqlite3.Connection], "int | None"]

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from daemon.engine.process.report import plain_age
+from daemon.engine.process.heartbeat import plain_age
 
 if TYPE_CHECKING:
     from daemon.engine.process.report import StatusReport

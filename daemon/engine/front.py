@@ -28,6 +28,7 @@ from daemon.config import Config
 from daemon.engine.intake.watchmode import choose as watch_mode
 from daemon.engine.intake.why import Explanation, explain
 from daemon.engine.jobs import manual
+from daemon.engine.jobs.accepting import wait_for_commit
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.jobs.budget import (
     APPROVED_KEY,
@@ -111,13 +112,15 @@ __all__ = [
     "plain_age",
     "prompt_writer",
     "vocabulary",
+    "wait_for_commit",
     "watch_mode",
 ]
 
 # The health checks the faces and the doctor read without acting on jobs (re-exported above):
 # ``daemon_status`` (the heartbeat), ``daemon_running`` (the state dir's lock),
 # ``damage_found`` (the store file), ``check_default_style`` (the config's style),
-# ``watch_mode`` (inotify or polling for a data root, as the daemon decides).
+# ``watch_mode`` (inotify or polling for a data root, as the daemon decides),
+# ``wait_for_commit`` (a running daemon's commit of an accepted job, read-only, blocking).
 
 JobListener = Callable[[Job, JobState | None], None]
 """Told ``(job, previous state or None)`` after each change this process makes or learns of."""

@@ -1,6 +1,6 @@
 """``st-imagegen accept``'s quick path against a real running daemon process: two accepts of the
-same job racing from two processes end with one accept, and the daemon commits the images into
-the chat exactly once."""
+same job racing from two processes end with one accept, the winner returns once the daemon has
+committed it (or says it is still to come), and the images are in the chat exactly once."""
 
 from __future__ import annotations
 
@@ -54,6 +54,17 @@ def _states(db: Path) -> dict[str, str]:
         return dict(conn.execute("SELECT id, state FROM jobs").fetchall())
 
 
+def _seen(db: Path) -> set[str]:
+    """The chats the daemon has read once (it keeps where each ends)."""
+    if not db.exists():
+        return set()
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        try:
+            return {row[0] for row in conn.execute("SELECT chat FROM cursors")}
+        except sqlite3.OperationalError:  # the schema is being created
+            return set()
+
+
 _RACER = (
     "import sys\n"
     "from daemon.cli import quick\n"
@@ -91,6 +102,9 @@ def test_accepts_racing_from_two_processes_commit_once(
     try:
         _wait_for("the heartbeat", (state / "heartbeat").exists, START_TIMEOUT, daemon)
         chat = next((st_root_latest / "default-user" / "chats" / "Alice").glob("*.jsonl"))
+        rel = chat.relative_to(st_root_latest).as_posix()
+        # Its first sight of the chat takes what is there as history: reply after it.
+        _wait_for("the chat seen", lambda: rel in _seen(state / "state.db"), START_TIMEOUT, daemon)
         tab = STSim.open(chat, character="Alice", clock=lambda: datetime.now(UTC))
         tab.send_user("Show me the greenhouse at dawn.").save()
         tab.reply(text="*She opens the door.* Look: the first light on the glass.").save()
@@ -119,6 +133,9 @@ def test_accepts_racing_from_two_processes_commit_once(
         assert won[0][1] == f"accepted {job_id} (1 image)\n"
         assert "not running" not in won[0][2]  # the daemon runs: it commits now
         assert lost[0][0] == 1 and f"cannot accept job {job_id}: it is " in lost[0][2]
+        # The winner waited for the daemon's commit, or said it is still to come.
+        later = "into its chat yet; it will" in won[0][2]
+        assert later or _states(db)[job_id] == "committed", results
 
         _wait_for("the commit", lambda: _states(db)[job_id] == "committed", COMMIT_TIMEOUT, daemon)
         code, _, err = cli(capsys, "accept", job_id, *c)  # once committed: refused, no change

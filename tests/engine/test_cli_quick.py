@@ -20,6 +20,7 @@ import pytest
 from daemon.cli import quick as quick_module
 from daemon.config import load_config
 from daemon.configure import locate
+from daemon.engine.jobs import accepting
 from daemon.engine.store import JobState, Store
 from daemon.jobstate import ReplyKey
 from tests.engine.test_cli import cfg_path, cli, get_job, make_jobs  # noqa: F401 - the fixture
@@ -266,6 +267,15 @@ def test_show_and_status_give_the_full_paths_output(
     out = same(["status"])
     assert "config: NOT APPLIED" in out and "not set up yet (image service)" in out
 
+    # The data root gone (a drive not mounted): both say so, and still show the jobs.
+    root = cfg_path.parent / "data"
+    root.rename(cfg_path.parent / "elsewhere")
+    out = same(["status"])
+    assert "data root: problem:" in out and "jobs: " in out
+    assert "Alice" in same(["show", ids["failed"]])  # the chat named from its path alone
+    same(["status", "--json"])
+    (cfg_path.parent / "elsewhere").rename(root)
+
     # Unknown and ambiguous jobs: the same one-line error, exit 1, from either path.
     full, fast = both(["show", "ZZZZZZZZ"])
     assert full == fast and full[0] == 1 and "no job" in full[2]
@@ -389,6 +399,13 @@ def test_accept_gives_the_full_paths_output_and_outcome(
     assert full == fast and full[0] == 1 and "no image 7 to keep" in full[2]
     full, fast = run("ZZZZZZZZ", [], True), run("ZZZZZZZZ", [], False)
     assert full == fast and full[0] == 1 and "no job" in full[2]
+
+    # A daemon's fresh heartbeat, but nothing commits: each waits, then says it is to come.
+    monkeypatch.setattr(accepting, "COMMIT_WAIT_SECONDS", 0.3)
+    _heartbeat(cfg_path)
+    said = same([])
+    assert "has not written job JOB into its chat yet; it will" in said
+    assert "not running" not in said
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,8 @@ DOOR_EXCEPTIONS = {
     ("daemon.cli.quick", "daemon.engine.jobs.accepting"),
     ("daemon.cli.quick", "daemon.engine.store.moves"),
     ("daemon.cli.quick", "daemon.engine.process.wake"),
+    ("daemon.cli.quick", "daemon.engine.process.heartbeat"),
+    ("daemon.cli.statusview", "daemon.engine.process.heartbeat"),
 }
 """The named ways past the front door; anything else is a failure of the rule."""
 

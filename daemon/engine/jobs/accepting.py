@@ -8,6 +8,9 @@ the store's compare-and-set: of two clients accepting one job, one wins and the 
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, Protocol
@@ -16,7 +19,22 @@ from daemon.engine.jobs.folders import discard_images, kept_images
 from daemon.errors import JobError, JobStateError
 from daemon.jobstate import Job, JobState, States
 
-__all__ = ["JobCalls", "accept_blocking", "check_actionable", "raise_state", "state_message"]
+__all__ = [
+    "COMMIT_WAIT_SECONDS",
+    "JobCalls",
+    "accept_blocking",
+    "check_actionable",
+    "raise_state",
+    "state_message",
+    "wait_for_commit",
+]
+
+COMMIT_WAIT_SECONDS = 10.0
+"""How long ``st-imagegen accept`` waits for a running daemon to write the images into the
+chat before it says the commit is still to come (it usually takes well under a second)."""
+
+COMMIT_POLL_SECONDS = 0.05
+"""How often that wait reads the job's state (a read-only query)."""
 
 
 class JobCalls(Protocol):
@@ -92,3 +110,25 @@ def accept_blocking(
         raise_state(calls.job(job.id), "accept")
     discard_images(state_dir, job.id, not_kept)
     return moved, previous
+
+
+def wait_for_commit(db_path: Path, job_id: str) -> Job | None:
+    """The job once a running daemon has acted on the accept (committed, or not committable:
+    superseded, failed, rejected), or as it still stands after :data:`COMMIT_WAIT_SECONDS`;
+    None when the store cannot be read (blocking: read-only queries, never a write)."""
+    from daemon.engine.store.reads import find_job
+    from daemon.engine.store.schema import open_read_only
+
+    deadline = time.monotonic() + COMMIT_WAIT_SECONDS
+    conn = open_read_only(db_path, timeout=COMMIT_WAIT_SECONDS)
+    if conn is None:
+        return None
+    with contextlib.closing(conn):
+        try:
+            job = find_job(conn, job_id)
+            while job.state is JobState.ACCEPTED and time.monotonic() < deadline:
+                time.sleep(COMMIT_POLL_SECONDS)
+                job = find_job(conn, job_id)
+        except (sqlite3.Error, JobError):
+            return None
+    return job

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import structlog
 
-from daemon.engine.process.report import read_heartbeat
+from daemon.engine.process.heartbeat import read_heartbeat
 
 __all__ = ["Heartbeat", "Notifier", "read_heartbeat"]
 

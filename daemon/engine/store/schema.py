@@ -139,6 +139,29 @@ def store_error(path: Path, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"state database {str(path)!r}: {text}")
 
 
+def open_read_only(path: Path, timeout: float) -> sqlite3.Connection | None:
+    """A read-only connection to the store at ``path`` when it is there and of this version;
+    None otherwise (no file, another version: opening it for real creates or migrates it, or
+    says it is too new; a file sqlite cannot open). Nothing is created or written."""
+    if not path.is_file():
+        return None
+    try:
+        # A file: URI by hand (Path.as_uri would load urllib): only these three are special.
+        where = str(path.absolute()).replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+        conn = sqlite3.connect(f"file:{where}?mode=ro", uri=True, timeout=timeout)
+    except sqlite3.Error:
+        return None
+    try:
+        conn.row_factory = sqlite3.Row
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error:
+        version = -1
+    if version != len(MIGRATIONS):
+        conn.close()
+        return None
+    return conn
+
+
 def connect(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
