@@ -41,4 +41,3 @@ def count_parsed_lines(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(chat_mod, "parse_line", counting)
     return parsed
-
