@@ -41,16 +41,3 @@ def count_parsed_lines(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(chat_mod, "parse_line", counting)
     return parsed
-
-
-# Real-browser tests (Chromium driving the inbox, the stand-in ST page or a real SillyTavern)
-# still fail now and then on a loaded 2-core machine for reasons not yet found (a drawer not
-# open yet, a card not redrawn in time): each gets one rerun, and a rerun is reported (-ra).
-# Known debt, not a licence: the engine's tests get none.
-BROWSER_FILES = ("tests/realst/", "tests/web/test_browser", "tests/extension/test_browser")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.startswith(BROWSER_FILES):
-            item.add_marker(pytest.mark.flaky(reruns=1))
