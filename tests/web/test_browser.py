@@ -120,6 +120,7 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         await expect(thumbs.nth(1)).to_have_attribute("aria-pressed", "false")
         accept = second_card.locator('button[data-act="accept"]')
         await expect(accept).to_have_text("Accept picked (2)")
+        await _pictures_loaded(page, second.id)  # none still on its way when the job moves on
         await accept.click()
         done = await inbox.wait_state(second.id, JobState.COMMITTED)
         await expect(second_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
@@ -135,6 +136,7 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         area = first_card.locator("textarea")
         await expect(area).to_have_value(first.prompt or "")
         await area.fill("a harbour at night, lanterns, watercolour")
+        await _pictures_loaded(page, first.id)
         await first_card.locator('button[data-act="regen-edited"]').click()
         await expect(first_card).to_have_count(0, timeout=LIVE_WITHIN_MS)
 
@@ -159,6 +161,7 @@ async def test_inbox_live_pick_accept_edit_regen_and_reject(
         assert (await inbox.job(first.id)).state is JobState.SUPERSEDED
 
         # Keyboard: the regenerated card has the focus; r rejects it, Undo brings it back.
+        await _pictures_loaded(page, new_id)
         await expect(new_card).to_be_focused()
         await page.keyboard.press("r")
         await inbox.wait_state(new_id, JobState.REJECTED)
@@ -195,6 +198,11 @@ async def test_an_answer_older_than_the_stream_does_not_undo_it(
 
         await page.route("**/api/v1/jobs/*/regen", hold)
         await page.route("**/api/v1/jobs/*/accept", hold)
+        # Routing turns the browser's cache off (Playwright), so a card redrawn as busy fetches
+        # its pictures again, racing the action that moves them (the regenerate hands them to
+        # the new job): a 404 for those pictures is expected here, and nothing else.
+        missing: list[str] = []
+        page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
 
         await page.locator(f'.card[data-id="{first.id}"] button[data-act="regen"]').click()
 
@@ -221,7 +229,23 @@ async def test_an_answer_older_than_the_stream_does_not_undo_it(
         assert await _state_on_page(page, new.id) is None
         await expect(page.locator("#working")).to_be_hidden()
         await expect(page.locator("#empty")).to_be_visible()
-        assert page.errors == []  # type: ignore[attr-defined]
+        moved = (f"/api/v1/jobs/{first.id}/images/", f"/api/v1/jobs/{new.id}/images/")
+        assert all(any(m in url for m in moved) for url in missing), missing
+        not_found = "Failed to load resource: the server responded with a status of 404"
+        errors: list[str] = page.errors  # type: ignore[attr-defined]
+        assert [e for e in errors if not e.startswith(not_found)] == []
+        assert len(errors) <= len(missing)
+
+
+async def _pictures_loaded(page: Page, job_id: str) -> None:
+    await page.wait_for_function(
+        """(id) => {
+            const imgs = [...document.querySelectorAll(`.card[data-id="${id}"] img`)];
+            return imgs.length > 0 && imgs.every((img) => img.complete && img.naturalWidth > 0);
+        }""",
+        arg=job_id,
+        timeout=LIVE_WITHIN_MS,
+    )
 
 
 async def _frames(page: Page) -> None:
