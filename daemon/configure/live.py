@@ -24,7 +24,7 @@ import structlog
 from daemon.config import Config, ConfigSource
 from daemon.configure.keys import RESTART_KEYS, SECRET_FILES, key_file_path
 from daemon.configure.ready import setup_missing
-from daemon.engine.look.styles import check_default_style
+from daemon.configure.styles import check_default_style
 from daemon.errors import ConfigError
 from daemon.logs import register_config_secrets
 

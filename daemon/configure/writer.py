@@ -32,7 +32,7 @@ from daemon.configure.keys import (
     remove_key_file,
     write_key_file,
 )
-from daemon.engine.look.styles import check_default_style
+from daemon.configure.styles import check_default_style
 from daemon.errors import ConfigError
 
 __all__ = ["Change", "ConfigWriter", "coerce", "field_for", "plan"]

@@ -261,6 +261,21 @@ def test_the_job_vocabulary_sits_below_the_store_and_the_logs() -> None:
     assert _offenders(logs, ("daemon.config", "daemon.jobstate", "daemon.errors")) == []
 
 
+def test_the_configuration_sits_below_the_engine() -> None:
+    """``configure/`` (the live config, its safe writer, the style catalogue) is used by the
+    engine and the faces; it builds only on the config, the providers' registry, the logs and
+    the errors, never on a room of the engine."""
+    allowed = (
+        "daemon.configure",
+        "daemon.config",
+        "daemon.providers",
+        "daemon.logs",
+        "daemon.jobstate",
+        "daemon.errors",
+    )
+    assert _offenders(_imports_of("daemon.configure"), allowed) == []
+
+
 def test_the_store_is_persistence_only() -> None:
     """The store keeps rows: it imports no other room of the engine, no provider, no face."""
     allowed = ("daemon.engine.store", "daemon.jobstate", "daemon.tavern", "daemon.errors")
