@@ -10,7 +10,9 @@ Shapes follow the real ``/sdapi/v1`` routes (modules/api/api.py, modules/api/mod
 - ``--api-auth``: HTTP basic auth, ``401 {"detail": "Incorrect username or password"}``.
 
 A render takes ``steps * step_seconds`` and updates the progress state step by step, so a
-client's polls see it move. It can also fail (``fail`` statuses, consumed), die mid-run (close
+client's polls see it move; with ``hold_for_polls`` it also stays running until that many polls
+have seen it run (a test of progress must not depend on the client polling before a short
+render ends on a busy machine). It can also fail (``fail`` statuses, consumed), die mid-run (close
 the socket without an answer) or answer hostile images (``answer_images``).
 """
 
@@ -61,6 +63,10 @@ SCHEDULERS = [
 ]
 
 
+HOLD_FOR_POLLS_S = 60.0
+"""Longest a render waits for ``hold_for_polls`` (then it answers anyway and the test says why)."""
+
+
 def png(width: int = 8, height: int = 8, color: tuple[int, int, int] = (200, 80, 40)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, format="PNG")
@@ -82,11 +88,17 @@ class FakeA1111:
     schedulers_route: bool = True  # A1111 before 1.9 has no /sdapi/v1/schedulers
     requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     progress_polls: int = 0
+    hold_for_polls: int = 0  # a render's answer waits until this many polls saw it running
+    running_polls: int = 0
     interrupts: int = 0
     renders: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     _state: dict[str, Any] = field(default_factory=dict)
+    _polled: threading.Condition = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._polled = threading.Condition(self.lock)
 
     @property
     def url(self) -> str:
@@ -169,9 +181,13 @@ def _handler(api: FakeA1111) -> type[BaseHTTPRequestHandler]:
             if not self._authorized():
                 return
             if path == "/sdapi/v1/progress":
+                payload = api.progress_payload()
                 with api.lock:
                     api.progress_polls += 1
-                self._send(200, api.progress_payload())
+                    if payload["state"]["job_count"]:
+                        api.running_polls += 1
+                        api._polled.notify_all()
+                self._send(200, payload)
             elif path == "/sdapi/v1/sd-models":
                 self._send(200, MODELS)
             elif path == "/sdapi/v1/samplers":
@@ -231,6 +247,11 @@ def _handler(api: FakeA1111) -> type[BaseHTTPRequestHandler]:
                         self.close_connection = True
                         self.connection.shutdown(2)  # the web UI crashed (OOM kill, restart)
                         return
+                with api.lock:
+                    api._polled.wait_for(
+                        lambda: api.running_polls >= api.hold_for_polls or api.stop.is_set(),
+                        timeout=HOLD_FOR_POLLS_S,
+                    )
             finally:
                 with api.lock:
                     api._state = {}

@@ -152,6 +152,7 @@ async def test_progress_is_reported_while_it_renders(
     a1111: FakeA1111, client: httpx.AsyncClient, clock: FakeClock
 ) -> None:
     a1111.step_seconds = 0.03
+    a1111.hold_for_polls = 2  # however late the polls come on a busy machine
     seen: list[Progress] = []
 
     async def record(progress: Progress) -> None:
