@@ -45,6 +45,7 @@ from daemon.engine.commit import apply
 from daemon.engine.commit.apply import Committer
 from daemon.engine.jobs.approval import Approval
 from daemon.engine.store import Job, JobState, ReplyKey, Store
+from daemon.logs import configure_logging
 from daemon.providers.decode import GeneratedImage
 from daemon.tavern import layout
 from daemon.tavern.chat import Message, parse_chat
@@ -293,6 +294,9 @@ def _one_size(tmp: Path, megabytes: int, png: bytes) -> tuple[bool, _Times]:
 
 
 def main() -> int:
+    # Logged as the daemon logs (JSON lines when stderr is no terminal), not structlog's
+    # default development renderer.
+    configure_logging(Config(data_root=Path(), state_dir=Path()).log)
     png = real_png()
     ok = True
     measured: dict[int, _Times] = {}

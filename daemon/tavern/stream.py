@@ -2,9 +2,9 @@
 
 :mod:`daemon.tavern.write` reads the whole chat once and writes the new version from memory:
 fast, but a 200 MB chat then costs 200 MB of memory. Here both passes stream through a fixed
-buffer: :func:`find_lines` reads the chat once (hashing it, byte-searching for our marker and the
-reply, parsing only the lines that hold them) and :func:`insert_at` copies it into the temp file
-(hashing the new version while copying) with the new line spliced in. Memory is the buffer plus
+buffer: :func:`find_lines` reads the chat once (byte-searching for our marker and the reply,
+parsing only the lines that hold them; hashing it when asked to) and :func:`insert_at` copies it
+into the temp file with the new line spliced in. Memory is the buffer plus
 the longest line, whatever the chat's size. The guarantees are those of ``write``: the same temp
 file, fsync, compare-before-replace and rename, and the same errors.
 
@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +36,8 @@ from daemon.tavern.chat import (
 from daemon.tavern.files import open_regular
 from daemon.tavern.write import (
     _FRESH_NS,
+    FileVersion,
     Snapshot,
-    _Background,
     _check_chat_path,
     _copy_prefix,
     _encode_new,
@@ -70,12 +69,11 @@ class NeedsFullRead(Exception):
 class FoundLines:
     """What :func:`find_lines` found in one stable read of a chat."""
 
-    snapshot: Snapshot  # with the sha256 of the bytes read
+    snapshot: Snapshot  # with the sha256 of the bytes read, when hashed
     present: LineMessage | None  # the newest line holding our marker for the job
     reply: LineMessage | None  # the line of the reply, by identity
     insert_end: int  # after the reply and our image messages that follow it: a line's end
     date_style: str  # "iso", "human", "ms" or "at": the newest dated message's send_date style
-    checkpoints: tuple[tuple[int, Any], ...] = ()  # (offset, sha256 state there), every CHUNK
 
 
 def _literal(value: str) -> bool:
@@ -199,14 +197,13 @@ def find_lines(
     root: Path | None = None,
     hashed: bool = True,
 ) -> FoundLines:
-    """Stream the chat once: its hash, our marker line for ``job_id``, the reply's line and
-    where a new image message goes. Raises :class:`NeedsFullRead`, ``ChatReadError``,
+    """Stream the chat once: our marker line for ``job_id``, the reply's line, where a new
+    image message goes, and the chat's hash. Raises :class:`NeedsFullRead`, ``ChatReadError``,
     ``ChatConflictError`` (the chat kept changing while read) or ``UnsafePathError``.
 
-    ``hashed=False`` skips the hash (``snapshot.sha256`` is ``""``, no checkpoints) unless the
-    chat is fresh (:attr:`Snapshot.needs_rehash`: the insert must then compare hashes):
-    :func:`insert_at` hashes the new version while the disk writes it instead, and the hash
-    of a big chat costs about as much as its durable copy."""
+    ``hashed=False`` skips the hash (``snapshot.sha256`` is ``""``) unless the chat is fresh
+    (:attr:`Snapshot.needs_rehash`: the insert must then compare hashes); the hash of a big
+    chat costs about as much as its durable copy."""
     if not _literal(job_id) or not _literal(identity.first_date) or "\x1f" in identity.name:
         raise NeedsFullRead("the job id or the reply's date cannot be byte-searched")
     real = _check_chat_path(path, root)
@@ -215,7 +212,7 @@ def find_lines(
         fd, before = open_regular(real, ChatReadError, "chat", "a chat file", nofollow=True)
         hash_it = hashed or taken - before.st_mtime_ns < _FRESH_NS
         try:
-            scan, digest, size, points = _scan_fd(fd, job_id, identity, hash_it)
+            scan, digest, size = _scan_fd(fd, job_id, identity, hash_it)
             after = os.fstat(fd)
         except OSError as exc:
             raise ChatReadError(f"chat {str(real)!r} cannot be read: {exc.strerror}") from None
@@ -234,19 +231,15 @@ def find_lines(
             reply,
             scan.insert_end,
             scan.date_style or scan.header_style,
-            points,
         )
     raise ChatConflictError(f"chat {path.name!r} kept changing while being read")
 
 
 def _scan_fd(
     fd: int, job_id: str, identity: MessageIdentity, hashed: bool = True
-) -> tuple[_Scan, str, int, tuple[tuple[int, Any], ...]]:
+) -> tuple[_Scan, str, int]:
     scan = _Scan(job_id, identity)
     h = hashlib.sha256()
-    # The hash state every CHUNK: the insert then hashes only from the last one before the
-    # insert point (the prefix itself is copied in the kernel).
-    points: list[tuple[int, Any]] = [(0, h.copy())] if hashed else []
     carry = b""
     base = 0  # file offset of carry[0]
     pos = 0
@@ -254,7 +247,6 @@ def _scan_fd(
         pos += len(chunk)
         if hashed:
             h.update(chunk)
-            points.append((pos, h.copy()))
         buf = carry + chunk if carry else chunk
         cut = buf.rfind(b"\n")
         if cut < 0:
@@ -265,7 +257,7 @@ def _scan_fd(
         base += cut + 1
     if carry:
         scan.lines(carry, base)  # the last line, without a trailing newline
-    return scan, h.hexdigest() if hashed else "", pos, tuple(points)
+    return scan, h.hexdigest() if hashed else "", pos
 
 
 def insert_at(
@@ -275,26 +267,24 @@ def insert_at(
     new_messages: Sequence[Mapping[str, Any]],
     *,
     root: Path | None = None,
-    before_replace: Callable[[str], None] | None = None,
-    checkpoints: Sequence[tuple[int, Any]] = (),
+    before_replace: Callable[[FileVersion], None] | None = None,
 ) -> Snapshot:
     """Insert ``new_messages`` after the line ending at ``line_end`` of the chat ``basis``
     describes (as :func:`daemon.tavern.write.insert_after_line`), streaming: the bytes before
-    the insert point are copied in the kernel where it can, the rest through a fixed buffer,
-    and the new version is hashed meanwhile (from the nearest of ``checkpoints``, the hash
-    states :func:`find_lines` kept). ``basis.sha256`` is the hash of the old version (as
-    :func:`find_lines` gives it), or ``""`` (``hashed=False``): the new version is then hashed
-    in a helper thread from the page cache while the copy is written and fsynced."""
+    the insert point are copied in the kernel where it can, the rest through a fixed buffer.
+    A fresh basis (:attr:`Snapshot.needs_rehash`) needs its ``sha256`` (from
+    :func:`find_lines`): the held chat is hashed again before the rename. Returns the
+    snapshot of the file written (unhashed)."""
     new = _encode_new(new_messages)
     if not basis.sha256 and basis.needs_rehash:
         raise ValueError("insert_at needs a fresh basis' sha256 (from find_lines)")
     if not 0 < line_end <= basis.size:
         raise ValueError(f"offset {line_end} is not the end of a line of the chat")
     with held_basis(path, basis, root) as (real, held, current):
-        written, digest = _write_and_replace(
-            path, real, held, current, basis, line_end, new, before_replace, checkpoints
+        written = _write_and_replace(
+            path, real, held, current, basis, line_end, new, before_replace
         )
-    return _snap(written, digest, time.time_ns())
+    return _snap(written, "", time.time_ns())
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -303,15 +293,13 @@ def _write(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _copy(src: int, dst: int, start: int, stop: int, h: Any | None, writeback: _Writeback) -> None:
-    """Copy ``src[start:stop]`` to ``dst`` through the buffer, hashing it (with ``h``)."""
+def _copy(src: int, dst: int, start: int, stop: int, writeback: _Writeback) -> None:
+    """Copy ``src[start:stop]`` to ``dst`` through the buffer."""
     pos = start
     while pos < stop:
         chunk = os.pread(src, min(CHUNK, stop - pos), pos)
         if not chunk:
             raise ChatConflictError("the chat shrank while it was copied")
-        if h is not None:
-            h.update(chunk)
         _write(dst, chunk)
         pos += len(chunk)
         writeback.kick()
@@ -325,74 +313,31 @@ def _write_and_replace(
     basis: Snapshot,
     line_end: int,
     new: bytes,
-    before_replace: Callable[[str], None] | None,
-    checkpoints: Sequence[tuple[int, Any]],
-) -> tuple[os.stat_result, str]:
+    before_replace: Callable[[FileVersion], None] | None,
+) -> os.stat_result:
     at_end = line_end == basis.size
     # As write._splice: after the line's "\n"; a last line without one gets one first.
     split = line_end if at_end else line_end + 1
     tail = b"\n" + new if at_end else new + b"\n"
-    hashing: _Background[str] | None = None
-    try:
-        with chat_temp(real, current) as temp:
-            fd, writeback = temp.fd, temp.writeback
-            try:
-                if not at_end and os.pread(held, 1, line_end) != b"\n":
-                    raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-                h: Any | None = None
-                if basis.sha256:
-                    copied = _copy_prefix(held, fd, split, writeback)  # in the kernel
-                    start, state = max(
-                        ((p, st) for p, st in checkpoints if p <= copied), default=(0, None)
-                    )
-                    h = state.copy() if state is not None else hashlib.sha256()
-                    _hash_range(held, start, copied, h)
-                else:  # no old hash to go on: the whole new version, beside the disk's work
-                    hashing = _Background(
-                        partial(_hash_new, held, split, tail, basis.size), "st-imagegen-hash"
-                    )
-                    copied = _copy_prefix(held, fd, split, writeback)
-                _copy(held, fd, copied, split, h, writeback)  # what the kernel did not copy
-                if h is not None:
-                    h.update(tail)
-                _write(fd, tail)
-                _copy(held, fd, split, basis.size, h, writeback)
-                temp.durable()
-            except OSError as exc:
-                raise _write_error(exc, "the chat", real.parent) from None
-            digest = h.hexdigest() if h is not None else _result(hashing)
-            if before_replace is not None:
-                before_replace(digest)
-            if basis.needs_rehash and _hash_fd(held) != basis.sha256:
+    with chat_temp(real, current) as temp:
+        fd, writeback = temp.fd, temp.writeback
+        try:
+            if not at_end and os.pread(held, 1, line_end) != b"\n":
                 raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-            temp.replace(path, real, basis, current)
-            return os.fstat(fd), digest
-    finally:
-        if hashing is not None:
-            hashing.wait()  # never leave it reading a descriptor about to be closed
-
-
-def _result(hashing: _Background[str] | None) -> str:
-    assert hashing is not None
-    return hashing.result()
-
-
-def _hash_new(held: int, split: int, tail: bytes, size: int) -> str:
-    """sha256 of the new version: the held chat's first ``split`` bytes, ``tail``, the rest."""
-    h = hashlib.sha256()
-    _hash_range(held, 0, split, h)
-    h.update(tail)
-    _hash_range(held, split, size, h)
-    return h.hexdigest()
-
-
-def _hash_range(fd: int, start: int, stop: int, h: Any) -> None:
-    pos = start
-    while pos < stop and (chunk := os.pread(fd, min(CHUNK, stop - pos), pos)):
-        h.update(chunk)
-        pos += len(chunk)
-    if pos < stop:
-        raise ChatConflictError("the chat shrank while it was copied")
+            copied = _copy_prefix(held, fd, split, writeback)  # in the kernel
+            _copy(held, fd, copied, split, writeback)  # what the kernel did not copy
+            _write(fd, tail)
+            _copy(held, fd, split, basis.size, writeback)
+            temp.durable()
+            written = os.fstat(fd)  # no more writes: the version the rename puts in place
+        except OSError as exc:
+            raise _write_error(exc, "the chat", real.parent) from None
+        if before_replace is not None:
+            before_replace(FileVersion.of(written))
+        if basis.needs_rehash and _hash_fd(held) != basis.sha256:
+            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+        temp.replace(path, real, basis, current)
+        return os.fstat(fd)
 
 
 def _hash_fd(fd: int) -> str:

@@ -9,11 +9,11 @@ between: the temp file is deleted and :class:`ChatConflictError` tells the calle
 from a fresh read. A tiny window between the final comparison and the rename remains; no lock
 can close it (ST takes none).
 
-Big chats cost about a durable copy: the read is a read and a hash (lines are parsed only when
-looked at, see :class:`~daemon.tavern.chat.Chat`; :func:`insert_after_line` takes the place
-as a byte offset, so nothing needs numbering), the unchanged bytes are copied in the kernel in
-slices that the disk starts writing while later ones are copied, and the new version's hash is
-taken from memory meanwhile.
+Big chats cost about a durable copy: the read is a read (lines are parsed only when looked at,
+see :class:`~daemon.tavern.chat.Chat`; :func:`insert_after_line` takes the place as a byte
+offset, so nothing needs numbering), and the unchanged bytes are copied in the kernel in slices
+that the disk starts writing while later ones are copied. The new version is not hashed: it is
+told apart from ST's saves by its :class:`FileVersion` (every save renames a new file in).
 
 Symlinked chats are followed to their real file, as ST's ``write-file-atomic`` does.
 """
@@ -29,13 +29,12 @@ import re
 import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from daemon.errors import (
     ChatConflictError,
@@ -46,7 +45,7 @@ from daemon.errors import (
     UnsafePathError,
 )
 from daemon.tavern.chat import MARKER_KEY, MAX_CHAT_BYTES, Chat, encode_message, parse_chat
-from daemon.tavern.files import open_regular
+from daemon.tavern.files import open_regular, real_path
 from daemon.tavern.layout import (
     OUR_TEMP_SUFFIX,
     OUR_TEMP_TAG,
@@ -57,6 +56,7 @@ from daemon.tavern.layout import (
 __all__ = [
     "TEMP_PATTERN",
     "ChatTemp",
+    "FileVersion",
     "Snapshot",
     "build_image_message",
     "chat_temp",
@@ -68,11 +68,10 @@ __all__ = [
     "insert_after_line",
     "is_our_temp",
     "link_image",
-    "planned_sha256",
-    "planned_sha256_after_line",
     "read_for_edit",
     "read_for_edit_with",
     "replace_line",
+    "sha256_of",
     "snapshot",
     "write_image",
 ]
@@ -99,6 +98,25 @@ tick (coarse or 2 s file system clocks) without changing size or mtime: such bas
 before the replace. Older ones cannot: any later write gets a later mtime."""
 
 
+class FileVersion(NamedTuple):
+    """Which file a chat's name points at: its inode, size and modification time.
+
+    ST replaces a chat only by renaming a new file over it, and so do we, so a version read
+    later with the same three values is the very file that was renamed in: how the daemon
+    knows its own writes without hashing them. A rename keeps all three. A wrong match needs a
+    later save to reuse the freed inode number with the same size within the same timestamp
+    tick; the file that replaces ours cannot reuse its inode (it exists before ours is freed).
+    """
+
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileVersion:
+        return cls(st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     """What a chat file was when an edit read it (or after we wrote it).
@@ -114,6 +132,10 @@ class Snapshot:
     dev: int = 0
     ctime_ns: int = 0
     taken_ns: int = 0
+
+    @property
+    def version(self) -> FileVersion:
+        return FileVersion(self.inode, self.size, self.mtime_ns)
 
     def same_file(self, st: os.stat_result) -> bool:
         """Whether ``st`` describes the same, unchanged file (hash aside)."""
@@ -137,52 +159,9 @@ def _snap(st: os.stat_result, digest: str, taken_ns: int) -> Snapshot:
     )
 
 
-# Hashing a 60 MB chat costs about as much as copying it. An insert usually lands near the end,
-# so we keep copies of the hash state every _CHECKPOINT bytes of recently read chats and hash the
-# new bytes from the last checkpoint before the insert point only.
-_CHECKPOINT = 4 * 1024 * 1024
-_CHECKPOINT_MIN_SIZE = 2 * _CHECKPOINT
-_CHECKPOINT_CHATS = 8
-_checkpoints: OrderedDict[str, list[tuple[int, Any]]] = OrderedDict()
-_checkpoints_lock = threading.Lock()
-
-
-def _hash_with_checkpoints(data: bytes) -> str:
-    view = memoryview(data)
-    if len(data) < _CHECKPOINT_MIN_SIZE:
-        return hashlib.sha256(view).hexdigest()
-    h = hashlib.sha256()
-    points: list[tuple[int, Any]] = [(0, h.copy())]
-    for start in range(0, len(data), _CHECKPOINT):
-        h.update(view[start : start + _CHECKPOINT])
-        points.append((min(start + _CHECKPOINT, len(data)), h.copy()))
-    digest = h.hexdigest()
-    with _checkpoints_lock:
-        _checkpoints[digest] = points
-        _checkpoints.move_to_end(digest)
-        while len(_checkpoints) > _CHECKPOINT_CHATS:
-            _checkpoints.popitem(last=False)
-    return digest
-
-
-def _hash_pieces(basis_digest: str, pieces: Sequence[bytes | memoryview], offset: int) -> str:
-    """sha256 of ``b"".join(pieces)`` where the first ``offset`` bytes equal the basis' start."""
-    with _checkpoints_lock:
-        points = _checkpoints.get(basis_digest)
-    start, h = 0, hashlib.sha256()
-    if points:
-        for pos, state in points:
-            if pos <= offset:
-                start, h = pos, state
-        h = h.copy()
-    skip = start
-    for piece in pieces:
-        if skip >= len(piece):
-            skip -= len(piece)
-            continue
-        h.update(memoryview(piece)[skip:])
-        skip = 0
-    return h.hexdigest()
+def sha256_of(data: bytes) -> str:
+    """The hex sha256 of a chat's bytes (what older versions recorded for their writes)."""
+    return hashlib.sha256(memoryview(data)).hexdigest()
 
 
 def snapshot(path: Path, data: bytes) -> Snapshot:
@@ -192,7 +171,7 @@ def snapshot(path: Path, data: bytes) -> Snapshot:
         st = path.stat()
     except OSError as exc:
         raise ChatReadError(f"chat {str(path)!r} cannot be read: {exc.strerror}") from None
-    return _snap(st, _hash_with_checkpoints(data), taken)
+    return _snap(st, sha256_of(data), taken)
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -207,18 +186,25 @@ def _check_chat_path(path: Path, root: Path | None) -> Path:
     if not path.name.endswith(".jsonl"):
         raise UnsafePathError(f"not a chat file (no .jsonl): {str(path)!r}")
     try:
-        real = Path(os.path.realpath(path, strict=True))
+        real = Path(real_path(path))
     except FileNotFoundError:
         raise ChatReadError(f"chat {str(path)!r} does not exist") from None
     except OSError as exc:
         raise ChatReadError(f"chat {str(path)!r} cannot be resolved: {exc.strerror}") from None
     if root is not None:
-        real_root = Path(os.path.realpath(root))
+        real_root = Path(_real_root(root))
         if not real.is_relative_to(real_root):
             raise UnsafePathError(
                 f"chat {str(path)!r} resolves to {str(real)!r}, outside the data root"
             )
     return real
+
+
+def _real_root(root: Path) -> str:
+    try:
+        return real_path(root)
+    except OSError:
+        return os.path.realpath(root)  # a root that is gone: its chats are refused as outside
 
 
 def read_for_edit(path: Path, *, root: Path | None = None) -> tuple[Chat, bytes, Snapshot]:
@@ -247,8 +233,7 @@ def read_for_edit_with(
     returned last. Whatever ``look`` raises is raised (after the hash thread finished).
 
     ``hashed=False`` skips the hash (the snapshot's ``sha256`` is ``""``) for an edit that does
-    not need the old version's hash: the writer compares bytes, not hashes, and hashes the new
-    version while it waits for the disk.
+    not need the old version's hash: the writer compares bytes, not hashes.
     """
     real = _check_chat_path(path, root)
     for _ in range(_READ_ATTEMPTS):
@@ -266,10 +251,10 @@ _PARALLEL_HASH_MIN = 1024 * 1024
 
 
 def _hash_while(data: bytes, look: Callable[[Chat], _T], chat: Chat) -> tuple[str, _T]:
-    """``_hash_with_checkpoints(data)`` and ``look(chat)``, the hash in a helper thread."""
+    """``sha256_of(data)`` and ``look(chat)``, the hash in a helper thread."""
     if len(data) < _PARALLEL_HASH_MIN:
-        return _hash_with_checkpoints(data), look(chat)
-    hashing = _Background(partial(_hash_with_checkpoints, data), "st-imagegen-hash")
+        return sha256_of(data), look(chat)
+    hashing = _Background(partial(sha256_of, data), "st-imagegen-hash")
     try:
         result = look(chat)
     finally:
@@ -484,37 +469,12 @@ def _check_line_end(data: bytes, end: int) -> int:
     return end
 
 
-def _splice(data: bytes, end: int, new: bytes) -> tuple[list[Any], int]:
-    """The new file as pieces (``new`` after the line ending at ``end``), and the offset where
-    the old bytes first differ."""
+def _splice(data: bytes, end: int, new: bytes) -> list[Any]:
+    """The new file as pieces: ``new`` after the line ending at ``end``."""
     view = memoryview(data)
     if end == len(data):  # the last line, no trailing newline: keep having none
-        return [view, b"\n", new], end
-    return [view[: end + 1], new, b"\n", view[end + 1 :]], end + 1
-
-
-def planned_sha256(
-    basis: Snapshot,
-    data: bytes,
-    chat: Chat,
-    after_index: int,
-    new_messages: Sequence[Mapping[str, Any]],
-) -> str:
-    """The sha256 :func:`insert_after` will report for the same arguments, known before it runs.
-
-    For recording "this is our write" before the rename. Cheap for big chats read by
-    :func:`read_for_edit` (hash checkpoints).
-    """
-    end = _message_end(data, chat, after_index)
-    return planned_sha256_after_line(basis, data, end, new_messages)
-
-
-def planned_sha256_after_line(
-    basis: Snapshot, data: bytes, line_end: int, new_messages: Sequence[Mapping[str, Any]]
-) -> str:
-    """The sha256 :func:`insert_after_line` will report for the same arguments."""
-    pieces, offset = _splice(data, _check_line_end(data, line_end), _encode_new(new_messages))
-    return _hash_pieces(basis.sha256, pieces, offset)
+        return [view, b"\n", new]
+    return [view[: end + 1], new, b"\n", view[end + 1 :]]
 
 
 def _encode_new(new_messages: Sequence[Mapping[str, Any]]) -> bytes:
@@ -538,7 +498,7 @@ def insert_after(
     root: Path | None = None,
     rehash: bool | None = None,
     probe: Callable[[str], None] | None = None,
-    before_replace: Callable[[str], None] | None = None,
+    before_replace: Callable[[FileVersion], None] | None = None,
 ) -> Snapshot:
     """Insert ``new_messages`` as lines right after message ``after_index`` (ST numbering).
 
@@ -551,13 +511,13 @@ def insert_after(
     Numbering messages parses the whole chat; :func:`insert_after_line` takes the place as a
     byte offset instead (a :class:`~daemon.tavern.chat.LineMessage`'s ``end``) and does not.
 
-    ``rehash``: also compare the content hash before replacing; ``None`` decides by how fresh
-    the basis was (see :attr:`Snapshot.needs_rehash`). ``probe`` is called with
-    ``"final-check"`` right before the final comparison and ``"replaced"`` right after the
-    rename: tests measure the remaining window with it. ``before_replace`` is called with the
-    sha256 of the new file once it is durable, right before the final checks and the rename
-    (to record "this version is ours" first); if it raises, nothing is replaced. Returns the
-    snapshot of the file we wrote (``sha256`` of the new bytes).
+    ``rehash``: also compare the content before replacing; ``None`` decides by how fresh the
+    basis was (see :attr:`Snapshot.needs_rehash`). ``probe`` is called with ``"final-check"``
+    right before the final comparison and ``"replaced"`` right after the rename: tests measure
+    the remaining window with it. ``before_replace`` is called with the new file's
+    :class:`FileVersion` once it is durable, right before the final checks and the rename (to
+    record "this version is ours" first); if it raises, nothing is replaced. Returns the
+    snapshot of the file we wrote (unhashed: ``sha256`` is ``""``).
     """
     if len(data) != basis.size:
         raise ValueError("data is not the bytes the snapshot describes")
@@ -575,7 +535,7 @@ def insert_after_line(
     root: Path | None = None,
     rehash: bool | None = None,
     probe: Callable[[str], None] | None = None,
-    before_replace: Callable[[str], None] | None = None,
+    before_replace: Callable[[FileVersion], None] | None = None,
 ) -> Snapshot:
     """:func:`insert_after`, the place given as the offset in ``data`` where a line ends.
 
@@ -598,7 +558,7 @@ def replace_line(
     message: Mapping[str, Any],
     *,
     root: Path | None = None,
-    before_replace: Callable[[str], None] | None = None,
+    before_replace: Callable[[FileVersion], None] | None = None,
 ) -> Snapshot:
     """Replace the line ``data[line_start:line_end]`` (a :class:`LineMessage`'s place) by
     ``message``, every other byte kept; same compare-before-replace guarantees and errors as
@@ -610,7 +570,7 @@ def replace_line(
         raise ValueError(f"offset {line_start} does not start a line")
     view = memoryview(data)
     pieces: list[Any] = [view[:line_start], _encode_new([message]), view[end:]]
-    return _apply(path, basis, data, pieces, line_start, root, None, None, before_replace)
+    return _apply(path, basis, data, pieces, root, None, None, before_replace)
 
 
 def _insert(
@@ -622,10 +582,10 @@ def _insert(
     root: Path | None,
     rehash: bool | None,
     probe: Callable[[str], None] | None,
-    before_replace: Callable[[str], None] | None,
+    before_replace: Callable[[FileVersion], None] | None,
 ) -> Snapshot:
-    pieces, offset = _splice(data, end, _encode_new(new_messages))
-    return _apply(path, basis, data, pieces, offset, root, rehash, probe, before_replace)
+    pieces = _splice(data, end, _encode_new(new_messages))
+    return _apply(path, basis, data, pieces, root, rehash, probe, before_replace)
 
 
 def _apply(
@@ -633,17 +593,16 @@ def _apply(
     basis: Snapshot,
     data: bytes,
     pieces: list[Any],
-    offset: int,
     root: Path | None,
     rehash: bool | None,
     probe: Callable[[str], None] | None,
-    before_replace: Callable[[str], None] | None,
+    before_replace: Callable[[FileVersion], None] | None,
 ) -> Snapshot:
     with held_basis(path, basis, root) as (real, held, current):
-        written, digest = _write_and_replace(
-            path, real, held, current, basis, data, pieces, offset, rehash, probe, before_replace
+        written = _write_and_replace(
+            path, real, held, current, basis, data, pieces, rehash, probe, before_replace
         )
-    return _snap(written, digest, time.time_ns())
+    return _snap(written, "", time.time_ns())
 
 
 @contextlib.contextmanager
@@ -749,41 +708,30 @@ def _write_and_replace(
     basis: Snapshot,
     data: bytes,
     pieces: Sequence[bytes | memoryview],
-    offset: int,
     rehash: bool | None,
     probe: Callable[[str], None] | None,
-    before_replace: Callable[[str], None] | None,
-) -> tuple[os.stat_result, str]:
-    # The new version's hash needs only the bytes in memory: for a big chat taken in a helper
-    # thread while the file is written; a small one's costs less than starting that thread.
-    hashing: _Background[str] | None = None
-    hash_new = partial(_hash_pieces, basis.sha256, pieces, offset)
-    try:
-        with chat_temp(real, current) as temp:
-            if len(data) >= _PARALLEL_HASH_MIN:
-                hashing = _Background(hash_new, "st-imagegen-hash")
-            try:
-                copied = _copy_prefix(held, temp.fd, len(pieces[0]), temp.writeback)
-                _write_all(temp.fd, [memoryview(pieces[0])[copied:], *pieces[1:]], temp.writeback)
-                temp.durable()
-            except OSError as exc:
-                raise _write_error(exc, "the chat", real.parent) from None
-            digest = hashing.result() if hashing is not None else hash_new()
-            if before_replace is not None:
-                before_replace(digest)
+    before_replace: Callable[[FileVersion], None] | None,
+) -> os.stat_result:
+    with chat_temp(real, current) as temp:
+        try:
+            copied = _copy_prefix(held, temp.fd, len(pieces[0]), temp.writeback)
+            _write_all(temp.fd, [memoryview(pieces[0])[copied:], *pieces[1:]], temp.writeback)
+            temp.durable()
+            written = os.fstat(temp.fd)  # no more writes: the version the rename puts in place
+        except OSError as exc:
+            raise _write_error(exc, "the chat", real.parent) from None
+        if before_replace is not None:
+            before_replace(FileVersion.of(written))
 
-            must_hash = basis.needs_rehash if rehash is None else rehash
-            if must_hash and not _holds(held, data):
-                raise ChatConflictError(f"chat {path.name!r} changed since it was read")
-            if probe is not None:
-                probe("final-check")
-            temp.replace(path, real, basis, current)
-            if probe is not None:
-                probe("replaced")
-            return os.fstat(temp.fd), digest  # the file renamed, even if replaced since
-    finally:
-        if hashing is not None:
-            hashing.wait()
+        must_hash = basis.needs_rehash if rehash is None else rehash
+        if must_hash and not _holds(held, data):
+            raise ChatConflictError(f"chat {path.name!r} changed since it was read")
+        if probe is not None:
+            probe("final-check")
+        temp.replace(path, real, basis, current)
+        if probe is not None:
+            probe("replaced")
+        return os.fstat(temp.fd)  # the file renamed, even if replaced since
 
 
 def check_unchanged_and_replace(

@@ -4,7 +4,6 @@ a real store and approval folder. Crashes are simulated by raising from inside t
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 import threading
@@ -28,6 +27,7 @@ from daemon.errors import ChatConflictError
 from daemon.tavern import layout
 from daemon.tavern import write as tavern_write
 from daemon.tavern.chat import parse_chat, parse_send_date, read_chat, send_date_style
+from daemon.tavern.write import FileVersion
 from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
     USER,
@@ -129,8 +129,7 @@ async def test_commit_inserts_hidden_image_message_after_reply(st_harness: Harne
     entry = await h.store.ledger_get(job.id)
     assert entry is not None and not entry.acknowledged and entry.retired is None
     assert entry.message == data
-    digest = hashlib.sha256(after).hexdigest()
-    assert await h.store.is_our_write(done.chat, digest)
+    assert await h.store.our_write(done.chat, FileVersion.of(path.stat())) is True
 
 
 async def test_commit_in_group_chat_shows_under_the_member(st_harness: Harness) -> None:
@@ -369,17 +368,17 @@ def _crash_on(monkeypatch: pytest.MonkeyPatch, name: str, *, after_call: bool = 
 
 def _crash_after_intent(monkeypatch: pytest.MonkeyPatch) -> None:
     """Crash a chat write once right after its ``before_replace`` ran (the ledger entry and
-    our write's hash recorded in one transaction), before the rename."""
+    our write's version recorded in one transaction), before the rename."""
     real = tavern_write.insert_after_line
     state = {"done": False}
 
-    def wrapper(*args: Any, before_replace: Callable[[str], None], **kwargs: Any) -> Any:
+    def wrapper(*args: Any, before_replace: Callable[[FileVersion], None], **kwargs: Any) -> Any:
         if state["done"]:
             return real(*args, before_replace=before_replace, **kwargs)
         state["done"] = True
 
-        def then_crash(digest: str) -> None:
-            before_replace(digest)
+        def then_crash(version: FileVersion) -> None:
+            before_replace(version)
             raise Crash("after the intent")
 
         return real(*args, before_replace=then_crash, **kwargs)
@@ -439,15 +438,14 @@ async def test_crash_between_steps_is_finished_by_the_next_run(
 async def test_crash_after_rename_is_still_our_write(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hash of our write is recorded before the rename: after a crash right after it, the
+    """Our write's version is recorded before the rename: after a crash right after it, the
     file is still known as ours (else reconcile would wrongly take it as ST's)."""
     h = harness
     _, path, job = await _tab_with_job(h)
     _crash_on(monkeypatch, "insert_after_line", after_call=True)
     with pytest.raises(Crash):
         await h.committer.commit_job(job)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert await h.store.is_our_write(job.chat, digest)
+    assert await h.store.our_write(job.chat, FileVersion.of(path.stat())) is True
 
 
 async def test_a_commit_is_one_worker_thread_trip(
@@ -539,7 +537,7 @@ async def test_another_runs_ledger_entry_wins(
     real = tavern_write.insert_after_line
     calls: list[str] = []
 
-    def racing(*args: Any, before_replace: Callable[[str], None], **kwargs: Any) -> Any:
+    def racing(*args: Any, before_replace: Callable[[FileVersion], None], **kwargs: Any) -> Any:
         if not calls:  # the other run records its entry while this one writes
             h.store.blocking.add_entry(job, theirs)
         calls.append("write")

@@ -27,6 +27,7 @@ from daemon.tavern import layout
 from daemon.tavern.chat import MARKER_KEY, Chat, Message, parse_chat, read_chat
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.write import (
+    FileVersion,
     build_image_message,
     insert_after_line,
     read_for_edit_with,
@@ -246,11 +247,10 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def test_recorded_hash_matches_the_written_bytes(tmp_path: Path) -> None:
-    """The committer records the hash of its write before the rename (``before_replace``, taken
-    while the new file is fsynced); it must be exact, with or without the old one's hash."""
-    import hashlib
-
+def test_recorded_version_is_the_file_renamed_in(tmp_path: Path) -> None:
+    """The committer records its write's version before the rename (``before_replace``, once
+    the new file is durable): it must be the file the rename puts in place, while the old
+    chat is still there, with or without the old one's hash."""
     for trailing in (b"", b"\n"):
         path = tmp_path / f"c{len(trailing)}.jsonl"
         lines = [
@@ -274,15 +274,18 @@ def test_recorded_hash_matches_the_written_bytes(tmp_path: Path) -> None:
                     job_id=f"J{after}{hashed}",
                 )
                 end = chat.message_span(after)[1]
-                recorded: list[tuple[str, bytes]] = []
+                recorded: list[tuple[FileVersion, bytes]] = []
                 record = partial(_record_with_file, recorded, path)
                 written = insert_after_line(path, snap, data, end, [message], before_replace=record)
-                assert recorded == [(written.sha256, data)]  # before the rename
-                assert hashlib.sha256(path.read_bytes()).hexdigest() == written.sha256
+                assert recorded == [(written.version, data)]  # before the rename
+                assert FileVersion.of(path.stat()) == written.version
+                assert written.size == len(path.read_bytes())
 
 
-def _record_with_file(into: list[tuple[str, bytes]], path: Path, digest: str) -> None:
-    into.append((digest, path.read_bytes()))
+def _record_with_file(
+    into: list[tuple[FileVersion, bytes]], path: Path, version: FileVersion
+) -> None:
+    into.append((version, path.read_bytes()))
 
 
 def test_served_path_refuses_other_urls(tmp_path: Path) -> None:

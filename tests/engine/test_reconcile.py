@@ -3,7 +3,9 @@ version written by ST has contained it; after that a disappearance is the user's
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from daemon.engine.commit.apply import (
 )
 from daemon.engine.store import JobState
 from daemon.tavern.chat import parse_chat
+from daemon.tavern.write import FileVersion
 from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
     USER,
@@ -181,15 +184,52 @@ async def test_no_open_entries_no_read(harness: Harness, monkeypatch: pytest.Mon
     assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 0
 
 
-async def test_theirs_is_told_from_ours_by_hash(harness: Harness) -> None:
-    """A version with the marker acknowledges only if ST wrote it (not our own write)."""
+async def test_theirs_is_told_from_ours_by_the_file(harness: Harness) -> None:
+    """A version with the marker acknowledges only if ST wrote it (not our own write), even
+    when ST's save holds exactly our bytes: it is another file, and the tab that saved it
+    holds our message."""
     h = harness
     _, path, job = await _committed_with_stale_tab(h)
     ref = ref_of(h.root, path)
-    assert await h.store.is_our_write(ref.rel, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert await h.store.our_write(ref.rel, FileVersion.of(path.stat())) is True
     assert await h.committer.reconcile_chat(ref) == 0
     assert not (await _entry(h, job.id)).acknowledged
-    STSim.open(path).save()  # a second tab opened it and saved: ST has it now
+    # A second tab opened it and saved exactly the same bytes (temp file + rename, as ST).
+    ours = path.read_bytes()
+    temp = path.with_name(path.name + ".4242")
+    temp.write_bytes(ours)
+    temp.replace(path)
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert (await _entry(h, job.id)).acknowledged
+
+
+async def test_a_write_recorded_by_hash_before_the_upgrade_is_still_ours(
+    harness: Harness,
+) -> None:
+    """An older version recorded its writes by the bytes' hash: after the upgrade that write is
+    still ours (no acknowledgement, which would let the next stale save drop it for good),
+    and ST's save of it is still theirs."""
+    h = harness
+    tab, path, job = await _committed_with_stale_tab(h)
+    ref = ref_of(h.root, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def as_before_the_upgrade() -> None:  # another connection to the same file
+        with contextlib.closing(sqlite3.connect(h.store.path, timeout=30)) as conn, conn:
+            conn.execute("DELETE FROM our_writes")
+            conn.execute(
+                "INSERT INTO our_writes (chat, sha256, at) VALUES (?, ?, '2026-01-01T00:00:00Z')",
+                (ref.rel, digest),
+            )
+
+    await anyio.to_thread.run_sync(as_before_the_upgrade)
+    assert await h.store.our_write(ref.rel, FileVersion.of(path.stat())) is None
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert not (await _entry(h, job.id)).acknowledged
+    tab.narrator("It starts to rain.").save()  # the stale tab drops it: back it comes
+    assert await h.committer.reconcile_chat(ref) == 1
+    assert markers(path) == [job.id]
+    STSim.open(path).save()
     assert await h.committer.reconcile_chat(ref) == 0
     assert (await _entry(h, job.id)).acknowledged
 
@@ -282,7 +322,6 @@ async def test_a_stale_save_is_repaired_in_one_worker_thread_trip(
     monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
     assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 1
     monkeypatch.undo()
-    assert trips == ["partial", "_reconcile_pass"]  # the open entries; the pass
+    assert trips == ["_reconcile_pass"]  # the open entries, the read, the write: one trip
     assert markers(path) == [job.id]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert await h.store.is_our_write(ref_of(h.root, path).rel, digest)
+    assert await h.store.our_write(ref_of(h.root, path).rel, FileVersion.of(path.stat()))

@@ -8,8 +8,10 @@ import sqlite3
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from daemon.engine.store import (
 )
 from daemon.errors import JobError, StoreError
 from daemon.tavern.chat import Cursor, MessageIdentity, Revision
+from daemon.tavern.write import FileVersion
 
 pytestmark = pytest.mark.anyio
 
@@ -621,16 +624,64 @@ async def test_ledger(store: Store) -> None:
     assert await store.ledger_acknowledge("01UNKNOWNJOB") is False
 
 
+def _version(n: int) -> FileVersion:
+    return FileVersion(inode=1000 + n, size=5000 + n, mtime_ns=1_700_000_000_000_000_000 + n)
+
+
 async def test_our_writes_keep_the_last_few(store: Store) -> None:
     for i in range(OUR_WRITES_KEPT + 3):
-        await store.record_write("c.jsonl", f"h{i}")
-    await store.record_write("d.jsonl", "h0")
-    assert not await store.is_our_write("c.jsonl", "h0")
-    assert not await store.is_our_write("c.jsonl", "h2")
-    assert await store.is_our_write("c.jsonl", "h3")
-    assert await store.is_our_write("c.jsonl", f"h{OUR_WRITES_KEPT + 2}")
-    assert await store.is_our_write("d.jsonl", "h0")
-    assert not await store.is_our_write("e.jsonl", "h5")
+        await store.record_write("c.jsonl", _version(i))
+    await store.record_write("d.jsonl", _version(0))
+    assert await store.our_write("c.jsonl", _version(0)) is False
+    assert await store.our_write("c.jsonl", _version(2)) is False
+    assert await store.our_write("c.jsonl", _version(3)) is True
+    assert await store.our_write("c.jsonl", _version(OUR_WRITES_KEPT + 2)) is True
+    assert await store.our_write("d.jsonl", _version(0)) is True
+    assert await store.our_write("e.jsonl", _version(5)) is False
+    # All three must match: the same inode reused by a save of another size or time is theirs.
+    v = _version(4)
+    assert await store.our_write("c.jsonl", v._replace(size=v.size + 1)) is False
+    assert await store.our_write("c.jsonl", v._replace(mtime_ns=v.mtime_ns + 1)) is False
+    assert await store.our_write("c.jsonl", v._replace(inode=v.inode + 99)) is False
+
+
+async def test_writes_recorded_by_hash_before_schema_3_are_still_ours(tmp_path: Path) -> None:
+    """A store from before schema 3 holds hashes of our writes: migrated, they still answer
+    (by hash, when asked) until newer writes push them out; nothing else is lost."""
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in MIGRATIONS[0].split(";") + MIGRATIONS[1].split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO our_writes (chat, sha256, at) VALUES ('c.jsonl', ?, '2026-01-01T00:00:00Z')",
+        ("ab" * 32,),
+    )
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == len(MIGRATIONS)
+        assert await store.our_write("c.jsonl", _version(1)) is None  # ask by hash
+        asked: list[str] = []
+
+        def content(digest: str) -> Callable[[], str]:
+            def hashed() -> str:
+                asked.append(digest)
+                return digest
+
+            return hashed
+
+        ours = partial(store.blocking.our_write, "c.jsonl", _version(1))
+        assert await anyio.to_thread.run_sync(ours, content("ab" * 32)) is True
+        assert await anyio.to_thread.run_sync(ours, content("cd" * 32)) is False
+        assert asked == ["ab" * 32, "cd" * 32]
+        for i in range(OUR_WRITES_KEPT):
+            await store.record_write("c.jsonl", _version(10 + i))
+        # The hash row is pushed out: answered by identity alone, no hash asked for.
+        assert await store.our_write("c.jsonl", _version(1)) is False
+        assert await anyio.to_thread.run_sync(ours, content("ab" * 32)) is False
+        assert asked == ["ab" * 32, "cd" * 32]
 
 
 async def test_supersede_tells_listeners_the_state_each_job_had(store: Store) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from daemon.engine.store import Cursors, Jobs, Ledger, OurWrites, Store
+from daemon.tavern.write import FileVersion
 
 PACKAGE = Path(__file__).resolve().parents[2] / "daemon"
 STORE = PACKAGE / "engine" / "store"
@@ -137,8 +138,8 @@ async def test_each_table_class_works_alone_over_its_own_connection(tmp_path: Pa
         )
         assert await cursors.known_chats() == {"u/chats/A/a.jsonl"}
     async with await OurWrites.open(path) as writes:
-        await writes.record_write("u/chats/A/a.jsonl", "ab" * 32)
-        assert await writes.is_our_write("u/chats/A/a.jsonl", "ab" * 32)
+        await writes.record_write("u/chats/A/a.jsonl", FileVersion(7, 8, 9))
+        assert await writes.our_write("u/chats/A/a.jsonl", FileVersion(7, 8, 9))
     async with await Store.open(path) as store:  # all of them, the same rows
         assert await store.known_chats() == {"u/chats/A/a.jsonl"}
         assert isinstance(store, Jobs) and isinstance(store, Ledger)

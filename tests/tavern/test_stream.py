@@ -15,7 +15,12 @@ import pytest
 from daemon.errors import ChatConflictError
 from daemon.tavern import stream
 from daemon.tavern.chat import Chat, LineMessage, MessageIdentity, read_chat
-from daemon.tavern.write import build_image_message, insert_after_line, read_for_edit
+from daemon.tavern.write import (
+    FileVersion,
+    build_image_message,
+    insert_after_line,
+    read_for_edit,
+)
 from tests.stsim import STSim
 
 JOB = "01JF3K2M4N5P6Q7R8S9T0VWXYZ"
@@ -103,16 +108,16 @@ def test_find_lines_finds_what_the_in_memory_path_finds(
 
 @pytest.mark.parametrize("chunk", [7, 1000, stream.CHUNK])
 @pytest.mark.parametrize("trailing", [True, False])
-@pytest.mark.parametrize("points", [True, False, "unhashed"])
+@pytest.mark.parametrize("hashed", [True, False])
 def test_insert_at_writes_the_bytes_the_in_memory_insert_writes(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     chunk: int,
     trailing: bool,
-    points: bool | str,
+    hashed: bool,
 ) -> None:
-    """``unhashed``: the read skips the hash (an old chat), the insert hashes the new version
-    in a helper thread while it writes; the same bytes and the same hash."""
+    """Hashed or not (an old chat's read skips the hash): the same bytes as the in-memory
+    insert, and the version told before the rename is the file in place after it."""
     monkeypatch.setattr(stream, "CHUNK", chunk)
     path = _chat(tmp_path, trailing_newline=trailing)
     twin = path.with_name("Alice - twin.jsonl")
@@ -121,25 +126,20 @@ def test_insert_at_writes_the_bytes_the_in_memory_insert_writes(
     for identity in (identities[3], identities[-1]):  # a reply in the middle, the last line
         twin.write_bytes(path.read_bytes())
         message = _ours("Alice", JOB)
-        if points == "unhashed":
+        if not hashed:
             hour_ago = time.time() - 3600
             os.utime(path, (hour_ago, hour_ago))
-        found = stream.find_lines(path, JOB, identity, hashed=points != "unhashed")
-        assert (found.snapshot.sha256 == "") is (points == "unhashed")
-        recorded: list[str] = []
+        found = stream.find_lines(path, JOB, identity, hashed=hashed)
+        assert (found.snapshot.sha256 == "") is not hashed
+        recorded: list[FileVersion] = []
         snap = stream.insert_at(
-            path,
-            found.snapshot,
-            found.insert_end,
-            [message],
-            before_replace=recorded.append,
-            checkpoints=found.checkpoints if points else (),
+            path, found.snapshot, found.insert_end, [message], before_replace=recorded.append
         )
         _, data, basis = read_for_edit(twin)
-        expected = insert_after_line(twin, basis, data, found.insert_end, [message])
+        insert_after_line(twin, basis, data, found.insert_end, [message])
         assert path.read_bytes() == twin.read_bytes()
-        assert snap.sha256 == expected.sha256 == recorded[0]
-        assert snap.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert recorded == [snap.version] == [FileVersion.of(path.stat())]
+        assert snap.sha256 == ""
         assert read_chat(path)[0].find_marker(JOB) is not None
         path.write_bytes(pristine)
 

@@ -24,12 +24,12 @@ from daemon.tavern import write
 from daemon.tavern.chat import MARKER_KEY, format_send_date, parse_chat
 from daemon.tavern.layout import our_temp_name
 from daemon.tavern.write import (
+    FileVersion,
     Snapshot,
     build_image_message,
     cleanup_stale_temps,
     insert_after,
     is_our_temp,
-    planned_sha256,
     read_for_edit,
     snapshot,
     write_image,
@@ -148,9 +148,13 @@ def test_insert_after_every_message_of_every_fixture_chat(st_root: Path) -> None
             path.write_bytes(original)
             chat, data, basis = read_for_edit(path)
             new = image_message(job=f"j{index}")
-            planned = planned_sha256(basis, data, chat, index, [new])
-            result = insert_after(path, basis, data, chat, index, [new])
-            assert result.sha256 == planned
+            recorded: list[FileVersion] = []
+            result = insert_after(
+                path, basis, data, chat, index, [new], before_replace=recorded.append
+            )
+            # The version told before the rename is the file in place after it.
+            assert recorded == [result.version] == [FileVersion.of(path.stat())]
+            assert result.sha256 == ""  # the new version is not hashed
             after = path.read_bytes()
             line = json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode()
             # Exactly one line added, right after the message's line; every other byte kept.
@@ -158,7 +162,6 @@ def test_insert_after_every_message_of_every_fixture_chat(st_root: Path) -> None
             pos = chat.line_of(index) + 1
             assert after.split(b"\n") == [*old_lines[:pos], line, *old_lines[pos:]]
             assert not after.endswith(b"\n")
-            assert result.sha256 == hashlib.sha256(after).hexdigest()
             assert result.size == len(after)
             assert result.inode == path.stat().st_ino
             reparsed = parse_chat(after)
@@ -802,17 +805,20 @@ def big_chat(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("where", [0, 5_000, 19_999])
-def test_checkpointed_hash_of_big_chat_is_exact(big_chat: Path, where: int) -> None:
+def test_big_chat_version_told_before_the_rename_is_the_file_after(
+    big_chat: Path, where: int
+) -> None:
+    """A 10 MB chat (early flushes while the copy is written): the version handed to
+    ``before_replace`` is the file the rename puts in place, and a later save of the same
+    size is another version."""
     chat, data, basis = read_for_edit(big_chat)
-    planned = planned_sha256(basis, data, chat, where, [image_message()])
-    result = insert_after(big_chat, basis, data, chat, where, [image_message()])
-    assert result.sha256 == planned == hashlib.sha256(big_chat.read_bytes()).hexdigest()
-    # And without checkpoints (a basis from another process's read).
-    write._checkpoints.clear()
-    chat, data, basis = read_for_edit(big_chat)
-    write._checkpoints.clear()
-    result = insert_after(big_chat, basis, data, chat, where, [image_message("j2")])
-    assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()
+    recorded: list[FileVersion] = []
+    message = image_message()
+    insert_after(big_chat, basis, data, chat, where, [message], before_replace=recorded.append)
+    assert recorded == [FileVersion.of(big_chat.stat())]
+    assert recorded[0].size == len(data) + len(json.dumps(message, separators=(",", ":"))) + 1
+    STSim.open(big_chat).save()  # ST's save of what it loaded: a new file
+    assert FileVersion.of(big_chat.stat()) != recorded[0]
 
 
 # --- the kernel copy of the unchanged prefix -----------------------------------------------------
@@ -849,7 +855,7 @@ def test_without_kernel_copy_the_bytes_come_from_memory(
     line = json.dumps(image_message(), ensure_ascii=False, separators=(",", ":")).encode()
     lines = before.split(b"\n")  # header, greeting, user message 1, reply
     assert after.split(b"\n") == [*lines[:3], line, *lines[3:]]
-    assert result.sha256 == hashlib.sha256(after).hexdigest()
+    assert result.version == FileVersion.of(path.stat()) and result.size == len(after)
 
 
 def test_disk_full_during_kernel_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -915,10 +921,12 @@ def test_insert_after_line_matches_insert_after(tmp_path: Path, trailing: bytes)
         insert_after(by_index, basis, data, chat, index, [image_message()])
         chat, data, basis = read_for_edit(by_line)
         end = chat.message_span(index)[1]
-        planned = write.planned_sha256_after_line(basis, data, end, [image_message()])
-        result = write.insert_after_line(by_line, basis, data, end, [image_message()])
+        recorded: list[FileVersion] = []
+        result = write.insert_after_line(
+            by_line, basis, data, end, [image_message()], before_replace=recorded.append
+        )
         assert by_line.read_bytes() == by_index.read_bytes()
-        assert result.sha256 == planned == hashlib.sha256(by_line.read_bytes()).hexdigest()
+        assert recorded == [result.version] == [FileVersion.of(by_line.stat())]
 
 
 def test_insert_after_line_refuses_what_is_no_line_end(tmp_path: Path) -> None:
@@ -936,23 +944,25 @@ def test_insert_after_line_refuses_what_is_no_line_end(tmp_path: Path) -> None:
 
 
 def test_before_replace_failing_replaces_nothing(tmp_path: Path) -> None:
-    """``before_replace`` gets the new file's hash before the rename; if it raises, the chat
-    is left as it was and no temp file stays."""
+    """``before_replace`` gets the new file's version before the rename; if it raises, the
+    chat is left as it was and no temp file stays."""
     path = tmp_path / "c.jsonl"
     STSim.create(path).reply("Alice", "hello").save()
     before = path.read_bytes()
     chat, data, basis = read_for_edit(path)
-    seen: list[str] = []
+    seen: list[FileVersion] = []
 
-    def refuse(digest: str) -> None:
-        seen.append(digest)
+    def refuse(version: FileVersion) -> None:
+        seen.append(version)
         raise RuntimeError("store down")
 
     with pytest.raises(RuntimeError, match="store down"):
         insert_after(path, basis, data, chat, 1, [image_message()], before_replace=refuse)
     assert path.read_bytes() == before and not no_temps(tmp_path)
+    assert len(seen) == 1 and seen[0].size > len(before)
     result = insert_after(path, basis, data, chat, 1, [image_message()])
-    assert seen == [result.sha256] == [hashlib.sha256(path.read_bytes()).hexdigest()]
+    assert result.version == FileVersion.of(path.stat())
+    assert result.size == seen[0].size
 
 
 def test_failed_early_flush_fails_the_insert(
@@ -977,15 +987,16 @@ def test_failed_early_flush_fails_the_insert(
     assert not no_temps(big_chat.parent)
     monkeypatch.undo()
     result = insert_after(big_chat, basis, data, chat, 5, [image_message()])
-    assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()
+    assert result.version == FileVersion.of(big_chat.stat())
+    assert result.size == len(big_chat.read_bytes()) > len(data)
 
 
 def test_a_small_chat_is_written_without_helper_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Below the sizes where they pay off, an insert starts no helper thread (no hash thread,
-    no early flush, no background close): each costs a thread start and, with the flush, a
-    wait on the file's lock, for nothing the final fsync would not do anyway."""
+    """Below the sizes where they pay off, an insert starts no helper thread (no early flush,
+    no background close; the new version is never hashed): each costs a thread start and,
+    with the flush, a wait on the file's lock, for nothing the final fsync would not do."""
     path, _ = _fresh_chat(tmp_path)
     started: list[str] = []
     real_init = write._Background.__init__
@@ -999,7 +1010,7 @@ def test_a_small_chat_is_written_without_helper_threads(
     chat, data, basis = read_for_edit(path)
     result = insert_after(path, basis, data, chat, 1, [image_message()])
     assert started == []
-    assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert result.version == FileVersion.of(path.stat())
 
 
 def test_the_last_slice_of_a_big_copy_is_left_to_the_fsync(
@@ -1018,4 +1029,5 @@ def test_the_last_slice_of_a_big_copy_is_left_to_the_fsync(
     chat, data, basis = read_for_edit(big_chat)
     result = insert_after(big_chat, basis, data, chat, len(chat.messages) - 1, [image_message()])
     assert len(kicks) == 1  # after the first of the two slices, not after the last
-    assert result.sha256 == hashlib.sha256(big_chat.read_bytes()).hexdigest()
+    assert result.version == FileVersion.of(big_chat.stat())
+    assert result.size == len(big_chat.read_bytes())

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import ChatConflictError
+from daemon.tavern import write
 from daemon.tavern.write import build_image_message, insert_after, is_our_temp, read_for_edit
 from tests.stsim import STSim
 
@@ -158,7 +159,13 @@ def test_st_saving_in_a_thread_never_loses_a_save_outside_the_window(tmp_path: P
         except ChatConflictError:
             conflicts += 1
             continue
-        log.add(Write("ours", result.sha256, times["final-check"], times["replaced"], basis.sha256))
+        # What we renamed in: the bytes read with the new line after the target's line.
+        end = chat.message_span(target)[1]
+        renamed_in = b"".join(write._splice(data, end, write._encode_new([message])))
+        assert len(renamed_in) == result.size
+        log.add(
+            Write("ours", _sha(renamed_in), times["final-check"], times["replaced"], basis.sha256)
+        )
         inserted += 1
 
     st.join(timeout=DEADLINE_S)

@@ -3,9 +3,10 @@
 **Commit** (one accepted job): the image files first (atomic, named after the job so a retry
 finds and reuses them), then the hidden image message right after the reply through the
 compare-before-replace writer, which, once the new chat is on disk and right before its rename,
-records in one store transaction the ledger entry holding the exact message and the hash of the
-new version. Each step is idempotent, so a job may run twice and a crash anywhere is finished by
-the next run:
+records in one store transaction the ledger entry holding the exact message and the new
+version's :class:`~daemon.tavern.write.FileVersion` (inode, size, mtime: how our own writes are
+told from ST's saves, which each rename a new file in). Each step is idempotent, so a job may
+run twice and a crash anywhere is finished by the next run:
 
 - image files written, no ledger entry: the next run finds the files by the job id in their
   names and reuses them (no orphans);
@@ -13,8 +14,8 @@ the next run:
 - chat line written, job not marked committed: the next run finds our marker and marks it
   (which is why that last transaction need not wait for the disk).
 
-The hash is recorded *before* the rename, so a crash right after it cannot make our own version
-look like one written by someone else. A whole attempt runs in one worker thread: the store
+The version is recorded *before* the rename, so a crash right after it cannot make our own
+version look like one written by someone else. A whole attempt runs in one worker thread: the store
 calls go with the file work (``store.blocking``) instead of taking a thread trip each.
 
 **Reconcile** (after a chat changed): an open browser tab saves its whole in-memory chat and so
@@ -67,6 +68,7 @@ from daemon.tavern.chat import (
 from daemon.tavern.layout import ChatRef, PathKind
 from daemon.tavern.media import add_image_swipes, swipe_jobs, swipe_urls
 from daemon.tavern.write import (
+    FileVersion,
     Snapshot,
     build_image_message,
     check_image_folder,
@@ -76,6 +78,7 @@ from daemon.tavern.write import (
     read_for_edit,
     read_for_edit_with,
     replace_line,
+    sha256_of,
     write_image,
 )
 
@@ -268,7 +271,7 @@ def _read_plan(
     def look(chat: Chat) -> tuple[LineMessage | None, LineMessage | None]:
         return chat.find_marker_line(job_id), chat.find_line(identity)
 
-    # No hash of the old version: a commit needs the new one's only (taken during its fsync).
+    # No hash: the writer compares bytes, and our new version is known by its file identity.
     # ``root`` on every read: the chat may be swapped for a symlink between conflict retries.
     chat, data, snap, (present, reply) = read_for_edit_with(path, look, root=root, hashed=False)
     return _Plan(chat, data, snap, present, reply, _judge(reply, revision))
@@ -376,7 +379,7 @@ class Committer:
 
     def _attempt(self, job_id: str, path: Path | None) -> _Attempt:
         """One attempt, in a worker thread: the job's state, the chat read, the image files,
-        the ledger entry with our write's hash, the chat written, the job marked committed and
+        the ledger entry with our write's version, the chat written, the job marked committed and
         its pending folder removed. What went wrong is returned, not raised, with the job as
         read (its attempts count), for :meth:`commit_job` to record back on the loop."""
         try:
@@ -432,12 +435,12 @@ class Committer:
         )
         return self._committed_now(job, message)
 
-    def _intend(self, job: Job, message: Mapping[str, Any], digest: str) -> None:
-        """Before the rename: the ledger entry and our write's hash, one transaction (a
+    def _intend(self, job: Job, message: Mapping[str, Any], version: FileVersion) -> None:
+        """Before the rename: the ledger entry and our write's version, one transaction (a
         crash right after the rename must not leave our version looking like someone else's,
         and the entry says what the next run inserts). Another run's entry first: the rename
         is called off as a conflict, and the next attempt writes that entry's message."""
-        taken = self.store.blocking.intend(job, message, digest)
+        taken = self.store.blocking.intend(job, message, version)
         if taken is not None:
             raise ChatConflictError("another run of this job recorded its message first")
 
@@ -477,11 +480,11 @@ class Committer:
         plan: _Plan,
         after: int,
         message: Mapping[str, Any],
-        before_replace: Callable[[str], None],
+        before_replace: Callable[[FileVersion], None],
     ) -> bool:
         """Insert ``message`` after the line ending at offset ``after`` (in a worker thread);
-        ``before_replace`` gets the new version's hash right before the rename. False on a
-        conflict (re-read and retry)."""
+        ``before_replace`` gets the new version right before the rename. False on a conflict
+        (re-read and retry)."""
         write: Callable[[], object]
         if plan.data is None:
             write = partial(
@@ -492,7 +495,6 @@ class Committer:
                 [dict(message)],
                 root=self.root,
                 before_replace=before_replace,
-                checkpoints=plan.streamed.checkpoints if plan.streamed else (),
             )
         else:
             write = partial(
@@ -519,7 +521,7 @@ class Committer:
         plan: _Plan,
         line: LineMessage,
         message: Mapping[str, Any],
-        before_replace: Callable[[str], None],
+        before_replace: Callable[[FileVersion], None],
     ) -> bool:
         """Put ``message`` back over our own older line (image swipes a stale tab dropped),
         in a worker thread; False on a conflict (re-read and retry)."""
@@ -542,7 +544,7 @@ class Committer:
 
     def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:
         """Write the image files (or find them from an earlier run) and build the message.
-        Its ledger entry is recorded with our write's hash, right before the rename."""
+        Its ledger entry is recorded with our write's version, right before the rename."""
         assert plan.reply is not None
         reply = plan.reply.message
         present = {p.name: p for p in self.approval.kept_images(job.id)}
@@ -684,9 +686,8 @@ class Committer:
 
         Only chats with unacknowledged entries are read. An acknowledged message is never
         re-added, so watching it would only cost a full read per save forever; when it has
-        disappeared and the chat is read anyway, its entry is retired as removed by the user."""
-        if not await self.store.ledger_for_chat(chat.rel, open_only=True):
-            return 0  # the common case: nothing of ours is waiting; no file read
+        disappeared and the chat is read anyway, its entry is retired as removed by the user.
+        The common case, nothing of ours waiting, costs one store query and no file read."""
         async with self._lock(chat.rel):
             return await self._reconcile(chat.rel, chat.path)
 
@@ -724,16 +725,16 @@ class Committer:
         and whether it is done (False: ST saved meanwhile; read again after a backoff)."""
         inserted = 0
         while True:
-            entries = [
-                e for e in self.store.blocking.entries(rel, open_only=False) if not e.retired
-            ]
+            entries = self.store.blocking.watched(rel)
             waiting = [e for e in entries if not e.acknowledged]
             if not waiting:
                 return inserted, True
             identities = {e.job_id: self._identity(e) for e in waiting}
             look = partial(_look_up, entries=entries, identities=identities)
             try:
-                chat, data, snap, found = read_for_edit_with(path, look, root=self.root)
+                chat, data, snap, found = read_for_edit_with(
+                    path, look, root=self.root, hashed=False
+                )
             except ChatConflictError:
                 return inserted, False
             except UnsafePathError as exc:
@@ -746,7 +747,7 @@ class Committer:
                     return inserted, True
                 log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
                 return inserted, True
-            theirs = not self.store.blocking.is_our_write(rel, snap.sha256)
+            theirs = _Once(partial(self._theirs, rel, snap, data))
             todo = self._judge(entries, found, theirs)
             if not todo:
                 return inserted, True
@@ -775,7 +776,7 @@ class Committer:
         replace: bool,
     ) -> bool | None:
         """Write ``entry``'s message into the chat again (in place of ``line`` when
-        ``replace``): True written, False a conflict (read again), None given up. The hash
+        ``replace``): True written, False a conflict (read again), None given up. The version
         of our write is recorded before the rename, as in a commit."""
         record = partial(self.store.blocking.record_write, rel)
         try:
@@ -795,39 +796,44 @@ class Committer:
         self,
         entries: Sequence[LedgerEntry],
         found: Sequence[_Found],
-        theirs: bool,
+        theirs: Callable[[], bool],
     ) -> list[tuple[LedgerEntry, LineMessage, bool]]:
         """Acknowledge and retire entries by what the chat holds (``found``: see
         :func:`_look_up`); the entries to write again, oldest first, each with the line to
-        insert after (its reply) or, when the last flag is set, the stale line to replace."""
+        insert after (its reply) or, when the last flag is set, the stale line to replace.
+        ``theirs()``: whether the version read was written by someone else (asked only when an
+        open entry is present in it). These judgements are not waited onto the disk: a power
+        cut that loses one leaves the entry as it was, and the next read judges it again."""
+        blocking = self.store.blocking
         todo: list[tuple[LedgerEntry, LineMessage, bool]] = []
         for entry, (present, reply, stale) in zip(entries, found, strict=True):
             if entry.acknowledged:
                 if not present:
-                    self.store.blocking.retire(entry.job_id, REASON_DELETED_AFTER_SHOWN)
+                    blocking.retire(entry.job_id, REASON_DELETED_AFTER_SHOWN, durable=False)
                     log.info("image message removed in SillyTavern; left out", job=entry.job_id)
                 continue
             if stale is not None:
                 todo.append((entry, stale, True))
                 continue
             if present:
-                if theirs:
-                    self.store.blocking.acknowledge(entry.job_id)
+                if theirs():
+                    blocking.acknowledge(entry.job_id, durable=False)
                 continue
             if reply is None:
-                self.store.blocking.retire(entry.job_id, REASON_REPLY_GONE)
+                blocking.retire(entry.job_id, REASON_REPLY_GONE, durable=False)
             elif str(reply.message.revision) != entry.reply.revision:
-                self.store.blocking.retire(entry.job_id, REASON_REPLY_CHANGED)
+                blocking.retire(entry.job_id, REASON_REPLY_CHANGED, durable=False)
             else:
                 todo.append((entry, reply, False))
         return todo
 
+    def _theirs(self, rel: str, snap: Snapshot, data: bytes) -> bool:
+        """Whether the version read is not one of our writes (its file identity; a hash of
+        ``data`` only for writes an older version recorded by hash)."""
+        return not self.store.blocking.our_write(rel, snap.version, partial(sha256_of, data))
+
     def _identity(self, entry: LedgerEntry) -> MessageIdentity:
-        try:
-            hint = self.store.blocking.job(entry.job_id).message_index
-        except JobError:
-            hint = 0
-        return entry.reply.identity(hint)
+        return entry.reply.identity(self.store.blocking.message_index(entry.job_id) or 0)
 
     def _check_images_of(self, entry: LedgerEntry) -> None:
         for url in message_urls(entry.message):
@@ -898,6 +904,19 @@ def _clean_image_temps(root: Path) -> int:
     return removed
 
 
+class _Once:
+    """``fn()`` called at most once, on first use; its answer kept."""
+
+    def __init__(self, fn: Callable[[], bool]) -> None:
+        self._fn = fn
+        self._answer: bool | None = None
+
+    def __call__(self) -> bool:
+        if self._answer is None:
+            self._answer = self._fn()
+        return self._answer
+
+
 _Found = tuple[bool, LineMessage | None, LineMessage | None]
 """For one ledger entry: its marker is in the chat; the reply (when missing); our line when it
 is there but older than the entry (image swipes a stale tab dropped)."""
@@ -908,7 +927,7 @@ def _look_up(
 ) -> list[_Found]:
     """For each entry: whether its marker is in ``chat``, and (when it is missing and an
     identity is given) the reply it illustrates, or our line when it lacks swipes the entry
-    has. Byte searches (run while the chat is hashed)."""
+    has. Byte searches."""
     out: list[_Found] = []
     for entry in entries:
         line = chat.find_marker_line(entry.job_id)

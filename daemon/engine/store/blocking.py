@@ -10,10 +10,10 @@ loop (:meth:`Jobs.announce`), as listeners expect.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.engine.store.db import Database
 from daemon.engine.store.ledger import (
@@ -23,11 +23,15 @@ from daemon.engine.store.ledger import (
     entries_of,
     entry_of,
     set_entry,
+    watched_of,
 )
 from daemon.engine.store.model import Job, JobState, LedgerEntry, States, now_utc, stamp
 from daemon.engine.store.moves import job_move
 from daemon.engine.store.reads import find_job
-from daemon.engine.store.writes import is_our_write_in, record_write_in
+from daemon.engine.store.writes import our_hashed_write_in, our_write_in, record_write_in
+
+if TYPE_CHECKING:
+    from daemon.tavern.write import FileVersion
 
 __all__ = ["Blocking"]
 
@@ -50,6 +54,15 @@ class Blocking:
         """By exact id (JobError when unknown)."""
         return self._db.call_blocking(partial(find_job, job_id_or_prefix=job_id), write=False)
 
+    def message_index(self, job_id: str) -> int | None:
+        """The job's ``message_index`` (where its reply was), or None for no such job."""
+
+        def _index(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute("SELECT message_index FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return int(row[0]) if row is not None else None
+
+        return self._db.call_blocking(_index, write=False)
+
     def entry(self, job_id: str) -> LedgerEntry | None:
         return self._db.call_blocking(partial(entry_of, job_id=job_id), write=False)
 
@@ -64,14 +77,14 @@ class Blocking:
         self,
         job: Job,
         message: Mapping[str, Any],
-        digest: str,
+        version: FileVersion,
         *,
         now: datetime | None = None,
     ) -> dict[str, Any] | None:
         """Right before the rename that inserts ``message`` into ``job``'s chat: the job's
-        ledger entry (unless it has one) and ``digest`` as our write of that chat, in one
+        ledger entry (unless it has one) and ``version`` as our write of that chat, in one
         durable transaction, so a crash on either side of the rename is finished by the next
-        run (the entry says what to insert; the hash says the new version is ours).
+        run (the entry says what to insert; the version says the new file is ours).
 
         Returns None when recorded. When the entry already holds another message (the first
         recorded wins: another run of the job got there first), nothing is recorded and that
@@ -83,7 +96,7 @@ class Blocking:
             entry = entry_of(conn, job.id)
             if entry is not None and entry.message != message:
                 raise _Taken(entry.message)
-            record_write_in(conn, job.chat, digest, at)
+            record_write_in(conn, job.chat, version, at)
 
         try:
             self._db.call_blocking(_intend, write=True)
@@ -91,11 +104,11 @@ class Blocking:
             return taken.message
         return None
 
-    def record_write(self, chat: str, digest: str, *, now: datetime | None = None) -> None:
+    def record_write(self, chat: str, version: FileVersion, *, now: datetime | None = None) -> None:
         """:meth:`OurWrites.record_write`, from a worker thread (before a rename)."""
         at = stamp(now or now_utc())
         self._db.call_blocking(
-            partial(record_write_in, chat=chat, sha256=digest, at=at), write=True
+            partial(record_write_in, chat=chat, version=version, at=at), write=True
         )
 
     def entries(self, chat: str, *, open_only: bool = True) -> list[LedgerEntry]:
@@ -104,19 +117,38 @@ class Blocking:
             partial(entries_of, chat=chat, open_only=open_only), write=False
         )
 
-    def is_our_write(self, chat: str, digest: str) -> bool:
-        """:meth:`OurWrites.is_our_write`, from a worker thread."""
+    def our_write(self, chat: str, version: FileVersion, content: Callable[[], str]) -> bool:
+        """Whether ``version`` of the chat is one we wrote, from a worker thread.
+        ``content()`` gives the bytes' sha256; it is called only while writes recorded by
+        hash (before schema 3) remain for the chat."""
+        known = self._db.call_blocking(
+            partial(our_write_in, chat=chat, version=version), write=False
+        )
+        if known is not None:
+            return known
+        digest = content()
         return self._db.call_blocking(
-            partial(is_our_write_in, chat=chat, sha256=digest), write=False
+            partial(our_hashed_write_in, chat=chat, sha256=digest), write=False
         )
 
-    def retire(self, job_id: str, reason: str, *, now: datetime | None = None) -> bool:
-        """:meth:`Ledger.ledger_retire`, from a worker thread."""
-        return self._set(job_id, RETIRE, (reason,), now)
+    def watched(self, chat: str) -> list[LedgerEntry]:
+        """The chat's entries reconcile judges (:func:`~.ledger.watched_of`)."""
+        return self._db.call_blocking(partial(watched_of, chat=chat), write=False)
 
-    def acknowledge(self, job_id: str, *, now: datetime | None = None) -> bool:
-        """:meth:`Ledger.ledger_acknowledge`, from a worker thread."""
-        return self._set(job_id, ACKNOWLEDGE, (), now)
+    def retire(
+        self, job_id: str, reason: str, *, now: datetime | None = None, durable: bool = True
+    ) -> bool:
+        """:meth:`Ledger.ledger_retire`, from a worker thread. ``durable=False`` for a
+        judgement the next reconcile makes again from the chat on disk if a power cut loses
+        it (see :meth:`Database.call_blocking`)."""
+        return self._set(job_id, RETIRE, (reason,), now, durable)
+
+    def acknowledge(
+        self, job_id: str, *, now: datetime | None = None, durable: bool = True
+    ) -> bool:
+        """:meth:`Ledger.ledger_acknowledge`, from a worker thread; ``durable`` as for
+        :meth:`retire`."""
+        return self._set(job_id, ACKNOWLEDGE, (), now, durable)
 
     def _set(
         self,
@@ -124,6 +156,7 @@ class Blocking:
         change: tuple[str, str],
         args: tuple[Any, ...],
         now: datetime | None,
+        durable: bool = True,
     ) -> bool:
         at = stamp(now or now_utc())
         return self._db.call_blocking(
@@ -136,6 +169,7 @@ class Blocking:
                 at=at,
             ),
             write=True,
+            durable=durable,
         )
 
     def transition(

@@ -55,6 +55,18 @@ def entries_of(conn: sqlite3.Connection, chat: str, open_only: bool) -> list[Led
     return [_ledger_from_row(r) for r in rows]
 
 
+def watched_of(conn: sqlite3.Connection, chat: str) -> list[LedgerEntry]:
+    """The chat's entries not retired, oldest first, when at least one of them is open;
+    else none (one query: the common case, nothing waiting, reads no entry)."""
+    rows = conn.execute(
+        "SELECT * FROM ledger WHERE chat = ? AND retired IS NULL AND EXISTS "
+        "(SELECT 1 FROM ledger WHERE chat = ? AND acknowledged = 0 AND retired IS NULL) "
+        "ORDER BY created_at, job_id",
+        (chat, chat),
+    ).fetchall()
+    return [_ledger_from_row(r) for r in rows]
+
+
 def add_entry(
     conn: sqlite3.Connection,
     job_id: str,

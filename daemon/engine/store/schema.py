@@ -97,6 +97,12 @@ MIGRATIONS: Sequence[str] = (
     CREATE INDEX spend_at ON spend (at);
     CREATE INDEX spend_job ON spend (job_id);
     """,
+    # 3: our writes known by the file renamed in (inode, size, mtime), not by a hash of it
+    """
+    ALTER TABLE our_writes ADD COLUMN inode INTEGER;
+    ALTER TABLE our_writes ADD COLUMN size INTEGER;
+    ALTER TABLE our_writes ADD COLUMN mtime_ns INTEGER;
+    """,
 )
 """Ordered schema migrations; migration N (1-based) brings ``user_version`` from N-1 to N."""
 
