@@ -38,6 +38,7 @@ from daemon.tavern.write import (
     _FRESH_NS,
     FileVersion,
     Snapshot,
+    Written,
     _check_chat_path,
     _copy_prefix,
     _encode_new,
@@ -46,6 +47,8 @@ from daemon.tavern.write import (
     _Writeback,
     chat_temp,
     held_basis,
+    is_marked,
+    mark_ours,
 )
 
 __all__ = ["CHUNK", "STREAM_MIN_BYTES", "FoundLines", "NeedsFullRead", "find_lines", "insert_at"]
@@ -214,6 +217,7 @@ def find_lines(
         try:
             scan, digest, size = _scan_fd(fd, job_id, identity, hash_it)
             after = os.fstat(fd)
+            marked = is_marked(fd, after)
         except OSError as exc:
             raise ChatReadError(f"chat {str(real)!r} cannot be read: {exc.strerror}") from None
         finally:
@@ -226,7 +230,7 @@ def find_lines(
             raise NeedsFullRead("two lines hold the reply's identity")
         reply = scan.replies[0] if scan.replies else None
         return FoundLines(
-            _snap(after, digest, taken),
+            _snap(after, digest, taken, marked),
             scan.present,
             reply,
             scan.insert_end,
@@ -267,7 +271,7 @@ def insert_at(
     new_messages: Sequence[Mapping[str, Any]],
     *,
     root: Path | None = None,
-    before_replace: Callable[[FileVersion], None] | None = None,
+    before_replace: Callable[[Written], None] | None = None,
 ) -> Snapshot:
     """Insert ``new_messages`` after the line ending at ``line_end`` of the chat ``basis``
     describes (as :func:`daemon.tavern.write.insert_after_line`), streaming: the bytes before
@@ -281,10 +285,10 @@ def insert_at(
     if not 0 < line_end <= basis.size:
         raise ValueError(f"offset {line_end} is not the end of a line of the chat")
     with held_basis(path, basis, root) as (real, held, current):
-        written = _write_and_replace(
+        written, marked = _write_and_replace(
             path, real, held, current, basis, line_end, new, before_replace
         )
-    return _snap(written, "", time.time_ns())
+    return _snap(written, "", time.time_ns(), marked)
 
 
 def _write(fd: int, data: bytes) -> None:
@@ -313,8 +317,8 @@ def _write_and_replace(
     basis: Snapshot,
     line_end: int,
     new: bytes,
-    before_replace: Callable[[FileVersion], None] | None,
-) -> os.stat_result:
+    before_replace: Callable[[Written], None] | None,
+) -> tuple[os.stat_result, bool]:
     at_end = line_end == basis.size
     # As write._splice: after the line's "\n"; a last line without one gets one first.
     split = line_end if at_end else line_end + 1
@@ -328,16 +332,17 @@ def _write_and_replace(
             _copy(held, fd, copied, split, writeback)  # what the kernel did not copy
             _write(fd, tail)
             _copy(held, fd, split, basis.size, writeback)
-            temp.durable()
             written = os.fstat(fd)  # no more writes: the version the rename puts in place
+            marked = mark_ours(fd, written)
+            temp.durable()
         except OSError as exc:
             raise _write_error(exc, "the chat", real.parent) from None
         if before_replace is not None:
-            before_replace(FileVersion.of(written))
+            before_replace(Written(FileVersion.of(written), marked))
         if basis.needs_rehash and _hash_fd(held) != basis.sha256:
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
         temp.replace(path, real, basis, current)
-        return os.fstat(fd)
+        return os.fstat(fd), marked
 
 
 def _hash_fd(fd: int) -> str:

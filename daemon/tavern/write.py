@@ -54,10 +54,12 @@ from daemon.tavern.layout import (
 )
 
 __all__ = [
+    "OUR_MARK",
     "TEMP_PATTERN",
     "ChatTemp",
     "FileVersion",
     "Snapshot",
+    "Written",
     "build_image_message",
     "chat_temp",
     "check_image_folder",
@@ -66,8 +68,10 @@ __all__ = [
     "held_basis",
     "insert_after",
     "insert_after_line",
+    "is_marked",
     "is_our_temp",
     "link_image",
+    "mark_ours",
     "read_for_edit",
     "read_for_edit_with",
     "replace_line",
@@ -123,6 +127,7 @@ class Snapshot:
 
     ``dev``, ``ctime_ns`` and ``taken_ns`` (wall clock when the stat was taken) are 0 when unknown;
     ``sha256`` is ``""`` when the read skipped the hash (:func:`read_for_edit_with`).
+    ``marked``: the file carries our mark, still true of it (:func:`is_marked`).
     """
 
     inode: int
@@ -132,6 +137,7 @@ class Snapshot:
     dev: int = 0
     ctime_ns: int = 0
     taken_ns: int = 0
+    marked: bool = False
 
     @property
     def version(self) -> FileVersion:
@@ -153,10 +159,58 @@ class Snapshot:
         return self.taken_ns - self.mtime_ns < _FRESH_NS
 
 
-def _snap(st: os.stat_result, digest: str, taken_ns: int) -> Snapshot:
+def _snap(st: os.stat_result, digest: str, taken_ns: int, marked: bool = False) -> Snapshot:
     return Snapshot(
-        st.st_ino, st.st_size, st.st_mtime_ns, digest, st.st_dev, st.st_ctime_ns, taken_ns
+        st.st_ino, st.st_size, st.st_mtime_ns, digest, st.st_dev, st.st_ctime_ns, taken_ns, marked
     )
+
+
+# --- our mark -------------------------------------------------------------------------------------
+
+OUR_MARK = "user.st_imagegen.ours"
+"""The extended attribute on a chat file we wrote: its size and mtime when it was written."""
+
+_setxattr = getattr(os, "setxattr", None)
+_getxattr = getattr(os, "getxattr", None)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """The file an edit is about to rename in (what ``before_replace`` gets)."""
+
+    version: FileVersion
+    marked: bool  # carries OUR_MARK, made durable with its bytes (see mark_ours)
+
+
+def _mark_value(st: os.stat_result) -> bytes:
+    return f"{st.st_size}:{st.st_mtime_ns}".encode()
+
+
+def mark_ours(fd: int, st: os.stat_result) -> bool:
+    """Mark the file open at ``fd`` (its bytes all written; ``st`` its stat) as ours, before
+    its fsync: the mark is on disk exactly when the bytes are, and stays with the file
+    through the rename. ST's saves are new files, without it. False where the file system
+    has no extended attributes (FAT, most network and Windows shares): the caller records
+    the version durably instead."""
+    if _setxattr is None:
+        return False
+    try:
+        _setxattr(fd, OUR_MARK, _mark_value(st))
+    except OSError:
+        return False
+    return True
+
+
+def is_marked(fd: int, st: os.stat_result) -> bool:
+    """Whether the file open at ``fd`` carries our mark and still has the size and mtime it
+    had when marked (a file edited in place since, or a copy made by a tool that keeps
+    attributes but not times, is not ours)."""
+    if _getxattr is None:
+        return False
+    try:
+        return bool(_getxattr(fd, OUR_MARK) == _mark_value(st))
+    except OSError:  # no such attribute, or none supported here
+        return False
 
 
 def sha256_of(data: bytes) -> str:
@@ -238,11 +292,11 @@ def read_for_edit_with(
     real = _check_chat_path(path, root)
     for _ in range(_READ_ATTEMPTS):
         taken = time.time_ns()
-        data, before, after = _read_stable(real)
+        data, before, after, marked = _read_stable(real)
         if before.st_size == after.st_size and before.st_mtime_ns == after.st_mtime_ns:
             chat = parse_chat(data)
             digest, seen = _hash_while(data, look, chat) if hashed else ("", look(chat))
-            return chat, data, _snap(after, digest, taken), seen
+            return chat, data, _snap(after, digest, taken, marked), seen
     raise ChatConflictError(f"chat {path.name!r} kept changing while being read")
 
 
@@ -293,7 +347,8 @@ class _Background(Generic[_T]):
         return self._out[0]
 
 
-def _read_stable(real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:
+def _read_stable(real: Path) -> tuple[bytes, os.stat_result, os.stat_result, bool]:
+    """The file's bytes, its stat before and after the read, and whether it is marked ours."""
     fd, before = open_regular(real, ChatReadError, "chat", "a chat file", nofollow=True)
     try:
         if before.st_size > MAX_CHAT_BYTES:
@@ -311,12 +366,13 @@ def _read_stable(real: Path) -> tuple[bytes, os.stat_result, os.stat_result]:
                     f"chat {real.name!r} grew past the {MAX_CHAT_BYTES / 1e6:.0f} MB limit"
                 )
         after = os.fstat(fd)
+        marked = is_marked(fd, after)
     except OSError as exc:
         raise ChatReadError(f"chat {str(real)!r} cannot be read: {exc.strerror}") from None
     finally:
         os.close(fd)
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return data, before, after
+    return data, before, after, marked
 
 
 # --- writing helpers ------------------------------------------------------------------------------
@@ -498,7 +554,7 @@ def insert_after(
     root: Path | None = None,
     rehash: bool | None = None,
     probe: Callable[[str], None] | None = None,
-    before_replace: Callable[[FileVersion], None] | None = None,
+    before_replace: Callable[[Written], None] | None = None,
 ) -> Snapshot:
     """Insert ``new_messages`` as lines right after message ``after_index`` (ST numbering).
 
@@ -535,7 +591,7 @@ def insert_after_line(
     root: Path | None = None,
     rehash: bool | None = None,
     probe: Callable[[str], None] | None = None,
-    before_replace: Callable[[FileVersion], None] | None = None,
+    before_replace: Callable[[Written], None] | None = None,
 ) -> Snapshot:
     """:func:`insert_after`, the place given as the offset in ``data`` where a line ends.
 
@@ -558,7 +614,7 @@ def replace_line(
     message: Mapping[str, Any],
     *,
     root: Path | None = None,
-    before_replace: Callable[[FileVersion], None] | None = None,
+    before_replace: Callable[[Written], None] | None = None,
 ) -> Snapshot:
     """Replace the line ``data[line_start:line_end]`` (a :class:`LineMessage`'s place) by
     ``message``, every other byte kept; same compare-before-replace guarantees and errors as
@@ -582,7 +638,7 @@ def _insert(
     root: Path | None,
     rehash: bool | None,
     probe: Callable[[str], None] | None,
-    before_replace: Callable[[FileVersion], None] | None,
+    before_replace: Callable[[Written], None] | None,
 ) -> Snapshot:
     pieces = _splice(data, end, _encode_new(new_messages))
     return _apply(path, basis, data, pieces, root, rehash, probe, before_replace)
@@ -596,13 +652,13 @@ def _apply(
     root: Path | None,
     rehash: bool | None,
     probe: Callable[[str], None] | None,
-    before_replace: Callable[[FileVersion], None] | None,
+    before_replace: Callable[[Written], None] | None,
 ) -> Snapshot:
     with held_basis(path, basis, root) as (real, held, current):
-        written = _write_and_replace(
+        written, marked = _write_and_replace(
             path, real, held, current, basis, data, pieces, rehash, probe, before_replace
         )
-    return _snap(written, "", time.time_ns())
+    return _snap(written, "", time.time_ns(), marked)
 
 
 @contextlib.contextmanager
@@ -710,18 +766,19 @@ def _write_and_replace(
     pieces: Sequence[bytes | memoryview],
     rehash: bool | None,
     probe: Callable[[str], None] | None,
-    before_replace: Callable[[FileVersion], None] | None,
-) -> os.stat_result:
+    before_replace: Callable[[Written], None] | None,
+) -> tuple[os.stat_result, bool]:
     with chat_temp(real, current) as temp:
         try:
             copied = _copy_prefix(held, temp.fd, len(pieces[0]), temp.writeback)
             _write_all(temp.fd, [memoryview(pieces[0])[copied:], *pieces[1:]], temp.writeback)
-            temp.durable()
             written = os.fstat(temp.fd)  # no more writes: the version the rename puts in place
+            marked = mark_ours(temp.fd, written)
+            temp.durable()
         except OSError as exc:
             raise _write_error(exc, "the chat", real.parent) from None
         if before_replace is not None:
-            before_replace(FileVersion.of(written))
+            before_replace(Written(FileVersion.of(written), marked))
 
         must_hash = basis.needs_rehash if rehash is None else rehash
         if must_hash and not _holds(held, data):
@@ -731,7 +788,7 @@ def _write_and_replace(
         temp.replace(path, real, basis, current)
         if probe is not None:
             probe("replaced")
-        return os.fstat(temp.fd)  # the file renamed, even if replaced since
+        return os.fstat(temp.fd), marked  # the file renamed, even if replaced since
 
 
 def check_unchanged_and_replace(

@@ -27,7 +27,7 @@ from daemon.errors import ChatConflictError
 from daemon.tavern import layout
 from daemon.tavern import write as tavern_write
 from daemon.tavern.chat import parse_chat, parse_send_date, read_chat, send_date_style
-from daemon.tavern.write import FileVersion
+from daemon.tavern.write import FileVersion, Written
 from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
     USER,
@@ -372,12 +372,12 @@ def _crash_after_intent(monkeypatch: pytest.MonkeyPatch) -> None:
     real = tavern_write.insert_after_line
     state = {"done": False}
 
-    def wrapper(*args: Any, before_replace: Callable[[FileVersion], None], **kwargs: Any) -> Any:
+    def wrapper(*args: Any, before_replace: Callable[[Written], None], **kwargs: Any) -> Any:
         if state["done"]:
             return real(*args, before_replace=before_replace, **kwargs)
         state["done"] = True
 
-        def then_crash(version: FileVersion) -> None:
+        def then_crash(version: Written) -> None:
             before_replace(version)
             raise Crash("after the intent")
 
@@ -537,7 +537,7 @@ async def test_another_runs_ledger_entry_wins(
     real = tavern_write.insert_after_line
     calls: list[str] = []
 
-    def racing(*args: Any, before_replace: Callable[[FileVersion], None], **kwargs: Any) -> Any:
+    def racing(*args: Any, before_replace: Callable[[Written], None], **kwargs: Any) -> Any:
         if not calls:  # the other run records its entry while this one writes
             h.store.blocking.add_entry(job, theirs)
         calls.append("write")

@@ -28,6 +28,7 @@ from daemon.tavern.chat import MARKER_KEY, Chat, Message, parse_chat, read_chat
 from daemon.tavern.layout import ChatRef
 from daemon.tavern.write import (
     FileVersion,
+    Written,
     build_image_message,
     insert_after_line,
     read_for_edit_with,
@@ -274,17 +275,15 @@ def test_recorded_version_is_the_file_renamed_in(tmp_path: Path) -> None:
                     job_id=f"J{after}{hashed}",
                 )
                 end = chat.message_span(after)[1]
-                recorded: list[tuple[FileVersion, bytes]] = []
+                recorded: list[tuple[Written, bytes]] = []
                 record = partial(_record_with_file, recorded, path)
                 written = insert_after_line(path, snap, data, end, [message], before_replace=record)
-                assert recorded == [(written.version, data)]  # before the rename
+                assert [(w.version, d) for w, d in recorded] == [(written.version, data)]
                 assert FileVersion.of(path.stat()) == written.version
                 assert written.size == len(path.read_bytes())
 
 
-def _record_with_file(
-    into: list[tuple[FileVersion, bytes]], path: Path, version: FileVersion
-) -> None:
+def _record_with_file(into: list[tuple[Written, bytes]], path: Path, version: Written) -> None:
     into.append((version, path.read_bytes()))
 
 

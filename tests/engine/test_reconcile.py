@@ -4,6 +4,7 @@ version written by ST has contained it; after that a disappearance is the user's
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import sqlite3
 from collections.abc import Callable
@@ -20,8 +21,10 @@ from daemon.engine.commit.apply import (
     REASON_REPLY_GONE,
 )
 from daemon.engine.store import JobState
+from daemon.engine.store.blocking import Blocking
+from daemon.tavern import write as tavern_write
 from daemon.tavern.chat import parse_chat
-from daemon.tavern.write import FileVersion
+from daemon.tavern.write import FileVersion, read_for_edit
 from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
     USER,
@@ -325,3 +328,72 @@ async def test_a_stale_save_is_repaired_in_one_worker_thread_trip(
     assert trips == ["_reconcile_pass"]  # the open entries, the read, the write: one trip
     assert markers(path) == [job.id]
     assert await h.store.our_write(ref_of(h.root, path).rel, FileVersion.of(path.stat()))
+
+
+def _forget_our_writes(h: Harness) -> None:
+    """What a power cut can do to a record not waited onto the disk: lose it."""
+    with contextlib.closing(sqlite3.connect(h.store.path, timeout=30)) as conn, conn:
+        conn.execute("DELETE FROM our_writes")
+
+
+async def test_a_marked_write_is_ours_even_when_the_store_lost_its_record(
+    harness: Harness,
+) -> None:
+    """Our write carries our mark on the file itself, on disk with its bytes: with the store's
+    record of it gone, it is still ours (no acknowledgement, which would leave it to the next
+    stale save), and ST's save of it is still theirs."""
+    h = harness
+    tab, path, job = await _committed_with_stale_tab(h)
+    ref = ref_of(h.root, path)
+    if not read_for_edit(path)[2].marked:
+        pytest.skip("this file system keeps no user extended attributes")
+    await anyio.to_thread.run_sync(_forget_our_writes, h)
+    assert await h.store.our_write(ref.rel, FileVersion.of(path.stat())) is False
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert not (await _entry(h, job.id)).acknowledged
+    tab.narrator("It starts to rain.").save()  # dropped by the stale tab: back it comes
+    assert await h.committer.reconcile_chat(ref) == 1
+    await anyio.to_thread.run_sync(_forget_our_writes, h)
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert not (await _entry(h, job.id)).acknowledged
+    STSim.open(path).save()
+    assert await h.committer.reconcile_chat(ref) == 0
+    assert (await _entry(h, job.id)).acknowledged
+
+
+@pytest.mark.parametrize("marks", [True, False])
+async def test_our_record_waits_for_the_disk_only_when_the_file_is_unmarked(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, marks: bool
+) -> None:
+    """Where the file system refuses our mark, the record of our write (the commit's and the
+    re-insert's) is the only proof the version is ours: it is waited onto the disk before the
+    rename. A marked file needs no such wait."""
+    h = harness
+    if not marks:
+
+        def refuse(*args: Any) -> None:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+        monkeypatch.setattr(tavern_write, "_setxattr", refuse)
+    calls: list[tuple[str, bool]] = []
+    real_intend, real_record = Blocking.intend, Blocking.record_write
+
+    def intend(self: Blocking, *args: Any, durable: bool = True, **kwargs: Any) -> Any:
+        calls.append(("intend", durable))
+        return real_intend(self, *args, durable=durable, **kwargs)
+
+    def record(self: Blocking, *args: Any, durable: bool = True, **kwargs: Any) -> None:
+        calls.append(("record", durable))
+        real_record(self, *args, durable=durable, **kwargs)
+
+    monkeypatch.setattr(Blocking, "intend", intend)
+    monkeypatch.setattr(Blocking, "record_write", record)
+    tab, path, job = await _committed_with_stale_tab(h)
+    marked = read_for_edit(path)[2].marked
+    if marks and not marked:
+        pytest.skip("this file system keeps no user extended attributes")
+    assert marked is marks
+    tab.narrator("It starts to rain.").save()
+    assert await h.committer.reconcile_chat(ref_of(h.root, path)) == 1
+    assert calls == [("intend", not marks), ("record", not marks)]
+    assert markers(path) == [job.id]

@@ -87,9 +87,7 @@ def test_what_cannot_be_resolved_raises_like_realpath(
         real_path(tree / name)
 
 
-def test_without_proc_the_portable_way_answers(
-    tree: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_without_proc_the_portable_way_answers(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A system without ``/proc`` (or one that hides it): the readlink fails, realpath answers."""
     monkeypatch.setattr(files, "_PROC_FD", str(tree / "no-proc") + "/")
     name = tree / "link-dir" / "chats" / "Alice" / "Alice - 1.jsonl"

@@ -17,6 +17,7 @@ from daemon.tavern import stream
 from daemon.tavern.chat import Chat, LineMessage, MessageIdentity, read_chat
 from daemon.tavern.write import (
     FileVersion,
+    Written,
     build_image_message,
     insert_after_line,
     read_for_edit,
@@ -131,14 +132,15 @@ def test_insert_at_writes_the_bytes_the_in_memory_insert_writes(
             os.utime(path, (hour_ago, hour_ago))
         found = stream.find_lines(path, JOB, identity, hashed=hashed)
         assert (found.snapshot.sha256 == "") is not hashed
-        recorded: list[FileVersion] = []
+        recorded: list[Written] = []
         snap = stream.insert_at(
             path, found.snapshot, found.insert_end, [message], before_replace=recorded.append
         )
         _, data, basis = read_for_edit(twin)
         insert_after_line(twin, basis, data, found.insert_end, [message])
         assert path.read_bytes() == twin.read_bytes()
-        assert recorded == [snap.version] == [FileVersion.of(path.stat())]
+        assert [w.version for w in recorded] == [snap.version] == [FileVersion.of(path.stat())]
+        assert found.snapshot.marked is False  # the chat as ST wrote it
         assert snap.sha256 == ""
         assert read_chat(path)[0].find_marker(JOB) is not None
         path.write_bytes(pristine)
@@ -198,3 +200,22 @@ def test_a_fresh_chat_is_hashed_even_when_not_asked(tmp_path: Path) -> None:
     found = stream.find_lines(path, JOB, _identities(path)[3], hashed=False)
     assert found.snapshot.needs_rehash
     assert found.snapshot.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_streaming_insert_marks_its_file_ours(tmp_path: Path) -> None:
+    """As the in-memory insert: the file renamed in carries our mark (where the file system
+    keeps extended attributes), and the next streaming read sees it; ST's save drops it."""
+    path = _chat(tmp_path, trailing_newline=True)
+    identity = _identities(path)[-1]
+    found = stream.find_lines(path, JOB, identity)
+    told: list[Written] = []
+    snap = stream.insert_at(
+        path, found.snapshot, found.insert_end, [_ours("Alice", JOB)], before_replace=told.append
+    )
+    again = stream.find_lines(path, OTHER, identity)
+    assert [w.marked for w in told] == [snap.marked] == [again.snapshot.marked]
+    if not snap.marked:
+        pytest.skip("this file system keeps no user extended attributes")
+    assert again.snapshot.version == snap.version
+    STSim.open(path).save()
+    assert not stream.find_lines(path, JOB, identity).snapshot.marked

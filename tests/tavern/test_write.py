@@ -24,8 +24,10 @@ from daemon.tavern import write
 from daemon.tavern.chat import MARKER_KEY, format_send_date, parse_chat
 from daemon.tavern.layout import our_temp_name
 from daemon.tavern.write import (
+    OUR_MARK,
     FileVersion,
     Snapshot,
+    Written,
     build_image_message,
     cleanup_stale_temps,
     insert_after,
@@ -148,12 +150,14 @@ def test_insert_after_every_message_of_every_fixture_chat(st_root: Path) -> None
             path.write_bytes(original)
             chat, data, basis = read_for_edit(path)
             new = image_message(job=f"j{index}")
-            recorded: list[FileVersion] = []
+            recorded: list[Written] = []
             result = insert_after(
                 path, basis, data, chat, index, [new], before_replace=recorded.append
             )
             # The version told before the rename is the file in place after it.
-            assert recorded == [result.version] == [FileVersion.of(path.stat())]
+            assert (
+                [w.version for w in recorded] == [result.version] == [FileVersion.of(path.stat())]
+            )
             assert result.sha256 == ""  # the new version is not hashed
             after = path.read_bytes()
             line = json.dumps(new, ensure_ascii=False, separators=(",", ":")).encode()
@@ -812,13 +816,14 @@ def test_big_chat_version_told_before_the_rename_is_the_file_after(
     ``before_replace`` is the file the rename puts in place, and a later save of the same
     size is another version."""
     chat, data, basis = read_for_edit(big_chat)
-    recorded: list[FileVersion] = []
+    recorded: list[Written] = []
     message = image_message()
     insert_after(big_chat, basis, data, chat, where, [message], before_replace=recorded.append)
-    assert recorded == [FileVersion.of(big_chat.stat())]
-    assert recorded[0].size == len(data) + len(json.dumps(message, separators=(",", ":"))) + 1
+    versions = [w.version for w in recorded]
+    assert versions == [FileVersion.of(big_chat.stat())]
+    assert versions[0].size == len(data) + len(json.dumps(message, separators=(",", ":"))) + 1
     STSim.open(big_chat).save()  # ST's save of what it loaded: a new file
-    assert FileVersion.of(big_chat.stat()) != recorded[0]
+    assert FileVersion.of(big_chat.stat()) != versions[0]
 
 
 # --- the kernel copy of the unchanged prefix -----------------------------------------------------
@@ -921,12 +926,13 @@ def test_insert_after_line_matches_insert_after(tmp_path: Path, trailing: bytes)
         insert_after(by_index, basis, data, chat, index, [image_message()])
         chat, data, basis = read_for_edit(by_line)
         end = chat.message_span(index)[1]
-        recorded: list[FileVersion] = []
+        recorded: list[Written] = []
         result = write.insert_after_line(
             by_line, basis, data, end, [image_message()], before_replace=recorded.append
         )
         assert by_line.read_bytes() == by_index.read_bytes()
-        assert recorded == [result.version] == [FileVersion.of(by_line.stat())]
+        assert [w.version for w in recorded] == [result.version]
+        assert result.version == FileVersion.of(by_line.stat())
 
 
 def test_insert_after_line_refuses_what_is_no_line_end(tmp_path: Path) -> None:
@@ -950,19 +956,19 @@ def test_before_replace_failing_replaces_nothing(tmp_path: Path) -> None:
     STSim.create(path).reply("Alice", "hello").save()
     before = path.read_bytes()
     chat, data, basis = read_for_edit(path)
-    seen: list[FileVersion] = []
+    seen: list[Written] = []
 
-    def refuse(version: FileVersion) -> None:
+    def refuse(version: Written) -> None:
         seen.append(version)
         raise RuntimeError("store down")
 
     with pytest.raises(RuntimeError, match="store down"):
         insert_after(path, basis, data, chat, 1, [image_message()], before_replace=refuse)
     assert path.read_bytes() == before and not no_temps(tmp_path)
-    assert len(seen) == 1 and seen[0].size > len(before)
+    assert len(seen) == 1 and seen[0].version.size > len(before)
     result = insert_after(path, basis, data, chat, 1, [image_message()])
     assert result.version == FileVersion.of(path.stat())
-    assert result.size == seen[0].size
+    assert result.size == seen[0].version.size
 
 
 def test_failed_early_flush_fails_the_insert(
@@ -1031,3 +1037,86 @@ def test_the_last_slice_of_a_big_copy_is_left_to_the_fsync(
     assert len(kicks) == 1  # after the first of the two slices, not after the last
     assert result.version == FileVersion.of(big_chat.stat())
     assert result.size == len(big_chat.read_bytes())
+
+
+# --- our mark -------------------------------------------------------------------------------------
+
+
+def _xattrs_here(folder: Path) -> bool:
+    probe = folder / "xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.probe", b"1")
+    except (OSError, AttributeError):
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+@pytest.fixture
+def marks(tmp_path: Path) -> Path:
+    if not _xattrs_here(tmp_path):
+        pytest.skip("this file system keeps no user extended attributes")
+    return tmp_path
+
+
+def test_our_write_carries_our_mark_and_st_saves_do_not(marks: Path) -> None:
+    """The file we rename in is marked ours (its size and mtime, on disk with its bytes);
+    ST's save of the same chat is a new file without it; so is a file edited in place."""
+    path = marks / "c.jsonl"
+    STSim.create(path).send_user("hi").reply("Alice", "hello").save()
+    chat, data, basis = read_for_edit(path)
+    assert not basis.marked
+    told: list[Written] = []
+    result = insert_after(path, basis, data, chat, 1, [image_message()], before_replace=told.append)
+    st = path.stat()
+    assert told == [Written(FileVersion.of(st), marked=True)] and result.marked
+    assert os.getxattr(path, OUR_MARK) == f"{st.st_size}:{st.st_mtime_ns}".encode()
+    assert read_for_edit(path)[2].marked
+
+    STSim.open(path).save()  # a tab that loaded our version saves it: theirs
+    assert not read_for_edit(path)[2].marked
+
+    insert_after(path, *_reread(path), 1, [image_message("job-2")])
+    assert read_for_edit(path)[2].marked
+    with path.open("ab") as fh:  # an editor writing in place: the same inode, new bytes
+        fh.write(b"\n")
+    assert not read_for_edit(path)[2].marked
+
+
+def _reread(path: Path) -> tuple[Any, bytes, Any]:
+    chat, data, basis = read_for_edit(path)
+    return basis, data, chat
+
+
+def test_a_copy_that_keeps_the_mark_but_not_the_time_is_not_ours(marks: Path) -> None:
+    path = marks / "c.jsonl"
+    STSim.create(path).send_user("hi").reply("Alice", "hello").save()
+    chat, data, basis = read_for_edit(path)
+    insert_after(path, basis, data, chat, 1, [image_message()])
+    copy = marks / "copy.jsonl"
+    copy.write_bytes(path.read_bytes())
+    os.setxattr(copy, OUR_MARK, os.getxattr(path, OUR_MARK))
+    os.utime(copy, ns=(1, 1))
+    assert not read_for_edit(copy)[2].marked
+
+
+def test_where_marks_are_refused_the_write_goes_on_unmarked(
+    marks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without extended attributes (or one refusing them): the chat is written
+    all the same, and the caller is told the file is not marked."""
+
+    def refuse(*args: Any) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(write, "_setxattr", refuse)
+    path = marks / "c.jsonl"
+    STSim.create(path).send_user("hi").reply("Alice", "hello").save()
+    chat, data, basis = read_for_edit(path)
+    told: list[Written] = []
+    result = insert_after(path, basis, data, chat, 1, [image_message()], before_replace=told.append)
+    assert told == [Written(FileVersion.of(path.stat()), marked=False)]
+    assert not result.marked and not read_for_edit(path)[2].marked
+    assert parse_chat(path.read_bytes()).find_marker("job-1") is not None

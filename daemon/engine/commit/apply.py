@@ -68,8 +68,8 @@ from daemon.tavern.chat import (
 from daemon.tavern.layout import ChatRef, PathKind
 from daemon.tavern.media import add_image_swipes, swipe_jobs, swipe_urls
 from daemon.tavern.write import (
-    FileVersion,
     Snapshot,
+    Written,
     build_image_message,
     check_image_folder,
     cleanup_stale_temps,
@@ -435,12 +435,15 @@ class Committer:
         )
         return self._committed_now(job, message)
 
-    def _intend(self, job: Job, message: Mapping[str, Any], version: FileVersion) -> None:
+    def _intend(self, job: Job, message: Mapping[str, Any], written: Written) -> None:
         """Before the rename: the ledger entry and our write's version, one transaction (a
         crash right after the rename must not leave our version looking like someone else's,
-        and the entry says what the next run inserts). Another run's entry first: the rename
-        is called off as a conflict, and the next attempt writes that entry's message."""
-        taken = self.store.blocking.intend(job, message, version)
+        and the entry says what the next run inserts); waited onto the disk only when the
+        file could not be marked ours. Another run's entry first: the rename is called off as
+        a conflict, and the next attempt writes that entry's message."""
+        taken = self.store.blocking.intend(
+            job, message, written.version, durable=not written.marked
+        )
         if taken is not None:
             raise ChatConflictError("another run of this job recorded its message first")
 
@@ -480,7 +483,7 @@ class Committer:
         plan: _Plan,
         after: int,
         message: Mapping[str, Any],
-        before_replace: Callable[[FileVersion], None],
+        before_replace: Callable[[Written], None],
     ) -> bool:
         """Insert ``message`` after the line ending at offset ``after`` (in a worker thread);
         ``before_replace`` gets the new version right before the rename. False on a conflict
@@ -521,7 +524,7 @@ class Committer:
         plan: _Plan,
         line: LineMessage,
         message: Mapping[str, Any],
-        before_replace: Callable[[FileVersion], None],
+        before_replace: Callable[[Written], None],
     ) -> bool:
         """Put ``message`` back over our own older line (image swipes a stale tab dropped),
         in a worker thread; False on a conflict (re-read and retry)."""
@@ -778,7 +781,7 @@ class Committer:
         """Write ``entry``'s message into the chat again (in place of ``line`` when
         ``replace``): True written, False a conflict (read again), None given up. The version
         of our write is recorded before the rename, as in a commit."""
-        record = partial(self.store.blocking.record_write, rel)
+        record = partial(_record, self.store, rel)
         try:
             if replace:
                 written = self._rewrite_now(rel, path, plan, line, entry.message, record)
@@ -828,8 +831,11 @@ class Committer:
         return todo
 
     def _theirs(self, rel: str, snap: Snapshot, data: bytes) -> bool:
-        """Whether the version read is not one of our writes (its file identity; a hash of
-        ``data`` only for writes an older version recorded by hash)."""
+        """Whether the version read is not one of our writes: our mark on the file, else its
+        identity in the store (a hash of ``data`` only for writes an older version recorded
+        by hash)."""
+        if snap.marked:
+            return False
         return not self.store.blocking.our_write(rel, snap.version, partial(sha256_of, data))
 
     def _identity(self, entry: LedgerEntry) -> MessageIdentity:
@@ -902,6 +908,12 @@ def _clean_image_temps(root: Path) -> int:
             except ChatWriteError as exc:
                 log.warning("temp cleanup failed", folder=str(folder), error=str(exc))
     return removed
+
+
+def _record(store: Store, chat: str, written: Written) -> None:
+    """Before a rename: remember the version as ours, waited onto the disk only when the file
+    could not be marked ours (the mark is on disk with the file's bytes)."""
+    store.blocking.record_write(chat, written.version, durable=not written.marked)
 
 
 class _Once:
@@ -988,7 +1000,7 @@ async def _commit_swipe(committer: Committer, job: Job) -> Job:
             negative=negative if isinstance(negative, str) else "",
         )
 
-        record = partial(committer.store.blocking.record_write, job.chat)
+        record = partial(_record, committer.store, job.chat)
         try:
             await anyio.to_thread.run_sync(
                 partial(

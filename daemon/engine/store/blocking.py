@@ -80,6 +80,7 @@ class Blocking:
         version: FileVersion,
         *,
         now: datetime | None = None,
+        durable: bool = True,
     ) -> dict[str, Any] | None:
         """Right before the rename that inserts ``message`` into ``job``'s chat: the job's
         ledger entry (unless it has one) and ``version`` as our write of that chat, in one
@@ -88,7 +89,11 @@ class Blocking:
 
         Returns None when recorded. When the entry already holds another message (the first
         recorded wins: another run of the job got there first), nothing is recorded and that
-        message is returned: the caller must not rename, and writes that one instead."""
+        message is returned: the caller must not rename, and writes that one instead.
+
+        ``durable=False`` when the new file carries our mark (it says "ours" by itself, on
+        disk with its bytes): a power cut that loses the entry leaves the job accepted, and
+        the next run finds our marker in the chat and rebuilds the entry from it."""
         at = stamp(now or now_utc())
 
         def _intend(conn: sqlite3.Connection) -> None:
@@ -99,16 +104,26 @@ class Blocking:
             record_write_in(conn, job.chat, version, at)
 
         try:
-            self._db.call_blocking(_intend, write=True)
+            self._db.call_blocking(_intend, write=True, durable=durable)
         except _Taken as taken:
             return taken.message
         return None
 
-    def record_write(self, chat: str, version: FileVersion, *, now: datetime | None = None) -> None:
-        """:meth:`OurWrites.record_write`, from a worker thread (before a rename)."""
+    def record_write(
+        self,
+        chat: str,
+        version: FileVersion,
+        *,
+        now: datetime | None = None,
+        durable: bool = True,
+    ) -> None:
+        """:meth:`OurWrites.record_write`, from a worker thread (before a rename);
+        ``durable=False`` when the file carries our mark (see :meth:`intend`)."""
         at = stamp(now or now_utc())
         self._db.call_blocking(
-            partial(record_write_in, chat=chat, version=version, at=at), write=True
+            partial(record_write_in, chat=chat, version=version, at=at),
+            write=True,
+            durable=durable,
         )
 
     def entries(self, chat: str, *, open_only: bool = True) -> list[LedgerEntry]:
