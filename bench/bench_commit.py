@@ -11,12 +11,13 @@ processes hits both alike), medians of several runs:
   fsync of the folder.
 
 A commit reads the chat (a big one streamed), finds the reply and checks for our marker by
-byte searches, writes the image file, and writes the new chat; one store transaction before
-the rename (the ledger entry and the new version's hash) and one after (committed); the
-pending folder is removed. Reconcile after a stale save does the same read plus the
-re-insert (no image); the change event our own write causes costs the read and the hash (its
-content is the only proof that the version on disk is ours); a chat with nothing of ours
-waiting is not read at all.
+byte searches, writes the image file, and writes the new chat, marked ours (an extended
+attribute, on disk with its bytes); one store transaction before the rename (the ledger entry
+and the new version's identity; waited onto the disk only where the file system refuses the
+mark) and one after (committed); the pending folder is removed. Reconcile after a stale save
+does the same read plus the re-insert (no image); the change event our own write causes costs
+the read (the mark, or the file's identity in the store, says the version is ours); a chat
+with nothing of ours waiting is not read at all.
 
 Targets: commit <= 3x (durable copy of the chat + durable write of the image), at every size;
 reconcile after a stale save <= 3x and the event of our own write <= 2x the durable copy of
@@ -256,7 +257,7 @@ def _one_size(tmp: Path, megabytes: int, png: bytes) -> tuple[bool, _Times]:
         ("commit_job (image + one message)", times.median("commit")),
         ("commit_job, the image copied (state dir elsewhere)", times.median("copied")),
         ("reconcile after a stale save (re-insert)", times.median("reconcile")),
-        ("reconcile of our own write (read + hash)", times.median("ours")),
+        ("reconcile of our own write (read; ours by its mark)", times.median("ours")),
     ]
     for label, seconds in rows:
         print(f"    {label:<56} {fmt_time(seconds):>10}")

@@ -35,6 +35,7 @@ from daemon.configure.locate import (
     default_state_dir,
     scoped_env,
 )
+from daemon.configure.statepaths import StatePaths
 from daemon.errors import ConfigError
 
 __all__ = [
@@ -464,7 +465,7 @@ class WebSettings(_Section):
     )
 
 
-class Config(BaseSettings):
+class Config(BaseSettings, StatePaths):
     """Everything the daemon and the commands need, validated once."""
 
     model_config = SettingsConfigDict(
@@ -518,18 +519,6 @@ class Config(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment wins over the file (passed as init kwargs); no dotenv, no secrets dir.
         return (env_settings, init_settings)
-
-    @property
-    def pending_dir(self) -> Path:
-        return self.state_dir / "pending"
-
-    @property
-    def db_path(self) -> Path:
-        return self.state_dir / "state.db"
-
-    @property
-    def heartbeat_path(self) -> Path:
-        return self.state_dir / "heartbeat"
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:

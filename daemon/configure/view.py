@@ -14,10 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from daemon.configure.statepaths import StatePaths
+
 __all__ = ["ConfigView"]
 
 
-class ConfigView:
+class ConfigView(StatePaths):
     """The validated config's values that read-only commands use (see the module)."""
 
     __slots__ = (
@@ -54,18 +56,6 @@ class ConfigView:
         self.monthly_budget = monthly_budget
         self.backend = backend  # the image backend as it describes itself (backend_of)
         self.setup_missing = setup_missing  # configure.ready.setup_missing
-
-    @property
-    def pending_dir(self) -> Path:
-        return self.state_dir / "pending"
-
-    @property
-    def db_path(self) -> Path:
-        return self.state_dir / "state.db"
-
-    @property
-    def heartbeat_path(self) -> Path:
-        return self.state_dir / "heartbeat"
 
     def to_json(self) -> dict[str, Any]:
         return {
