@@ -510,12 +510,7 @@ class Committer:
                 root=self.root,
                 before_replace=before_replace,
             )
-        try:
-            write()
-        except ChatConflictError:
-            log.debug("chat changed under our edit; retrying from a fresh read", chat=chat)
-            return False
-        return True
+        return _attempted(write, chat)
 
     def _rewrite_now(
         self,
@@ -529,21 +524,21 @@ class Committer:
         """Put ``message`` back over our own older line (image swipes a stale tab dropped),
         in a worker thread; False on a conflict (re-read and retry)."""
         assert plan.data is not None
-        try:
-            replace_line(
-                path,
-                plan.snapshot,
-                plan.data,
-                line.start,
-                line.end,
-                dict(message),
-                root=self.root,
-                before_replace=before_replace,
-            )
-        except ChatConflictError:
-            return False
-        log.info("image swipes restored after a stale save", chat=chat)
-        return True
+        rewrite = partial(
+            replace_line,
+            path,
+            plan.snapshot,
+            plan.data,
+            line.start,
+            line.end,
+            dict(message),
+            root=self.root,
+            before_replace=before_replace,
+        )
+        done = _attempted(rewrite, chat)
+        if done:
+            log.info("image swipes restored after a stale save", chat=chat)
+        return done
 
     def _prepare(self, job: Job, plan: _Plan) -> dict[str, Any]:
         """Write the image files (or find them from an earlier run) and build the message.
@@ -908,6 +903,16 @@ def _clean_image_temps(root: Path) -> int:
             except ChatWriteError as exc:
                 log.warning("temp cleanup failed", folder=str(folder), error=str(exc))
     return removed
+
+
+def _attempted(edit: Callable[[], object], chat: str) -> bool:
+    """Run a chat edit: True done, False a conflict (ST saved since the read: read again)."""
+    try:
+        edit()
+    except ChatConflictError:
+        log.debug("chat changed under our edit; retrying from a fresh read", chat=chat)
+        return False
+    return True
 
 
 def _record(store: Store, chat: str, written: Written) -> None:
