@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.bench_engine import _bare_walk, _known_chats, build_tree
@@ -74,10 +75,14 @@ def _config(root: Path, state: Path) -> str:
 
 
 def _finished_jobs(db: Path, count: int) -> None:
-    """A store holding ``count`` finished jobs (made with the store's own schema)."""
+    """A store holding ``count`` finished jobs (made with the store's own schema), last changed
+    a day ago: within ``limits.keep_history_days``, so the store holds all of them through the
+    window. (Jobs older than that would be deleted by the retention pass a minute after start,
+    a daily chore that would then land in the measured window.)"""
     import anyio
 
     from daemon.engine.store import Store
+    from daemon.engine.store.model import stamp
 
     async def make() -> None:
         store = await Store.open(db)
@@ -87,7 +92,7 @@ def _finished_jobs(db: Path, count: int) -> None:
     conn = sqlite3.connect(db)
     try:
         states = ("committed", "rejected", "superseded", "failed")
-        now = "2026-01-01T00:00:00.000000Z"
+        now = stamp(datetime.now(UTC) - timedelta(days=1))
         with conn:
             conn.executemany(
                 "INSERT INTO jobs (id, key, user, chat, character, is_group, speaker, "

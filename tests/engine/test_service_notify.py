@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -13,6 +14,7 @@ import pytest
 
 from daemon.config import SystemdEnv, systemd_env
 from daemon.engine.intake.watch import Watcher
+from daemon.engine.process.heartbeat import daemon_status
 from daemon.engine.process.notify import Heartbeat, Notifier, read_heartbeat
 from daemon.engine.process.service import ServiceTimings, serve
 from tests.engine.conftest import WATCHDOG_RACE, MakeConfig, async_wait_for
@@ -95,6 +97,45 @@ def test_heartbeat_round_trip(tmp_path: Path) -> None:
     assert read_heartbeat(tmp_path / "heartbeat") is None
     (tmp_path / "heartbeat").write_text("{not json")
     assert read_heartbeat(tmp_path / "heartbeat") is None
+
+
+def test_an_unchanged_beat_only_touches_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "heartbeat"
+    beat = Heartbeat(path, "9.9")
+    beat.write(watching=7, jobs={})
+    first = path.stat()
+    written = read_heartbeat(path)
+    assert written is not None and written["touched"] is True
+    os.utime(path, (first.st_atime - 100, first.st_mtime - 100))  # as if 100 s had passed
+    beat.write(watching=7, jobs={})
+    touched = path.stat()
+    assert touched.st_ino == first.st_ino  # the same file, not a new one renamed in
+    assert touched.st_mtime > first.st_mtime - 100
+    assert read_heartbeat(path) == written
+    beat.write(watching=8, jobs={})  # a change: the record is written anew
+    record = read_heartbeat(path)
+    assert record is not None and record["watching"] == 8
+    assert path.stat().st_ino != first.st_ino
+    path.unlink()
+    beat.write(watching=8, jobs={})  # removed by hand: the next beat writes it whole
+    assert read_heartbeat(path) is not None
+
+
+def test_status_counts_a_touch_as_a_beat(tmp_path: Path) -> None:
+    path = tmp_path / "heartbeat"
+    beat = Heartbeat(path, "9.9")
+    beat.write(watching=1)
+    record = read_heartbeat(path)
+    assert record is not None
+    later = float(str(record["time"])) + 120
+    assert not daemon_status(path, now=later).running
+    os.utime(path, (later - 5, later - 5))  # the daemon's beat at later - 5
+    status = daemon_status(path, now=later)
+    assert status.running and status.age_seconds is not None and status.age_seconds < 6
+    # A record that does not say it is touched is judged by its time alone.
+    path.write_text(json.dumps({**record, "touched": False}), encoding="utf-8")
+    os.utime(path, (later - 5, later - 5))
+    assert not daemon_status(path, now=later).running
 
 
 async def test_serve_speaks_notify_and_beats(

@@ -1,10 +1,12 @@
-"""Is the daemon running? Its heartbeat file in the state dir says (rewritten every
-:data:`~daemon.engine.process.service.HEARTBEAT_INTERVAL` seconds, removed on a clean stop): a
+"""Is the daemon running? Its heartbeat file in the state dir says (rewritten, or only touched
+when nothing else changed, every :data:`~daemon.engine.process.service.HEARTBEAT_INTERVAL`
+seconds; removed on a clean stop): a
 heartbeat older than :data:`HEARTBEAT_STALE_SECONDS` means it is gone. Read-only and light (the
 command line's ``accept`` asks it too)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -94,6 +96,9 @@ def daemon_status(
     config_state = config_value if isinstance(config_value, dict) else None
     if not isinstance(when, (int, float)) or isinstance(when, bool):
         return DaemonStatus(False, "not running (heartbeat without a time)", pid=pid)
+    if record.get("touched") is True:  # a beat that changed nothing only touches the file
+        with contextlib.suppress(OSError):
+            when = max(float(when), heartbeat.stat().st_mtime)
     age = (time.time() if now is None else now) - float(when)
     alive = _pid_alive(pid) if pid is not None else None
     common: dict[str, Any] = {
