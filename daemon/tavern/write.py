@@ -25,7 +25,6 @@ import errno
 import hashlib
 import json
 import os
-import queue
 import re
 import stat
 import threading
@@ -53,6 +52,7 @@ from daemon.tavern.layout import (
     our_temp_name,
     sanitize_filename,
 )
+from daemon.tavern.reaper import REAPER
 
 __all__ = [
     "OUR_MARK",
@@ -671,7 +671,7 @@ def held_basis(
     Holding the basis file open keeps its inode from being reused by a later save, so an equal
     inode at the final check proves the name still points at the file we read. ChatConflictError
     when the chat is gone or changed. After the block the folder is fsynced (the rename
-    durable), then the descriptor closed (by the closer thread for a chat worth it)."""
+    durable), then the descriptor closed (by the reaper thread for a chat worth it)."""
     try:
         real = _check_chat_path(path, root)
         held = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | _NOFOLLOW)
@@ -743,42 +743,13 @@ def chat_temp(real: Path, current: os.stat_result) -> Iterator[ChatTemp]:
 
 
 _CLOSE_IN_BACKGROUND_MIN = 256 * 1024
-"""A replaced chat at least this big is closed by the closer thread (see below)."""
-
-
-class _Closer:
-    """One long-lived helper thread that closes the descriptors of replaced chats.
-
-    As the last reference to a file a rename replaced, the close frees its blocks and its
-    page cache: about 0.2 ms per MB on the path of every edit the user waits for. Handed over
-    here (a queue put: no thread started per edit, no wait for one to start), it runs after
-    the edit has returned. Started on first use; a daemon thread (an exit closes the rest)."""
-
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def close(self, fd: int) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="st-imagegen-close", daemon=True
-                )
-                self._thread.start()
-        self._queue.put(fd)
-
-    def _run(self) -> None:
-        while True:
-            _close_quietly(self._queue.get())
-
-
-_closer = _Closer()
+"""A replaced chat at least this big is closed by the reaper thread (see below)."""
 
 
 def _close_in_background(fd: int) -> None:
-    """Close the replaced chat's descriptor off the caller's path (:class:`_Closer`)."""
-    _closer.close(fd)
+    """Close the replaced chat's descriptor off the caller's path: as the old file's last
+    reference, the close frees its blocks (:mod:`daemon.tavern.reaper`)."""
+    REAPER.later(partial(_close_quietly, fd))
 
 
 def _close_quietly(fd: int) -> None:

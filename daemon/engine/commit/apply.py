@@ -639,8 +639,8 @@ class Committer:
         return step.done
 
     def _finish_pending_now(self, job_id: str) -> None:
-        try:
-            self.approval.finish(job_id)
+        try:  # renamed out of pending/ now; deleted off the commit's path
+            self.approval.finish(job_id, later=True)
         except OSError as exc:
             log.warning("pending folder not removed", job=job_id, error=_os_reason(exc))
 
