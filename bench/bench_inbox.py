@@ -41,7 +41,11 @@ FEW_JOBS = 50
 PENDING_JOBS = 1000
 IMAGES_PER_JOB = 2
 ROUNDS = 8
-LOADS = 7
+LOADS = 15
+"""Loads of each page; the best paint of each is compared. With 2 cores shared by several
+processes one load's paint spreads from 70 to 450 ms; resampling 30 alternated loads of each
+page (the same distribution: median ratio 1.02) put the ratio of two best-of-7 over 1.2 in 23 %
+of runs, of two best-of-15 in 10 %: more loads of both, not a looser target."""
 VIEWS = 7
 LATENCY_TARGET = 1.0  # seconds above the floor
 PAINT_TARGET = 0.300  # seconds
