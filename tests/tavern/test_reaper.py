@@ -17,6 +17,7 @@ def test_work_runs_in_order_in_one_other_thread() -> None:
     ran: list[tuple[int, str]] = []
     gate = threading.Event()
     reaper.later(lambda: gate.wait(SETTLE_S))
+
     def note(n: int) -> None:
         ran.append((n, threading.current_thread().name))
 
