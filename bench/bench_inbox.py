@@ -4,9 +4,13 @@
    its card is visible in an open inbox page (the event stream), against the same pending
    folder's arrival seen by a bare watchdog handler in this process (the floor). Target: the
    card at most 1 s after the floor (the issue's "within a second"), median of the rounds.
-2. Page load with 50 and then with 1,000 pending jobs: first contentful paint (target: the
-   paint with 1,000 within 1.2x of the paint with 50, since only the first page renders; and
-   under 300 ms), and how many thumbnails the first load fetches (lazy: not all of them).
+2. Page load with 50 and with 1,000 pending jobs: first contentful paint (target: the paint
+   with 1,000 within 1.2x of the paint with 50, since only the first page renders; and under
+   300 ms), and how many thumbnails the first load fetches (lazy: not all of them). Two daemons
+   (one with 50 pending, one with 1,000), both idle, loaded alternately by the same browser:
+   on a shared machine two loads a few hundred ms apart see the same load, while two phases
+   half a minute apart (the 950 jobs written in between) did not, and their ratio measured the
+   machine's drift, up to 1.27x, as much as the page.
 3. The viewer: a click on a card's picture until the full picture (a 1.4 MB PNG, from loopback)
    is decoded and shown (target: under 150 ms, median of the rounds).
 
@@ -37,7 +41,11 @@ FEW_JOBS = 50
 PENDING_JOBS = 1000
 IMAGES_PER_JOB = 2
 ROUNDS = 8
-LOADS = 7
+LOADS = 15
+"""Loads of each page; the best paint of each is compared. With 2 cores shared by several
+processes one load's paint spreads from 70 to 450 ms; resampling 30 alternated loads of each
+page (the same distribution: median ratio 1.02) put the ratio of two best-of-7 over 1.2 in 23 %
+of runs, of two best-of-15 in 10 %: more loads of both, not a looser target."""
 VIEWS = 7
 LATENCY_TARGET = 1.0  # seconds above the floor
 PAINT_TARGET = 0.300  # seconds
@@ -233,6 +241,22 @@ def _latency(page: Any, base: str, chat: str, pending: Path) -> list[float]:
     return out
 
 
+_PAINT_SCRIPT = """
+(ms) => new Promise((done) => {
+  // The paint may come after the load event and the first card on a busy machine: read then,
+  // the entry was not there yet (a NaN that min() then kept or dropped by its position).
+  const seen = (list) => list.getEntriesByName("first-contentful-paint")[0];
+  const now = seen(performance);
+  if (now) { done(now.startTime); return; }
+  new PerformanceObserver((list, observer) => {
+    const entry = seen(list);
+    if (entry) { observer.disconnect(); done(entry.startTime); }
+  }).observe({ type: "paint", buffered: true });
+  setTimeout(() => done(null), ms);
+})
+"""
+
+
 def _load(browser: Any, url: str) -> tuple[float, int]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
@@ -240,12 +264,12 @@ def _load(browser: Any, url: str) -> tuple[float, int]:
     page.on("request", lambda r: thumbs.append(r.url) if "size=thumb" in r.url else None)
     page.goto(url, wait_until="load")
     page.wait_for_selector(".card[data-id]")
-    paint = page.evaluate(
-        "() => (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime"
-    )
+    paint = page.evaluate(_PAINT_SCRIPT, STEP_TIMEOUT * 1000)
     fetched = len(thumbs)
     context.close()
-    return float(paint or "nan") / 1000, fetched
+    if paint is None:
+        raise TimeoutError(f"no first contentful paint within {STEP_TIMEOUT} s")
+    return float(paint) / 1000, fetched
 
 
 _VIEW_SCRIPT = """
@@ -302,61 +326,85 @@ def _viewer(browser: Any, url: str, job_id: str) -> list[float]:
     return out
 
 
+class _Daemon:
+    """A daemon on its own data root and state dir with ``jobs`` pending (the newest card a
+    1.4 MB picture, for the viewer), serving its inbox on a free loopback port."""
+
+    def __init__(self, home: Path, api_url: str, jobs: int) -> None:
+        home.mkdir()
+        root = home / "data"
+        (path,) = build_tree(root, 1)
+        self.chat = path.relative_to(root).as_posix()
+        self.state = home / "state"
+        self.state.mkdir()
+        _pending_jobs(self.state, self.chat, FEW_JOBS - 1)
+        (self.big,) = _pending_jobs(self.state, self.chat, 1, first=FEW_JOBS, big=True)
+        _pending_jobs(self.state, self.chat, jobs - FEW_JOBS, first=FEW_JOBS + 1)
+        cfg = home / "config.toml"
+        cfg.write_text(_config(root, self.state, api_url), encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ST_IMAGEGEN_", "NOTIFY_"))}
+        self.log = (home / "daemon.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", "--config", str(cfg)],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.url = ""
+
+    def wait_url(self) -> str:
+        from daemon.web.server import read_address
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while (address := read_address(self.state)) is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not start its web inbox (see {self.log.name})")
+            time.sleep(0.1)
+        self.url = str(address["url"])
+        return self.url
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.log.close()
+
+
 def main() -> int:
     from playwright.sync_api import sync_playwright
 
     with workdir() as tmp, fake_api() as api:
-        root = tmp / "data"
-        (path,) = build_tree(root, 1)
-        chat = path.relative_to(root).as_posix()
-        state = tmp / "state"
-        state.mkdir()
-        _pending_jobs(state, chat, FEW_JOBS - 1)
-        (big,) = _pending_jobs(state, chat, 1, first=FEW_JOBS, big=True)  # the newest card
-        cfg = tmp / "config.toml"
-        cfg.write_text(_config(root, state, api.base_url), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ST_IMAGEGEN_", "NOTIFY_"))}
-        log = (tmp / "daemon.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(cfg)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        daemons: list[_Daemon] = []
         try:
-            from daemon.web.server import read_address
-
-            deadline = time.monotonic() + START_TIMEOUT
-            while (address := read_address(state)) is None:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    print("  the daemon did not start its web inbox")
-                    return 1
-                time.sleep(0.1)
-            url = str(address["url"])
-            _settled(state, url)
+            daemons.append(few_daemon := _Daemon(tmp / "few", api.base_url, FEW_JOBS))
+            daemons.append(many_daemon := _Daemon(tmp / "many", api.base_url, PENDING_JOBS))
+            try:
+                url, many_url = few_daemon.wait_url(), many_daemon.wait_url()
+            except RuntimeError as error:
+                print(f"  {error}")
+                return 1
+            _settled(few_daemon.state, url)
+            _settled(many_daemon.state, many_url)
             served_few = _served(url)
+            served_many = _served(many_url)
+            few: list[tuple[float, int]] = []
+            many: list[tuple[float, int]] = []
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                few = [_load(browser, url) for _ in range(LOADS)]
-                views = _viewer(browser, url, big)
+                for n in range(LOADS):
+                    # Alternated, each first in turn: neither gets the quieter moments.
+                    order = [(few, url), (many, many_url)]
+                    for into, where in order if n % 2 == 0 else order[::-1]:
+                        into.append(_load(browser, where))
+                views = _viewer(browser, url, few_daemon.big)
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 page = context.new_page()
                 page.goto(url, wait_until="load")
                 page.wait_for_selector(".card[data-id]")
-                latencies = _latency(page, url, chat, state / "pending")
+                latencies = _latency(page, url, few_daemon.chat, few_daemon.state / "pending")
                 context.close()
                 browser.close()
-            # 950 more: the first page is still one page of cards, the rest only counted.
-            _pending_jobs(state, chat, PENDING_JOBS - FEW_JOBS, first=FEW_JOBS + 1)
-            _settled(state, url)
-            served_many = _served(url)
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                many = [_load(browser, url) for _ in range(LOADS)]
-                browser.close()
         finally:
-            stop(proc)
-            log.close()
+            for daemon in daemons:
+                daemon.stop()
     median = statistics.median(latencies)
     paint_few = min(p for p, _ in few)
     paint = min(p for p, _ in many)

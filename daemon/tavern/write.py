@@ -52,6 +52,7 @@ from daemon.tavern.layout import (
     our_temp_name,
     sanitize_filename,
 )
+from daemon.tavern.reaper import REAPER
 
 __all__ = [
     "OUR_MARK",
@@ -669,8 +670,8 @@ def held_basis(
 
     Holding the basis file open keeps its inode from being reused by a later save, so an equal
     inode at the final check proves the name still points at the file we read. ChatConflictError
-    when the chat is gone or changed. After the block the descriptor is closed in the background
-    and the folder fsynced (the rename durable)."""
+    when the chat is gone or changed. After the block the folder is fsynced (the rename
+    durable), then the descriptor closed (by the reaper thread for a chat worth it)."""
     try:
         real = _check_chat_path(path, root)
         held = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | _NOFOLLOW)
@@ -684,11 +685,13 @@ def held_basis(
     except BaseException:
         os.close(held)
         raise
+    # The folder first: the close that frees the old file's blocks is then not part of the
+    # journal commit that this fsync waits for.
+    _fsync_dir(real.parent)
     if current.st_size >= _CLOSE_IN_BACKGROUND_MIN:
         _close_in_background(held)
     else:
         _close_quietly(held)
-    _fsync_dir(real.parent)
 
 
 @dataclass
@@ -739,16 +742,14 @@ def chat_temp(real: Path, current: os.stat_result) -> Iterator[ChatTemp]:
             _unlink_quietly(temp)
 
 
-_CLOSE_IN_BACKGROUND_MIN = 8 * 1024 * 1024
-"""A replaced chat at least this big is closed in a helper thread (see below)."""
+_CLOSE_IN_BACKGROUND_MIN = 256 * 1024
+"""A replaced chat at least this big is closed by the reaper thread (see below)."""
 
 
 def _close_in_background(fd: int) -> None:
-    """Close the replaced chat's descriptor off the caller's path: as its last reference, the
-    close frees the old file's blocks, which takes milliseconds for a big chat."""
-    threading.Thread(
-        target=_close_quietly, args=(fd,), name="st-imagegen-close", daemon=True
-    ).start()
+    """Close the replaced chat's descriptor off the caller's path: as the old file's last
+    reference, the close frees its blocks (:mod:`daemon.tavern.reaper`)."""
+    REAPER.later(partial(_close_quietly, fd))
 
 
 def _close_quietly(fd: int) -> None:

@@ -27,6 +27,7 @@ from daemon.errors import ChatConflictError
 from daemon.tavern import layout
 from daemon.tavern import write as tavern_write
 from daemon.tavern.chat import parse_chat, parse_send_date, read_chat, send_date_style
+from daemon.tavern.reaper import REAPER
 from daemon.tavern.write import FileVersion, Written
 from tests.conftest import count_parsed_lines
 from tests.engine.test_commit_support import (
@@ -41,6 +42,9 @@ from tests.engine.test_commit_support import (
     ref_of,
 )
 from tests.stsim import STSim
+
+REAPER_SETTLE_S = 30.0
+"""How long a test waits for the reaper to delete a finished pending folder."""
 
 pytestmark = pytest.mark.anyio
 
@@ -838,3 +842,17 @@ async def test_a_big_chat_is_committed_by_streaming(
     fresh = await h.accepted(path)
     assert (await h.committer.commit_job(fresh)).state is JobState.COMMITTED
     assert len(used) == 3 and markers(path) == [fresh.id]
+
+
+async def test_a_commit_leaves_its_pending_folder_to_the_reaper(harness: Harness) -> None:
+    """The pending folder is out of ``pending/`` when the commit returns (renamed), and the
+    reaper thread deletes it off the commit's path; nothing of the job is left after."""
+    h = harness
+    _, path, job = await _tab_with_job(h)
+    assert h.approval.pending_path(job.id).is_dir()
+    done = await h.committer.commit_job(job)
+    assert done.state is JobState.COMMITTED
+    assert not h.approval.pending_path(job.id).exists()
+    assert await anyio.to_thread.run_sync(REAPER.settle, REAPER_SETTLE_S)
+    assert [p.name for p in h.config.pending_dir.iterdir() if job.id in p.name] == []
+    assert markers(path) == [job.id]

@@ -27,6 +27,7 @@ import pytest
 
 from daemon.engine.store import JobState
 from daemon.tavern.chat import parse_chat
+from daemon.tavern.reaper import REAPER
 from tests.engine.test_commit_support import (
     USER,
     Harness,
@@ -40,6 +41,8 @@ CHATS = 10
 REPLIES_PER_CHAT = 20  # 200 commits
 MAX_KILLS = 10
 WORKER_DEADLINE = 90.0
+REAPER_SETTLE_S = 60.0
+"""How long the check waits for the reaper to delete the finished pending folders."""
 """Seconds a worker may take to finish everything (the last one is never killed)."""
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,7 +152,9 @@ async def test_sigkill_during_commits_then_restart(harness: Harness, tmp_path: P
     folder = h.root / USER / "user" / "images" / "Alice"
     referenced = referenced_images(originals)
     assert sorted(p.name for p in folder.iterdir()) == referenced  # no orphans, no temps
-    assert list(h.config.pending_dir.iterdir()) == []  # every pending folder finished
+    # Every pending folder finished: renamed away at once, deleted by the reaper meanwhile.
+    assert await anyio.to_thread.run_sync(REAPER.settle, REAPER_SETTLE_S)
+    assert list(h.config.pending_dir.iterdir()) == []
 
 
 # --- the worker --------------------------------------------------------------------------------

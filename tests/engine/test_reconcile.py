@@ -144,7 +144,11 @@ async def test_regenerate_after_acknowledge_removes_the_image_for_good(harness: 
     tab.narrator("Stale save.").save()  # drops the second, and the first stays gone
 
     assert await h.committer.reconcile_chat(ref) == 1
-
+    assert markers(path) == [second.id]
+    # The re-insert first: the first's bookkeeping waits for the next read of the chat, the
+    # change event of that very write.
+    assert (await _entry(h, job.id)).retired is None
+    assert await h.committer.reconcile_chat(ref) == 0
     assert markers(path) == [second.id]
     assert (await _entry(h, job.id)).retired == REASON_DELETED_AFTER_SHOWN
 

@@ -399,6 +399,59 @@ async def test_resume_after_crash(store: Store) -> None:
     assert await store.resume_after_crash() == 0
 
 
+async def test_query_jobs_pages_newest_first_through_any_filter(store: Store) -> None:
+    # Mixed states, two users, two chats, rows made out of id order: every page is the next
+    # ``limit`` matching jobs by id, newest first, whole (the ids are picked before the rows
+    # are read).
+    rnd = random.Random(7)
+    made = []
+    for n in range(40):
+        user = "bob" if n % 3 == 0 else "default-user"
+        chat = f"{user}/chats/Alice/Alice - {n % 2}.jsonl"
+        reply = ReplyKey(
+            user, chat, "Alice", f"2026-11-23T12:{n // 60:02d}:{n % 60:02d}.000Z", "0:ab"
+        )
+        at = int(T0.timestamp() * 1000) + rnd.randrange(10_000_000)
+        job = await store.create_job(
+            **fields(n, reply=reply, excerpt=f"reply {n}"), id=new_job_id(at)
+        )
+        assert job is not None
+        if n % 4 == 1:
+            failed = await store.fail(job.id, "broken", now=T0)
+            assert failed is not None
+        made.append(await store.get_job(job.id))
+    choice = {JobState.QUEUED, JobState.FAILED}
+    cases: list[tuple[set[JobState], set[str] | None, str | None]] = [
+        (choice, None, None),
+        ({JobState.FAILED}, None, None),
+        (choice, {"default-user"}, None),
+        (set(), {"bob"}, "bob/chats/Alice/Alice - 1.jsonl"),
+    ]
+    for states, users, only in cases:
+        expected = sorted(
+            (
+                j
+                for j in made
+                if (not states or j.state in states)
+                and (users is None or j.reply.user in users)
+                and (only is None or j.chat == only)
+            ),
+            key=lambda j: j.id,
+            reverse=True,
+        )
+        got, before = [], None
+        while True:
+            page = await store.query_jobs(
+                states=states, users=users, chat=only, before=before, limit=7
+            )
+            got.extend(page)
+            if len(page) < 7:
+                break
+            before = page[-1].id
+        assert got == expected and expected
+        assert all(j.excerpt == f"reply {made.index(j)}" and j.prompt is None for j in got)
+
+
 async def test_counts_and_recent_errors(store: Store) -> None:
     jobs = [await store.create_job(**fields(i)) for i in range(3)]
     ids = [j.id for j in jobs if j]

@@ -639,8 +639,8 @@ class Committer:
         return step.done
 
     def _finish_pending_now(self, job_id: str) -> None:
-        try:
-            self.approval.finish(job_id)
+        try:  # renamed out of pending/ now; deleted off the commit's path
+            self.approval.finish(job_id, later=True)
         except OSError as exc:
             log.warning("pending folder not removed", job=job_id, error=_os_reason(exc))
 
@@ -684,7 +684,8 @@ class Committer:
 
         Only chats with unacknowledged entries are read. An acknowledged message is never
         re-added, so watching it would only cost a full read per save forever; when it has
-        disappeared and the chat is read anyway, its entry is retired as removed by the user.
+        disappeared and the chat is read anyway (with nothing to write back), its entry is
+        retired as removed by the user.
         The common case, nothing of ours waiting, costs one store query and no file read."""
         async with self._lock(chat.rel):
             return await self._reconcile(chat.rel, chat.path)
@@ -728,7 +729,7 @@ class Committer:
             if not waiting:
                 return inserted, True
             identities = {e.job_id: self._identity(e) for e in waiting}
-            look = partial(_look_up, entries=entries, identities=identities)
+            look = partial(_look_up, entries=waiting, identities=identities)
             try:
                 chat, data, snap, found = read_for_edit_with(
                     path, look, root=self.root, hashed=False
@@ -746,8 +747,9 @@ class Committer:
                 log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
                 return inserted, True
             theirs = _Once(partial(self._theirs, rel, snap, data))
-            todo = self._judge(entries, found, theirs)
+            todo = self._judge(waiting, found, theirs)
             if not todo:
+                self._tidy(chat, [e for e in entries if e.acknowledged])
                 return inserted, True
             entry, line, replace = todo[0]
             plan = _Plan(chat, data, snap, None, line, None)
@@ -796,7 +798,7 @@ class Committer:
         found: Sequence[_Found],
         theirs: Callable[[], bool],
     ) -> list[tuple[LedgerEntry, LineMessage, bool]]:
-        """Acknowledge and retire entries by what the chat holds (``found``: see
+        """Acknowledge and retire open entries by what the chat holds (``found``: see
         :func:`_look_up`); the entries to write again, oldest first, each with the line to
         insert after (its reply) or, when the last flag is set, the stale line to replace.
         ``theirs()``: whether the version read was written by someone else (asked only when an
@@ -805,11 +807,6 @@ class Committer:
         blocking = self.store.blocking
         todo: list[tuple[LedgerEntry, LineMessage, bool]] = []
         for entry, (present, reply, stale) in zip(entries, found, strict=True):
-            if entry.acknowledged:
-                if not present:
-                    blocking.retire(entry.job_id, REASON_DELETED_AFTER_SHOWN, durable=False)
-                    log.info("image message removed in SillyTavern; left out", job=entry.job_id)
-                continue
             if stale is not None:
                 todo.append((entry, stale, True))
                 continue
@@ -824,6 +821,15 @@ class Committer:
             else:
                 todo.append((entry, reply, False))
         return todo
+
+    def _tidy(self, chat: Chat, acknowledged: Sequence[LedgerEntry]) -> None:
+        """Retire the acknowledged entries whose message is gone from ``chat``: the user
+        removed it (never re-added). Bookkeeping only, so a pass that has something to write
+        back leaves it to the next read of the chat (the change event of its own write)."""
+        for entry in acknowledged:
+            if chat.find_marker_line(entry.job_id) is None:
+                self.store.blocking.retire(entry.job_id, REASON_DELETED_AFTER_SHOWN, durable=False)
+                log.info("image message removed in SillyTavern; left out", job=entry.job_id)
 
     def _theirs(self, rel: str, snap: Snapshot, data: bytes) -> bool:
         """Whether the version read is not one of our writes: our mark on the file, else its

@@ -32,6 +32,7 @@ import shutil
 import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,6 +49,7 @@ from daemon.engine.jobs.folders import check_id as _check_id
 from daemon.engine.jobs.folders import is_real_dir as _is_real_dir
 from daemon.engine.store import Job
 from daemon.logs import is_secret_key
+from daemon.tavern.reaper import REAPER
 
 __all__ = [
     "DROP_FOLDERS",
@@ -515,11 +517,17 @@ class Approval:
 
     # --- finishing ----------------------------------------------------------------------------
 
-    def finish(self, job_id: str) -> int:
+    def finish(self, job_id: str, *, later: bool = False) -> int:
         """Remove the job's folder wherever it is (after commit or reject); returns how many
-        folders went. Leftover temp folders and old versions of the job go too."""
+        folders went. Leftover temp folders and old versions of the job go too.
+
+        ``later``: each folder is renamed out of the way here (it is gone from ``pending/``
+        when this returns) and deleted by the reaper thread (:mod:`daemon.tavern.reaper`),
+        off the path of a commit the user waits for; one a crash leaves is a ``.trash-``
+        folder, removed at the next start (:meth:`cleanup_temps`)."""
         _check_id(job_id)
         removed = 0
+        trashed: list[Path] = []
         for folder in (self.pending_dir, *self.drop_dirs.values()):
             path = folder / job_id
             if _is_real_dir(path):
@@ -528,14 +536,13 @@ class Approval:
                     path.rename(trash)
                 except FileNotFoundError:
                     continue
-                _remove_tree(trash)
+                trashed.append(trash)
                 removed += 1
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.scandir(self.pending_dir):
-                if entry.name.startswith(
-                    (f".tmp-{job_id}-", f".old-{job_id}-", f".trash-{job_id}-")
-                ) and entry.is_dir(follow_symlinks=False):
-                    _remove_tree(Path(entry.path))
+        work = partial(_remove_finished, self.pending_dir, job_id, trashed)
+        if later:
+            REAPER.later(work)
+        else:
+            work()
         return removed
 
     def cleanup_temps(self, *, older_than: float = STALE_TEMP_SECONDS) -> int:
@@ -555,6 +562,18 @@ class Approval:
                     _remove_tree(Path(entry.path))
                     removed += 1
         return removed
+
+
+def _remove_finished(pending: Path, job_id: str, trashed: list[Path]) -> None:
+    """Delete a finished job's trashed folders and what earlier runs left of it."""
+    for trash in trashed:
+        _remove_tree(trash)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(pending):
+            if entry.name.startswith(
+                (f".tmp-{job_id}-", f".old-{job_id}-", f".trash-{job_id}-")
+            ) and entry.is_dir(follow_symlinks=False):
+                _remove_tree(Path(entry.path))
 
 
 def _prune(folder: Path, older_than: float) -> int:

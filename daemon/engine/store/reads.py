@@ -122,8 +122,12 @@ def select_jobs(
         where.append("id < ?")
         args.append(before)
     clause = f"WHERE {' AND '.join(where)}" if where else ""
+    # The ids are chosen first and only the page's rows read whole: ordering the matching rows
+    # whole made SQLite copy every one of them (prompt, excerpt, images) into its sorter, so
+    # the inbox's first page took 2 ms with 1,000 pending and 0.2 ms with 50; an id is short.
     rows = conn.execute(
-        f"SELECT {JOB_COLUMNS} FROM jobs {clause} ORDER BY id DESC LIMIT ?",
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE id IN "
+        f"(SELECT id FROM jobs {clause} ORDER BY id DESC LIMIT ?) ORDER BY id DESC",
         (*args, limit),
     ).fetchall()
     return [job_from_row(r) for r in rows]
