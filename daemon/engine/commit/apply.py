@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -746,7 +746,7 @@ class Committer:
                     return inserted, True
                 log.warning("reconcile: chat not readable", chat=rel, error=str(exc))
                 return inserted, True
-            theirs = _Once(partial(self._theirs, rel, snap, data))
+            theirs = cache(partial(self._theirs, rel, snap, data))  # asked once at most
             todo = self._judge(waiting, found, theirs)
             if not todo:
                 self._tidy(chat, [e for e in entries if e.acknowledged])
@@ -925,19 +925,6 @@ def _record(store: Store, chat: str, written: Written) -> None:
     """Before a rename: remember the version as ours, waited onto the disk only when the file
     could not be marked ours (the mark is on disk with the file's bytes)."""
     store.blocking.record_write(chat, written.version, durable=not written.marked)
-
-
-class _Once:
-    """``fn()`` called at most once, on first use; its answer kept."""
-
-    def __init__(self, fn: Callable[[], bool]) -> None:
-        self._fn = fn
-        self._answer: bool | None = None
-
-    def __call__(self) -> bool:
-        if self._answer is None:
-            self._answer = self._fn()
-        return self._answer
 
 
 _Found = tuple[bool, LineMessage | None, LineMessage | None]

@@ -20,7 +20,6 @@ from daemon.engine.store.ledger import (
     ACKNOWLEDGE,
     RETIRE,
     add_entry,
-    entries_of,
     entry_of,
     set_entry,
     watched_of,
@@ -124,12 +123,6 @@ class Blocking:
             partial(record_write_in, chat=chat, version=version, at=at),
             write=True,
             durable=durable,
-        )
-
-    def entries(self, chat: str, *, open_only: bool = True) -> list[LedgerEntry]:
-        """:meth:`Ledger.ledger_for_chat`, from a worker thread."""
-        return self._db.call_blocking(
-            partial(entries_of, chat=chat, open_only=open_only), write=False
         )
 
     def our_write(self, chat: str, version: FileVersion, content: Callable[[], str]) -> bool:
