@@ -36,7 +36,6 @@ from daemon.tavern.chat import (
 from daemon.tavern.files import open_regular
 from daemon.tavern.write import (
     _FRESH_NS,
-    FileVersion,
     Snapshot,
     Written,
     _check_chat_path,
@@ -48,7 +47,6 @@ from daemon.tavern.write import (
     chat_temp,
     held_basis,
     is_marked,
-    mark_ours,
 )
 
 __all__ = ["CHUNK", "STREAM_MIN_BYTES", "FoundLines", "NeedsFullRead", "find_lines", "insert_at"]
@@ -332,17 +330,15 @@ def _write_and_replace(
             _copy(held, fd, copied, split, writeback)  # what the kernel did not copy
             _write(fd, tail)
             _copy(held, fd, split, basis.size, writeback)
-            written = os.fstat(fd)  # no more writes: the version the rename puts in place
-            marked = mark_ours(fd, written)
-            temp.durable()
+            written = temp.seal()
         except OSError as exc:
             raise _write_error(exc, "the chat", real.parent) from None
         if before_replace is not None:
-            before_replace(Written(FileVersion.of(written), marked))
+            before_replace(written)
         if basis.needs_rehash and _hash_fd(held) != basis.sha256:
             raise ChatConflictError(f"chat {path.name!r} changed since it was read")
         temp.replace(path, real, basis, current)
-        return os.fstat(fd), marked
+        return os.fstat(fd), written.marked
 
 
 def _hash_fd(fd: int) -> str:

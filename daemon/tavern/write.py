@@ -708,6 +708,14 @@ class ChatTemp:
         self.writeback.finish()
         os.fsync(self.fd)
 
+    def seal(self) -> Written:
+        """Once every byte is written: mark the file ours (:func:`mark_ours`), make it
+        durable, and say which file the rename will put in place (for ``before_replace``)."""
+        st = os.fstat(self.fd)  # no more writes: its size and mtime are final
+        marked = mark_ours(self.fd, st)
+        self.durable()
+        return Written(FileVersion.of(st), marked)
+
     def replace(self, chat: Path, real: Path, basis: Snapshot, current: os.stat_result) -> None:
         """Rename over the chat if it is still the file read (see
         :func:`check_unchanged_and_replace`)."""
@@ -773,13 +781,11 @@ def _write_and_replace(
         try:
             copied = _copy_prefix(held, temp.fd, len(pieces[0]), temp.writeback)
             _write_all(temp.fd, [memoryview(pieces[0])[copied:], *pieces[1:]], temp.writeback)
-            written = os.fstat(temp.fd)  # no more writes: the version the rename puts in place
-            marked = mark_ours(temp.fd, written)
-            temp.durable()
+            written = temp.seal()
         except OSError as exc:
             raise _write_error(exc, "the chat", real.parent) from None
         if before_replace is not None:
-            before_replace(Written(FileVersion.of(written), marked))
+            before_replace(written)
 
         must_hash = basis.needs_rehash if rehash is None else rehash
         if must_hash and not _holds(held, data):
@@ -789,7 +795,7 @@ def _write_and_replace(
         temp.replace(path, real, basis, current)
         if probe is not None:
             probe("replaced")
-        return os.fstat(temp.fd), marked  # the file renamed, even if replaced since
+        return os.fstat(temp.fd), written.marked  # the file renamed, even if replaced since
 
 
 def check_unchanged_and_replace(
